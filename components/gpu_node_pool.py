@@ -1,0 +1,79 @@
+"""GpuNodePool: an EKS managed node group of NVIDIA GPU nodes on an existing cluster."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_aws as aws
+
+from components import specs
+
+
+@dataclass
+class GpuNodePoolArgs:
+    cluster_name: str
+    """Name of the existing EKS cluster the nodes join. Required."""
+    subnet_ids: pulumi.Input[Sequence[str]]
+    """Subnets of the nodes. Required."""
+    pool_label: str
+    """Value of the `servedmodel.io/node-pool` label the model's pods select. Required."""
+    instance_types: Sequence[str] = ("g5.xlarge",)
+    """GPU instance types. Default ("g5.xlarge",)."""
+    ami_type: str = "BOTTLEROCKET_x86_64_NVIDIA"
+    """EKS AMI type; the Bottlerocket NVIDIA variant ships the device plugin. Default BOTTLEROCKET_x86_64_NVIDIA."""
+    min_size: int = 1
+    """Minimum nodes. Default 1."""
+    desired_size: int = 1
+    """Initial desired nodes (ignored after creation: the cluster autoscaler owns it). Default 1."""
+    max_size: int = 2
+    """Maximum nodes. Default 2."""
+    protect: bool = False
+    """Protect the node group from deletion (prod). Default False."""
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    """More node labels. Default {}."""
+
+
+class GpuNodePool(pulumi.ComponentResource):
+    """Managed GPU nodes, tainted `nvidia.com/gpu=true:NoSchedule` so only GPU pods land there.
+
+    Outputs: `node_group_name`, `pool_label` (what pods put in their nodeSelector), `role_arn`.
+    """
+
+    node_group_name: pulumi.Output[str]
+    pool_label: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+
+    def __init__(self, name: str, args: GpuNodePoolArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("servedmodel:index:GpuNodePool", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(f"{name}-role", assume_role_policy=specs.node_assume_role_policy(), opts=child)
+        partition = aws.get_partition_output(opts=pulumi.InvokeOutputOptions(parent=self)).partition
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-{policy}", role=role.name,
+                policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", policy), opts=child)
+            for policy in specs.NODE_POLICIES
+        ]
+        group = aws.eks.NodeGroup(
+            f"{name}-nodes",
+            cluster_name=args.cluster_name,
+            node_role_arn=role.arn,
+            subnet_ids=args.subnet_ids,
+            ami_type=args.ami_type,
+            instance_types=list(args.instance_types),
+            capacity_type="ON_DEMAND",
+            scaling_config={"min_size": args.min_size, "desired_size": args.desired_size, "max_size": args.max_size},
+            update_config={"max_unavailable": 1},
+            labels={specs.POOL_LABEL: args.pool_label, **args.extra_labels},
+            taints=[{"key": specs.GPU_TAINT["key"], "value": specs.GPU_TAINT["value"], "effect": "NO_SCHEDULE"}],
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=attachments, protect=args.protect,
+                # The cluster autoscaler moves desiredSize; a preview must not fight it.
+                ignore_changes=["scalingConfig.desiredSize"]),
+        )
+        self.node_group_name = group.node_group_name
+        self.pool_label = pulumi.Output.from_input(args.pool_label)
+        self.role_arn = role.arn
+        self.register_outputs({"node_group_name": self.node_group_name, "pool_label": self.pool_label,
+                               "role_arn": self.role_arn})

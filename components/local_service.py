@@ -1,0 +1,65 @@
+"""LocalService: the model image run as a local container (the docker target)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_docker as docker
+
+from components import specs
+
+
+@dataclass
+class LocalServiceArgs:
+    image: pulumi.Input[str]
+    """The locally loaded image (version tag). Required."""
+    port: int
+    """Host port on 127.0.0.1 mapped to the server's 8080. Required."""
+    drain_seconds: int = 20
+    """Server drain after SIGTERM; docker waits longer before killing. Default 20."""
+    auth_token: Optional[pulumi.Input[str]] = None
+    """Bearer token (a Pulumi secret). Default None."""
+
+
+class LocalService(pulumi.ComponentResource):
+    """One container with port mapping, a health check on /v2/health/ready and a restart policy.
+
+    Outputs: `url` (http://127.0.0.1:PORT), `container_name`.
+    """
+
+    url: pulumi.Output[str]
+    container_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: LocalServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("servedmodel:index:LocalService", name, None, opts)
+        envs: list[pulumi.Input[str]] = [
+            "SERVEDMODEL_HOST=0.0.0.0",
+            f"SERVEDMODEL_PORT={specs.SERVER_PORT}",
+            "SERVEDMODEL_DEVICE=cpu",
+            f"SERVEDMODEL_DRAIN_SECONDS={args.drain_seconds}",
+        ]
+        if args.auth_token is not None:
+            envs.append(pulumi.Output.secret(pulumi.Output.concat("SERVEDMODEL_AUTH_TOKEN=", args.auth_token)))
+        container = docker.Container(
+            f"{name}-container",
+            image=args.image,
+            ports=[{"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}],
+            envs=envs,
+            healthcheck={"tests": specs.docker_healthcheck_test(), "interval": "5s", "timeout": "3s",
+                         "retries": 3, "start_period": "60s"},
+            restart="unless-stopped",
+            must_run=True,
+            wait=True,  # `up` fails unless the container turns healthy
+            wait_timeout=120,
+            user=str(specs.RUN_AS),
+            read_only=True,
+            tmpfs={"/tmp": "rw,size=256m"},
+            capabilities={"drops": ["ALL"]},
+            security_opts=["no-new-privileges"],
+            stop_timeout=args.drain_seconds + 10,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.url = pulumi.Output.from_input(f"http://127.0.0.1:{args.port}")
+        self.container_name = container.name
+        self.register_outputs({"url": self.url, "container_name": self.container_name})

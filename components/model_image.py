@@ -1,0 +1,106 @@
+"""ModelImage: a registry and the serving image built from a models.build context."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_docker_build as docker_build
+
+from components import specs
+
+
+@dataclass
+class ModelImageArgs:
+    context_dir: str
+    """The build context written by models.build (Dockerfile at its root). Required."""
+    version: str
+    """The model version: the image tag. Required."""
+    push: bool
+    """True (kubernetes target): push to the registry. False (docker target): load into the local engine."""
+    local_repository: str = "servedmodel"
+    """Repository name of the locally loaded image (push False). Default "servedmodel"."""
+    registry: str = ""
+    """An existing repository (host/path) to push to; "" creates an ECR repository. Default ""."""
+    registry_username: str = ""
+    """User for `registry`; "" pushes without logging in. Default ""."""
+    registry_password: Optional[pulumi.Input[str]] = None
+    """Password for `registry`, a secret. Default None."""
+    keep_versions: int = 10
+    """Image versions the ECR lifecycle policy keeps (rollback window). Default 10."""
+    protect: bool = False
+    """Protect the ECR repository from deletion (prod). Default False."""
+    platform: str = "linux/amd64"
+    """Target platform of the build (EKS nodes are x86_64). Default linux/amd64."""
+
+
+class ModelImage(pulumi.ComponentResource):
+    """The serving image, tagged with the model version; on push, in an ECR or a given registry.
+
+    Outputs: `ref` (digest-pinned `repo:version@sha256:...` when pushed, the local tag otherwise),
+    `tag`, `repository_url`.
+
+    The image is `retain_on_delete`: when a new version replaces it, the old image stays in the
+    registry, so pods still running it (and a rollback) can pull it. The ECR lifecycle policy is
+    what expires old versions. `build_on_preview` builds (never pushes) during `pulumi preview`, so
+    a PR with a broken Dockerfile fails its review.
+    """
+
+    ref: pulumi.Output[str]
+    tag: pulumi.Output[str]
+    repository_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ModelImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("servedmodel:index:ModelImage", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        registries: list[docker_build.RegistryArgs] = []
+
+        if not args.push:
+            repository_url: pulumi.Output[str] = pulumi.Output.from_input(args.local_repository)
+        elif args.registry:
+            repository_url = pulumi.Output.from_input(args.registry)
+            if args.registry_username:
+                registries.append(docker_build.RegistryArgs(
+                    address=specs.registry_host(args.registry), username=args.registry_username,
+                    password=pulumi.Output.secret(args.registry_password)))
+        else:
+            repo = aws.ecr.Repository(
+                f"{name}-repo",
+                image_tag_mutability="IMMUTABLE",  # a version tag always means the same image
+                image_scanning_configuration={"scan_on_push": True},
+                encryption_configurations=[{"encryption_type": "KMS"}],
+                force_delete=False,
+                opts=pulumi.ResourceOptions(parent=self, protect=args.protect),
+            )
+            aws.ecr.LifecyclePolicy(
+                f"{name}-lifecycle", repository=repo.name,
+                policy=specs.ecr_lifecycle_policy(args.keep_versions), opts=child)
+            token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
+            registries.append(docker_build.RegistryArgs(
+                address=repo.repository_url.apply(specs.registry_host),
+                username=token.user_name, password=pulumi.Output.secret(token.password)))
+            repository_url = repo.repository_url
+
+        tag = pulumi.Output.concat(repository_url, ":", args.version)
+        image = docker_build.Image(
+            f"{name}-image",
+            context={"location": args.context_dir},
+            tags=[tag],
+            platforms=[args.platform],
+            push=args.push,
+            # Local target: load into the engine the containers run from; nothing is pushed.
+            load=not args.push,
+            registries=registries or None,
+            build_on_preview=True,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+        )
+        if args.push:
+            ref = pulumi.Output.all(tag, image.digest).apply(lambda td: f"{td[0]}@{td[1]}")
+        else:
+            # A loaded image has no registry digest; the version tag is content-addressed already.
+            ref = tag
+        self.ref = ref
+        self.tag = tag
+        self.repository_url = repository_url
+        self.register_outputs({"ref": ref, "tag": tag, "repository_url": repository_url})

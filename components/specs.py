@@ -1,0 +1,195 @@
+"""Pure builders of the Kubernetes/AWS fragments the components declare.
+
+Plain functions over plain values, returning the camelCase dicts Kubernetes reads: tested
+without mocks (tests/components/test_specs.py) and reused by the components, so what the
+tests check is exactly what is deployed. The names and numbers of the server's contract
+(docs/architecture.md section 3) live here once.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+SERVER_PORT = 8080
+SERVICE_PORT = 80
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+INFLIGHT_METRIC = "servedmodel_inflight_requests"
+# prometheus-adapter turns the servedmodel_queue_duration_seconds histogram into this per-pod
+# mean (rate(_sum)/rate(_count)); the rule is in docs/deploy.md.
+QUEUE_METRIC = "servedmodel_queue_duration_seconds_mean"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT = {"key": GPU_RESOURCE, "value": "true", "effect": "NoSchedule"}
+POOL_LABEL = "servedmodel.io/node-pool"
+VERSION_ANNOTATION = "servedmodel.io/model-version"
+LOAD_BALANCER_OPT_IN = "servedmodel.io/allow-load-balancer"
+RUN_AS = 10001  # the image's non-root user (docs/architecture.md section 2)
+TMP_VOLUME = "tmp"
+
+
+def selector_labels(served_name: str) -> dict[str, str]:
+    """Stable labels a Deployment selects on: never the version (selectors are immutable)."""
+    return {"app.kubernetes.io/name": "servedmodel", "app.kubernetes.io/instance": served_name}
+
+
+def labels(served_name: str, version: Optional[str] = None) -> dict[str, str]:
+    out = selector_labels(served_name) | {"app.kubernetes.io/managed-by": "pulumi"}
+    if version is not None:
+        out["app.kubernetes.io/version"] = version
+    return out
+
+
+def resources(cpu: str, memory: str, gpu: int) -> dict[str, Any]:
+    """Requests == limits (Guaranteed QoS); a GPU must be requested and limited identically."""
+    amounts: dict[str, str] = {"cpu": cpu, "memory": memory}
+    if gpu > 0:
+        amounts[GPU_RESOURCE] = str(gpu)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def gpu_tolerations(gpu: int) -> list[dict[str, str]]:
+    """The toleration matching the GPU pool's taint (none for CPU pods)."""
+    if gpu <= 0:
+        return []
+    return [{"key": GPU_TAINT["key"], "operator": "Equal", "value": GPU_TAINT["value"],
+             "effect": GPU_TAINT["effect"]}]
+
+
+def node_selector(pool_label: Optional[str]) -> dict[str, str]:
+    return {POOL_LABEL: pool_label} if pool_label else {}
+
+
+def probes() -> dict[str, dict[str, Any]]:
+    """Startup gives the model time to load; readiness and liveness follow the V2 health routes."""
+    def http(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "http"}}
+
+    return {
+        "startupProbe": http(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 60, "timeoutSeconds": 2},
+        "readinessProbe": http(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
+        "livenessProbe": http(LIVE_PATH) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
+    }
+
+
+def termination(pre_stop_seconds: int, drain_seconds: int) -> tuple[dict[str, Any], int]:
+    """preStop lifecycle and a grace period longer than preStop + the server's drain.
+
+    The preStop sleep (the kubelet's own `sleep` action: no shell needed in the image) lets
+    endpoints stop routing to the pod before SIGTERM starts the drain; 10 s of slack keeps the
+    kubelet from SIGKILLing a drain that runs to its end.
+    """
+    lifecycle = {"preStop": {"sleep": {"seconds": pre_stop_seconds}}} if pre_stop_seconds > 0 else {}
+    return lifecycle, pre_stop_seconds + drain_seconds + 10
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None) -> list[dict[str, Any]]:
+    """SERVEDMODEL_* variables of docs/architecture.md section 3."""
+    env: list[dict[str, Any]] = [
+        {"name": "SERVEDMODEL_HOST", "value": "0.0.0.0"},
+        {"name": "SERVEDMODEL_PORT", "value": str(SERVER_PORT)},
+        {"name": "SERVEDMODEL_DEVICE", "value": device},
+        {"name": "SERVEDMODEL_DRAIN_SECONDS", "value": str(drain_seconds)},
+    ]
+    if auth_secret_name is not None:
+        env.append({"name": "SERVEDMODEL_AUTH_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": auth_secret_name, "key": "token"}}})
+    return env
+
+
+def topology_spread(served_name: str) -> list[dict[str, Any]]:
+    """Spread across zones and nodes; only pods of the same rollout revision are counted."""
+    selector = {"matchLabels": selector_labels(served_name)}
+    return [
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": selector, "matchLabelKeys": ["pod-template-hash"]}
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+
+
+def rolling_update() -> dict[str, Any]:
+    """Never drop below the current capacity: a new pod must be ready before an old one goes."""
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def hpa_metric(metric: str, target_inflight: int, target_queue_ms: int, target_cpu_percent: int) -> dict[str, Any]:
+    """One autoscaling/v2 metric: a per-pod server metric (GPU stacks) or CPU utilisation."""
+    if metric == "cpu":
+        return {"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": target_cpu_percent}}}
+    name, value = {
+        "inflight": (INFLIGHT_METRIC, str(target_inflight)),
+        "queue": (QUEUE_METRIC, f"{target_queue_ms}m" if target_queue_ms % 1000 else str(target_queue_ms // 1000)),
+    }[metric]
+    return {"type": "Pods", "pods": {"metric": {"name": name},
+                                     "target": {"type": "AverageValue", "averageValue": value}}}
+
+
+def hpa_behavior() -> dict[str, Any]:
+    """Scale up fast, scale down slowly: a model pod is expensive to bring back."""
+    return {
+        "scaleUp": {"stabilizationWindowSeconds": 0,
+                    "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
+        "scaleDown": {"stabilizationWindowSeconds": 300,
+                      "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}]},
+    }
+
+
+def network_policy_ingress(ingress_namespaces: tuple[str, ...], ingress_cidrs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Admit the model's own namespace, the configured namespaces and CIDRs, on the server port."""
+    sources: list[dict[str, Any]] = [{"podSelector": {}}]
+    sources += [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+                for ns in ingress_namespaces]
+    sources += [{"ipBlock": {"cidr": cidr}} for cidr in ingress_cidrs]
+    return [{"from": sources, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]}]
+
+
+def ecr_lifecycle_policy(keep_versions: int) -> str:
+    """Keep the newest N images so a rollback to any of them stays possible."""
+    return json.dumps({"rules": [{
+        "rulePriority": 1,
+        "description": f"keep the last {keep_versions} model versions",
+        "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep_versions},
+        "action": {"type": "expire"},
+    }]}, sort_keys=True)
+
+
+def node_assume_role_policy() -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+        sort_keys=True)
+
+
+NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
+
+
+def eks_kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
+    """A kubeconfig for an EKS cluster that authenticates with `aws eks get-token` (no stored token)."""
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": cluster_name,
+        "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
+        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
+        "users": [{"name": cluster_name, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
+            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region]}}}],
+    }, sort_keys=True)
+
+
+def registry_host(repository_url: str) -> str:
+    """`123.dkr.ecr.eu-west-1.amazonaws.com/servedmodel/x` -> the registry host part."""
+    return repository_url.split("/", 1)[0]
+
+
+def docker_healthcheck_test() -> list[str]:
+    """The local container's health check: the readiness route, with the image's own Python."""
+    return ["CMD", "python", "-c",
+            f"import urllib.request;urllib.request.urlopen('http://127.0.0.1:{SERVER_PORT}{READY_PATH}',timeout=2)"]
