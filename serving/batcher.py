@@ -1,0 +1,193 @@
+"""Dynamic batching: one worker coroutine takes queued requests, concatenates them along
+dimension 0 up to `max_batch_size` rows (waiting at most `max_queue_delay_ms` for more while
+requests are still arriving), runs the model in one thread (onnxruntime releases the GIL) and
+splits the outputs back per request.
+
+The queue is bounded: a full queue answers 503 at once, and a request that waits longer than
+`queue_timeout_ms` gets a 503 from a timer, without waiting for the running batch."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .errors import ServingError
+from .metrics import Metrics
+
+RETRY_AFTER = [(b"retry-after", b"1")]
+
+
+class _Item:
+    __slots__ = ("feeds", "rows", "sig", "future", "t_enqueued", "timer", "counted")
+
+    def __init__(self, feeds, rows, sig, future, t_enqueued):
+        self.feeds, self.rows, self.sig = feeds, rows, sig
+        self.future, self.t_enqueued, self.timer = future, t_enqueued, None
+        self.counted = True        # still counted in Batcher.queued
+
+
+class Batcher:
+    def __init__(self, model, *, max_batch_size: int, max_queue_delay_ms: float,
+                 max_queue_size: int, queue_timeout_ms: float, metrics: Metrics) -> None:
+        self.model = model
+        self.max_rows = max(1, max_batch_size)
+        self.batching = max_batch_size > 0
+        self.window = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.timeout = queue_timeout_ms / 1000.0
+        self.metrics = metrics
+        self.queue: deque[_Item] = deque()
+        self.queued = 0            # live items in `queue` (expired ones are skipped lazily)
+        self.arriving = 0          # requests being read/decoded that will probably be queued
+        self.running = 0           # requests in the batch the model runs now
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def run_blocking(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- producer side --------------------------------------------------------------------
+    async def submit(self, feeds: dict[str, np.ndarray], rows: int, sig) -> dict[str, np.ndarray]:
+        """Queue one request; return its outputs (rows of the batch's outputs)."""
+        if self.queued >= self.max_queue_size:
+            raise ServingError(503, f"server is overloaded: the queue holds {self.queued} "
+                                    f"requests (max {self.max_queue_size}); retry later",
+                               reason="queue_full", headers=RETRY_AFTER)
+        loop = asyncio.get_running_loop()
+        item = _Item(feeds, rows, sig, loop.create_future(), time.perf_counter())
+        item.timer = loop.call_later(self.timeout, self._expire, item)
+        self.queue.append(item)
+        self.queued += 1
+        self.metrics.queue_depth = self.queued
+        self._wakeup.set()
+        return await item.future
+
+    def _uncount(self, item: _Item) -> None:
+        if item.counted:
+            item.counted = False
+            self.queued -= 1
+            self.metrics.queue_depth = self.queued
+
+    def _expire(self, item: _Item) -> None:
+        self._uncount(item)
+        if not item.future.done():
+            item.future.set_exception(ServingError(
+                503, f"request waited in the queue longer than {self.timeout * 1000:.0f} ms; "
+                     f"retry later", reason="queue_timeout", headers=RETRY_AFTER))
+
+    # -- consumer side --------------------------------------------------------------------
+    def _take(self, batch: list[_Item], rows: int) -> int:
+        """Move queued items that fit (same non-batch shapes, rows left) into `batch`."""
+        keep: deque[_Item] = deque()
+        sig = batch[0].sig if batch else None
+        while self.queue:
+            item = self.queue.popleft()
+            if item.future.done():          # expired or cancelled while queued
+                item.timer.cancel()
+                self._uncount(item)
+                continue
+            if not batch:
+                batch.append(item)
+                sig, rows = item.sig, item.rows
+                if not self.batching:
+                    break
+                continue
+            if self.batching and item.sig == sig and rows + item.rows <= self.max_rows:
+                batch.append(item)
+                rows += item.rows
+                if rows >= self.max_rows:
+                    break
+            else:
+                keep.append(item)
+        if keep:
+            keep.extend(self.queue)
+            self.queue = keep
+        return rows
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch: list[_Item] = []
+            rows = self._take(batch, 0)
+            if not batch:
+                continue
+            if self.batching and rows < self.max_rows and self.window > 0:
+                deadline = loop.time() + self.window
+                # Wait for more only while requests are still on their way in.
+                while rows < self.max_rows and self.arriving > 0:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+                    except asyncio.TimeoutError:
+                        pass
+                    rows = self._take(batch, rows)
+            for it in batch:
+                if it.future.done():
+                    it.timer.cancel()
+                    self._uncount(it)
+            batch = [it for it in batch if not it.future.done()]
+            if not batch:
+                continue
+            now = time.perf_counter()
+            for it in batch:
+                it.timer.cancel()
+                self._uncount(it)
+                self.metrics.queue_duration.observe(now - it.t_enqueued)
+            await self._run(batch)
+
+    async def _run(self, batch: list[_Item]) -> None:
+        rows = sum(it.rows for it in batch)
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {name: np.concatenate([it.feeds[name] for it in batch])
+                     for name in batch[0].feeds}
+        self.running = len(batch)
+        t0 = time.perf_counter()
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.model.predict, feeds)
+        except Exception as e:  # the model failed on input that passed validation
+            err = ServingError(500, f"model failed: {type(e).__name__}: "
+                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                               reason="model_error")
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(err)
+            return
+        finally:
+            self.running = 0
+        self.metrics.compute_duration.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(rows)
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            return
+        start = 0
+        for it in batch:
+            end = start + it.rows
+            if not it.future.done():
+                it.future.set_result({k: v[start:end] for k, v in outputs.items()})
+            start = end

@@ -1,0 +1,114 @@
+"""Reading and checking `model/manifest.json` (docs/architecture.md, section 2)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .codec import V2_TO_NUMPY
+from .errors import StartupError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    platform: str
+    device: str
+    model_file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    max_queue_delay_ms: float
+    warmup_batch_sizes: tuple[int, ...]
+    raw: dict
+
+    @property
+    def signature(self) -> dict:
+        return {"inputs": [t.as_dict() for t in self.inputs],
+                "outputs": [t.as_dict() for t in self.outputs]}
+
+
+def _tensors(doc: dict, key: str, problems: list[str]) -> tuple[TensorSpec, ...]:
+    items = doc.get(key)
+    if not isinstance(items, list) or not items:
+        problems.append(f"'{key}' must be a non-empty list")
+        return ()
+    out = []
+    for i, t in enumerate(items):
+        if not isinstance(t, dict):
+            problems.append(f"{key}[{i}] must be an object")
+            continue
+        name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+        if not isinstance(name, str) or not name:
+            problems.append(f"{key}[{i}].name must be a non-empty string")
+        if datatype not in V2_TO_NUMPY:
+            problems.append(f"{key}[{i}].datatype {datatype!r} is not a V2 datatype "
+                            f"({', '.join(V2_TO_NUMPY)})")
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
+            problems.append(f"{key}[{i}].shape must be a list of integers >= -1")
+            shape = []
+        out.append(TensorSpec(str(name), str(datatype), tuple(shape)))
+    names = [t.name for t in out]
+    if len(set(names)) != len(names):
+        problems.append(f"'{key}' has duplicate names")
+    return tuple(out)
+
+
+def load_manifest(context_dir: Path) -> Manifest:
+    path = Path(context_dir) / "model" / "manifest.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StartupError(f"manifest not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise StartupError(f"manifest {path} is unreadable or not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise StartupError(f"manifest {path} must be a JSON object")
+    problems: list[str] = []
+    for key in ("name", "version", "model_file", "sha256"):
+        if not isinstance(doc.get(key), str) or not doc.get(key):
+            problems.append(f"'{key}' must be a non-empty string")
+    inputs, outputs = _tensors(doc, "inputs", problems), _tensors(doc, "outputs", problems)
+    batching = doc.get("batching") or {}
+    mbs = batching.get("max_batch_size", 0)
+    delay = batching.get("max_queue_delay_ms", 0.0)
+    warm = batching.get("warmup_batch_sizes") or [1]
+    if not isinstance(mbs, int) or isinstance(mbs, bool) or mbs < 0:
+        problems.append("batching.max_batch_size must be an integer >= 0")
+        mbs = 0
+    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+        problems.append("batching.max_queue_delay_ms must be a number >= 0")
+        delay = 0.0
+    if not isinstance(warm, list) or not all(isinstance(b, int) and b >= 1 for b in warm):
+        problems.append("batching.warmup_batch_sizes must be a list of integers >= 1")
+        warm = [1]
+    if mbs > 0:
+        for t in inputs + outputs:
+            if not t.shape or t.shape[0] != -1:
+                problems.append(f"tensor '{t.name}': with max_batch_size > 0 dimension 0 must be -1")
+    device = doc.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        problems.append(f"device {device!r} must be 'cpu' or 'cuda'")
+    model_file = str(doc.get("model_file", ""))
+    if "/" in model_file or "\\" in model_file or model_file.startswith("."):
+        problems.append(f"model_file {model_file!r} must be a plain file name inside model/")
+    if problems:
+        raise StartupError(f"manifest {path} is invalid: " + "; ".join(problems))
+    return Manifest(name=doc["name"], version=doc["version"],
+                    platform=str(doc.get("platform", "onnxruntime_onnx")), device=device,
+                    model_file=model_file, sha256=doc["sha256"].lower(), inputs=inputs,
+                    outputs=outputs, max_batch_size=mbs, max_queue_delay_ms=float(delay),
+                    warmup_batch_sizes=tuple(warm), raw=doc)

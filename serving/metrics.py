@@ -1,0 +1,99 @@
+"""Prometheus text exposition, written by hand: counters, gauges and histograms are plain
+Python numbers updated on the event loop (one thread), so a request pays a few additions."""
+from __future__ import annotations
+
+from bisect import bisect_left
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Histogram:
+    __slots__ = ("buckets", "counts", "sum", "count")
+
+    def __init__(self, buckets) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self, name: str, labels: str) -> list[str]:
+        lines, cumulative = [], 0
+        for bound, n in zip(self.buckets, self.counts):
+            cumulative += n
+            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {cumulative}')
+        lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {self.count}')
+        lines.append(f"{name}_sum{{{labels}}} {self.sum!r}")
+        lines.append(f"{name}_count{{{labels}}} {self.count}")
+        return lines
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    """Every metric the server exports. Names are part of the contract (docs/protocol.md)."""
+
+    def __init__(self, model: str) -> None:
+        self.labels = f'model="{_escape(model)}"'
+        self.requests: dict[str, int] = {}       # outcome -> count
+        self.failures: dict[str, int] = {}       # reason -> count
+        self.request_duration = Histogram(LATENCY_BUCKETS)
+        self.queue_duration = Histogram(LATENCY_BUCKETS)
+        self.compute_duration = Histogram(LATENCY_BUCKETS)
+        self.batch_size = Histogram(BATCH_BUCKETS)
+        self.inflight = 0
+        self.queue_depth = 0
+        self.ready = 0
+
+    def request(self, outcome: str, seconds: float) -> None:
+        self.requests[outcome] = self.requests.get(outcome, 0) + 1
+        self.request_duration.observe(seconds)
+
+    def failure(self, reason: str) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def render(self) -> bytes:
+        L = self.labels
+        out = [
+            "# HELP servedmodel_requests_total Inference requests by outcome.",
+            "# TYPE servedmodel_requests_total counter",
+        ]
+        for outcome in sorted(self.requests):
+            out.append(f'servedmodel_requests_total{{{L},outcome="{outcome}"}} '
+                       f"{self.requests[outcome]}")
+        out += ["# HELP servedmodel_request_failures_total Failed inference requests by reason.",
+                "# TYPE servedmodel_request_failures_total counter"]
+        for reason in sorted(self.failures):
+            out.append(f'servedmodel_request_failures_total{{{L},reason="{reason}"}} '
+                       f"{self.failures[reason]}")
+        for name, hist, help_ in (
+            ("servedmodel_request_duration_seconds", self.request_duration,
+             "Time from request start to response, inference requests."),
+            ("servedmodel_queue_duration_seconds", self.queue_duration,
+             "Time a request waited in the batching queue."),
+            ("servedmodel_compute_duration_seconds", self.compute_duration,
+             "Time one batch ran in the model."),
+            ("servedmodel_batch_size", self.batch_size, "Rows per batch run by the model."),
+        ):
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+            out += hist.render(name, L)
+        out += [
+            "# HELP servedmodel_inflight_requests Inference requests being handled now.",
+            "# TYPE servedmodel_inflight_requests gauge",
+            f"servedmodel_inflight_requests{{{L}}} {self.inflight}",
+            "# HELP servedmodel_queue_depth Requests waiting in the batching queue.",
+            "# TYPE servedmodel_queue_depth gauge",
+            f"servedmodel_queue_depth{{{L}}} {self.queue_depth}",
+            "# HELP servedmodel_model_ready 1 when the model is loaded, warm and not draining.",
+            "# TYPE servedmodel_model_ready gauge",
+            f"servedmodel_model_ready{{{L}}} {self.ready}",
+        ]
+        return ("\n".join(out) + "\n").encode()

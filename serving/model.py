@@ -1,0 +1,144 @@
+"""The model runtime: a few hooks (load, warm_up, ready, predict, unload) around one
+onnxruntime session. The server only talks to these hooks, so tests can pass another object
+with the same shape to `create_app`."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from .codec import ORT_TO_V2, V2_TO_NUMPY
+from .errors import StartupError
+from .manifest import Manifest
+from .settings import Settings
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class OnnxModel:
+    """One ONNX model served from a build context."""
+
+    def __init__(self, manifest: Manifest, settings: Settings) -> None:
+        self.manifest = manifest
+        self.settings = settings
+        self.session = None
+        self.providers: list[str] = []
+        self.warm = False
+        self._output_names = [t.name for t in manifest.outputs]
+
+    # -- hooks ------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Check the file and its sha256, create the session with an explicit providers list and
+        check that the session matches the manifest. Raises StartupError with one clear line."""
+        import onnxruntime as ort
+
+        m, s = self.manifest, self.settings
+        for t in m.inputs + m.outputs:
+            if V2_TO_NUMPY[t.datatype] is None:
+                raise StartupError(f"tensor '{t.name}' has datatype {t.datatype}, which this "
+                                   f"server does not serve (numeric datatypes except BF16 only)")
+        path = Path(s.context) / "model" / m.model_file
+        if not path.is_file():
+            raise StartupError(f"model file not found: {path}")
+        digest = sha256_of(path)
+        if digest != m.sha256:
+            raise StartupError(f"sha256 mismatch for {path}: manifest says {m.sha256}, "
+                               f"file is {digest}")
+        if s.device == "cuda":
+            if CUDA not in ort.get_available_providers():
+                raise StartupError(f"device=cuda but onnxruntime has no {CUDA} (available: "
+                                   f"{', '.join(ort.get_available_providers())}); install "
+                                   f"onnxruntime-gpu or set SERVEDMODEL_DEVICE=cpu")
+            providers = [CUDA, CPU]
+        else:
+            providers = [CPU]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = s.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would take the CPU the event loop needs between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises several types for a corrupt file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StartupError(f"model {path} cannot be loaded by onnxruntime: {first}") from None
+        self._check_signature(session)
+        self.providers = session.get_providers()
+        if s.device == "cuda" and (not self.providers or self.providers[0] != CUDA):
+            raise StartupError(f"device=cuda but the session runs on {self.providers}")
+        self.session = session
+
+    def _check_signature(self, session) -> None:
+        problems = []
+        for kind, specs, args in (("input", self.manifest.inputs, session.get_inputs()),
+                                  ("output", self.manifest.outputs, session.get_outputs())):
+            actual = {a.name: a for a in args}
+            for t in specs:
+                a = actual.get(t.name)
+                if a is None:
+                    problems.append(f"manifest {kind} '{t.name}' is not in the model "
+                                    f"({', '.join(actual)})")
+                elif ORT_TO_V2.get(a.type) != t.datatype:
+                    problems.append(f"{kind} '{t.name}' is {a.type} in the model, "
+                                    f"{t.datatype} in the manifest")
+                elif len(a.shape) != len(t.shape):
+                    problems.append(f"{kind} '{t.name}' has rank {len(a.shape)} in the model, "
+                                    f"{len(t.shape)} in the manifest")
+            if kind == "input":
+                missing = set(actual) - {t.name for t in specs}
+                if missing:
+                    problems.append(f"model inputs {sorted(missing)} are not in the manifest")
+        if problems:
+            raise StartupError("model and manifest disagree: " + "; ".join(problems))
+
+    def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        """Inputs for one warm-up run: `batch` rows, other dynamic dimensions 8."""
+        feeds = {}
+        for i, t in enumerate(self.manifest.inputs):
+            shape = [d if d >= 0 else 8 for d in t.shape]
+            if self.manifest.max_batch_size > 0:
+                shape[0] = batch
+            dtype = V2_TO_NUMPY[t.datatype]
+            feeds[t.name] = np.ones(shape, dtype=dtype)
+        return feeds
+
+    def warm_up(self) -> None:
+        """Run the model once per expected batch shape; readiness waits for this."""
+        mbs = self.settings.max_batch_size
+        sizes = sorted({b for b in self.manifest.warmup_batch_sizes if b <= max(mbs, 1)} | {1})
+        for b in sizes:
+            outs = self.predict(self.example_inputs(b))
+            for t in self.manifest.outputs:
+                if t.name not in outs:
+                    raise StartupError(f"warm-up at batch {b} returned no output '{t.name}'")
+        if self.settings.device == "cuda" and self.session.get_providers()[0] != CUDA:
+            raise StartupError("device=cuda but CUDAExecutionProvider is not active after warm-up")
+        self.warm = True
+
+    @property
+    def ready(self) -> bool:
+        if not self.warm or self.session is None:
+            return False
+        return self.settings.device != "cuda" or self.providers[:1] == [CUDA]
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one (batched) inference. onnxruntime releases the GIL while it runs."""
+        results = self.session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, results))
+
+    def unload(self) -> None:
+        self.session = None
+        self.warm = False

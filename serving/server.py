@@ -1,0 +1,70 @@
+"""Running the app on uvicorn (uvloop + httptools) with our own SIGTERM handling.
+
+uvicorn's handler would close the listener at once; ours starts a drain instead: readiness
+turns 503, new inference requests get 503, accepted ones finish, then uvicorn shuts down and
+the process exits 0 (within SERVEDMODEL_DRAIN_SECONDS)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+
+import uvicorn
+
+from .app import App
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: App, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.app_ = app
+        self.drain_seconds = drain_seconds
+        self.exit_code = 0
+        self._drain_task = None
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig) -> None:
+        if self._drain_task is not None:
+            if sig == signal.SIGINT:      # a second Ctrl+C: stop now
+                self.force_exit = True
+            return
+        self.app_.begin_drain()
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.drain_seconds
+        while self.app_.accepted > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        left = deadline - time.monotonic()
+        self.config.timeout_graceful_shutdown = max(0.5, left)
+        self.should_exit = True
+
+    def fatal(self, message: str) -> None:
+        print(f"serving: {message}", file=sys.stderr, flush=True)
+        self.exit_code = 1
+        self.should_exit = True
+
+
+def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) -> int:
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
+                            lifespan="on", access_log=False, server_header=False,
+                            date_header=False, log_level=log_level, backlog=2048,
+                            timeout_keep_alive=30)
+    server = _Server(config, app, drain_seconds)
+    app.on_fatal = server.fatal
+    server.run()
+    if not server.started and server.exit_code == 0:
+        return 1
+    return server.exit_code

@@ -1,0 +1,133 @@
+"""Settings: a frozen dataclass from CLI flags, `SERVEDMODEL_*` environment variables, the
+manifest and built-in defaults, in that order of precedence (docs/architecture.md, section 3)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .errors import StartupError
+from .manifest import Manifest
+
+PREFIX = "SERVEDMODEL_"
+LOG_LEVELS = ("debug", "info", "warning")
+
+
+@dataclass(frozen=True)
+class Settings:
+    context: Path = Path("/app")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    device: str = "cpu"
+    max_batch_size: int = 0
+    max_queue_delay_ms: float = 0.0
+    max_queue_size: int = 4            # 4 x max_batch_size when not set
+    queue_timeout_ms: float = 1000.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    intra_op_threads: int = 1          # the cgroup CPU limit when not set
+    drain_seconds: float = 20.0
+    auth_token: str | None = field(default=None, repr=False)
+    log_level: str = "info"
+
+
+def cgroup_cpu_limit() -> int:
+    """CPUs this process may use: the cgroup quota (v2 cpu.max, v1 cfs), else the affinity mask."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 1
+    quota = None
+    try:
+        q, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if q != "max":
+            quota = int(q) / int(period)
+    except (OSError, ValueError):
+        try:
+            q = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            if q > 0 and period > 0:
+                quota = q / period
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        return max(1, min(available, int(quota + 0.999)))
+    return max(1, available)
+
+
+def context_from(flags: Mapping[str, object], env: Mapping[str, str]) -> Path:
+    value = flags.get("context") or env.get(PREFIX + "CONTEXT") or "/app"
+    return Path(str(value))
+
+
+def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting; raise StartupError naming every bad one at once."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    problems: list[str] = []
+
+    def pick(name: str, default: object, parse, check, accepted: str):
+        var = PREFIX + name.upper()
+        if name in flags:
+            raw, source = flags[name], f"--{name.replace('_', '-')}"
+        elif var in env and env[var] != "":
+            raw, source = env[var], var
+        else:
+            return default
+        try:
+            value = parse(raw)
+        except (TypeError, ValueError):
+            problems.append(f"{source}={raw!r} must be {accepted}")
+            return default
+        if not check(value):
+            problems.append(f"{source}={raw!r} must be {accepted}")
+            return default
+        return value
+
+    def integer(v):
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError
+        return int(v)
+
+    max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 0,
+                     "an integer >= 0")
+    if manifest.max_batch_size == 0 and max_batch != 0:
+        problems.append("SERVEDMODEL_MAX_BATCH_SIZE cannot enable batching for a model whose "
+                        "manifest has max_batch_size 0 (no batch dimension)")
+    token = env.get(PREFIX + "AUTH_TOKEN") or None
+    token_file = env.get(PREFIX + "AUTH_TOKEN_FILE")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip() or None
+            if token is None:
+                problems.append(f"SERVEDMODEL_AUTH_TOKEN_FILE {token_file} is empty")
+        except OSError as e:
+            problems.append(f"SERVEDMODEL_AUTH_TOKEN_FILE {token_file} cannot be read: "
+                            f"{e.strerror}")
+    settings = Settings(
+        context=context_from(flags, env),
+        host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
+        port=pick("port", 8080, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
+        device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
+                    "'cpu' or 'cuda'"),
+        max_batch_size=max_batch,
+        max_queue_delay_ms=pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
+                                lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000"),
+        max_queue_size=pick("max_queue_size", 4 * max(1, max_batch), integer, lambda v: v >= 1,
+                            "an integer >= 1"),
+        queue_timeout_ms=pick("queue_timeout_ms", 1000.0, float, lambda v: v > 0,
+                              "a number of milliseconds > 0"),
+        max_body_bytes=pick("max_body_bytes", 64 * 1024 * 1024, integer, lambda v: v >= 1024,
+                            "an integer number of bytes >= 1024"),
+        intra_op_threads=pick("intra_op_threads", cgroup_cpu_limit(), integer,
+                              lambda v: v >= 1, "an integer >= 1"),
+        drain_seconds=pick("drain_seconds", 20.0, float, lambda v: v >= 0,
+                           "a number of seconds >= 0"),
+        auth_token=token,
+        log_level=pick("log_level", "info", lambda v: str(v).lower(), lambda v: v in LOG_LEVELS,
+                       "one of " + ", ".join(LOG_LEVELS)),
+    )
+    if problems:
+        raise StartupError("invalid settings: " + "; ".join(problems))
+    return settings

@@ -1,0 +1,97 @@
+"""Small build contexts made with onnx.helper: fast, and shaped for edge cases.
+
+Each follows docs/architecture.md section 2 (model/model.onnx + model/manifest.json)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 18
+_T = {"FP32": TensorProto.FLOAT, "INT64": TensorProto.INT64, "FP16": TensorProto.FLOAT16}
+
+
+def _vi(name, datatype, shape):
+    return helper.make_tensor_value_info(name, _T[datatype], [None if d == -1 else d for d in shape])
+
+
+def _model(nodes, inputs, outputs, inits=()):
+    graph = helper.make_graph(nodes, "g", [_vi(*i) for i in inputs], [_vi(*o) for o in outputs],
+                              initializer=list(inits))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+def mlp_weights():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((784, 10)).astype(np.float32) * 0.05,
+            rng.standard_normal(10).astype(np.float32))
+
+
+def mlp_model():
+    w, b = mlp_weights()
+    nodes = [helper.make_node("MatMul", ["input", "W"], ["h"]),
+             helper.make_node("Add", ["h", "B"], ["logits"])]
+    return _model(nodes, [("input", "FP32", [-1, 784])], [("logits", "FP32", [-1, 10])],
+                  [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+
+
+def multi_model():
+    """Two inputs (FP32 and INT64), two outputs: sum = a + float(b), a_copy = a."""
+    nodes = [helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["a", "bf"], ["sum"]),
+             helper.make_node("Identity", ["a"], ["a_copy"])]
+    return _model(nodes, [("a", "FP32", [-1, 4]), ("b", "INT64", [-1, 4])],
+                  [("sum", "FP32", [-1, 4]), ("a_copy", "FP32", [-1, 4])])
+
+
+def log_model():
+    """y = log(x): log(0) = -inf, log(-1) = nan; for NaN/Inf outputs."""
+    return _model([helper.make_node("Log", ["x"], ["y"])], [("x", "FP32", [-1, 3])],
+                  [("y", "FP32", [-1, 3])])
+
+
+def half_model():
+    """FP16 in, FP32 out (y = float(h) * 2)."""
+    nodes = [helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["hf", "hf"], ["y"])]
+    return _model(nodes, [("h", "FP16", [-1, 2])], [("y", "FP32", [-1, 2])])
+
+
+MODELS = {"mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
+
+
+def write_context(out: Path, kind: str, name: str | None = None, *, max_batch_size: int = 32,
+                  max_queue_delay_ms: float = 2.0, warmup=(1, 8)) -> Path:
+    model = MODELS[kind]()
+    out = Path(out)
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    data = model.SerializeToString()
+    (out / "model" / "model.onnx").write_bytes(data)
+    g = model.graph
+
+    def spec(vi):
+        dt = {v: k for k, v in _T.items()}[vi.type.tensor_type.elem_type]
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
+        return {"name": vi.name, "datatype": dt, "shape": shape}
+
+    manifest = {
+        "schema_version": 1, "name": name or f"test-{kind}",
+        "version": hashlib.sha256(data).hexdigest()[:16], "platform": "onnxruntime_onnx",
+        "device": "cpu", "model_file": "model.onnx", "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data), "inputs": [spec(v) for v in g.input],
+        "outputs": [spec(v) for v in g.output], "labels": None,
+        "batching": {"max_batch_size": max_batch_size, "max_queue_delay_ms": max_queue_delay_ms,
+                     "warmup_batch_sizes": list(warmup)},
+        "compression": {"method": "none", "details": {}},
+        "parity": {"reference": "onnx.helper", "passed": True},
+        "producer": {"onnx": onnx.__version__, "opset": OPSET, "exporter": "onnx.helper"},
+    }
+    (out / "model" / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
