@@ -160,9 +160,9 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "protect": ("protect", "bool"),
 }
 # Read to build `models` (see _parse_models), not Settings fields of their own.
-_MODEL_KEYS = {"model": "str", "compression": "str", "models": "object"}
+_MODEL_KEYS = {"name": "str", "model": "str", "compression": "str", "models": "object"}
 
-PROJECT_KEYS = tuple(_FIELDS) + ("model", "compression")
+PROJECT_KEYS = tuple(_FIELDS) + ("name", "model", "compression")
 STACK_ONLY_KEYS = ("models",) + SECRET_KEYS
 
 
@@ -203,9 +203,14 @@ def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]
 
 
 def _parse_models(raw: Mapping[str, Any], problems: list[str]) -> tuple[ModelEntry, ...]:
+    """`models` (stack files, several models) or the flat `name`/`model`/`compression` keys.
+
+    The served name is given, never derived from the model: changing only the model must roll
+    the same Deployment out, not rename (replace) every resource.
+    """
     entries = raw.get("models")
     if entries is None:
-        entries = [{"model": raw.get("model"), "compression": raw.get("compression")}]
+        entries = [{"name": raw.get("name"), "model": raw.get("model"), "compression": raw.get("compression")}]
         key_of = lambda i, field: field  # noqa: E731 - the flat keys
     else:
         if not isinstance(entries, list) or not entries:
@@ -221,23 +226,21 @@ def _parse_models(raw: Mapping[str, Any], problems: list[str]) -> tuple[ModelEnt
         unknown = sorted(set(entry) - {"name", "model", "compression"})
         if unknown:
             problems.append(_problem(f"models[{i}]", entry, f"unknown field(s) {unknown}; accepted: name, model, compression"))
-        model = entry.get("model")
+        model, name = entry.get("model"), entry.get("name")
         compression = entry.get("compression", default_compression)
+        ok = True
         if not isinstance(model, str) or not is_model_ref(model):
             problems.append(_problem(key_of(i, "model"), model,
                                      f"unknown model; accepted: one of {', '.join(ZOO)} or 'path/to/file.py:factory'"))
-            model = None
+            ok = False
         if compression not in COMPRESSIONS:
             problems.append(_problem(key_of(i, "compression"), compression, f"accepted: one of {', '.join(COMPRESSIONS)}"))
-        name = entry.get("name")
-        if name is None and model in ZOO:
-            name = model
-        if name is None and model is not None:
-            problems.append(_problem(key_of(i, "name"), None, "required for a model given as a file reference"))
-        elif name is not None and (not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > _MAX_NAME):
+            ok = False
+        if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > _MAX_NAME:
             problems.append(_problem(key_of(i, "name"), name,
                                      f"must be a DNS label (lowercase letters, digits, '-') of at most {_MAX_NAME} characters"))
-        elif model is not None and compression in COMPRESSIONS:
+            ok = False
+        if ok:
             out.append(ModelEntry(name=name, model=model, compression=compression))
     names = [e.name for e in out]
     for dup in sorted({n for n in names if names.count(n) > 1}):
@@ -354,7 +357,9 @@ def _read_raw(cfg: pulumi.Config) -> tuple[dict[str, Any], set[str]]:
             else:
                 value = cfg.get(key)
         except (pulumi.ConfigTypeError, ValueError) as exc:
-            problems.append(_problem(key, cfg.get(key), f"must be a {kind} ({exc})"))
+            accepted = {"list": "a list of strings", "object": "a list of objects", "int": "an integer",
+                        "bool": "true or false"}.get(kind, "a string")
+            problems.append(_problem(key, cfg.get(key), f"must be {accepted}"))
             continue
         if value is not None:
             raw[key] = value

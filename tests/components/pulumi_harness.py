@@ -1,0 +1,260 @@
+"""Run the real __main__.py under Pulumi's unit-test mocks and record the resource graph.
+
+Only Pulumi's engine and providers are replaced (pulumi.runtime.set_mocks): the config is the
+stack file merged over Pulumi.yaml's defaults (as the CLI merges them), models.build runs for
+real, and the mocks answer with realistic values (auto-names with suffixes, ECR URLs, sha256
+digests, a load balancer hostname) so the program's apply code sees what it would see live.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime.settings import get_root_resource
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "servedmodel"
+STACKS = ("local", "dev", "prod")
+# EKS's Kubernetes version the objects are validated against (kubernetes-validate, strict).
+KUBERNETES_VERSION = "1.33.0"
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+TEST_SECRET = "test-secret-value-0123456789"
+
+
+def project_config() -> dict[str, dict[str, Any]]:
+    """Pulumi.yaml's `config:` block: full key -> declaration."""
+    return yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+
+
+def stack_file(stack: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text()).get("config", {})
+
+
+def _as_config_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def merged_config(stack: str, overrides: Optional[dict[str, Any]] = None,
+                  secrets: Optional[dict[str, str]] = None) -> tuple[dict[str, str], set[str]]:
+    """Pulumi.yaml defaults, then the stack file, then overrides; `secrets` set as secret values.
+
+    A `{secure: ...}` value in a stack file stands for a ciphertext the CLI would decrypt: the
+    fixture puts a test value there and marks the key secret, as the CLI does.
+    """
+    values: dict[str, Any] = {}
+    for key, decl in project_config().items():
+        if isinstance(decl, dict) and "default" in decl:
+            values[key] = decl["default"]
+    secret_keys: set[str] = set()
+    for key, value in {**stack_file(stack), **(overrides or {})}.items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            value = TEST_SECRET
+            secret_keys.add(key)
+        values[key] = value
+    for key, value in (secrets or {}).items():
+        values[key] = value
+        secret_keys.add(key)
+    return {k: _as_config_string(v) for k, v in values.items()}, secret_keys
+
+
+@dataclass
+class Res:
+    """One registered resource: what the program asked the engine for."""
+
+    urn: str
+    type: str
+    name: str
+    custom: bool
+    parent: str
+    inputs: dict[str, Any]
+    secret_paths: list[str]
+    protect: bool
+    retain_on_delete: bool
+    ignore_changes: list[str]
+    providers: dict[str, str]
+    provider: str
+    dependencies: list[str] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
+    if rpc.is_rpc_secret(value):
+        secret_paths.append(path)
+        return _unwrap(rpc.unwrap_rpc_secret(value), path, secret_paths)
+    if isinstance(value, dict):
+        return {k: _unwrap(v, f"{path}.{k}" if path else k, secret_paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v, f"{path}[{i}]", secret_paths) for i, v in enumerate(value)]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # the wire has only doubles; Kubernetes' schema wants integers
+    return value
+
+
+def _short_hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RealisticMocks(pulumi.runtime.Mocks):
+    """Answers like the providers do, deterministically (same inputs, same ids and names)."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
+        state = json.loads(json.dumps(_unwrap(args.inputs, "", []), default=str))
+        t, name = args.typ, args.name
+        suffix = _short_hash(name)[:7]
+        if t.startswith("kubernetes:") and not t.startswith("pulumi:providers"):
+            meta = state.setdefault("metadata", {})
+            meta.setdefault("name", f"{name}-{suffix}")  # Pulumi's auto-naming
+            if t.endswith(":Service"):
+                spec = state.get("spec", {})
+                spec.setdefault("clusterIP", "172.20.12.34")
+                if spec.get("type") == "LoadBalancer":
+                    state["status"] = {"loadBalancer": {"ingress": [
+                        {"hostname": f"a{suffix}-1234567890.{REGION}.elb.amazonaws.com"}]}}
+            resource_id = f"{meta.get('namespace', '')}/{meta['name']}".lstrip("/")
+            return resource_id, state
+        if t == "docker-build:index:Image":
+            # The manifest digest of what was built from this context with these tags.
+            state["digest"] = "sha256:" + _short_hash(state.get("context"), state.get("tags"))
+            tags = state.get("tags") or [""]
+            state["ref"] = f"{tags[0]}@{state['digest']}" if state.get("push") else tags[0]
+            return state["digest"], state
+        if t == "aws:ecr/repository:Repository":
+            repo = f"{name}-{suffix}"
+            state |= {"name": repo, "registryId": ACCOUNT, "arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repo}",
+                      "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repo}"}
+            return repo, state
+        if t == "aws:iam/role:Role":
+            role = f"{name}-{suffix}"
+            state |= {"name": role, "arn": f"arn:aws:iam::{ACCOUNT}:role/{role}"}
+            return role, state
+        if t == "aws:eks/nodeGroup:NodeGroup":
+            group = f"{name}-{suffix}"
+            state |= {"nodeGroupName": group, "status": "ACTIVE",
+                      "arn": f"arn:aws:eks:{REGION}:{ACCOUNT}:nodegroup/{state.get('clusterName')}/{group}"}
+            return f"{state.get('clusterName')}:{group}", state
+        if t == "docker:index/container:Container":
+            state.setdefault("name", f"{name}-{suffix}")
+            return _short_hash(name, state.get("image")), state
+        return f"{name}-{suffix}", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list]]:
+        token = args.token
+        if token == "aws:eks/getCluster:getCluster":
+            cluster = args.args.get("name")
+            return {"name": cluster, "endpoint": f"https://{_short_hash(cluster)[:32].upper()}.gr7.{REGION}.eks.amazonaws.com",
+                    "certificateAuthorities": [{"data": "LS0tLS1CRUdJTi1DRVJUSUZJQ0FURS0tLS0t"}],
+                    "vpcConfig": {"subnetIds": ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"],
+                                  "vpcId": "vpc-0a1b2c3d4e5f6000"},
+                    "version": KUBERNETES_VERSION.rsplit(".", 1)[0]}, []
+        if token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if token == "aws:index/getRegion:getRegion":
+            return {"name": REGION, "region": REGION, "id": REGION}, []
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {"userName": "AWS", "password": "ecr-token-" + "x" * 20,
+                    "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com",
+                    "authorizationToken": "QVdTOmVjci10b2tlbg==", "id": REGION}, []
+        raise AssertionError(f"the program called an unexpected function: {token}")
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The mock monitor, also keeping each registration's parent and resource options."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.records: list[Res] = []
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        secret_paths: list[str] = []
+        inputs = _unwrap(rpc.deserialize_properties(request.object), "", secret_paths)
+        self.records.append(Res(
+            urn=response.urn, type=request.type, name=request.name, custom=request.custom,
+            parent=request.parent, inputs=inputs, secret_paths=secret_paths, protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete), ignore_changes=list(request.ignoreChanges),
+            providers=dict(request.providers), provider=request.provider,
+            dependencies=list(request.dependencies),
+            state=self.resources[response.urn].state if response.urn in self.resources else {},
+        ))
+        return response
+
+
+@dataclass
+class Run:
+    """The result of one program run: resources in registration order and stack outputs."""
+
+    stack: str
+    resources: list[Res]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, type_: str) -> list[Res]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str) -> Res:
+        found = self.of_type(type_)
+        assert len(found) == 1, f"expected one {type_}, found {len(found)}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Res:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def children(self, parent: Res) -> list[Res]:
+        return [r for r in self.resources if r.parent == parent.urn]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.resources:
+            out[r.type] = out.get(r.type, 0) + 1
+        return out
+
+
+def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
+                secrets: Optional[dict[str, str]] = None, preview: bool = False) -> Run:
+    """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises."""
+    config, secret_keys = merged_config(stack, overrides, secrets)
+    pulumi.runtime.set_all_config(config, list(secret_keys))
+    mocks = RealisticMocks()
+    monitor = RecordingMonitor(mocks)
+    # A fresh root Stack per run: set_mocks makes one when none is active.
+    pulumi.runtime.settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    pulumi.runtime.set_all_config(config, list(secret_keys))
+
+    def program() -> None:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+    _sync_await(run_pulumi_func(program))
+    root = get_root_resource()
+    outputs: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+    for key, value in root.outputs.items():  # type: ignore[union-attr]
+        out = pulumi.Output.from_input(value)
+        outputs[key] = _sync_await(out.future())
+        if _sync_await(out.is_secret()):
+            secret_outputs.add(key)
+    return Run(stack=stack, resources=monitor.records, outputs=outputs, secret_outputs=secret_outputs)
+
+
+def kubernetes_manifest(res: Res) -> dict[str, Any]:
+    """The object as the Kubernetes provider would send it (auto-name filled in)."""
+    doc = json.loads(json.dumps(res.inputs))
+    doc.setdefault("metadata", {}).setdefault("name", res.state.get("metadata", {}).get("name"))
+    return doc

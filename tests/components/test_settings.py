@@ -1,0 +1,161 @@
+"""Stack config validation, without mocks: every bad config from issue 4 gives its message."""
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+
+from components.settings import (GPUS_PER_INSTANCE, ConfigError, ModelEntry, parse_settings)
+from pulumi_harness import STACKS, merged_config, project_config
+
+
+def raw_for(stack: str, overrides: dict | None = None, secrets: dict | None = None):
+    """The raw values load_settings would read: Pulumi.yaml defaults + stack file + overrides."""
+    config, secret_keys = merged_config(stack, overrides, secrets)
+    declared = project_config()
+    raw = {}
+    for full, text in config.items():
+        ns, key = full.split(":", 1)
+        if ns != "servedmodel":
+            continue
+        if declared.get(full, {}).get("type") == "string":
+            raw[key] = text
+            continue
+        try:
+            raw[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raw[key] = text  # a string given where another type was declared
+    return raw, {k.split(":", 1)[1] for k in secret_keys}
+
+
+def problems(stack: str, overrides: dict | None = None, secrets: dict | None = None) -> list[str]:
+    raw, secret_keys = raw_for(stack, overrides, secrets)
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, secret_keys)
+    return err.value.problems
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_file_is_valid(stack):
+    raw, secret_keys = raw_for(stack)
+    s = parse_settings(raw, secret_keys)
+    assert s.models
+
+
+def test_local_stack_serves_mnist_on_docker_cpu():
+    s = parse_settings(*raw_for("local"))
+    assert (s.target, s.gpu, s.device) == ("docker", 0, "cpu")
+    assert s.models == (ModelEntry(name="model", model="mnist-mlp", compression="none"),)
+
+
+def test_prod_stack_is_gpu_with_hpa_2_to_10_and_a_protected_pool():
+    s = parse_settings(*raw_for("prod"))
+    assert (s.target, s.gpu, s.device, s.replicas, s.max_replicas) == ("kubernetes", 1, "cuda", 2, 10)
+    assert s.models[0].compression in ("int8", "fp16")
+    assert s.service_type == "LoadBalancer" and s.allow_load_balancer and s.protect and s.autoscaled
+
+
+def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
+    s = parse_settings(*raw_for("dev"))
+    assert s.target == "kubernetes" and 1 <= s.replicas <= s.max_replicas <= 2 and s.gpu <= 1
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"servedmodel:model": "gpt-17"}, "servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, minilm, resnet-tiny"),
+    ({"servedmodel:compression": "int4"}, "servedmodel:compression = 'int4': accepted: one of none, fp16, int8"),
+    ({"servedmodel:replicas": 3, "servedmodel:maxReplicas": 2}, "servedmodel:replicas = 3: must not exceed servedmodel:maxReplicas (2)"),
+    ({"servedmodel:gpu": 1}, "servedmodel:gpu = 1: GPUs are served on the kubernetes target only"),
+    ({"servedmodel:target": "kubernetes"}, "servedmodel:clusterName = '': the kubernetes target needs the name of an existing EKS cluster"),
+    ({"servedmodel:target": "k8s"}, "servedmodel:target = 'k8s': accepted: one of docker, kubernetes"),
+    ({"servedmodel:authToken": "hunter2"}, "servedmodel:authToken = [given in plain text]: must be a secret"),
+    ({"servedmodel:serviceType": "LoadBalancer"}, "set servedmodel:allowLoadBalancer to true to opt in"),
+    ({"servedmodel:memory": "lots"}, "servedmodel:memory = 'lots': must be a Kubernetes quantity"),
+    ({"servedmodel:ingressCidrs": ["10.0.0.0/33"]}, "servedmodel:ingressCidrs = '10.0.0.0/33'"),
+    ({"servedmodel:name": "My_Model"}, "servedmodel:name = 'My_Model': must be a DNS label"),
+])
+def test_each_bad_config_names_key_value_and_what_is_accepted(overrides, needle):
+    found = problems("local", overrides)
+    assert any(needle in p for p in found), found
+
+
+def test_plain_text_secret_never_echoes_the_value():
+    found = problems("local", {"servedmodel:authToken": "hunter2"})
+    assert not any("hunter2" in p for p in found)
+
+
+def test_a_secret_given_as_a_secret_is_accepted():
+    raw, secret_keys = raw_for("local", secrets={"servedmodel:authToken": "hunter2"})
+    parse_settings(raw, secret_keys)
+
+
+def test_gpu_pool_that_cannot_fit_max_replicas_plus_surge_is_rejected():
+    # prod: 1 GPU per replica on g5.xlarge (1 GPU) -> 10 replicas + 1 surge need 11 nodes.
+    found = problems("prod", {"servedmodel:nodeMax": 10})
+    assert any(p.startswith("servedmodel:nodeMax = 10:") and "need 11" in p and "at least 11" in p
+               for p in found), found
+    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 11})
+    parse_settings(raw, keys)
+    # Bigger nodes hold more replicas: g5.12xlarge has 4 GPUs -> 3 nodes fit 12.
+    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 3, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"]})
+    parse_settings(raw, keys)
+
+
+def test_unknown_gpu_instance_type_is_rejected_with_the_known_ones():
+    found = problems("prod", {"servedmodel:nodeInstanceTypes": ["m5.large"]})
+    assert any("servedmodel:nodeInstanceTypes" in p and "g5.xlarge" in p for p in found), found
+    assert "m5.large" not in GPUS_PER_INSTANCE
+
+
+def test_all_problems_are_reported_together():
+    found = problems("local", {
+        "servedmodel:model": "nope", "servedmodel:compression": "int3", "servedmodel:replicas": 4,
+        "servedmodel:maxReplicas": 2, "servedmodel:gpu": 1, "servedmodel:authToken": "plain",
+    })
+    keys = {p.split(" ", 1)[0] for p in found}
+    assert {"servedmodel:model", "servedmodel:compression", "servedmodel:replicas", "servedmodel:gpu",
+            "servedmodel:authToken"} <= keys, found
+    err = ConfigError(found)
+    assert str(err).startswith(f"invalid stack config ({len(found)} problems):")
+
+
+def test_kubernetes_target_without_cluster_and_with_gpu_on_docker_both_reported():
+    found = problems("dev", {"servedmodel:clusterName": ""})
+    assert any(p.startswith("servedmodel:clusterName") for p in found)
+
+
+def test_several_models_need_unique_dns_names():
+    models = [{"name": "a", "model": "mnist-mlp"}, {"name": "a", "model": "lenet", "compression": "int8"},
+              {"model": "lenet"}]
+    found = problems("local", {"servedmodel:models": models})
+    assert any("servedmodel:models = 'a': each served name must be unique" in p for p in found), found
+    assert any(p.startswith("servedmodel:models[2].name = None") for p in found), found
+
+
+def test_file_reference_models_are_accepted():
+    raw, keys = raw_for("local", {"servedmodel:model": "examples/my_model.py:make_model"})
+    assert parse_settings(raw, keys).models[0].model == "examples/my_model.py:make_model"
+
+
+def test_a_configured_zero_is_not_replaced_by_a_default():
+    raw, keys = raw_for("local", {"servedmodel:preStopSeconds": 0, "servedmodel:drainSeconds": 0})
+    s = parse_settings(raw, keys)
+    assert (s.pre_stop_seconds, s.drain_seconds) == (0, 0)
+
+
+def test_bad_config_stops_the_real_program_with_one_run_error():
+    from pulumi_harness import run_program
+
+    with pytest.raises(pulumi.RunError) as err:
+        run_program("local", {"servedmodel:model": "nope", "servedmodel:replicas": 3, "servedmodel:maxReplicas": 1})
+    message = str(err.value)
+    assert "invalid stack config (2 problems)" in message
+    assert "servedmodel:model = 'nope'" in message and "servedmodel:replicas = 3" in message
+
+
+def test_a_non_integer_for_an_integer_key_is_reported_by_the_loader():
+    from pulumi_harness import run_program
+
+    with pytest.raises(pulumi.RunError) as err:
+        run_program("local", {"servedmodel:replicas": "two"})
+    assert "servedmodel:replicas = 'two': must be an integer" in str(err.value)
