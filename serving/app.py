@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 import sys
 import time
@@ -40,6 +41,19 @@ def _json_depth_ok(value: object, depth: int = 0) -> bool:
     if isinstance(value, list):
         return all(_json_depth_ok(v, depth + 1) for v in value)
     return True
+
+
+def _loads_with_nonfinite(data, error: Exception):
+    """Python's json writes NaN/Infinity/-Infinity tokens (so tritonclient sends them for
+    non-finite inputs); orjson refuses them. Accept them through the slower stdlib parser."""
+    raw = bytes(data)
+    if b"NaN" in raw or b"Infinity" in raw:
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            pass
+    raise ServingError(400, f"request body is not valid JSON (or nests deeper than "
+                            f"{MAX_DEPTH} levels): {error}")
 
 
 class AccessLog:
@@ -367,8 +381,7 @@ class App:
         try:
             doc = orjson.loads(json_part)
         except orjson.JSONDecodeError as e:
-            raise ServingError(400, f"request body is not valid JSON (or nests deeper than "
-                                    f"{MAX_DEPTH} levels): {e}") from None
+            doc = _loads_with_nonfinite(json_part, e)
         if not isinstance(doc, dict):
             raise ServingError(400, "request must be a JSON object with 'inputs'")
         request_id = doc.get("id")
