@@ -9,8 +9,6 @@ import pulumi_kubernetes as k8s
 
 from components import ServedModel, ServedModelArgs, load_settings, specs
 
-ROOT = Path(__file__).resolve().parent
-
 settings = load_settings()
 stack = pulumi.get_stack()
 
@@ -28,7 +26,7 @@ if settings.target == "kubernetes":
 outputs: dict[str, dict[str, pulumi.Output]] = {"url": {}, "image": {}, "modelVersion": {}, "signature": {}}
 for index, entry in enumerate(settings.models):
     served = ServedModel(entry.name, ServedModelArgs(
-        entry=entry, settings=settings, out_dir=ROOT / "build" / stack / entry.name,
+        entry=entry, settings=settings, out_dir=Path("build") / stack / entry.name,
         local_port=settings.local_port + index, node_subnet_ids=subnet_ids,
     ), opts=opts)
     outputs["url"][entry.name] = served.url

@@ -14,7 +14,8 @@ from components import specs
 @dataclass
 class ModelImageArgs:
     context_dir: str
-    """The build context written by models.build (Dockerfile at its root). Required."""
+    """The build context written by models.build (Dockerfile at its root), relative to the
+    project directory so the state does not depend on where the repository is checked out. Required."""
     version: str
     """The model version: the image tag. Required."""
     push: bool
@@ -90,7 +91,7 @@ class ModelImage(pulumi.ComponentResource):
             platforms=[args.platform],
             push=args.push,
             # Local target: load into the engine the containers run from; nothing is pushed.
-            load=not args.push,
+            load=None if args.push else True,
             registries=registries or None,
             build_on_preview=True,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),

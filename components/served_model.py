@@ -21,13 +21,23 @@ class ServedModelArgs:
     settings: Settings
     """The validated stack settings. Required."""
     out_dir: Path
-    """Where models.build writes the build context. Required."""
+    """Where models.build writes the build context (relative to the project directory). Required."""
     local_port: int = 8080
     """Host port on the docker target. Default 8080."""
     node_subnet_ids: Optional[pulumi.Input[Sequence[str]]] = None
     """Subnets for the GPU node pool (kubernetes target with gpu > 0). Default None."""
     cache_dir: Optional[Path] = None
     """models.build cache; None uses $SERVEDMODEL_CACHE or ~/.cache/servedmodel. Default None."""
+
+
+def _portable(path: Path) -> str:
+    """The context path relative to the project directory (Pulumi's working directory) when it
+    lies inside it: an absolute path would differ between checkouts (CI vs. a laptop) and show
+    up as an image change in every preview."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +73,7 @@ class ServedModel(pulumi.ComponentResource):
         kubernetes = s.target == "kubernetes"
 
         image = ModelImage(f"{name}", ModelImageArgs(
-            context_dir=str(build.context_dir), version=build.version, push=kubernetes,
+            context_dir=_portable(Path(build.context_dir)), version=build.version, push=kubernetes,
             local_repository=f"servedmodel/{entry.name}",
             registry=s.registry, registry_username=s.registry_username,
             registry_password=s.registry_password, keep_versions=s.keep_versions, protect=s.protect,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,13 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     def program() -> None:
         runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
-    _sync_await(run_pulumi_func(program))
+    # The CLI runs the program in the project directory.
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        _sync_await(run_pulumi_func(program))
+    finally:
+        os.chdir(cwd)
     root = get_root_resource()
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()

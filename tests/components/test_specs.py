@@ -1,0 +1,98 @@
+"""The pure spec builders, without mocks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components import specs
+
+
+def test_gpu_limit_equals_request_and_cpu_pods_get_no_gpu():
+    r = specs.resources("2", "4Gi", 1)
+    assert r["requests"] == r["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
+    assert "nvidia.com/gpu" not in specs.resources("1", "1Gi", 0)["limits"]
+
+
+def test_toleration_matches_the_pool_taint():
+    [tol] = specs.gpu_tolerations(1)
+    assert (tol["key"], tol["value"], tol["effect"], tol["operator"]) == (
+        specs.GPU_TAINT["key"], specs.GPU_TAINT["value"], specs.GPU_TAINT["effect"], "Equal")
+    assert specs.gpu_tolerations(0) == []
+
+
+def test_probes_follow_the_server_contract():
+    p = specs.probes()
+    assert p["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert p["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert p["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # The startup probe allows minutes for a model to load before liveness can kill the pod.
+    assert p["startupProbe"]["periodSeconds"] * p["startupProbe"]["failureThreshold"] >= 120
+
+
+@pytest.mark.parametrize("pre_stop, drain", [(5, 20), (0, 0), (10, 60)])
+def test_grace_period_outlasts_pre_stop_plus_drain(pre_stop, drain):
+    lifecycle, grace = specs.termination(pre_stop, drain)
+    assert grace > pre_stop + drain
+    assert (lifecycle.get("preStop", {}).get("sleep", {}).get("seconds", 0)) == pre_stop
+
+
+def test_security_contexts_are_hardened():
+    c = specs.container_security_context()
+    assert c["allowPrivilegeEscalation"] is False and c["readOnlyRootFilesystem"] is True
+    assert c["capabilities"] == {"drop": ["ALL"]} and c["runAsNonRoot"] is True
+    pod = specs.pod_security_context()
+    assert pod["runAsNonRoot"] and pod["runAsUser"] == 10001 and pod["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_selector_labels_never_carry_the_version():
+    assert "app.kubernetes.io/version" not in specs.selector_labels("m")
+    assert specs.labels("m", "abc")["app.kubernetes.io/version"] == "abc"
+    assert specs.selector_labels("m").items() <= specs.labels("m", "abc").items()
+
+
+def test_hpa_metrics():
+    inflight = specs.hpa_metric("inflight", 4, 50, 70)
+    assert inflight["pods"]["metric"]["name"] == "servedmodel_inflight_requests"
+    assert inflight["pods"]["target"] == {"type": "AverageValue", "averageValue": "4"}
+    queue = specs.hpa_metric("queue", 4, 50, 70)
+    assert queue["pods"]["metric"]["name"] == specs.QUEUE_METRIC and queue["pods"]["target"]["averageValue"] == "50m"
+    assert specs.hpa_metric("queue", 4, 2000, 70)["pods"]["target"]["averageValue"] == "2"
+    cpu = specs.hpa_metric("cpu", 4, 50, 70)
+    assert cpu == {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+
+
+def test_server_env_uses_the_contract_names_and_secret_ref():
+    env = {e["name"]: e for e in specs.server_env("cuda", 20, "auth-abc")}
+    assert env["SERVEDMODEL_DEVICE"]["value"] == "cuda" and env["SERVEDMODEL_PORT"]["value"] == "8080"
+    assert env["SERVEDMODEL_DRAIN_SECONDS"]["value"] == "20"
+    assert env["SERVEDMODEL_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "auth-abc", "key": "token"}
+    assert "SERVEDMODEL_AUTH_TOKEN" not in {e["name"] for e in specs.server_env("cpu", 20)}
+
+
+def test_network_policy_admits_own_namespace_configured_namespaces_and_cidrs_only():
+    [rule] = specs.network_policy_ingress(("monitoring",), ("10.0.0.0/16",))
+    assert rule["from"] == [{"podSelector": {}},
+                            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+                            {"ipBlock": {"cidr": "10.0.0.0/16"}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+def test_rolling_update_never_drops_capacity():
+    assert specs.rolling_update()["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+
+
+def test_ecr_lifecycle_keeps_the_last_n_versions():
+    [rule] = json.loads(specs.ecr_lifecycle_policy(7))["rules"]
+    assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["selection"]["countNumber"] == 7
+    assert rule["action"] == {"type": "expire"}
+
+
+def test_kubeconfig_uses_aws_token_exec_not_a_stored_token():
+    cfg = json.loads(specs.eks_kubeconfig("c", "https://x", "Q0E=", "eu-west-1"))
+    user = cfg["users"][0]["user"]
+    assert "token" not in user and user["exec"]["args"][:4] == ["eks", "get-token", "--cluster-name", "c"]
+
+
+def test_registry_host():
+    assert specs.registry_host("1.dkr.ecr.eu-west-1.amazonaws.com/a/b") == "1.dkr.ecr.eu-west-1.amazonaws.com"

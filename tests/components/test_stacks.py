@@ -1,0 +1,271 @@
+"""The real __main__.py for every stack file under Pulumi's mocks: the whole resource graph.
+
+Each Kubernetes object is validated against the OpenAPI schema of the cluster's version with
+kubernetes-validate in strict mode (unknown fields are errors).
+"""
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from components import specs
+from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kubernetes_manifest
+
+COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
+              "servedmodel:index:ModelService", "servedmodel:index:LocalService"}
+K8S = "kubernetes:"
+
+
+def k8s_objects(run: Run):
+    return [r for r in run.resources if r.type.startswith(K8S)]
+
+
+def pod_spec(run: Run, deployment=None):
+    deployment = deployment or run.one("kubernetes:apps/v1:Deployment")
+    return deployment.inputs["spec"]["template"]["spec"]
+
+
+def test_expected_kinds_and_counts(stack_runs):
+    assert stack_runs["local"].counts() == {
+        "servedmodel:index:ServedModel": 1, "servedmodel:index:ModelImage": 1,
+        "servedmodel:index:LocalService": 1, "docker-build:index:Image": 1, "docker:index/container:Container": 1}
+    per_model = {"servedmodel:index:ServedModel": 1, "servedmodel:index:ModelImage": 1,
+                 "servedmodel:index:ModelService": 1, "aws:ecr/repository:Repository": 1,
+                 "aws:ecr/lifecyclePolicy:LifecyclePolicy": 1, "docker-build:index:Image": 1,
+                 "kubernetes:core/v1:ServiceAccount": 1, "kubernetes:core/v1:Secret": 1,
+                 "kubernetes:apps/v1:Deployment": 1, "kubernetes:core/v1:Service": 1,
+                 "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": 1,
+                 "kubernetes:networking.k8s.io/v1:NetworkPolicy": 1}
+    # dev: two models, 1-2 CPU replicas (HPA, no PDB at one replica), no GPU pool.
+    assert stack_runs["dev"].counts() == {k: 2 * v for k, v in per_model.items()} | {"pulumi:providers:kubernetes": 1}
+    # prod: one model, GPU pool (role + 3 policy attachments + node group), PDB, PriorityClass.
+    assert stack_runs["prod"].counts() == per_model | {
+        "pulumi:providers:kubernetes": 1, "servedmodel:index:GpuNodePool": 1, "aws:iam/role:Role": 1,
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 3, "aws:eks/nodeGroup:NodeGroup": 1,
+        "kubernetes:policy/v1:PodDisruptionBudget": 1, "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_resource_is_parented_in_its_component(stack_runs, stack):
+    run = stack_runs[stack]
+    for r in run.resources:
+        if r.type == "servedmodel:index:ServedModel" or r.type.startswith("pulumi:providers:"):
+            assert r.parent.endswith("::" + f"{run.stack}") or r.parent.split("::")[-2].endswith("pulumi:pulumi:Stack")
+            continue
+        parent = run.by_urn(r.parent)
+        assert parent.type in COMPONENTS, f"{r.type} {r.name} is parented by {parent.type}"
+        if r.type.startswith(K8S):
+            assert parent.type == "servedmodel:index:ModelService"
+        if r.type.startswith("aws:iam") or r.type.startswith("aws:eks"):
+            assert parent.type == "servedmodel:index:GpuNodePool"
+        if r.type.startswith("aws:ecr") or r.type.startswith("docker-build"):
+            assert parent.type == "servedmodel:index:ModelImage"
+    for component in run.resources:
+        if component.type in COMPONENTS - {"servedmodel:index:ServedModel"}:
+            assert run.by_urn(component.parent).type == "servedmodel:index:ServedModel"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_kubernetes_object_is_valid_for_the_cluster_version(stack_runs, stack):
+    objects = k8s_objects(stack_runs[stack])
+    assert objects
+    for r in objects:
+        doc = kubernetes_manifest(r)
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validation_is_strict_enough_to_catch_a_typo(stack_runs):
+    doc = kubernetes_manifest(stack_runs["prod"].one("kubernetes:apps/v1:Deployment"))
+    doc["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_kubernetes_objects_are_auto_named_and_use_the_consumers_provider(stack_runs, stack):
+    run = stack_runs[stack]
+    provider = run.one("pulumi:providers:kubernetes")
+    for r in k8s_objects(run):
+        assert "name" not in r.inputs.get("metadata", {}), f"{r.type} sets metadata.name (no auto-naming)"
+        assert r.provider.startswith(provider.urn + "::"), f"{r.type} does not use the stack's provider"
+
+
+def test_deployment_leaves_replicas_to_the_hpa(stack_runs):
+    for stack in ("dev", "prod"):
+        run = stack_runs[stack]
+        for d in run.of_type("kubernetes:apps/v1:Deployment"):
+            assert "replicas" not in d.inputs["spec"]
+        for hpa in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
+            names = {d.state["metadata"]["name"] for d in run.of_type("kubernetes:apps/v1:Deployment")}
+            assert hpa.inputs["spec"]["scaleTargetRef"]["name"] in names
+
+
+def test_deployment_sets_replicas_when_no_hpa(model_cache):
+    from pulumi_harness import run_program
+
+    run = run_program("dev", {"servedmodel:maxReplicas": 1})
+    assert not run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert {d.inputs["spec"]["replicas"] for d in run.of_type("kubernetes:apps/v1:Deployment")} == {1}
+
+
+def test_prod_deployment(stack_runs):
+    run = stack_runs["prod"]
+    d = run.one("kubernetes:apps/v1:Deployment")
+    spec = d.inputs["spec"]
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    [c] = pod["containers"]
+    image = run.one("docker-build:index:Image")
+    assert c["image"] == f"{image.inputs['tags'][0]}@{image.state['digest']}" and "@sha256:" in c["image"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert c["resources"]["limits"] == c["resources"]["requests"]
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
+    group = run.one("aws:eks/nodeGroup:NodeGroup")
+    assert pod["nodeSelector"] == {specs.POOL_LABEL: group.inputs["labels"][specs.POOL_LABEL]}
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    env = {e["name"]: e for e in c["env"]}
+    drain = int(env["SERVEDMODEL_DRAIN_SECONDS"]["value"])
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    assert env["SERVEDMODEL_DEVICE"]["value"] == "cuda"
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert pod["automountServiceAccountToken"] is False
+    sa = run.one("kubernetes:core/v1:ServiceAccount")
+    assert sa.inputs["automountServiceAccountToken"] is False and pod["serviceAccountName"] == sa.state["metadata"]["name"]
+    pc = run.one("kubernetes:scheduling.k8s.io/v1:PriorityClass")
+    assert pod["priorityClassName"] == pc.state["metadata"]["name"] and pc.inputs["value"] == 100000
+    # The pod template carries the model version: a model change is a rollout.
+    version = run.outputs["modelVersion"]["classifier"]
+    assert spec["template"]["metadata"]["annotations"][specs.VERSION_ANNOTATION] == version
+    assert "app.kubernetes.io/version" not in spec["selector"]["matchLabels"]
+
+
+def test_auth_token_is_a_secret_end_to_end(stack_runs):
+    for stack in ("dev", "prod"):
+        run = stack_runs[stack]
+        for secret in run.of_type("kubernetes:core/v1:Secret"):
+            assert secret.inputs["stringData"] == {"token": TEST_SECRET}
+            assert "stringData" in secret.secret_paths or "stringData.token" in secret.secret_paths
+        d = run.of_type("kubernetes:apps/v1:Deployment")[0]
+        env = {e["name"]: e for e in pod_spec(run, d)["containers"][0]["env"]}
+        ref = env["SERVEDMODEL_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] in {s.state["metadata"]["name"] for s in run.of_type("kubernetes:core/v1:Secret")}
+        # Never in a Deployment in plain text, never in the outputs.
+        assert TEST_SECRET not in repr([r.inputs for r in run.of_type("kubernetes:apps/v1:Deployment")])
+        assert TEST_SECRET not in repr(run.outputs)
+    container = stack_runs["local"].one("docker:index/container:Container")
+    assert any(p.startswith("envs") for p in container.secret_paths)
+
+
+def test_registry_credentials_are_secret(stack_runs):
+    image = stack_runs["prod"].one("docker-build:index:Image")
+    # The whole registries list is secret once the password in it is.
+    assert any(p in ("registries", "registries[0]", "registries[0].password") for p in image.secret_paths), image.secret_paths
+
+
+def test_prod_service_hpa_pdb_and_network_policy(stack_runs):
+    run = stack_runs["prod"]
+    svc = run.one("kubernetes:core/v1:Service")
+    assert svc.inputs["spec"]["type"] == "LoadBalancer"
+    assert svc.inputs["metadata"]["annotations"][specs.LOAD_BALANCER_OPT_IN] == "true"
+    assert svc.inputs["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler").inputs["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "servedmodel_inflight_requests"
+    pdb = run.one("kubernetes:policy/v1:PodDisruptionBudget").inputs["spec"]
+    assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"] == specs.selector_labels("classifier")
+    np = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]
+    assert np["policyTypes"] == ["Ingress"]
+    sources = np["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
+    assert {"ipBlock": {"cidr": "10.0.0.0/16"}} in sources
+
+
+def test_dev_is_cpu_with_cpu_hpa_and_cluster_ip(stack_runs):
+    run = stack_runs["dev"]
+    for d in run.of_type("kubernetes:apps/v1:Deployment"):
+        pod = d.inputs["spec"]["template"]["spec"]
+        assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+        assert "tolerations" not in pod and "nodeSelector" not in pod
+    for svc in run.of_type("kubernetes:core/v1:Service"):
+        assert svc.inputs["spec"]["type"] == "ClusterIP"
+    for hpa in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
+        assert hpa.inputs["spec"]["metrics"][0]["type"] == "Resource"
+
+
+def test_gpu_node_pool(stack_runs):
+    run = stack_runs["prod"]
+    group = run.one("aws:eks/nodeGroup:NodeGroup")
+    i = group.inputs
+    assert i["clusterName"] == "servedmodel-prod" and i["amiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
+    assert i["instanceTypes"] == ["g5.xlarge"]
+    assert i["scalingConfig"] == {"minSize": 2, "desiredSize": 2, "maxSize": 11}
+    assert i["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+    assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]  # the cluster's
+    role = run.one("aws:iam/role:Role")
+    assert i["nodeRoleArn"] == role.state["arn"]
+    attached = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
+    assert attached == {f"arn:aws:iam::aws:policy/{p}" for p in specs.NODE_POLICIES}
+    assert group.protect, "prod node pool must be protected"
+    assert "scalingConfig.desiredSize" in group.ignore_changes
+
+
+def test_registry_and_images(stack_runs):
+    prod = stack_runs["prod"]
+    repo = prod.one("aws:ecr/repository:Repository")
+    assert repo.protect, "prod registry must be protected"
+    assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+    assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
+    assert not stack_runs["dev"].of_type("aws:ecr/repository:Repository")[0].protect
+    for stack, run in stack_runs.items():
+        for image in run.of_type("docker-build:index:Image"):
+            assert image.retain_on_delete, f"{stack}: images must be retain_on_delete"
+            assert image.inputs["buildOnPreview"] is True
+            version = image.inputs["tags"][0].rsplit(":", 1)[1]
+            assert version in run.outputs["modelVersion"].values()
+            # Relative to the project: the same state whatever the checkout's path.
+            assert image.inputs["context"]["location"] == f"build/{stack}/" + image.name.removesuffix("-image")
+            if stack == "local":
+                assert image.inputs.get("push") is False and image.inputs["load"] is True
+            else:
+                assert image.inputs["push"] is True and not image.inputs.get("load")
+
+
+def test_local_container(stack_runs):
+    run = stack_runs["local"]
+    c = run.one("docker:index/container:Container").inputs
+    image = run.one("docker-build:index:Image")
+    assert c["image"] == image.inputs["tags"][0]
+    assert c["ports"] == [{"internal": 8080, "external": 8080, "ip": "127.0.0.1"}]
+    assert c["restart"] == "unless-stopped"
+    assert "/v2/health/ready" in " ".join(c["healthcheck"]["tests"])
+    assert c["readOnly"] is True and c["user"] == "10001"
+
+
+def test_outputs_per_model(stack_runs):
+    local = stack_runs["local"].outputs
+    assert local["url"] == {"model": "http://127.0.0.1:8080"}
+    assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
+    for stack, run in stack_runs.items():
+        out = run.outputs
+        assert set(out) == {"url", "image", "modelVersion", "signature"}
+        for name, version in out["modelVersion"].items():
+            assert len(version) == 16 and out["image"][name].split("@")[0].endswith(":" + version)
+            sig = out["signature"][name]
+            assert set(sig) == {"inputs", "outputs"} and sig["inputs"] and sig["outputs"]
+            for tensor in sig["inputs"] + sig["outputs"]:
+                assert {"name", "datatype", "shape"} <= set(tensor)
+            if stack != "local":
+                assert "@sha256:" in out["image"][name]
+        assert not run.secret_outputs
+    assert stack_runs["prod"].outputs["url"]["classifier"].endswith(".elb.amazonaws.com")
+    assert stack_runs["dev"].outputs["url"]["lenet"].endswith(".servedmodel.svc.cluster.local")
