@@ -1,0 +1,142 @@
+"""Helpers for the image tests (tests/image/): a real Docker engine, a real registry on 127.0.0.1:5000, and
+build contexts written by the real `models.build`. conftest.py holds the fixtures.
+
+.ci/prepare-docker.sh provides the engine, the registry and a stand-in for the Dockerfile's
+base image before `make test`. Where no engine exists the tests skip with the reason; in CI
+(CI=true) a missing engine or registry is an error, because CI must have prepared them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REGISTRY = "127.0.0.1:5000"
+BASE_IMAGE = "python:3.11-slim"
+REPO = "servedmodel-test"          # local image names: servedmodel-test/<model>:<version>
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI runs .ci/prepare-docker.sh first; see its log)", pytrace=False)
+    pytest.skip(reason)
+
+
+def docker(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run the docker CLI; on failure the error names the command and shows its output."""
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def inspect(obj: str, fmt: str = "{{json .}}") -> object:
+    return json.loads(docker("inspect", "--format", fmt, obj).stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Built:
+    """One zoo model's context and the image built from it."""
+    model: str
+    compression: str
+    context: Path
+    version: str
+    manifest: dict
+    image: str          # servedmodel-test/<model>:<version>
+    image_id: str
+    build_log: str
+    build_seconds: float
+
+
+def build_image(context: Path, tag: str) -> tuple[str, str, float]:
+    """`docker build` of a context as the components build it (its own Dockerfile, the default
+    BASE_IMAGE); host network, because the engine here has no bridge. Returns id, log, seconds."""
+    t0 = time.monotonic()
+    proc = docker("build", "--network", "host", "--tag", tag, str(context), timeout=900)
+    seconds = time.monotonic() - t0
+    return docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip(), \
+        proc.stdout + proc.stderr, seconds
+
+
+class Images:
+    """Builds each (model, compression) once per session from a real models.build context."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._built: dict[tuple[str, str], Built] = {}
+
+    def get(self, model: str, compression: str = "none") -> Built:
+        key = (model, compression)
+        if key not in self._built:
+            import models  # here, not at import: the image tests collect without torch too
+
+            result = models.build(model=model, compression=compression,
+                                  out_dir=self.root / f"{model}-{compression}", device="cpu")
+            tag = f"{REPO}/{model}:{result.version}"
+            image_id, log, seconds = build_image(result.context_dir, tag)
+            self._built[key] = Built(model, compression, Path(result.context_dir), result.version,
+                                     result.manifest, tag, image_id, log, seconds)
+        return self._built[key]
+
+
+class Container:
+    """A serving container started the way a careful operator runs it: read-only root,
+    tmpfs /tmp, every capability dropped, no new privileges, the image's own user."""
+
+    def __init__(self, image: str, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        env = {"SERVEDMODEL_HOST": "127.0.0.1", "SERVEDMODEL_PORT": str(self.port), **(env or {})}
+        args = ["run", "--detach", "--network", "host", "--read-only",
+                "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges"]
+        for k, v in env.items():
+            args += ["--env", f"{k}={v}"]
+        self.started = time.monotonic()
+        self.id = docker(*args, *extra, image).stdout.strip()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 60) -> float:
+        """Seconds from `docker run` to /v2/health/ready answering 200."""
+        deadline = self.started + timeout
+        while time.monotonic() < deadline:
+            if http_status(f"{self.url}/v2/health/ready", timeout=1) == 200:
+                return time.monotonic() - self.started
+            if not inspect(self.id, "{{json .State.Running}}"):
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"not ready after {time.monotonic() - self.started:.1f}s; logs:\n"
+                             f"{self.logs()}")
+
+    def logs(self) -> str:
+        proc = docker("logs", self.id, check=False)
+        return (proc.stdout + proc.stderr)[-4000:]
+
+    def remove(self) -> None:
+        docker("rm", "--force", self.id, check=False)
