@@ -1,0 +1,28 @@
+"""The ServedModel policy pack: `pulumi preview --policy-pack policy` runs it on every PR.
+
+A thin wrapper: the rules live in rules.py (plain Python, unit-tested without pulumi_policy,
+whose PolicyPack starts a gRPC server on construction). Every rule is mandatory: what it
+rejects must never ship.
+"""
+import os
+import sys
+
+from pulumi_policy import EnforcementLevel, PolicyPack, ResourceValidationPolicy
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rules  # noqa: E402
+
+
+def _validator(rule):
+    def validate(args, report_violation):
+        for message in rule.check(args.resource_type, args.props):
+            report_violation(message)
+    return validate
+
+
+PolicyPack(
+    name="servedmodel",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    policies=[ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
+              for rule in rules.RULES],
+)

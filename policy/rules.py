@@ -1,0 +1,171 @@
+"""The policy pack's rules as plain functions (no pulumi_policy import: tests call them directly).
+
+Each rule takes a resource's type token and its properties as the engine sees them (Kubernetes
+objects in camelCase) and returns violation messages, empty when the resource passes.
+Properties that are unknown during a preview (not yet computed) are never reported.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+GPU = "nvidia.com/gpu"
+LOAD_BALANCER_OPT_IN = "servedmodel.io/allow-load-balancer"
+
+# digest-pinned: repo@sha256:<64 hex>; version tags: a content hash (our model versions) or a
+# semantic version. Anything else (latest, main, stable, no tag) can move under a running pod.
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+_VERSION_TAG = re.compile(r"^(?:[0-9a-f]{12,64}|v?\d+\.\d+(?:\.\d+)?(?:[-+][0-9A-Za-z.-]+)?)$")
+
+_POD_SPEC_PATHS = {
+    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:ReplicaSet": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "kubernetes:core/v1:Pod": ("spec",),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    check: Callable[[str, dict[str, Any]], list[str]]
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def pod_spec(resource_type: str, props: dict[str, Any]) -> dict[str, Any] | None:
+    path = _POD_SPEC_PATHS.get(resource_type)
+    spec = _get(props, *path) if path else None
+    return spec if isinstance(spec, dict) else None
+
+
+def _containers(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for field in ("initContainers", "containers"):
+        for c in spec.get(field) or []:
+            if isinstance(c, dict):
+                yield f"{field[:-1]} {c.get('name', '?')!r}", c
+
+
+def is_pinned_image(ref: str) -> bool:
+    """A digest or a version tag; never latest, a branch name or no tag."""
+    if _DIGEST.search(ref):
+        return True
+    name = ref.rsplit("/", 1)[-1]
+    if ":" not in name:
+        return False
+    return bool(_VERSION_TAG.match(name.rsplit(":", 1)[1]))
+
+
+def no_mutable_tags(resource_type: str, props: dict[str, Any]) -> list[str]:
+    images: list[tuple[str, Any]] = []
+    spec = pod_spec(resource_type, props)
+    if spec is not None:
+        images = [(where, c.get("image")) for where, c in _containers(spec)]
+    elif resource_type == "docker-build:index:Image":
+        images = [("tag", t) for t in props.get("tags") or []]
+    elif resource_type == "docker:index/container:Container":
+        images = [("image", props.get("image"))]
+    return [f"{where}: image {ref!r} uses a mutable tag; use a digest (@sha256:...) or a version tag"
+            for where, ref in images if isinstance(ref, str) and not is_pinned_image(ref)]
+
+
+def requests_and_limits(resource_type: str, props: dict[str, Any]) -> list[str]:
+    spec = pod_spec(resource_type, props)
+    out = []
+    for where, c in _containers(spec or {}):
+        res = c.get("resources") or {}
+        for kind in ("requests", "limits"):
+            missing = [r for r in ("cpu", "memory") if not (res.get(kind) or {}).get(r)]
+            if missing:
+                out.append(f"{where}: resources.{kind} must set {' and '.join(missing)}")
+    return out
+
+
+def gpu_limit_equals_request(resource_type: str, props: dict[str, Any]) -> list[str]:
+    spec = pod_spec(resource_type, props)
+    out = []
+    for where, c in _containers(spec or {}):
+        res = c.get("resources") or {}
+        req, lim = (res.get("requests") or {}).get(GPU), (res.get("limits") or {}).get(GPU)
+        if (req is not None or lim is not None) and str(req) != str(lim):
+            out.append(f"{where}: {GPU} request ({req}) must equal its limit ({lim})")
+    return out
+
+
+def probes_present(resource_type: str, props: dict[str, Any]) -> list[str]:
+    if resource_type in ("kubernetes:batch/v1:Job", "kubernetes:batch/v1:CronJob"):
+        return []  # run-to-completion pods are not served
+    spec = pod_spec(resource_type, props)
+    out = []
+    for where, c in _containers(spec or {}):
+        if where.startswith("initContainer"):
+            continue
+        missing = [p for p in ("readinessProbe", "livenessProbe") if not c.get(p)]
+        if missing:
+            out.append(f"{where}: {' and '.join(missing)} missing")
+    return out
+
+
+def hardened_security_context(resource_type: str, props: dict[str, Any]) -> list[str]:
+    spec = pod_spec(resource_type, props)
+    if spec is None:
+        return []
+    pod_sc = spec.get("securityContext") or {}
+    out = []
+    for where, c in _containers(spec):
+        sc = c.get("securityContext") or {}
+        problems = []
+        if not (sc.get("runAsNonRoot") if "runAsNonRoot" in sc else pod_sc.get("runAsNonRoot")):
+            problems.append("runAsNonRoot true")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append("allowPrivilegeEscalation false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append("readOnlyRootFilesystem true")
+        if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+            problems.append("capabilities.drop [ALL]")
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append("seccompProfile RuntimeDefault")
+        if spec.get("hostNetwork") or spec.get("hostPID") or sc.get("privileged"):
+            problems.append("no privileged/host namespaces")
+        if problems:
+            out.append(f"{where}: securityContext needs {', '.join(problems)}")
+    return out
+
+
+def no_unapproved_load_balancer(resource_type: str, props: dict[str, Any]) -> list[str]:
+    if resource_type != "kubernetes:core/v1:Service" or _get(props, "spec", "type") != "LoadBalancer":
+        return []
+    if (_get(props, "metadata", "annotations") or {}).get(LOAD_BALANCER_OPT_IN) == "true":
+        return []
+    return [f"Service of type LoadBalancer is public: opt in explicitly with the annotation "
+            f"{LOAD_BALANCER_OPT_IN}: \"true\" (servedmodel:allowLoadBalancer), or use ClusterIP"]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.", no_mutable_tags),
+    Rule("requests-and-limits", "Every container sets CPU and memory requests and limits.", requests_and_limits),
+    Rule("gpu-limit-equals-request", "nvidia.com/gpu request equals its limit.", gpu_limit_equals_request),
+    Rule("probes-present", "Served containers have readiness and liveness probes.", probes_present),
+    Rule("hardened-security-context", "Non-root, read-only root filesystem, no privilege escalation, "
+         "all capabilities dropped, RuntimeDefault seccomp.", hardened_security_context),
+    Rule("no-load-balancer-without-opt-in", "A LoadBalancer Service needs an explicit opt-in annotation.",
+         no_unapproved_load_balancer),
+)
+
+
+def violations(resource_type: str, props: dict[str, Any]) -> dict[str, list[str]]:
+    """Every rule's messages for one resource (rules with none left out)."""
+    found = {rule.name: rule.check(resource_type, props) for rule in RULES}
+    return {name: msgs for name, msgs in found.items() if msgs}

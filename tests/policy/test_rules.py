@@ -1,0 +1,159 @@
+"""Every policy rule with passing and violating inputs, and the program's own objects passing all."""
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("servedmodel_policy_rules", ROOT / "policy" / "rules.py")
+rules = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = rules
+_spec.loader.exec_module(rules)
+
+DEPLOY = "kubernetes:apps/v1:Deployment"
+DIGEST = "sha256:" + "ab" * 32
+
+
+def good_deployment() -> dict:
+    return {"spec": {"template": {"spec": {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "server",
+            "image": f"123.dkr.ecr.eu-west-1.amazonaws.com/m:3f9c0a1b2c4d5e6f@{DIGEST}",
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"},
+                          "limits": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}},
+            "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}},
+            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+        }]}}}}
+
+
+def container(props: dict) -> dict:
+    return props["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_a_good_deployment_passes_every_rule():
+    assert rules.violations(DEPLOY, good_deployment()) == {}
+
+
+@pytest.mark.parametrize("image, ok", [
+    (f"repo/m:3f9c0a1b2c4d5e6f@{DIGEST}", True),
+    (f"repo/m@{DIGEST}", True),
+    ("repo/m:3f9c0a1b2c4d5e6f", True),       # a model version (content hash)
+    ("registry:5000/m:1.4.2", True),          # a semantic version; the port is not a tag
+    ("repo/m:v2.0", True),
+    ("repo/m:latest", False),
+    ("repo/m", False),
+    ("registry:5000/m", False),
+    ("repo/m:main", False),
+    ("repo/m:stable", False),
+])
+def test_no_mutable_tags(image, ok):
+    props = good_deployment()
+    container(props)["image"] = image
+    assert (rules.no_mutable_tags(DEPLOY, props) == []) is ok
+    assert (rules.no_mutable_tags("docker-build:index:Image", {"tags": [image]}) == []) is ok
+
+
+def test_no_mutable_tags_ignores_values_unknown_during_preview():
+    props = good_deployment()
+    container(props)["image"] = None
+    assert rules.no_mutable_tags(DEPLOY, props) == []
+
+
+def test_requests_and_limits():
+    props = good_deployment()
+    del container(props)["resources"]["limits"]["memory"]
+    [msg] = rules.requests_and_limits(DEPLOY, props)
+    assert "resources.limits must set memory" in msg and "'server'" in msg
+    props = good_deployment()
+    del container(props)["resources"]
+    assert len(rules.requests_and_limits(DEPLOY, props)) == 2
+
+
+def test_gpu_limit_equals_request():
+    props = good_deployment()
+    container(props)["resources"]["limits"]["nvidia.com/gpu"] = "2"
+    [msg] = rules.gpu_limit_equals_request(DEPLOY, props)
+    assert "nvidia.com/gpu request (1) must equal its limit (2)" in msg
+    del container(props)["resources"]["requests"]["nvidia.com/gpu"]
+    assert rules.gpu_limit_equals_request(DEPLOY, props)
+    for kind in ("requests", "limits"):
+        container(props)["resources"][kind].pop("nvidia.com/gpu", None)
+    assert rules.gpu_limit_equals_request(DEPLOY, props) == []  # CPU pods are fine
+
+
+def test_probes_present():
+    props = good_deployment()
+    del container(props)["livenessProbe"]
+    [msg] = rules.probes_present(DEPLOY, props)
+    assert "livenessProbe missing" in msg
+    del container(props)["readinessProbe"]
+    assert "readinessProbe and livenessProbe missing" in rules.probes_present(DEPLOY, props)[0]
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda p: container(p)["securityContext"].update(allowPrivilegeEscalation=True), "allowPrivilegeEscalation false"),
+    (lambda p: container(p)["securityContext"].pop("readOnlyRootFilesystem"), "readOnlyRootFilesystem true"),
+    (lambda p: container(p)["securityContext"].update(capabilities={"drop": ["NET_RAW"]}), "capabilities.drop [ALL]"),
+    (lambda p: p["spec"]["template"]["spec"]["securityContext"].pop("runAsNonRoot"), "runAsNonRoot true"),
+    (lambda p: p["spec"]["template"]["spec"]["securityContext"].pop("seccompProfile"), "seccompProfile RuntimeDefault"),
+    (lambda p: container(p)["securityContext"].update(privileged=True), "no privileged"),
+])
+def test_hardened_security_context(mutate, needle):
+    props = good_deployment()
+    mutate(props)
+    [msg] = rules.hardened_security_context(DEPLOY, props)
+    assert needle in msg
+
+
+def test_container_level_run_as_non_root_false_overrides_the_pod():
+    props = good_deployment()
+    container(props)["securityContext"]["runAsNonRoot"] = False
+    assert "runAsNonRoot true" in rules.hardened_security_context(DEPLOY, props)[0]
+
+
+def test_cronjob_pod_spec_is_found():
+    props = {"spec": {"jobTemplate": copy.deepcopy(good_deployment())}}
+    container(props["spec"]["jobTemplate"])["image"] = "busybox:latest"
+    assert rules.no_mutable_tags("kubernetes:batch/v1:CronJob", props)
+
+
+def test_load_balancer_needs_the_opt_in():
+    svc = {"metadata": {}, "spec": {"type": "LoadBalancer"}}
+    [msg] = rules.no_unapproved_load_balancer("kubernetes:core/v1:Service", svc)
+    assert rules.LOAD_BALANCER_OPT_IN in msg
+    svc["metadata"]["annotations"] = {rules.LOAD_BALANCER_OPT_IN: "true"}
+    assert rules.no_unapproved_load_balancer("kubernetes:core/v1:Service", svc) == []
+    assert rules.no_unapproved_load_balancer("kubernetes:core/v1:Service", {"spec": {"type": "ClusterIP"}}) == []
+
+
+def test_rules_module_does_not_import_pulumi_policy():
+    tree = ast.parse((ROOT / "policy" / "rules.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"pulumi_policy", "pulumi"}
+
+
+def test_the_pack_wraps_every_rule():
+    main = (ROOT / "policy" / "__main__.py").read_text()
+    assert "EnforcementLevel.MANDATORY" in main and "rules.RULES" in main
+    assert len({r.name for r in rules.RULES}) == len(rules.RULES) == 6
+
+
+def test_the_programs_own_resources_pass_every_rule():
+    """The objects the real __main__.py declares for each stack (under the mocks) are compliant."""
+    sys.path.insert(0, str(ROOT / "tests" / "components"))
+    sys.path.insert(0, str(ROOT))
+    import pulumi_harness
+
+    for stack in pulumi_harness.STACKS:
+        run = pulumi_harness.run_program(stack, secrets={"servedmodel:authToken": pulumi_harness.TEST_SECRET})
+        for r in run.resources:
+            assert rules.violations(r.type, r.inputs) == {}, f"{stack}: {r.type} {r.name}"
