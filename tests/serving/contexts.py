@@ -65,7 +65,19 @@ def half_model():
     return _model(nodes, [("h", "FP16", [-1, 2])], [("y", "FP32", [-1, 2])])
 
 
-MODELS = {"mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
+def slow_model(width: int = 512, depth: int = 1000):
+    """y = x @ I @ I ... (depth MatMuls with the identity): exact output == input, and slow
+    enough (milliseconds a row) to keep requests in flight for overload and shutdown tests."""
+    eye = numpy_helper.from_array(np.eye(width, dtype=np.float32), "I")
+    nodes, prev = [], "x"
+    for i in range(depth):
+        out = "y" if i == depth - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, "I"], [out]))
+        prev = out
+    return _model(nodes, [("x", "FP32", [-1, width])], [("y", "FP32", [-1, width])], [eye])
+
+
+MODELS = {"slow": slow_model, "mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
 
 
 def write_context(out: Path, kind: str, name: str | None = None, *, max_batch_size: int = 32,

@@ -1,0 +1,177 @@
+"""Overload: a bounded queue that sheds with 503 + Retry-After at once, queue timeouts that
+answer promptly, health and metrics never shed, readiness steady, recovery afterwards."""
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import time
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from inprocess import InProcessServer, SlowModel
+from serving import create_app
+from serving.manifest import load_manifest
+from serving.settings import Settings
+
+INFER = "/v2/models/test-mlp/infer"
+BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
+                               "data": [0.25] * 784}]}).encode()
+Q = 8
+
+
+def make_app(contexts, seconds: float, **overrides):
+    manifest = load_manifest(contexts["mlp"])
+    settings = replace(Settings(context=contexts["mlp"], log_level="warning"),
+                       **{"max_batch_size": 4, "max_queue_delay_ms": 0.0, "max_queue_size": Q,
+                          "queue_timeout_ms": 10_000.0, **overrides})
+    model = SlowModel(seconds)
+    return create_app(settings, model, manifest), model
+
+
+async def _wait(event, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not event.is_set():
+        assert time.monotonic() < deadline, "the model never started"
+        await asyncio.sleep(0.002)
+
+
+async def _timed(client, method, path, **kw):
+    t0 = time.perf_counter()
+    r = await client.request(method, path, **kw)
+    return r, time.perf_counter() - t0
+
+
+def _raw_burst(port: int, n: int, body: bytes, timeout: float = 30.0):
+    """Send n requests on n pre-opened connections as fast as possible; return, per request,
+    (status, headers, body, seconds from its send to its full response). Raw sockets and a
+    selector keep client overhead out of the timings."""
+    import selectors
+    import socket
+
+    request = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    sel = selectors.DefaultSelector()
+    sent, bufs, done = {}, {}, {}
+    for i, s in enumerate(socks):
+        s.setblocking(True)
+        s.sendall(request)
+        sent[i] = time.perf_counter()
+        bufs[i] = b""
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+    deadline = time.monotonic() + timeout
+    while len(done) < n and time.monotonic() < deadline:
+        for key, _ in sel.select(0.5):
+            i = key.data
+            chunk = key.fileobj.recv(65536)
+            bufs[i] += chunk
+            head, sep, rest = bufs[i].partition(b"\r\n\r\n")
+            if sep:
+                lines = head.split(b"\r\n")
+                headers = {k.strip().lower().decode(): v.strip().decode() for k, _, v in
+                           (line.partition(b":") for line in lines[1:])}
+                if len(rest) >= int(headers.get("content-length", 0)) or not chunk:
+                    done[i] = (int(lines[0].split()[1]), headers, rest,
+                               time.perf_counter() - sent[i])
+                    sel.unregister(key.fileobj)
+    for s in socks:
+        s.close()
+    return [done[i] for i in sorted(done)]
+
+
+def _metric(text, needle):
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(needle))
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_full_queue_sheds_exactly_k_with_retry_after(contexts, k):
+    app, model = make_app(contexts, seconds=0.6)
+
+    async def scenario(url, port):
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+            await asyncio.gather(*[c.get("/v2/health/live") for _ in range(Q + k + 8)])
+            first = asyncio.create_task(c.post(INFER, content=BODY))
+            await _wait(model.started)                  # one batch is running now
+            burst = asyncio.create_task(asyncio.to_thread(_raw_burst, port, Q + k, BODY))
+            await asyncio.sleep(0.1)
+            # Under overload: health, readiness and metrics answer, and readiness stays true.
+            probes = await asyncio.gather(*[_timed(c, "GET", p) for p in (
+                "/v2/health/live", "/v2/health/ready", "/v2/models/test-mlp/ready", "/metrics")])
+            results = await burst
+            assert (await first).status_code == 200
+            metrics = (await c.get("/metrics")).text
+            after = await c.post(INFER, content=BODY)
+            return results, probes, metrics, after
+
+    with InProcessServer(app) as server:
+        results, probes, metrics, after = asyncio.run(scenario(server.url, server.port))
+    assert len(results) == Q + k
+    shed = [r for r in results if r[0] == 503]
+    ok = [r for r in results if r[0] == 200]
+    assert len(shed) == k and len(ok) == Q, [r[0] for r in results]
+    for status, headers, body, seconds in shed:
+        assert headers["retry-after"] == "1"
+        assert "overloaded" in json.loads(body)["error"]
+        assert seconds < 0.050, f"503 took {seconds * 1000:.1f} ms"
+    for r, seconds in probes:
+        assert r.status_code == 200 and seconds < 0.25
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+                            'reason="queue_full"}') == k
+    assert after.status_code == 200                     # recovered
+    assert 'servedmodel_queue_depth{model="test-mlp"} 0' in metrics
+
+
+def test_queue_timeout_is_a_prompt_503_counted_by_reason(contexts):
+    app, model = make_app(contexts, seconds=1.5, queue_timeout_ms=200.0)
+
+    async def scenario(url):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            first = asyncio.create_task(c.post(INFER, content=BODY))
+            await _wait(model.started)
+            waiting = await asyncio.gather(*[_timed(c, "POST", INFER, content=BODY)
+                                             for _ in range(3)])
+            metrics = (await c.get("/metrics")).text
+            return await first, waiting, metrics
+
+    with InProcessServer(app) as server:
+        first, waiting, metrics = asyncio.run(scenario(server.url))
+    assert first.status_code == 200
+    for r, seconds in waiting:
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "waited in the queue longer than 200 ms" in r.json()["error"]
+        assert 0.19 < seconds < 0.5, seconds          # long before the 1.5 s batch ends
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+                            'reason="queue_timeout"}') == 3
+
+
+def test_memory_bounded_and_recovers_after_sustained_overload(contexts):
+    app, model = make_app(contexts, seconds=0.02)
+
+    async def scenario(url):
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+            codes = []
+            for _ in range(6):
+                rs = await asyncio.gather(*[c.post(INFER, content=BODY) for _ in range(150)])
+                codes += [r.status_code for r in rs]
+                if len(codes) == 150:
+                    rss[0] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            await asyncio.sleep(0.3)
+            after = [await c.post(INFER, content=BODY) for _ in range(5)]
+            return codes, after, (await c.get("/metrics")).text
+
+    rss = [0]
+    with InProcessServer(app) as server:
+        codes, after, metrics = asyncio.run(scenario(server.url))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) > 0
+    assert all(r.status_code == 200 for r in after)
+    assert (peak - rss[0]) * 1024 < 32 * 1024 * 1024
+    assert 'servedmodel_queue_depth{model="test-mlp"} 0' in metrics
+    assert 'servedmodel_inflight_requests{model="test-mlp"} 0' in metrics
