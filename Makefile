@@ -10,8 +10,12 @@ REQUIREMENTS := requirements.txt requirements-dev.txt serving/requirements.txt
 MODEL ?= mnist-mlp
 COMPRESSION ?= none
 SERVE_DIR := build/local
+# make up: the local stack with a file state backend (no account); PULUMI/DOCKER name the tools.
+PULUMI ?= pulumi
+DOCKER ?= docker
+STATE_DIR := .state
 
-.PHONY: serve test test-fast bench up clean
+.PHONY: serve test test-fast bench up up-prerequisites clean
 
 $(STAMP): $(REQUIREMENTS)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -34,6 +38,15 @@ bench: $(STAMP)
 	$(PY) bench/prepare.py
 	$(PY) bench/serve.py
 	$(PY) bench/image.py
+
+up-prerequisites:
+	@command -v $(PULUMI) >/dev/null 2>&1 || { echo "error: the Pulumi CLI ('$(PULUMI)') was not found. Install it (https://www.pulumi.com/docs/install/); no account is needed: make up keeps its state in $(STATE_DIR)/." >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "error: Docker is not available ('$(DOCKER) info' failed). Install Docker and start its engine: the local stack builds the model image into it and runs the model there." >&2; exit 1; }
+
+up: up-prerequisites $(STAMP)
+	mkdir -p $(STATE_DIR)
+	export PULUMI_BACKEND_URL=file://$(CURDIR)/$(STATE_DIR) PULUMI_CONFIG_PASSPHRASE="$${PULUMI_CONFIG_PASSPHRASE-local}"; \
+	$(PULUMI) stack select --create local --non-interactive && $(PULUMI) up --stack local --yes --non-interactive
 
 clean:
 	rm -rf build .pytest_cache

@@ -26,7 +26,7 @@ if settings.target == "kubernetes":
 outputs: dict[str, dict[str, pulumi.Output]] = {"url": {}, "image": {}, "modelVersion": {}, "signature": {}}
 for index, entry in enumerate(settings.models):
     served = ServedModel(entry.name, ServedModelArgs(
-        entry=entry, settings=settings, out_dir=Path("build") / stack / entry.name,
+        entry=entry, settings=settings, out_dir=Path("build") / "stacks" / stack / entry.name,
         local_port=settings.local_port + index, node_subnet_ids=subnet_ids,
     ), opts=opts)
     outputs["url"][entry.name] = served.url

@@ -233,7 +233,7 @@ def test_registry_and_images(stack_runs):
             version = image.inputs["tags"][0].rsplit(":", 1)[1]
             assert version in run.outputs["modelVersion"].values()
             # Relative to the project: the same state whatever the checkout's path.
-            assert image.inputs["context"]["location"] == f"build/{stack}/" + image.name.removesuffix("-image")
+            assert image.inputs["context"]["location"] == f"build/stacks/{stack}/" + image.name.removesuffix("-image")
             if stack == "local":
                 assert image.inputs.get("push") is False and image.inputs["load"] is True
             else:

@@ -157,3 +157,32 @@ def test_the_programs_own_resources_pass_every_rule():
         run = pulumi_harness.run_program(stack, secrets={"servedmodel:authToken": pulumi_harness.TEST_SECRET})
         for r in run.resources:
             assert rules.violations(r.type, r.inputs) == {}, f"{stack}: {r.type} {r.name}"
+
+
+POLICY_VENV_PYTHON = ROOT / "policy" / "venv" / "bin" / "python"
+
+
+@pytest.mark.skipif(not POLICY_VENV_PYTHON.exists(),
+                    reason="policy/venv not created: python3.11 -m venv policy/venv && "
+                           "policy/venv/bin/pip install -r policy/requirements.txt (as `pulumi preview --policy-pack` does)")
+def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
+    """policy/__main__.py with the real pulumi_policy: PolicyPack replaced by a recorder (its
+    constructor would start the gRPC server the CLI talks to), every policy mandatory and live."""
+    import subprocess
+
+    script = (
+        "import runpy, pulumi_policy\n"
+        "seen = {}\n"
+        "class Recorder:\n"
+        "    def __init__(self, **kw): seen.update(kw)\n"
+        "pulumi_policy.PolicyPack = Recorder\n"
+        f"runpy.run_path({str(ROOT / 'policy' / '__main__.py')!r}, run_name='__main__')\n"
+        "class Args:\n"
+        "    resource_type = 'kubernetes:core/v1:Service'\n"
+        "    props = {'spec': {'type': 'LoadBalancer'}}\n"
+        "msgs = []\n"
+        "for p in seen['policies']: p.validate(Args(), lambda m, urn=None: msgs.append(p.name))\n"
+        "print(seen['enforcement_level'].name, len(seen['policies']), msgs)\n"
+    )
+    out = subprocess.run([str(POLICY_VENV_PYTHON), "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "MANDATORY 6 ['no-load-balancer-without-opt-in']"
