@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 import pulumi
+from models.zoo import ZOO as _MODEL_ZOO  # name -> factory; importing it loads no torch
 
 NAMESPACE = "servedmodel"
 
 TARGETS = ("docker", "kubernetes")
 COMPRESSIONS = ("none", "fp16", "int8")
-ZOO = ("mnist-mlp", "lenet", "minilm", "resnet-tiny")
+ZOO = tuple(_MODEL_ZOO)  # the zoo names models.build accepts
 AUTOSCALE_METRICS = ("inflight", "queue", "cpu")
 SERVICE_TYPES = ("ClusterIP", "LoadBalancer")
 AMI_TYPES = ("BOTTLEROCKET_x86_64_NVIDIA", "AL2023_x86_64_NVIDIA")
