@@ -1,0 +1,86 @@
+"""Render docs/config.md from Pulumi.yaml's `config:` block (the single source of the reference).
+
+`python -m components.config_doc` rewrites docs/config.md; tests/components/test_docs.py fails
+when the committed file and Pulumi.yaml drift apart.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from components.settings import AMI_TYPES, GPUS_PER_INSTANCE, ROLLOUT_SURGE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HEADER = """# Stack configuration reference
+
+Generated from the `config:` block of `Pulumi.yaml` by `python -m components.config_doc`
+(tests/components/test_docs.py keeps the two in step). Every key lives in the `servedmodel`
+namespace: `pulumi config set servedmodel:<key> <value> --stack <stack>`, or in
+`stacks/Pulumi.<stack>.yaml`.
+
+The program reads the config once (`components/settings.py`) and validates it before it declares
+any resource. Every problem is reported in one error that names the key, the value and what is
+accepted, for example:
+
+```
+invalid stack config (2 problems):
+  - servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, resnet-tiny, minilm or 'path/to/file.py:factory'
+  - servedmodel:replicas = 3: must not exceed servedmodel:maxReplicas (2); min > max replicas
+```
+
+## Project keys (typed and defaulted in Pulumi.yaml)
+
+| key | type | default | description |
+| --- | --- | --- | --- |
+"""
+
+STACK_ONLY = """
+## Stack-only keys (structured or secret: not declarable in Pulumi.yaml)
+
+| key | type | description |
+| --- | --- | --- |
+| `servedmodel:models` | list of `{{name, model, compression}}` | Serve several models from one stack. Each entry needs a `name` (a DNS label: resource names, labels, the key of its outputs) and a `model`; `compression` defaults to `servedmodel:compression`. When set, `name`/`model` are ignored. |
+| `servedmodel:authToken` | secret string | Bearer token the server requires on model routes (`SERVEDMODEL_AUTH_TOKEN`, from a Kubernetes Secret). Must be set with `pulumi config set --secret`; a plain-text value is rejected. |
+| `servedmodel:registryPassword` | secret string | Password for `servedmodel:registry` / `registryUsername`. Secret only. |
+| `servedmodel:kubeconfig` | secret string | A kubeconfig for the cluster. Without it the program builds one from `clusterName` that authenticates with `aws eks get-token` (no stored token). Secret only. |
+
+Other namespaces: `aws:region` (kubernetes target) selects the AWS region of the cluster, ECR and
+node pool.
+
+## Rules checked together with the types
+
+- `target` docker takes no GPUs (`gpu` 0); `target` kubernetes needs `clusterName`.
+- `replicas` <= `maxReplicas`; above it an HPA owns the replica count (`replicas` is left unset on
+  the Deployment). `replicas` > 1 adds a PodDisruptionBudget (`maxUnavailable: 1`).
+- `serviceType` LoadBalancer needs `allowLoadBalancer: true`.
+- With GPUs on kubernetes, the node pool must fit `maxReplicas` + {surge} surge pod (rolling
+  updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
+  replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
+  {types}. AMI types: {amis}.
+- Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
+"""
+
+
+def _cell(value: object) -> str:
+    return "`" + json.dumps(value) + "`" if not isinstance(value, str) else f"`{value!r}`".replace("'", '"')
+
+
+def render(pulumi_yaml: Path = ROOT / "Pulumi.yaml") -> str:
+    config = yaml.safe_load(pulumi_yaml.read_text())["config"]
+    rows = []
+    for key, decl in config.items():
+        kind = decl["type"] + (f" of {decl['items']['type']}" if decl["type"] == "array" else "")
+        rows.append(f"| `{key}` | {kind} | {_cell(decl.get('default'))} | {decl['description']} |")
+    types = ", ".join(f"{t} ({n})" for t, n in GPUS_PER_INSTANCE.items())
+    return HEADER + "\n".join(rows) + "\n" + STACK_ONLY.format(
+        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES))
+
+
+if __name__ == "__main__":
+    target = ROOT / "docs" / "config.md"
+    target.write_text(render())
+    sys.stdout.write(f"wrote {target.relative_to(ROOT)}\n")

@@ -1,0 +1,44 @@
+"""Pulumi.yaml, the loader, the stack files and docs/config.md stay in step."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from components import config_doc
+from components.settings import PROJECT_KEYS, STACK_ONLY_KEYS
+from pulumi_harness import STACKS, project_config, stack_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pulumi_yaml_runs_python_from_the_repo_venv_with_stacks_dir():
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == "servedmodel" and project["stackConfigDir"] == "stacks"
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+
+
+def test_every_project_key_is_typed_defaulted_and_described():
+    for key, decl in project_config().items():
+        assert set(decl) >= {"type", "default", "description"}, key
+        assert decl["type"] in ("string", "integer", "boolean", "array"), key
+        assert "secret" not in decl, f"{key}: project-level config holds no secrets"
+
+
+def test_the_loader_reads_exactly_the_declared_keys():
+    declared = {k.split(":", 1)[1] for k in project_config()}
+    assert declared == set(PROJECT_KEYS)
+
+
+def test_stack_files_use_only_known_keys():
+    known = set(project_config()) | {f"servedmodel:{k}" for k in STACK_ONLY_KEYS}
+    for stack in STACKS:
+        unknown = {k for k in stack_file(stack) if not k.startswith("aws:")} - known
+        assert not unknown, f"Pulumi.{stack}.yaml sets undeclared keys {unknown}"
+
+
+def test_config_reference_is_generated_from_pulumi_yaml():
+    committed = (ROOT / "docs" / "config.md").read_text()
+    assert committed == config_doc.render(), "docs/config.md is stale: run python -m components.config_doc"
+    for key in STACK_ONLY_KEYS:
+        assert f"`servedmodel:{key}`" in committed
