@@ -1,0 +1,86 @@
+"""In-process units: the datatype codec (table and inverse, round trips), settings precedence,
+the cgroup CPU limit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving import codec
+from serving.errors import ServingError, StartupError
+from serving.manifest import load_manifest
+from serving.settings import cgroup_cpu_limit, load_settings
+
+
+def test_codec_table_and_inverse_round_trip():
+    for name, dtype in codec.V2_TO_NUMPY.items():
+        if dtype is not None:
+            assert codec.NUMPY_TO_V2[dtype] == name
+    assert set(codec.ORT_TO_V2.values()) == set(codec.V2_TO_NUMPY)
+
+
+@pytest.mark.parametrize("datatype", [n for n, d in codec.V2_TO_NUMPY.items()
+                                      if d is not None and n not in ("FP16",)])
+def test_json_and_binary_round_trip(datatype):
+    dtype = codec.V2_TO_NUMPY[datatype]
+    values = np.array([[0, 1, 1, 0]], dtype=dtype) if datatype == "BOOL" else (
+        np.arange(8, dtype=dtype).reshape(2, 4))
+    encoded = codec.encode_json(values)
+    data = encoded.tolist() if isinstance(encoded, np.ndarray) else encoded
+    back = codec.decode_json("t", data, datatype, dtype, list(values.shape))
+    np.testing.assert_array_equal(back, values)
+    blob = values.tobytes()
+    back = codec.decode_binary("t", blob, 0, len(blob), dtype, list(values.shape))
+    np.testing.assert_array_equal(back, values)
+
+
+def test_nonfinite_outputs_become_strings_numpy_reads_back():
+    arr = np.array([np.nan, np.inf, -np.inf, 1.5], dtype=np.float32)
+    out = codec.encode_json(arr)
+    assert out == ["NaN", "Infinity", "-Infinity", 1.5]
+    np.testing.assert_array_equal(np.array(out, dtype=np.float32), arr)
+
+
+@pytest.mark.parametrize("data,datatype,words", [
+    ([1, "2"], "FP32", "must be numbers"), ([1.5, 2], "INT32", "must be integers"),
+    ([1, 2], "BOOL", "must be booleans"), ([300, 1], "UINT8", "out of range"),
+    ([[1], [2, 3]], "FP32", "rectangular"), ([None, 1], "FP32", "must be numbers"),
+])
+def test_decode_json_is_strict(data, datatype, words):
+    with pytest.raises(ServingError) as e:
+        codec.decode_json("t", data, datatype, codec.V2_TO_NUMPY[datatype], [1, 2])
+    assert e.value.status == 400 and words in e.value.message
+
+
+def test_settings_precedence_and_defaults(tmp_path):
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from contexts import write_context
+
+    ctx = write_context(tmp_path / "c", "mlp", max_batch_size=16, max_queue_delay_ms=3.0)
+    m = load_manifest(ctx)
+    s = load_settings(m, {}, {})
+    assert (s.max_batch_size, s.max_queue_delay_ms, s.max_queue_size) == (16, 3.0, 64)
+    assert s.max_body_bytes == 64 * 1024 * 1024 and s.drain_seconds == 20.0
+    assert s.intra_op_threads == cgroup_cpu_limit()
+    s = load_settings(m, {"port": 9000}, {"SERVEDMODEL_PORT": "9100",
+                                          "SERVEDMODEL_MAX_BATCH_SIZE": "8",
+                                          "SERVEDMODEL_AUTH_TOKEN": "tok"})
+    assert (s.port, s.max_batch_size, s.max_queue_size) == (9000, 8, 32)
+    assert "tok" not in repr(s)
+    with pytest.raises(StartupError) as e:
+        load_settings(m, {}, {"SERVEDMODEL_PORT": "http", "SERVEDMODEL_DEVICE": "tpu"})
+    assert "SERVEDMODEL_PORT" in str(e.value) and "SERVEDMODEL_DEVICE" in str(e.value)
+
+
+def test_cgroup_limit_is_at_least_one_and_at_most_affinity():
+    import os
+    assert 1 <= cgroup_cpu_limit() <= len(os.sched_getaffinity(0))
+
+
+def test_serving_never_imports_torch_pulumi_or_models():
+    import subprocess
+    import sys
+    code = ("import sys, serving, serving.app, serving.model, serving.server, serving.__main__; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pulumi', 'models')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
