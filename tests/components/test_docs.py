@@ -42,3 +42,36 @@ def test_config_reference_is_generated_from_pulumi_yaml():
     assert committed == config_doc.render(), "docs/config.md is stale: run python -m components.config_doc"
     for key in STACK_ONLY_KEYS:
         assert f"`servedmodel:{key}`" in committed
+
+
+def _workflow(name: str) -> dict:
+    doc = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
+    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as a boolean
+    return doc
+
+
+def _pulumi_step(job: dict) -> dict:
+    [step] = [s for s in job["steps"] if str(s.get("uses", "")).startswith("pulumi/actions@")]
+    return step["with"]
+
+
+def test_pr_workflow_previews_every_cloud_stack_with_the_policy_pack_and_comments():
+    wf = _workflow("pulumi-preview.yml")
+    assert "pull_request" in wf["on"]
+    job = wf["jobs"]["preview"]
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    step = _pulumi_step(job)
+    assert step["command"] == "preview" and step["policyPacks"] == "policy"
+    assert step["comment-on-pr"] is True and step["diff"] is True
+    assert wf["permissions"]["pull-requests"] == "write"
+    assert any("policy/requirements.txt" in s.get("run", "") for s in job["steps"])
+
+
+def test_merge_workflow_runs_up_dev_then_prod():
+    wf = _workflow("pulumi-up.yml")
+    assert wf["on"]["push"]["branches"] == ["main"]
+    job = wf["jobs"]["up"]
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"] and job["strategy"]["max-parallel"] == 1
+    step = _pulumi_step(job)
+    assert step["command"] == "up" and step["policyPacks"] == "policy"
+    assert wf["concurrency"]["cancel-in-progress"] is False
