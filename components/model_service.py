@@ -140,7 +140,7 @@ class ModelService(pulumi.ComponentResource):
             "progressDeadlineSeconds": 600,
             "template": {
                 "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
-                             "annotations": {specs.VERSION_ANNOTATION: args.version}},
+                             "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
                 "spec": pod_spec,
             },
         }

@@ -27,6 +27,11 @@ RUN_AS = 10001  # the image's non-root user (docs/architecture.md section 2)
 TMP_VOLUME = "tmp"
 
 
+def scrape_annotations() -> dict[str, str]:
+    """Where Prometheus finds the server's /metrics (annotation-based scrape configs)."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(SERVER_PORT), "prometheus.io/path": "/metrics"}
+
+
 def selector_labels(served_name: str) -> dict[str, str]:
     """Stable labels a Deployment selects on: never the version (selectors are immutable)."""
     return {"app.kubernetes.io/name": "servedmodel", "app.kubernetes.io/instance": served_name}
