@@ -1,4 +1,4 @@
-"""The OpenAPI 3 document of the endpoints, generated from a model's manifest.
+"""The OpenAPI 3.1 document of the endpoints, generated from a model's manifest.
 
 `python -m serving openapi --context DIR` prints it; the server serves it at `/openapi.json`
 and `/v2/models/{name}/openapi.json`; docs/openapi.json is a generated copy."""
@@ -17,7 +17,20 @@ def _ok(desc: str, schema: dict) -> dict:
     return {"description": desc, "content": {"application/json": {"schema": schema}}}
 
 
-def _input_schema(t) -> dict:
+def _dims(t, max_batch_size: int) -> list[dict]:
+    """One schema per dimension: the batch dimension 1..max_batch_size, fixed ones exact."""
+    dims = []
+    for i, d in enumerate(t.shape):
+        if i == 0 and max_batch_size > 0:
+            dims.append({"type": "integer", "minimum": 1, "maximum": max_batch_size})
+        elif d >= 0:
+            dims.append({"type": "integer", "enum": [d]})
+        else:
+            dims.append({"type": "integer", "minimum": 1})
+    return dims
+
+
+def _input_schema(t, max_batch_size: int) -> dict:
     number = {"type": "boolean"} if t.datatype == "BOOL" else (
         {"type": "integer"} if t.datatype[0] in "IU" else {"type": "number"})
     return {
@@ -27,8 +40,10 @@ def _input_schema(t) -> dict:
             "name": {"type": "string", "enum": [t.name]},
             "datatype": {"type": "string", "enum": [t.datatype]},
             "shape": {"type": "array", "minItems": len(t.shape), "maxItems": len(t.shape),
-                      "items": {"type": "integer", "minimum": 1, "maximum": 64}},
-            "data": {"type": "array", "items": number, "maxItems": 4096},
+                      "prefixItems": _dims(t, max_batch_size), "items": False},
+            "data": {"type": "array", "items": number,
+                     "description": "row-major, flat or nested; as many elements as the "
+                                    "shape declares"},
             "parameters": {"type": "object"},
         },
     }
@@ -94,7 +109,7 @@ def build_openapi(manifest: Manifest) -> dict:
             "parameters": [name_param, version_param], **_with_id(infer, "_version")},
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": f"ServedModel: {m.name}", "version": m.version,
                  "description": "Open Inference Protocol (KServe V2) REST endpoints of the "
                                 f"model '{m.name}' version {m.version}. See docs/protocol.md."},
@@ -124,8 +139,10 @@ def build_openapi(manifest: Manifest) -> dict:
                         "parameters": {"type": "object"},
                         "inputs": {"type": "array", "minItems": 1,
                                    "maxItems": len(m.inputs),
-                                   "items": {"oneOf": [_input_schema(t) for t in m.inputs]}
-                                   if len(m.inputs) > 1 else _input_schema(m.inputs[0])},
+                                   "items": {"oneOf": [_input_schema(t, m.max_batch_size)
+                                                       for t in m.inputs]}
+                                   if len(m.inputs) > 1 else _input_schema(
+                                       m.inputs[0], m.max_batch_size)},
                         "outputs": {"type": "array", "items": {
                             "type": "object", "required": ["name"], "properties": {
                                 "name": {"type": "string", "enum": [t.name for t in m.outputs]},
