@@ -14,18 +14,13 @@ if str(ROOT) not in sys.path:
 import pulumi_harness  # noqa: E402
 
 
-@pytest.fixture(scope="session", autouse=True)
-def model_cache(tmp_path_factory):
-    """Every stack's models.build shares one cache: each model is exported once per session."""
-    mp = pytest.MonkeyPatch()
-    cache = tmp_path_factory.mktemp("servedmodel-cache")
-    mp.setenv("SERVEDMODEL_CACHE", str(cache))
-    yield cache
-    mp.undo()
+@pytest.fixture(scope="session")
+def model_cache():
+    """The models.build cache every program run of the session shares."""
+    return pulumi_harness.model_cache_dir()
 
 
 @pytest.fixture(scope="session")
 def stack_runs(model_cache):
     """Each real stack file run once under the mocks (with an auth token given as a secret)."""
-    return {stack: pulumi_harness.run_program(stack, secrets={"servedmodel:authToken": pulumi_harness.TEST_SECRET})
-            for stack in pulumi_harness.STACKS}
+    return {stack: pulumi_harness.stack_run(stack) for stack in pulumi_harness.STACKS}

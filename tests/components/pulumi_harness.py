@@ -8,9 +8,12 @@ digests, a load balancer hostname) so the program's apply code sees what it woul
 from __future__ import annotations
 
 import hashlib
+import atexit
 import json
 import os
 import runpy
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -227,9 +230,41 @@ class Run:
         return out
 
 
+_CACHE_DIR: Optional[Path] = None
+
+
+def model_cache_dir() -> Path:
+    """One models.build cache for every run in this test process (each model exported once).
+
+    An existing $SERVEDMODEL_CACHE (e.g. CI's persistent cache) is used as it is; otherwise a
+    temporary directory is made for the session and removed at exit.
+    """
+    global _CACHE_DIR
+    if _CACHE_DIR is None:
+        if os.environ.get("SERVEDMODEL_CACHE"):
+            _CACHE_DIR = Path(os.environ["SERVEDMODEL_CACHE"])
+        else:
+            _CACHE_DIR = Path(tempfile.mkdtemp(prefix="servedmodel-test-cache-"))
+            atexit.register(shutil.rmtree, _CACHE_DIR, True)
+            os.environ["SERVEDMODEL_CACHE"] = str(_CACHE_DIR)
+    return _CACHE_DIR
+
+
+_RUNS: dict[str, "Run"] = {}
+
+
+def stack_run(stack: str) -> "Run":
+    """The real stack file run once per test process (auth token given as a secret), shared by
+    every test that only reads it."""
+    if stack not in _RUNS:
+        _RUNS[stack] = run_program(stack, secrets={"servedmodel:authToken": TEST_SECRET})
+    return _RUNS[stack]
+
+
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secrets: Optional[dict[str, str]] = None, preview: bool = False) -> Run:
     """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises."""
+    model_cache_dir()
     config, secret_keys = merged_config(stack, overrides, secrets)
     pulumi.runtime.set_all_config(config, list(secret_keys))
     mocks = RealisticMocks()
