@@ -15,11 +15,18 @@ stack = pulumi.get_stack()
 opts = None
 subnet_ids = None
 if settings.target == "kubernetes":
+    # The cluster is the platform's: read it by name, never manage it here.
     cluster = aws.eks.get_cluster_output(name=settings.cluster_name)
-    subnet_ids = list(settings.node_subnet_ids) or cluster.vpc_config.subnet_ids
-    kubeconfig = settings.kubeconfig or pulumi.Output.secret(pulumi.Output.all(
-        cluster.endpoint, cluster.certificate_authorities[0].data, aws.get_region_output().region,
-    ).apply(lambda v: specs.eks_kubeconfig(settings.cluster_name, v[0], v[1], v[2])))
+    if settings.gpu_node_pool:
+        # No subnets configured: the node pool uses the cluster's.
+        subnet_ids = list(settings.node_subnet_ids) if settings.node_subnet_ids else cluster.vpc_config.subnet_ids
+    if settings.kubeconfig is not None:
+        kubeconfig = settings.kubeconfig
+    else:
+        kubeconfig = pulumi.Output.secret(pulumi.Output.all(
+            cluster.endpoint, cluster.certificate_authorities[0].data, aws.get_region_output().region,
+        ).apply(lambda v: specs.eks_kubeconfig(settings.cluster_name, v[0], v[1], v[2])))
+    # The one Kubernetes provider; components take it from opts.providers.
     provider = k8s.Provider("k8s", kubeconfig=kubeconfig)
     opts = pulumi.ResourceOptions(providers={"kubernetes": provider})
 

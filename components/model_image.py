@@ -33,7 +33,7 @@ class ModelImageArgs:
     protect: bool = False
     """Protect the ECR repository from deletion (prod). Default False."""
     platform: str = "linux/amd64"
-    """Target platform of the build (EKS nodes are x86_64). Default linux/amd64."""
+    """Target platform of a pushed build (EKS nodes are x86_64). Default linux/amd64."""
 
 
 class ModelImage(pulumi.ComponentResource):
@@ -88,7 +88,8 @@ class ModelImage(pulumi.ComponentResource):
             f"{name}-image",
             context={"location": args.context_dir},
             tags=[tag],
-            platforms=[args.platform],
+            # The cluster's nodes are x86_64; the local engine builds for its own platform.
+            platforms=[args.platform] if args.push else None,
             push=args.push,
             # Local target: load into the engine the containers run from; nothing is pushed.
             load=None if args.push else True,

@@ -269,3 +269,20 @@ def test_outputs_per_model(stack_runs):
         assert not run.secret_outputs
     assert stack_runs["prod"].outputs["url"]["classifier"].endswith(".elb.amazonaws.com")
     assert stack_runs["dev"].outputs["url"]["lenet"].endswith(".servedmodel.svc.cluster.local")
+
+
+def test_kubernetes_provider_gets_a_secret_kubeconfig_built_from_the_cluster(stack_runs):
+    provider = stack_runs["prod"].one("pulumi:providers:kubernetes")
+    assert "kubeconfig" in provider.secret_paths
+    import json
+    cfg = json.loads(provider.inputs["kubeconfig"])
+    assert cfg["clusters"][0]["cluster"]["server"].endswith(".eks.amazonaws.com")
+    assert cfg["users"][0]["user"]["exec"]["args"][3] == "servedmodel-prod"
+
+
+def test_a_given_kubeconfig_secret_is_used_as_is(model_cache):
+    from pulumi_harness import run_program
+
+    run = run_program("dev", secrets={"servedmodel:kubeconfig": "apiVersion: v1\nkind: Config\n"})
+    provider = run.one("pulumi:providers:kubernetes")
+    assert provider.inputs["kubeconfig"] == "apiVersion: v1\nkind: Config\n" and "kubeconfig" in provider.secret_paths
