@@ -102,3 +102,32 @@ def store(root: Path, key: str, context: Path, record: dict) -> None:
         os.replace(tmp, d)
     except OSError:
         shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
+
+
+def export_dir(root: Path, key: str) -> Path:
+    """Where the fp32 export for `key` (a cache_key with compression "export") is kept, so that
+    building the same model with another compression does not export it again."""
+    return root / "exports" / key[:32]
+
+
+def lookup_export(root: Path, key: str) -> tuple[Path, dict] | None:
+    d = export_dir(root, key)
+    try:
+        meta = json.loads((d / "export.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (d / "model.onnx", meta) if meta.get("key") == key and (d / "model.onnx").is_file() else None
+
+
+def store_export(root: Path, key: str, onnx_path: Path, meta: dict) -> None:
+    d = export_dir(root, key)
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
+        shutil.copyfile(onnx_path, tmp / "model.onnx")
+        (tmp / "export.json").write_text(json.dumps({**meta, "key": key}))
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+    except OSError:
+        pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -108,6 +109,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                                sizes=record["sizes"], exported=False, seconds=time.perf_counter() - t_start)
 
     steps: dict[str, float] = {}
+    ran_export = False
 
     @contextlib.contextmanager
     def step(name: str, what: str):
@@ -119,7 +121,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         say(f"[{model}] {name}: done in {steps[name]:.2f} s")
 
     from models.compress import compress
-    from models.export import export
+    from models.export import ExportResult, export
     from models.package import make_manifest, write_context
     from models.verify import reference, verify
 
@@ -130,8 +132,20 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             spec = load_spec(mref)
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
-            with step("export", "torch.onnx.export(dynamo=True), onnx.checker, shape inference"):
-                exported = export(spec, fp32)
+            export_key = cache_mod.cache_key(mref, "export", "any")
+            cached_export = cache_mod.lookup_export(root, export_key) if use_cache else None
+            if cached_export is not None:
+                shutil.copyfile(cached_export[0], fp32)
+                exported = ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
+                                        size_bytes=cached_export[1]["size_bytes"])
+                say(f"[{model}] export: reusing the cached fp32 export ({export_key[:12]})")
+            else:
+                with step("export", "torch.onnx.export(dynamo=True), onnx.checker, shape inference"):
+                    exported = export(spec, fp32)
+                ran_export = True
+                if use_cache:
+                    cache_mod.store_export(root, export_key, fp32, {"opset": exported.opset,
+                                                                    "size_bytes": exported.size_bytes})
             with step("verify", "onnxruntime fp32 vs eager torch"):
                 ref = reference(spec)
                 parity = verify(spec, fp32, ref, "none")
@@ -166,4 +180,4 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         cache_mod.store(root, key, out, record)
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
-                       exported=True, seconds=time.perf_counter() - t_start)
+                       exported=ran_export, seconds=time.perf_counter() - t_start)

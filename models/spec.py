@@ -175,6 +175,13 @@ class ModelSpec:
         if problems:
             raise SpecError(f"invalid ModelSpec {self.name!r}: " + "; ".join(problems))
 
+    def _inputs_ok(self) -> bool:
+        import torch
+
+        return (isinstance(self.example_inputs, tuple) and isinstance(self.input_names, tuple)
+                and len(self.example_inputs) == len(self.input_names)
+                and all(isinstance(t, torch.Tensor) for t in self.example_inputs))
+
     def _check_dynamic_axes(self, problems: list[str]) -> None:
         if not isinstance(self.input_names, tuple):
             return
@@ -195,7 +202,7 @@ class ModelSpec:
                 problems.append(f"dynamic_axes[{k!r}] must map dim indices to names")
                 continue
             rank = None
-            if isinstance(self.example_inputs, tuple) and len(self.example_inputs) == len(self.input_names):
+            if self._inputs_ok():
                 rank = self.example_inputs[self.input_names.index(k)].dim()
             for d in dims:
                 if rank is not None and not 0 <= d < rank:
@@ -204,9 +211,7 @@ class ModelSpec:
         self.dynamic_axes = axes
 
     def _check_batching(self, problems: list[str]) -> None:
-        if not (isinstance(self.max_batch_size, int) and isinstance(self.input_names, tuple)
-                and isinstance(self.example_inputs, tuple)
-                and len(self.example_inputs) == len(self.input_names)
+        if not (isinstance(self.max_batch_size, int) and self._inputs_ok()
                 and isinstance(self.dynamic_axes, dict)):
             return
         if self.max_batch_size > 0:
@@ -244,7 +249,7 @@ class ModelSpec:
         if not isinstance(batches_in, (list, tuple)) or not batches_in:
             problems.append(f"{fname} must be a non-empty list of input tuples or None")
             return None
-        if not isinstance(self.example_inputs, tuple):
+        if not self._inputs_ok():
             return None
         batches = []
         for i, batch in enumerate(batches_in):

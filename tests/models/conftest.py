@@ -1,0 +1,51 @@
+"""Fixtures for the models/ tests: one private cache per session, and each (model,
+compression) built once per session, so the suite stays fast on two cores."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTORIES = Path(__file__).resolve().parent / "factories" / "exotic.py"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("servedmodel-cache")
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory, cache_dir):
+    """build_once(model, compression) -> BuildResult, built (or cache-hit) once per session."""
+    import models
+
+    built: dict = {}
+
+    def get(model: str, compression: str = "none", device: str = "cpu"):
+        key = (model, compression, device)
+        if key not in built:
+            out = tmp_path_factory.mktemp("ctx") / "context"
+            built[key] = models.build(model, compression=compression, out_dir=out, device=device,
+                                      cache_dir=cache_dir)
+        return built[key]
+
+    return get
+
+
+def run_cli(*args: str, cache_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m models ...` as a user runs it, with the session's private cache."""
+    env = {**os.environ, "SERVEDMODEL_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    env.pop("SERVEDMODEL_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "models", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def cli_json(proc: subprocess.CompletedProcess) -> dict:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one JSON line on stdout, got: {proc.stdout!r}"
+    return json.loads(lines[0])

@@ -1,0 +1,94 @@
+"""ModelSpec and Tolerance validation, and the graph helpers of the export step (no export)."""
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from models import ModelSpec, SpecError, Tolerance
+from models.compress import Int8Options, topological_sort
+from models.export import ExportOptions, rename_io
+
+
+def spec(**kw):
+    base = dict(name="m", module=torch.nn.Linear(4, 2), example_inputs=(torch.zeros(2, 4),),
+                input_names=["x"], output_names=["y"])
+    return ModelSpec(**{**base, **kw})
+
+
+def test_defaults():
+    s = spec()
+    assert s.dynamic_axes == {"x": {0: "batch"}}
+    assert s.max_batch_size == 32 and s.warmup_batch_sizes == (1, 8, 32)
+    assert s.task == "generic" and s.resolved_int8_method() == "dynamic"
+    assert spec(calibration_inputs=[(torch.zeros(3, 4),)]).resolved_int8_method() == "static"
+    assert spec(max_batch_size=0, example_inputs=(torch.zeros(4),)).dynamic_axes == {}
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(name="has space"), "name"),
+    (dict(module="not a module"), "module"),
+    (dict(example_inputs=("x",)), "example_inputs"),
+    (dict(input_names=["a", "b"]), "input_names has 2 names"),
+    (dict(output_names=[]), "output_names"),
+    (dict(output_names=["x"]), "overlap"),
+    (dict(max_batch_size=-1), "max_batch_size"),
+    (dict(task="detection"), "task"),
+    (dict(int8_method="static"), "calibration_inputs"),
+    (dict(dynamic_axes={"nope": {0: "batch"}}), "dynamic_axes"),
+    (dict(dynamic_axes={"x": {5: "batch"}}), "rank 2"),
+    (dict(example_inputs=(torch.zeros(1, 4),)), "batch size 1"),
+    (dict(labels="abc"), "labels"),
+    (dict(tolerances={"int4": Tolerance(atol=1.0, rtol=0.0)}), "tolerances key 'int4'"),
+    (dict(calibration_inputs=[(torch.zeros(2, 4, dtype=torch.int64),)]), "calibration_inputs[0]"),
+    (dict(warmup_batch_sizes=[64]), "warmup_batch_sizes"),
+])
+def test_invalid_spec_names_the_field(kw, field):
+    with pytest.raises(SpecError) as e:
+        spec(**kw)
+    assert field in str(e.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(SpecError) as e:
+        spec(name="bad name", task="x", max_batch_size=-3)
+    msg = str(e.value)
+    assert "name must" in msg and "task must" in msg and "max_batch_size must" in msg
+
+
+def test_tolerance_and_options_validated():
+    with pytest.raises(SpecError, match="atol"):
+        Tolerance(atol=-1, rtol=0)
+    with pytest.raises(SpecError, match="min_cosine"):
+        Tolerance(atol=None, rtol=0, min_cosine=2)
+    with pytest.raises(ValueError, match="opset"):
+        ExportOptions(opset=7)
+    with pytest.raises(ValueError, match="method"):
+        Int8Options(method="weird", op_types=None)
+
+
+def test_rename_io_resolves_clashes_with_internal_names():
+    """The exporter names internal values after ops ('embedding'); a user output of that name
+    must not break SSA form (the minilm case)."""
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["in0"], ["embedding"]), helper.make_node("Neg", ["embedding"], ["out0"])],
+        "g", [helper.make_tensor_value_info("in0", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("out0", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    rename_io(m, ["input"], ["embedding"])
+    onnx.checker.check_model(m, full_check=True)
+    assert [i.name for i in m.graph.input] == ["input"] and [o.name for o in m.graph.output] == ["embedding"]
+    assert list(m.graph.node[0].input) == ["input"] and list(m.graph.node[1].output) == ["embedding"]
+    assert m.graph.node[0].output[0] != "embedding" and m.graph.node[0].output[0] == m.graph.node[1].input[0]
+
+
+def test_topological_sort_fixes_appended_nodes():
+    g = helper.make_graph(
+        [helper.make_node("Neg", ["mid"], ["y"]), helper.make_node("Relu", ["x"], ["mid"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    topological_sort(m.graph)
+    onnx.checker.check_model(m, full_check=True)
+    assert [n.op_type for n in m.graph.node] == ["Relu", "Neg"]

@@ -1,0 +1,104 @@
+"""Every zoo model through every compression: real export, real onnxruntime, real quantization.
+The manifest must describe the ONNX graph as it really is."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from models.zoo import ZOO
+
+ORT_TYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(int32)": "INT32"}
+CASES = [pytest.param(m, c, marks=[pytest.mark.slow] if m == "minilm" else [], id=f"{m}-{c}")
+         for m in ZOO for c in ("none", "fp16", "int8")]
+
+
+def graph_signature(path):
+    """(name, V2 datatype, shape) of the graph's inputs and outputs, read from the onnx file."""
+    g = onnx.load(str(path)).graph
+    conv = {1: "FP32", 7: "INT64", 10: "FP16", 6: "INT32"}
+    def sig(vs):
+        return [{"name": v.name, "datatype": conv[v.type.tensor_type.elem_type],
+                 "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]}
+                for v in vs]
+    return sig(g.input), sig(g.output)
+
+
+@pytest.mark.parametrize("model, compression", CASES)
+def test_zoo_model_builds(build_once, model, compression):
+    r = build_once(model, compression)
+    ctx, m = r.context_dir, r.manifest
+    # the context layout of docs/architecture.md
+    for f in ("Dockerfile", ".dockerignore", "requirements.txt", "model/model.onnx", "model/manifest.json",
+              "serving/__init__.py"):
+        assert (ctx / f).is_file(), f
+    assert not list(ctx.rglob("__pycache__"))
+    reqs = [ln.split("==")[0].strip().lower() for ln in (ctx / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    assert "onnxruntime" in reqs and "torch" not in reqs
+    assert re.fullmatch(r"[0-9a-f]{16}", r.version) and m["version"] == r.version
+    data = (ctx / "model/model.onnx").read_bytes()
+    assert m["sha256"] == hashlib.sha256(data).hexdigest() and m["size_bytes"] == len(data)
+    assert m["compression"]["method"] == compression and m["device"] == "cpu"
+    assert m["producer"]["opset"] == 18 and m["producer"]["torch"] == "2.13.0"
+    # the manifest's signature is the graph's, as onnx and onnxruntime see it
+    inputs, outputs = graph_signature(ctx / "model/model.onnx")
+    assert m["inputs"] == inputs and m["outputs"] == outputs
+    sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])
+    for declared, real in ((m["inputs"], sess.get_inputs()), (m["outputs"], sess.get_outputs())):
+        assert [t["name"] for t in declared] == [t.name for t in real]
+        assert [t["datatype"] for t in declared] == [ORT_TYPES[t.type] for t in real]
+        assert [t["shape"][0] for t in declared] == [-1] * len(real)  # the batch dim
+    # JSON clients send FP32/INT64: compression never changes the signature
+    assert all(t["datatype"] in ("FP32", "INT64") for t in m["inputs"] + m["outputs"])
+    # parity recorded and passed, against the fp32 torch model, on batch 1 and more
+    p = m["parity"]
+    assert p["passed"] and p["reference"] == "torch-fp32-eager" and 1 in p["batch_sizes"] and max(p["batch_sizes"]) >= 8
+    for name, o in p["outputs"].items():
+        assert o["max_abs_err"] is not None and o["max_rel_err"] is not None
+        if m["task"] == "classification":
+            assert o["top1_agreement"] >= (0.9 if compression == "int8" else 0.99)
+        if m["task"] == "embedding":
+            assert o["cosine_min"] >= (0.98 if compression == "int8" else 0.999)
+    if compression == "none":
+        assert r.sizes["final_bytes"] == r.sizes["fp32_bytes"]
+    elif compression == "fp16":
+        assert r.sizes["final_bytes"] < 0.6 * r.sizes["fp32_bytes"]
+    else:
+        assert r.sizes["final_bytes"] < 0.35 * r.sizes["fp32_bytes"]
+        details = m["compression"]["details"]
+        expected = "static" if model in ("lenet", "resnet-tiny") else "dynamic"
+        assert details["method"] == expected and details["quantized_ops"]
+    # it runs at a batch size it was not traced with
+    feed = {t["name"]: (np.ones([3] + [d if d > 0 else 5 for d in t["shape"][1:]],
+                                dtype=np.float32 if t["datatype"] == "FP32" else np.int64))
+            for t in m["inputs"]}
+    assert sess.run(None, feed)[0].shape[0] == 3
+
+
+def test_classifiers_have_labels(build_once):
+    for model in ("mnist-mlp", "lenet", "resnet-tiny"):
+        m = build_once(model, "none").manifest
+        assert m["task"] == "classification" and len(m["labels"]) == m["outputs"][0]["shape"][-1]
+
+
+@pytest.mark.slow
+def test_minilm_is_the_real_sentence_transformer(build_once):
+    """The exported minilm gives sentence-transformers' own embeddings of all-MiniLM-L6-v2."""
+    from sentence_transformers import SentenceTransformer
+
+    from models.zoo.minilm import load_tokenizer, model_path, tokenize
+
+    sentences = ["A cat sits on the mat.", "Inference servers batch requests dynamically."]
+    expected = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True).encode(sentences)
+    ids, mask = tokenize(load_tokenizer(), sentences)
+    ctx = build_once("minilm", "none").context_dir
+    sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    assert got.shape == (2, 384)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
