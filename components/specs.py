@@ -196,5 +196,5 @@ def registry_host(repository_url: str) -> str:
 
 def docker_healthcheck_test() -> list[str]:
     """The local container's health check: the readiness route, with the image's own Python."""
-    return ["CMD", "python", "-c",
+    return ["CMD", "python3", "-c",
             f"import urllib.request;urllib.request.urlopen('http://127.0.0.1:{SERVER_PORT}{READY_PATH}',timeout=2)"]

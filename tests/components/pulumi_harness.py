@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import atexit
 import json
+import logging
 import os
 import runpy
 import shutil
@@ -208,6 +209,7 @@ class Run:
     resources: list[Res]
     outputs: dict[str, Any]
     secret_outputs: set[str]
+    logs: list[str] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[Res]:
         return [r for r in self.resources if r.type == type_]
@@ -228,6 +230,17 @@ class Run:
         for r in self.resources:
             out[r.type] = out.get(r.type, 0) + 1
         return out
+
+
+class _ListHandler(logging.Handler):
+    """Keeps what the program logs through the engine (pulumi.log) for the tests to read."""
+
+    def __init__(self, sink: list[str]):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
 
 
 _CACHE_DIR: Optional[Path] = None
@@ -269,9 +282,15 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     pulumi.runtime.set_all_config(config, list(secret_keys))
     mocks = RealisticMocks()
     monitor = RecordingMonitor(mocks)
+    logs: list[str] = []
+    logger = logging.getLogger(f"servedmodel-mocks-{len(_RUNS)}-{stack}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.handlers = [_ListHandler(logs)]
     # A fresh root Stack per run: set_mocks makes one when none is active.
     pulumi.runtime.settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor,
+                             logger=logger)
     pulumi.runtime.set_all_config(config, list(secret_keys))
 
     def program() -> None:
@@ -292,7 +311,7 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
         outputs[key] = _sync_await(out.future())
         if _sync_await(out.is_secret()):
             secret_outputs.add(key)
-    return Run(stack=stack, resources=monitor.records, outputs=outputs, secret_outputs=secret_outputs)
+    return Run(stack=stack, resources=monitor.records, outputs=outputs, secret_outputs=secret_outputs, logs=logs)
 
 
 def kubernetes_manifest(res: Res) -> dict[str, Any]:

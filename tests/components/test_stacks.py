@@ -286,3 +286,43 @@ def test_a_given_kubeconfig_secret_is_used_as_is(model_cache):
     run = run_program("dev", secrets={"servedmodel:kubeconfig": "apiVersion: v1\nkind: Config\n"})
     provider = run.one("pulumi:providers:kubernetes")
     assert provider.inputs["kubeconfig"] == "apiVersion: v1\nkind: Config\n" and "kubeconfig" in provider.secret_paths
+
+
+def test_an_unchanged_model_is_not_exported_again_even_in_a_preview(stack_runs):
+    first = stack_runs["local"]
+    assert any("model: model version" in line for line in first.logs), first.logs
+    again = run_program_preview("local")
+    [line] = [line for line in again.logs if "model: model version" in line]
+    assert line.endswith("(cached build)"), line
+    assert again.outputs["modelVersion"] == first.outputs["modelVersion"]
+
+
+def run_program_preview(stack):
+    from pulumi_harness import run_program
+
+    return run_program(stack, secrets={"servedmodel:authToken": TEST_SECRET}, preview=True)
+
+
+def test_every_stack_also_runs_as_a_preview(stack_runs):
+    for stack in ("dev", "prod"):
+        preview = run_program_preview(stack)
+        assert preview.counts() == stack_runs[stack].counts()
+
+
+def test_several_models_on_docker_get_consecutive_ports(model_cache):
+    from pulumi_harness import run_program
+
+    run = run_program("local", {"servedmodel:models": [{"name": "digits", "model": "mnist-mlp"},
+                                                        {"name": "lenet", "model": "lenet"}]})
+    ports = sorted(c.inputs["ports"][0]["external"] for c in run.of_type("docker:index/container:Container"))
+    assert ports == [8080, 8081]
+    assert run.outputs["url"] == {"digits": "http://127.0.0.1:8080", "lenet": "http://127.0.0.1:8081"}
+
+
+def test_a_failing_model_build_stops_the_program_naming_the_model(model_cache, tmp_path):
+    import pulumi
+    from pulumi_harness import run_program
+
+    with pytest.raises(pulumi.RunError) as err:
+        run_program("local", {"servedmodel:model": "does/not/exist.py:make"})
+    assert str(err.value).startswith("model 'model': ") and "does/not/exist.py" in str(err.value)
