@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Serving benchmark (issue 3): the server's throughput and p50/p99 latency at concurrency
+1/8/32/64, JSON and binary tensors, beside two in-process references measured in the same run:
+
+  (a) onnxruntime alone on the same model file, at its best batch size (1, 8 or 32);
+  (b) the "Python floor" for one request: decode the request JSON, run the model at batch 1,
+      encode the response JSON, no HTTP.
+
+Models: mnist-mlp, minilm (fp32 and int8) and resnet-tiny (a CNN on 3x64x64), built with
+`models.build` (cached). The load generator is Debian's `wrk` (`apt-get install wrk`) with a Lua
+script, on 127.0.0.1 only; without wrk a small asyncio keep-alive client is used instead (it is
+slower than the server, so its figures are a lower bound). Writes the `serve` section of
+docs/benchmarks.md and prints PASS/FAIL per target. Not a test: run it on a quiet machine.
+
+    .venv/bin/python bench/serve.py                 # everything, 5 s a point
+    .venv/bin/python bench/serve.py --quick         # 2 s a point
+    .venv/bin/python bench/serve.py --models mnist-mlp --concurrency 32 --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import machine_line, write_section  # noqa: E402
+
+MODELS = [("mnist-mlp", "none"), ("minilm", "none"), ("minilm", "int8"), ("resnet-tiny", "none")]
+SEQ_LEN = 64                 # minilm tokens per request
+LUA = r'''
+wrk.method = "POST"
+local f = io.open(os.getenv("BENCH_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
+wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
+local h = os.getenv("BENCH_IHCL")
+if h ~= nil and h ~= "" then wrk.headers["Inference-Header-Content-Length"] = h end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non2xx": %d, "errors": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+'''
+
+
+@dataclass
+class Point:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+
+
+def cpu_limit() -> int:
+    from serving.settings import cgroup_cpu_limit
+    return cgroup_cpu_limit()
+
+
+def build(model: str, compression: str, out: Path) -> Path:
+    import models
+    return models.build(model=model, compression=compression, out_dir=out / f"{model}-{compression}").context_dir
+
+
+def example_inputs(manifest: dict, batch: int, rng) -> dict[str, np.ndarray]:
+    feeds = {}
+    for t in manifest["inputs"]:
+        shape = [batch] + [d if d >= 0 else SEQ_LEN for d in t["shape"][1:]]
+        if t["datatype"] == "INT64":
+            arr = rng.integers(1000, 5000, size=shape, dtype=np.int64)
+            if t["name"] == "attention_mask":
+                arr = np.ones(shape, dtype=np.int64)
+        else:
+            arr = rng.random(shape, dtype=np.float32)
+        feeds[t["name"]] = arr
+    return feeds
+
+
+def request_bodies(manifest: dict, feeds) -> dict[str, tuple[bytes, str, str]]:
+    """{"json": (body, content-type, header-length), "binary": (...)} for one request."""
+    jdoc = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": t["datatype"],
+                        "data": a.reshape(-1).tolist()}
+                       for (n, a), t in zip(feeds.items(), manifest["inputs"])]}
+    bdoc = {"inputs": [{"name": n, "shape": list(a.shape), "datatype": t["datatype"],
+                        "parameters": {"binary_data_size": a.nbytes}}
+                       for (n, a), t in zip(feeds.items(), manifest["inputs"])],
+            "parameters": {"binary_data_output": True}}
+    header = orjson.dumps(bdoc)
+    return {"json": (orjson.dumps(jdoc), "application/json", ""),
+            "binary": (header + b"".join(a.tobytes() for a in feeds.values()),
+                       "application/octet-stream", str(len(header)))}
+
+
+def session(path: Path, spinning: bool = True):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = cpu_limit()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def timed_loop(fn, seconds: float) -> float:
+    """Seconds per call of fn, run repeatedly for about `seconds`."""
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds and n >= 3:
+            return elapsed / n
+
+
+def reference_a(context: Path, manifest: dict, seconds: float):
+    """onnxruntime alone at batch 1, 8 and 32, with thread spinning on (the default) and off
+    (the server's setting), keeping the faster of the two at each batch size.
+    Returns (best items/s, its batch size, seconds per batch of 8, seconds per batch of 32)."""
+    path = context / "model" / manifest["model_file"]
+    sessions = [session(path, True), session(path, False)]
+    rng = np.random.default_rng(0)
+    per_batch = {}
+    for b in (1, 8, 32):
+        feeds = example_inputs(manifest, b, rng)
+        per_batch[b] = min(timed_loop(lambda: s.run(None, feeds), seconds) for s in sessions)
+    best = max(per_batch, key=lambda b: b / per_batch[b])
+    return best / per_batch[best], best, per_batch[8], per_batch[32]
+
+
+def reference_b(context: Path, manifest: dict, seconds: float) -> float:
+    """The Python floor: JSON request -> numpy -> run at batch 1 -> JSON response; requests/s."""
+    sess = session(context / "model" / manifest["model_file"])
+    feeds = example_inputs(manifest, 1, np.random.default_rng(0))
+    body = request_bodies(manifest, feeds)["json"][0]
+    dtypes = {"FP32": np.float32, "INT64": np.int64}
+    names = [t["name"] for t in manifest["outputs"]]
+
+    def one():
+        doc = orjson.loads(body)
+        x = {i["name"]: np.array(i["data"], dtype=dtypes[i["datatype"]]).reshape(i["shape"])
+             for i in doc["inputs"]}
+        outs = sess.run(names, x)
+        orjson.dumps({"outputs": [{"name": n, "shape": list(o.shape), "datatype": "FP32",
+                                   "data": o.reshape(-1).tolist()} for n, o in zip(names, outs)]})
+
+    return 1.0 / timed_loop(one, seconds)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(context: Path):
+    port = free_port()
+    # Access logs on (as in production, to /dev/null here). A closed-loop load of at most 64
+    # connections never fills the default queue (4 x 32); the queue timeout is raised so slow
+    # models at c=64 (two full batches ahead of a request) measure throughput, not shedding.
+    env = {**os.environ, "SERVEDMODEL_LOG_LEVEL": "info", "SERVEDMODEL_QUEUE_TIMEOUT_MS": "60000"}
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "--context", str(context),
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import urllib.request
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server not ready in 120 s")
+
+
+def run_wrk(url: str, body: tuple, concurrency: int, seconds: float, workdir: Path) -> Point:
+    data, ctype, ihcl = body
+    body_file, lua = workdir / "body.bin", workdir / "post.lua"
+    body_file.write_bytes(data)
+    lua.write_text(LUA)
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CTYPE": ctype, "BENCH_IHCL": ihcl}
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+                          "-s", str(lua), url], env=env, capture_output=True, text=True,
+                         timeout=seconds + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
+    r = json.loads(line[6:])
+    return Point(r["requests"] / (r["duration_us"] / 1e6), r["p50_us"] / 1000, r["p99_us"] / 1000,
+                 r["non2xx"] + r["errors"])
+
+
+async def _async_load(port: int, path: str, body: tuple, concurrency: int, seconds: float) -> Point:
+    data, ctype, ihcl = body
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(data)}\r\n"
+            + (f"Inference-Header-Content-Length: {ihcl}\r\n" if ihcl else "") + "\r\n").encode()
+    request, latencies, failed = head + data, [], [0]
+    stop_at = time.perf_counter() + seconds
+
+    async def worker():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            writer.write(request)
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t0)
+            if b" 200 " not in status_line:
+                failed[0] += 1
+        writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    lat = np.array(latencies)
+    return Point(len(lat) / (time.perf_counter() - t0), float(np.percentile(lat, 50) * 1000),
+                 float(np.percentile(lat, 99) * 1000), failed[0])
+
+
+def measure(port, name, body, c, seconds, workdir) -> Point:
+    path = f"/v2/models/{name}/infer"
+    if shutil.which("wrk"):
+        return run_wrk(f"http://127.0.0.1:{port}{path}", body, c, seconds, workdir)
+    return asyncio.run(_async_load(port, path, body, c, seconds))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(f"{m}:{c}" for m, c in MODELS),
+                    help="comma-separated model:compression")
+    ap.add_argument("--concurrency", default="1,8,32,64")
+    ap.add_argument("--encodings", default="json,binary")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds a point")
+    ap.add_argument("--quick", action="store_true", help="2 s a point, shorter references")
+    ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="contexts go here")
+    ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    args = ap.parse_args()
+    seconds = 2.0 if args.quick else args.duration
+    ref_seconds = 0.5 if args.quick else 1.5
+    conc = [int(c) for c in args.concurrency.split(",")]
+    encodings = args.encodings.split(",")
+    specs = [tuple(s.split(":")) if ":" in s else (s, "none") for s in args.models.split(",")]
+    loadgen = "wrk (1 thread)" if shutil.which("wrk") else "asyncio client (wrk not found)"
+
+    rows, verdicts = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, compression in specs:
+            label = f"{model} {compression}" if compression != "none" else model
+            print(f"== {label}: building", flush=True)
+            context = build(model, compression, args.out)
+            manifest = json.loads((context / "model" / "manifest.json").read_text())
+            items_per_request = 1
+            a_items, a_batch, t8, t32 = reference_a(context, manifest, ref_seconds)
+            # At least ~8 full batches a point, so slow models get meaningful percentiles.
+            point_seconds = max(seconds, 8 * t32)
+            b_rps = reference_b(context, manifest, ref_seconds)
+            window_ms = manifest["batching"]["max_queue_delay_ms"]
+            print(f"   (a) onnxruntime alone: {a_items:,.0f} items/s at batch {a_batch}; "
+                  f"batch of 8: {t8 * 1000:.2f} ms   (b) Python floor: {b_rps:,.0f} req/s",
+                  flush=True)
+            feeds = example_inputs(manifest, items_per_request, np.random.default_rng(1))
+            bodies = request_bodies(manifest, feeds)
+            proc, port = start_server(context)
+            try:
+                for enc in encodings:
+                    for c in conc:
+                        p = measure(port, manifest["name"], bodies[enc], c, point_seconds, Path(tmp))
+                        ratio_a = p.rps * items_per_request / a_items
+                        ratio_b = p.rps / b_rps
+                        print(f"   {enc:6s} c={c:<3d} {p.rps:9,.0f} req/s  p50 {p.p50_ms:7.2f} ms  "
+                              f"p99 {p.p99_ms:7.2f} ms  {ratio_a:5.2f}x(a) {ratio_b:5.2f}x(b)"
+                              f"{'  FAILED ' + str(p.failed) if p.failed else ''}", flush=True)
+                        rows.append((label, enc, c, p, ratio_a, ratio_b))
+                        verdicts += targets(model, compression, enc, c, p, ratio_a, t8, window_ms)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            rows.append((label, "ref", 0, (a_items, a_batch, t8, b_rps), None, None))
+
+    print()
+    for ok, text in verdicts:
+        print(("PASS " if ok else "FAIL ") + text)
+    if not args.no_write:
+        write_section("serve", markdown(rows, verdicts, seconds, loadgen))
+        print("wrote the serve section of docs/benchmarks.md")
+    return 0
+
+
+def targets(model, compression, enc, c, p, ratio_a, t8, window_ms):
+    out = []
+    label = f"{model}{'' if compression == 'none' else ' ' + compression}"
+    if p.failed:
+        out.append((False, f"{label} {enc} c={c}: {p.failed} failed requests"))
+    if model == "mnist-mlp" and c == 32 and enc == "json":
+        out.append((p.rps >= 2600, f"mnist-mlp JSON c=32: {p.rps:,.0f} req/s (target >= 2,600)"))
+    if model == "minilm" and compression == "none":
+        out.append((ratio_a >= 0.9, f"minilm {enc} c={c}: {ratio_a:.2f} of (a) (target >= 0.9)"))
+    if model == "resnet-tiny" and enc == "binary" and c == 32:
+        out.append((ratio_a >= 0.5, f"resnet-tiny binary c=32: {ratio_a:.2f} of (a) (target >= 0.5)"))
+    if c == 8:
+        bound = 2 * (t8 * 1000 + window_ms)
+        out.append((p.p99_ms <= bound, f"{label} {enc} c=8 p99 {p.p99_ms:.2f} ms "
+                                       f"(target <= 2 x ({t8 * 1000:.2f} + {window_ms}) = {bound:.2f} ms)"))
+    return out
+
+
+def markdown(rows, verdicts, seconds, loadgen) -> str:
+    lines = [
+        "## Serving (`bench/serve.py`)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine_line()}; "
+        f"load generator {loadgen} on 127.0.0.1, at least {seconds:g} s a point (8 batches of 32 "
+        f"for slow models), SERVEDMODEL_QUEUE_TIMEOUT_MS=60000; one request = one item "
+        f"(minilm: {SEQ_LEN} tokens). (a) = onnxruntime alone on the same file at its best batch "
+        "size; (b) = the Python floor (decode request JSON, run at batch 1, encode response JSON, "
+        "no HTTP), both measured in the same run.",
+        "",
+        "| model | references | encoding | c | req/s | p50 ms | p99 ms | ÷ (a) | ÷ (b) | failed |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    refs = {r[0]: r[3] for r in rows if r[1] == "ref"}
+    for label, enc, c, p, ra, rb in rows:
+        if enc == "ref":
+            continue
+        a_items, a_batch, t8, b_rps = refs[label]
+        ref = f"(a) {a_items:,.0f}/s @b{a_batch}, (b) {b_rps:,.0f}/s"
+        lines.append(f"| {label} | {ref} | {enc} | {c} | {p.rps:,.0f} | {p.p50_ms:.2f} | "
+                     f"{p.p99_ms:.2f} | {ra:.2f} | {rb:.2f} | {p.failed} |")
+    lines += ["", "Targets:", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in verdicts]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
