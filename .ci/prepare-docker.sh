@@ -33,7 +33,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" ca-certificates
+    # With recommends, as tested; debootstrap needs the archive keyring to verify the mirror.
+    apt-get install -y -q "${need_pkgs[@]}" ca-certificates debian-archive-keyring
 fi
 command -v docker >/dev/null || die "no docker client after installing docker.io"
 
