@@ -195,6 +195,8 @@ def registry_host(repository_url: str) -> str:
 
 
 def docker_healthcheck_test() -> list[str]:
-    """The local container's health check: the readiness route, with the image's own Python."""
+    """The local container's health check: the readiness route, with the image's own Python,
+    on the port the server was given (SERVEDMODEL_PORT, 8080 by default)."""
     return ["CMD", "python3", "-c",
-            f"import urllib.request;urllib.request.urlopen('http://127.0.0.1:{SERVER_PORT}{READY_PATH}',timeout=2)"]
+            "import os,urllib.request;urllib.request.urlopen('http://127.0.0.1:%s" + READY_PATH + "'"
+            f" % os.environ.get('SERVEDMODEL_PORT','{SERVER_PORT}'),timeout=2)"]
