@@ -75,7 +75,9 @@ class ServedModel(pulumi.ComponentResource):
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=kubernetes,
             local_repository=f"servedmodel/{entry.name}",
-            registry=s.registry, registry_username=s.registry_username,
+            # A given registry is a prefix: each model gets its own repository under it.
+            registry=f"{s.registry.rstrip('/')}/{entry.name}" if s.registry else "",
+            registry_username=s.registry_username,
             registry_password=s.registry_password, keep_versions=s.keep_versions, protect=s.protect,
         ), opts=child)
 

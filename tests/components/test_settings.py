@@ -73,6 +73,9 @@ def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
     ({"servedmodel:memory": "lots"}, "servedmodel:memory = 'lots': must be a Kubernetes quantity"),
     ({"servedmodel:ingressCidrs": ["10.0.0.0/33"]}, "servedmodel:ingressCidrs = '10.0.0.0/33'"),
     ({"servedmodel:name": "My_Model"}, "servedmodel:name = 'My_Model': must be a DNS label"),
+    ({"servedmodel:registryUsername": "bot"}, "servedmodel:registryUsername = 'bot': needs the secret servedmodel:registryPassword"),
+    ({"servedmodel:registryPassword": "pw"}, "servedmodel:registryPassword = [given in plain text]: must be a secret"),
+    ({"servedmodel:kubeconfig": "apiVersion: v1"}, "servedmodel:kubeconfig = [given in plain text]: must be a secret"),
 ])
 def test_each_bad_config_names_key_value_and_what_is_accepted(overrides, needle):
     found = problems("local", overrides)

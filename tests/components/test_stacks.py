@@ -326,3 +326,18 @@ def test_a_failing_model_build_stops_the_program_naming_the_model(model_cache, t
     with pytest.raises(pulumi.RunError) as err:
         run_program("local", {"servedmodel:model": "does/not/exist.py:make"})
     assert str(err.value).startswith("model 'model': ") and "does/not/exist.py" in str(err.value)
+
+
+def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache):
+    from pulumi_harness import run_program
+
+    run = run_program("dev", {"servedmodel:registry": "ghcr.io/acme/models", "servedmodel:registryUsername": "bot"},
+                      secrets={"servedmodel:registryPassword": "registry-pass-123"})
+    assert not run.of_type("aws:ecr/repository:Repository")
+    for image in run.of_type("docker-build:index:Image"):
+        name = image.name.removesuffix("-image")
+        assert image.inputs["tags"][0].startswith(f"ghcr.io/acme/models/{name}:")
+        [reg] = image.inputs["registries"]
+        assert (reg["address"], reg["username"], reg["password"]) == ("ghcr.io", "bot", "registry-pass-123")
+        assert "registries" in image.secret_paths
+    assert "registry-pass-123" not in repr(run.outputs)
