@@ -132,3 +132,23 @@ def test_sigterm_real_context_under_load(mnist_context):
     before = [r for t0, r in results if t0 < t_term - 0.05]
     assert len(before) > 20 and set(before) == {"ok"}, set(before)
     assert "wrong" not in {r for _, r in results}
+
+
+def _without_version(doc: dict, version: str) -> str:
+    return json.dumps(doc, sort_keys=True).replace(version, "<version>")
+
+
+@pytest.mark.slow
+def test_docs_openapi_is_generated_from_the_mnist_manifest(mnist_context):
+    """docs/openapi.json is `python -m serving openapi` for mnist-mlp; only the content-hash
+    version (which changes with every serving/ edit) may differ."""
+    from pathlib import Path
+
+    from serving.manifest import load_manifest
+    from serving.openapi import build_openapi
+
+    kept = json.loads((Path(__file__).resolve().parents[2] / "docs" / "openapi.json").read_text())
+    manifest = load_manifest(mnist_context)
+    assert _without_version(kept, kept["info"]["version"]) == _without_version(
+        build_openapi(manifest), manifest.version), \
+        "regenerate: python -m serving openapi --context <mnist-mlp context> --out docs/openapi.json"
