@@ -1,0 +1,50 @@
+"""Bring your own model: factories defined only in a test file, loaded through FILE.py:FACTORY,
+covering what the zoo does not (attention, recurrent layers, several inputs and outputs)."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import FACTORIES, cli_json, run_cli
+
+
+def ref(factory: str) -> str:
+    return f"{FACTORIES}:{factory}"
+
+
+@pytest.mark.parametrize("factory, compression, inputs, outputs", [
+    ("conv_net", "int8", [("image", "FP32", [-1, 3, 20, 20])], [("scores", "FP32", [-1, 5])]),
+    ("attention", "none", [("tokens", "FP32", [-1, -1, 32])],
+     [("hidden", "FP32", [-1, -1, 32]), ("attention", "FP32", [-1, -1, -1])]),
+    ("attention", "int8", [("tokens", "FP32", [-1, -1, 32])],
+     [("hidden", "FP32", [-1, -1, 32]), ("attention", "FP32", [-1, -1, -1])]),
+    ("recurrent", "fp16", [("sequence", "FP32", [-1, 9, 16])], [("logits", "FP32", [-1, 4])]),
+    ("multi_io", "none", [("features", "FP32", [-1, 12]), ("ids", "INT64", [-1, 6])],
+     [("mixed", "FP32", [-1, 8]), ("score", "FP32", [-1, 1]), ("argmax", "INT64", [-1])]),
+])
+def test_byo_model(build_once, factory, compression, inputs, outputs):
+    r = build_once(ref(factory), compression)
+    m = r.manifest
+    assert [(t["name"], t["datatype"], t["shape"]) for t in m["inputs"]] == inputs
+    assert [(t["name"], t["datatype"], t["shape"]) for t in m["outputs"]] == outputs
+    assert m["parity"]["passed"] and set(m["parity"]["outputs"]) == {o[0] for o in outputs}
+    sess = ort.InferenceSession(str(r.context_dir / "model/model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == [o[0] for o in outputs]
+
+
+def test_attention_runs_at_other_sequence_lengths(build_once):
+    ctx = build_once(ref("attention"), "none").context_dir
+    sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])
+    hidden, attn = sess.run(None, {"tokens": np.random.default_rng(0).normal(size=(5, 13, 32)).astype(np.float32)})
+    assert hidden.shape == (5, 13, 32) and attn.shape == (5, 13, 13)
+
+
+def test_cli_builds_a_factory_file(cache_dir, tmp_path):
+    proc = run_cli("build", "--model", ref("multi_io"), "--compression", "fp16", "--out", str(tmp_path / "ctx"),
+                   "--json", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    out = cli_json(proc)
+    assert out["ok"] and out["name"] == "byo-multi" and out["compression"] == "fp16"
+    assert (tmp_path / "ctx/model/model.onnx").is_file()
+    assert "[" in proc.stderr and "export" in proc.stderr  # progress went to stderr
