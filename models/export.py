@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,18 @@ def rename_io(model, input_names, output_names) -> None:
     _rename_in_graph(g, mapping)
 
 
+def _reason(e: BaseException) -> str:
+    """The innermost cause's first line: the exporter wraps torch.export's error (the one that
+    says what in the model cannot be traced) in a generic 'Failed to export' message."""
+    inner = e
+    while inner.__cause__ is not None and inner.__cause__ is not inner:
+        inner = inner.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(inner)).strip()
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    where = "" if inner is e else f" (in {type(e).__name__})"
+    return f"{type(inner).__name__}: {first[:300]}{where}"
+
+
 def export(spec, out_path: Path, options: ExportOptions = DEFAULT_EXPORT) -> ExportResult:
     """Export `spec.module` to `out_path` (ONNX, single file). Raises BuildError(step="export")."""
     import onnx
@@ -222,8 +235,10 @@ def export(spec, out_path: Path, options: ExportOptions = DEFAULT_EXPORT) -> Exp
 
     log = io.StringIO()
     try:
+        # The exporter prints its progress and, on failure, graph dumps: keep them out of the
+        # CLI's output (the reason is reported in one line below).
         with tempfile.TemporaryDirectory(prefix="servedmodel-export-") as artifacts, \
-                contextlib.redirect_stdout(log), torch.no_grad():
+                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), torch.no_grad():
             program = torch.onnx.export(
                 module, tuple(spec.example_inputs), None,
                 kwargs=None,
@@ -256,8 +271,7 @@ def export(spec, out_path: Path, options: ExportOptions = DEFAULT_EXPORT) -> Exp
             )
             model = program.model_proto
     except Exception as e:  # noqa: BLE001 - torch.export raises many kinds of errors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise fail(f"torch.onnx.export raised {type(e).__name__}: {first}") from None
+        raise fail(f"torch.onnx.export raised {_reason(e)}") from None
 
     g = model.graph
     if len(g.input) != len(spec.input_names):

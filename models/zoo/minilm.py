@@ -64,6 +64,9 @@ def tokenize(tokenizer, sentences) -> tuple[torch.Tensor, torch.Tensor]:
 def minilm() -> ModelSpec:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress is the pipeline's to report
 
     encoder = AutoModel.from_pretrained(str(model_path()), local_files_only=True).eval()
     tokenizer = load_tokenizer()
