@@ -131,6 +131,14 @@ class App:
             if self.on_fatal:
                 self.on_fatal(self.failed)
             return
+        preferred = getattr(self.model, "preferred_batch_size", None)
+        if preferred:
+            self.batcher.prefer(preferred)
+        if self.log.enabled:
+            rates = getattr(self.model, "warmup_items_per_second", {})
+            self.log.add({"event": "ready", "preferred_batch_size": self.batcher.max_rows,
+                          "warmup_items_per_second": {str(b): round(r, 1)
+                                                      for b, r in rates.items()}})
         self.metrics.ready = 0 if self.draining else 1
         # Everything allocated so far lives as long as the process: keep it out of the cyclic
         # collector's scans, and scan less often (request handling makes few cycles).

@@ -47,6 +47,11 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
 
+    def prefer(self, rows: int) -> None:
+        """Pack batches up to `rows` (a single bigger request still runs alone)."""
+        if self.batching:
+            self.max_rows = max(1, min(rows, self.max_rows))
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker())
 
