@@ -165,6 +165,41 @@ class _Calibration:
         self._it = iter(self._feeds)
 
 
+def nodes_of_modules(spec, model, names) -> list[str]:
+    """The MatMul/Gemm nodes computing the nn.Linear layers under the named submodules.
+
+    The exporter folds weights into anonymous constants and its optimiser drops the module
+    scopes, so nodes are found by their weights' values: a Linear's weight W appears as the
+    initializer W^T (MatMul) or W (Gemm).
+    """
+    import torch
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits:
+            consumers.setdefault(n.input[1], []).append(n.name)
+    by_shape: dict[tuple, list[str]] = {}
+    for name in consumers:
+        by_shape.setdefault(tuple(inits[name].dims), []).append(name)
+    modules = dict(spec.module.named_modules())
+    found: list[str] = []
+    for prefix in names:
+        linears = [(f"{prefix}.{k}" if k else prefix, m) for k, m in modules[prefix].named_modules()
+                   if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise BuildError(spec.name, "compress", f"int8_keep_fp32: {prefix!r} has no nn.Linear layers")
+        for lname, lin in linears:
+            w = lin.weight.detach().cpu().numpy()
+            hits = [init for cand in (w.T, w) for init in by_shape.get(tuple(cand.shape), [])
+                    if np.array_equal(numpy_helper.to_array(inits[init]), cand)]
+            if not hits:
+                raise BuildError(spec.name, "compress", f"int8_keep_fp32: the weights of {lname!r} are not in the graph")
+            found.extend(node for init in hits for node in consumers[init])
+    return sorted(set(found))
+
+
 def to_int8(spec, src: Path, out_path: Path, options: Int8Options) -> CompressResult:
     import onnx
     from onnxruntime import quantization as q
@@ -179,12 +214,13 @@ def to_int8(spec, src: Path, out_path: Path, options: Int8Options) -> CompressRe
         stripped = Path(tmp) / "fp32.onnx"
         onnx.save(fresh, str(stripped))
         preprocess(stripped, pre)
+        keep = nodes_of_modules(spec, onnx.load(str(pre)), spec.int8_keep_fp32) if spec.int8_keep_fp32 else []
         weight_type, activation_type = getattr(q.QuantType, options.weight_type), getattr(q.QuantType, options.activation_type)
         if options.method == "dynamic":
             q.quantize_dynamic(
                 pre, raw, op_types_to_quantize=list(options.op_types) if options.op_types else None,
                 per_channel=options.per_channel, reduce_range=options.reduce_range,
-                weight_type=weight_type, nodes_to_quantize=None, nodes_to_exclude=None,
+                weight_type=weight_type, nodes_to_quantize=None, nodes_to_exclude=keep or None,
                 use_external_data_format=False,
                 extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "EnableSubgraph": False})
         else:
@@ -195,7 +231,7 @@ def to_int8(spec, src: Path, out_path: Path, options: Int8Options) -> CompressRe
                 op_types_to_quantize=list(options.op_types) if options.op_types else None,
                 per_channel=options.per_channel, reduce_range=options.reduce_range,
                 activation_type=activation_type, weight_type=weight_type,
-                nodes_to_quantize=None, nodes_to_exclude=None, use_external_data_format=False,
+                nodes_to_quantize=None, nodes_to_exclude=keep or None, use_external_data_format=False,
                 calibrate_method=getattr(q.CalibrationMethod, options.calibrate_method),
                 calibration_providers=["CPUExecutionProvider"],
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
@@ -212,7 +248,7 @@ def to_int8(spec, src: Path, out_path: Path, options: Int8Options) -> CompressRe
     details = {"quantizer": f"onnxruntime.quantization.quantize_{options.method}",
                "preprocess": "quant_pre_process(skip_symbolic_shape=True)", **asdict(options),
                "calibration_batches": len(spec.calibration_inputs) if options.method == "static" else 0,
-               "quantized_ops": ops}
+               "quantized_ops": ops, "kept_fp32": list(spec.int8_keep_fp32), "kept_fp32_nodes": len(keep)}
     details["op_types"] = list(details["op_types"]) if details["op_types"] else None
     return CompressResult(out_path, details)
 

@@ -92,6 +92,8 @@ class ModelSpec:
                       (e.g. other sequence lengths); their rows also fill the batch-8 check
       int8_method     "auto" (static when calibration_inputs are given, else dynamic),
                       "dynamic" or "static"
+      int8_keep_fp32  names of submodules (module.named_modules()) whose Linear layers stay fp32
+                      under int8: mixed precision for the few most sensitive layers
       tolerances      {compression: Tolerance}, overriding DEFAULT_TOLERANCES per key
     """
 
@@ -109,6 +111,7 @@ class ModelSpec:
     calibration_inputs: Sequence[tuple] | None = None
     verification_inputs: Sequence[tuple] | None = None
     int8_method: str = "auto"
+    int8_keep_fp32: Sequence[str] = ()
     tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,6 +172,15 @@ class ModelSpec:
                     problems.append(f"tolerances key {k!r} is not a compression ({', '.join(COMPRESSIONS)})")
                 if not isinstance(v, Tolerance):
                     problems.append(f"tolerances[{k!r}] must be a models.Tolerance")
+        if isinstance(self.int8_keep_fp32, str) or not isinstance(self.int8_keep_fp32, (list, tuple)):
+            problems.append("int8_keep_fp32 must be a list of submodule names")
+        else:
+            self.int8_keep_fp32 = tuple(self.int8_keep_fp32)
+            if isinstance(self.module, torch.nn.Module):
+                known = dict(self.module.named_modules())
+                unknown = [n for n in self.int8_keep_fp32 if n not in known]
+                if unknown:
+                    problems.append(f"int8_keep_fp32 names {unknown}, not submodules of the module")
         self._check_dynamic_axes(problems)
         self._check_batching(problems)
         self._check_calibration(problems, torch)

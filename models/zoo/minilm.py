@@ -77,5 +77,9 @@ def minilm() -> ModelSpec:
         dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
                       "attention_mask": {0: "batch", 1: "sequence"}},
         task="embedding", int8_method="dynamic",
+        # Mixed precision: the first layer's feed-forward stays fp32 (+3.5 MB, 29% of fp32 in
+        # all). Measured on held-out sentences, it lifts the worst cosine to the fp32
+        # embedding from 0.987 to 0.992; no single other layer matters as much.
+        int8_keep_fp32=("encoder.encoder.layer.0.intermediate.dense", "encoder.encoder.layer.0.output.dense"),
         verification_inputs=[tokenize(tokenizer, s) for s in VERIFICATION_SENTENCES],
     )

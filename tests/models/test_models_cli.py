@@ -44,6 +44,8 @@ def test_failure_exit_code_and_message(cache_dir, tmp_path, model, compression, 
     for w in words:
         assert w in line, line
     assert "Traceback" not in proc.stderr
+    noise = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("[", "error:"))]
+    assert noise == [], "stderr holds more than progress lines and the error line"
     body = cli_json(proc)
     assert body == {"ok": False, "model": model, "step": step, "exit_code": code, "error": line[len("error: "):]}
     # nothing that looks like a context, and no half-written temporary folders

@@ -43,6 +43,7 @@ def test_defaults():
     (dict(tolerances={"int4": Tolerance(atol=1.0, rtol=0.0)}), "tolerances key 'int4'"),
     (dict(calibration_inputs=[(torch.zeros(2, 4, dtype=torch.int64),)]), "calibration_inputs[0]"),
     (dict(warmup_batch_sizes=[64]), "warmup_batch_sizes"),
+    (dict(int8_keep_fp32=["encoder.layer.0"]), "int8_keep_fp32 names ['encoder.layer.0']"),
 ])
 def test_invalid_spec_names_the_field(kw, field):
     with pytest.raises(SpecError) as e:
