@@ -221,6 +221,30 @@ def torch_context(model: str, out: Path) -> Path:
     return out
 
 
+def gpu_without_gpu(image: str, watch: float = 15.0) -> str:
+    """Start the GPU image on this machine (no GPU) and say what readiness did: it must never
+    answer 200, since the CUDA provider cannot be active."""
+    port = free_port()
+    cid = docker("run", "--detach", "--network", "host", "--read-only", "--tmpfs", "/tmp",
+                 "--env", "SERVEDMODEL_HOST=127.0.0.1", "--env", f"SERVEDMODEL_PORT={port}", image).stdout.strip()
+    seen, t0 = set(), time.monotonic()
+    try:
+        while time.monotonic() - t0 < watch:
+            seen.add(http_status(f"http://127.0.0.1:{port}/v2/health/ready", timeout=0.5))
+            if 200 in seen or not inspect(cid, "{{json .State.Running}}"):
+                break
+            time.sleep(0.2)
+        state = inspect(cid, "{{json .State}}")
+        logs = docker("logs", cid, check=False)
+        last = ((logs.stdout + logs.stderr).strip().splitlines() or [""])[-1][:160].replace("`", "'").replace("|", "/")
+    finally:
+        docker("rm", "--force", cid, check=False)
+    verdict = "became ready (wrong)" if 200 in seen else "was never ready"
+    how = (f"exited {state['ExitCode']}" if not state["Running"] else
+           f"answered {sorted(seen - {0}) or 'nothing'} for {watch:.0f} s")
+    return f"{verdict.replace('was never ready', 'never ready')}: {how}; last log line `{last}`"
+
+
 # --- the run -----------------------------------------------------------------------------------
 def preflight() -> list[str]:
     problems = []
@@ -342,7 +366,8 @@ def main() -> int:
                            "ldd /opt/venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so"
                            " | grep 'not found' || true").stdout.split()
             missing = sorted({w for w in probe if w.endswith((".so", ".so.1")) or ".so." in w})
-            gpu = (tag, image_size(tag), t, missing, r.manifest.get("device"))
+            refusal = gpu_without_gpu(tag)
+            gpu = (tag, image_size(tag), t, missing, r.manifest.get("device"), refusal)
             print(f"gpu image {gpu}", flush=True)
         except Exception as e:
             notes.append(f"GPU image: {str(e).splitlines()[0][:300]}")
@@ -394,11 +419,13 @@ def main() -> int:
                       f"{starts[m][0]:.2f} s |")
     md += ["", "### GPU image (`Dockerfile.cuda`, onnxruntime-gpu + NVIDIA CUDA/cuDNN wheels)", ""]
     if gpu:
-        tag, size, t, missing, device = gpu
+        tag, size, t, missing, device, refusal = gpu
         md.append(f"`{ref[0]}` built for `cuda` (manifest device `{device}`): **{size / MB:.0f} MB**, cold build "
                   f"(`--no-cache`: ~1.6 GB of wheels from the package index) **{t:.0f} s**. Libraries of the CUDA provider that do not resolve inside the "
                   f"image: {', '.join(f'`{x}`' for x in missing) or 'none'} (libcuda.so.1 is the driver's, mounted "
-                  f"by the NVIDIA container runtime). No GPU on this machine: GPU throughput is not measured here.")
+                  f"by the NVIDIA container runtime). No GPU on this machine: GPU throughput is not measured here. "
+                  f"Run here without a GPU, the GPU image {refusal}.")
+        verdicts.append(("GPU image without a GPU never reports ready", "never ready" in refusal, refusal))
     else:
         md.append("Not built in this run" + (" (--no-gpu)." if opts.no_gpu else "."))
     if notes:
