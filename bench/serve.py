@@ -63,6 +63,22 @@ class Point:
     p50_ms: float
     p99_ms: float
     failed: int
+    busy: float = 0.0        # share of the wall time the model was computing (from /metrics)
+    mean_batch: float = 0.0
+
+
+def scrape(port: int) -> tuple[float, float, float]:
+    """(compute seconds, batches, rows) so far, from the server's /metrics."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        for name in ("servedmodel_compute_duration_seconds_sum", "servedmodel_batch_size_count",
+                     "servedmodel_batch_size_sum"):
+            if line.startswith(name + "{"):
+                values[name] = float(line.rsplit(" ", 1)[1])
+    return (values["servedmodel_compute_duration_seconds_sum"],
+            values["servedmodel_batch_size_count"], values["servedmodel_batch_size_sum"])
 
 
 def cpu_limit() -> int:
@@ -237,9 +253,16 @@ async def _async_load(port: int, path: str, body: tuple, concurrency: int, secon
 
 def measure(port, name, body, c, seconds, workdir) -> Point:
     path = f"/v2/models/{name}/infer"
+    before, t0 = scrape(port), time.perf_counter()
     if shutil.which("wrk"):
-        return run_wrk(f"http://127.0.0.1:{port}{path}", body, c, seconds, workdir)
-    return asyncio.run(_async_load(port, path, body, c, seconds))
+        p = run_wrk(f"http://127.0.0.1:{port}{path}", body, c, seconds, workdir)
+    else:
+        p = asyncio.run(_async_load(port, path, body, c, seconds))
+    after, wall = scrape(port), time.perf_counter() - t0
+    p.busy = (after[0] - before[0]) / wall
+    batches = after[1] - before[1]
+    p.mean_batch = (after[2] - before[2]) / batches if batches else 0.0
+    return p
 
 
 def main() -> int:
@@ -286,7 +309,8 @@ def main() -> int:
                         ratio_a = p.rps * items_per_request / a_items
                         ratio_b = p.rps / b_rps
                         print(f"   {enc:6s} c={c:<3d} {p.rps:9,.0f} req/s  p50 {p.p50_ms:7.2f} ms  "
-                              f"p99 {p.p99_ms:7.2f} ms  {ratio_a:5.2f}x(a) {ratio_b:5.2f}x(b)"
+                              f"p99 {p.p99_ms:7.2f} ms  {ratio_a:5.2f}x(a) {ratio_b:5.2f}x(b)  "
+                              f"busy {p.busy:4.0%} batch {p.mean_batch:4.1f}"
                               f"{'  FAILED ' + str(p.failed) if p.failed else ''}", flush=True)
                         rows.append((label, enc, c, p, ratio_a, ratio_b))
                         verdicts += targets(model, compression, enc, c, p, ratio_a, t8, window_ms)
@@ -336,8 +360,13 @@ def markdown(rows, verdicts, seconds, loadgen) -> str:
         "size; (b) = the Python floor (decode request JSON, run at batch 1, encode response JSON, "
         "no HTTP), both measured in the same run.",
         "",
-        "| model | references | encoding | c | req/s | p50 ms | p99 ms | ÷ (a) | ÷ (b) | failed |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "\"busy\" is the share of wall time the model was computing (from the server's "
+        "`servedmodel_compute_duration_seconds`), \"batch\" the mean rows per batch: a "
+        "compute-bound model near 100% busy is as fast as onnxruntime can be on the CPU left "
+        "to it, whatever else runs on the machine.",
+        "",
+        "| model | references | encoding | c | req/s | p50 ms | p99 ms | ÷ (a) | ÷ (b) | busy | batch | failed |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     refs = {r[0]: r[3] for r in rows if r[1] == "ref"}
     for label, enc, c, p, ra, rb in rows:
@@ -346,7 +375,8 @@ def markdown(rows, verdicts, seconds, loadgen) -> str:
         a_items, a_batch, t8, b_rps = refs[label]
         ref = f"(a) {a_items:,.0f}/s @b{a_batch}, (b) {b_rps:,.0f}/s"
         lines.append(f"| {label} | {ref} | {enc} | {c} | {p.rps:,.0f} | {p.p50_ms:.2f} | "
-                     f"{p.p99_ms:.2f} | {ra:.2f} | {rb:.2f} | {p.failed} |")
+                     f"{p.p99_ms:.2f} | {ra:.2f} | {rb:.2f} | {p.busy:.0%} | {p.mean_batch:.1f} | "
+                     f"{p.failed} |")
     lines += ["", "Targets:", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in verdicts]
     return "\n".join(lines)

@@ -133,10 +133,11 @@ class App:
             return
         preferred = getattr(self.model, "preferred_batch_size", None)
         if preferred:
-            self.batcher.prefer(preferred)
+            self.batcher.prefer(preferred, bool(getattr(self.model, "run_inline", False)))
         if self.log.enabled:
             rates = getattr(self.model, "warmup_items_per_second", {})
             self.log.add({"event": "ready", "preferred_batch_size": self.batcher.max_rows,
+                          "inline": self.batcher.inline,
                           "warmup_items_per_second": {str(b): round(r, 1)
                                                       for b, r in rates.items()}})
         self.metrics.ready = 0 if self.draining else 1

@@ -46,11 +46,14 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
+        self.inline = False
 
-    def prefer(self, rows: int) -> None:
-        """Pack batches up to `rows` (a single bigger request still runs alone)."""
+    def prefer(self, rows: int, inline: bool = False) -> None:
+        """Pack batches up to `rows` (a single bigger request still runs alone); with `inline`,
+        run batches on the event loop (for models that take microseconds)."""
         if self.batching:
             self.max_rows = max(1, min(rows, self.max_rows))
+        self.inline = inline
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker())
@@ -172,8 +175,11 @@ class Batcher:
         self.running = len(batch)
         t0 = time.perf_counter()
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.model.predict, feeds)
+            if self.inline:
+                outputs = self.model.predict(feeds)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.model.predict, feeds)
         except Exception as e:  # the model failed on input that passed validation
             err = ServingError(500, f"model failed: {type(e).__name__}: "
                                     f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",

@@ -17,6 +17,8 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 #: Size of dynamic non-batch dimensions in warm-up inputs (e.g. a typical sentence of tokens).
 WARMUP_DIM = 64
+#: A batch faster than this runs on the event loop thread instead of the model thread.
+INLINE_BELOW_SECONDS = 0.0005
 
 
 def sha256_of(path: Path) -> str:
@@ -38,6 +40,10 @@ class OnnxModel:
         self.warm = False
         self.preferred_batch_size = max(1, settings.max_batch_size)
         self.warmup_items_per_second: dict[int, float] = {}
+        #: True when a full preferred batch runs in well under a millisecond: the batcher then
+        #: runs it on the event loop, saving the hand-off to the model thread (which can wait
+        #: up to the interpreter's GIL switch interval for the event loop to let go).
+        self.run_inline = False
         self._output_names = [t.name for t in manifest.outputs]
 
     # -- hooks ------------------------------------------------------------------------------
@@ -152,6 +158,7 @@ class OnnxModel:
                 if rates[b] > 1.15 * rates[best]:
                     best = b
             self.preferred_batch_size = best
+            self.run_inline = best / rates[best] < INLINE_BELOW_SECONDS
         if self.settings.device == "cuda" and self.session.get_providers()[0] != CUDA:
             raise StartupError("device=cuda but CUDAExecutionProvider is not active after warm-up")
         self.warm = True

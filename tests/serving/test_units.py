@@ -84,3 +84,27 @@ def test_serving_never_imports_torch_pulumi_or_models():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pulumi', 'models')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_warm_up_picks_preferred_batch_and_inline_mode(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from contexts import write_context
+    from serving.model import OnnxModel
+
+    def warmed(kind, **kw):
+        ctx = write_context(tmp_path / kind, kind, **kw)
+        manifest = load_manifest(ctx)
+        model = OnnxModel(manifest, load_settings(manifest, {}, {}))
+        model.load()
+        assert not model.ready
+        model.warm_up()
+        assert model.ready
+        return model
+
+    tiny = warmed("mlp", max_batch_size=32, warmup=(1, 8, 32))
+    assert set(tiny.warmup_items_per_second) == {1, 8, 32}
+    assert tiny.preferred_batch_size in (1, 8, 32) and tiny.run_inline   # microseconds a batch
+    slow = warmed("slow", max_batch_size=4, warmup=(1, 4))
+    assert slow.preferred_batch_size in (1, 4) and not slow.run_inline   # tens of ms a batch
