@@ -96,7 +96,7 @@ def test_warm_up_picks_preferred_batch_and_inline_mode(tmp_path):
     def warmed(kind, **kw):
         ctx = write_context(tmp_path / kind, kind, **kw)
         manifest = load_manifest(ctx)
-        model = OnnxModel(manifest, load_settings(manifest, {}, {}))
+        model = OnnxModel(manifest, load_settings(manifest, {"context": ctx}, {}))
         model.load()
         assert not model.ready
         model.warm_up()
