@@ -33,7 +33,8 @@ def runtime_files(device: str) -> dict[str, Path]:
     requirements = SERVING_DIR / ("requirements-cuda.txt" if device == "cuda" else "requirements.txt")
     files = {"Dockerfile": dockerfile, ".dockerignore": IMAGE_DIR / "dockerignore",
              "requirements.txt": requirements}
-    missing = [str(p.relative_to(REPO)) for p in files.values() if not p.is_file()]
+    missing = [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+               for p in files.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)} missing (needed for device={device})")
     for src in sorted(SERVING_DIR.rglob("*.py")):

