@@ -33,6 +33,13 @@ def test_byo_model(build_once, factory, compression, inputs, outputs):
     assert [o.name for o in sess.get_outputs()] == [o[0] for o in outputs]
 
 
+def test_model_without_batch_dim(build_once):
+    m = build_once(ref("unbatched"), "none").manifest
+    assert m["batching"]["max_batch_size"] == 0 and m["batching"]["warmup_batch_sizes"] == [1]
+    assert m["inputs"] == [{"name": "points", "datatype": "FP32", "shape": [6, 3]}]
+    assert m["outputs"] == [{"name": "distances", "datatype": "FP32", "shape": [6, 6]}]
+
+
 def test_attention_runs_at_other_sequence_lengths(build_once):
     ctx = build_once(ref("attention"), "none").context_dir
     sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])

@@ -154,3 +154,17 @@ def no_matmul():
     """Nothing for int8 to quantize."""
     return ModelSpec(name="byo-relu", module=nn.ReLU(), example_inputs=(torch.randn(2, 3),),
                      input_names=["x"], output_names=["y"])
+
+
+class PairwiseDistances(nn.Module):
+    """No batch dim: a [points, 3] cloud in, its [points, points] distance matrix out."""
+
+    def forward(self, points):
+        # (torch.cdist has no ONNX translation in the pinned exporter: export fails, exit 4)
+        return ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1).sqrt()
+
+
+def unbatched():
+    return ModelSpec(name="byo-unbatched", module=PairwiseDistances(),
+                     example_inputs=(torch.randn(6, 3, generator=_g(1)),),
+                     input_names=["points"], output_names=["distances"], max_batch_size=0)
