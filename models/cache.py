@@ -84,8 +84,13 @@ def lookup(root: Path, key: str) -> tuple[Path, dict] | None:
         record = json.loads((d / "result.json").read_text())
     except (OSError, ValueError):
         return None
-    if record.get("key") != key or not (d / "context" / "model" / "manifest.json").is_file():
-        return None
+    model = d / "context" / "model" / "model.onnx"
+    try:
+        intact = model.stat().st_size == record["manifest"]["size_bytes"]
+    except (OSError, KeyError, TypeError):
+        intact = False
+    if record.get("key") != key or not intact or not (d / "context" / "model" / "manifest.json").is_file():
+        return None  # missing or damaged: build again
     return d / "context", record
 
 

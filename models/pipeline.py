@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from models import cache as cache_mod
-from models.errors import EXIT_USAGE, BuildError
-from models.package import DEVICES, copy_context, check_out_dir
+from models.errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
+from models.package import DEVICES, check_out_dir, copy_context, runtime_files
 from models.spec import COMPRESSIONS
 
 Progress = Callable[[str], None]
@@ -89,7 +89,6 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     out = Path(out_dir).expanduser().absolute()
     mref = parse_ref(model)
     check_out_dir(model, out)
-    from models.package import runtime_files
     try:
         runtime_files(device)
     except FileNotFoundError as e:
@@ -115,8 +114,14 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     def step(name: str, what: str):
         say(f"[{model}] {name}: {what} ...")
         t = time.perf_counter()
-        with _quiet():
-            yield
+        try:
+            with _quiet():
+                yield
+        except BuildError:
+            raise
+        except Exception as e:  # a bug, or a tool failing in a way we do not know yet
+            raise BuildError(model, name, f"unexpected {type(e).__name__}: {' '.join(str(e).split())[:300]}",
+                             EXIT_INTERNAL) from e
         steps[name] = round(time.perf_counter() - t, 3)
         say(f"[{model}] {name}: done in {steps[name]:.2f} s")
 

@@ -89,3 +89,28 @@ def test_no_cache_writes_nothing(tmp_path):
     cache = tmp_path / "cache"
     models.build(f"{FACTORIES}:multi_io", "none", tmp_path / "ctx", cache_dir=cache, use_cache=False)
     assert not cache.exists()
+
+
+def test_damaged_cache_entry_is_rebuilt(cache_dir, tmp_path):
+    a = models.build(f"{FACTORIES}:multi_io", "fp16", tmp_path / "a", cache_dir=cache_dir)
+    from models.cache import cache_key, entry_dir
+    from models.loader import parse_ref
+
+    entry = entry_dir(cache_dir, cache_key(parse_ref(f"{FACTORIES}:multi_io"), "fp16", "cpu"))
+    (entry / "context/model/model.onnx").write_bytes(b"truncated")
+    b = models.build(f"{FACTORIES}:multi_io", "fp16", tmp_path / "b", cache_dir=cache_dir)
+    assert not b.cache_hit and b.version == a.version
+    assert same_bytes(a.context_dir, b.context_dir)
+
+
+def test_unexpected_errors_are_build_errors(cache_dir, tmp_path, monkeypatch):
+    import models.verify
+
+    def broken(*a, **k):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(models.verify, "verify", broken)
+    with pytest.raises(models.BuildError) as e:
+        models.build(f"{FACTORIES}:multi_io", "none", tmp_path / "x", cache_dir=cache_dir, use_cache=False)
+    assert e.value.step == "verify" and e.value.exit_code == 1 and "unexpected ValueError: boom" in str(e.value)
+    assert not (tmp_path / "x").exists()
