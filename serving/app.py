@@ -207,8 +207,8 @@ class App:
                 self._authorize(scope)
                 status, body, headers = self._simple(method, 200, self._openapi)
             elif path.startswith("/v2/models/"):
+                self._authorize(scope)          # first: no probing model names without a token
                 route = self._model_route(path)
-                self._authorize(scope)
                 if route == "infer":
                     is_infer = True
                     self._method(method, "POST")

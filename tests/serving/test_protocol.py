@@ -211,6 +211,7 @@ def test_bearer_auth(contexts, start_server, tmp_path):
     r = httpx.get(url, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401 and "invalid_token" in r.headers["www-authenticate"]
     assert httpx.get(url, headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    assert httpx.get(server.url + "/v2/models/other").status_code == 401   # no name probing
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
     inp = triton.InferInput("input", [1, 784], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 784), np.float32))
