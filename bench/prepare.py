@@ -78,17 +78,23 @@ def batch_inputs(model: str, manifest: dict, batch: int) -> dict:
     return {t["name"]: rng.random([batch, *t["shape"][1:]], dtype=np.float32) for t in manifest["inputs"]}
 
 
-def latency_ms(sess, feed: dict, budget_s: float = 1.5) -> float:
-    """Median wall time of one run, after warm-up, over ~budget_s seconds (>= 20 runs)."""
-    for _ in range(5):
-        sess.run(None, feed)
-    times = []
+def latencies_ms(sessions: dict, feed: dict, budget_s: float = 3.0) -> dict:
+    """Median wall time of one run per session. The sessions take turns, one run each per
+    round, so that load from elsewhere on the machine hits every variant alike and the ratios
+    between them stay meaningful."""
+    for sess in sessions.values():
+        for _ in range(5):
+            sess.run(None, feed)
+    times: dict = {k: [] for k in sessions}
     t_end = time.perf_counter() + budget_s
-    while time.perf_counter() < t_end or len(times) < 20:
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    rounds = 0
+    while time.perf_counter() < t_end or rounds < 20:
+        for k, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, feed)
+            times[k].append(time.perf_counter() - t)
+        rounds += 1
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def minilm_cosines(fp32_path: Path, int8_path: Path, threads: int) -> np.ndarray:
@@ -135,19 +141,19 @@ def main() -> int:
             print(f"[bench] building {name} {c} ...", file=sys.stderr, flush=True)
             results[name, c] = models.build(name, c, work / f"{name}-{c}", cache_dir=cache)
         fp32 = results[name, "none"]
+        sessions = {c: session(results[name, c].context_dir / "model" / "model.onnx", args.threads)
+                    for c in COMPRESSIONS}
+        lat = {b: latencies_ms(sessions, batch_inputs(name, fp32.manifest, b)) for b in (1, 8)}
         for c in COMPRESSIONS:
             r = results[name, c]
-            path = r.context_dir / "model" / "model.onnx"
-            sess = session(path, args.threads)
-            lat = {b: latency_ms(sess, batch_inputs(name, r.manifest, b)) for b in (1, 8)}
-            r.latency = lat  # type: ignore[attr-defined]
+            r.latency = {b: lat[b][c] for b in lat}  # type: ignore[attr-defined]
             rows.append((name, LABEL[c],
                          f"{fp32.steps.get('export', 0):.1f}" if c == "none" else "",
                          f"{r.steps.get('compress', 0):.2f}" if c != "none" else "",
                          f"{r.sizes['final_bytes'] / 2**20:.2f}",
                          f"{100 * r.sizes['final_bytes'] / fp32.sizes['fp32_bytes']:.0f}%",
-                         f"{lat[1]:.3f}", f"{lat[8]:.3f}",
-                         f"{fp32.latency[8] / lat[8]:.2f}x" if c != "none" else "1.00x",  # type: ignore[attr-defined]
+                         f"{lat[1][c]:.3f}", f"{lat[8][c]:.3f}",
+                         f"{lat[8]['none'] / lat[8][c]:.2f}x",
                          parity_text(r.manifest)))
 
     if "minilm" in names:
@@ -183,7 +189,7 @@ def main() -> int:
     target_lines = "\n".join(f"| {what} | {value} | {'PASS' if passed else 'FAIL'} |" for what, value, passed in checks)
     md = (f"## prepare: export, compression, onnxruntime latency\n\n"
           f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}; onnxruntime CPU, "
-          f"{args.threads} intra-op threads; latency is the median of >= 20 runs per cell after warm-up. "
+          f"{args.threads} intra-op threads; latency is the median of >= 20 runs per cell after warm-up, the three variants of a model taking turns run by run (so that other load on the machine hits them alike). "
           f"minilm batches are tokenised sentences (padded to the longest); other models get uniform [0, 1) "
           f"inputs. Parity is the build's own record (the manifest's `parity`).\n\n"
           f"{header}\n{table}\n\n| target | measured | result |\n|---|---|---|\n{target_lines}\n")
