@@ -58,6 +58,9 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) -> int:
+    # The model thread needs the GIL for a moment before and after each batch; while the event
+    # loop decodes requests it would wait up to the 5 ms default switch interval each time.
+    sys.setswitchinterval(0.001)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=False, server_header=False,
                             date_header=False, log_level=log_level, backlog=2048,
