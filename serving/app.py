@@ -221,7 +221,7 @@ class App:
                 else:
                     status, body, headers = self._simple(method, 200, self._openapi)
             else:
-                raise ServingError(404, f"no route {path}; see /openapi.json for the endpoints")
+                raise ServingError(404, f"no route {path[:128]}; see /openapi.json for the endpoints")
         except ServingError as e:
             status = e.status
             body = orjson.dumps({"error": e.message})
@@ -291,7 +291,7 @@ class App:
             raise ServingError(400, f"invalid model name {name[:64]!r}: use letters, digits, "
                                     f"'_', '.' and '-'")
         if name != self.manifest.name:
-            raise ServingError(404, f"unknown model '{name}'; this server serves "
+            raise ServingError(404, f"unknown model '{name[:64]}'; this server serves "
                                     f"'{self.manifest.name}'")
         if rest[:1] == ["versions"]:
             if len(rest) < 2 or rest[1] != self.manifest.version:
@@ -303,7 +303,7 @@ class App:
             return "metadata"
         if len(rest) == 1 and rest[0] in ("infer", "ready", "openapi.json"):
             return rest[0]
-        raise ServingError(404, f"no route {path}; model routes are /v2/models/{name}"
+        raise ServingError(404, f"no route {path[:128]}; model routes are /v2/models/{name}"
                                 f"[/versions/{{version}}][/ready|/infer]")
 
     # -- inference --------------------------------------------------------------------------
