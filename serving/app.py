@@ -246,7 +246,7 @@ class App:
                        "client_error" if status < 500 else "server_error")
             self.metrics.request(outcome, elapsed)
         if self.log.enabled:
-            record = {"ts": round(time.time(), 3), "method": method, "path": path,
+            record = {"ts": round(time.time(), 3), "method": method, "path": path[:256],
                       "status": status, "ms": round(elapsed * 1000, 3), "bytes_out": len(body)}
             if extra:
                 record.update(extra)
