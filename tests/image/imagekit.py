@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,10 @@ REGISTRY = "127.0.0.1:5000"
 BASE_IMAGE = "python:3.11-slim"
 REPO = "servedmodel-test"          # local image names: servedmodel-test/<model>:<version>
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# A label per test session gives this session's images their own ids (the layers, and so the
+# cache, are shared): removing an image in one test cannot pull it from under another user of
+# the same engine, and nobody else's container can pin it.
+SESSION = uuid.uuid4().hex[:12]
 
 
 def unavailable(reason: str) -> None:
@@ -77,9 +82,11 @@ class Built:
 
 def build_image(context: Path, tag: str) -> tuple[str, str, float]:
     """`docker build` of a context as the components build it (its own Dockerfile, the default
-    BASE_IMAGE); host network, because the engine here has no bridge. Returns id, log, seconds."""
+    BASE_IMAGE); host network, because the engine here has no bridge; the session label (a
+    config-only last step). Returns id, log, seconds."""
     t0 = time.monotonic()
-    proc = docker("build", "--network", "host", "--tag", tag, str(context), timeout=900)
+    proc = docker("build", "--network", "host", "--label", f"org.servedmodel.test.session={SESSION}",
+                  "--tag", tag, str(context), timeout=900)
     seconds = time.monotonic() - t0
     return docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip(), \
         proc.stdout + proc.stderr, seconds
