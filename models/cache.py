@@ -52,7 +52,9 @@ def _tree(root: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(files)
 
 
-def cache_key(mref: ModelRef, compression: str, device: str) -> str:
+def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: bool = False) -> str:
+    """The build's key; with export_only, the key of its fp32 export, which does not depend on
+    the serving code, the runtime requirements or the Dockerfile templates."""
     h = hashlib.sha256()
 
     def add(label: str, data: bytes) -> None:
@@ -63,8 +65,10 @@ def cache_key(mref: ModelRef, compression: str, device: str) -> str:
     if mref.source is not None:
         add("factory-file", mref.source.read_bytes())
     add("tools", json.dumps([_tool_versions(), sys.version_info[:2]], sort_keys=True).encode())
-    for p in _tree(MODELS_DIR, ("*.py", "Dockerfile*", "dockerignore")):
+    for p in _tree(MODELS_DIR, ("*.py",) if export_only else ("*.py", "Dockerfile*", "dockerignore")):
         add(f"models/{p.relative_to(MODELS_DIR)}", p.read_bytes())
+    if export_only:
+        return h.hexdigest()
     for p in _tree(SERVING_DIR, ("*.py", "requirements*.txt")):
         add(f"serving/{p.relative_to(SERVING_DIR)}", p.read_bytes())
     for name in ("requirements.txt",):

@@ -137,7 +137,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             spec = load_spec(mref)
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
-            export_key = cache_mod.cache_key(mref, "export", "any")
+            export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)
             cached_export = cache_mod.lookup_export(root, export_key) if use_cache else None
             if cached_export is not None:
                 shutil.copyfile(cached_export[0], fp32)

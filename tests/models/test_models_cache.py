@@ -114,3 +114,18 @@ def test_unexpected_errors_are_build_errors(cache_dir, tmp_path, monkeypatch):
         models.build(f"{FACTORIES}:multi_io", "none", tmp_path / "x", cache_dir=cache_dir, use_cache=False)
     assert e.value.step == "verify" and e.value.exit_code == 1 and "unexpected ValueError: boom" in str(e.value)
     assert not (tmp_path / "x").exists()
+
+
+def test_export_key_ignores_the_serving_side(monkeypatch, tmp_path):
+    """A change to serving/ makes a new context (new version) but reuses the fp32 export."""
+    import models.cache as cache
+    from models.loader import parse_ref
+
+    mref = parse_ref("mnist-mlp")
+    build_key, export_key = cache.cache_key(mref, "none", "cpu"), cache.cache_key(mref, "export", "any", export_only=True)
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    (serving / "app.py").write_text("# another server\n")
+    monkeypatch.setattr(cache, "SERVING_DIR", serving)
+    assert cache.cache_key(mref, "none", "cpu") != build_key
+    assert cache.cache_key(mref, "export", "any", export_only=True) == export_key
