@@ -25,7 +25,11 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m models", description="ServedModel model preparation")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    b = sub.add_parser("build", help="export, verify, compress and package a model")
+    b = sub.add_parser("build", help="export, verify, compress and package a model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="exit codes: 0 ok, 1 unexpected, 2 usage/unknown model/missing file or factory, "
+                              "3 factory raised or invalid spec,\n4 export, 5 parity, 6 unsupported compression, "
+                              "7 compression failed, 8 package (see docs/pipeline.md)")
     b.add_argument("--model", required=True, help="zoo name (python -m models list) or path/to/file.py:factory")
     # Compression and device are checked by build() itself, so the CLI and the Python API
     # fail with the same message and code (6 for an unsupported compression).
