@@ -296,6 +296,9 @@ def export(spec, out_path: Path, options: ExportOptions = DEFAULT_EXPORT) -> Exp
         if static:
             raise fail(f"dim 0 of {static} is not dynamic in the exported graph, but max_batch_size > 0 "
                        "promises a batch dim there (is the model batch-major? else set max_batch_size=0)")
+    if spec.labels and outputs[0].shape and outputs[0].shape[-1] not in (-1, len(spec.labels)):
+        raise BuildError(spec.name, "factory", f"labels has {len(spec.labels)} names but output "
+                         f"{outputs[0].name!r} has {outputs[0].shape[-1]} classes (its last dim)")
     data = model.SerializeToString(deterministic=True)
     out_path = Path(out_path)
     out_path.write_bytes(data)

@@ -23,6 +23,7 @@ FAILURES = [
     (f("raises"), "none", [], 3, "factory", ["RuntimeError", "weights not found on purpose"]),
     (f("not_a_spec"), "none", [], 3, "factory", ["returned dict", "not a models.ModelSpec"]),
     (f("invalid_spec"), "none", [], 3, "factory", ["invalid ModelSpec", "name must", "output_names has duplicates"]),
+    (f("wrong_labels"), "none", [], 3, "factory", ["labels has 2 names", "has 5 classes"]),
     (f("export_fails"), "none", [], 4, "export", ["torch.onnx.export raised"]),
     (f("strict_fp16"), "fp16", [], 5, "verify-compressed", ["first:", "second:", "within tolerance"]),
     ("mnist-mlp", "int4", [], 6, "compression", ["unsupported compression 'int4'"]),

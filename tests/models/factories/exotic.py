@@ -168,3 +168,10 @@ def unbatched():
     return ModelSpec(name="byo-unbatched", module=PairwiseDistances(),
                      example_inputs=(torch.randn(6, 3, generator=_g(1)),),
                      input_names=["points"], output_names=["distances"], max_batch_size=0)
+
+
+def wrong_labels():
+    """Two labels for a five-class head: caught once the output shape is known (exit 3)."""
+    spec = conv_net()
+    spec.labels = ("yes", "no")
+    return spec
