@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -272,6 +273,7 @@ def main() -> int:
     import models
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-image-"))
     run_id = str(int(time.time()))
     verdicts: list[tuple[str, bool, str]] = []
@@ -377,7 +379,9 @@ def main() -> int:
           f"Measured {started} on {machine_line()}; Docker engine "
           f"{docker('version', '--format', '{{.Server.Version}}').stdout.strip()}, classic builder, "
           f"base `{BASE_IMAGE}` (the Debian stand-in that .ci/prepare-docker.sh builds: "
-          f"{image_size(BASE_IMAGE) / MB:.0f} MB). Sizes are uncompressed image sizes as `docker images` shows them.", ""]
+          f"{image_size(BASE_IMAGE) / MB:.0f} MB). Sizes are uncompressed image sizes as `docker images` shows them. "
+          f"Load average at the start {load_start:.1f}, at the end {os.getloadavg()[0]:.1f} (timings, cold starts "
+          f"above all, grow with other work on the machine).", ""]
     md += ["### Targets", "", "| target | result | measured |", "| --- | --- | --- |"]
     md += [f"| {name} | {'PASS' if ok else 'FAIL'} | {how} |" for name, ok, how in verdicts]
     torch_size = {row[0]: row[1] for row in torch_rows}
