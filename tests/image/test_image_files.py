@@ -30,7 +30,7 @@ def pins(path: Path) -> dict[str, str]:
         if line:
             name, _, version = line.partition("==")
             assert version, f"{path.name}: {line!r} is not pinned with =="
-            out[name.lower()] = version
+            out[name.split("[", 1)[0].lower()] = version   # extras do not change the pin
     return out
 
 
