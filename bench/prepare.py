@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -205,6 +206,7 @@ def main() -> int:
     if not args.no_write:
         write_section("prepare", md)
         print(f"wrote the 'prepare' section of {Path('docs/benchmarks.md')}", file=sys.stderr)
+    shutil.rmtree(work, ignore_errors=True)  # contexts and the private cache (hundreds of MB)
     passed = sum(p for _, _, p in checks)
     print(f"targets: {passed}/{len(checks)} PASS")
     return 1 if args.strict and passed < len(checks) else 0
