@@ -442,6 +442,11 @@ def main() -> int:
     for n in notes:
         print(f"NOTE  {n}")
     shutil.rmtree(work, ignore_errors=True)
+    # The torch and GPU images are several GB each and only measured: give the disk back.
+    big = [f"servedmodel-bench/torch-{row[0]}:{built[(row[0], 'none')]['version']}" for row in torch_rows]
+    big += [gpu[0]] if gpu else []
+    if big:
+        docker("rmi", *big, check=False)
     return 0
 
 
