@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 REQUIREMENTS := requirements.txt requirements-dev.txt serving/requirements.txt
+# The policy pack has its own environment, as `pulumi preview --policy-pack` gives it one:
+# pulumi-policy pins a protobuf that onnx cannot use.
+POLICY_STAMP := policy/venv/.installed-stamp
 
 # The local stack's model and compression; tests/test_repository.py keeps them in step with
 # stacks/Pulumi.local.yaml.
@@ -24,11 +27,16 @@ $(STAMP): $(REQUIREMENTS)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+$(POLICY_STAMP): policy/requirements.txt
+	test -x policy/venv/bin/python || $(PYTHON) -m venv policy/venv
+	policy/venv/bin/python -m pip install --quiet -r policy/requirements.txt
+	touch $(POLICY_STAMP)
+
 serve: $(STAMP)
 	$(PY) -m models build --model $(MODEL) --compression $(COMPRESSION) --out $(SERVE_DIR)
 	$(PY) -m serving --context $(SERVE_DIR) --host 127.0.0.1 --port 8080
 
-test: $(STAMP)
+test: $(STAMP) $(POLICY_STAMP)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
