@@ -138,6 +138,7 @@ class App:
             rates = getattr(self.model, "warmup_items_per_second", {})
             self.log.add({"event": "ready", "preferred_batch_size": self.batcher.max_rows,
                           "inline": self.batcher.inline,
+                          "spinning": getattr(self.model, "spinning", None),
                           "warmup_items_per_second": {str(b): round(r, 1)
                                                       for b, r in rates.items()}})
         self.metrics.ready = 0 if self.draining else 1

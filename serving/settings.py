@@ -26,6 +26,7 @@ class Settings:
     queue_timeout_ms: float = 1000.0
     max_body_bytes: int = 64 * 1024 * 1024
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
+    intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
     drain_seconds: float = 20.0
     auth_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
@@ -90,6 +91,18 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
             raise ValueError
         return int(v)
 
+    def auto_boolean(v):
+        if isinstance(v, bool):
+            return v
+        text = str(v).strip().lower()
+        if text == "auto":
+            return None
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+
     max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 0,
                      "an integer >= 0")
     if manifest.max_batch_size == 0 and max_batch != 0:
@@ -122,6 +135,8 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                             "an integer number of bytes >= 1024"),
         intra_op_threads=pick("intra_op_threads", cgroup_cpu_limit(), integer,
                               lambda v: v >= 1, "an integer >= 1"),
+        intra_op_spinning=pick("intra_op_spinning", None, auto_boolean, lambda v: True,
+                               "'auto', 1 or 0"),
         drain_seconds=pick("drain_seconds", 20.0, float, lambda v: v >= 0,
                            "a number of seconds >= 0"),
         auth_token=token,

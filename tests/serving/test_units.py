@@ -108,3 +108,21 @@ def test_warm_up_picks_preferred_batch_and_inline_mode(tmp_path):
     assert tiny.preferred_batch_size in (1, 8, 32) and tiny.run_inline   # microseconds a batch
     slow = warmed("slow", max_batch_size=4, warmup=(1, 4))
     assert slow.preferred_batch_size in (1, 4) and not slow.run_inline   # tens of ms a batch
+    # Spinning (auto): on for a model that runs in the model thread, off for an inline one.
+    assert slow.spinning and not tiny.spinning
+
+
+def test_intra_op_spinning_setting(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from contexts import write_context
+
+    m = load_manifest(write_context(tmp_path / "c", "mlp"))
+    assert load_settings(m, {}, {}).intra_op_spinning is None          # auto
+    for raw, want in (("auto", None), ("1", True), ("on", True), ("0", False), ("false", False)):
+        assert load_settings(m, {}, {"SERVEDMODEL_INTRA_OP_SPINNING": raw}).intra_op_spinning \
+            is want
+    with pytest.raises(StartupError) as e:
+        load_settings(m, {}, {"SERVEDMODEL_INTRA_OP_SPINNING": "sometimes"})
+    assert "SERVEDMODEL_INTRA_OP_SPINNING" in str(e.value)
