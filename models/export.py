@@ -91,34 +91,30 @@ def tensor_infos(values) -> tuple[TensorInfo, ...]:
 def strip_metadata(model) -> None:
     """Remove exporter metadata: it holds stack traces with file paths and FX dumps, which
     would make the bytes depend on where the code lives. Nothing at run time reads it."""
-    def clean_graph(g) -> None:
-        g.doc_string = ""
-        del g.metadata_props[:]
-        for coll in (g.input, g.output, g.value_info):
-            for v in coll:
-                v.doc_string = ""
-                del v.metadata_props[:]
-        for t in g.initializer:
-            t.doc_string = ""
-            del t.metadata_props[:]
-        for n in g.node:
-            n.doc_string = ""
-            del n.metadata_props[:]
+    def clear(item) -> None:
+        item.doc_string = ""
+        del item.metadata_props[:]
+
+    def clean_nodes(nodes) -> None:
+        for n in nodes:
+            clear(n)
             for a in n.attribute:
                 if a.HasField("g"):
                     clean_graph(a.g)
                 for sg in a.graphs:
                     clean_graph(sg)
 
-    model.doc_string = ""
-    del model.metadata_props[:]
+    def clean_graph(g) -> None:
+        clear(g)
+        for item in (*g.input, *g.output, *g.value_info, *g.initializer):
+            clear(item)
+        clean_nodes(g.node)
+
+    clear(model)
     clean_graph(model.graph)
     for f in model.functions:
-        f.doc_string = ""
-        del f.metadata_props[:]
-        for n in f.node:
-            n.doc_string = ""
-            del n.metadata_props[:]
+        clear(f)
+        clean_nodes(f.node)
 
 
 def _rename_in_graph(g, mapping: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from models.errors import BuildError
 
@@ -125,6 +125,27 @@ def stage_dir(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
 
 
+def _publish(model: str, out: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a staged folder next to `out`, normalise its modes, then rename it to `out`.
+
+    Writing the new context and materialising a cached one both go through here, so neither
+    can leave a half-written folder that looks like a finished context."""
+    check_out_dir(model, out)
+    staged = stage_dir(out)
+    try:
+        fill(staged)
+        # Fixed modes: the bytes and permissions of a context do not depend on the umask.
+        for p in [staged, *staged.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        replace_dir(model, staged, out)
+    except BuildError:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    except OSError as e:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise BuildError(model, "package", f"writing {out}: {e}") from None
+
+
 def write_context(model: str, out: Path, device: str, model_bytes: bytes, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write the context to `out` atomically. Returns the manifest with its `version`."""
     try:
@@ -137,38 +158,22 @@ def write_context(model: str, out: Path, device: str, model_bytes: bytes, manife
     manifest = dict(manifest)
     manifest["version"] = content_version(files, manifest)
     files["model/manifest.json"] = manifest_bytes(manifest)
-    staged = stage_dir(out)
-    try:
+
+    def fill(staged: Path) -> None:
         for path, data in sorted(files.items()):
             dst = staged / path
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(data)
-            os.chmod(dst, 0o644)
-        for d in [staged, *(p for p in staged.rglob("*") if p.is_dir())]:
-            os.chmod(d, 0o755)
-        replace_dir(model, staged, out)
-    except BuildError:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    except OSError as e:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise BuildError(model, "package", f"writing {out}: {e}") from None
+
+    _publish(model, out, fill)
     return manifest
 
 
 def copy_context(model: str, src: Path, out: Path) -> None:
     """Materialise a cached context at `out`, atomically."""
-    check_out_dir(model, out)
-    staged = stage_dir(out)
-    try:
+
+    def fill(staged: Path) -> None:
         shutil.rmtree(staged)
         shutil.copytree(src, staged, copy_function=shutil.copyfile)
-        for p in [staged, *staged.rglob("*")]:
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        replace_dir(model, staged, out)
-    except BuildError:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    except OSError as e:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise BuildError(model, "package", f"writing {out}: {e}") from None
+
+    _publish(model, out, fill)
