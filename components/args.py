@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import pulumi
 
-from models.contract import DRAIN_SECONDS
+from models.contract import DRAIN_SECONDS, PORT as SERVER_PORT
 from models.loader import is_model_ref
 from models.spec import COMPRESSIONS
 from models.zoo import ZOO as _MODEL_ZOO  # name -> factory; importing it loads no torch
@@ -49,6 +49,8 @@ GPUS_PER_INSTANCE: dict[str, int] = {
     "p4d.24xlarge": 8, "p5.48xlarge": 8,
 }
 
+# ServerArgs fields passed to the server as SERVEDMODEL_<NAME> when set.
+BATCHING_SETTINGS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "queue_timeout_ms")
 MAX_NAME = 40  # leaves room for Pulumi's auto-name suffixes and the component suffixes
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
@@ -222,6 +224,9 @@ class NetworkArgs:
     """Host port on 127.0.0.1 (docker target). Default 8080."""
     auth_token: Optional[pulumi.Input[str]] = field(default=None, repr=False, compare=False)
     """Bearer token the server requires on model routes, a Pulumi secret. Default None."""
+    grpc_port: int = 0
+    """The server's gRPC port (SERVEDMODEL_GRPC_PORT): a container port, a Service port named
+    `grpc` (appProtocol grpc), gRPC probes and the NetworkPolicy rule. 0: gRPC off. Default 0."""
 
     def __post_init__(self) -> None:
         c = _Checker("network", self)
@@ -242,6 +247,11 @@ class NetworkArgs:
             except (TypeError, ValueError):
                 c.bad("ingress_cidrs", "each entry must be a CIDR block such as 10.0.0.0/16", value=cidr)
         c.integer("local_port", 1024, 65535)
+        if c.integer("grpc_port", 0, 65535) and self.grpc_port:
+            if self.grpc_port < 1024:
+                c.bad("grpc_port", "must be 0 (gRPC off) or a port between 1024 and 65535")
+            elif self.grpc_port in (SERVER_PORT, self.local_port):
+                c.bad("grpc_port", f"must differ from the server's HTTP port ({SERVER_PORT}) and from @{{network.local_port}}")
         c.raise_if_any("NetworkArgs")
 
 
@@ -257,12 +267,28 @@ class ServerArgs:
     """Graceful drain after SIGTERM; the pod's grace period outlasts preStop + drain. Default: the server's."""
     pre_stop_seconds: int = 5
     """preStop sleep so endpoints stop routing before the drain. Default 5."""
+    max_batch_size: Optional[int] = None
+    """SERVEDMODEL_MAX_BATCH_SIZE: the dynamic batching cap. None: the manifest's. Default None."""
+    max_queue_delay_ms: Optional[int] = None
+    """SERVEDMODEL_MAX_QUEUE_DELAY_MS: the batching window. None: the manifest's. Default None."""
+    max_queue_size: Optional[int] = None
+    """SERVEDMODEL_MAX_QUEUE_SIZE: queued requests before shedding with 503. None: the server's. Default None."""
+    queue_timeout_ms: Optional[int] = None
+    """SERVEDMODEL_QUEUE_TIMEOUT_MS: a request that cannot start within it gets 503. None: the server's. Default None."""
 
     def __post_init__(self) -> None:
         c = _Checker("server", self)
         c.integer("drain_seconds", 0)
         c.integer("pre_stop_seconds", 0)
+        c.integer("max_batch_size", 1, optional=True)
+        c.integer("max_queue_delay_ms", 0, 10_000, optional=True)
+        c.integer("max_queue_size", 1, optional=True)
+        c.integer("queue_timeout_ms", 1, optional=True)
         c.raise_if_any("ServerArgs")
+
+    def batching_env(self) -> dict[str, str]:
+        """The SERVEDMODEL_* batching variables that are set (the rest stay the server's)."""
+        return {name: str(getattr(self, name)) for name in BATCHING_SETTINGS if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True)

@@ -80,12 +80,13 @@ class ModelService(pulumi.ComponentResource):
         container: dict[str, Any] = {
             "name": "server",
             "image": args.image,
-            "ports": [{"name": "http", "containerPort": specs.SERVER_PORT, "protocol": "TCP"}],
-            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name),
+            "ports": specs.container_ports(net.grpc_port),
+            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name, model_name=args.served_name,
+                                    grpc_port=net.grpc_port, settings=srv.batching_env()),
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}],
-            **specs.probes(),
+            **specs.probes(net.grpc_port),
         }
         if lifecycle:
             container["lifecycle"] = lifecycle
@@ -128,7 +129,7 @@ class ModelService(pulumi.ComponentResource):
         service = k8s.core.v1.Service(
             f"{name}-svc", metadata=meta(annotations=service_annotations) if service_annotations else meta(),
             spec={"type": net.service_type, "selector": selector,
-                  "ports": [{"name": "http", "port": specs.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]},
+                  "ports": specs.service_ports(net.grpc_port)},
             opts=child)
 
         if autoscaled:
@@ -150,7 +151,7 @@ class ModelService(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=meta(),
             spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
-                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs)},
+                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs, net.grpc_port)},
             opts=child)
 
         if net.service_type == "LoadBalancer":

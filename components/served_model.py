@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 
 import pulumi
 
+from components import specs
 from components.args import ServedModelArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
@@ -29,14 +30,24 @@ def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"inputs": manifest["inputs"], "outputs": manifest["outputs"]}
 
 
+def infer_url(url: str, served_name: str) -> str:
+    """The V2 infer route of the model: the server answers under its served name
+    (SERVEDMODEL_MODEL_NAME), so the route survives a change of the model behind it."""
+    return f"{url.rstrip('/')}/v2/models/{served_name}/infer"
+
+
 class ServedModel(pulumi.ComponentResource):
     """Runs models.build (cached on its inputs, so an unchanged model does no export), then
     ModelImage, GpuNodePool (kubernetes + gpu) and ModelService, or LocalService (docker).
 
-    Outputs: `url`, `image` (ref@digest), `model_version`, `signature`.
+    Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
+    swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
+    `model_version`, `signature`.
     """
 
     url: pulumi.Output[str]
+    infer_url: pulumi.Output[str]
+    model_name: pulumi.Output[str]
     image: pulumi.Output[str]
     model_version: pulumi.Output[str]
     signature: pulumi.Output[dict]
@@ -82,14 +93,19 @@ class ServedModel(pulumi.ComponentResource):
                 pool_label=pool_label,
             ), opts=child)
         else:
+            env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,
+                                   grpc_port=args.network.grpc_port, settings=args.server.batching_env())
             service = LocalService(f"{name}", LocalServiceArgs(
                 image=image.ref, port=args.network.local_port, drain_seconds=args.server.drain_seconds,
-                auth_token=args.network.auth_token,
+                auth_token=args.network.auth_token, extra_env=specs.docker_env(env), grpc_port=args.network.grpc_port,
             ), opts=child)
 
         self.url = service.url
         self.image = image.ref
+        self.model_name = pulumi.Output.from_input(entry.served_name)
+        self.infer_url = service.url.apply(lambda url: infer_url(url, entry.served_name))
         self.model_version = pulumi.Output.from_input(build.version)
         self.signature = pulumi.Output.from_input(signature_of(build.manifest))
-        self.register_outputs({"url": self.url, "image": self.image, "model_version": self.model_version,
+        self.register_outputs({"url": self.url, "infer_url": self.infer_url, "model_name": self.model_name,
+                               "image": self.image, "model_version": self.model_version,
                                "signature": self.signature})

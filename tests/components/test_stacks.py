@@ -261,7 +261,11 @@ def test_outputs_per_model(stack_runs):
     assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
     for stack, run in stack_runs.items():
         out = run.outputs
-        assert set(out) == {"url", "image", "modelVersion", "signature"}
+        assert set(out) == {"url", "inferUrl", "modelName", "image", "modelVersion", "signature"}
+        for name, url in out["url"].items():
+            # The route is under the served name, never the manifest's: a model swap keeps it.
+            assert out["modelName"][name] == name
+            assert out["inferUrl"][name] == f"{url}/v2/models/{name}/infer"
         for name, version in out["modelVersion"].items():
             assert len(version) == 16 and out["image"][name].split("@")[0].endswith(":" + version)
             sig = out["signature"][name]
