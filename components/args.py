@@ -55,6 +55,8 @@ MAX_NAME = 40  # leaves room for Pulumi's auto-name suffixes and the component s
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _REF = re.compile(r"@\{([a-z_.]+)\}")
+# An ACM certificate (TLS at the load balancer): arn:<partition>:acm:<region>:<account>:certificate/<id>
+_ACM_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-f-]+$")
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,9 @@ class NetworkArgs:
     """Host port on 127.0.0.1 (docker target). Default 8080."""
     auth_token: Optional[pulumi.Input[str]] = field(default=None, repr=False, compare=False)
     """Bearer token the server requires on model routes, a Pulumi secret. Default None."""
+    tls_certificate_arn: str = ""
+    """ACM certificate the public load balancer (an NLB) terminates TLS with; required with a
+    LoadBalancer, together with `auth_token`. Default ""."""
     grpc_port: int = 0
     """The server's gRPC port (SERVEDMODEL_GRPC_PORT): a container port, a Service port named
     `grpc` (appProtocol grpc), gRPC probes and the NetworkPolicy rule. 0: gRPC off. Default 0."""
@@ -238,6 +243,22 @@ class NetworkArgs:
         elif self.service_type == "LoadBalancer" and not self.allow_load_balancer:
             c.bad("service_type", "a LoadBalancer is public: set @{network.allow_load_balancer} to true to opt in, "
                                   "or use ClusterIP")
+        public = self.service_type == "LoadBalancer"
+        if public:
+            missing = [ref for ref, given in (("@{network.auth_token}", self.auth_token is not None),
+                                              ("@{network.tls_certificate_arn}", bool(self.tls_certificate_arn)))
+                       if not given]
+            if missing:
+                c.bad("service_type", "a public endpoint needs both @{network.auth_token} (a secret) and "
+                                      "@{network.tls_certificate_arn} (an ACM certificate the NLB terminates TLS with); "
+                                      f"missing: {', '.join(missing)}")
+        if self.tls_certificate_arn:
+            if not isinstance(self.tls_certificate_arn, str) or not _ACM_ARN.match(self.tls_certificate_arn):
+                c.bad("tls_certificate_arn", "must be an ACM certificate ARN such as "
+                                             "arn:aws:acm:eu-west-1:123456789012:certificate/<id>")
+            elif not public:
+                c.bad("tls_certificate_arn", "TLS terminates at the load balancer: only with @{network.service_type} "
+                                             "LoadBalancer (leave it empty for ClusterIP)")
         for ns in self.ingress_namespaces:
             if not is_dns_label(ns):
                 c.bad("ingress_namespaces", "each entry must be a namespace name (DNS label)", value=ns)

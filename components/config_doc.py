@@ -56,7 +56,13 @@ node pool.
 - `target` docker takes no GPUs (`gpu` 0); `target` kubernetes needs `clusterName`.
 - `replicas` <= `maxReplicas`; above it an HPA owns the replica count (`replicas` is left unset on
   the Deployment). `replicas` > 1 adds a PodDisruptionBudget (`maxUnavailable: 1`).
-- `serviceType` LoadBalancer needs `allowLoadBalancer: true`.
+- `serviceType` LoadBalancer is public: it needs `allowLoadBalancer: true`, and both the secret
+  `authToken` and `tlsCertificateArn` (one error names both keys when either is missing); TLS
+  terminates at an NLB of the AWS Load Balancer Controller. `tlsCertificateArn` is for a
+  LoadBalancer only.
+- `grpcPort` is 0 (off) or 1024-65535, not 8080 nor `localPort`; `maxBatchSize`, `maxQueueDelayMs`
+  (up to 10000), `maxQueueSize` and `queueTimeoutMs` are 0 (the server's or the manifest's
+  default) or positive.
 - With GPUs on kubernetes, the node pool must fit `maxReplicas` + {surge} surge pod (rolling
   updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
   replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:

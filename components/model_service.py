@@ -124,12 +124,16 @@ class ModelService(pulumi.ComponentResource):
             f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
             spec=deploy_spec, opts=child)
 
-        service_annotations = {specs.LOAD_BALANCER_OPT_IN: "true"} if (
-            net.service_type == "LoadBalancer" and net.allow_load_balancer) else {}
+        public = net.service_type == "LoadBalancer"
+        service_annotations: dict[str, str] = {}
+        if public:
+            service_annotations = specs.public_load_balancer_annotations(net.tls_certificate_arn, net.grpc_port)
+            if net.allow_load_balancer:
+                service_annotations[specs.LOAD_BALANCER_OPT_IN] = "true"
         service = k8s.core.v1.Service(
             f"{name}-svc", metadata=meta(annotations=service_annotations) if service_annotations else meta(),
             spec={"type": net.service_type, "selector": selector,
-                  "ports": specs.service_ports(net.grpc_port)},
+                  "ports": specs.service_ports(net.grpc_port, tls=public)},
             opts=child)
 
         if autoscaled:
@@ -169,4 +173,4 @@ def _load_balancer_url(status: Any) -> str:
     ingress = (status and status.load_balancer and status.load_balancer.ingress) or []
     if not ingress:
         return ""
-    return f"http://{ingress[0].hostname or ingress[0].ip}"
+    return f"https://{ingress[0].hostname or ingress[0].ip}"  # TLS terminates at the NLB

@@ -82,6 +82,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "ingressNamespaces": ("network.ingress_namespaces", "list"),
     "ingressCidrs": ("network.ingress_cidrs", "list"),
     "localPort": ("network.local_port", "int"),
+    "tlsCertificateArn": ("network.tls_certificate_arn", "str"),
     "grpcPort": ("network.grpc_port", "int"),
     "drainSeconds": ("server.drain_seconds", "int"),
     "preStopSeconds": ("server.pre_stop_seconds", "int"),

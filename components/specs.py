@@ -14,6 +14,11 @@ from models import contract  # the server's contract values, read as data from s
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
+TLS_PORT = 443
+# The AWS Load Balancer Controller's Service annotations (kubernetes-sigs/aws-load-balancer-controller,
+# docs/guide/service/annotations.md): the controller, not the in-tree one, makes an NLB for them.
+LBC = "service.beta.kubernetes.io/aws-load-balancer-"
+TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 READY_PATH = contract.READY_PATH
 LIVE_PATH = contract.LIVE_PATH
 INFLIGHT_METRIC = contract.INFLIGHT_METRIC
@@ -195,14 +200,31 @@ def container_ports(grpc_port: int = 0) -> list[dict[str, Any]]:
     return ports
 
 
-def service_ports(grpc_port: int = 0) -> list[dict[str, Any]]:
-    """Port 80 to the server's HTTP port; with gRPC on, a port named `grpc` with appProtocol
-    grpc (so L7 proxies and meshes speak HTTP/2 to it) on the same number as the container's."""
-    ports = [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]
+def service_ports(grpc_port: int = 0, tls: bool = False) -> list[dict[str, Any]]:
+    """Port 80 (443 named `https` when TLS terminates at the load balancer) to the server's HTTP
+    port; with gRPC on, a port named `grpc` with appProtocol grpc (so L7 proxies and meshes speak
+    HTTP/2 to it) on the same number as the container's."""
+    ports = [{"name": "https", "port": TLS_PORT, "targetPort": "http", "protocol": "TCP"} if tls
+             else {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]
     if grpc_port:
         ports.append({"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP",
                       "appProtocol": "grpc"})
     return ports
+
+
+def public_load_balancer_annotations(certificate_arn: str, grpc_port: int = 0) -> dict[str, str]:
+    """An internet-facing NLB (AWS Load Balancer Controller, pod IPs as targets) whose listeners
+    terminate TLS with the ACM certificate; the NLB forwards plain TCP to the pods inside the VPC.
+    Every Service port is a TLS listener: nothing public travels in clear text."""
+    return {
+        LBC + "type": "external",
+        LBC + "nlb-target-type": "ip",
+        LBC + "scheme": "internet-facing",
+        LBC + "ssl-cert": certificate_arn,
+        LBC + "ssl-ports": "https,grpc" if grpc_port else "https",
+        LBC + "ssl-negotiation-policy": TLS_POLICY,
+        LBC + "backend-protocol": "tcp",
+    }
 
 
 def docker_env(env: list[dict[str, Any]]) -> list[str]:

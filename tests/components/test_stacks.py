@@ -179,8 +179,14 @@ def test_prod_service_hpa_pdb_and_network_policy(stack_runs):
     run = stack_runs["prod"]
     svc = run.one("kubernetes:core/v1:Service")
     assert svc.inputs["spec"]["type"] == "LoadBalancer"
-    assert svc.inputs["metadata"]["annotations"][specs.LOAD_BALANCER_OPT_IN] == "true"
-    assert svc.inputs["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    annotations = svc.inputs["metadata"]["annotations"]
+    assert annotations[specs.LOAD_BALANCER_OPT_IN] == "true"
+    # TLS terminates at an NLB of the AWS Load Balancer Controller with the stack's ACM certificate.
+    lbc = "service.beta.kubernetes.io/aws-load-balancer-"
+    assert annotations[lbc + "type"] == "external" and annotations[lbc + "nlb-target-type"] == "ip"
+    assert annotations[lbc + "scheme"] == "internet-facing" and annotations[lbc + "backend-protocol"] == "tcp"
+    assert annotations[lbc + "ssl-cert"].startswith("arn:aws:acm:eu-west-1:") and annotations[lbc + "ssl-ports"] == "https"
+    assert svc.inputs["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}]
     hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler").inputs["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
     assert hpa["metrics"][0]["pods"]["metric"]["name"] == "servedmodel_inflight_requests"
@@ -275,6 +281,7 @@ def test_outputs_per_model(stack_runs):
             if stack != "local":
                 assert "@sha256:" in out["image"][name]
         assert not run.secret_outputs
+    assert stack_runs["prod"].outputs["url"]["classifier"].startswith("https://")
     assert stack_runs["prod"].outputs["url"]["classifier"].endswith(".elb.amazonaws.com")
     assert stack_runs["dev"].outputs["url"]["lenet"].endswith(".servedmodel.svc.cluster.local")
 
