@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import pulumi
 
+from components.specs import ROLLOUT_SURGE
+from components.gpus import GPUS_PER_INSTANCE, unsupported_reason
 from models.contract import DRAIN_SECONDS, PORT as SERVER_PORT
 from models.loader import is_model_ref
 from models.spec import COMPRESSIONS
@@ -30,24 +32,6 @@ TARGETS = ("docker", "kubernetes")
 AUTOSCALE_METRICS = ("inflight", "queue", "cpu")
 SERVICE_TYPES = ("ClusterIP", "LoadBalancer")
 AMI_TYPES = ("BOTTLEROCKET_x86_64_NVIDIA", "AL2023_x86_64_NVIDIA")
-# A rolling update with maxUnavailable 0 starts this many extra pods before stopping old ones
-# (components/specs.rolling_update uses it; the capacity rule counts it).
-ROLLOUT_SURGE = 1
-
-# NVIDIA GPUs per EC2 instance type, for the node pool capacity check. A type not listed is
-# rejected rather than guessed: a wrong count would let a rollout wait forever for a GPU.
-GPUS_PER_INSTANCE: dict[str, int] = {
-    "g4dn.xlarge": 1, "g4dn.2xlarge": 1, "g4dn.4xlarge": 1, "g4dn.8xlarge": 1,
-    "g4dn.16xlarge": 1, "g4dn.12xlarge": 4, "g4dn.metal": 8,
-    "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
-    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8,
-    "g6.xlarge": 1, "g6.2xlarge": 1, "g6.4xlarge": 1, "g6.8xlarge": 1, "g6.16xlarge": 1,
-    "g6.12xlarge": 4, "g6.24xlarge": 4, "g6.48xlarge": 8,
-    "g6e.xlarge": 1, "g6e.2xlarge": 1, "g6e.4xlarge": 1, "g6e.8xlarge": 1,
-    "g6e.16xlarge": 1, "g6e.12xlarge": 4, "g6e.24xlarge": 4, "g6e.48xlarge": 8,
-    "p3.2xlarge": 1, "p3.8xlarge": 4, "p3.16xlarge": 8,
-    "p4d.24xlarge": 8, "p5.48xlarge": 8,
-}
 
 # ServerArgs fields passed to the server as SERVEDMODEL_<NAME> when set.
 BATCHING_SETTINGS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "queue_timeout_ms")
@@ -336,7 +320,11 @@ class NodePoolArgs:
         if not isinstance(self.cluster_name, str) or not self.cluster_name:
             c.bad("cluster_name", "the name of an existing EKS cluster the nodes join")
         types = tuple(self.instance_types or ())
-        unknown = [t for t in types if t not in GPUS_PER_INSTANCE]
+        for t in types:
+            if unsupported_reason(t):
+                c.bad("instance_types", f"{t}: {unsupported_reason(t)}; use a Turing or newer NVIDIA type "
+                                        "(g4dn, g5, g6, g6e, p4d, p5)", value=t)
+        unknown = [t for t in types if t not in GPUS_PER_INSTANCE and not unsupported_reason(t)]
         if not types or unknown:
             c.bad("instance_types", f"GPU instance types only; accepted: {', '.join(GPUS_PER_INSTANCE)}",
                   value=list(types))

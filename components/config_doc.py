@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from components.gpus import UNSUPPORTED_GPU_FAMILIES
 from components.settings import AMI_TYPES, GPUS_PER_INSTANCE, ROLLOUT_SURGE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +68,10 @@ node pool.
   updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
   replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
   {types}. AMI types: {amis}.
+- GPU instance families the image cannot run are refused, with the reason:
+{refused}
+- Without `nodeSubnetIds` the GPU nodes go to the cluster's private subnets only: those tagged
+  `kubernetes.io/role/internal-elb=1` (none tagged stops the program with that message).
 - Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
 """
 
@@ -83,7 +88,8 @@ def render(pulumi_yaml: Path = ROOT / "Pulumi.yaml") -> str:
         rows.append(f"| `{key}` | {kind} | {_cell(decl.get('default'))} | {decl['description']} |")
     types = ", ".join(f"{t} ({n})" for t, n in GPUS_PER_INSTANCE.items())
     return HEADER + "\n".join(rows) + "\n" + STACK_ONLY.format(
-        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES))
+        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES),
+        refused="\n".join(f"  - `{family}`: {why}" for family, why in sorted(UNSUPPORTED_GPU_FAMILIES.items())))
 
 
 if __name__ == "__main__":

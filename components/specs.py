@@ -151,9 +151,14 @@ def topology_spread(served_name: str) -> list[dict[str, Any]]:
     ]
 
 
+# Extra pods a rollout starts before stopping old ones; GPU capacity checks count it
+# (components/args.py capacity_problems).
+ROLLOUT_SURGE = 1
+
+
 def rolling_update() -> dict[str, Any]:
     """Never drop below the current capacity: a new pod must be ready before an old one goes."""
-    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": ROLLOUT_SURGE}}
 
 
 def hpa_metric(metric: str, target_inflight: int, target_queue_ms: int, target_cpu_percent: int) -> dict[str, Any]:

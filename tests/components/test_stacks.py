@@ -219,7 +219,8 @@ def test_gpu_node_pool(stack_runs):
     assert i["instanceTypes"] == ["g5.xlarge"]
     assert i["scalingConfig"] == {"minSize": 2, "desiredSize": 2, "maxSize": 11}
     assert i["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
-    assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]  # the cluster's
+    # The cluster's private subnets only (tagged kubernetes.io/role/internal-elb), never its public ones.
+    assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
     role = run.one("aws:iam/role:Role")
     assert i["nodeRoleArn"] == role.state["arn"]
     attached = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
