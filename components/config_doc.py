@@ -50,7 +50,9 @@ STACK_ONLY = """
 | `servedmodel:kubeconfig` | secret string | A kubeconfig for the cluster. Without it the program builds one from `clusterName` that authenticates with `aws eks get-token` (no stored token). Secret only. |
 
 Other namespaces: `aws:region` (kubernetes target) selects the AWS region of the cluster, ECR and
-node pool.
+node pool; `aws:profile`, when set, is also passed to the generated kubeconfig's
+`aws eks get-token` (`--profile` and `AWS_PROFILE`), so the cluster token comes from the same
+profile as the AWS calls.
 
 ## Rules checked together with the types
 

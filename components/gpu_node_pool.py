@@ -31,6 +31,8 @@ class GpuNodePoolArgs:
     """Maximum nodes. Default 2."""
     protect: bool = False
     """Protect the node group from deletion (prod). Default False."""
+    timeouts: Optional[pulumi.CustomTimeouts] = None
+    """customTimeouts of the node group (components/timeouts.py sizes them). Default None."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More node labels. Default {}."""
 
@@ -102,7 +104,7 @@ class GpuNodePool(pulumi.ComponentResource):
             labels={specs.POOL_LABEL: args.pool_label, **args.extra_labels},
             taints=[{"key": specs.GPU_TAINT["key"], "value": specs.GPU_TAINT["value"], "effect": "NO_SCHEDULE"}],
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=attachments, protect=args.protect,
+                parent=self, depends_on=attachments, protect=args.protect, custom_timeouts=args.timeouts,
                 # The cluster autoscaler moves desiredSize; a preview must not fight it.
                 ignore_changes=["scalingConfig.desiredSize"]),
         )

@@ -8,6 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import specs
+from components.timeouts import readiness_timeouts
 from components.args import AutoscalingArgs, NetworkArgs, ResourcesArgs, ServerArgs
 
 
@@ -29,6 +30,10 @@ class ModelServiceArgs:
     """Drain and preStop (and the server's SERVEDMODEL_* settings)."""
     pool_label: Optional[pulumi.Input[str]] = None
     """GPU pool label value to select (from GpuNodePool). Default None."""
+    startup_seconds: Optional[float] = None
+    """The model's measured start-up (manifest `startup`); sizes the timeouts. None: unknown. Default None."""
+    node_max: int = 0
+    """Maximum nodes of the GPU pool the pods need (sizes the rollout's wait). Default 0."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More labels on every object. Default {}."""
 
@@ -50,6 +55,7 @@ class ModelService(pulumi.ComponentResource):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         res, scale, net, srv = args.resources, args.autoscaling, args.network, args.server
+        waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max)
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
@@ -86,7 +92,7 @@ class ModelService(pulumi.ComponentResource):
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}],
-            **specs.probes(net.grpc_port),
+            **specs.probes(net.grpc_port, waits.startup_failure_threshold),
         }
         if lifecycle:
             container["lifecycle"] = lifecycle
@@ -110,7 +116,7 @@ class ModelService(pulumi.ComponentResource):
             "selector": {"matchLabels": selector},
             "strategy": specs.rolling_update(),
             "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": 600,
+            "progressDeadlineSeconds": waits.progress_deadline_seconds,
             "template": {
                 "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
                              "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
@@ -122,7 +128,8 @@ class ModelService(pulumi.ComponentResource):
             deploy_spec["replicas"] = scale.replicas
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
-            spec=deploy_spec, opts=child)
+            spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                create=waits.deployment, update=waits.deployment)))
 
         public = net.service_type == "LoadBalancer"
         service_annotations: dict[str, str] = {}
@@ -134,7 +141,9 @@ class ModelService(pulumi.ComponentResource):
             f"{name}-svc", metadata=meta(annotations=service_annotations) if service_annotations else meta(),
             spec={"type": net.service_type, "selector": selector,
                   "ports": specs.service_ports(net.grpc_port, tls=public)},
-            opts=child)
+            # A LoadBalancer's await covers its NLB and a ready pod behind it.
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                create=waits.service, update=waits.service)) if public else child)
 
         if autoscaled:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(

@@ -9,6 +9,7 @@ import pulumi
 
 from components import specs
 from components.args import ServedModelArgs
+from components.timeouts import ReadinessTimeouts, measured_startup_seconds, readiness_timeouts
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
@@ -28,6 +29,10 @@ def _portable(path: Path) -> str:
 def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
     """The model's input/output signature as apps read it from the stack outputs."""
     return {"inputs": manifest["inputs"], "outputs": manifest["outputs"]}
+
+
+def _node_group_timeouts(t: ReadinessTimeouts) -> pulumi.CustomTimeouts:
+    return pulumi.CustomTimeouts(create=t.node_group_create, update=t.node_group_update)
 
 
 def infer_url(url: str, served_name: str) -> str:
@@ -66,6 +71,7 @@ class ServedModel(pulumi.ComponentResource):
                         f"{' (cached build)' if build.cache_hit else ''}", resource=self)
         child = pulumi.ResourceOptions(parent=self)
         reg = args.registry
+        startup = measured_startup_seconds(build.manifest)
 
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
@@ -85,12 +91,15 @@ class ServedModel(pulumi.ComponentResource):
                     pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
                     ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
                     max_size=pool.max_size, protect=args.protect,
+                    timeouts=_node_group_timeouts(readiness_timeouts(startup, res.device, args.autoscaling.max_replicas,
+                                                                     pool.max_size)),
                 ), opts=child)
                 pool_label = node_pool.pool_label
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
                 resources=res, autoscaling=args.autoscaling, network=args.network, server=args.server,
-                pool_label=pool_label,
+                pool_label=pool_label, startup_seconds=startup,
+                node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
             ), opts=child)
         else:
             env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,

@@ -102,6 +102,7 @@ class Res:
     provider: str
     dependencies: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
 def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
@@ -215,6 +216,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             providers=dict(request.providers), provider=request.provider,
             dependencies=list(request.dependencies),
             state=self.resources[response.urn].state if response.urn in self.resources else {},
+            custom_timeouts={k: v for k in ("create", "update", "delete")
+                             if (v := getattr(request.customTimeouts, k))},
         ))
         return response
 

@@ -357,3 +357,17 @@ def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache
         assert (reg["address"], reg["username"], reg["password"]) == ("ghcr.io", "bot", "registry-pass-123")
         assert "registries" in image.secret_paths
     assert "registry-pass-123" not in repr(run.outputs)
+
+
+def test_the_generated_kubeconfig_honours_aws_profile(model_cache):
+    """The providers deploy with the stack's aws:profile; the kubeconfig's token must come from it too."""
+    import json
+
+    from pulumi_harness import run_program
+
+    run = run_program("dev", {"aws:profile": "servedmodel-deploy"})
+    provider = run.one("pulumi:providers:kubernetes")
+    exec_ = json.loads(provider.inputs["kubeconfig"])["users"][0]["user"]["exec"]
+    assert exec_["args"][-2:] == ["--profile", "servedmodel-deploy"]
+    assert {"name": "AWS_PROFILE", "value": "servedmodel-deploy"} in exec_["env"]
+    assert "kubeconfig" in provider.secret_paths
