@@ -37,7 +37,8 @@ class GpuNodePoolArgs:
 class GpuNodePool(pulumi.ComponentResource):
     """Managed GPU nodes, tainted `nvidia.com/gpu=true:NoSchedule` so only GPU pods land there.
 
-    Outputs: `node_group_name`, `pool_label` (what pods put in their nodeSelector), `role_arn`.
+    Outputs: `node_group_name`, `pool_label` (what pods put in their nodeSelector; it depends on the
+    node group, so a workload selecting it waits for the nodes), `role_arn`.
     """
 
     node_group_name: pulumi.Output[str]
@@ -73,7 +74,10 @@ class GpuNodePool(pulumi.ComponentResource):
                 ignore_changes=["scalingConfig.desiredSize"]),
         )
         self.node_group_name = group.node_group_name
-        self.pool_label = pulumi.Output.from_input(args.pool_label)
+        # Read back from the node group, not echoed from args: the pods' nodeSelector then carries
+        # the edge, so the engine creates the Deployment only once the group is ACTIVE (the aws
+        # provider waits for that) instead of leaving its pods Pending beside a group being made.
+        self.pool_label = group.labels.apply(lambda labels: labels[specs.POOL_LABEL])
         self.role_arn = role.arn
         self.register_outputs({"node_group_name": self.node_group_name, "pool_label": self.pool_label,
                                "role_arn": self.role_arn})

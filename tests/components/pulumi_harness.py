@@ -94,7 +94,19 @@ class Res:
     providers: dict[str, str]
     provider: str
     dependencies: list[str] = field(default_factory=list)
+    """URNs the engine waits for before creating/updating this resource (depends_on + every
+    resource behind an Output among the inputs)."""
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    """Per top-level input: the URNs its value came from."""
+    delete_before_replace: bool = False
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """create/update/delete durations ("10m") the program set; empty when none."""
+    replace_on_changes: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+
+    def waits_for(self, other: "Res") -> bool:
+        """True when the engine must finish `other` before it touches this resource."""
+        return other.urn in self.dependencies
 
 
 def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
@@ -134,9 +146,11 @@ class RealisticMocks(pulumi.runtime.Mocks):
             return resource_id, state
         if t == "docker-build:index:Image":
             # The manifest digest of what was built from this context with these tags.
+            # The provider (provider/internal/image.go, Create) sets `digest` from the exporter's
+            # response, pushed or loaded, and then `ref` to the first tag plus "@digest".
             state["digest"] = "sha256:" + _short_hash(state.get("context"), state.get("tags"))
             tags = state.get("tags") or [""]
-            state["ref"] = f"{tags[0]}@{state['digest']}" if state.get("push") else tags[0]
+            state["ref"] = f"{tags[0]}@{state['digest']}"
             return state["digest"], state
         if t == "aws:ecr/repository:Repository":
             repo = f"{name}-{suffix}"
@@ -178,7 +192,11 @@ class RealisticMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The mock monitor, also keeping each registration's parent and resource options."""
+    """The mock monitor, also keeping what the engine would see of each registration: parent,
+    dependencies and property dependencies (the edges that order the steps), and the resource
+    options that change how steps run (deleteBeforeReplace, customTimeouts, ignoreChanges,
+    retainOnDelete, protect, providers). Pulumi's own mocks accept any order; these records let
+    the tests assert the order a real engine would follow."""
 
     def __init__(self, mocks: pulumi.runtime.Mocks):
         super().__init__(mocks)
@@ -196,6 +214,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             retain_on_delete=bool(request.retainOnDelete), ignore_changes=list(request.ignoreChanges),
             providers=dict(request.providers), provider=request.provider,
             dependencies=list(request.dependencies),
+            property_dependencies={key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            custom_timeouts={k: v for k in ("create", "update", "delete")
+                             if (v := getattr(request.customTimeouts, k))} if request.HasField("customTimeouts") else {},
+            replace_on_changes=list(request.replaceOnChanges),
             state=self.resources[response.urn].state if response.urn in self.resources else {},
         ))
         return response
@@ -221,6 +244,11 @@ class Run:
 
     def by_urn(self, urn: str) -> Res:
         return next(r for r in self.resources if r.urn == urn)
+
+    def named(self, type_: str, name: str) -> Res:
+        found = [r for r in self.of_type(type_) if r.name == name]
+        assert len(found) == 1, f"expected one {type_} named {name!r}, found {len(found)}"
+        return found[0]
 
     def children(self, parent: Res) -> list[Res]:
         return [r for r in self.resources if r.parent == parent.urn]
