@@ -13,7 +13,8 @@ from components import specs
 @dataclass
 class LocalServiceArgs:
     image: pulumi.Input[str]
-    """The locally loaded image (version tag). Required."""
+    """The locally loaded image (version tag), as an output of the build (ModelImage.ref) so the
+    container is created after it. Required."""
     port: int
     """Host port on 127.0.0.1 mapped to the server's 8080. Required."""
     drain_seconds: int = 20
@@ -58,7 +59,11 @@ class LocalService(pulumi.ComponentResource):
             capabilities={"drops": ["ALL"]},
             security_opts=["no-new-privileges"],
             stop_timeout=args.drain_seconds + 10,
-            opts=pulumi.ResourceOptions(parent=self),
+            # A new image replaces the container (image is ForceNew), and the new one needs the
+            # same host port: delete the old one first. pulumi-docker asks for this too
+            # (provider/resources.go, docker_container DeleteBeforeReplace); stated here so it
+            # holds whatever the provider version.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         self.url = pulumi.Output.from_input(f"http://127.0.0.1:{args.port}")
         self.container_name = container.name

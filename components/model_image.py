@@ -39,8 +39,8 @@ class ModelImageArgs:
 class ModelImage(pulumi.ComponentResource):
     """The serving image, tagged with the model version; on push, in an ECR or a given registry.
 
-    Outputs: `ref` (digest-pinned `repo:version@sha256:...` when pushed, the local tag otherwise),
-    `tag`, `repository_url`.
+    Outputs: `ref` (digest-pinned `repo:version@sha256:...` when pushed, the loaded tag otherwise;
+    either way an output of the build, so a consumer waits for it), `tag`, `repository_url`.
 
     The image is `retain_on_delete`: when a new version replaces it, the old image stays in the
     registry, so pods still running it (and a rollback) can pull it. The ECR lifecycle policy is
@@ -100,8 +100,12 @@ class ModelImage(pulumi.ComponentResource):
         if args.push:
             ref = pulumi.Output.all(tag, image.digest).apply(lambda td: f"{td[0]}@{td[1]}")
         else:
-            # A loaded image has no registry digest; the version tag is content-addressed already.
-            ref = tag
+            # The loaded tag, read back from the build so that whatever runs it waits for the build
+            # (a plain string would let the engine start the container while the build runs, and
+            # the docker provider pulls what it cannot find locally). Not `image.ref`: that is
+            # tag@digest, and the local engine indexes a loaded image by tag, not by repo digest.
+            # The version tag is content-addressed, so the tag alone names one image.
+            ref = image.tags.apply(lambda tags: tags[0])
         self.ref = ref
         self.tag = tag
         self.repository_url = repository_url
