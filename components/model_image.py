@@ -68,7 +68,13 @@ class ModelImage(pulumi.ComponentResource):
         else:
             repo = aws.ecr.Repository(
                 f"{name}-repo",
-                image_tag_mutability="IMMUTABLE",  # a version tag always means the same image
+                # MUTABLE, and every workload pinned by digest: a build is not bit-reproducible,
+                # so a revert (A -> B -> A), a retry after a push that landed but was not
+                # recorded, or a model swap pushes an existing version tag again with a new
+                # digest, which an IMMUTABLE repository refuses. The version is a content hash of
+                # what is served, so every build under one tag serves the same model.
+                # docs/deploy.md "Images and registries" gives the whole argument.
+                image_tag_mutability="MUTABLE",
                 image_scanning_configuration={"scan_on_push": True},
                 encryption_configurations=[{"encryption_type": "KMS"}],
                 force_delete=False,
@@ -98,7 +104,9 @@ class ModelImage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
         if args.push:
-            ref = pulumi.Output.all(tag, image.digest).apply(lambda td: f"{td[0]}@{td[1]}")
+            # The digest of the push that this very update made: a re-push of the same version
+            # moves the tag, and the workload follows to the image just pushed.
+            ref = pulumi.Output.all(tag, image.digest).apply(lambda td: specs.pinned_reference(td[0], td[1]))
         else:
             # The loaded tag, read back from the build so that whatever runs it waits for the build
             # (a plain string would let the engine start the container while the build runs, and
