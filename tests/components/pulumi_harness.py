@@ -245,6 +245,18 @@ class Run:
     def by_urn(self, urn: str) -> Res:
         return next(r for r in self.resources if r.urn == urn)
 
+    def served_model_of(self, res: Res) -> str:
+        """The URN of the ServedModel a resource belongs to (up its parent chain)."""
+        while res.type != "servedmodel:index:ServedModel":
+            res = self.by_urn(res.parent)
+        return res.urn
+
+    def sibling(self, type_: str, res: Res) -> Res:
+        """The one resource of `type_` in the same ServedModel as `res`."""
+        found = [r for r in self.of_type(type_) if self.served_model_of(r) == self.served_model_of(res)]
+        assert len(found) == 1, f"expected one {type_} beside {res.urn}, found {len(found)}"
+        return found[0]
+
     def named(self, type_: str, name: str) -> Res:
         found = [r for r in self.of_type(type_) if r.name == name]
         assert len(found) == 1, f"expected one {type_} named {name!r}, found {len(found)}"
@@ -300,6 +312,18 @@ def stack_run(stack: str) -> "Run":
     if stack not in _RUNS:
         _RUNS[stack] = run_program(stack, secrets={"servedmodel:authToken": TEST_SECRET})
     return _RUNS[stack]
+
+
+_VARIANTS: dict[str, "Run"] = {}
+
+
+def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None) -> "Run":
+    """A fresh run of `stack` with `overrides` (auth token given as a secret), once per test
+    process: the lifecycle and change-safety tests share them. `{}` is an unchanged rerun."""
+    key = json.dumps([stack, overrides or {}], sort_keys=True)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = run_program(stack, overrides, secrets={"servedmodel:authToken": TEST_SECRET})
+    return _VARIANTS[key]
 
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,

@@ -23,13 +23,8 @@ def workloads(run: Run) -> list[Res]:
     return run.of_type(DEPLOYMENT) + run.of_type(CONTAINER)
 
 
-def served_name(res: Res) -> str:
-    """The ServedModel a resource belongs to (its top-level component's name)."""
-    return res.urn.split("::")[-1].rsplit("-", 1)[0]
-
-
 def image_of(run: Run, workload: Res) -> Res:
-    return run.named(IMAGE, f"{served_name(workload)}-image")
+    return run.sibling(IMAGE, workload)
 
 
 def test_the_recorder_sees_options_and_property_dependencies(stack_runs):
@@ -77,7 +72,7 @@ def test_each_deployment_waits_for_the_capacity_it_needs(stack_runs, stack):
     for deployment in run.of_type(DEPLOYMENT):
         pod = deployment.inputs["spec"]["template"]["spec"]
         gpus = int(pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-        groups = [g for g in run.of_type(NODE_GROUP) if served_name(g) == served_name(deployment)]
+        groups = [g for g in run.of_type(NODE_GROUP) if run.served_model_of(g) == run.served_model_of(deployment)]
         if gpus:
             assert len(groups) == 1, f"{deployment.urn}: a GPU workload without a node group"
             assert deployment.waits_for(groups[0]), f"{deployment.urn} does not wait for {groups[0].urn}"
@@ -92,7 +87,7 @@ def test_each_autoscaler_waits_for_its_workload(stack_runs, stack):
     run = stack_runs[stack]
     for hpa in run.of_type(HPA):
         target = hpa.inputs["spec"]["scaleTargetRef"]
-        deployment = next(d for d in run.of_type(DEPLOYMENT) if served_name(d) == served_name(hpa))
+        deployment = run.sibling(DEPLOYMENT, hpa)
         assert target["kind"] == "Deployment" and target["name"] == deployment.state["metadata"]["name"]
         assert hpa.waits_for(deployment), f"{hpa.urn} does not wait for {deployment.urn}"
     if stack != "local":
