@@ -35,6 +35,13 @@ KUBERNETES_VERSION = "1.33.0"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 TEST_SECRET = "test-secret-value-0123456789"
+# The cluster's subnets and their tags: two private (tagged for internal load balancers), two public.
+SUBNETS: dict[str, dict[str, str]] = {
+    "subnet-0a1b2c3d4e5f60001": {"kubernetes.io/role/internal-elb": "1"},
+    "subnet-0a1b2c3d4e5f60002": {"kubernetes.io/role/internal-elb": "1"},
+    "subnet-0a1b2c3d4e5f60003": {"kubernetes.io/role/elb": "1"},
+    "subnet-0a1b2c3d4e5f60004": {"kubernetes.io/role/elb": "1"},
+}
 
 
 def project_config() -> dict[str, dict[str, Any]]:
@@ -177,7 +184,7 @@ class RealisticMocks(pulumi.runtime.Mocks):
             cluster = args.args.get("name")
             return {"name": cluster, "endpoint": f"https://{_short_hash(cluster)[:32].upper()}.gr7.{REGION}.eks.amazonaws.com",
                     "certificateAuthorities": [{"data": "LS0tLS1CRUdJTi1DRVJUSUZJQ0FURS0tLS0t"}],
-                    "vpcConfig": {"subnetIds": ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"],
+                    "vpcConfig": {"subnetIds": sorted(SUBNETS),
                                   "vpcId": "vpc-0a1b2c3d4e5f6000"},
                     "version": KUBERNETES_VERSION.rsplit(".", 1)[0]}, []
         if token == "aws:index/getPartition:getPartition":
@@ -188,6 +195,17 @@ class RealisticMocks(pulumi.runtime.Mocks):
             return {"userName": "AWS", "password": "ecr-token-" + "x" * 20,
                     "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com",
                     "authorizationToken": "QVdTOmVjci10b2tlbg==", "id": REGION}, []
+        if token == "aws:ec2/getSubnets:getSubnets":
+            ids = set(SUBNETS)
+            for f in args.args.get("filters") or []:
+                name, values = f["name"], set(f["values"])
+                if name == "subnet-id":
+                    ids &= values
+                elif name.startswith("tag:"):
+                    ids = {i for i in ids if SUBNETS[i].get(name[4:]) in values}
+                else:
+                    raise AssertionError(f"unexpected subnet filter {name}")
+            return {"ids": sorted(ids), "id": REGION}, []
         raise AssertionError(f"the program called an unexpected function: {token}")
 
 
@@ -329,8 +347,14 @@ def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None) -> "Run"
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secrets: Optional[dict[str, str]] = None, preview: bool = False) -> Run:
     """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises."""
-    model_cache_dir()
     config, secret_keys = merged_config(stack, overrides, secrets)
+    return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview)
+
+
+def run_file(program: Path, project: str, stack: str, config: dict[str, str], secret_keys: set[str],
+             preview: bool = False) -> Run:
+    """Run any Pulumi program file under the mocks, in its own directory (as the CLI does)."""
+    model_cache_dir()
     pulumi.runtime.set_all_config(config, list(secret_keys))
     mocks = RealisticMocks()
     monitor = RecordingMonitor(mocks)
@@ -341,18 +365,18 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     logger.handlers = [_ListHandler(logs)]
     # A fresh root Stack per run: set_mocks makes one when none is active.
     pulumi.runtime.settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor,
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=logger)
     pulumi.runtime.set_all_config(config, list(secret_keys))
 
-    def program() -> None:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    def main() -> None:
+        runpy.run_path(str(program), run_name="__main__")
 
     # The CLI runs the program in the project directory.
     cwd = os.getcwd()
-    os.chdir(ROOT)
+    os.chdir(program.parent)
     try:
-        _sync_await(run_pulumi_func(program))
+        _sync_await(run_pulumi_func(main))
     finally:
         os.chdir(cwd)
     root = get_root_resource()
