@@ -13,7 +13,8 @@ from components import specs
 @dataclass
 class LocalServiceArgs:
     image: pulumi.Input[str]
-    """The locally loaded image (version tag). Required."""
+    """The locally loaded image (version tag), as an output of the build (ModelImage.ref) so the
+    container is created after it. Required."""
     port: int
     """Host port on 127.0.0.1 mapped to the server's 8080. Required."""
     drain_seconds: int = 20
@@ -47,7 +48,11 @@ class LocalService(pulumi.ComponentResource):
         if args.auth_token is not None:
             envs.append(pulumi.Output.secret(pulumi.Output.concat("SERVEDMODEL_AUTH_TOKEN=", args.auth_token)))
         container = docker.Container(
-            f"{name}-container",
+            # Named after the host port it holds, not the served name: a rename of the served
+            # name then replaces this container (delete first, below) instead of creating a second
+            # one on the same port while the first still holds it (creates run before deletes).
+            # The alias carries stacks made before this naming over without a replacement.
+            f"port-{args.port}",
             image=args.image,
             ports=[{"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}]
             + ([{"internal": args.grpc_port, "external": args.grpc_port, "ip": "127.0.0.1"}] if args.grpc_port else []),
@@ -64,7 +69,12 @@ class LocalService(pulumi.ComponentResource):
             capabilities={"drops": ["ALL"]},
             security_opts=["no-new-privileges"],
             stop_timeout=args.drain_seconds + 10,
-            opts=pulumi.ResourceOptions(parent=self),
+            # A new image replaces the container (image is ForceNew), and the new one needs the
+            # same host port: delete the old one first. pulumi-docker asks for this too
+            # (provider/resources.go, docker_container DeleteBeforeReplace); stated here so it
+            # holds whatever the provider version.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                        aliases=[pulumi.Alias(name=f"{name}-container")]),
         )
         self.url = pulumi.Output.from_input(f"http://127.0.0.1:{args.port}")
         self.container_name = container.name

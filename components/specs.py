@@ -237,14 +237,37 @@ def docker_env(env: list[dict[str, Any]]) -> list[str]:
     return [f"{e['name']}={e['value']}" for e in env if "value" in e]
 
 
+UNTAGGED_EXPIRY_DAYS = 14
+"""Days an image that lost its tag (an older build of a version that was pushed again) stays in
+ECR: long enough for pods and ReplicaSets still pinned to its digest to pull it."""
+
+
 def ecr_lifecycle_policy(keep_versions: int) -> str:
-    """Keep the newest N images so a rollback to any of them stays possible."""
-    return json.dumps({"rules": [{
-        "rulePriority": 1,
-        "description": f"keep the last {keep_versions} model versions",
-        "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep_versions},
-        "action": {"type": "expire"},
-    }]}, sort_keys=True)
+    """Keep the newest N tagged images (versions) so a rollback to any of them stays possible;
+    expire untagged ones (a re-pushed version's older build) after UNTAGGED_EXPIRY_DAYS.
+
+    ECR evaluates the lower rulePriority first and an image matched by one rule is not counted
+    by the next, so the untagged rule goes first and the count only sees tagged versions."""
+    return json.dumps({"rules": [
+        {"rulePriority": 1,
+         "description": f"expire replaced builds {UNTAGGED_EXPIRY_DAYS} days after their push",
+         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+                       "countNumber": UNTAGGED_EXPIRY_DAYS},
+         "action": {"type": "expire"}},
+        {"rulePriority": 2,
+         "description": f"keep the last {keep_versions} model versions",
+         "selection": {"tagStatus": "tagged", "tagPatternList": ["*"], "countType": "imageCountMoreThan",
+                       "countNumber": keep_versions},
+         "action": {"type": "expire"}},
+    ]}, sort_keys=True)
+
+
+def pinned_reference(tag: str, digest: str) -> str:
+    """`repo:version@sha256:...`: what a workload runs. The digest is the contract (a running pod
+    never changes under it); the version tag is for people and for the registry's lifecycle."""
+    if not digest.startswith("sha256:"):
+        raise ValueError(f"not a manifest digest: {digest!r} (expected sha256:<64 hex>)")
+    return f"{tag}@{digest}"
 
 
 def node_assume_role_policy() -> str:

@@ -101,8 +101,19 @@ class Res:
     providers: dict[str, str]
     provider: str
     dependencies: list[str] = field(default_factory=list)
-    state: dict[str, Any] = field(default_factory=dict)
+    """URNs the engine waits for before creating/updating this resource (depends_on + every
+    resource behind an Output among the inputs)."""
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    """Per top-level input: the URNs its value came from."""
+    delete_before_replace: bool = False
     custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """create/update/delete durations ("10m") the program set; empty when none."""
+    replace_on_changes: list[str] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def waits_for(self, other: "Res") -> bool:
+        """True when the engine must finish `other` before it touches this resource."""
+        return other.urn in self.dependencies
 
 
 def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
@@ -142,9 +153,11 @@ class RealisticMocks(pulumi.runtime.Mocks):
             return resource_id, state
         if t == "docker-build:index:Image":
             # The manifest digest of what was built from this context with these tags.
+            # The provider (provider/internal/image.go, Create) sets `digest` from the exporter's
+            # response, pushed or loaded, and then `ref` to the first tag plus "@digest".
             state["digest"] = "sha256:" + _short_hash(state.get("context"), state.get("tags"))
             tags = state.get("tags") or [""]
-            state["ref"] = f"{tags[0]}@{state['digest']}" if state.get("push") else tags[0]
+            state["ref"] = f"{tags[0]}@{state['digest']}"
             return state["digest"], state
         if t == "aws:ecr/repository:Repository":
             repo = f"{name}-{suffix}"
@@ -197,7 +210,11 @@ class RealisticMocks(pulumi.runtime.Mocks):
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The mock monitor, also keeping each registration's parent and resource options."""
+    """The mock monitor, also keeping what the engine would see of each registration: parent,
+    dependencies and property dependencies (the edges that order the steps), and the resource
+    options that change how steps run (deleteBeforeReplace, customTimeouts, ignoreChanges,
+    retainOnDelete, protect, providers). Pulumi's own mocks accept any order; these records let
+    the tests assert the order a real engine would follow."""
 
     def __init__(self, mocks: pulumi.runtime.Mocks):
         super().__init__(mocks)
@@ -215,9 +232,12 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             retain_on_delete=bool(request.retainOnDelete), ignore_changes=list(request.ignoreChanges),
             providers=dict(request.providers), provider=request.provider,
             dependencies=list(request.dependencies),
-            state=self.resources[response.urn].state if response.urn in self.resources else {},
+            property_dependencies={key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
+            delete_before_replace=bool(request.deleteBeforeReplace),
             custom_timeouts={k: v for k in ("create", "update", "delete")
-                             if (v := getattr(request.customTimeouts, k))},
+                             if (v := getattr(request.customTimeouts, k))} if request.HasField("customTimeouts") else {},
+            replace_on_changes=list(request.replaceOnChanges),
+            state=self.resources[response.urn].state if response.urn in self.resources else {},
         ))
         return response
 
@@ -242,6 +262,23 @@ class Run:
 
     def by_urn(self, urn: str) -> Res:
         return next(r for r in self.resources if r.urn == urn)
+
+    def served_model_of(self, res: Res) -> str:
+        """The URN of the ServedModel a resource belongs to (up its parent chain)."""
+        while res.type != "servedmodel:index:ServedModel":
+            res = self.by_urn(res.parent)
+        return res.urn
+
+    def sibling(self, type_: str, res: Res) -> Res:
+        """The one resource of `type_` in the same ServedModel as `res`."""
+        found = [r for r in self.of_type(type_) if self.served_model_of(r) == self.served_model_of(res)]
+        assert len(found) == 1, f"expected one {type_} beside {res.urn}, found {len(found)}"
+        return found[0]
+
+    def named(self, type_: str, name: str) -> Res:
+        found = [r for r in self.of_type(type_) if r.name == name]
+        assert len(found) == 1, f"expected one {type_} named {name!r}, found {len(found)}"
+        return found[0]
 
     def children(self, parent: Res) -> list[Res]:
         return [r for r in self.resources if r.parent == parent.urn]
@@ -293,6 +330,18 @@ def stack_run(stack: str) -> "Run":
     if stack not in _RUNS:
         _RUNS[stack] = run_program(stack, secrets={"servedmodel:authToken": TEST_SECRET})
     return _RUNS[stack]
+
+
+_VARIANTS: dict[str, "Run"] = {}
+
+
+def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None) -> "Run":
+    """A fresh run of `stack` with `overrides` (auth token given as a secret), once per test
+    process: the lifecycle and change-safety tests share them. `{}` is an unchanged rerun."""
+    key = json.dumps([stack, overrides or {}], sort_keys=True)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = run_program(stack, overrides, secrets={"servedmodel:authToken": TEST_SECRET})
+    return _VARIANTS[key]
 
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,

@@ -233,7 +233,12 @@ def test_registry_and_images(stack_runs):
     prod = stack_runs["prod"]
     repo = prod.one("aws:ecr/repository:Repository")
     assert repo.protect, "prod registry must be protected"
-    assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+    # Mutable tags, every workload pinned by digest (docs/deploy.md, "Images and registries").
+    assert repo.inputs["imageTagMutability"] == "MUTABLE"
+    for deployment in prod.of_type("kubernetes:apps/v1:Deployment"):
+        image = deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+        built = prod.one("docker-build:index:Image")
+        assert image == f"{built.inputs['tags'][0]}@{built.state['digest']}"
     assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
     assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
     assert not stack_runs["dev"].of_type("aws:ecr/repository:Repository")[0].protect
