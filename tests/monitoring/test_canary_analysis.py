@@ -27,7 +27,7 @@ import pytest
 from components import canary, monitoring
 from components.canary import AnalysisArgs, CANARY_HASH_ARG
 from components.monitoring import MonitoringArgs
-from conftest import ROOT, Prometheus, free_port
+from promkit import ROOT, Prometheus, free_port
 from contexts import write_context  # tests/serving/contexts.py
 
 pytestmark = pytest.mark.slow

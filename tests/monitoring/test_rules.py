@@ -11,7 +11,7 @@ import yaml
 
 from components import monitoring
 from components.monitoring import MonitoringArgs
-from conftest import ROOT, run_promtool
+from promkit import ROOT, run_promtool
 
 NS, MODEL, WORKLOAD = "servedmodel", "classifier", "classifier-deploy-1a2b3c"
 ARGS = MonitoringArgs(served_name=MODEL, namespace=NS, gpu=True, latency_slo_ms=500,

@@ -12,7 +12,7 @@ from components import canary, monitoring, specs
 from components.canary import AnalysisArgs, CanaryArgs, RolloutSpec
 from components.monitoring import MonitoringArgs
 from components.settings import ConfigError
-from conftest import run_promtool
+from promkit import run_promtool
 from tests.crds.validate import validate_custom_resource
 
 KUBERNETES_VERSION = "1.33.0"
