@@ -16,9 +16,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from components.monitoring import (HASH_LABEL, REQUEST_DURATION, REQUESTS, SERVER_FAILURE_REASONS,
-                                   SHED_REASONS, FAILURES, promql_selector)
-from components.settings import ConfigError
+import pulumi
+
+from components.args import ArgsError, _Checker
+from components.monitoring import (FAILURES, HASH_LABEL, REQUEST_DURATION, REQUESTS, SERVER_FAILURE_REASONS,
+                                   SHED_REASONS, promql_selector)
+
+__all__ = ["ArgsError", "RolloutArgs", "analysis_queries", "analysis_template_spec", "canary_strategy",
+           "rollout_annotations", "rollout_spec"]
 
 ROLLOUT_STRATEGIES = ("rolling", "canary")
 ROLLOUT_API_VERSION = "argoproj.io/v1alpha1"
@@ -63,89 +68,84 @@ def parse_step(step: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class AnalysisArgs:
-    """What the canary is judged on, and how often. Validates itself (ConfigError)."""
+class RolloutArgs:
+    """How a new model version reaches traffic. Validates itself (ArgsError).
 
-    prometheus_address: str
-    """Prometheus HTTP address the Argo Rollouts controller queries, e.g.
-    http://prometheus-operated.monitoring.svc:9090. Required."""
-    namespace: str
-    """Namespace of the model's pods (the `namespace` target label). Required."""
-    interval: str = "1m"
+    `rolling` (the default) is the Deployment's rolling update; `canary` an Argo Rollouts
+    Rollout whose steps shift replicas to the new version while a background analysis judges
+    the canary's pods on the server's metrics, and aborts (rolls back) when they are worse than
+    the thresholds. The analysis fields are ignored by `rolling`.
+    """
+
+    strategy: str = "rolling"
+    """rolling | canary. Default "rolling"."""
+    steps: tuple[str, ...] = DEFAULT_STEPS
+    """Canary steps: setWeight:N, pause:D, pause (indefinite). Default 20% 2m, 50% 2m."""
+    prometheus_address: str = ""
+    """Prometheus HTTP address the Argo Rollouts controller queries (canary: required), e.g.
+    http://prometheus-operated.monitoring.svc:9090. Default ""."""
+    analysis_interval: str = "1m"
     """Time between measurements, and the window each measurement judges. Default "1m"."""
-    count: int = 5
-    """Measurements per metric; the analysis succeeds after this many. Default 5."""
-    failure_limit: int = 1
+    analysis_count: int = 5
+    """Measurements per metric. Default 5."""
+    analysis_failure_limit: int = 1
     """Failed measurements a metric tolerates; one more aborts the rollout. Default 1."""
     max_failure_ratio: float = 0.01
-    """Highest tolerated share of requests failing on the server side (model_error, internal).
+    """Highest share of the canary's requests failing in the server (model_error, internal).
     Default 0.01."""
     max_p99_latency_ms: int = 500
-    """Highest tolerated p99 request latency in ms. Default 500."""
+    """Highest p99 request latency of the canary in ms. Default 500."""
     max_shed_ratio: float = 0.01
-    """Highest tolerated share of requests shed (queue full or queue time over budget).
+    """Highest share of the canary's requests shed (queue full, queue time over budget).
     Default 0.01."""
-    timeout_seconds: int = 10
+    query_timeout_seconds: int = 10
     """Prometheus query timeout. Default 10."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if not _ADDRESS.match(self.prometheus_address):
-            problems.append(f"prometheus address {self.prometheus_address!r} is not an http(s):// URL "
-                            "(e.g. http://prometheus-operated.monitoring.svc:9090)")
-        if not self.namespace:
-            problems.append("namespace is empty")
-        if not _DURATION.match(self.interval):
-            problems.append(f"analysis interval {self.interval!r} is not a duration like 30s, 1m or 1h")
-        if not 1 <= self.count <= 100:
-            problems.append(f"analysis count {self.count} is not in 1..100")
-        if not 0 <= self.failure_limit < self.count:
-            problems.append(f"analysis failure limit {self.failure_limit} must be in 0..count-1 "
-                            f"({self.count - 1}): with {self.count} measurements a higher limit never aborts")
-        for name, value in (("max failure ratio", self.max_failure_ratio), ("max shed ratio", self.max_shed_ratio)):
-            if not 0 <= value < 1:
-                problems.append(f"{name} {value} is not in [0, 1)")
-        if self.max_p99_latency_ms <= 0:
-            problems.append(f"max p99 latency {self.max_p99_latency_ms} ms must be above 0")
-        if not 1 <= self.timeout_seconds <= 300:
-            problems.append(f"query timeout {self.timeout_seconds}s is not in 1..300")
-        if problems:
-            raise ConfigError(problems)
-
-
-@dataclass(frozen=True)
-class CanaryArgs:
-    """A metric-gated canary: steps, and the analysis that gates them. Validates itself."""
-
-    analysis: AnalysisArgs
-    """The background analysis. Required."""
-    steps: tuple[str, ...] = DEFAULT_STEPS
-    """Canary steps: setWeight:N, pause:D, pause (indefinite). Default 20% 2m, 50% 2m."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.steps:
-            problems.append("canary steps are empty: give at least one setWeight:N")
+        c = _Checker("rollout", self)
+        c.choice("strategy", ROLLOUT_STRATEGIES)
+        steps = tuple(self.steps or ())
         bad = []
-        for step in self.steps:
+        for step in steps:
             try:
                 parse_step(step)
-            except ValueError:
+            except (ValueError, AttributeError):
                 bad.append(step)
-        if bad:
-            problems.append(f"canary steps {bad} are not setWeight:N (N in 1..100), pause:D "
-                            "(D like 90s, 2m, 1h) or pause")
-        elif self.steps and not any(s.startswith("setWeight:") for s in self.steps):
-            problems.append("canary steps have no setWeight:N: the canary would never get traffic to judge")
-        if problems:
-            raise ConfigError(problems)
+        if not steps or bad:
+            c.bad("steps", "a non-empty list of setWeight:N (N in 1..100), pause:D (D like 90s, 2m, 1h) or pause",
+                  value=list(steps))
+        elif not any(s.startswith("setWeight:") for s in steps):
+            c.bad("steps", "needs a setWeight:N step: without one the canary never gets traffic to judge",
+                  value=list(steps))
+        if self.strategy == "canary" and not _ADDRESS.match(self.prometheus_address or ""):
+            c.bad("prometheus_address", "the canary analysis needs Prometheus' http(s):// address, e.g. "
+                                        "http://prometheus-operated.monitoring.svc:9090")
+        elif self.prometheus_address and not _ADDRESS.match(self.prometheus_address):
+            c.bad("prometheus_address", "must be an http(s):// URL")
+        if not isinstance(self.analysis_interval, str) or not _DURATION.match(self.analysis_interval):
+            c.bad("analysis_interval", "a duration such as 30s, 1m or 1h")
+        counts = [c.integer("analysis_count", 1, 100), c.integer("analysis_failure_limit", 0)]
+        if all(counts) and self.analysis_failure_limit >= self.analysis_count:
+            c.bad("analysis_failure_limit", f"must be below @{{rollout.analysis_count}} ({self.analysis_count}): "
+                                            "a higher limit can never abort")
+        for name in ("max_failure_ratio", "max_shed_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                c.bad(name, "a share between 0 and 1, such as 0.01")
+        c.integer("max_p99_latency_ms", 1)
+        c.integer("query_timeout_seconds", 1, 300)
+        c.raise_if_any("RolloutArgs")
+
+    @property
+    def canary(self) -> bool:
+        return self.strategy == "canary"
 
     @property
     def analysis_starting_step(self) -> int:
         """The analysis starts with the step after the first setWeight: the canary has pods (and
         traffic) by then, so the first measurement is not of an empty ReplicaSet."""
         first = next(i for i, s in enumerate(self.steps) if s.startswith("setWeight:"))
-        return min(first + 1, len(self.steps) - 1) if len(self.steps) > 1 else 0
+        return min(first + 1, len(self.steps) - 1)
 
 
 def _ratio_query(reasons: tuple[str, ...], selector: str, window: str) -> str:
@@ -159,11 +159,12 @@ def _ratio_query(reasons: tuple[str, ...], selector: str, window: str) -> str:
             f" / sum(rate({REQUESTS}{{{selector}}}[{window}]))")
 
 
-def analysis_queries(args: AnalysisArgs, hash_value: str = "{{args.%s}}" % CANARY_HASH_ARG) -> dict[str, str]:
-    """The three PromQL queries, over the pods whose pod-template hash is `hash_value` (by
-    default the template placeholder Argo Rollouts resolves)."""
-    selector = f'namespace="{args.namespace}",{HASH_LABEL}="{hash_value}"'
-    w = args.interval
+def analysis_queries(args: RolloutArgs, namespace: str,
+                     hash_value: str = "{{args.%s}}" % CANARY_HASH_ARG) -> dict[str, str]:
+    """The three PromQL queries, over the pods in `namespace` whose pod-template hash is
+    `hash_value` (by default the template placeholder Argo Rollouts resolves)."""
+    selector = f'namespace="{namespace}",{HASH_LABEL}="{hash_value}"'
+    w = args.analysis_interval
     return {
         METRIC_FAILURE_RATIO: _ratio_query(SERVER_FAILURE_REASONS, selector, w),
         METRIC_LATENCY_P99: (f"histogram_quantile(0.99, sum by (le) "
@@ -184,29 +185,29 @@ def _conditions(threshold: float) -> tuple[str, str]:
     return f"len(result) == 1 && result[0] <= {t}", f"len(result) == 1 && result[0] > {t}"
 
 
-def analysis_template_spec(args: AnalysisArgs) -> dict[str, Any]:
+def analysis_template_spec(args: RolloutArgs, namespace: str) -> dict[str, Any]:
     """The AnalysisTemplate's spec: one prometheus metric per signal, thresholds from args."""
     thresholds = {METRIC_FAILURE_RATIO: args.max_failure_ratio, METRIC_LATENCY_P99: args.max_p99_latency_ms,
                   METRIC_SHED_RATIO: args.max_shed_ratio}
     metrics = []
-    for name, query in analysis_queries(args).items():
+    for name, query in analysis_queries(args, namespace).items():
         success, failure = _conditions(thresholds[name])
         metrics.append({
             "name": name,
-            "interval": args.interval,
+            "interval": args.analysis_interval,
             # The first measurement waits one window, so it judges a full window of canary traffic.
-            "initialDelay": args.interval,
-            "count": args.count,
-            "failureLimit": args.failure_limit,
+            "initialDelay": args.analysis_interval,
+            "count": args.analysis_count,
+            "failureLimit": args.analysis_failure_limit,
             "successCondition": success,
             "failureCondition": failure,
             "provider": {"prometheus": {"address": args.prometheus_address, "query": query,
-                                        "timeout": args.timeout_seconds}},
+                                        "timeout": args.query_timeout_seconds}},
         })
     return {"args": [{"name": CANARY_HASH_ARG}], "metrics": metrics}
 
 
-def canary_strategy(args: CanaryArgs, template_name: str) -> dict[str, Any]:
+def canary_strategy(args: RolloutArgs, template_name: pulumi.Input[str]) -> dict[str, Any]:
     """The Rollout's `strategy` (canary): steps, surge like the rolling path (one extra pod, never
     below capacity), and the background analysis with the canary's pod-template hash."""
     return {"canary": {
@@ -234,7 +235,7 @@ class RolloutSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def rollout_spec(base: RolloutSpec, canary: CanaryArgs, template_name: str) -> dict[str, Any]:
+def rollout_spec(base: RolloutSpec, canary: RolloutArgs, template_name: pulumi.Input[str]) -> dict[str, Any]:
     """The Rollout's spec: the full pod template (not a workloadRef: one owner of the pods, see
     docs/deploy.md), and the canary strategy. `progressDeadlineAbort`: a canary that does not
     become ready in time is aborted (rolled back) like one that fails its analysis."""
@@ -260,17 +261,17 @@ WAIT_FOR_HEALTHY = "jsonpath={.status.phase}=Healthy"
 TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
 
 
-def rollout_timeout_seconds(canary: CanaryArgs, progress_deadline_seconds: int = 600) -> int:
+def rollout_timeout_seconds(canary: RolloutArgs, progress_deadline_seconds: int = 600) -> int:
     """How long `pulumi up` waits for the Rollout: every timed pause, the whole analysis
     (initial delay + count intervals), and the progress deadline for the pods to come up."""
     pauses = sum(duration_seconds(s.split(":", 1)[1]) for s in canary.steps
                  if s.startswith("pause:"))
-    interval = duration_seconds(canary.analysis.interval)
-    analysis = interval * (canary.analysis.count + 1)
+    interval = duration_seconds(canary.analysis_interval)
+    analysis = interval * (canary.analysis_count + 1)
     return max(pauses, analysis) + progress_deadline_seconds
 
 
-def rollout_annotations(canary: CanaryArgs, progress_deadline_seconds: int = 600) -> dict[str, str]:
+def rollout_annotations(canary: RolloutArgs, progress_deadline_seconds: int = 600) -> dict[str, str]:
     """The await annotations; without a timed end (an indefinite `pause`) there is nothing to
     wait for in one `pulumi up`: no waitFor, the Rollout's status is read with the plugin."""
     if any(s == "pause" for s in canary.steps):

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from components.settings import ConfigError
+from components.args import _Checker
 from components.specs import INFLIGHT_METRIC
 
 MONITORING_MODES = ("prometheus-operator", "annotations", "none")
@@ -72,7 +72,8 @@ ALERTS = {
 }
 
 _DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h)$")
-_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+_LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 
 def promql_selector(base: str, *more: str) -> str:
@@ -82,14 +83,13 @@ def promql_selector(base: str, *more: str) -> str:
 
 @dataclass(frozen=True)
 class MonitoringArgs:
-    """Monitoring of one served model. Validates itself (ConfigError)."""
+    """What monitoring a served model gets, and its alert thresholds. Validates itself (ArgsError)."""
 
-    served_name: str
-    """The served name: the `model` label of every series (SERVEDMODEL_MODEL_NAME). Required."""
-    namespace: str
-    """The model's namespace (the `namespace` target label). Required."""
-    mode: str = "prometheus-operator"
-    """prometheus-operator | annotations | none. Default "prometheus-operator"."""
+    mode: str = "none"
+    """prometheus-operator | annotations | none. Default "none"."""
+    labels: tuple[str, ...] = ()
+    """key=value labels on the PodMonitor and PrometheusRule, for the Prometheus's
+    podMonitorSelector/ruleSelector (e.g. release=kube-prometheus-stack). Default ()."""
     scrape_interval: str = "15s"
     """PodMonitor scrape interval. Default "15s"."""
     latency_slo_ms: int = 500
@@ -100,36 +100,45 @@ class MonitoringArgs:
     """Shed share that warns (ServedModelShedding). Default 0.05."""
     alert_queue_p99_ms: int = 250
     """p99 queue wait in ms that warns of saturation (ServedModelQueueSaturated). Default 250."""
-    gpu: bool = False
-    """The pods use NVIDIA GPUs: add the DCGM exporter's XID error alert. Default False."""
     runbook_url: str = "docs/operations.md"
     """Where docs/operations.md is read (e.g. its URL in your repository); each alert's
     runbook_url is this plus the alert's section anchor. Default "docs/operations.md"."""
-    selector_labels: tuple[tuple[str, str], ...] = ()
-    """Labels the Prometheus's podMonitorSelector/ruleSelector match (e.g. release=...). Default ()."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.mode not in MONITORING_MODES:
-            problems.append(f"monitoring {self.mode!r} is not one of {', '.join(MONITORING_MODES)}")
-        if not self.served_name or not self.namespace:
-            problems.append("served name and namespace must not be empty")
-        if not _DURATION.match(self.scrape_interval):
-            problems.append(f"scrape interval {self.scrape_interval!r} is not a duration like 15s or 1m")
-        for name, value in (("alert failure ratio", self.alert_failure_ratio),
-                            ("alert shed ratio", self.alert_shed_ratio)):
-            if not 0 < value < 1:
-                problems.append(f"{name} {value} is not in (0, 1)")
-        for name, value in (("latency SLO", self.latency_slo_ms), ("alert queue p99", self.alert_queue_p99_ms)):
-            if value <= 0:
-                problems.append(f"{name} {value} ms must be above 0")
-        if not self.runbook_url or any(c.isspace() for c in self.runbook_url):
-            problems.append(f"runbook URL {self.runbook_url!r} is empty or has spaces")
-        for key, _ in self.selector_labels:
-            if not _LABEL_NAME.match(key):
-                problems.append(f"selector label {key!r} is not a label name")
-        if problems:
-            raise ConfigError(problems)
+        c = _Checker("monitoring", self)
+        c.choice("mode", MONITORING_MODES)
+        for item in self.labels:
+            key, sep, value = str(item).partition("=")
+            if not sep or not _LABEL_NAME.match(key) or not _LABEL_VALUE.match(value):
+                c.bad("labels", "each entry key=value, a Kubernetes label (e.g. release=kube-prometheus-stack)",
+                      value=item)
+        if not isinstance(self.scrape_interval, str) or not _DURATION.match(self.scrape_interval):
+            c.bad("scrape_interval", "a duration such as 15s or 1m")
+        for name in ("alert_failure_ratio", "alert_shed_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+                c.bad(name, "a share strictly between 0 and 1, such as 0.05")
+        c.integer("latency_slo_ms", 1)
+        c.integer("alert_queue_p99_ms", 1)
+        if not isinstance(self.runbook_url, str) or not self.runbook_url or any(ch.isspace() for ch in self.runbook_url):
+            c.bad("runbook_url", "a URL or path without spaces (where docs/operations.md is read)")
+        c.raise_if_any("MonitoringArgs")
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.labels)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose series: one served model in one namespace (from the model and network args)."""
+
+    served_name: str
+    """The served name: the `model` label of every series (SERVEDMODEL_MODEL_NAME)."""
+    namespace: str
+    """The model's namespace (the `namespace` target label)."""
+    gpu: bool = False
+    """The pods use NVIDIA GPUs: the DCGM exporter's XID alert applies."""
 
     @property
     def selector(self) -> str:
@@ -137,12 +146,12 @@ class MonitoringArgs:
         return f'namespace="{self.namespace}",model="{self.served_name}"'
 
 
-def pod_monitor_spec(args: MonitoringArgs, pod_selector: dict[str, str]) -> dict[str, Any]:
+def pod_monitor_spec(args: MonitoringArgs, scope: Scope, pod_selector: dict[str, str]) -> dict[str, Any]:
     """PodMonitor: scrape the server's named port `http` on /metrics; keep the canary hash and
     the version as target labels (the analysis selects on the hash)."""
     return {
         "selector": {"matchLabels": dict(pod_selector)},
-        "namespaceSelector": {"matchNames": [args.namespace]},
+        "namespaceSelector": {"matchNames": [scope.namespace]},
         "podTargetLabels": [HASH_POD_LABEL, VERSION_POD_LABEL],
         "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": args.scrape_interval,
                                  "scheme": "http"}],
@@ -162,8 +171,8 @@ def _ratio(reasons: tuple[str, ...], sel: str) -> str:
     return f"({failures} or 0 * {REC_REQUESTS}{{{sel}}}) / {REC_REQUESTS}{{{sel}}}"
 
 
-def recording_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
-    sel = args.selector
+def recording_rules(scope: Scope) -> list[dict[str, Any]]:
+    sel = scope.selector
     quantile = "histogram_quantile(0.99, sum by (namespace, model, le) (rate({}_bucket{{{}}}[5m])))"
     return [
         {"record": REC_REQUESTS, "expr": _by(f"rate({REQUESTS}{{{sel}}}[5m])")},
@@ -174,79 +183,79 @@ def recording_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
     ]
 
 
-def _alert(args: MonitoringArgs, name: str, expr: str, for_: str, severity: str, summary: str,
+def _alert(args: MonitoringArgs, scope: Scope, name: str, expr: str, for_: str, severity: str, summary: str,
            description: str) -> dict[str, Any]:
     return {"alert": name, "expr": expr, "for": for_,
-            "labels": {"severity": severity, "servedmodel": args.served_name},
+            "labels": {"severity": severity, "servedmodel": scope.served_name},
             "annotations": {"summary": summary, "description": description,
                             "runbook_url": f"{args.runbook_url}#{ALERTS[name]}"}}
 
 
-def alert_rules(args: MonitoringArgs, workload_name: str) -> list[dict[str, Any]]:
+def alert_rules(args: MonitoringArgs, scope: Scope, workload_name: str) -> list[dict[str, Any]]:
     """The alerts; `workload_name` is the Deployment's or Rollout's name (its pods' name prefix,
     for the kube-state-metrics alerts)."""
-    sel, n = args.selector, args.served_name
-    pods = f'namespace="{args.namespace}",pod=~"{workload_name}-.*"'
+    sel, n = scope.selector, scope.served_name
+    pods = f'namespace="{scope.namespace}",pod=~"{workload_name}-.*"'
     slo_s = args.latency_slo_ms / 1000
     queue_s = args.alert_queue_p99_ms / 1000
     rules = [
-        _alert(args, "ServedModelHighFailureRatio", f"{REC_FAILURE_RATIO}{{{sel}}} > {args.alert_failure_ratio}",
+        _alert(args, scope, "ServedModelHighFailureRatio", f"{REC_FAILURE_RATIO}{{{sel}}} > {args.alert_failure_ratio}",
                "5m", "critical", f"{n}: more than {args.alert_failure_ratio:.1%} of requests fail in the server",
                "Inference requests of {{ $labels.model }} in {{ $labels.namespace }} end in "
                "model_error or internal (HTTP 500); see the failure-ratio recording rule."),
-        _alert(args, "ServedModelLatencyP99OverSLO", f"{REC_LATENCY_P99}{{{sel}}} > {slo_s}",
+        _alert(args, scope, "ServedModelLatencyP99OverSLO", f"{REC_LATENCY_P99}{{{sel}}} > {slo_s}",
                "10m", "warning", f"{n}: p99 request latency over the {args.latency_slo_ms} ms SLO",
                "p99 request latency of {{ $labels.model }} in {{ $labels.namespace }} is over "
                f"{args.latency_slo_ms} ms."),
-        _alert(args, "ServedModelShedding", f"{REC_SHED_RATIO}{{{sel}}} > {args.alert_shed_ratio}",
+        _alert(args, scope, "ServedModelShedding", f"{REC_SHED_RATIO}{{{sel}}} > {args.alert_shed_ratio}",
                "5m", "warning", f"{n}: the server sheds more than {args.alert_shed_ratio:.0%} of requests",
                "Requests of {{ $labels.model }} in {{ $labels.namespace }} get 503 "
                "(queue full or queue time over budget)."),
-        _alert(args, "ServedModelQueueSaturated", f"{REC_QUEUE_P99}{{{sel}}} > {queue_s}",
+        _alert(args, scope, "ServedModelQueueSaturated", f"{REC_QUEUE_P99}{{{sel}}} > {queue_s}",
                "10m", "warning", f"{n}: requests wait more than {args.alert_queue_p99_ms} ms in the queue (p99)",
                "Requests of {{ $labels.model }} in {{ $labels.namespace }} wait in the batching "
                "queue: the replicas are saturated; shedding follows."),
-        _alert(args, "ServedModelPodsNotReady",
+        _alert(args, scope, "ServedModelPodsNotReady",
                f'sum by (namespace) (kube_pod_status_ready{{{pods},condition="false"}}) > 0',
                "10m", "warning", f"{n}: pods not ready for 10 minutes",
                "Pods of " + n + " in {{ $labels.namespace }} have not been ready for 10 minutes."),
-        _alert(args, "ServedModelPodRestarting",
+        _alert(args, scope, "ServedModelPodRestarting",
                f'sum by (namespace, pod) (increase(kube_pod_container_status_restarts_total'
                f'{{{pods},container="server"}}[15m])) > 2',
                "0m", "warning", f"{n}: a pod restarted more than twice in 15 minutes",
                "{{ $labels.pod }} in {{ $labels.namespace }} restarted more than twice in 15 minutes."),
     ]
-    if args.gpu:
+    if scope.gpu:
         rules.append(_alert(
-            args, "ServedModelGpuXidErrors", f"max by (namespace, pod) (DCGM_FI_DEV_XID_ERRORS{{{pods}}}) > 0",
+            args, scope, "ServedModelGpuXidErrors", f"max by (namespace, pod) (DCGM_FI_DEV_XID_ERRORS{{{pods}}}) > 0",
             "0m", "critical", f"{n}: the GPU of a pod reports an XID error",
             "The GPU of {{ $labels.pod }} in {{ $labels.namespace }} reported an XID error "
             "(NVIDIA DCGM exporter)."))
     return rules
 
 
-def rule_groups(args: MonitoringArgs, workload_name: str) -> list[dict[str, Any]]:
+def rule_groups(args: MonitoringArgs, scope: Scope, workload_name: str) -> list[dict[str, Any]]:
     """The PrometheusRule's groups (also a valid Prometheus rule file's `groups`)."""
     return [
-        {"name": f"servedmodel-{args.served_name}.rules", "rules": recording_rules(args)},
-        {"name": f"servedmodel-{args.served_name}.alerts", "rules": alert_rules(args, workload_name)},
+        {"name": f"servedmodel-{scope.served_name}.rules", "rules": recording_rules(scope)},
+        {"name": f"servedmodel-{scope.served_name}.alerts", "rules": alert_rules(args, scope, workload_name)},
     ]
 
 
-def rule_file(args: MonitoringArgs, workload_name: str) -> str:
+def rule_file(args: MonitoringArgs, scope: Scope, workload_name: str) -> str:
     """The same groups as a Prometheus rule file (annotations mode, promtool)."""
-    return yaml.safe_dump({"groups": rule_groups(args, workload_name)}, sort_keys=False)
+    return yaml.safe_dump({"groups": rule_groups(args, scope, workload_name)}, sort_keys=False)
 
 
 # --- Grafana dashboard ----------------------------------------------------------------------
 
-def dashboard_queries(args: MonitoringArgs) -> dict[str, list[tuple[str, str]]]:
+def dashboard_queries(scope: Scope) -> dict[str, list[tuple[str, str]]]:
     """Panel title -> [(legend, PromQL)]: what each panel plots, per version."""
-    sel = "{" + args.selector + "}"
+    sel = "{" + scope.selector + "}"
     info = f"{MODEL_INFO}{sel}"
 
     def rate(metric: str, extra: str = "") -> str:
-        return f"rate({metric}{{{args.selector}{extra}}}[5m])"
+        return f"rate({metric}{{{scope.selector}{extra}}}[5m])"
 
     def versioned(metric: str, extra: str = "") -> str:
         return f"{rate(metric, extra)} * on (job, instance) group_left (version) {info}"
@@ -276,13 +285,13 @@ def dashboard_queries(args: MonitoringArgs) -> dict[str, list[tuple[str, str]]]:
     }
 
 
-def dashboard(args: MonitoringArgs) -> dict[str, Any]:
+def dashboard(scope: Scope) -> dict[str, Any]:
     """The Grafana dashboard (JSON model, schemaVersion 39): one time-series panel per entry of
     dashboard_queries, two per row, on a Prometheus datasource chosen by a variable."""
     units = {"Throughput": "reqps", "Request latency": "s", "Queue wait": "s", "Batch size": "short",
              "Shed and failed": "reqps", "In flight": "short", "Ready": "short"}
     panels = []
-    for i, (title, targets) in enumerate(dashboard_queries(args).items()):
+    for i, (title, targets) in enumerate(dashboard_queries(scope).items()):
         unit = next(u for prefix, u in units.items() if title.startswith(prefix))
         panels.append({
             "id": i + 1, "type": "timeseries", "title": title,
@@ -294,8 +303,8 @@ def dashboard(args: MonitoringArgs) -> dict[str, Any]:
                         for j, (legend, expr) in enumerate(targets)],
         })
     return {
-        "uid": f"servedmodel-{args.namespace}-{args.served_name}"[:40],
-        "title": f"ServedModel {args.served_name} ({args.namespace})",
+        "uid": f"servedmodel-{scope.namespace}-{scope.served_name}"[:40],
+        "title": f"ServedModel {scope.served_name} ({scope.namespace})",
         "tags": ["servedmodel"], "timezone": "browser", "schemaVersion": 39, "version": 1,
         "refresh": "30s", "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus",
@@ -304,8 +313,8 @@ def dashboard(args: MonitoringArgs) -> dict[str, Any]:
     }
 
 
-def dashboard_configmap_data(args: MonitoringArgs) -> dict[str, str]:
-    return {f"servedmodel-{args.served_name}.json": json.dumps(dashboard(args), indent=1, sort_keys=True)}
+def dashboard_configmap_data(scope: Scope) -> dict[str, str]:
+    return {f"servedmodel-{scope.served_name}.json": json.dumps(dashboard(scope), indent=1, sort_keys=True)}
 
 
 def dashboard_labels() -> dict[str, str]:

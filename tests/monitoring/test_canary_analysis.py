@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from components import canary, monitoring
-from components.canary import AnalysisArgs, CANARY_HASH_ARG
-from components.monitoring import MonitoringArgs
+from components.canary import CANARY_HASH_ARG, RolloutArgs
+from components.monitoring import MonitoringArgs, Scope
 from promkit import ROOT, Prometheus, free_port
 from contexts import write_context  # tests/serving/contexts.py
 
@@ -121,8 +121,8 @@ def test_resolve_args_refuses_an_unresolved_argument():
 
 
 def test_conditions_read_no_traffic_as_inconclusive():
-    args = AnalysisArgs(prometheus_address="http://p:9090", namespace=NS)
-    for metric in canary.analysis_template_spec(args)["metrics"]:
+    args = RolloutArgs(strategy="canary", prometheus_address="http://p:9090")
+    for metric in canary.analysis_template_spec(args, NS)["metrics"]:
         assert evaluate_result(metric, []) == "Inconclusive"
         assert evaluate_result(metric, [float("nan")]) == "Inconclusive"
         assert evaluate_result(metric, [0.0]) == "Successful"
@@ -196,7 +196,8 @@ def test_analysis_passes_stable_and_fails_a_shedding_canary(prometheus_bin, tmp_
     try:
         for s in servers:
             s.wait_ready()
-        rule_files = {f"{m}.rules.yml": monitoring.rule_file(MonitoringArgs(served_name=m, namespace=NS), f"{m}-rollout")
+        rule_files = {f"{m}.rules.yml": monitoring.rule_file(MonitoringArgs(mode="prometheus-operator"),
+                                                             Scope(served_name=m, namespace=NS), f"{m}-rollout")
                       for m in (STABLE_MODEL, CANARY_MODEL)}
         prom = Prometheus(prometheus_bin, tmp_path / "prometheus", {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -213,9 +214,10 @@ def test_analysis_passes_stable_and_fails_a_shedding_canary(prometheus_bin, tmp_
         time.sleep(LOAD_SECONDS)
 
         # interval "10s": each measurement judges the last 10 s (the rate window).
-        args = AnalysisArgs(prometheus_address=prom.url, namespace=NS, interval="10s", count=MEASUREMENTS,
-                            failure_limit=1, max_failure_ratio=0.01, max_p99_latency_ms=1000, max_shed_ratio=0.05)
-        template = canary.analysis_template_spec(args)
+        args = RolloutArgs(strategy="canary", prometheus_address=prom.url, analysis_interval="10s",
+                           analysis_count=MEASUREMENTS, analysis_failure_limit=1, max_failure_ratio=0.01,
+                           max_p99_latency_ms=1000, max_shed_ratio=0.05)
+        template = canary.analysis_template_spec(args, NS)
         assert [a["name"] for a in template["args"]] == [CANARY_HASH_ARG]
         phases = {h: {m["name"]: [] for m in template["metrics"]} for h in (STABLE_HASH, CANARY_HASH)}
         values = {h: {m["name"]: [] for m in template["metrics"]} for h in (STABLE_HASH, CANARY_HASH)}

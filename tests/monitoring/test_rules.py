@@ -10,12 +10,13 @@ import pytest
 import yaml
 
 from components import monitoring
-from components.monitoring import MonitoringArgs
+from components.monitoring import MonitoringArgs, Scope
 from promkit import ROOT, run_promtool
 
 NS, MODEL, WORKLOAD = "servedmodel", "classifier", "classifier-deploy-1a2b3c"
-ARGS = MonitoringArgs(served_name=MODEL, namespace=NS, gpu=True, latency_slo_ms=500,
-                      alert_failure_ratio=0.01, alert_shed_ratio=0.05, alert_queue_p99_ms=250)
+ARGS = MonitoringArgs(mode="prometheus-operator", latency_slo_ms=500, alert_failure_ratio=0.01,
+                      alert_shed_ratio=0.05, alert_queue_p99_ms=250)
+SCOPE = Scope(served_name=MODEL, namespace=NS, gpu=True)
 TARGET = f'namespace="{NS}",model="{MODEL}",job="{NS}/{MODEL}",instance="10.0.0.7:8080"'
 POD = f'namespace="{NS}",pod="{WORKLOAD}-7d9f8-x2x4z"'
 
@@ -101,20 +102,21 @@ def _rendered_annotations(rule: dict, labels: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _write_rules(tmp_path: Path, args: MonitoringArgs, workload: str = WORKLOAD) -> Path:
+def _write_rules(tmp_path: Path, args: MonitoringArgs, scope: Scope = SCOPE, workload: str = WORKLOAD) -> Path:
     path = tmp_path / "rules.yml"
-    path.write_text(monitoring.rule_file(args, workload))
+    path.write_text(monitoring.rule_file(args, scope, workload))
     return path
 
 
 def test_promtool_checks_rules_of_every_variant(promtool, tmp_path):
     """Every variant of the groups (GPU or not, other thresholds) passes `promtool check rules`."""
-    for i, args in enumerate([ARGS, MonitoringArgs(served_name="lenet", namespace="default"),
-                              MonitoringArgs(served_name="m", namespace="n", latency_slo_ms=1500,
-                                             alert_queue_p99_ms=1, runbook_url="https://docs.example/ops.md")]):
+    for i, (args, scope) in enumerate([
+            (ARGS, SCOPE), (MonitoringArgs(), Scope(served_name="lenet", namespace="default")),
+            (MonitoringArgs(latency_slo_ms=1500, alert_queue_p99_ms=1, runbook_url="https://docs.example/ops.md"),
+             Scope(served_name="m", namespace="n", gpu=True))]):
         d = tmp_path / str(i)
         d.mkdir()
-        out = run_promtool(promtool, "check", "rules", str(_write_rules(d, args)), cwd=d)
+        out = run_promtool(promtool, "check", "rules", str(_write_rules(d, args, scope)), cwd=d)
         assert "SUCCESS" in out.stdout
 
 
@@ -127,7 +129,7 @@ def test_promtool_check_rules_rejects_a_broken_expression(promtool, tmp_path):
 
 
 def test_every_alert_has_a_unit_test_and_a_runbook():
-    alerts = [r for g in monitoring.rule_groups(ARGS, WORKLOAD) for r in g["rules"] if "alert" in r]
+    alerts = [r for g in monitoring.rule_groups(ARGS, SCOPE, WORKLOAD) for r in g["rules"] if "alert" in r]
     assert {r["alert"] for r in alerts} == set(CASES) == set(monitoring.ALERTS)
     operations = (ROOT / "docs" / "operations.md").read_text()
     headings = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
@@ -140,14 +142,14 @@ def test_every_alert_has_a_unit_test_and_a_runbook():
 
 
 def test_without_gpu_there_is_no_gpu_alert():
-    args = MonitoringArgs(served_name=MODEL, namespace=NS)
-    names = {r.get("alert") for g in monitoring.rule_groups(args, WORKLOAD) for r in g["rules"]}
+    scope = Scope(served_name=MODEL, namespace=NS, gpu=False)
+    names = {r.get("alert") for g in monitoring.rule_groups(ARGS, scope, WORKLOAD) for r in g["rules"]}
     assert "ServedModelGpuXidErrors" not in names and "ServedModelShedding" in names
 
 
 def test_promtool_unit_tests_every_alert_firing_and_not_firing(promtool, tmp_path):
     rules = _write_rules(tmp_path, ARGS)
-    by_name = {r["alert"]: r for g in monitoring.rule_groups(ARGS, WORKLOAD) for r in g["rules"] if "alert" in r}
+    by_name = {r["alert"]: r for g in monitoring.rule_groups(ARGS, SCOPE, WORKLOAD) for r in g["rules"] if "alert" in r}
     tests = []
     for alert, (firing, labels, quiet) in CASES.items():
         rule = by_name[alert]
