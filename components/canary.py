@@ -18,134 +18,24 @@ from typing import Any, Optional
 
 import pulumi
 
-from components.args import ArgsError, _Checker
-from components.monitoring import (FAILURES, HASH_LABEL, REQUEST_DURATION, REQUESTS, SERVER_FAILURE_REASONS,
+from components.args import (DEFAULT_STEPS, ROLLOUT_STRATEGIES, ROLLOUT_SURGE, ArgsError, RolloutArgs, duration_seconds,
+                             parse_step)
+from components.monitoring import (FAILURES, HASH_LABEL, HASH_POD_LABEL, REQUEST_DURATION, REQUESTS, SERVER_FAILURE_REASONS,
                                    SHED_REASONS, promql_selector)
 
-__all__ = ["ArgsError", "RolloutArgs", "analysis_queries", "analysis_template_spec", "canary_strategy",
+__all__ = ["CANARY_HASH_ARG", "DEFAULT_STEPS", "ROLLOUT_STRATEGIES", "ArgsError", "RolloutArgs", "RolloutSpec",
+           "analysis_queries", "analysis_template_spec", "canary_strategy", "duration_seconds", "parse_step",
            "rollout_annotations", "rollout_spec"]
 
-ROLLOUT_STRATEGIES = ("rolling", "canary")
 ROLLOUT_API_VERSION = "argoproj.io/v1alpha1"
 # The AnalysisTemplate argument Argo Rollouts fills with the canary ReplicaSet's pod-template
 # hash (valueFrom.podTemplateHashValue: Latest); the queries select on it, so they see the
 # canary's pods and never the stable ones.
 CANARY_HASH_ARG = "canary-hash"
-DEFAULT_STEPS = ("setWeight:20", "pause:2m", "setWeight:50", "pause:2m")
 # The analysis metrics, by name (the AnalysisRun reports each under this name).
 METRIC_FAILURE_RATIO = "failure-ratio"
 METRIC_LATENCY_P99 = "latency-p99"
 METRIC_SHED_RATIO = "shed-ratio"
-
-# Argo's durations as this package accepts them: a whole number of s, m or h ("90s", "2m").
-_DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h)$")
-_ADDRESS = re.compile(r"^https?://[^\s/]+(/\S*)?$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600}
-
-
-def duration_seconds(value: str) -> int:
-    """'90s' -> 90, '2m' -> 120, '1h' -> 3600 (the grammar _DURATION accepts)."""
-    m = _DURATION.match(value)
-    if not m:
-        raise ValueError(f"not a duration: {value!r}")
-    return int(m.group(1)) * _SECONDS[m.group(2)]
-
-
-def parse_step(step: str) -> dict[str, Any]:
-    """One canary step in the config grammar -> the Rollout's step object.
-
-    `setWeight:N` (N in 1..100: percent of the replicas that run the new version), `pause:D`
-    (D a duration such as 90s, 2m, 1h) or `pause` (wait for `kubectl argo rollouts promote`).
-    """
-    kind, sep, value = step.partition(":")
-    if kind == "setWeight" and sep and value.isdigit() and 1 <= int(value) <= 100:
-        return {"setWeight": int(value)}
-    if kind == "pause" and not sep:
-        return {"pause": {}}
-    if kind == "pause" and sep and _DURATION.match(value):
-        return {"pause": {"duration": value}}
-    raise ValueError(step)
-
-
-@dataclass(frozen=True)
-class RolloutArgs:
-    """How a new model version reaches traffic. Validates itself (ArgsError).
-
-    `rolling` (the default) is the Deployment's rolling update; `canary` an Argo Rollouts
-    Rollout whose steps shift replicas to the new version while a background analysis judges
-    the canary's pods on the server's metrics, and aborts (rolls back) when they are worse than
-    the thresholds. The analysis fields are ignored by `rolling`.
-    """
-
-    strategy: str = "rolling"
-    """rolling | canary. Default "rolling"."""
-    steps: tuple[str, ...] = DEFAULT_STEPS
-    """Canary steps: setWeight:N, pause:D, pause (indefinite). Default 20% 2m, 50% 2m."""
-    prometheus_address: str = ""
-    """Prometheus HTTP address the Argo Rollouts controller queries (canary: required), e.g.
-    http://prometheus-operated.monitoring.svc:9090. Default ""."""
-    analysis_interval: str = "1m"
-    """Time between measurements, and the window each measurement judges. Default "1m"."""
-    analysis_count: int = 5
-    """Measurements per metric. Default 5."""
-    analysis_failure_limit: int = 1
-    """Failed measurements a metric tolerates; one more aborts the rollout. Default 1."""
-    max_failure_ratio: float = 0.01
-    """Highest share of the canary's requests failing in the server (model_error, internal).
-    Default 0.01."""
-    max_p99_latency_ms: int = 500
-    """Highest p99 request latency of the canary in ms. Default 500."""
-    max_shed_ratio: float = 0.01
-    """Highest share of the canary's requests shed (queue full, queue time over budget).
-    Default 0.01."""
-    query_timeout_seconds: int = 10
-    """Prometheus query timeout. Default 10."""
-
-    def __post_init__(self) -> None:
-        c = _Checker("rollout", self)
-        c.choice("strategy", ROLLOUT_STRATEGIES)
-        steps = tuple(self.steps or ())
-        bad = []
-        for step in steps:
-            try:
-                parse_step(step)
-            except (ValueError, AttributeError):
-                bad.append(step)
-        if not steps or bad:
-            c.bad("steps", "a non-empty list of setWeight:N (N in 1..100), pause:D (D like 90s, 2m, 1h) or pause",
-                  value=list(steps))
-        elif not any(s.startswith("setWeight:") for s in steps):
-            c.bad("steps", "needs a setWeight:N step: without one the canary never gets traffic to judge",
-                  value=list(steps))
-        if self.strategy == "canary" and not _ADDRESS.match(self.prometheus_address or ""):
-            c.bad("prometheus_address", "the canary analysis needs Prometheus' http(s):// address, e.g. "
-                                        "http://prometheus-operated.monitoring.svc:9090")
-        elif self.prometheus_address and not _ADDRESS.match(self.prometheus_address):
-            c.bad("prometheus_address", "must be an http(s):// URL")
-        if not isinstance(self.analysis_interval, str) or not _DURATION.match(self.analysis_interval):
-            c.bad("analysis_interval", "a duration such as 30s, 1m or 1h")
-        counts = [c.integer("analysis_count", 1, 100), c.integer("analysis_failure_limit", 0)]
-        if all(counts) and self.analysis_failure_limit >= self.analysis_count:
-            c.bad("analysis_failure_limit", f"must be below @{{rollout.analysis_count}} ({self.analysis_count}): "
-                                            "a higher limit can never abort")
-        for name in ("max_failure_ratio", "max_shed_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-                c.bad(name, "a share between 0 and 1, such as 0.01")
-        c.integer("max_p99_latency_ms", 1)
-        c.integer("query_timeout_seconds", 1, 300)
-        c.raise_if_any("RolloutArgs")
-
-    @property
-    def canary(self) -> bool:
-        return self.strategy == "canary"
-
-    @property
-    def analysis_starting_step(self) -> int:
-        """The analysis starts with the step after the first setWeight: the canary has pods (and
-        traffic) by then, so the first measurement is not of an empty ReplicaSet."""
-        first = next(i for i, s in enumerate(self.steps) if s.startswith("setWeight:"))
-        return min(first + 1, len(self.steps) - 1)
 
 
 def _ratio_query(reasons: tuple[str, ...], selector: str, window: str) -> str:
@@ -211,7 +101,7 @@ def canary_strategy(args: RolloutArgs, template_name: pulumi.Input[str]) -> dict
     """The Rollout's `strategy` (canary): steps, surge like the rolling path (one extra pod, never
     below capacity), and the background analysis with the canary's pod-template hash."""
     return {"canary": {
-        "maxSurge": 1,
+        "maxSurge": ROLLOUT_SURGE,
         "maxUnavailable": 0,
         "steps": [parse_step(s) for s in args.steps],
         "analysis": {

@@ -62,6 +62,12 @@ node pool.
   replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
   {types}. AMI types: {amis}.
 - Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
+- `rollout` canary and `monitoring` other than none need the kubernetes target; canary needs
+  `prometheusAddress` (an http(s):// URL) and at least one `setWeight:N` step;
+  `analysisFailureLimit` < `analysisCount`; the ratios (`analysisMaxFailureRatio`,
+  `analysisMaxShedRatio`, `alertFailureRatio`, `alertShedRatio`) are decimal numbers in strings
+  (Pulumi.yaml has no number type), e.g. `"0.01"`. See docs/deploy.md ("Canary rollouts") and
+  docs/operations.md.
 """
 
 

@@ -23,10 +23,9 @@ from typing import Any
 
 import yaml
 
-from components.args import _Checker
+from components.args import MONITORING_MODES, MonitoringArgs
 from components.specs import INFLIGHT_METRIC
 
-MONITORING_MODES = ("prometheus-operator", "annotations", "none")
 
 # The server's metrics (docs/protocol.md); every series has the label `model`.
 REQUESTS = "servedmodel_requests_total"
@@ -71,62 +70,11 @@ ALERTS = {
     "ServedModelGpuXidErrors": "servedmodelgpuxiderrors",
 }
 
-_DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h)$")
-_LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 
 
 def promql_selector(base: str, *more: str) -> str:
     """`{base,more...}`: label matchers joined into one PromQL selector."""
     return "{" + ",".join(m for m in (base, *more) if m) + "}"
-
-
-@dataclass(frozen=True)
-class MonitoringArgs:
-    """What monitoring a served model gets, and its alert thresholds. Validates itself (ArgsError)."""
-
-    mode: str = "none"
-    """prometheus-operator | annotations | none. Default "none"."""
-    labels: tuple[str, ...] = ()
-    """key=value labels on the PodMonitor and PrometheusRule, for the Prometheus's
-    podMonitorSelector/ruleSelector (e.g. release=kube-prometheus-stack). Default ()."""
-    scrape_interval: str = "15s"
-    """PodMonitor scrape interval. Default "15s"."""
-    latency_slo_ms: int = 500
-    """p99 latency SLO in ms (ServedModelLatencyP99OverSLO). Default 500."""
-    alert_failure_ratio: float = 0.01
-    """Server-side failure share that pages (ServedModelHighFailureRatio). Default 0.01."""
-    alert_shed_ratio: float = 0.05
-    """Shed share that warns (ServedModelShedding). Default 0.05."""
-    alert_queue_p99_ms: int = 250
-    """p99 queue wait in ms that warns of saturation (ServedModelQueueSaturated). Default 250."""
-    runbook_url: str = "docs/operations.md"
-    """Where docs/operations.md is read (e.g. its URL in your repository); each alert's
-    runbook_url is this plus the alert's section anchor. Default "docs/operations.md"."""
-
-    def __post_init__(self) -> None:
-        c = _Checker("monitoring", self)
-        c.choice("mode", MONITORING_MODES)
-        for item in self.labels:
-            key, sep, value = str(item).partition("=")
-            if not sep or not _LABEL_NAME.match(key) or not _LABEL_VALUE.match(value):
-                c.bad("labels", "each entry key=value, a Kubernetes label (e.g. release=kube-prometheus-stack)",
-                      value=item)
-        if not isinstance(self.scrape_interval, str) or not _DURATION.match(self.scrape_interval):
-            c.bad("scrape_interval", "a duration such as 15s or 1m")
-        for name in ("alert_failure_ratio", "alert_shed_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-                c.bad(name, "a share strictly between 0 and 1, such as 0.05")
-        c.integer("latency_slo_ms", 1)
-        c.integer("alert_queue_p99_ms", 1)
-        if not isinstance(self.runbook_url, str) or not self.runbook_url or any(ch.isspace() for ch in self.runbook_url):
-            c.bad("runbook_url", "a URL or path without spaces (where docs/operations.md is read)")
-        c.raise_if_any("MonitoringArgs")
-
-    @property
-    def label_map(self) -> dict[str, str]:
-        return dict(item.split("=", 1) for item in self.labels)
 
 
 @dataclass(frozen=True)

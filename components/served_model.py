@@ -11,7 +11,9 @@ from components.args import ServedModelArgs
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
+from components.model_monitoring import ModelMonitoring, ModelMonitoringArgs
 from components.model_service import ModelService, ModelServiceArgs
+from components.monitoring import Scope
 
 
 def _portable(path: Path) -> str:
@@ -31,7 +33,8 @@ def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
 
 class ServedModel(pulumi.ComponentResource):
     """Runs models.build (cached on its inputs, so an unchanged model does no export), then
-    ModelImage, GpuNodePool (kubernetes + gpu) and ModelService, or LocalService (docker).
+    ModelImage, GpuNodePool (kubernetes + gpu), ModelService and ModelMonitoring (kubernetes,
+    monitoring not none), or LocalService (docker).
 
     Outputs: `url`, `image` (ref@digest), `model_version`, `signature`.
     """
@@ -79,8 +82,13 @@ class ServedModel(pulumi.ComponentResource):
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
                 resources=res, autoscaling=args.autoscaling, network=args.network, server=args.server,
-                pool_label=pool_label,
+                rollout=args.rollout, pool_label=pool_label,
             ), opts=child)
+            if args.monitoring.mode != "none":
+                ModelMonitoring(f"{name}", ModelMonitoringArgs(
+                    monitoring=args.monitoring, workload_name=service.deployment_name,
+                    scope=Scope(served_name=entry.served_name, namespace=args.network.namespace, gpu=res.gpu > 0),
+                ), opts=child)
         else:
             service = LocalService(f"{name}", LocalServiceArgs(
                 image=image.ref, port=args.network.local_port, drain_seconds=args.server.drain_seconds,
