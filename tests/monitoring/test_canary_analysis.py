@@ -233,6 +233,13 @@ def test_analysis_passes_stable_and_fails_a_shedding_canary(prometheus_bin, tmp_
             if i < MEASUREMENTS - 1:
                 time.sleep(MEASURE_EVERY)
         alerts = prom.api("alerts")["alerts"]
+        # The dashboard's queries, evaluated by the real engine on these metrics (a bad join or
+        # a type error is an error here). Per version once the server exports
+        # servedmodel_model_info (issue 10): then every panel has the canary's version.
+        has_info = bool(prom.query(f"{monitoring.MODEL_INFO}")["result"])
+        dashboard = {}
+        for title, targets in monitoring.dashboard_queries(Scope(served_name=CANARY_MODEL, namespace=NS)).items():
+            dashboard[title] = [prom.query(expr)["result"] for _, expr in targets]
     finally:
         stop.set()
         if prom is not None:
@@ -253,6 +260,10 @@ def test_analysis_passes_stable_and_fails_a_shedding_canary(prometheus_bin, tmp_
     assert phases[CANARY_HASH][canary.METRIC_SHED_RATIO] == ["Failed"] * MEASUREMENTS, report
     assert phases[CANARY_HASH][canary.METRIC_FAILURE_RATIO] == ["Successful"] * MEASUREMENTS, report
     assert analysis_phase(phases[CANARY_HASH], template) == "Failed", report
+
+    if has_info:
+        throughput = next(v for k, v in dashboard.items() if k.startswith("Throughput"))[0]
+        assert throughput and all(series["metric"].get("version") for series in throughput), dashboard
 
     # The alerts: loaded into this Prometheus (for: 5m, so they are pending after seconds).
     by_model: dict[str, set[str]] = {}
