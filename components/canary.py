@@ -12,7 +12,6 @@ queries' metric names and failure reasons come from components/monitoring.py (de
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -23,7 +22,7 @@ from components.args import (DEFAULT_STEPS, ROLLOUT_STRATEGIES, ROLLOUT_SURGE, A
 from components.monitoring import (FAILURES, HASH_LABEL, HASH_POD_LABEL, REQUEST_DURATION, REQUESTS, SERVER_FAILURE_REASONS,
                                    SHED_REASONS, promql_selector)
 
-__all__ = ["CANARY_HASH_ARG", "DEFAULT_STEPS", "ROLLOUT_STRATEGIES", "ArgsError", "RolloutArgs", "RolloutSpec",
+__all__ = ["CANARY_HASH_ARG", "DEFAULT_STEPS", "HASH_POD_LABEL", "ROLLOUT_STRATEGIES", "ArgsError", "RolloutArgs", "RolloutSpec",
            "analysis_queries", "analysis_template_spec", "canary_strategy", "duration_seconds", "parse_step",
            "rollout_annotations", "rollout_spec"]
 

@@ -17,13 +17,12 @@ runbook section in docs/operations.md. Plain functions over frozen, self-validat
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from components.args import MONITORING_MODES, MonitoringArgs
+from components.args import MonitoringArgs
 from components.specs import INFLIGHT_METRIC
 
 
