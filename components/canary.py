@@ -17,10 +17,11 @@ from typing import Any, Optional
 
 import pulumi
 
-from components.args import (DEFAULT_STEPS, ROLLOUT_STRATEGIES, ROLLOUT_SURGE, ArgsError, RolloutArgs, duration_seconds,
+from components.args import (DEFAULT_STEPS, ROLLOUT_STRATEGIES, ArgsError, RolloutArgs, duration_seconds,
                              parse_step)
-from components.monitoring import (FAILURES, HASH_LABEL, HASH_POD_LABEL, REQUEST_DURATION, REQUESTS, SERVER_FAILURE_REASONS,
-                                   SHED_REASONS, promql_selector)
+from components.monitoring import (FAILURES, HASH_LABEL, HASH_POD_LABEL, REQUEST_DURATION, REQUESTS,
+                                   SERVER_FAILURE_REASONS, SHED_REASONS, promql_selector)
+from components.specs import ROLLOUT_SURGE
 
 __all__ = ["CANARY_HASH_ARG", "DEFAULT_STEPS", "HASH_POD_LABEL", "ROLLOUT_STRATEGIES", "ArgsError", "RolloutArgs", "RolloutSpec",
            "analysis_queries", "analysis_template_spec", "canary_strategy", "duration_seconds", "parse_step",
@@ -150,20 +151,23 @@ WAIT_FOR_HEALTHY = "jsonpath={.status.phase}=Healthy"
 TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
 
 
-def rollout_timeout_seconds(canary: RolloutArgs, progress_deadline_seconds: int = 600) -> int:
-    """How long `pulumi up` waits for the Rollout: every timed pause, the whole analysis
-    (initial delay + count intervals), and the progress deadline for the pods to come up."""
+def rollout_timeout_seconds(canary: RolloutArgs, progress_deadline_seconds: int = 600,
+                            pods_seconds: int = 0) -> int:
+    """How long `pulumi up` waits for the Rollout: the longer of the timed pauses and the whole
+    analysis (initial delay + count intervals), plus the longer of the progress deadline and
+    `pods_seconds` (bringing every pod of the new version up: components/timeouts.py)."""
     pauses = sum(duration_seconds(s.split(":", 1)[1]) for s in canary.steps
                  if s.startswith("pause:"))
     interval = duration_seconds(canary.analysis_interval)
     analysis = interval * (canary.analysis_count + 1)
-    return max(pauses, analysis) + progress_deadline_seconds
+    return max(pauses, analysis) + max(progress_deadline_seconds, pods_seconds)
 
 
-def rollout_annotations(canary: RolloutArgs, progress_deadline_seconds: int = 600) -> dict[str, str]:
+def rollout_annotations(canary: RolloutArgs, progress_deadline_seconds: int = 600,
+                        pods_seconds: int = 0) -> dict[str, str]:
     """The await annotations; without a timed end (an indefinite `pause`) there is nothing to
     wait for in one `pulumi up`: no waitFor, the Rollout's status is read with the plugin."""
     if any(s == "pause" for s in canary.steps):
         return {}
     return {WAIT_FOR_ANNOTATION: WAIT_FOR_HEALTHY,
-            TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(canary, progress_deadline_seconds))}
+            TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(canary, progress_deadline_seconds, pods_seconds))}

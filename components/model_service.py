@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 
 from components import canary, specs
 from components.args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from components.timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
 
 @dataclass
@@ -31,6 +32,10 @@ class ModelServiceArgs:
     """rolling: a Deployment; canary: an Argo Rollouts Rollout gated by an AnalysisTemplate."""
     pool_label: Optional[pulumi.Input[str]] = None
     """GPU pool label value to select (from GpuNodePool). Default None."""
+    startup_seconds: Optional[float] = None
+    """The model's measured start-up (manifest `startup`); sizes the timeouts. None: unknown. Default None."""
+    node_max: int = 0
+    """Maximum nodes of the GPU pool the pods need (sizes the rollout's wait). Default 0."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More labels on every object. Default {}."""
 
@@ -55,6 +60,7 @@ class ModelService(pulumi.ComponentResource):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         res, scale, net, srv = args.resources, args.autoscaling, args.network, args.server
+        waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max)
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
@@ -85,12 +91,13 @@ class ModelService(pulumi.ComponentResource):
         container: dict[str, Any] = {
             "name": "server",
             "image": args.image,
-            "ports": [{"name": "http", "containerPort": specs.SERVER_PORT, "protocol": "TCP"}],
-            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name),
+            "ports": specs.container_ports(net.grpc_port),
+            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name, model_name=args.served_name,
+                                    grpc_port=net.grpc_port, settings=srv.batching_env()),
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}],
-            **specs.probes(),
+            **specs.probes(net.grpc_port, waits.startup_failure_threshold),
         }
         if lifecycle:
             container["lifecycle"] = lifecycle
@@ -118,7 +125,7 @@ class ModelService(pulumi.ComponentResource):
             "spec": pod_spec,
         }
         if args.rollout.canary:
-            workload = self._canary(name, args, meta, selector, template, autoscaled, child)
+            workload = self._canary(name, args, meta, selector, template, autoscaled, waits, child)
             workload_name = _name_of(workload)
             scale_target = {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout"}
         else:
@@ -126,7 +133,7 @@ class ModelService(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector},
                 "strategy": specs.rolling_update(),
                 "revisionHistoryLimit": 5,
-                "progressDeadlineSeconds": 600,
+                "progressDeadlineSeconds": waits.progress_deadline_seconds,
                 "template": template,
             }
             if not autoscaled:
@@ -134,17 +141,24 @@ class ModelService(pulumi.ComponentResource):
                 deploy_spec["replicas"] = scale.replicas
             workload = k8s.apps.v1.Deployment(
                 f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
-                spec=deploy_spec, opts=child)
+                spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                    create=waits.deployment, update=waits.deployment)))
             workload_name = workload.metadata.name
             scale_target = {"apiVersion": "apps/v1", "kind": "Deployment"}
 
-        service_annotations = {specs.LOAD_BALANCER_OPT_IN: "true"} if (
-            net.service_type == "LoadBalancer" and net.allow_load_balancer) else {}
+        public = net.service_type == "LoadBalancer"
+        service_annotations: dict[str, str] = {}
+        if public:
+            service_annotations = specs.public_load_balancer_annotations(net.tls_certificate_arn, net.grpc_port)
+            if net.allow_load_balancer:
+                service_annotations[specs.LOAD_BALANCER_OPT_IN] = "true"
         service = k8s.core.v1.Service(
             f"{name}-svc", metadata=meta(annotations=service_annotations) if service_annotations else meta(),
             spec={"type": net.service_type, "selector": selector,
-                  "ports": [{"name": "http", "port": specs.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]},
-            opts=child)
+                  "ports": specs.service_ports(net.grpc_port, tls=public)},
+            # A LoadBalancer's await covers its NLB and a ready pod behind it.
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                create=waits.service, update=waits.service)) if public else child)
 
         if autoscaled:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
@@ -164,7 +178,7 @@ class ModelService(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=meta(),
             spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
-                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs)},
+                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs, net.grpc_port)},
             opts=child)
 
         if net.service_type == "LoadBalancer":
@@ -177,10 +191,10 @@ class ModelService(pulumi.ComponentResource):
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
                                "service_name": self.service_name})
 
-
     @staticmethod
     def _canary(name: str, args: ModelServiceArgs, meta: Any, selector: dict[str, str], template: dict[str, Any],
-                autoscaled: bool, child: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+                autoscaled: bool, waits: ReadinessTimeouts,
+                child: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
         """The AnalysisTemplate and the Rollout (full pod template, not a workloadRef: one owner
         of the pods; docs/deploy.md). The Rollout carries the await annotations, so `pulumi up`
         waits for the canary's outcome."""
@@ -189,12 +203,20 @@ class ModelService(pulumi.ComponentResource):
             f"{name}-analysis", api_version=canary.ROLLOUT_API_VERSION, kind="AnalysisTemplate",
             metadata=meta(), spec=canary.analysis_template_spec(rollout, namespace), opts=child)
         base = canary.RolloutSpec(selector=selector, template=template,
-                                  replicas=None if autoscaled else args.autoscaling.replicas)
+                                  replicas=None if autoscaled else args.autoscaling.replicas,
+                                  progress_deadline_seconds=waits.progress_deadline_seconds)
+        pods_seconds = minutes_to_seconds(waits.deployment)
+        annotations = canary.rollout_annotations(rollout, base.progress_deadline_seconds, pods_seconds=pods_seconds)
+        opts = child
+        if canary.TIMEOUT_ANNOTATION in annotations:
+            # The same bound as the provider's await (the annotation), for the engine too.
+            wait = f"{-(-int(annotations[canary.TIMEOUT_ANNOTATION]) // 60)}m"
+            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)))
         return k8s.apiextensions.CustomResource(
             f"{name}-rollout", api_version=canary.ROLLOUT_API_VERSION, kind="Rollout",
-            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}
-                          | canary.rollout_annotations(rollout, base.progress_deadline_seconds)),
-            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=child)
+            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | annotations),
+            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=opts)
 
 
 def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:
@@ -206,4 +228,4 @@ def _load_balancer_url(status: Any) -> str:
     ingress = (status and status.load_balancer and status.load_balancer.ingress) or []
     if not ingress:
         return ""
-    return f"http://{ingress[0].hostname or ingress[0].ip}"
+    return f"https://{ingress[0].hostname or ingress[0].ip}"  # TLS terminates at the NLB

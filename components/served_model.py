@@ -7,7 +7,9 @@ from typing import Any, Optional, Sequence
 
 import pulumi
 
+from components import specs
 from components.args import ServedModelArgs
+from components.timeouts import ReadinessTimeouts, measured_startup_seconds, readiness_timeouts
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
@@ -31,15 +33,29 @@ def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"inputs": manifest["inputs"], "outputs": manifest["outputs"]}
 
 
+def _node_group_timeouts(t: ReadinessTimeouts) -> pulumi.CustomTimeouts:
+    return pulumi.CustomTimeouts(create=t.node_group_create, update=t.node_group_update)
+
+
+def infer_url(url: str, served_name: str) -> str:
+    """The V2 infer route of the model: the server answers under its served name
+    (SERVEDMODEL_MODEL_NAME), so the route survives a change of the model behind it."""
+    return f"{url.rstrip('/')}/v2/models/{served_name}/infer"
+
+
 class ServedModel(pulumi.ComponentResource):
     """Runs models.build (cached on its inputs, so an unchanged model does no export), then
     ModelImage, GpuNodePool (kubernetes + gpu), ModelService and ModelMonitoring (kubernetes,
     monitoring not none), or LocalService (docker).
 
-    Outputs: `url`, `image` (ref@digest), `model_version`, `signature`.
+    Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
+    swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
+    `model_version`, `signature`.
     """
 
     url: pulumi.Output[str]
+    infer_url: pulumi.Output[str]
+    model_name: pulumi.Output[str]
     image: pulumi.Output[str]
     model_version: pulumi.Output[str]
     signature: pulumi.Output[dict]
@@ -58,6 +74,7 @@ class ServedModel(pulumi.ComponentResource):
                         f"{' (cached build)' if build.cache_hit else ''}", resource=self)
         child = pulumi.ResourceOptions(parent=self)
         reg = args.registry
+        startup = measured_startup_seconds(build.manifest)
 
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
@@ -77,12 +94,15 @@ class ServedModel(pulumi.ComponentResource):
                     pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
                     ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
                     max_size=pool.max_size, protect=args.protect,
+                    timeouts=_node_group_timeouts(readiness_timeouts(startup, res.device, args.autoscaling.max_replicas,
+                                                                     pool.max_size)),
                 ), opts=child)
                 pool_label = node_pool.pool_label
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
                 resources=res, autoscaling=args.autoscaling, network=args.network, server=args.server,
-                rollout=args.rollout, pool_label=pool_label,
+                rollout=args.rollout, pool_label=pool_label, startup_seconds=startup,
+                node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
             ), opts=child)
             if args.monitoring.mode != "none":
                 ModelMonitoring(f"{name}", ModelMonitoringArgs(
@@ -90,14 +110,19 @@ class ServedModel(pulumi.ComponentResource):
                     scope=Scope(served_name=entry.served_name, namespace=args.network.namespace, gpu=res.gpu > 0),
                 ), opts=child)
         else:
+            env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,
+                                   grpc_port=args.network.grpc_port, settings=args.server.batching_env())
             service = LocalService(f"{name}", LocalServiceArgs(
                 image=image.ref, port=args.network.local_port, drain_seconds=args.server.drain_seconds,
-                auth_token=args.network.auth_token,
+                auth_token=args.network.auth_token, extra_env=specs.docker_env(env), grpc_port=args.network.grpc_port,
             ), opts=child)
 
         self.url = service.url
         self.image = image.ref
+        self.model_name = pulumi.Output.from_input(entry.served_name)
+        self.infer_url = service.url.apply(lambda url: infer_url(url, entry.served_name))
         self.model_version = pulumi.Output.from_input(build.version)
         self.signature = pulumi.Output.from_input(signature_of(build.manifest))
-        self.register_outputs({"url": self.url, "image": self.image, "model_version": self.model_version,
+        self.register_outputs({"url": self.url, "infer_url": self.infer_url, "model_name": self.model_name,
+                               "image": self.image, "model_version": self.model_version,
                                "signature": self.signature})
