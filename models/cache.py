@@ -17,8 +17,11 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, Iterator
 
 from models.loader import ModelRef
 from models.package import MODELS_DIR, REPO, SERVING_DIR
@@ -150,3 +153,47 @@ def store_export(root: Path, key: str, onnx_path: Path, meta: dict) -> None:
         os.replace(tmp, d)
     except OSError:
         pass
+
+
+# The cache root of the build in progress, so that a factory can cache what it computes (the
+# digits-cnn training) where the build keeps its exports. Unset outside a build and with
+# use_cache=False: the factory then computes afresh.
+_BUILD_ROOT: ContextVar[Path | None] = ContextVar("servedmodel_build_root", default=None)
+
+
+@contextmanager
+def building_with(root: Path | None) -> Iterator[None]:
+    """Inside the block, `cached_file` stores under `root` (None: it never stores)."""
+    token = _BUILD_ROOT.set(root)
+    try:
+        yield
+    finally:
+        _BUILD_ROOT.reset(token)
+
+
+def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """Bytes computed once per key (`make()`), kept under <cache>/<kind>/ for later builds.
+
+    Returns (data, reused). Outside a cached build `make()` runs every time. A damaged entry is
+    made again; entries are published atomically (a folder renamed into place)."""
+    root = _BUILD_ROOT.get()
+    if root is None:
+        return make(), False
+    d = root / kind / key[:32]
+    try:
+        if (d / "key").read_text() == key:
+            return (d / "artifact").read_bytes(), True
+    except OSError:
+        pass
+    data = make()
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
+        (tmp / "artifact").write_bytes(data)
+        (tmp / "key").write_text(key)
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+    except OSError:  # a cache that cannot be written only costs the next build the work
+        shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
+    return data, False

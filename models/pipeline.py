@@ -141,7 +141,8 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         with step("load", "importing the factory and building the ModelSpec"):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            spec = load_spec(mref)
+            with cache_mod.building_with(root if use_cache else None):
+                spec = load_spec(mref)
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
             export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)

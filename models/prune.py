@@ -14,7 +14,6 @@ judges it by the task metric (models/evaluate.py).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any, Callable
 from models.errors import BuildError
 
 IMPORTANCES = ("l1", "l2")
-LOSSES = ("cross_entropy", "mse")
+from models.train import LOSSES
 
 
 @dataclass(frozen=True)
@@ -110,61 +109,6 @@ class FineTune:
             raise SpecError("invalid FineTune: " + "; ".join(problems))
 
 
-@contextlib.contextmanager
-def deterministic(seed: int):
-    """Seeded, deterministic kernels, one thread: the same weights in every run (the weights
-    become the model's bytes, hence its version). The caller's settings are restored."""
-    import torch
-
-    threads = torch.get_num_threads()
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.set_num_threads(1)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(was_deterministic)
-            torch.set_num_threads(threads)
-
-
-def train(module, inputs: tuple, targets, *, loss: str | Callable, epochs: int, lr: float, batch_size: int,
-          seed: int) -> list[float]:
-    """Adam on shuffled mini-batches, deterministically. Returns the mean loss of each epoch."""
-    import torch
-
-    from models.export import flatten_outputs
-
-    def loss_of(out, y):
-        if callable(loss):
-            return loss(out, y)
-        first = flatten_outputs(out)[0]
-        if loss == "cross_entropy":
-            return torch.nn.functional.cross_entropy(first, y)
-        return torch.nn.functional.mse_loss(first, y)
-
-    history = []
-    with deterministic(seed):
-        opt = torch.optim.Adam(module.parameters(), lr=lr)
-        g = torch.Generator().manual_seed(seed)
-        n = len(inputs[0])
-        module.train()
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=g)
-            total = 0.0
-            for i in range(0, n, batch_size):
-                idx = order[i:i + batch_size]
-                opt.zero_grad()
-                value = loss_of(module(*(t[idx] for t in inputs)), targets[idx])
-                value.backward()
-                opt.step()
-                total += float(value) * len(idx)
-            history.append(total / n)
-        module.eval()
-    return history
-
-
 def output_layers(module, example_inputs: tuple) -> list[str]:
     """Names of the layers whose out channels are the model's output dims: the last Linear or
     Conv that runs, and any whose output tensor is returned as it is."""
@@ -239,6 +183,8 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
     }
     ft = spec.finetune
     if ft is not None:
+        from models.train import train
+
         history = train(module, ft.inputs, ft.targets, loss=ft.loss, epochs=ft.epochs, lr=ft.lr,
                         batch_size=ft.batch_size, seed=ft.seed)
         details["finetune"] = {"rows": len(ft.inputs[0]), "epochs": ft.epochs, "lr": ft.lr,

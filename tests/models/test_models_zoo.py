@@ -71,7 +71,7 @@ def test_zoo_model_builds(build_once, model, compression):
     else:
         assert r.sizes["final_bytes"] < 0.35 * r.sizes["fp32_bytes"]
         details = m["compression"]["details"]
-        expected = "static" if model in ("lenet", "resnet-tiny") else "dynamic"
+        expected = "static" if model in ("lenet", "resnet-tiny", "digits-cnn") else "dynamic"
         assert details["method"] == expected and details["quantized_ops"]
         # minilm keeps its most sensitive layer (the first feed-forward) in fp32
         assert details["kept_fp32_nodes"] == (2 if model == "minilm" else 0)
@@ -83,7 +83,7 @@ def test_zoo_model_builds(build_once, model, compression):
 
 
 def test_classifiers_have_labels(build_once):
-    for model in ("mnist-mlp", "lenet", "resnet-tiny"):
+    for model in ("mnist-mlp", "lenet", "resnet-tiny", "digits-cnn"):
         m = build_once(model, "none").manifest
         assert m["task"] == "classification" and len(m["labels"]) == m["outputs"][0]["shape"][-1]
 
