@@ -23,8 +23,9 @@ from models.errors import EXIT_QUALITY, BuildError
 #                         and the similarity scores given for them: targets = [(i, j, score), ...]
 #                         with i, j row indices into the concatenated evaluation inputs
 #   neighbour-agreement   share of rows whose nearest neighbour (cosine, itself excluded) among the
-#                         evaluation rows is the same as with the fp32 export (retrieval
-#                         agreement; the reference is 1.0 by definition; no targets)
+#                         evaluation rows with the fp32 export is among their `top_k` nearest
+#                         with the variant (retrieval agreement; the reference is 1.0 by
+#                         definition; no targets). top_k > 1 forgives near-ties swapping places
 METRICS = ("accuracy", "spearman", "neighbour-agreement")
 
 # Allowed drop of the metric from the fp32 export, per compression (absolute, in the metric's
@@ -52,6 +53,8 @@ class Evaluation:
       output     which output the metric reads (default: the first)
       max_drop   {compression: allowed drop} overriding DEFAULT_MAX_DROP per key
       higher_is_better  False for an error metric (then drop = value - reference)
+      top_k      neighbour-agreement only: how many of the variant's nearest rows may hold the
+                 fp32 nearest neighbour (default 1: the very same neighbour)
     """
 
     metric: str | UserMetric
@@ -62,6 +65,7 @@ class Evaluation:
     output: str | None = None
     max_drop: Mapping[str, float] = field(default_factory=dict)
     higher_is_better: bool = True
+    top_k: int = 1
 
     def __post_init__(self) -> None:
         from models.spec import COMPRESSIONS, SpecError
@@ -91,6 +95,10 @@ class Evaluation:
                 problems.append("metric 'spearman' needs targets [(i, j, score), ...] with at least 3 pairs")
         if self.metric == "neighbour-agreement" and self.targets is not None:
             problems.append("metric 'neighbour-agreement' compares with the fp32 export; give no targets")
+        if not (isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 1):
+            problems.append(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        elif self.top_k > 1 and self.metric != "neighbour-agreement":
+            problems.append("top_k applies to metric 'neighbour-agreement' only")
         if not isinstance(self.max_drop, Mapping):
             problems.append("max_drop must be a mapping {compression: allowed drop}")
         else:
@@ -104,7 +112,9 @@ class Evaluation:
 
     @property
     def metric_name(self) -> str:
-        return self.name or str(self.metric)
+        if self.name:
+            return self.name
+        return f"{self.metric}@{self.top_k}" if self.top_k > 1 else str(self.metric)
 
     def allowance(self, compression: str, override: float | None = None) -> float:
         """The allowed drop for `compression`; `override` (--max-metric-drop) wins."""
@@ -156,14 +166,14 @@ def _unit_rows(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
 
 
-def nearest_neighbours(x):
-    """Index of each row's nearest other row by cosine similarity."""
+def nearest_neighbours(x, k: int = 1):
+    """Indices of each row's k nearest other rows by cosine similarity, nearest first."""
     import numpy as np
 
     u = _unit_rows(x)
     sim = u @ u.T
     np.fill_diagonal(sim, -np.inf)
-    return sim.argmax(axis=1)
+    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
 def measure(ev: Evaluation, outputs, fp32_outputs) -> float:
@@ -182,7 +192,8 @@ def measure(ev: Evaluation, outputs, fp32_outputs) -> float:
         i, j = pairs[:, 0].astype(int), pairs[:, 1].astype(int)
         return spearman((u[i] * u[j]).sum(axis=1), pairs[:, 2])
     if ev.metric == "neighbour-agreement":
-        return float((nearest_neighbours(outputs) == nearest_neighbours(fp32_outputs)).mean())
+        truth = nearest_neighbours(fp32_outputs, 1)
+        return float((nearest_neighbours(outputs, ev.top_k) == truth).any(axis=1).mean())
     raise ValueError(f"unknown metric {ev.metric!r}")
 
 
@@ -222,7 +233,9 @@ def reference(spec, fp32_path) -> tuple[Measured, ...]:
     measured = []
     for ev in spec.evaluations:
         out = _checked_outputs(spec, ev, sess, "fp32")
-        measured.append(Measured(ev, out, measure(ev, out, out), int(len(out))))
+        # n: what the metric averages over (pairs for spearman, rows otherwise)
+        n = len(ev.targets) if ev.metric == "spearman" else len(out)
+        measured.append(Measured(ev, out, measure(ev, out, out), int(n)))
     return tuple(measured)
 
 

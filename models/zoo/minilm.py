@@ -7,11 +7,15 @@ mean-pooled, L2-normalised sentence embedding [-1, 384], as sentence-transformer
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.evaluate import Evaluation
 from models.spec import ModelSpec
+
+PAIRS_FILE = Path(__file__).with_name("sts_pairs.tsv")
 
 EXAMPLE_SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -61,6 +65,35 @@ def tokenize(tokenizer, sentences) -> tuple[torch.Tensor, torch.Tensor]:
     return enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)
 
 
+def sts_pairs() -> list[tuple[float, str, str]]:
+    """(score, sentence a, sentence b) from models/zoo/sts_pairs.tsv."""
+    rows = []
+    for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            score, a, b = line.split("\t")
+            rows.append((float(score), a, b))
+    return rows
+
+
+def evaluations(tokenizer) -> tuple[Evaluation, Evaluation]:
+    """What sentence embeddings are for, measured on pairs written for this project:
+    Spearman correlation of the embeddings' cosine similarity with the hand-assigned scores,
+    and whether each sentence keeps its nearest neighbour (retrieval) among all of them."""
+    pairs = sts_pairs()
+    sentences = list(dict.fromkeys(s for _, a, b in pairs for s in (a, b)))
+    index = {s: i for i, s in enumerate(sentences)}
+    batches = [tokenize(tokenizer, sentences[i:i + 16]) for i in range(0, len(sentences), 16)]
+    return (
+        Evaluation(metric="spearman", inputs=batches, targets=[(index[a], index[b], score) for score, a, b in pairs],
+                   dataset=f"servedmodel-sts ({len(pairs)} hand-scored sentence pairs, models/zoo/sts_pairs.tsv)"),
+        # top_k=3: a sentence without a close partner has near-tied neighbours (measured:
+        # int8 swaps four of them, by cosine margins under 0.007); its fp32 neighbour must
+        # stay among the variant's three nearest.
+        Evaluation(metric="neighbour-agreement", inputs=batches, top_k=3,
+                   dataset=f"servedmodel-sts sentences ({len(sentences)}, nearest neighbour by cosine)"),
+    )
+
+
 def minilm() -> ModelSpec:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
@@ -82,4 +115,5 @@ def minilm() -> ModelSpec:
         # embedding from 0.987 to 0.992; no single other layer matters as much.
         int8_keep_fp32=("encoder.encoder.layer.0.intermediate.dense", "encoder.encoder.layer.0.output.dense"),
         verification_inputs=[tokenize(tokenizer, s) for s in VERIFICATION_SENTENCES],
+        evaluation=evaluations(tokenizer),
     )

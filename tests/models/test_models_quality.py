@@ -135,6 +135,8 @@ def test_builtin_metrics():
     assert measure(ev, emb, emb) == 1.0
     swapped = emb[[0, 2, 1, 3]]  # rows 1 and 2 trade places: every neighbour changes
     assert measure(ev, swapped, emb) == 0.0
+    ev2 = Evaluation("neighbour-agreement", x, top_k=2)  # rows 2 and 3 keep theirs as second nearest
+    assert measure(ev2, swapped, emb) == 0.5 and ev2.metric_name == "neighbour-agreement@2"
     pairs = [(0, 1, 5.0), (0, 2, 0.0), (2, 3, 5.0), (1, 3, 1.0)]  # cos 0.994, 0, 0.994, 0.22
     assert measure(Evaluation("spearman", x, targets=pairs), emb, emb) == pytest.approx(1.0)
 
@@ -155,6 +157,8 @@ def test_evaluation_is_checked_on_creation():
         assert words in str(e.value)
     with pytest.raises(SpecError, match="needs a name"):
         Evaluation(lambda o, t: 0.0, x)
+    with pytest.raises(SpecError, match="top_k applies to metric 'neighbour-agreement' only"):
+        Evaluation("accuracy", x, targets=[0, 1], top_k=3)
     with pytest.raises(SpecError, match="'spearman' needs targets"):
         Evaluation("spearman", x, targets=[(0, 1)])
     with pytest.raises(SpecError) as e:
