@@ -224,6 +224,11 @@ def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[st
     from models.prune import PRUNE, prune
     from models.verify import verify
 
+    if not spec.evaluations:
+        # Parity cannot judge a pruned model (its outputs change by design): without a task
+        # metric nothing would stand between a broken model and the image.
+        raise BuildError(spec.name, "compression", f"{compression} needs a task metric to judge the pruned model: "
+                         "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
     options = spec.prune or PRUNE
     with step("prune", f"torch-pruning, {options.ratio:.0%} of the channels of each coupled group"
               + (f", then {spec.finetune.epochs} epoch(s) of fine-tuning" if spec.finetune else "")):
