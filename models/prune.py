@@ -68,7 +68,9 @@ class FineTune:
     """Training data for a short fine-tune after pruning (deterministic: seeded, one thread).
 
       inputs      a tuple of tensors, one per model input, all rows of the training set
-      targets     a tensor: class indices (cross_entropy) or target values (mse)
+      targets     a tensor: class indices (cross_entropy) or target values (mse); None:
+                  distillation, the targets are the unpruned module's own first output on
+                  `inputs` (with loss "mse": no labels needed, e.g. for embeddings)
       loss        "cross_entropy" (first output as logits), "mse", or `loss(outputs, targets)`
                   returning a scalar tensor (outputs: the module's output)
       epochs, lr, batch_size, seed   Adam on shuffled mini-batches
@@ -95,8 +97,11 @@ class FineTune:
             object.__setattr__(self, "inputs", tuple(inputs))
             if len({len(t) for t in inputs}) != 1:
                 problems.append("inputs must all have the same number of rows")
+            elif self.targets is None:
+                if self.loss != "mse":
+                    problems.append("targets None (distillation from the unpruned module) needs loss 'mse'")
             elif not (isinstance(self.targets, torch.Tensor) and len(self.targets) == len(inputs[0])):
-                problems.append("targets must be a tensor with one row per training row")
+                problems.append("targets must be a tensor with one row per training row, or None")
         if not (callable(self.loss) or self.loss in LOSSES):
             problems.append(f"loss must be one of {', '.join(LOSSES)} or a function, got {self.loss!r}")
         for name in ("epochs", "batch_size"):
@@ -145,6 +150,13 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
     from models.export import flatten_outputs
 
     options = spec.prune or PRUNE
+    ft = spec.finetune
+    teacher = None
+    if ft is not None and ft.targets is None:
+        # Distillation: what the unpruned model computes is what the pruned one must learn.
+        with torch.no_grad():
+            teacher = torch.cat([flatten_outputs(spec.module.eval()(*(t[i:i + ft.batch_size] for t in ft.inputs)))[0]
+                                 for i in range(0, len(ft.inputs[0]), ft.batch_size)])
     module = copy.deepcopy(spec.module).eval()
     named = dict(module.named_modules())
     kept = sorted(set(output_layers(module, spec.example_inputs)) | set(options.keep))
@@ -181,13 +193,13 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
         "round_to": options.round_to, "kept_whole": kept,
         "params_before": params_before, "params_after": params_after, "finetune": None,
     }
-    ft = spec.finetune
     if ft is not None:
         from models.train import train
 
-        history = train(module, ft.inputs, ft.targets, loss=ft.loss, epochs=ft.epochs, lr=ft.lr,
+        history = train(module, ft.inputs, ft.targets if teacher is None else teacher, loss=ft.loss, epochs=ft.epochs, lr=ft.lr,
                         batch_size=ft.batch_size, seed=ft.seed)
         details["finetune"] = {"rows": len(ft.inputs[0]), "epochs": ft.epochs, "lr": ft.lr,
+                               "targets": "distilled from the unpruned module" if teacher is not None else "given",
                                "batch_size": ft.batch_size, "seed": ft.seed,
                                "loss": ft.loss if isinstance(ft.loss, str) else getattr(ft.loss, "__name__", "custom"),
                                "final_loss": float(f"{history[-1]:.4g}")}

@@ -136,3 +136,33 @@ def test_keep_names_layers_to_leave_whole():
     module, details = prune(spec)
     assert module.features[0].out_channels == 6 and module.features[3].out_channels < 16
     assert details["kept_whole"] == ["classifier.5", "features.0"]
+
+
+def test_finetune_by_distillation_brings_the_pruned_model_back():
+    """FineTune(targets=None): the pruned model learns the unpruned model's outputs (no labels),
+    and ends closer to them than pruning alone leaves it."""
+    import importlib.util
+    from pathlib import Path
+
+    from models import FineTune, SpecError
+    from models.prune import prune
+
+    path = Path(__file__).resolve().parent / "factories" / "quality.py"
+    spec_mod = importlib.util.spec_from_file_location("quality_factories", path)
+    factories = importlib.util.module_from_spec(spec_mod)
+    spec_mod.loader.exec_module(factories)
+    spec = factories.regressor()
+    x = torch.randn(256, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        teacher = spec.module(x)
+    pruned_only, d0 = prune(spec)
+    spec.finetune = FineTune(inputs=(x,), targets=None, loss="mse", epochs=30, lr=1e-2, batch_size=32)
+    distilled, d1 = prune(spec)
+    with torch.no_grad():
+        err0 = float(((pruned_only(x) - teacher) ** 2).mean())
+        err1 = float(((distilled(x) - teacher) ** 2).mean())
+    assert d0["finetune"] is None and d1["finetune"]["targets"] == "distilled from the unpruned module"
+    assert distilled[0].out_features == pruned_only[0].out_features == 16 and distilled[2].out_features == 4
+    assert err1 < 0.5 * err0
+    with pytest.raises(SpecError, match="targets None .* needs loss 'mse'"):
+        FineTune(inputs=(x,), targets=None, loss="cross_entropy")
