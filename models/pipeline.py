@@ -143,6 +143,11 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             with cache_mod.building_with(root if use_cache else None):
                 spec = load_spec(mref)
+        if compression in PRUNED and not spec.evaluations:
+            # Parity cannot judge a pruned model (its outputs change by design): without a task
+            # metric nothing would stand between a broken model and the image.
+            raise BuildError(model, "compression", f"{compression} needs a task metric to judge the pruned model: "
+                             "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
             export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)
@@ -224,11 +229,6 @@ def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[st
     from models.prune import PRUNE, prune
     from models.verify import verify
 
-    if not spec.evaluations:
-        # Parity cannot judge a pruned model (its outputs change by design): without a task
-        # metric nothing would stand between a broken model and the image.
-        raise BuildError(spec.name, "compression", f"{compression} needs a task metric to judge the pruned model: "
-                         "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
     options = spec.prune or PRUNE
     with step("prune", f"torch-pruning, {options.ratio:.0%} of the channels of each coupled group"
               + (f", then {spec.finetune.epochs} epoch(s) of fine-tuning" if spec.finetune else "")):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import cli_json, run_cli
+from conftest import run_cli
 from test_models_digits import onnx_accuracy
 
 
@@ -59,18 +59,18 @@ def test_digits_prune_really_shrinks_and_keeps_accuracy(build_once):
 
 
 def test_refused_prune_leaves_nothing(build_once, cache_dir, tmp_path):
+    """(The CLI's exit code 9 is tested in test_models_quality; here the API, in-process.)"""
+    import models
     import models.cache as cache_mod
     from models.loader import parse_ref
 
     build_once("digits-cnn", "none")  # training and export cached
     out = tmp_path / "ctx"
-    proc = run_cli("build", "--model", "digits-cnn", "--compression", "prune", "--out", str(out),
-                   "--max-metric-drop", "0.0001", "--json", cache_dir=cache_dir)
-    assert proc.returncode == 9, proc.stderr
-    body = cli_json(proc)
-    assert body["step"] == "evaluate"
-    assert "the prune variant is refused: accuracy on 'sklearn-digits-test" in body["error"]
-    assert "exceeds the allowance 0.0001 (--max-metric-drop for prune)" in body["error"]
+    with pytest.raises(models.BuildError) as e:
+        models.build("digits-cnn", "prune", out, cache_dir=cache_dir, max_metric_drop=0.0001)
+    assert e.value.exit_code == 9 and e.value.step == "evaluate"
+    assert "the prune variant is refused: accuracy on 'sklearn-digits-test" in str(e.value)
+    assert "exceeds the allowance 0.0001 (--max-metric-drop for prune)" in str(e.value)
     assert list(tmp_path.iterdir()) == []
     key = cache_mod.cache_key(parse_ref("digits-cnn"), "prune", "cpu", max_metric_drop=0.0001)
     assert not cache_mod.entry_dir(cache_dir, key).exists()
