@@ -166,3 +166,18 @@ def test_finetune_by_distillation_brings_the_pruned_model_back():
     assert err1 < 0.5 * err0
     with pytest.raises(SpecError, match="targets None .* needs loss 'mse'"):
         FineTune(inputs=(x,), targets=None, loss="cross_entropy")
+
+
+@pytest.mark.slow
+def test_pruned_build_is_byte_identical_without_the_cache(build_once, tmp_path):
+    """Training, pruning and fine-tuning are deterministic: a build from scratch (no cache, so
+    digits-cnn trains again) gives the same bytes and version."""
+    import filecmp
+
+    import models
+
+    first = build_once("digits-cnn", "prune")
+    again = models.build("digits-cnn", "prune", tmp_path / "again", use_cache=False)
+    assert again.version == first.version
+    files = sorted(p.relative_to(first.context_dir) for p in first.context_dir.rglob("*") if p.is_file())
+    assert all(filecmp.cmp(first.context_dir / f, again.context_dir / f, shallow=False) for f in files)
