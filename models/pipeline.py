@@ -104,15 +104,17 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             ctx, record = hit
             copy_context(model, ctx, out)
             manifest = record["manifest"]
-            startup = record.get("startup")
-            if not startup:  # an entry cached before start-up was measured: measure it now
-                from models.startup import measure
+            startup, sizes = record.get("startup"), dict(record["sizes"])
+            if not startup or "model_layer_gzip_bytes" not in sizes:
+                # an entry cached before these were measured: measure them now
+                from models.startup import measure, model_layer_bytes
                 with _quiet():
-                    startup = measure(out / "model" / manifest["model_file"], manifest)
+                    startup = startup or measure(out / "model" / manifest["model_file"], manifest)
+                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
             say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
             return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
                                model=model, compression=compression, device=device, steps=record["steps"],
-                               sizes=record["sizes"], startup=startup, exported=False, seconds=time.perf_counter() - t_start)
+                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
 
     steps: dict[str, float] = {}
     ran_export = False
@@ -183,13 +185,15 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                     compression_details=details, parity=parity, producer=_producer(exported.opset))
                 manifest = write_context(model, out, device, model_bytes, manifest)
             with step("startup", "timing model load + warm-up with onnxruntime"):
-                from models.startup import measure
+                from models.startup import measure, model_layer_bytes
                 startup = measure(out / "model" / manifest["model_file"], manifest)
+                layer_bytes = model_layer_bytes(out)
     except BuildError as e:
         if e.model != model:  # name the reference the user gave
             raise BuildError(model, e.step, e.detail, e.exit_code) from None
         raise
-    sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes)}
+    sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
+             "model_layer_gzip_bytes": layer_bytes}
     record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
     if use_cache:
         cache_mod.store(root, key, out, record)

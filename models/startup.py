@@ -83,3 +83,31 @@ def measure(model_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return {"load_seconds": round(load, 3), "warmup_seconds": round(warmup, 3),
             "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__,
             "batch_sizes": warmup_batch_sizes(manifest)}
+
+
+class _Counter:
+    """A write-only file object that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data: bytes) -> int:
+        self.n += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def model_layer_bytes(context_dir: Path) -> int:
+    """Compressed bytes of the image's model layer (`COPY model/` -> one gzip'd tar layer):
+    the context's model/ folder tarred and gzip'd at level 6, the level the image builder's
+    default gzip compression uses. What a node pulls for the model, computed from the real file."""
+    import gzip
+    import tarfile
+
+    counter = _Counter()
+    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(str(Path(context_dir) / "model"), arcname="app/model")
+    return counter.n

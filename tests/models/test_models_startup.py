@@ -48,3 +48,15 @@ def test_a_model_onnxruntime_cannot_load_is_an_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(Exception):
         startup.measure(bad, {"inputs": [], "batching": {}})
+
+
+def test_model_layer_bytes_is_the_gzip_of_the_model_folder(build_once):
+    import gzip
+
+    r = build_once("lenet", "int8")
+    measured = r.sizes["model_layer_gzip_bytes"]
+    assert measured == startup.model_layer_bytes(r.context_dir)  # deterministic
+    model = (r.context_dir / "model" / "model.onnx").read_bytes()
+    # The tar adds headers and the manifest; gzip of the weights alone is the floor.
+    floor = len(gzip.compress(model, compresslevel=6))
+    assert floor < measured < floor + 8192
