@@ -14,10 +14,10 @@ from components import specs
 class GpuNodePoolArgs:
     cluster_name: str
     """Name of the existing EKS cluster the nodes join. Required."""
-    subnet_ids: pulumi.Input[Sequence[str]]
-    """Subnets of the nodes. Required."""
     pool_label: str
     """Value of the `servedmodel.io/node-pool` label the model's pods select. Required."""
+    subnet_ids: Optional[pulumi.Input[Sequence[str]]] = None
+    """Subnets of the nodes; None: the cluster's. Default None."""
     instance_types: Sequence[str] = ("g5.xlarge",)
     """GPU instance types. Default ("g5.xlarge",)."""
     ami_type: str = "BOTTLEROCKET_x86_64_NVIDIA"
@@ -55,11 +55,15 @@ class GpuNodePool(pulumi.ComponentResource):
                 policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", policy), opts=child)
             for policy in specs.NODE_POLICIES
         ]
+        subnet_ids = args.subnet_ids
+        if subnet_ids is None:
+            cluster = aws.eks.get_cluster_output(name=args.cluster_name, opts=pulumi.InvokeOutputOptions(parent=self))
+            subnet_ids = cluster.vpc_config.subnet_ids
         group = aws.eks.NodeGroup(
             f"{name}-nodes",
             cluster_name=args.cluster_name,
             node_role_arn=role.arn,
-            subnet_ids=args.subnet_ids,
+            subnet_ids=subnet_ids,
             ami_type=args.ami_type,
             instance_types=list(args.instance_types),
             capacity_type="ON_DEMAND",

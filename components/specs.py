@@ -3,21 +3,23 @@
 Plain functions over plain values, returning the camelCase dicts Kubernetes reads: tested
 without mocks (tests/components/test_specs.py) and reused by the components, so what the
 tests check is exactly what is deployed. The names and numbers of the server's contract
-(docs/architecture.md section 3) live here once.
+(docs/architecture.md section 3) come from serving/contract.py through models/contract.py.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Optional
 
-SERVER_PORT = 8080
+from models import contract  # the server's contract values, read as data from serving/contract.py
+
+SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
-READY_PATH = "/v2/health/ready"
-LIVE_PATH = "/v2/health/live"
-INFLIGHT_METRIC = "servedmodel_inflight_requests"
+READY_PATH = contract.READY_PATH
+LIVE_PATH = contract.LIVE_PATH
+INFLIGHT_METRIC = contract.INFLIGHT_METRIC
 # prometheus-adapter turns the servedmodel_queue_duration_seconds histogram into this per-pod
 # mean (rate(_sum)/rate(_count)); the rule is in docs/deploy.md.
-QUEUE_METRIC = "servedmodel_queue_duration_seconds_mean"
+QUEUE_METRIC = contract.QUEUE_DURATION_METRIC + "_mean"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "true", "effect": "NoSchedule"}
 POOL_LABEL = "servedmodel.io/node-pool"
@@ -100,13 +102,13 @@ def container_security_context() -> dict[str, Any]:
 def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None) -> list[dict[str, Any]]:
     """SERVEDMODEL_* variables of docs/architecture.md section 3."""
     env: list[dict[str, Any]] = [
-        {"name": "SERVEDMODEL_HOST", "value": "0.0.0.0"},
-        {"name": "SERVEDMODEL_PORT", "value": str(SERVER_PORT)},
-        {"name": "SERVEDMODEL_DEVICE", "value": device},
-        {"name": "SERVEDMODEL_DRAIN_SECONDS", "value": str(drain_seconds)},
+        {"name": contract.env_name("host"), "value": "0.0.0.0"},
+        {"name": contract.env_name("port"), "value": str(SERVER_PORT)},
+        {"name": contract.env_name("device"), "value": device},
+        {"name": contract.env_name("drain_seconds"), "value": str(drain_seconds)},
     ]
     if auth_secret_name is not None:
-        env.append({"name": "SERVEDMODEL_AUTH_TOKEN",
+        env.append({"name": contract.env_name("auth_token"),
                     "valueFrom": {"secretKeyRef": {"name": auth_secret_name, "key": "token"}}})
     return env
 
@@ -177,15 +179,22 @@ def node_assume_role_policy() -> str:
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
 
 
-def eks_kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
-    """A kubeconfig for an EKS cluster that authenticates with `aws eks get-token` (no stored token)."""
+def eks_kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str, aws_profile: str = "") -> str:
+    """A kubeconfig for an EKS cluster that authenticates with `aws eks get-token` (no stored token).
+
+    With an AWS profile (the stack's `aws:profile`), the exec credential uses it too (`--profile`
+    and AWS_PROFILE): the providers deploy with that profile, so the token must come from it.
+    """
+    args = ["eks", "get-token", "--cluster-name", cluster_name, "--region", region]
+    command: dict[str, Any] = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws", "args": args}
+    if aws_profile:
+        args += ["--profile", aws_profile]
+        command["env"] = [{"name": "AWS_PROFILE", "value": aws_profile}]
     return json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": cluster_name,
         "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
         "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
-        "users": [{"name": cluster_name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
-            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region]}}}],
+        "users": [{"name": cluster_name, "user": {"exec": command}}],
     }, sort_keys=True)
 
 

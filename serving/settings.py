@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from . import contract
 from .errors import StartupError
 from .manifest import Manifest
 
-PREFIX = "SERVEDMODEL_"
+PREFIX = contract.ENV_PREFIX
 LOG_LEVELS = ("debug", "info", "warning")
 
 
@@ -18,16 +19,16 @@ LOG_LEVELS = ("debug", "info", "warning")
 class Settings:
     context: Path = Path("/app")
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = contract.PORT
     device: str = "cpu"
     max_batch_size: int = 0
     max_queue_delay_ms: float = 0.0
-    max_queue_size: int = 4            # 4 x max_batch_size when not set
-    queue_timeout_ms: float = 1000.0
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_queue_size: int = contract.QUEUE_SIZE_PER_BATCH  # per batch slot when not set
+    queue_timeout_ms: float = float(contract.QUEUE_TIMEOUT_MS)
+    max_body_bytes: int = contract.MAX_BODY_BYTES
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
-    drain_seconds: float = 20.0
+    drain_seconds: float = float(contract.DRAIN_SECONDS)
     auth_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
 
@@ -121,23 +122,23 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
     settings = Settings(
         context=context_from(flags, env),
         host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
-        port=pick("port", 8080, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
+        port=pick("port", contract.PORT, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
         device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
                     "'cpu' or 'cuda'"),
         max_batch_size=max_batch,
         max_queue_delay_ms=pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
                                 lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000"),
-        max_queue_size=pick("max_queue_size", 4 * max(1, max_batch), integer, lambda v: v >= 1,
+        max_queue_size=pick("max_queue_size", contract.QUEUE_SIZE_PER_BATCH * max(1, max_batch), integer, lambda v: v >= 1,
                             "an integer >= 1"),
-        queue_timeout_ms=pick("queue_timeout_ms", 1000.0, float, lambda v: v > 0,
+        queue_timeout_ms=pick("queue_timeout_ms", float(contract.QUEUE_TIMEOUT_MS), float, lambda v: v > 0,
                               "a number of milliseconds > 0"),
-        max_body_bytes=pick("max_body_bytes", 64 * 1024 * 1024, integer, lambda v: v >= 1024,
+        max_body_bytes=pick("max_body_bytes", contract.MAX_BODY_BYTES, integer, lambda v: v >= 1024,
                             "an integer number of bytes >= 1024"),
         intra_op_threads=pick("intra_op_threads", cgroup_cpu_limit(), integer,
                               lambda v: v >= 1, "an integer >= 1"),
         intra_op_spinning=pick("intra_op_spinning", None, auto_boolean, lambda v: True,
                                "'auto', 1 or 0"),
-        drain_seconds=pick("drain_seconds", 20.0, float, lambda v: v >= 0,
+        drain_seconds=pick("drain_seconds", float(contract.DRAIN_SECONDS), float, lambda v: v >= 0,
                            "a number of seconds >= 0"),
         auth_token=token,
         log_level=pick("log_level", "info", lambda v: str(v).lower(), lambda v: v in LOG_LEVELS,

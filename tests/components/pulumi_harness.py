@@ -277,8 +277,14 @@ def stack_run(stack: str) -> "Run":
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secrets: Optional[dict[str, str]] = None, preview: bool = False) -> Run:
     """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises."""
-    model_cache_dir()
     config, secret_keys = merged_config(stack, overrides, secrets)
+    return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview)
+
+
+def run_file(program: Path, project: str, stack: str, config: dict[str, str], secret_keys: set[str],
+             preview: bool = False) -> Run:
+    """Run any Pulumi program file under the mocks, in its own directory (as the CLI does)."""
+    model_cache_dir()
     pulumi.runtime.set_all_config(config, list(secret_keys))
     mocks = RealisticMocks()
     monitor = RecordingMonitor(mocks)
@@ -289,18 +295,18 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     logger.handlers = [_ListHandler(logs)]
     # A fresh root Stack per run: set_mocks makes one when none is active.
     pulumi.runtime.settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor,
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=logger)
     pulumi.runtime.set_all_config(config, list(secret_keys))
 
-    def program() -> None:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    def main() -> None:
+        runpy.run_path(str(program), run_name="__main__")
 
     # The CLI runs the program in the project directory.
     cwd = os.getcwd()
-    os.chdir(ROOT)
+    os.chdir(program.parent)
     try:
-        _sync_await(run_pulumi_func(program))
+        _sync_await(run_pulumi_func(main))
     finally:
         os.chdir(cwd)
     root = get_root_resource()

@@ -6,7 +6,8 @@ import json
 import pulumi
 import pytest
 
-from components.settings import (GPUS_PER_INSTANCE, ConfigError, ModelEntry, parse_settings)
+from components.args import ModelArgs
+from components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
 from pulumi_harness import STACKS, merged_config, project_config
 
 
@@ -26,7 +27,8 @@ def raw_for(stack: str, overrides: dict | None = None, secrets: dict | None = No
             raw[key] = json.loads(text)
         except json.JSONDecodeError:
             raw[key] = text  # a string given where another type was declared
-    return raw, {k.split(":", 1)[1] for k in secret_keys}
+    # The values of the keys given as secrets (load_settings passes the secret Outputs).
+    return raw, {k.split(":", 1)[1]: config[k] for k in secret_keys}
 
 
 def problems(stack: str, overrides: dict | None = None, secrets: dict | None = None) -> list[str]:
@@ -45,20 +47,26 @@ def test_every_stack_file_is_valid(stack):
 
 def test_local_stack_serves_mnist_on_docker_cpu():
     s = parse_settings(*raw_for("local"))
-    assert (s.target, s.gpu, s.device) == ("docker", 0, "cpu")
-    assert s.models == (ModelEntry(name="model", model="mnist-mlp", compression="none"),)
+    [a] = s.served
+    assert (s.target, a.resources.gpu, a.resources.device) == ("docker", 0, "cpu")
+    assert s.models == (ModelArgs(served_name="model", model="mnist-mlp", compression="none"),)
 
 
 def test_prod_stack_is_gpu_with_hpa_2_to_10_and_a_protected_pool():
     s = parse_settings(*raw_for("prod"))
-    assert (s.target, s.gpu, s.device, s.replicas, s.max_replicas) == ("kubernetes", 1, "cuda", 2, 10)
+    [a] = s.served
+    assert (s.target, a.resources.gpu, a.resources.device) == ("kubernetes", 1, "cuda")
+    assert (a.autoscaling.replicas, a.autoscaling.max_replicas) == (2, 10)
     assert s.models[0].compression in ("int8", "fp16")
-    assert s.service_type == "LoadBalancer" and s.allow_load_balancer and s.protect and s.autoscaled
+    assert a.network.service_type == "LoadBalancer" and a.network.allow_load_balancer and a.protect
+    assert a.autoscaling.autoscaled and a.node_pool is not None and a.node_pool.cluster_name == "servedmodel-prod"
 
 
 def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
     s = parse_settings(*raw_for("dev"))
-    assert s.target == "kubernetes" and 1 <= s.replicas <= s.max_replicas <= 2 and s.gpu <= 1
+    assert s.target == "kubernetes" and len(s.served) == 2
+    for a in s.served:
+        assert 1 <= a.autoscaling.replicas <= a.autoscaling.max_replicas <= 2 and a.resources.gpu <= 1
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -142,8 +150,8 @@ def test_file_reference_models_are_accepted():
 
 def test_a_configured_zero_is_not_replaced_by_a_default():
     raw, keys = raw_for("local", {"servedmodel:preStopSeconds": 0, "servedmodel:drainSeconds": 0})
-    s = parse_settings(raw, keys)
-    assert (s.pre_stop_seconds, s.drain_seconds) == (0, 0)
+    [a] = parse_settings(raw, keys).served
+    assert (a.server.pre_stop_seconds, a.server.drain_seconds) == (0, 0)
 
 
 def test_bad_config_stops_the_real_program_with_one_run_error():
