@@ -9,23 +9,18 @@ way), caps `nvidia.com/gpu` with `limits`, and lets Karpenter remove empty nodes
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from components import specs
+from components.args import (_AMI_ALIAS, _AWS_ID, _BUDGET_NODES, _DURATION, CAPACITY_TYPES,
+                             CONSOLIDATION_POLICIES)
 
 API_NODEPOOL = "karpenter.sh/v1"
 API_NODECLASS = "karpenter.k8s.aws/v1"
-CAPACITY_TYPES = ("on-demand", "spot")
-CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
 # Karpenter's own discovery tag: the subnets and security groups the cluster's Karpenter
 # installation tags for its nodes (Karpenter's getting-started guide tags them this way).
 DISCOVERY_TAG = "karpenter.sh/discovery"
-_DURATION = re.compile(r"^(([0-9]+(s|m|h))+|Never)$")
-_BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
-_ALIAS = re.compile(r"^bottlerocket@(latest|v[0-9]+\.[0-9]+\.[0-9]+)$")
-_ID = {"subnet": re.compile(r"^subnet-[0-9a-z]+$"), "sg": re.compile(r"^sg-[0-9a-z]+$")}
 
 
 def _problems_text(what: str, problems: list[str]) -> str:
@@ -94,10 +89,10 @@ class KarpenterPoolArgs:
                 problems.append(f"{name} {getattr(self, name)!r}: a duration such as 30s, 5m, 1h30m or Never")
         if not _BUDGET_NODES.match(self.disruption_budget_nodes):
             problems.append(f"disruption_budget_nodes {self.disruption_budget_nodes!r}: a count (1) or a percentage (10%)")
-        if not _ALIAS.match(self.ami_alias):
+        if not _AMI_ALIAS.match(self.ami_alias):
             problems.append(f"ami_alias {self.ami_alias!r}: bottlerocket@latest or bottlerocket@vX.Y.Z")
         for ids, kind in ((self.subnet_ids, "subnet"), (self.security_group_ids, "sg")):
-            bad_ids = [i for i in ids if not _ID[kind].match(i)]
+            bad_ids = [i for i in ids if not _AWS_ID[kind].match(i)]
             if bad_ids:
                 problems.append(f"{kind} ids {bad_ids}: must look like {kind}-0123abcd")
         if self.data_volume_gib < 20:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from components import specs
+from components.args import KEDA_METRICS as METRICS
 
 API_SCALEDOBJECT = "keda.sh/v1alpha1"
 API_HTTPSCALEDOBJECT = "http.keda.sh/v1alpha1"
-METRICS = ("inflight", "queue")
 # The HTTP add-on's operator skips creating its own ScaledObject for an HTTPScaledObject
 # carrying this annotation (http-add-on operator/controllers/http/app.go, v0.15.0).
 SKIP_SCALEDOBJECT_ANNOTATION = "httpscaledobject.keda.sh/skip-scaledobject-creation"

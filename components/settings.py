@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 
-from components.args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
+from components.args import (ElasticArgs, elastic_problems, AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
                              TARGETS, ZOO, ArgsError, cross_group_problems, AutoscalingArgs, ModelArgs, NetworkArgs, NodePoolArgs,
                              Problem, RegistryArgs, ResourcesArgs, ServedModelArgs, ServerArgs)
 from models.spec import COMPRESSIONS
@@ -95,6 +95,26 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "registryUsername": ("registry.username", "str"),
     "keepVersions": ("registry.keep_versions", "int"),
     "protect": ("protect", "bool"),
+    # Elastic GPU capacity (issue 11): components/args.py ElasticArgs.
+    "nodeProvisioner": ("elastic.node_provisioner", "str"),
+    "autoscaler": ("elastic.autoscaler", "str"),
+    "minReplicas": ("elastic.min_replicas", "int"),
+    "kedaHttp": ("elastic.keda_http", "bool"),
+    "capacityTypes": ("elastic.capacity_types", "list"),
+    "gpuLimit": ("elastic.gpu_limit", "int"),
+    "consolidationPolicy": ("elastic.consolidation_policy", "str"),
+    "consolidateAfter": ("elastic.consolidate_after", "str"),
+    "disruptionBudgetNodes": ("elastic.disruption_budget_nodes", "str"),
+    "karpenterNodeRole": ("elastic.karpenter_node_role", "str"),
+    "karpenterAmiAlias": ("elastic.karpenter_ami_alias", "str"),
+    "karpenterSubnetIds": ("elastic.karpenter_subnet_ids", "list"),
+    "karpenterSecurityGroupIds": ("elastic.karpenter_security_group_ids", "list"),
+    "kedaNamespace": ("elastic.keda_namespace", "str"),
+    "prometheusUrl": ("elastic.prometheus_url", "str"),
+    "kedaPollingSeconds": ("elastic.keda_polling_seconds", "int"),
+    "kedaCooldownSeconds": ("elastic.keda_cooldown_seconds", "int"),
+    "pullBandwidthMBps": ("elastic.pull_bandwidth_mbps", "int"),
+    "nodeProvisionSeconds": ("elastic.node_provision_seconds", "int"),
 }
 # Secrets become args fields too (their values come from the secret config, never from `raw`).
 _SECRET_FIELDS = {"authToken": "network.auth_token", "registryPassword": "registry.password"}
@@ -226,12 +246,14 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
 
     built = {name: _build(cls, groups.get(name, {}), stack_names, problems) for name, cls in (
         ("resources", ResourcesArgs), ("autoscaling", AutoscalingArgs), ("network", NetworkArgs),
-        ("server", ServerArgs), ("registry", RegistryArgs))}
+        ("server", ServerArgs), ("registry", RegistryArgs), ("elastic", ElasticArgs))}
     node_pool = _build(NodePoolArgs, pool_kwargs, stack_names, problems) if kubernetes and gpu else None
     if target is not None:
         problems.extend(p.render(stack_names) for p in cross_group_problems(
-            target, built["resources"], built["autoscaling"], node_pool)
+            target, built["resources"], built["autoscaling"], node_pool, built["elastic"])
             if p.field != "node_pool")  # a pool that failed reported its own problems
+        problems.extend(p.render(stack_names) for p in elastic_problems(
+            target, built["resources"], built["autoscaling"], built["network"], node_pool, built["elastic"]))
 
     served: list[ServedModelArgs] = []
     for index, (kwargs, model_key) in enumerate(entries):

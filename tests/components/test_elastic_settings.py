@@ -1,79 +1,81 @@
-"""The elastic keys (components/elastic.py parse_elastic): each scale-to-zero misconfiguration
-is a config problem naming the keys involved; a good burst config parses."""
+"""The elastic keys through the real settings parser: every scale-to-zero misconfiguration is a
+config error naming the keys involved; the burst stack parses into Karpenter + KEDA + min 0."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
-from components import elastic
-from components.settings import _problem
-
-from pulumi_harness import ROOT
-
-SUPPORTED = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
-DEFAULTS = {key[len("servedmodel:"):]: decl["default"]
-            for key, decl in yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"].items()
-            if key[len("servedmodel:"):] in elastic.ELASTIC_FIELDS}
-STACK = {"target": "kubernetes", "gpu": 1, "replicas": 1, "maxReplicas": 4, "autoscaleMetric": "inflight",
-         "serviceType": "ClusterIP", "nodeInstanceTypes": ("g5.xlarge", "g6.xlarge")}
-BURST = {"nodeProvisioner": "karpenter", "autoscaler": "keda", "minReplicas": 0, "kedaHttp": True,
-         "capacityTypes": ["spot", "on-demand"]}
+from components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
+from components.settings import _FIELDS, parse_settings
+from pulumi_harness import project_config
+from test_settings import problems, raw_for
 
 
-def parse(elastic_overrides=None, stack_overrides=None):
-    problems: list[str] = []
-    raw = DEFAULTS | BURST | (elastic_overrides or {})
-    got = elastic.parse_elastic(raw, STACK | (stack_overrides or {}), problems, _problem,
-                                supported_families=SUPPORTED, surge=1)
-    return got, problems
+def test_every_elastic_key_is_declared_and_read():
+    declared = {k.split(":", 1)[1] for k in project_config()}
+    elastic_keys = {k for k, (path, _) in _FIELDS.items() if path.startswith("elastic.")}
+    assert len(elastic_keys) == 19 and elastic_keys <= declared
 
 
-def test_every_elastic_key_is_declared_in_pulumi_yaml():
-    assert set(DEFAULTS) == set(elastic.ELASTIC_FIELDS)
+def test_the_burst_stack_is_karpenter_keda_and_scale_to_zero():
+    [a] = parse_settings(*raw_for("burst")).served
+    e = a.elastic
+    assert e.karpenter and e.keda and e.min_replicas == 0 and e.keda_http
+    assert e.capacity_types == ("spot", "on-demand") and e.node_role("servedmodel-prod") == "KarpenterNodeRole-servedmodel-prod"
+    assert a.resources.gpu == 1 and a.node_pool.instance_types == ("g5.xlarge", "g6.xlarge")
 
 
-def test_the_burst_config_parses():
-    got, problems = parse()
-    assert problems == []
-    assert got.karpenter and got.keda and got.min_replicas == 0 and got.keda_http
-    assert got.capacity_types == ("spot", "on-demand") and got.node_role("demo") == "KarpenterNodeRole-demo"
+@pytest.mark.parametrize("stack", ["local", "dev", "prod"])
+def test_the_other_stacks_keep_managed_nodes_and_the_hpa(stack):
+    raw, secrets = raw_for(stack, secrets={"servedmodel:authToken": "t" * 24})
+    for a in parse_settings(raw, secrets).served:
+        assert a.elastic == ElasticArgs()
 
 
-def test_the_defaults_change_nothing():
-    problems: list[str] = []
-    got = elastic.parse_elastic(DEFAULTS, STACK, problems, _problem, supported_families=SUPPORTED, surge=1)
-    assert problems == [] and not got.karpenter and not got.keda and got.min_replicas == 1
-
-
-@pytest.mark.parametrize("overrides, stack, needles", [
-    ({"autoscaler": "hpa", "kedaHttp": False}, {}, ["servedmodel:minReplicas = 0", "needs servedmodel:autoscaler keda"]),
-    ({"kedaHttp": False}, {}, ["servedmodel:minReplicas = 0", "needs servedmodel:kedaHttp true"]),
-    ({"autoscaler": "hpa"}, {}, ["servedmodel:kedaHttp = True", "needs servedmodel:autoscaler keda"]),
-    ({}, {"nodeInstanceTypes": ("p3.2xlarge",)}, ["servedmodel:nodeInstanceTypes", "['p3'] cannot run the serving image"]),
-    ({"gpuLimit": 3}, {}, ["servedmodel:gpuLimit = 3", "servedmodel:maxReplicas (4) + 1 rollout surge",
-                           "servedmodel:gpu (1) = 5 GPUs"]),
-    ({}, {"autoscaleMetric": "cpu"}, ["servedmodel:autoscaleMetric = 'cpu'", "with servedmodel:autoscaler keda"]),
-    ({}, {"serviceType": "LoadBalancer"}, ["servedmodel:kedaHttp", "past the interceptor"]),
-    ({"minReplicas": 2, "autoscaler": "hpa", "kedaHttp": False}, {}, ["servedmodel:minReplicas = 2", "with hpa"]),
-    ({"minReplicas": 5}, {}, ["servedmodel:minReplicas = 5", "must not exceed servedmodel:maxReplicas (4)"]),
-    ({}, {"gpu": 0}, ["servedmodel:nodeProvisioner = 'karpenter'", "servedmodel:gpu > 0"]),
-    ({"capacityTypes": ["reserved"]}, {}, ["servedmodel:capacityTypes"]),
-    ({"consolidateAfter": "5 min"}, {}, ["servedmodel:consolidateAfter = '5 min'"]),
-    ({"karpenterAmiAlias": "al2023@latest"}, {}, ["servedmodel:karpenterAmiAlias"]),
-    ({"karpenterSubnetIds": ["subnet_1"]}, {}, ["servedmodel:karpenterSubnetIds = ['subnet_1']"]),
-    ({"prometheusUrl": "prometheus:9090"}, {}, ["servedmodel:prometheusUrl"]),
-    ({"pullBandwidthMBps": 0}, {}, ["servedmodel:pullBandwidthMBps = 0"]),
-    ({"nodeProvisioner": "fargate"}, {}, ["servedmodel:nodeProvisioner = 'fargate'", "managed, karpenter"]),
+@pytest.mark.parametrize("overrides, needles", [
+    ({"servedmodel:autoscaler": "hpa", "servedmodel:kedaHttp": False},
+     ["servedmodel:minReplicas = 0", "needs servedmodel:autoscaler keda"]),
+    ({"servedmodel:kedaHttp": False}, ["servedmodel:minReplicas = 0", "needs servedmodel:kedaHttp true"]),
+    ({"servedmodel:autoscaler": "hpa", "servedmodel:minReplicas": 1},
+     ["servedmodel:kedaHttp = True", "needs servedmodel:autoscaler keda"]),
+    ({"servedmodel:nodeInstanceTypes": ["p3.2xlarge"]},
+     ["servedmodel:nodeInstanceTypes", "['p3'] cannot run the serving image"]),
+    ({"servedmodel:gpuLimit": 3}, ["servedmodel:gpuLimit = 3", "(servedmodel:maxReplicas (4) + 1 rollout surge) x "
+                                   "servedmodel:gpu (1) = 5 GPUs"]),
+    ({"servedmodel:autoscaleMetric": "cpu"}, ["servedmodel:autoscaleMetric = 'cpu'", "with servedmodel:autoscaler keda"]),
+    ({"servedmodel:serviceType": "LoadBalancer", "servedmodel:allowLoadBalancer": True},
+     ["servedmodel:kedaHttp = True", "past the interceptor"]),
+    ({"servedmodel:minReplicas": 5}, ["servedmodel:minReplicas = 5", "must not exceed servedmodel:maxReplicas (4)"]),
+    ({"servedmodel:gpu": 0}, ["servedmodel:nodeProvisioner = 'karpenter'", "servedmodel:gpu > 0"]),
+    ({"servedmodel:capacityTypes": ["reserved"]}, ["servedmodel:capacityTypes = ['reserved']"]),
+    ({"servedmodel:consolidateAfter": "5 min"}, ["servedmodel:consolidateAfter = '5 min'"]),
+    ({"servedmodel:karpenterAmiAlias": "al2023@latest"}, ["servedmodel:karpenterAmiAlias"]),
+    ({"servedmodel:karpenterSubnetIds": ["subnet_1"]}, ["servedmodel:karpenterSubnetIds = ['subnet_1']"]),
+    ({"servedmodel:prometheusUrl": "prometheus:9090"}, ["servedmodel:prometheusUrl"]),
+    ({"servedmodel:pullBandwidthMBps": 0}, ["servedmodel:pullBandwidthMBps = 0"]),
+    ({"servedmodel:nodeProvisioner": "fargate"}, ["servedmodel:nodeProvisioner = 'fargate'", "managed, karpenter"]),
 ])
-def test_each_misconfiguration_names_its_keys(overrides, stack, needles):
-    got, problems = parse(overrides, stack)
-    assert got is None
-    text = "\n".join(problems)
+def test_each_misconfiguration_names_its_keys(overrides, needles):
+    text = "\n".join(problems("burst", overrides))
     for needle in needles:
-        assert needle in text, (needle, problems)
+        assert needle in text, (needle, text)
 
 
-def test_gpu_limit_zero_means_what_the_replicas_need():
-    got, problems = parse({"gpuLimit": 0})
-    assert problems == [] and got.gpu_limit == 0
-    assert elastic.gpu_limit_needed(gpu=2, max_replicas=4, surge=1) == 10
+def test_min_replicas_other_than_one_with_hpa_is_refused():
+    text = "\n".join(problems("dev", {"servedmodel:minReplicas": 2}, {"servedmodel:authToken": "t" * 24}))
+    assert "servedmodel:minReplicas = 2" in text and "with hpa the minimum is servedmodel:replicas" in text
+
+
+def test_karpenter_replaces_the_node_groups_capacity_rule_by_its_gpu_limit():
+    # nodeMax 1 fits 1 replica: the managed rule would refuse maxReplicas 4; Karpenter's pool is
+    # bounded by its GPU limit (0 = what the replicas need) instead.
+    [a] = parse_settings(*raw_for("burst", {"servedmodel:nodeMax": 1, "servedmodel:nodeDesired": 1,
+                                            "servedmodel:nodeMin": 0})).served
+    assert a.elastic.karpenter
+    text = "\n".join(problems("burst", {"servedmodel:nodeProvisioner": "managed", "servedmodel:nodeMax": 1,
+                                        "servedmodel:nodeDesired": 1, "servedmodel:nodeMin": 0}))
+    assert "servedmodel:nodeMax = 1" in text
+
+
+def test_image_families_and_gpu_limit_arithmetic():
+    assert "p3" not in IMAGE_GPU_FAMILIES and {"g5", "g6"} <= set(IMAGE_GPU_FAMILIES)
+    assert gpu_limit_needed(gpu=2, max_replicas=4) == 10
