@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from components import specs
+
 IMAGE_LAYERS_FILE = Path(__file__).resolve().parent / "image_layers.json"
 
 # Seconds from "a pod is pending for want of a GPU node" to "the node is Ready with
@@ -44,8 +46,11 @@ PROCESS_SECONDS: dict[str, float] = {"cpu": 2.0, "cuda": 15.0}
 # Every derived timeout is the budget times this factor: a slow node or pull must not make a
 # healthy start look failed.
 SAFETY_FACTOR = 1.5
-PROBE_PERIOD_SECONDS = 5
-MIN_PROGRESS_DEADLINE_SECONDS = 120
+PROBE_PERIOD_SECONDS = specs.STARTUP_PROBE_PERIOD_SECONDS
+# Floors: an estimate that is too small must not kill a healthy start on a busy node, or fail a
+# rollout that waits behind other work.
+MIN_STARTUP_SECONDS = 60
+MIN_PROGRESS_DEADLINE_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,8 @@ def budget(*, device: str, startup: Mapping[str, Any], model_layer_bytes: int, b
 def startup_probe_failure_threshold(cold: ColdStart) -> int:
     """Probe periods the kubelet allows before killing a starting container: only the start part
     (the probe begins once the container runs, after node and pull)."""
-    return max(3, math.ceil(cold.start_seconds * SAFETY_FACTOR / PROBE_PERIOD_SECONDS))
+    seconds = max(MIN_STARTUP_SECONDS, cold.start_seconds * SAFETY_FACTOR)
+    return math.ceil(seconds / PROBE_PERIOD_SECONDS)
 
 
 def progress_deadline_seconds(cold: ColdStart) -> int:

@@ -36,7 +36,9 @@ class KarpenterGpuPool(pulumi.ComponentResource):
             metadata={"labels": {"app.kubernetes.io/managed-by": "pulumi"}},
             spec=karpenter.node_pool_spec(args, node_class.metadata["name"]),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[node_class]))
-        self.pool_label = pulumi.Output.from_input(args.pool_label)
+        # The label as an output of the NodePool: a pod spec that selects it depends on the pool,
+        # so the engine declares the capacity before the Deployment that needs it.
+        self.pool_label = pool.metadata.apply(lambda _: args.pool_label)
         self.node_pool_name = pool.metadata["name"]
         self.register_outputs({"pool_label": self.pool_label, "node_pool_name": self.node_pool_name})
 

@@ -29,6 +29,13 @@ class ModelServiceArgs:
     """Drain and preStop (and the server's SERVEDMODEL_* settings)."""
     pool_label: Optional[pulumi.Input[str]] = None
     """GPU pool label value to select (from GpuNodePool). Default None."""
+    startup_failure_threshold: int = 60
+    """Startup probe periods before the kubelet restarts a starting container (derived from the
+    model's cold-start budget by ServedModel). Default 60."""
+    progress_deadline_seconds: int = 600
+    """Deployment progressDeadlineSeconds (derived from the cold-start budget by ServedModel). Default 600."""
+    external_autoscaler: bool = False
+    """Another controller (KEDA) owns the replica count: no HPA, `replicas` left unset. Default False."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More labels on every object. Default {}."""
 
@@ -85,7 +92,7 @@ class ModelService(pulumi.ComponentResource):
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}],
-            **specs.probes(),
+            **specs.probes(args.startup_failure_threshold),
         }
         if lifecycle:
             container["lifecycle"] = lifecycle
@@ -104,20 +111,20 @@ class ModelService(pulumi.ComponentResource):
         if priority_class_name is not None:
             pod_spec["priorityClassName"] = priority_class_name
 
-        autoscaled = scale.max_replicas > scale.replicas
+        autoscaled = scale.max_replicas > scale.replicas and not args.external_autoscaler
         deploy_spec: dict[str, Any] = {
             "selector": {"matchLabels": selector},
             "strategy": specs.rolling_update(),
             "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": 600,
+            "progressDeadlineSeconds": args.progress_deadline_seconds,
             "template": {
                 "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
                              "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
                 "spec": pod_spec,
             },
         }
-        if not autoscaled:
-            # With an HPA, `replicas` stays unset: setting it would reset the HPA's count on every up.
+        if not autoscaled and not args.external_autoscaler:
+            # With an HPA (or KEDA), `replicas` stays unset: setting it would reset the HPA's count on every up.
             deploy_spec["replicas"] = scale.replicas
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),

@@ -1,13 +1,15 @@
 """ServedModel: one model from source to endpoint (build context, image, nodes, service)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import pulumi
 
-from components.args import ServedModelArgs
+from components import coldstart, karpenter, keda, specs
+from components.args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
+from components.elastic import KarpenterGpuPool, KedaScaling
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
@@ -33,13 +35,15 @@ class ServedModel(pulumi.ComponentResource):
     """Runs models.build (cached on its inputs, so an unchanged model does no export), then
     ModelImage, GpuNodePool (kubernetes + gpu) and ModelService, or LocalService (docker).
 
-    Outputs: `url`, `image` (ref@digest), `model_version`, `signature`.
+    Outputs: `url`, `image` (ref@digest), `model_version`, `signature`, `cold_start`
+    ({nodeSeconds, pullSeconds, startSeconds, totalSeconds}: components/coldstart.py).
     """
 
     url: pulumi.Output[str]
     image: pulumi.Output[str]
     model_version: pulumi.Output[str]
     signature: pulumi.Output[dict]
+    cold_start: pulumi.Output[dict]
 
     def __init__(self, name: str, args: ServedModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ServedModel", name, None, opts)
@@ -65,31 +69,95 @@ class ServedModel(pulumi.ComponentResource):
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
         ), opts=child)
 
+        elastic = args.elastic
+        cold = cold_start_of(args, build)
+        pulumi.log.info(f"{entry.served_name}: cold start {cold.as_output()}", resource=self)
         if args.kubernetes:
             pool_label = None
+            pool_resource: Optional[pulumi.Resource] = None
             if res.gpu > 0 and args.node_pool is not None:
                 pool = args.node_pool
-                node_pool = GpuNodePool(f"{name}", GpuNodePoolArgs(
-                    cluster_name=pool.cluster_name, subnet_ids=pool.subnet_ids,
-                    pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
-                    ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
-                    max_size=pool.max_size, protect=args.protect,
-                ), opts=child)
-                pool_label = node_pool.pool_label
+                if elastic.karpenter:
+                    pool_resource = KarpenterGpuPool(f"{name}", karpenter.KarpenterPoolArgs(
+                        cluster_name=pool.cluster_name, pool_label=f"{entry.served_name}-gpu",
+                        families=instance_families(pool.instance_types), supported_families=IMAGE_GPU_FAMILIES,
+                        node_role=elastic.node_role(pool.cluster_name), capacity_types=elastic.capacity_types,
+                        gpu_limit=elastic.gpu_limit or gpu_limit_needed(res.gpu, args.autoscaling.max_replicas),
+                        consolidation_policy=elastic.consolidation_policy, consolidate_after=elastic.consolidate_after,
+                        disruption_budget_nodes=elastic.disruption_budget_nodes, ami_alias=elastic.karpenter_ami_alias,
+                        subnet_ids=elastic.karpenter_subnet_ids,
+                        security_group_ids=elastic.karpenter_security_group_ids,
+                    ), opts=child)
+                else:
+                    pool_resource = GpuNodePool(f"{name}", GpuNodePoolArgs(
+                        cluster_name=pool.cluster_name, subnet_ids=pool.subnet_ids,
+                        pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
+                        ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
+                        max_size=pool.max_size, protect=args.protect,
+                    ), opts=child)
+                pool_label = pool_resource.pool_label
+            network = args.network
+            if elastic.keda_http and elastic.keda_namespace not in network.ingress_namespaces:
+                # The interceptor (in KEDA's namespace) forwards the held requests to the pods.
+                network = dataclasses.replace(
+                    network, ingress_namespaces=network.ingress_namespaces + (elastic.keda_namespace,))
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
-                resources=res, autoscaling=args.autoscaling, network=args.network, server=args.server,
+                resources=res, autoscaling=args.autoscaling, network=network, server=args.server,
                 pool_label=pool_label,
-            ), opts=child)
+                startup_failure_threshold=coldstart.startup_probe_failure_threshold(cold),
+                progress_deadline_seconds=coldstart.progress_deadline_seconds(cold),
+                external_autoscaler=elastic.keda,
+            ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pool_resource] if pool_resource else None))
+            url = service.url
+            if elastic.keda:
+                scale = args.autoscaling
+                scaling = KedaScaling(f"{name}", keda.KedaArgs(
+                    namespace=network.namespace, prometheus_url=elastic.prometheus_url,
+                    min_replicas=elastic.min_replicas, max_replicas=scale.max_replicas, metric=scale.metric,
+                    target_inflight=scale.target_inflight, target_queue_ms=scale.target_queue_ms,
+                    polling_seconds=elastic.keda_polling_seconds, cooldown_seconds=elastic.keda_cooldown_seconds,
+                    http=elastic.keda_http, keda_namespace=elastic.keda_namespace,
+                    wait_seconds=coldstart.interceptor_wait_seconds(cold) if elastic.keda_http else 0,
+                ), deployment_name=service.deployment_name, service_name=service.service_name,
+                    labels=specs.labels(entry.served_name), opts=child)
+                if scaling.url is not None:
+                    url = scaling.url  # clients go through the interceptor, which holds requests
         else:
             service = LocalService(f"{name}", LocalServiceArgs(
                 image=image.ref, port=args.network.local_port, drain_seconds=args.server.drain_seconds,
                 auth_token=args.network.auth_token,
             ), opts=child)
+            url = service.url
 
-        self.url = service.url
+        self.url = url
         self.image = image.ref
         self.model_version = pulumi.Output.from_input(build.version)
         self.signature = pulumi.Output.from_input(signature_of(build.manifest))
+        self.cold_start = pulumi.Output.from_input(cold.as_output())
         self.register_outputs({"url": self.url, "image": self.image, "model_version": self.model_version,
-                               "signature": self.signature})
+                               "signature": self.signature, "cold_start": self.cold_start})
+
+
+def cold_start_of(args: ServedModelArgs, build: Any) -> coldstart.ColdStart:
+    """The model's cold-start budget from the build's measurements and the stack's settings.
+
+    A node is counted when the replica needs a GPU node on the kubernetes target (the pool may
+    have to grow, or with Karpenter start from none); the image is pulled only when pushed
+    (kubernetes); the docker target builds the image where it runs."""
+    startup, sizes = build.startup, build.sizes
+    if not startup or "model_layer_gzip_bytes" not in sizes:
+        raise pulumi.RunError(f"model {args.model.served_name!r}: the build did not record its start-up "
+                              "measurement; rebuild with --no-cache")
+    e, res = args.elastic, args.resources
+    needs_node = args.kubernetes and res.gpu > 0 and args.node_pool is not None
+    families = instance_families(args.node_pool.instance_types) if needs_node else ()
+    try:
+        node = coldstart.node_seconds(families, e.node_provisioner, e.node_provision_seconds or None) \
+            if needs_node else 0.0
+        pull = coldstart.pull_seconds(coldstart.runtime_layer_bytes(res.device) + sizes["model_layer_gzip_bytes"],
+                                      e.pull_bandwidth_mbps) if args.kubernetes else 0.0
+        start = coldstart.start_seconds(res.device, startup)
+    except ValueError as exc:
+        raise pulumi.RunError(f"model {args.model.served_name!r}: cold-start budget: {exc}") from None
+    return coldstart.ColdStart(node_seconds=node, pull_seconds=pull, start_seconds=start)

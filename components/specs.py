@@ -66,13 +66,19 @@ def node_selector(pool_label: Optional[str]) -> dict[str, str]:
     return {POOL_LABEL: pool_label} if pool_label else {}
 
 
-def probes() -> dict[str, dict[str, Any]]:
-    """Startup gives the model time to load; readiness and liveness follow the V2 health routes."""
+STARTUP_PROBE_PERIOD_SECONDS = 5
+
+
+def probes(startup_failure_threshold: int = 60) -> dict[str, dict[str, Any]]:
+    """Startup gives the model time to load (the ServedModel derives the threshold from the
+    model's cold-start budget, components/coldstart.py); readiness and liveness follow the V2
+    health routes."""
     def http(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "http"}}
 
     return {
-        "startupProbe": http(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 60, "timeoutSeconds": 2},
+        "startupProbe": http(READY_PATH) | {"periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+                                            "failureThreshold": startup_failure_threshold, "timeoutSeconds": 2},
         "readinessProbe": http(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
         "livenessProbe": http(LIVE_PATH) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
     }

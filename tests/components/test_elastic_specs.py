@@ -206,8 +206,9 @@ def test_cold_start_budget_adds_node_pull_and_start():
 def test_derived_timeouts_follow_the_budget():
     small = coldstart.ColdStart(node_seconds=0, pull_seconds=2, start_seconds=3)
     big = coldstart.ColdStart(node_seconds=240, pull_seconds=30, start_seconds=100)
-    assert coldstart.startup_probe_failure_threshold(small) == 3  # floor
+    assert coldstart.startup_probe_failure_threshold(small) == 60 // 5  # the floor
     assert coldstart.startup_probe_failure_threshold(big) == math.ceil(100 * 1.5 / 5)
+    assert coldstart.PROBE_PERIOD_SECONDS == specs.probes()["startupProbe"]["periodSeconds"]
     assert coldstart.progress_deadline_seconds(small) == coldstart.MIN_PROGRESS_DEADLINE_SECONDS
     assert coldstart.progress_deadline_seconds(big) == math.ceil(370 * 1.5)
     assert coldstart.interceptor_wait_seconds(big) == math.ceil(370 * 1.5)

@@ -12,7 +12,8 @@ from components import specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kubernetes_manifest
 
 COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
-              "servedmodel:index:ModelService", "servedmodel:index:LocalService"}
+              "servedmodel:index:ModelService", "servedmodel:index:LocalService",
+              "servedmodel:index:KarpenterGpuPool", "servedmodel:index:KedaScaling"}
 K8S = "kubernetes:"
 # The oldest Kubernetes the objects are written for: the kubelet's preStop `sleep` action is on
 # by default from 1.30 (docs/deploy.md).
@@ -58,7 +59,9 @@ def test_every_resource_is_parented_in_its_component(stack_runs, stack):
         parent = run.by_urn(r.parent)
         assert parent.type in COMPONENTS, f"{r.type} {r.name} is parented by {parent.type}"
         if r.type.startswith(K8S):
-            assert parent.type == "servedmodel:index:ModelService"
+            # Karpenter's pool and KEDA's objects belong to their own components (issue 11).
+            assert parent.type in ("servedmodel:index:ModelService", "servedmodel:index:KarpenterGpuPool",
+                                   "servedmodel:index:KedaScaling")
         if r.type.startswith("aws:iam") or r.type.startswith("aws:eks"):
             assert parent.type == "servedmodel:index:GpuNodePool"
         if r.type.startswith("aws:ecr") or r.type.startswith("docker-build"):
