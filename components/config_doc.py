@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from components.args import IMAGE_GPU_FAMILIES
 from components.settings import AMI_TYPES, GPUS_PER_INSTANCE, ROLLOUT_SURGE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,13 @@ node pool.
   updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
   replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
   {types}. AMI types: {amis}.
+- Elastic capacity (docs/deploy.md, "Elastic GPU capacity"): `nodeProvisioner: karpenter` needs the
+  kubernetes target and `gpu` > 0, and admits only the GPU families the image can run ({families});
+  its `gpuLimit` must be 0 or at least (`maxReplicas` + {surge}) x `gpu`, and the managed pool's
+  `nodeMax` rule does not apply. `autoscaler: keda` needs the kubernetes target and `autoscaleMetric`
+  inflight or queue. `minReplicas: 0` (scale to zero) needs `autoscaler: keda` and `kedaHttp: true`;
+  with hpa `minReplicas` stays 1 (the minimum is `replicas`). `kedaHttp` needs `autoscaler: keda` and
+  a ClusterIP Service.
 - Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
 """
 
@@ -77,7 +85,7 @@ def render(pulumi_yaml: Path = ROOT / "Pulumi.yaml") -> str:
         rows.append(f"| `{key}` | {kind} | {_cell(decl.get('default'))} | {decl['description']} |")
     types = ", ".join(f"{t} ({n})" for t, n in GPUS_PER_INSTANCE.items())
     return HEADER + "\n".join(rows) + "\n" + STACK_ONLY.format(
-        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES))
+        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES), families=", ".join(IMAGE_GPU_FAMILIES))
 
 
 if __name__ == "__main__":
