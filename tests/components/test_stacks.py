@@ -264,7 +264,7 @@ def test_outputs_per_model(stack_runs):
     assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
     for stack, run in stack_runs.items():
         out = run.outputs
-        assert set(out) == {"url", "image", "modelVersion", "signature"}
+        assert set(out) == {"url", "image", "modelVersion", "signature", "coldStart"}
         for name, version in out["modelVersion"].items():
             assert len(version) == 16 and out["image"][name].split("@")[0].endswith(":" + version)
             sig = out["signature"][name]
