@@ -20,6 +20,8 @@ served = {args.model.served_name: ServedModel(args.model.served_name, args, opts
 
 # Per model, keyed by served name (a stack may serve several models).
 pulumi.export("url", {name: m.url for name, m in served.items()})
+pulumi.export("inferUrl", {name: m.infer_url for name, m in served.items()})
+pulumi.export("modelName", {name: m.model_name for name, m in served.items()})
 pulumi.export("image", {name: m.image for name, m in served.items()})
 pulumi.export("modelVersion", {name: m.model_version for name, m in served.items()})
 pulumi.export("signature", {name: m.signature for name, m in served.items()})

@@ -20,7 +20,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import pulumi
 
-from models.contract import DRAIN_SECONDS
+from components.specs import ROLLOUT_SURGE
+from components.gpus import GPUS_PER_INSTANCE, instance_family, unsupported_reason
+from models.contract import DRAIN_SECONDS, PORT as SERVER_PORT
 from models.loader import is_model_ref
 from models.spec import COMPRESSIONS
 from models.zoo import ZOO as _MODEL_ZOO  # name -> factory; importing it loads no torch
@@ -30,29 +32,15 @@ TARGETS = ("docker", "kubernetes")
 AUTOSCALE_METRICS = ("inflight", "queue", "cpu")
 SERVICE_TYPES = ("ClusterIP", "LoadBalancer")
 AMI_TYPES = ("BOTTLEROCKET_x86_64_NVIDIA", "AL2023_x86_64_NVIDIA")
-# A rolling update with maxUnavailable 0 starts this many extra pods before stopping old ones
-# (components/specs.rolling_update uses it; the capacity rule counts it).
-ROLLOUT_SURGE = 1
 
-# NVIDIA GPUs per EC2 instance type, for the node pool capacity check. A type not listed is
-# rejected rather than guessed: a wrong count would let a rollout wait forever for a GPU.
-GPUS_PER_INSTANCE: dict[str, int] = {
-    "g4dn.xlarge": 1, "g4dn.2xlarge": 1, "g4dn.4xlarge": 1, "g4dn.8xlarge": 1,
-    "g4dn.16xlarge": 1, "g4dn.12xlarge": 4, "g4dn.metal": 8,
-    "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
-    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8,
-    "g6.xlarge": 1, "g6.2xlarge": 1, "g6.4xlarge": 1, "g6.8xlarge": 1, "g6.16xlarge": 1,
-    "g6.12xlarge": 4, "g6.24xlarge": 4, "g6.48xlarge": 8,
-    "g6e.xlarge": 1, "g6e.2xlarge": 1, "g6e.4xlarge": 1, "g6e.8xlarge": 1,
-    "g6e.16xlarge": 1, "g6e.12xlarge": 4, "g6e.24xlarge": 4, "g6e.48xlarge": 8,
-    "p3.2xlarge": 1, "p3.8xlarge": 4, "p3.16xlarge": 8,
-    "p4d.24xlarge": 8, "p5.48xlarge": 8,
-}
-
+# ServerArgs fields passed to the server as SERVEDMODEL_<NAME> when set.
+BATCHING_SETTINGS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "queue_timeout_ms")
 MAX_NAME = 40  # leaves room for Pulumi's auto-name suffixes and the component suffixes
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _REF = re.compile(r"@\{([a-z_.]+)\}")
+# An ACM certificate (TLS at the load balancer): arn:<partition>:acm:<region>:<account>:certificate/<id>
+_ACM_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:[0-9]{12}:certificate/[0-9a-f-]+$")
 
 
 @dataclass(frozen=True)
@@ -222,6 +210,12 @@ class NetworkArgs:
     """Host port on 127.0.0.1 (docker target). Default 8080."""
     auth_token: Optional[pulumi.Input[str]] = field(default=None, repr=False, compare=False)
     """Bearer token the server requires on model routes, a Pulumi secret. Default None."""
+    tls_certificate_arn: str = ""
+    """ACM certificate the public load balancer (an NLB) terminates TLS with; required with a
+    LoadBalancer, together with `auth_token`. Default ""."""
+    grpc_port: int = 0
+    """The server's gRPC port (SERVEDMODEL_GRPC_PORT): a container port, a Service port named
+    `grpc` (appProtocol grpc), gRPC probes and the NetworkPolicy rule. 0: gRPC off. Default 0."""
 
     def __post_init__(self) -> None:
         c = _Checker("network", self)
@@ -233,6 +227,22 @@ class NetworkArgs:
         elif self.service_type == "LoadBalancer" and not self.allow_load_balancer:
             c.bad("service_type", "a LoadBalancer is public: set @{network.allow_load_balancer} to true to opt in, "
                                   "or use ClusterIP")
+        public = self.service_type == "LoadBalancer"
+        if public:
+            missing = [ref for ref, given in (("@{network.auth_token}", self.auth_token is not None),
+                                              ("@{network.tls_certificate_arn}", bool(self.tls_certificate_arn)))
+                       if not given]
+            if missing:
+                c.bad("service_type", "a public endpoint needs both @{network.auth_token} (a secret) and "
+                                      "@{network.tls_certificate_arn} (an ACM certificate the NLB terminates TLS with); "
+                                      f"missing: {', '.join(missing)}")
+        if self.tls_certificate_arn:
+            if not isinstance(self.tls_certificate_arn, str) or not _ACM_ARN.match(self.tls_certificate_arn):
+                c.bad("tls_certificate_arn", "must be an ACM certificate ARN such as "
+                                             "arn:aws:acm:eu-west-1:123456789012:certificate/<id>")
+            elif not public:
+                c.bad("tls_certificate_arn", "TLS terminates at the load balancer: only with @{network.service_type} "
+                                             "LoadBalancer (leave it empty for ClusterIP)")
         for ns in self.ingress_namespaces:
             if not is_dns_label(ns):
                 c.bad("ingress_namespaces", "each entry must be a namespace name (DNS label)", value=ns)
@@ -242,6 +252,11 @@ class NetworkArgs:
             except (TypeError, ValueError):
                 c.bad("ingress_cidrs", "each entry must be a CIDR block such as 10.0.0.0/16", value=cidr)
         c.integer("local_port", 1024, 65535)
+        if c.integer("grpc_port", 0, 65535) and self.grpc_port:
+            if self.grpc_port < 1024:
+                c.bad("grpc_port", "must be 0 (gRPC off) or a port between 1024 and 65535")
+            elif self.grpc_port in (SERVER_PORT, self.local_port):
+                c.bad("grpc_port", f"must differ from the server's HTTP port ({SERVER_PORT}) and from @{{network.local_port}}")
         c.raise_if_any("NetworkArgs")
 
 
@@ -257,12 +272,28 @@ class ServerArgs:
     """Graceful drain after SIGTERM; the pod's grace period outlasts preStop + drain. Default: the server's."""
     pre_stop_seconds: int = 5
     """preStop sleep so endpoints stop routing before the drain. Default 5."""
+    max_batch_size: Optional[int] = None
+    """SERVEDMODEL_MAX_BATCH_SIZE: the dynamic batching cap. None: the manifest's. Default None."""
+    max_queue_delay_ms: Optional[int] = None
+    """SERVEDMODEL_MAX_QUEUE_DELAY_MS: the batching window. None: the manifest's. Default None."""
+    max_queue_size: Optional[int] = None
+    """SERVEDMODEL_MAX_QUEUE_SIZE: queued requests before shedding with 503. None: the server's. Default None."""
+    queue_timeout_ms: Optional[int] = None
+    """SERVEDMODEL_QUEUE_TIMEOUT_MS: a request that cannot start within it gets 503. None: the server's. Default None."""
 
     def __post_init__(self) -> None:
         c = _Checker("server", self)
         c.integer("drain_seconds", 0)
         c.integer("pre_stop_seconds", 0)
+        c.integer("max_batch_size", 1, optional=True)
+        c.integer("max_queue_delay_ms", 0, 10_000, optional=True)
+        c.integer("max_queue_size", 1, optional=True)
+        c.integer("queue_timeout_ms", 1, optional=True)
         c.raise_if_any("ServerArgs")
+
+    def batching_env(self) -> dict[str, str]:
+        """The SERVEDMODEL_* batching variables that are set (the rest stay the server's)."""
+        return {name: str(getattr(self, name)) for name in BATCHING_SETTINGS if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True)
@@ -289,7 +320,11 @@ class NodePoolArgs:
         if not isinstance(self.cluster_name, str) or not self.cluster_name:
             c.bad("cluster_name", "the name of an existing EKS cluster the nodes join")
         types = tuple(self.instance_types or ())
-        unknown = [t for t in types if t not in GPUS_PER_INSTANCE]
+        for t in types:
+            if unsupported_reason(t):
+                c.bad("instance_types", f"{t}: {unsupported_reason(t)}; use a Turing or newer NVIDIA type "
+                                        "(g4dn, g5, g6, g6e, p4d, p5)", value=t)
+        unknown = [t for t in types if t not in GPUS_PER_INSTANCE and not unsupported_reason(t)]
         if not types or unknown:
             c.bad("instance_types", f"GPU instance types only; accepted: {', '.join(GPUS_PER_INSTANCE)}",
                   value=list(types))
@@ -411,10 +446,10 @@ def capacity_problems(gpu: int, max_replicas: int, pool: NodePoolArgs) -> list[P
 
 # ---- Elastic GPU capacity (issue 11): Karpenter nodes, KEDA pods, scale to zero ----
 
-# GPU instance families the serving image can run (CUDA 13 wheels: Turing and newer; Volta's p3
-# is out). The Karpenter pool admits only these. ONE list: replace it by the validation's shared
-# list of families when that lands (issue 8), never keep two.
-IMAGE_GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
+# GPU instance families the serving image can run: those of the known instance types
+# (components/gpus.py, the one list the node group's validation uses). The Karpenter pool admits
+# only these.
+IMAGE_GPU_FAMILIES = tuple(sorted({instance_family(t) for t in GPUS_PER_INSTANCE}))
 NODE_PROVISIONERS = ("managed", "karpenter")
 AUTOSCALERS = ("hpa", "keda")
 KEDA_METRICS = ("inflight", "queue")
@@ -534,7 +569,7 @@ def gpu_limit_needed(gpu: int, max_replicas: int) -> int:
 
 def instance_families(instance_types: Sequence[str]) -> tuple[str, ...]:
     """`("g5.xlarge", "g5.2xlarge", "g6.xlarge")` -> `("g5", "g6")`."""
-    return tuple(sorted({t.split(".", 1)[0] for t in instance_types}))
+    return tuple(sorted({instance_family(t) for t in instance_types}))
 
 
 def elastic_problems(target: Any, resources: Optional[ResourcesArgs], autoscaling: Optional[AutoscalingArgs],

@@ -14,8 +14,9 @@ comes from (docs/deploy.md, "Cold-start budget"):
   compressed bytes are computed by the build from the real model file (BuildResult.sizes).
 - startSeconds: a fixed process start per device (interpreter + imports, plus the CUDA context
   on GPU: estimates) + model load + warm-up as the build measured them (models/startup.py).
-The startup probe, the Deployment's progress deadline and the KEDA HTTP interceptor's wait are
-all derived from this budget (never hand-set), with the same safety factor.
+The startup probe, the Deployment's progress deadline (and the engine's customTimeouts) and the
+KEDA HTTP interceptor's wait are all derived from this budget, never hand-set:
+components/timeouts.py takes its start, pull and node parts.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from components import specs
 
 IMAGE_LAYERS_FILE = Path(__file__).resolve().parent / "image_layers.json"
 
@@ -43,16 +43,6 @@ MANAGED_EXTRA_SECONDS = 30.0
 # docker run -> ready for mnist-mlp is 0.29 s on 2 cores, docs/benchmarks.md, so 2 s is
 # generous), plus the CUDA context and cuDNN/cuBLAS loading on GPU (an estimate).
 PROCESS_SECONDS: dict[str, float] = {"cpu": 2.0, "cuda": 15.0}
-# Every derived timeout is the budget times this factor: a slow node or pull must not make a
-# healthy start look failed.
-SAFETY_FACTOR = 1.5
-PROBE_PERIOD_SECONDS = specs.STARTUP_PROBE_PERIOD_SECONDS
-# Floors: an estimate that is too small must not kill a healthy start on a busy node, or fail a
-# rollout that waits behind other work.
-MIN_STARTUP_SECONDS = 60
-MIN_PROGRESS_DEADLINE_SECONDS = 300
-
-
 @dataclass(frozen=True)
 class ColdStart:
     """The budget, in seconds; `as_output()` is the stack output `coldStart`."""
@@ -68,11 +58,6 @@ class ColdStart:
     def as_output(self) -> dict[str, float]:
         return {"nodeSeconds": round(self.node_seconds, 1), "pullSeconds": round(self.pull_seconds, 1),
                 "startSeconds": round(self.start_seconds, 1), "totalSeconds": round(self.total_seconds, 1)}
-
-
-def instance_family(instance_type: str) -> str:
-    """`g5.xlarge` -> `g5`."""
-    return instance_type.split(".", 1)[0]
 
 
 def node_seconds(families: tuple[str, ...], provisioner: str, override: Optional[float] = None) -> float:
@@ -122,19 +107,3 @@ def budget(*, device: str, startup: Mapping[str, Any], model_layer_bytes: int, b
     pull = pull_seconds(runtime_layer_bytes(device, layers_table) + model_layer_bytes, bandwidth_mb_per_s)
     return ColdStart(node_seconds=node, pull_seconds=pull, start_seconds=start_seconds(device, startup))
 
-
-def startup_probe_failure_threshold(cold: ColdStart) -> int:
-    """Probe periods the kubelet allows before killing a starting container: only the start part
-    (the probe begins once the container runs, after node and pull)."""
-    seconds = max(MIN_STARTUP_SECONDS, cold.start_seconds * SAFETY_FACTOR)
-    return math.ceil(seconds / PROBE_PERIOD_SECONDS)
-
-
-def progress_deadline_seconds(cold: ColdStart) -> int:
-    """The Deployment's progressDeadlineSeconds: a new pod may need a node, a pull and a start."""
-    return max(MIN_PROGRESS_DEADLINE_SECONDS, math.ceil(cold.total_seconds * SAFETY_FACTOR))
-
-
-def interceptor_wait_seconds(cold: ColdStart) -> int:
-    """How long the KEDA HTTP interceptor holds a request for an idle model (conditionWait)."""
-    return math.ceil(cold.total_seconds * SAFETY_FACTOR)

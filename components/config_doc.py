@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from components.args import IMAGE_GPU_FAMILIES
+from components.gpus import UNSUPPORTED_GPU_FAMILIES
 from components.settings import AMI_TYPES, GPUS_PER_INSTANCE, ROLLOUT_SURGE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,25 +50,37 @@ STACK_ONLY = """
 | `servedmodel:kubeconfig` | secret string | A kubeconfig for the cluster. Without it the program builds one from `clusterName` that authenticates with `aws eks get-token` (no stored token). Secret only. |
 
 Other namespaces: `aws:region` (kubernetes target) selects the AWS region of the cluster, ECR and
-node pool.
+node pool; `aws:profile`, when set, is also passed to the generated kubeconfig's
+`aws eks get-token` (`--profile` and `AWS_PROFILE`), so the cluster token comes from the same
+profile as the AWS calls.
 
 ## Rules checked together with the types
 
 - `target` docker takes no GPUs (`gpu` 0); `target` kubernetes needs `clusterName`.
 - `replicas` <= `maxReplicas`; above it an HPA owns the replica count (`replicas` is left unset on
   the Deployment). `replicas` > 1 adds a PodDisruptionBudget (`maxUnavailable: 1`).
-- `serviceType` LoadBalancer needs `allowLoadBalancer: true`.
+- `serviceType` LoadBalancer is public: it needs `allowLoadBalancer: true`, and both the secret
+  `authToken` and `tlsCertificateArn` (one error names both keys when either is missing); TLS
+  terminates at an NLB of the AWS Load Balancer Controller. `tlsCertificateArn` is for a
+  LoadBalancer only.
+- `grpcPort` is 0 (off) or 1024-65535, not 8080 nor `localPort`; `maxBatchSize`, `maxQueueDelayMs`
+  (up to 10000), `maxQueueSize` and `queueTimeoutMs` are 0 (the server's or the manifest's
+  default) or positive.
 - With GPUs on kubernetes, the node pool must fit `maxReplicas` + {surge} surge pod (rolling
   updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
   replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
   {types}. AMI types: {amis}.
 - Elastic capacity (docs/deploy.md, "Elastic GPU capacity"): `nodeProvisioner: karpenter` needs the
-  kubernetes target and `gpu` > 0, and admits only the GPU families the image can run ({families});
+  kubernetes target and `gpu` > 0, and admits only the GPU families the image can run (those of the known types above);
   its `gpuLimit` must be 0 or at least (`maxReplicas` + {surge}) x `gpu`, and the managed pool's
   `nodeMax` rule does not apply. `autoscaler: keda` needs the kubernetes target and `autoscaleMetric`
   inflight or queue. `minReplicas: 0` (scale to zero) needs `autoscaler: keda` and `kedaHttp: true`;
   with hpa `minReplicas` stays 1 (the minimum is `replicas`). `kedaHttp` needs `autoscaler: keda` and
   a ClusterIP Service.
+- GPU instance families the image cannot run are refused, with the reason:
+{refused}
+- Without `nodeSubnetIds` the GPU nodes go to the cluster's private subnets only: those tagged
+  `kubernetes.io/role/internal-elb=1` (none tagged stops the program with that message).
 - Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
 """
 
@@ -85,7 +97,8 @@ def render(pulumi_yaml: Path = ROOT / "Pulumi.yaml") -> str:
         rows.append(f"| `{key}` | {kind} | {_cell(decl.get('default'))} | {decl['description']} |")
     types = ", ".join(f"{t} ({n})" for t, n in GPUS_PER_INSTANCE.items())
     return HEADER + "\n".join(rows) + "\n" + STACK_ONLY.format(
-        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES), families=", ".join(IMAGE_GPU_FAMILIES))
+        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES),
+        refused="\n".join(f"  - `{family}`: {why}" for family, why in sorted(UNSUPPORTED_GPU_FAMILIES.items())))
 
 
 if __name__ == "__main__":

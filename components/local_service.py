@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_docker as docker
@@ -20,6 +20,10 @@ class LocalServiceArgs:
     """Server drain after SIGTERM; docker waits longer before killing. Default 20."""
     auth_token: Optional[pulumi.Input[str]] = None
     """Bearer token (a Pulumi secret). Default None."""
+    extra_env: Sequence[str] = ()
+    """More `SERVEDMODEL_NAME=value` settings (served name, gRPC port, batching). Default ()."""
+    grpc_port: int = 0
+    """The server's gRPC port, published on 127.0.0.1 at the same number; 0: off. Default 0."""
 
 
 class LocalService(pulumi.ComponentResource):
@@ -39,12 +43,14 @@ class LocalService(pulumi.ComponentResource):
             "SERVEDMODEL_DEVICE=cpu",
             f"SERVEDMODEL_DRAIN_SECONDS={args.drain_seconds}",
         ]
+        envs += [e for e in args.extra_env if e not in envs]
         if args.auth_token is not None:
             envs.append(pulumi.Output.secret(pulumi.Output.concat("SERVEDMODEL_AUTH_TOKEN=", args.auth_token)))
         container = docker.Container(
             f"{name}-container",
             image=args.image,
-            ports=[{"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}],
+            ports=[{"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}]
+            + ([{"internal": args.grpc_port, "external": args.grpc_port, "ip": "127.0.0.1"}] if args.grpc_port else []),
             envs=envs,
             healthcheck={"tests": specs.docker_healthcheck_test(), "interval": "5s", "timeout": "3s",
                          "retries": 3, "start_period": "60s"},

@@ -8,6 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import specs
+from components.timeouts import readiness_timeouts
 from components.args import AutoscalingArgs, NetworkArgs, ResourcesArgs, ServerArgs
 
 
@@ -29,11 +30,15 @@ class ModelServiceArgs:
     """Drain and preStop (and the server's SERVEDMODEL_* settings)."""
     pool_label: Optional[pulumi.Input[str]] = None
     """GPU pool label value to select (from GpuNodePool). Default None."""
-    startup_failure_threshold: int = 60
-    """Startup probe periods before the kubelet restarts a starting container (derived from the
-    model's cold-start budget by ServedModel). Default 60."""
-    progress_deadline_seconds: int = 600
-    """Deployment progressDeadlineSeconds (derived from the cold-start budget by ServedModel). Default 600."""
+    startup_seconds: Optional[float] = None
+    """The model's measured start-up (manifest `startup`); sizes the timeouts. None: unknown. Default None."""
+    node_max: int = 0
+    """Maximum nodes of the GPU pool the pods need (sizes the rollout's wait). Default 0."""
+    pull_seconds: Optional[float] = None
+    """Image pull time from the model's cold-start budget (components/coldstart.py); None: the
+    timeouts' per-device allowance. Default None."""
+    node_seconds: Optional[float] = None
+    """New-node time from the cold-start budget; None: the timeouts' allowance. Default None."""
     external_autoscaler: bool = False
     """Another controller (KEDA) owns the replica count: no HPA, `replicas` left unset. Default False."""
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -57,6 +62,8 @@ class ModelService(pulumi.ComponentResource):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         res, scale, net, srv = args.resources, args.autoscaling, args.network, args.server
+        waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max,
+                                   pull_seconds=args.pull_seconds, node_seconds=args.node_seconds)
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
@@ -87,12 +94,13 @@ class ModelService(pulumi.ComponentResource):
         container: dict[str, Any] = {
             "name": "server",
             "image": args.image,
-            "ports": [{"name": "http", "containerPort": specs.SERVER_PORT, "protocol": "TCP"}],
-            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name),
+            "ports": specs.container_ports(net.grpc_port),
+            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name, model_name=args.served_name,
+                                    grpc_port=net.grpc_port, settings=srv.batching_env()),
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}],
-            **specs.probes(args.startup_failure_threshold),
+            **specs.probes(net.grpc_port, waits.startup_failure_threshold),
         }
         if lifecycle:
             container["lifecycle"] = lifecycle
@@ -116,7 +124,7 @@ class ModelService(pulumi.ComponentResource):
             "selector": {"matchLabels": selector},
             "strategy": specs.rolling_update(),
             "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": args.progress_deadline_seconds,
+            "progressDeadlineSeconds": waits.progress_deadline_seconds,
             "template": {
                 "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
                              "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
@@ -128,15 +136,22 @@ class ModelService(pulumi.ComponentResource):
             deploy_spec["replicas"] = scale.replicas
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
-            spec=deploy_spec, opts=child)
+            spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                create=waits.deployment, update=waits.deployment)))
 
-        service_annotations = {specs.LOAD_BALANCER_OPT_IN: "true"} if (
-            net.service_type == "LoadBalancer" and net.allow_load_balancer) else {}
+        public = net.service_type == "LoadBalancer"
+        service_annotations: dict[str, str] = {}
+        if public:
+            service_annotations = specs.public_load_balancer_annotations(net.tls_certificate_arn, net.grpc_port)
+            if net.allow_load_balancer:
+                service_annotations[specs.LOAD_BALANCER_OPT_IN] = "true"
         service = k8s.core.v1.Service(
             f"{name}-svc", metadata=meta(annotations=service_annotations) if service_annotations else meta(),
             spec={"type": net.service_type, "selector": selector,
-                  "ports": [{"name": "http", "port": specs.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]},
-            opts=child)
+                  "ports": specs.service_ports(net.grpc_port, tls=public)},
+            # A LoadBalancer's await covers its NLB and a ready pod behind it.
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                create=waits.service, update=waits.service)) if public else child)
 
         if autoscaled:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
@@ -157,7 +172,7 @@ class ModelService(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=meta(),
             spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
-                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs)},
+                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs, net.grpc_port)},
             opts=child)
 
         if net.service_type == "LoadBalancer":
@@ -167,6 +182,9 @@ class ModelService(pulumi.ComponentResource):
         self.url = url
         self.deployment_name = deployment.metadata.name
         self.service_name = service.metadata.name
+        # One pod from scheduling to ready (new node, pull, startup probe budget): the KEDA HTTP
+        # interceptor holds a request this long for an idle model.
+        self.pod_seconds = waits.pod_seconds
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
                                "service_name": self.service_name})
 
@@ -175,4 +193,4 @@ def _load_balancer_url(status: Any) -> str:
     ingress = (status and status.load_balancer and status.load_balancer.ingress) or []
     if not ingress:
         return ""
-    return f"http://{ingress[0].hostname or ingress[0].ip}"
+    return f"https://{ingress[0].hostname or ingress[0].ip}"  # TLS terminates at the NLB

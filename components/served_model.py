@@ -10,6 +10,7 @@ import pulumi
 from components import coldstart, karpenter, keda, specs
 from components.args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
 from components.elastic import KarpenterGpuPool, KedaScaling
+from components.timeouts import ReadinessTimeouts, readiness_timeouts
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
@@ -31,15 +32,29 @@ def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"inputs": manifest["inputs"], "outputs": manifest["outputs"]}
 
 
+def _node_group_timeouts(t: ReadinessTimeouts) -> pulumi.CustomTimeouts:
+    return pulumi.CustomTimeouts(create=t.node_group_create, update=t.node_group_update)
+
+
+def infer_url(url: str, served_name: str) -> str:
+    """The V2 infer route of the model: the server answers under its served name
+    (SERVEDMODEL_MODEL_NAME), so the route survives a change of the model behind it."""
+    return f"{url.rstrip('/')}/v2/models/{served_name}/infer"
+
+
 class ServedModel(pulumi.ComponentResource):
     """Runs models.build (cached on its inputs, so an unchanged model does no export), then
     ModelImage, GpuNodePool (kubernetes + gpu) and ModelService, or LocalService (docker).
 
-    Outputs: `url`, `image` (ref@digest), `model_version`, `signature`, `cold_start`
+    Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
+    swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
+    `model_version`, `signature`, `cold_start`
     ({nodeSeconds, pullSeconds, startSeconds, totalSeconds}: components/coldstart.py).
     """
 
     url: pulumi.Output[str]
+    infer_url: pulumi.Output[str]
+    model_name: pulumi.Output[str]
     image: pulumi.Output[str]
     model_version: pulumi.Output[str]
     signature: pulumi.Output[dict]
@@ -71,6 +86,8 @@ class ServedModel(pulumi.ComponentResource):
 
         elastic = args.elastic
         cold = cold_start_of(args, build)
+        # The server's start (process + measured load + warm-up): what the readiness timeouts size.
+        startup = cold.start_seconds
         pulumi.log.info(f"{entry.served_name}: cold start {cold.as_output()}", resource=self)
         if args.kubernetes:
             pool_label = None
@@ -94,6 +111,9 @@ class ServedModel(pulumi.ComponentResource):
                         pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
                         ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
                         max_size=pool.max_size, protect=args.protect,
+                        timeouts=_node_group_timeouts(readiness_timeouts(
+                            startup, res.device, args.autoscaling.max_replicas, pool.max_size,
+                            pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds)),
                     ), opts=child)
                 pool_label = pool_resource.pool_label
             network = args.network
@@ -104,11 +124,11 @@ class ServedModel(pulumi.ComponentResource):
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
                 resources=res, autoscaling=args.autoscaling, network=network, server=args.server,
-                pool_label=pool_label,
-                startup_failure_threshold=coldstart.startup_probe_failure_threshold(cold),
-                progress_deadline_seconds=coldstart.progress_deadline_seconds(cold),
+                pool_label=pool_label, startup_seconds=startup,
+                node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
+                pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds,
                 external_autoscaler=elastic.keda,
-            ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pool_resource] if pool_resource else None))
+            ), opts=child)
             url = service.url
             if elastic.keda:
                 scale = args.autoscaling
@@ -118,24 +138,30 @@ class ServedModel(pulumi.ComponentResource):
                     target_inflight=scale.target_inflight, target_queue_ms=scale.target_queue_ms,
                     polling_seconds=elastic.keda_polling_seconds, cooldown_seconds=elastic.keda_cooldown_seconds,
                     http=elastic.keda_http, keda_namespace=elastic.keda_namespace,
-                    wait_seconds=coldstart.interceptor_wait_seconds(cold) if elastic.keda_http else 0,
+                    # As long as one pod may take to be ready (node, pull, startup probe budget).
+                    wait_seconds=service.pod_seconds if elastic.keda_http else 0,
                 ), deployment_name=service.deployment_name, service_name=service.service_name,
                     labels=specs.labels(entry.served_name), opts=child)
                 if scaling.url is not None:
                     url = scaling.url  # clients go through the interceptor, which holds requests
         else:
+            env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,
+                                   grpc_port=args.network.grpc_port, settings=args.server.batching_env())
             service = LocalService(f"{name}", LocalServiceArgs(
                 image=image.ref, port=args.network.local_port, drain_seconds=args.server.drain_seconds,
-                auth_token=args.network.auth_token,
+                auth_token=args.network.auth_token, extra_env=specs.docker_env(env), grpc_port=args.network.grpc_port,
             ), opts=child)
             url = service.url
 
         self.url = url
         self.image = image.ref
+        self.model_name = pulumi.Output.from_input(entry.served_name)
+        self.infer_url = pulumi.Output.from_input(url).apply(lambda u: infer_url(u, entry.served_name))
         self.model_version = pulumi.Output.from_input(build.version)
         self.signature = pulumi.Output.from_input(signature_of(build.manifest))
         self.cold_start = pulumi.Output.from_input(cold.as_output())
-        self.register_outputs({"url": self.url, "image": self.image, "model_version": self.model_version,
+        self.register_outputs({"url": self.url, "infer_url": self.infer_url, "model_name": self.model_name,
+                               "image": self.image, "model_version": self.model_version,
                                "signature": self.signature, "cold_start": self.cold_start})
 
 

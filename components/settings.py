@@ -82,8 +82,14 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "ingressNamespaces": ("network.ingress_namespaces", "list"),
     "ingressCidrs": ("network.ingress_cidrs", "list"),
     "localPort": ("network.local_port", "int"),
+    "tlsCertificateArn": ("network.tls_certificate_arn", "str"),
+    "grpcPort": ("network.grpc_port", "int"),
     "drainSeconds": ("server.drain_seconds", "int"),
     "preStopSeconds": ("server.pre_stop_seconds", "int"),
+    "maxBatchSize": ("server.max_batch_size", "int"),
+    "maxQueueDelayMs": ("server.max_queue_delay_ms", "int"),
+    "maxQueueSize": ("server.max_queue_size", "int"),
+    "queueTimeoutMs": ("server.queue_timeout_ms", "int"),
     "clusterName": ("node_pool.cluster_name", "str"),
     "nodeInstanceTypes": ("node_pool.instance_types", "list"),
     "nodeAmiType": ("node_pool.ami_type", "str"),
@@ -116,6 +122,9 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "pullBandwidthMBps": ("elastic.pull_bandwidth_mbps", "int"),
     "nodeProvisionSeconds": ("elastic.node_provision_seconds", "int"),
 }
+# 0 in the stack means "not set": the server's (or the model manifest's) own default applies,
+# so no default of the server is restated in the stack or in components/.
+_ZERO_IS_UNSET = ("maxBatchSize", "maxQueueDelayMs", "maxQueueSize", "queueTimeoutMs")
 # Secrets become args fields too (their values come from the secret config, never from `raw`).
 _SECRET_FIELDS = {"authToken": "network.auth_token", "registryPassword": "registry.password"}
 # Read to build each ModelArgs (see _model_entries), not groups of their own.
@@ -222,7 +231,7 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
     groups: dict[str, dict[str, Any]] = {}
     for key, (path, _) in _FIELDS.items():
         group, _, name = path.rpartition(".")
-        if typed[key] is not None:
+        if typed[key] is not None and not (key in _ZERO_IS_UNSET and typed[key] == 0):
             groups.setdefault(group, {})[name] = typed[key]
     for key, path in _SECRET_FIELDS.items():
         if key in secrets:
@@ -261,8 +270,9 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
         if model is None or None in built.values() or (kubernetes and gpu and node_pool is None) or target not in TARGETS:
             continue
         network = built["network"]
-        if index:  # further models on the docker target use the next host ports
-            network = dataclasses.replace(network, local_port=network.local_port + index)
+        if index and target == "docker":  # further models on the docker target use the next host ports
+            network = dataclasses.replace(network, local_port=network.local_port + index,
+                                          grpc_port=network.grpc_port + index if network.grpc_port else 0)
         args = _build(ServedModelArgs, dict(
             model=model, out_dir=build_root / model.served_name, target=target, node_pool=node_pool,
             protect=top.get("protect", False), **(built | {"network": network})), stack_names, problems)

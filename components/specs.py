@@ -14,6 +14,11 @@ from models import contract  # the server's contract values, read as data from s
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
+TLS_PORT = 443
+# The AWS Load Balancer Controller's Service annotations (kubernetes-sigs/aws-load-balancer-controller,
+# docs/guide/service/annotations.md): the controller, not the in-tree one, makes an NLB for them.
+LBC = "service.beta.kubernetes.io/aws-load-balancer-"
+TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 READY_PATH = contract.READY_PATH
 LIVE_PATH = contract.LIVE_PATH
 INFLIGHT_METRIC = contract.INFLIGHT_METRIC
@@ -27,6 +32,7 @@ VERSION_ANNOTATION = "servedmodel.io/model-version"
 LOAD_BALANCER_OPT_IN = "servedmodel.io/allow-load-balancer"
 RUN_AS = 10001  # the image's non-root user (docs/architecture.md section 2)
 TMP_VOLUME = "tmp"
+STARTUP_PROBE_PERIOD = 5  # seconds between startup probes
 
 
 def scrape_annotations() -> dict[str, str]:
@@ -66,21 +72,26 @@ def node_selector(pool_label: Optional[str]) -> dict[str, str]:
     return {POOL_LABEL: pool_label} if pool_label else {}
 
 
-STARTUP_PROBE_PERIOD_SECONDS = 5
+def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str, dict[str, Any]]:
+    """Startup gives the model time to load; readiness and liveness follow the V2 health routes.
 
-
-def probes(startup_failure_threshold: int = 60) -> dict[str, dict[str, Any]]:
-    """Startup gives the model time to load (the ServedModel derives the threshold from the
-    model's cold-start budget, components/coldstart.py); readiness and liveness follow the V2
-    health routes."""
+    With gRPC on, readiness and liveness ask the server's grpc.health.v1 service (Kubernetes'
+    native `grpc` probe), so a pod is routed gRPC traffic only while that front end answers; the
+    startup probe stays on the HTTP ready route, which both front ends share.
+    """
     def http(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "http"}}
 
+    def check(path: str) -> dict[str, Any]:
+        if grpc_port:
+            return {"grpc": {"port": grpc_port, "service": contract.GRPC_HEALTH_SERVICE}}
+        return http(path)
+
     return {
-        "startupProbe": http(READY_PATH) | {"periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
-                                            "failureThreshold": startup_failure_threshold, "timeoutSeconds": 2},
-        "readinessProbe": http(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
-        "livenessProbe": http(LIVE_PATH) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
+        "startupProbe": http(READY_PATH) | {"periodSeconds": STARTUP_PROBE_PERIOD, "timeoutSeconds": 2,
+                                            "failureThreshold": startup_failure_threshold},
+        "readinessProbe": check(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
+        "livenessProbe": check(LIVE_PATH) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
     }
 
 
@@ -105,14 +116,25 @@ def container_security_context() -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None) -> list[dict[str, Any]]:
-    """SERVEDMODEL_* variables of docs/architecture.md section 3."""
+def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None, *, model_name: Optional[str] = None,
+               grpc_port: int = 0, settings: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
+    """SERVEDMODEL_* variables of docs/architecture.md section 3.
+
+    `model_name` is the served name the server answers under (a model swap keeps the route);
+    `settings` are further server settings by name (e.g. the batching ones) that were set: the
+    ones left out keep the server's or the manifest's defaults.
+    """
     env: list[dict[str, Any]] = [
         {"name": contract.env_name("host"), "value": "0.0.0.0"},
         {"name": contract.env_name("port"), "value": str(SERVER_PORT)},
         {"name": contract.env_name("device"), "value": device},
         {"name": contract.env_name("drain_seconds"), "value": str(drain_seconds)},
     ]
+    if model_name is not None:
+        env.append({"name": contract.env_name("model_name"), "value": model_name})
+    if grpc_port:
+        env.append({"name": contract.env_name("grpc_port"), "value": str(grpc_port)})
+    env += [{"name": contract.env_name(name), "value": value} for name, value in (settings or {}).items()]
     if auth_secret_name is not None:
         env.append({"name": contract.env_name("auth_token"),
                     "valueFrom": {"secretKeyRef": {"name": auth_secret_name, "key": "token"}}})
@@ -129,9 +151,14 @@ def topology_spread(served_name: str) -> list[dict[str, Any]]:
     ]
 
 
+# Extra pods a rollout starts before stopping old ones; GPU capacity checks count it
+# (components/args.py capacity_problems).
+ROLLOUT_SURGE = 1
+
+
 def rolling_update() -> dict[str, Any]:
     """Never drop below the current capacity: a new pod must be ready before an old one goes."""
-    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": ROLLOUT_SURGE}}
 
 
 def hpa_metric(metric: str, target_inflight: int, target_queue_ms: int, target_cpu_percent: int) -> dict[str, Any]:
@@ -157,13 +184,57 @@ def hpa_behavior() -> dict[str, Any]:
     }
 
 
-def network_policy_ingress(ingress_namespaces: tuple[str, ...], ingress_cidrs: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Admit the model's own namespace, the configured namespaces and CIDRs, on the server port."""
+def network_policy_ingress(ingress_namespaces: tuple[str, ...], ingress_cidrs: tuple[str, ...],
+                           grpc_port: int = 0) -> list[dict[str, Any]]:
+    """Admit the model's own namespace, the configured namespaces and CIDRs, on the server's
+    ports (HTTP, and gRPC when on)."""
     sources: list[dict[str, Any]] = [{"podSelector": {}}]
     sources += [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
                 for ns in ingress_namespaces]
     sources += [{"ipBlock": {"cidr": cidr}} for cidr in ingress_cidrs]
-    return [{"from": sources, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]}]
+    ports = [{"protocol": "TCP", "port": SERVER_PORT}]
+    if grpc_port:
+        ports.append({"protocol": "TCP", "port": grpc_port})
+    return [{"from": sources, "ports": ports}]
+
+
+def container_ports(grpc_port: int = 0) -> list[dict[str, Any]]:
+    ports = [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}]
+    if grpc_port:
+        ports.append({"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"})
+    return ports
+
+
+def service_ports(grpc_port: int = 0, tls: bool = False) -> list[dict[str, Any]]:
+    """Port 80 (443 named `https` when TLS terminates at the load balancer) to the server's HTTP
+    port; with gRPC on, a port named `grpc` with appProtocol grpc (so L7 proxies and meshes speak
+    HTTP/2 to it) on the same number as the container's."""
+    ports = [{"name": "https", "port": TLS_PORT, "targetPort": "http", "protocol": "TCP"} if tls
+             else {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]
+    if grpc_port:
+        ports.append({"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP",
+                      "appProtocol": "grpc"})
+    return ports
+
+
+def public_load_balancer_annotations(certificate_arn: str, grpc_port: int = 0) -> dict[str, str]:
+    """An internet-facing NLB (AWS Load Balancer Controller, pod IPs as targets) whose listeners
+    terminate TLS with the ACM certificate; the NLB forwards plain TCP to the pods inside the VPC.
+    Every Service port is a TLS listener: nothing public travels in clear text."""
+    return {
+        LBC + "type": "external",
+        LBC + "nlb-target-type": "ip",
+        LBC + "scheme": "internet-facing",
+        LBC + "ssl-cert": certificate_arn,
+        LBC + "ssl-ports": "https,grpc" if grpc_port else "https",
+        LBC + "ssl-negotiation-policy": TLS_POLICY,
+        LBC + "backend-protocol": "tcp",
+    }
+
+
+def docker_env(env: list[dict[str, Any]]) -> list[str]:
+    """The plain (non-secret) entries of server_env as `NAME=value` for a docker container."""
+    return [f"{e['name']}={e['value']}" for e in env if "value" in e]
 
 
 def ecr_lifecycle_policy(keep_versions: int) -> str:

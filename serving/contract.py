@@ -26,6 +26,9 @@ QUEUE_TIMEOUT_MS = 1000
 QUEUE_SIZE_PER_BATCH = 4
 #: Request body limit when SERVEDMODEL_MAX_BODY_BYTES is not set (64 MiB).
 MAX_BODY_BYTES = 67108864
+#: grpc.health.v1 service name the probes ask about: "" is the server as a whole (SERVING when
+#: the model is ready, NOT_SERVING while loading or draining).
+GRPC_HEALTH_SERVICE = ""
 #: The metrics the autoscaler reads (docs/protocol.md).
 INFLIGHT_METRIC = "servedmodel_inflight_requests"
 QUEUE_DURATION_METRIC = "servedmodel_queue_duration_seconds"

@@ -35,6 +35,13 @@ KUBERNETES_VERSION = "1.33.0"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 TEST_SECRET = "test-secret-value-0123456789"
+# The cluster's subnets and their tags: two private (tagged for internal load balancers), two public.
+SUBNETS: dict[str, dict[str, str]] = {
+    "subnet-0a1b2c3d4e5f60001": {"kubernetes.io/role/internal-elb": "1"},
+    "subnet-0a1b2c3d4e5f60002": {"kubernetes.io/role/internal-elb": "1"},
+    "subnet-0a1b2c3d4e5f60003": {"kubernetes.io/role/elb": "1"},
+    "subnet-0a1b2c3d4e5f60004": {"kubernetes.io/role/elb": "1"},
+}
 
 
 def project_config() -> dict[str, dict[str, Any]]:
@@ -95,6 +102,7 @@ class Res:
     provider: str
     dependencies: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
 def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
@@ -163,7 +171,7 @@ class RealisticMocks(pulumi.runtime.Mocks):
             cluster = args.args.get("name")
             return {"name": cluster, "endpoint": f"https://{_short_hash(cluster)[:32].upper()}.gr7.{REGION}.eks.amazonaws.com",
                     "certificateAuthorities": [{"data": "LS0tLS1CRUdJTi1DRVJUSUZJQ0FURS0tLS0t"}],
-                    "vpcConfig": {"subnetIds": ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"],
+                    "vpcConfig": {"subnetIds": sorted(SUBNETS),
                                   "vpcId": "vpc-0a1b2c3d4e5f6000"},
                     "version": KUBERNETES_VERSION.rsplit(".", 1)[0]}, []
         if token == "aws:index/getPartition:getPartition":
@@ -174,6 +182,17 @@ class RealisticMocks(pulumi.runtime.Mocks):
             return {"userName": "AWS", "password": "ecr-token-" + "x" * 20,
                     "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com",
                     "authorizationToken": "QVdTOmVjci10b2tlbg==", "id": REGION}, []
+        if token == "aws:ec2/getSubnets:getSubnets":
+            ids = set(SUBNETS)
+            for f in args.args.get("filters") or []:
+                name, values = f["name"], set(f["values"])
+                if name == "subnet-id":
+                    ids &= values
+                elif name.startswith("tag:"):
+                    ids = {i for i in ids if SUBNETS[i].get(name[4:]) in values}
+                else:
+                    raise AssertionError(f"unexpected subnet filter {name}")
+            return {"ids": sorted(ids), "id": REGION}, []
         raise AssertionError(f"the program called an unexpected function: {token}")
 
 
@@ -197,6 +216,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             providers=dict(request.providers), provider=request.provider,
             dependencies=list(request.dependencies),
             state=self.resources[response.urn].state if response.urn in self.resources else {},
+            custom_timeouts={k: v for k in ("create", "update", "delete")
+                             if (v := getattr(request.customTimeouts, k))},
         ))
         return response
 

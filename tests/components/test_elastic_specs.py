@@ -3,7 +3,6 @@ its upstream CRD schema (tests/crds/), the CRDs' CEL rules that concern these ob
 explicitly, bad args refused with every problem named."""
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
@@ -203,16 +202,18 @@ def test_cold_start_budget_adds_node_pull_and_start():
     assert override.node_seconds == 45
 
 
-def test_derived_timeouts_follow_the_budget():
-    small = coldstart.ColdStart(node_seconds=0, pull_seconds=2, start_seconds=3)
+def test_readiness_timeouts_take_the_budgets_pull_and_node_parts():
+    from components.timeouts import STARTUP_PROBE_PERIOD, readiness_timeouts
+
     big = coldstart.ColdStart(node_seconds=240, pull_seconds=30, start_seconds=100)
-    assert coldstart.startup_probe_failure_threshold(small) == 60 // 5  # the floor
-    assert coldstart.startup_probe_failure_threshold(big) == math.ceil(100 * 1.5 / 5)
-    assert coldstart.PROBE_PERIOD_SECONDS == specs.probes()["startupProbe"]["periodSeconds"]
-    assert coldstart.progress_deadline_seconds(small) == coldstart.MIN_PROGRESS_DEADLINE_SECONDS
-    assert coldstart.progress_deadline_seconds(big) == math.ceil(370 * 1.5)
-    assert coldstart.interceptor_wait_seconds(big) == math.ceil(370 * 1.5)
-    assert coldstart.interceptor_wait_seconds(big) > big.total_seconds
+    t = readiness_timeouts(big.start_seconds, "cuda", 4, pull_seconds=big.pull_seconds, node_seconds=big.node_seconds)
+    assert t.pod_seconds == 240 + 30 + t.startup_budget_seconds
+    assert t.startup_budget_seconds == t.startup_failure_threshold * STARTUP_PROBE_PERIOD >= 100
+    assert t.progress_deadline_seconds >= t.pod_seconds
+    cpu = readiness_timeouts(3.0, "cpu", 1, pull_seconds=1.7, node_seconds=0)
+    assert cpu.pod_seconds == 2 + cpu.startup_budget_seconds  # the pull rounded up, no node
+    # Without the budget's parts, the per-device allowances (components/timeouts.py) apply.
+    assert readiness_timeouts(3.0, "cpu", 1).pod_seconds > cpu.pod_seconds
 
 
 def test_cold_start_refuses_what_it_does_not_know():

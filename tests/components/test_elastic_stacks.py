@@ -103,21 +103,29 @@ def test_burst_scales_to_zero_behind_the_interceptor(stack_runs):
 
 
 def test_probe_deadline_and_wait_derive_from_the_cold_start_output(stack_runs):
+    from components.timeouts import readiness_timeouts
+
     for stack in ("burst", "prod", "dev"):
         run = stack_runs[stack]
         for deploy in run.of_type("kubernetes:apps/v1:Deployment"):
             name = deploy.inputs["metadata"]["labels"]["app.kubernetes.io/instance"]
             out = run.outputs["coldStart"][name]
-            cold = coldstart.ColdStart(node_seconds=out["nodeSeconds"], pull_seconds=out["pullSeconds"],
-                                       start_seconds=out["startSeconds"])
             spec = deploy.inputs["spec"]
+            device = "cuda" if "nvidia.com/gpu" in spec["template"]["spec"]["containers"][0]["resources"]["limits"] else "cpu"
+            max_replicas = 4 if stack == "burst" else (10 if stack == "prod" else 2)
+            # The output is rounded to 0.1 s; the timeouts round up whole seconds.
+            t = readiness_timeouts(out["startSeconds"], device, max_replicas, pull_seconds=out["pullSeconds"],
+                                   node_seconds=out["nodeSeconds"])
             probe = spec["template"]["spec"]["containers"][0]["startupProbe"]
-            assert abs(probe["failureThreshold"] - coldstart.startup_probe_failure_threshold(cold)) <= 1
-            assert abs(spec["progressDeadlineSeconds"] - coldstart.progress_deadline_seconds(cold)) <= 1
+            assert abs(probe["failureThreshold"] - t.startup_failure_threshold) <= 1
+            assert abs(spec["progressDeadlineSeconds"] - t.progress_deadline_seconds) <= 2
     run = stack_runs["burst"]
     out = run.outputs["coldStart"]["burst-classifier"]
     wait = run.one("kubernetes:http.keda.sh/v1alpha1:HTTPScaledObject").inputs["spec"]["timeouts"]["conditionWait"]
-    assert wait.endswith("s") and int(wait[:-1]) >= out["totalSeconds"] * coldstart.SAFETY_FACTOR
+    t = readiness_timeouts(out["startSeconds"], "cuda", 4, pull_seconds=out["pullSeconds"], node_seconds=out["nodeSeconds"])
+    # The interceptor holds a request as long as one pod may take: node + pull + startup probe budget.
+    assert wait.endswith("s") and abs(int(wait[:-1]) - t.pod_seconds) <= 2
+    assert int(wait[:-1]) >= out["totalSeconds"]
     # A GPU model on a new Karpenter node: the node is most of the wait.
     assert out["nodeSeconds"] == coldstart.NODE_SECONDS["g6"] == coldstart.NODE_SECONDS["g5"]
     assert run.one("kubernetes:apps/v1:Deployment").inputs["spec"]["progressDeadlineSeconds"] >= out["totalSeconds"]

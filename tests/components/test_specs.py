@@ -96,3 +96,12 @@ def test_kubeconfig_uses_aws_token_exec_not_a_stored_token():
 
 def test_registry_host():
     assert specs.registry_host("1.dkr.ecr.eu-west-1.amazonaws.com/a/b") == "1.dkr.ecr.eu-west-1.amazonaws.com"
+
+
+def test_kubeconfig_passes_the_aws_profile_to_the_token_command():
+    cfg = json.loads(specs.eks_kubeconfig("c", "https://x", "Q0E=", "eu-west-1", aws_profile="deploy"))
+    exec_ = cfg["users"][0]["user"]["exec"]
+    assert exec_["args"][-2:] == ["--profile", "deploy"]
+    assert exec_["env"] == [{"name": "AWS_PROFILE", "value": "deploy"}]
+    plain = json.loads(specs.eks_kubeconfig("c", "https://x", "Q0E=", "eu-west-1"))["users"][0]["user"]["exec"]
+    assert "--profile" not in plain["args"] and "env" not in plain
