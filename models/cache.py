@@ -140,3 +140,17 @@ def store_export(root: Path, key: str, onnx_path: Path, meta: dict) -> None:
         os.replace(tmp, d)
     except OSError:
         pass
+
+
+def update_record(root: Path, key: str, changes: dict) -> None:
+    """Merge `changes` into a cached entry's record (atomically; a failure keeps the old record).
+    Used to keep figures measured later (the start-up of an entry cached before it was measured),
+    so every later hit reports the same ones."""
+    d = entry_dir(root, key)
+    try:
+        record = json.loads((d / "result.json").read_text())
+        tmp = d / ".result.json.tmp"
+        tmp.write_text(json.dumps({**record, **changes}, indent=2))
+        os.replace(tmp, d / "result.json")
+    except (OSError, ValueError):
+        pass

@@ -111,6 +111,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 with _quiet():
                     startup = startup or measure(out / "model" / manifest["model_file"], manifest)
                 sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
+                cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
             say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
             return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
                                model=model, compression=compression, device=device, steps=record["steps"],

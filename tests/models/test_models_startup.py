@@ -26,9 +26,30 @@ def test_build_records_measured_load_and_warmup_outside_the_manifest(build_once)
 
 
 def test_a_cache_hit_reports_the_figures_measured_with_the_context(build_once, cache_dir, tmp_path):
-    first = build_once("mnist-mlp", "none")
-    again = models.build("mnist-mlp", "none", tmp_path / "again", cache_dir=cache_dir)
-    assert again.cache_hit and again.startup == first.startup
+    build_once("mnist-mlp", "none")  # the entry exists (other tests may have rebuilt it since)
+    one = models.build("mnist-mlp", "none", tmp_path / "one", cache_dir=cache_dir)
+    two = models.build("mnist-mlp", "none", tmp_path / "two", cache_dir=cache_dir)
+    assert one.cache_hit and two.cache_hit
+    assert one.startup == two.startup and one.startup["load_seconds"] > 0  # read back, not re-measured
+
+
+def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp_path):
+    import json
+
+    from models import cache as cache_mod
+    from models.loader import parse_ref
+
+    models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
+    key = cache_mod.cache_key(parse_ref("lenet"), "none", "cpu")
+    result = cache_mod.entry_dir(cache_mod.cache_root(cache_dir), key) / "result.json"
+    record = json.loads(result.read_text())
+    record.pop("startup")
+    record["sizes"].pop("model_layer_gzip_bytes")
+    result.write_text(json.dumps(record))  # as an older build wrote it
+    one = models.build("lenet", "none", tmp_path / "one", cache_dir=cache_dir)
+    two = models.build("lenet", "none", tmp_path / "two", cache_dir=cache_dir)
+    assert one.cache_hit and one.startup["load_seconds"] > 0 and one.sizes["model_layer_gzip_bytes"] > 0
+    assert two.startup == one.startup and two.sizes == one.sizes  # measured once, then kept
 
 
 def test_warmup_feeds_follow_the_manifest_signature():
