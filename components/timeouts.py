@@ -6,8 +6,10 @@ waits for its NLB and for ready endpoints) and the GPU node group get `customTim
 here, and the Deployment's progress deadline and startup probe budget come from the same
 per-pod figure, so a slow model fails its rollout for a reason, not for a default.
 
-The start-up is the manifest's measured `startup` (`load_seconds` + `warmup_seconds`, written by
-`models/` at build time) when it has one; without it the startup probe's full budget is assumed.
+The program passes the model's cold-start budget (components/coldstart.py): its start (process
++ the load and warm-up the build measured, kept beside the manifest), pull and node parts; without
+a measurement the startup probe's full budget is assumed. `measured_startup_seconds` reads a
+manifest-style `startup` record for callers that have one.
 """
 from __future__ import annotations
 
