@@ -45,7 +45,7 @@ STACK_ONLY = """
 | key | type | description |
 | --- | --- | --- |
 | `servedmodel:models` | list of `{{name, model, compression}}` | Serve several models from one stack. Each entry needs a `name` (a DNS label: resource names, labels, the key of its outputs) and a `model`; `compression` defaults to `servedmodel:compression`. When set, `name`/`model` are ignored. |
-| `servedmodel:authToken` | secret string | Bearer token the server requires on model routes (`SERVEDMODEL_AUTH_TOKEN`, from a Kubernetes Secret). Must be set with `pulumi config set --secret`; a plain-text value is rejected. |
+| `servedmodel:authToken` | secret string | Bearer token the server requires on model routes (`SERVEDMODEL_AUTH_TOKEN`, from a Kubernetes Secret). Required with `serviceType` LoadBalancer. Must be set with `pulumi config set --secret`; a plain-text value is rejected. |
 | `servedmodel:registryPassword` | secret string | Password for `servedmodel:registry` / `registryUsername`. Secret only. |
 | `servedmodel:kubeconfig` | secret string | A kubeconfig for the cluster. Without it the program builds one from `clusterName` that authenticates with `aws eks get-token` (no stored token). Secret only. |
 

@@ -253,6 +253,14 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
             problems.append(_problem("localPort", groups["network"]["local_port"],
                                      "must be a port between 1024 and 65535 (one port per model)"))
 
+    net = groups.get("network", {})
+    if target == "docker" and len(entries) > 1 and net.get("grpc_port") and "local_port" in net:
+        # Model i publishes HTTP on localPort + i and gRPC on grpcPort + i: the ranges must not meet.
+        n, http, grpc = len(entries), net["local_port"], net["grpc_port"]
+        if http < grpc + n and grpc < http + n:
+            problems.append(_problem("grpcPort", grpc, f"on the docker target models use localPort..localPort+{n - 1} "
+                                                       f"({http}-{http + n - 1}) and grpcPort..grpcPort+{n - 1}: "
+                                                       "choose ranges that do not overlap"))
     built = {name: _build(cls, groups.get(name, {}), stack_names, problems) for name, cls in (
         ("resources", ResourcesArgs), ("autoscaling", AutoscalingArgs), ("network", NetworkArgs),
         ("server", ServerArgs), ("registry", RegistryArgs), ("elastic", ElasticArgs))}

@@ -4,6 +4,7 @@ It builds the grouped args itself (each group checks its own values when it is c
 for a cluster, brings its own Kubernetes provider, as any consumer of the components would.
 
     cd examples/standalone && pulumi up                      # a local container on 127.0.0.1:8091
+    pulumi config set target kubernetes
     pulumi config set --secret kubeconfig "$(cat ~/.kube/config)" && pulumi up   # on that cluster
 """
 import sys
@@ -19,8 +20,7 @@ from components import (AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs, 
                         ServedModel, ServedModelArgs)
 
 config = pulumi.Config()
-kubeconfig = config.get_secret("kubeconfig")
-on_cluster = bool(config.get("kubeconfig"))
+on_cluster = config.require("target") == "kubernetes"
 
 args = ServedModelArgs(
     model=ModelArgs(served_name="digits", model="lenet", compression="int8"),
@@ -32,6 +32,7 @@ args = ServedModelArgs(
 )
 opts = None
 if on_cluster:
+    kubeconfig = config.require_secret("kubeconfig")
     opts = pulumi.ResourceOptions(providers={"kubernetes": k8s.Provider("cluster", kubeconfig=kubeconfig)})
 
 digits = ServedModel("digits", args, opts=opts)

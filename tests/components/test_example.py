@@ -17,8 +17,10 @@ KUBECONFIG = "apiVersion: v1\nkind: Config\n"
 
 
 def run_example(kubeconfig: str = ""):
-    config = {"served-digits:kubeconfig": kubeconfig}
-    return run_file(PROGRAM, "served-digits", "example", config, {"served-digits:kubeconfig"} if kubeconfig else set())
+    if not kubeconfig:
+        return run_file(PROGRAM, "served-digits", "example", {"served-digits:target": "docker"}, set())
+    config = {"served-digits:target": "kubernetes", "served-digits:kubeconfig": kubeconfig}
+    return run_file(PROGRAM, "served-digits", "example", config, {"served-digits:kubeconfig"})
 
 
 def test_the_example_never_reads_the_stack_settings():

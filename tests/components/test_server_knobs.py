@@ -95,6 +95,13 @@ def test_bad_server_knobs_name_the_key(overrides, needle):
     assert any(needle in p for p in found), found
 
 
+def test_docker_port_ranges_of_several_models_must_not_overlap():
+    models = [{"name": "a", "model": "mnist-mlp"}, {"name": "b", "model": "lenet"}]
+    found = problems("local", {"servedmodel:models": models, "servedmodel:grpcPort": 8081})
+    assert any(p.startswith("servedmodel:grpcPort = 8081: on the docker target") for p in found), found
+    parse_settings(*raw_for("local", {"servedmodel:models": models, "servedmodel:grpcPort": 9000}))
+
+
 def test_zero_leaves_the_setting_to_the_server():
     [a, _] = parse_settings(*raw_for("dev", {"servedmodel:maxBatchSize": 0, "servedmodel:queueTimeoutMs": 300})).served
     assert a.server.max_batch_size is None and a.server.queue_timeout_ms == 300
