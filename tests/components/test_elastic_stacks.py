@@ -139,3 +139,8 @@ def test_a_misconfigured_scale_to_zero_stops_the_program_naming_the_keys(model_c
                     secrets={"servedmodel:authToken": "t" * 24})
     text = str(raised.value)
     assert "servedmodel:minReplicas = 0" in text and "servedmodel:kedaHttp = True" in text
+
+
+def test_burst_also_runs_as_a_preview(stack_runs):
+    preview = run_program("burst", secrets={"servedmodel:authToken": "t" * 24}, preview=True)
+    assert preview.counts() == stack_runs["burst"].counts()
