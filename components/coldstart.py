@@ -101,9 +101,12 @@ def start_seconds(device: str, startup: Mapping[str, Any]) -> float:
 
 def budget(*, device: str, startup: Mapping[str, Any], model_layer_bytes: int, bandwidth_mb_per_s: float,
            needs_node: bool, families: tuple[str, ...] = (), provisioner: str = "managed",
-           node_override: Optional[float] = None, layers_table: Optional[Mapping[str, Any]] = None) -> ColdStart:
-    """The cold-start budget of one replica started from nothing (no warm node when `needs_node`)."""
+           node_override: Optional[float] = None, layers_table: Optional[Mapping[str, Any]] = None,
+           pulled: bool = True) -> ColdStart:
+    """The cold-start budget of one replica started from nothing (no warm node when `needs_node`;
+    `pulled` False when the image is built where it runs). Raises ValueError for what it does not know."""
     node = node_seconds(families, provisioner, node_override) if needs_node else 0.0
-    pull = pull_seconds(runtime_layer_bytes(device, layers_table) + model_layer_bytes, bandwidth_mb_per_s)
+    pull = pull_seconds(runtime_layer_bytes(device, layers_table) + model_layer_bytes, bandwidth_mb_per_s) \
+        if pulled else 0.0
     return ColdStart(node_seconds=node, pull_seconds=pull, start_seconds=start_seconds(device, startup))
 

@@ -177,13 +177,11 @@ def cold_start_of(args: ServedModelArgs, build: Any) -> coldstart.ColdStart:
                               "measurement; rebuild with --no-cache")
     e, res = args.elastic, args.resources
     needs_node = args.kubernetes and res.gpu > 0 and args.node_pool is not None
-    families = instance_families(args.node_pool.instance_types) if needs_node else ()
     try:
-        node = coldstart.node_seconds(families, e.node_provisioner, e.node_provision_seconds or None) \
-            if needs_node else 0.0
-        pull = coldstart.pull_seconds(coldstart.runtime_layer_bytes(res.device) + sizes["model_layer_gzip_bytes"],
-                                      e.pull_bandwidth_mbps) if args.kubernetes else 0.0
-        start = coldstart.start_seconds(res.device, startup)
+        return coldstart.budget(
+            device=res.device, startup=startup, model_layer_bytes=sizes["model_layer_gzip_bytes"],
+            bandwidth_mb_per_s=e.pull_bandwidth_mbps, needs_node=needs_node,
+            families=instance_families(args.node_pool.instance_types) if needs_node else (),
+            provisioner=e.node_provisioner, node_override=e.node_provision_seconds or None, pulled=args.kubernetes)
     except ValueError as exc:
         raise pulumi.RunError(f"model {args.model.served_name!r}: cold-start budget: {exc}") from None
-    return coldstart.ColdStart(node_seconds=node, pull_seconds=pull, start_seconds=start)

@@ -144,3 +144,13 @@ def test_a_misconfigured_scale_to_zero_stops_the_program_naming_the_keys(model_c
 def test_burst_also_runs_as_a_preview(stack_runs):
     preview = run_program("burst", secrets={"servedmodel:authToken": "t" * 24}, preview=True)
     assert preview.counts() == stack_runs["burst"].counts()
+
+
+def test_node_part_follows_the_provisioner_and_the_pool(stack_runs):
+    prod = stack_runs["prod"].outputs["coldStart"]["classifier"]
+    assert prod["nodeSeconds"] == coldstart.NODE_SECONDS["g5"] + coldstart.MANAGED_EXTRA_SECONDS  # managed group
+    for budget in stack_runs["dev"].outputs["coldStart"].values():
+        assert budget["nodeSeconds"] == 0  # CPU replicas on existing nodes
+    # The CUDA image's runtime layers dominate a GPU model's pull; a CPU model's are ~20x smaller.
+    cuda_pull = coldstart.runtime_layer_bytes("cuda") / 50e6
+    assert prod["pullSeconds"] == pytest.approx(cuda_pull, abs=0.2)
