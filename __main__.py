@@ -25,3 +25,5 @@ pulumi.export("modelName", {name: m.model_name for name, m in served.items()})
 pulumi.export("image", {name: m.image for name, m in served.items()})
 pulumi.export("modelVersion", {name: m.model_version for name, m in served.items()})
 pulumi.export("signature", {name: m.signature for name, m in served.items()})
+# What the first request after idle waits for: {nodeSeconds, pullSeconds, startSeconds, totalSeconds}.
+pulumi.export("coldStart", {name: m.cold_start for name, m in served.items()})

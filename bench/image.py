@@ -12,6 +12,11 @@ Measures, with the real Docker engine and the registry on 127.0.0.1:5000 that
     libraries all resolve (no GPU here: throughput on a GPU is not measured).
 Prints PASS/FAIL for each target and writes the section. Usage: python bench/image.py
 [--models ...] [--compressions ...] [--runs N] [--no-gpu]
+
+`python bench/image.py --layers [--no-gpu]` measures only what the cold-start budget needs
+(components/coldstart.py): the compressed bytes of the image's runtime layers (everything but
+the model layer) per device, read from the registry manifest of the real image pushed to the
+local registry, and writes them to components/image_layers.json.
 """
 from __future__ import annotations
 
@@ -258,8 +263,43 @@ def preflight() -> list[str]:
     return problems
 
 
+LAYERS_FILE = ROOT / "components" / "image_layers.json"
+
+
+def runtime_layers(device: str, work: Path) -> dict:
+    """Build mnist-mlp for `device`, push it, and sum the compressed sizes of every layer but the
+    last (the model layer: `COPY model/` comes last) from the registry's manifest."""
+    import models
+
+    r = models.build(model="mnist-mlp", compression="none", out_dir=work / f"layers-{device}", device=device)
+    repo = f"servedmodel-bench/layers-{device}"
+    tag = f"{REGISTRY}/{repo}:{r.version}"
+    build(Path(r.context_dir), tag)
+    docker("push", tag)
+    layers = [int(layer["size"]) for layer in registry_manifest(repo, r.version)["layers"]]
+    return {"runtime_compressed_bytes": sum(layers[:-1]), "layers": len(layers),
+            "how": "measured", "base_image": BASE_IMAGE,
+            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python bench/image.py --layers" + ("" if device == "cuda" else " --no-gpu")}
+
+
+def write_layers(no_gpu: bool) -> int:
+    data = json.loads(LAYERS_FILE.read_text()) if LAYERS_FILE.is_file() else {"devices": {}}
+    work = Path(tempfile.mkdtemp(prefix="bench-layers-"))
+    try:
+        for device in ("cpu",) + (() if no_gpu else ("cuda",)):
+            data["devices"][device] = runtime_layers(device, work)
+            print(f"{device}: {data['devices'][device]}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    LAYERS_FILE.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", action="store_true",
+                    help="only measure the runtime layers' compressed bytes into components/image_layers.json")
     ap.add_argument("--models", nargs="+", default=ZOO)
     ap.add_argument("--compressions", nargs="+", default=COMPRESSIONS)
     ap.add_argument("--runs", type=int, default=3, help="cold starts per image (median)")
@@ -270,6 +310,8 @@ def main() -> int:
     if problems:
         print("bench/image.py cannot run: " + "; ".join(problems), file=sys.stderr)
         return 2
+    if opts.layers:
+        return write_layers(opts.no_gpu)
     import models
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

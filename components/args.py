@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import pulumi
 
 from components.specs import ROLLOUT_SURGE
-from components.gpus import GPUS_PER_INSTANCE, unsupported_reason
+from components.gpus import GPUS_PER_INSTANCE, instance_family, unsupported_reason
 from models.contract import DRAIN_SECONDS, PORT as SERVER_PORT
 from models.loader import is_model_ref
 from models.spec import COMPRESSIONS
@@ -551,6 +551,8 @@ class ServedModelArgs:
     """rolling (default) or a metric-gated canary with Argo Rollouts (kubernetes target)."""
     monitoring: MonitoringArgs = MonitoringArgs()
     """PodMonitor, rules and alerts, dashboard (kubernetes target). Default: none."""
+    elastic: "ElasticArgs" = field(default_factory=lambda: ElasticArgs())
+    """Karpenter / KEDA / scale to zero and the cold-start budget's inputs. Default: managed nodes, HPA."""
     protect: bool = False
     """Protect the registry and the node pool from deletion (prod). Default False."""
     cache_dir: Optional[Path] = None
@@ -563,8 +565,13 @@ class ServedModelArgs:
                         "rollout": RolloutArgs, "monitoring": MonitoringArgs}.get(f.name)
             if expected is not None and not isinstance(getattr(self, f.name), expected):
                 raise TypeError(f"ServedModelArgs.{f.name} must be a {expected.__name__}")
-        problems = cross_group_problems(self.target, self.resources, self.autoscaling, self.node_pool)
+        if not isinstance(self.elastic, ElasticArgs):
+            raise TypeError("ServedModelArgs.elastic must be a ElasticArgs")
+        problems = cross_group_problems(self.target, self.resources, self.autoscaling, self.node_pool, self.elastic)
         problems += delivery_problems(self.target, self.rollout, self.monitoring)
+        problems += elastic_problems(self.target, self.resources, self.autoscaling, self.network, self.node_pool,
+                                     self.elastic)
+        problems += canary_scaling_problems(self.rollout, self.elastic)
         if problems:
             raise ArgsError("ServedModelArgs", problems)
 
@@ -574,7 +581,7 @@ class ServedModelArgs:
 
 
 def cross_group_problems(target: Any, resources: Optional[ResourcesArgs], autoscaling: Optional[AutoscalingArgs],
-                         node_pool: Optional[NodePoolArgs]) -> list[Problem]:
+                         node_pool: Optional[NodePoolArgs], elastic: Optional["ElasticArgs"] = None) -> list[Problem]:
     """The rules that span groups (each group has checked itself already). A group that could
     not be built is None: the rules that need it are skipped, the others still run (the stack
     settings report every problem at once)."""
@@ -586,9 +593,24 @@ def cross_group_problems(target: Any, resources: Optional[ResourcesArgs], autosc
         out.append(Problem("resources.gpu", gpu, "GPUs are served on the kubernetes target only; use 0 on the docker target"))
     if target == "kubernetes" and gpu and node_pool is None:
         out.append(Problem("node_pool", None, "GPU replicas on the kubernetes target need a node pool (NodePoolArgs)"))
-    if target == "kubernetes" and gpu and node_pool is not None and autoscaling is not None:
+    # With Karpenter the node group's max_size does not bound the pool (its GPU limit does, elastic_problems).
+    karpenter = elastic is not None and elastic.karpenter
+    if target == "kubernetes" and gpu and node_pool is not None and autoscaling is not None and not karpenter:
         out += capacity_problems(gpu, autoscaling.max_replicas, node_pool)
     return out
+
+
+def canary_scaling_problems(rollout: Optional[RolloutArgs], elastic: Optional["ElasticArgs"],
+                            strategy: Any = None, autoscaler: Any = None) -> list[Problem]:
+    """A canary's pods belong to an Argo Rollout, while KEDA's ScaledObject (and the HTTP add-on)
+    is declared against the model's Deployment: the two are not combined yet, so the pair is
+    refused rather than deployed with an autoscaler that scales nothing."""
+    strategy = rollout.strategy if rollout is not None else strategy
+    autoscaler = elastic.autoscaler if elastic is not None else autoscaler
+    if strategy == "canary" and autoscaler == "keda":
+        return [Problem("rollout", strategy, "a canary (Argo Rollouts) cannot be combined with autoscaler keda yet; "
+                        "use rollout rolling with keda, or autoscaler hpa with a canary")]
+    return []
 
 
 def delivery_problems(target: Any, rollout: Optional[RolloutArgs], monitoring: Optional[MonitoringArgs],
@@ -623,3 +645,172 @@ def capacity_problems(gpu: int, max_replicas: int, pool: NodePoolArgs) -> list[P
                     f"{pool.max_size} node(s) fit {fit} replica(s) of {gpu} GPU(s); @{{autoscaling.max_replicas}} "
                     f"({max_replicas}) + {ROLLOUT_SURGE} rollout surge (maxUnavailable 0) need {need}; "
                     f"raise @{{node_pool.max_size}} to at least {-(-need // per_node_replicas)}")]
+
+
+# ---- Elastic GPU capacity (issue 11): Karpenter nodes, KEDA pods, scale to zero ----
+
+# GPU instance families the serving image can run: those of the known instance types
+# (components/gpus.py, the one list the node group's validation uses). The Karpenter pool admits
+# only these.
+IMAGE_GPU_FAMILIES = tuple(sorted({instance_family(t) for t in GPUS_PER_INSTANCE}))
+NODE_PROVISIONERS = ("managed", "karpenter")
+AUTOSCALERS = ("hpa", "keda")
+KEDA_METRICS = ("inflight", "queue")
+CAPACITY_TYPES = ("on-demand", "spot")
+CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
+_KARPENTER_DURATION = re.compile(r"^(([0-9]+(s|m|h))+|Never)$")
+_BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
+_AMI_ALIAS = re.compile(r"^bottlerocket@(latest|v[0-9]+\.[0-9]+\.[0-9]+)$")
+_AWS_ID = {"subnet": re.compile(r"^subnet-[0-9a-z]+$"), "sg": re.compile(r"^sg-[0-9a-z]+$")}
+
+
+@dataclass(frozen=True)
+class ElasticArgs:
+    """Who provides GPU nodes (managed node group or Karpenter), who scales the pods (HPA or KEDA),
+    scale to zero behind the KEDA HTTP add-on, and the cold-start budget's inputs."""
+
+    node_provisioner: str = "managed"
+    """managed (EKS node group, `node_pool`) or karpenter (NodePool + EC2NodeClass). Default "managed"."""
+    autoscaler: str = "hpa"
+    """hpa (autoscaling/v2) or keda (ScaledObject on the server's metrics in Prometheus). Default "hpa"."""
+    min_replicas: int = 1
+    """KEDA's minimum replicas; 0 = scale to zero (needs keda_http). Default 1."""
+    keda_http: bool = False
+    """The KEDA HTTP add-on's interceptor holds requests while a pod starts. Default False."""
+    capacity_types: tuple[str, ...] = ("on-demand",)
+    """Karpenter capacity types: on-demand and/or spot. Default ("on-demand",)."""
+    gpu_limit: int = 0
+    """Karpenter limit on nvidia.com/gpu; 0 = (max_replicas + surge) x gpu. Default 0."""
+    consolidation_policy: str = "WhenEmpty"
+    """Karpenter consolidation policy. Default "WhenEmpty"."""
+    consolidate_after: str = "5m"
+    """Karpenter consolidateAfter. Default "5m"."""
+    disruption_budget_nodes: str = "1"
+    """Karpenter disruption budget (count or %). Default "1"."""
+    karpenter_node_role: str = ""
+    """IAM role of Karpenter's nodes; "" = KarpenterNodeRole-<cluster>. Default ""."""
+    karpenter_ami_alias: str = "bottlerocket@latest"
+    """EC2NodeClass AMI alias. Default "bottlerocket@latest"."""
+    karpenter_subnet_ids: tuple[str, ...] = ()
+    """Node subnets by id; () = discovery-tagged. Default ()."""
+    karpenter_security_group_ids: tuple[str, ...] = ()
+    """Node security groups by id; () = discovery-tagged. Default ()."""
+    keda_namespace: str = "keda"
+    """Where KEDA and the HTTP add-on run. Default "keda"."""
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    """Prometheus KEDA queries. Default "http://prometheus-operated.monitoring.svc:9090"."""
+    keda_polling_seconds: int = 15
+    """ScaledObject pollingInterval. Default 15."""
+    keda_cooldown_seconds: int = 300
+    """ScaledObject cooldownPeriod (idle time before scaling to zero). Default 300."""
+    pull_bandwidth_mbps: int = 50
+    """Effective image pull rate (MB/s) for the cold-start budget. Default 50."""
+    node_provision_seconds: int = 0
+    """New GPU node time for the cold-start budget; 0 = the per-family table. Default 0."""
+
+    def __post_init__(self) -> None:
+        c = _Checker("elastic", self)
+        c.choice("node_provisioner", NODE_PROVISIONERS)
+        keda_ok = c.choice("autoscaler", AUTOSCALERS)
+        if not isinstance(self.keda_http, bool):
+            c.bad("keda_http", "must be true or false")
+        if c.integer("min_replicas", 0) and keda_ok:
+            if self.min_replicas == 0 and self.autoscaler != "keda":
+                c.bad("min_replicas", "0 (scale to zero) needs @{elastic.autoscaler} keda; an HPA never goes below 1")
+            elif self.min_replicas == 0 and not self.keda_http:
+                c.bad("min_replicas", "0 (scale to zero) needs @{elastic.keda_http} true: without the HTTP add-on's "
+                                      "interceptor holding requests, a request to an idle model is dropped")
+            elif self.autoscaler == "hpa" and self.min_replicas != 1:
+                c.bad("min_replicas", "applies to @{elastic.autoscaler} keda; with hpa the minimum is "
+                                      "@{autoscaling.replicas} (leave this at 1)")
+        if self.keda_http is True and keda_ok and self.autoscaler != "keda":
+            c.bad("keda_http", "the HTTP add-on scales through KEDA: needs @{elastic.autoscaler} keda")
+        caps = tuple(self.capacity_types or ())
+        if not caps or any(x not in CAPACITY_TYPES for x in caps) or len(set(caps)) != len(caps):
+            c.bad("capacity_types", f"one or both of {', '.join(CAPACITY_TYPES)}", value=list(caps))
+        c.integer("gpu_limit", 0)
+        c.choice("consolidation_policy", CONSOLIDATION_POLICIES)
+        if not isinstance(self.consolidate_after, str) or not _KARPENTER_DURATION.match(self.consolidate_after):
+            c.bad("consolidate_after", "a Karpenter duration such as 30s, 5m, 1h30m or Never")
+        if not isinstance(self.disruption_budget_nodes, str) or not _BUDGET_NODES.match(self.disruption_budget_nodes):
+            c.bad("disruption_budget_nodes", "a node count (1) or a percentage (10%)")
+        if not isinstance(self.karpenter_ami_alias, str) or not _AMI_ALIAS.match(self.karpenter_ami_alias):
+            c.bad("karpenter_ami_alias", "bottlerocket@latest or a pinned bottlerocket@vX.Y.Z "
+                                         "(Karpenter picks the NVIDIA variant for GPU instances)")
+        for name, kind in (("karpenter_subnet_ids", "subnet"), ("karpenter_security_group_ids", "sg")):
+            wrong = [i for i in getattr(self, name) or () if not _AWS_ID[kind].match(str(i))]
+            if wrong:
+                c.bad(name, f"ids such as {kind}-0123abcd; empty = the subnets/groups tagged "
+                            f"karpenter.sh/discovery=<cluster name>", value=wrong)
+        if not is_dns_label(self.keda_namespace):
+            c.bad("keda_namespace", "the namespace KEDA and the HTTP add-on run in (a DNS label)")
+        if not isinstance(self.prometheus_url, str) or not self.prometheus_url.startswith(("http://", "https://")):
+            c.bad("prometheus_url", "the http(s):// URL of the Prometheus that scrapes the model's pods")
+        c.integer("keda_polling_seconds", 1)
+        c.integer("keda_cooldown_seconds", 0)
+        c.integer("pull_bandwidth_mbps", 1)
+        c.integer("node_provision_seconds", 0)
+        c.raise_if_any("ElasticArgs")
+
+    @property
+    def karpenter(self) -> bool:
+        return self.node_provisioner == "karpenter"
+
+    @property
+    def keda(self) -> bool:
+        return self.autoscaler == "keda"
+
+    def node_role(self, cluster_name: str) -> str:
+        """The configured role, or the name Karpenter's installation guide gives it."""
+        return self.karpenter_node_role or f"KarpenterNodeRole-{cluster_name}"
+
+
+def gpu_limit_needed(gpu: int, max_replicas: int) -> int:
+    """GPUs a Karpenter pool must be allowed to hold: every replica at the maximum plus the surge."""
+    return gpu * (max_replicas + ROLLOUT_SURGE)
+
+
+def instance_families(instance_types: Sequence[str]) -> tuple[str, ...]:
+    """`("g5.xlarge", "g5.2xlarge", "g6.xlarge")` -> `("g5", "g6")`."""
+    return tuple(sorted({instance_family(t) for t in instance_types}))
+
+
+def elastic_problems(target: Any, resources: Optional[ResourcesArgs], autoscaling: Optional[AutoscalingArgs],
+                     network: Optional[NetworkArgs], node_pool: Optional[NodePoolArgs],
+                     elastic: Optional[ElasticArgs]) -> list[Problem]:
+    """The elastic rules that span groups (ElasticArgs checked itself already)."""
+    if elastic is None:
+        return []
+    out: list[Problem] = []
+    kubernetes, gpu = target == "kubernetes", resources.gpu if resources is not None else 0
+    if elastic.karpenter and not (kubernetes and gpu > 0):
+        out.append(Problem("elastic.node_provisioner", elastic.node_provisioner,
+                           "karpenter provisions GPU nodes: it needs @{target} kubernetes and @{resources.gpu} > 0"))
+    if elastic.keda:
+        if not kubernetes:
+            out.append(Problem("elastic.autoscaler", elastic.autoscaler, "keda needs @{target} kubernetes"))
+        if autoscaling is not None and autoscaling.metric not in KEDA_METRICS:
+            out.append(Problem("autoscaling.metric", autoscaling.metric,
+                               f"with @{{elastic.autoscaler}} keda: one of {', '.join(KEDA_METRICS)} "
+                               "(KEDA reads the server's own metrics from Prometheus)"))
+        if autoscaling is not None and elastic.min_replicas > autoscaling.max_replicas:
+            out.append(Problem("elastic.min_replicas", elastic.min_replicas,
+                               f"must not exceed @{{autoscaling.max_replicas}} ({autoscaling.max_replicas})"))
+    if elastic.keda_http and network is not None and network.service_type == "LoadBalancer":
+        out.append(Problem("elastic.keda_http", elastic.keda_http,
+                           "a LoadBalancer Service sends traffic past the interceptor: use @{network.service_type} "
+                           "ClusterIP and route your ingress to the interceptor (docs/deploy.md)"))
+    if elastic.karpenter and kubernetes and gpu > 0 and node_pool is not None:
+        unsupported = [f for f in instance_families(node_pool.instance_types) if f not in IMAGE_GPU_FAMILIES]
+        if unsupported:
+            out.append(Problem("node_pool.instance_types", list(node_pool.instance_types),
+                               f"families {unsupported} cannot run the serving image; with karpenter the pool admits "
+                               f"the families of these types; accepted: {', '.join(IMAGE_GPU_FAMILIES)}"))
+        if autoscaling is not None and elastic.gpu_limit:
+            need = gpu_limit_needed(gpu, autoscaling.max_replicas)
+            if elastic.gpu_limit < need:
+                out.append(Problem("elastic.gpu_limit", elastic.gpu_limit,
+                                   f"below the replicas' needs: (@{{autoscaling.max_replicas}} ({autoscaling.max_replicas}) "
+                                   f"+ {ROLLOUT_SURGE} rollout surge) x @{{resources.gpu}} ({gpu}) = {need} GPUs; "
+                                   f"raise it to at least {need} or use 0"))
+    return out

@@ -70,13 +70,20 @@ profile as the AWS calls.
   updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
   replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
   {types}. AMI types: {amis}.
+- Elastic capacity (docs/deploy.md, "Elastic GPU capacity"): `nodeProvisioner: karpenter` needs the
+  kubernetes target and `gpu` > 0, and admits only the GPU families the image can run (those of the known types above);
+  its `gpuLimit` must be 0 or at least (`maxReplicas` + {surge}) x `gpu`, and the managed pool's
+  `nodeMax` rule does not apply. `autoscaler: keda` needs the kubernetes target and `autoscaleMetric`
+  inflight or queue. `minReplicas: 0` (scale to zero) needs `autoscaler: keda` and `kedaHttp: true`;
+  with hpa `minReplicas` stays 1 (the minimum is `replicas`). `kedaHttp` needs `autoscaler: keda` and
+  a ClusterIP Service.
 - GPU instance families the image cannot run are refused, with the reason:
 {refused}
 - Without `nodeSubnetIds` the GPU nodes go to the cluster's private subnets only: those tagged
   `kubernetes.io/role/internal-elb=1` (none tagged stops the program with that message).
 - Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
 - `rollout` canary and `monitoring` other than none need the kubernetes target; canary needs
-  `prometheusAddress` (an http(s):// URL) and at least one `setWeight:N` step;
+  `prometheusUrl` (an http(s):// URL) and at least one `setWeight:N` step;
   `analysisFailureLimit` < `analysisCount`; the ratios (`analysisMaxFailureRatio`,
   `analysisMaxShedRatio`, `alertFailureRatio`, `alertShedRatio`) are decimal numbers in strings
   (Pulumi.yaml has no number type), e.g. `"0.01"`. See docs/deploy.md ("Canary rollouts") and

@@ -36,6 +36,13 @@ class ModelServiceArgs:
     """The model's measured start-up (manifest `startup`); sizes the timeouts. None: unknown. Default None."""
     node_max: int = 0
     """Maximum nodes of the GPU pool the pods need (sizes the rollout's wait). Default 0."""
+    pull_seconds: Optional[float] = None
+    """Image pull time from the model's cold-start budget (components/coldstart.py); None: the
+    timeouts' per-device allowance. Default None."""
+    node_seconds: Optional[float] = None
+    """New-node time from the cold-start budget; None: the timeouts' allowance. Default None."""
+    external_autoscaler: bool = False
+    """Another controller (KEDA) owns the replica count: no HPA, `replicas` left unset. Default False."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More labels on every object. Default {}."""
 
@@ -60,7 +67,8 @@ class ModelService(pulumi.ComponentResource):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         res, scale, net, srv = args.resources, args.autoscaling, args.network, args.server
-        waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max)
+        waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max,
+                                   pull_seconds=args.pull_seconds, node_seconds=args.node_seconds)
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
@@ -118,14 +126,16 @@ class ModelService(pulumi.ComponentResource):
         if priority_class_name is not None:
             pod_spec["priorityClassName"] = priority_class_name
 
-        autoscaled = scale.max_replicas > scale.replicas
+        # With KEDA (external_autoscaler) the ScaledObject owns the replica count: no HPA here.
+        autoscaled = scale.max_replicas > scale.replicas and not args.external_autoscaler
         template = {
             "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
                          "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
             "spec": pod_spec,
         }
         if args.rollout.canary:
-            workload = self._canary(name, args, meta, selector, template, autoscaled, waits, child)
+            workload = self._canary(name, args, meta, selector, template, autoscaled or args.external_autoscaler,
+                                    waits, child)
             workload_name = _name_of(workload)
             scale_target = {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout"}
         else:
@@ -136,8 +146,8 @@ class ModelService(pulumi.ComponentResource):
                 "progressDeadlineSeconds": waits.progress_deadline_seconds,
                 "template": template,
             }
-            if not autoscaled:
-                # With an HPA, `replicas` stays unset: setting it would reset the HPA's count on every up.
+            if not autoscaled and not args.external_autoscaler:
+                # With an HPA (or KEDA), `replicas` stays unset: setting it would reset the HPA's count on every up.
                 deploy_spec["replicas"] = scale.replicas
             workload = k8s.apps.v1.Deployment(
                 f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
@@ -188,6 +198,9 @@ class ModelService(pulumi.ComponentResource):
         self.url = url
         self.deployment_name = workload_name
         self.service_name = service.metadata.name
+        # One pod from scheduling to ready (new node, pull, startup probe budget): the KEDA HTTP
+        # interceptor holds a request this long for an idle model.
+        self.pod_seconds = waits.pod_seconds
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
                                "service_name": self.service_name})
 

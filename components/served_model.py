@@ -1,15 +1,16 @@
 """ServedModel: one model from source to endpoint (build context, image, nodes, service)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import pulumi
 
-from components import specs
-from components.args import ServedModelArgs
-from components.timeouts import ReadinessTimeouts, measured_startup_seconds, readiness_timeouts
+from components import coldstart, karpenter, keda, specs
+from components.args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
+from components.elastic import KarpenterGpuPool, KedaScaling
+from components.timeouts import ReadinessTimeouts, readiness_timeouts
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
@@ -50,7 +51,8 @@ class ServedModel(pulumi.ComponentResource):
 
     Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
     swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
-    `model_version`, `signature`.
+    `model_version`, `signature`, `cold_start`
+    ({nodeSeconds, pullSeconds, startSeconds, totalSeconds}: components/coldstart.py).
     """
 
     url: pulumi.Output[str]
@@ -59,6 +61,7 @@ class ServedModel(pulumi.ComponentResource):
     image: pulumi.Output[str]
     model_version: pulumi.Output[str]
     signature: pulumi.Output[dict]
+    cold_start: pulumi.Output[dict]
 
     def __init__(self, name: str, args: ServedModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ServedModel", name, None, opts)
@@ -74,7 +77,6 @@ class ServedModel(pulumi.ComponentResource):
                         f"{' (cached build)' if build.cache_hit else ''}", resource=self)
         child = pulumi.ResourceOptions(parent=self)
         reg = args.registry
-        startup = measured_startup_seconds(build.manifest)
 
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
@@ -85,30 +87,71 @@ class ServedModel(pulumi.ComponentResource):
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
         ), opts=child)
 
+        elastic = args.elastic
+        cold = cold_start_of(args, build)
+        # The server's start (process + measured load + warm-up): what the readiness timeouts size.
+        startup = cold.start_seconds
+        pulumi.log.info(f"{entry.served_name}: cold start {cold.as_output()}", resource=self)
         if args.kubernetes:
             pool_label = None
+            pool_resource: Optional[pulumi.Resource] = None
             if res.gpu > 0 and args.node_pool is not None:
                 pool = args.node_pool
-                node_pool = GpuNodePool(f"{name}", GpuNodePoolArgs(
-                    cluster_name=pool.cluster_name, subnet_ids=pool.subnet_ids,
-                    pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
-                    ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
-                    max_size=pool.max_size, protect=args.protect,
-                    timeouts=_node_group_timeouts(readiness_timeouts(startup, res.device, args.autoscaling.max_replicas,
-                                                                     pool.max_size)),
-                ), opts=child)
-                pool_label = node_pool.pool_label
+                if elastic.karpenter:
+                    pool_resource = KarpenterGpuPool(f"{name}", karpenter.KarpenterPoolArgs(
+                        cluster_name=pool.cluster_name, pool_label=f"{entry.served_name}-gpu",
+                        families=instance_families(pool.instance_types), supported_families=IMAGE_GPU_FAMILIES,
+                        node_role=elastic.node_role(pool.cluster_name), capacity_types=elastic.capacity_types,
+                        gpu_limit=elastic.gpu_limit or gpu_limit_needed(res.gpu, args.autoscaling.max_replicas),
+                        consolidation_policy=elastic.consolidation_policy, consolidate_after=elastic.consolidate_after,
+                        disruption_budget_nodes=elastic.disruption_budget_nodes, ami_alias=elastic.karpenter_ami_alias,
+                        subnet_ids=elastic.karpenter_subnet_ids,
+                        security_group_ids=elastic.karpenter_security_group_ids,
+                    ), opts=child)
+                else:
+                    pool_resource = GpuNodePool(f"{name}", GpuNodePoolArgs(
+                        cluster_name=pool.cluster_name, subnet_ids=pool.subnet_ids,
+                        pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
+                        ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
+                        max_size=pool.max_size, protect=args.protect,
+                        timeouts=_node_group_timeouts(readiness_timeouts(
+                            startup, res.device, args.autoscaling.max_replicas, pool.max_size,
+                            pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds)),
+                    ), opts=child)
+                pool_label = pool_resource.pool_label
+            network = args.network
+            if elastic.keda_http and elastic.keda_namespace not in network.ingress_namespaces:
+                # The interceptor (in KEDA's namespace) forwards the held requests to the pods.
+                network = dataclasses.replace(
+                    network, ingress_namespaces=network.ingress_namespaces + (elastic.keda_namespace,))
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
-                resources=res, autoscaling=args.autoscaling, network=args.network, server=args.server,
+                resources=res, autoscaling=args.autoscaling, network=network, server=args.server,
                 rollout=args.rollout, pool_label=pool_label, startup_seconds=startup,
                 node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
+                pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds,
+                external_autoscaler=elastic.keda,
             ), opts=child)
             if args.monitoring.mode != "none":
                 ModelMonitoring(f"{name}", ModelMonitoringArgs(
                     monitoring=args.monitoring, workload_name=service.deployment_name,
                     scope=Scope(served_name=entry.served_name, namespace=args.network.namespace, gpu=res.gpu > 0),
                 ), opts=child)
+            url = service.url
+            if elastic.keda:
+                scale = args.autoscaling
+                scaling = KedaScaling(f"{name}", keda.KedaArgs(
+                    namespace=network.namespace, prometheus_url=elastic.prometheus_url,
+                    min_replicas=elastic.min_replicas, max_replicas=scale.max_replicas, metric=scale.metric,
+                    target_inflight=scale.target_inflight, target_queue_ms=scale.target_queue_ms,
+                    polling_seconds=elastic.keda_polling_seconds, cooldown_seconds=elastic.keda_cooldown_seconds,
+                    http=elastic.keda_http, keda_namespace=elastic.keda_namespace,
+                    # As long as one pod may take to be ready (node, pull, startup probe budget).
+                    wait_seconds=service.pod_seconds if elastic.keda_http else 0,
+                ), deployment_name=service.deployment_name, service_name=service.service_name,
+                    labels=specs.labels(entry.served_name), opts=child)
+                if scaling.url is not None:
+                    url = scaling.url  # clients go through the interceptor, which holds requests
         else:
             env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,
                                    grpc_port=args.network.grpc_port, settings=args.server.batching_env())
@@ -116,13 +159,37 @@ class ServedModel(pulumi.ComponentResource):
                 image=image.ref, port=args.network.local_port, drain_seconds=args.server.drain_seconds,
                 auth_token=args.network.auth_token, extra_env=specs.docker_env(env), grpc_port=args.network.grpc_port,
             ), opts=child)
+            url = service.url
 
-        self.url = service.url
+        self.url = url
         self.image = image.ref
         self.model_name = pulumi.Output.from_input(entry.served_name)
-        self.infer_url = service.url.apply(lambda url: infer_url(url, entry.served_name))
+        self.infer_url = pulumi.Output.from_input(url).apply(lambda u: infer_url(u, entry.served_name))
         self.model_version = pulumi.Output.from_input(build.version)
         self.signature = pulumi.Output.from_input(signature_of(build.manifest))
+        self.cold_start = pulumi.Output.from_input(cold.as_output())
         self.register_outputs({"url": self.url, "infer_url": self.infer_url, "model_name": self.model_name,
                                "image": self.image, "model_version": self.model_version,
-                               "signature": self.signature})
+                               "signature": self.signature, "cold_start": self.cold_start})
+
+
+def cold_start_of(args: ServedModelArgs, build: Any) -> coldstart.ColdStart:
+    """The model's cold-start budget from the build's measurements and the stack's settings.
+
+    A node is counted when the replica needs a GPU node on the kubernetes target (the pool may
+    have to grow, or with Karpenter start from none); the image is pulled only when pushed
+    (kubernetes); the docker target builds the image where it runs."""
+    startup, sizes = build.startup, build.sizes
+    if not startup or "model_layer_gzip_bytes" not in sizes:
+        raise pulumi.RunError(f"model {args.model.served_name!r}: the build did not record its start-up "
+                              "measurement; rebuild with --no-cache")
+    e, res = args.elastic, args.resources
+    needs_node = args.kubernetes and res.gpu > 0 and args.node_pool is not None
+    try:
+        return coldstart.budget(
+            device=res.device, startup=startup, model_layer_bytes=sizes["model_layer_gzip_bytes"],
+            bandwidth_mb_per_s=e.pull_bandwidth_mbps, needs_node=needs_node,
+            families=instance_families(args.node_pool.instance_types) if needs_node else (),
+            provisioner=e.node_provisioner, node_override=e.node_provision_seconds or None, pulled=args.kubernetes)
+    except ValueError as exc:
+        raise pulumi.RunError(f"model {args.model.served_name!r}: cold-start budget: {exc}") from None

@@ -17,9 +17,10 @@ from typing import Any, Callable, Mapping, Optional
 import pulumi
 
 from components.args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
-                             TARGETS, ZOO, ArgsError, cross_group_problems, delivery_problems, AutoscalingArgs, ModelArgs, NetworkArgs, NodePoolArgs,
-                             MonitoringArgs, Problem, RegistryArgs, ResourcesArgs, RolloutArgs, ServedModelArgs,
-                             ServerArgs)
+                             TARGETS, ZOO, ArgsError, AutoscalingArgs, ElasticArgs, ModelArgs, MonitoringArgs,
+                             NetworkArgs, NodePoolArgs, Problem, RegistryArgs, ResourcesArgs, RolloutArgs,
+                             ServedModelArgs, ServerArgs, canary_scaling_problems, cross_group_problems,
+                             delivery_problems, elastic_problems)
 from models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
@@ -104,7 +105,6 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "protect": ("protect", "bool"),
     "rollout": ("rollout.strategy", "str"),
     "canarySteps": ("rollout.steps", "list"),
-    "prometheusAddress": ("rollout.prometheus_address", "str"),
     "analysisInterval": ("rollout.analysis_interval", "str"),
     "analysisCount": ("rollout.analysis_count", "int"),
     "analysisFailureLimit": ("rollout.analysis_failure_limit", "int"),
@@ -119,10 +119,32 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "alertShedRatio": ("monitoring.alert_shed_ratio", "ratio"),
     "alertQueueP99Ms": ("monitoring.alert_queue_p99_ms", "int"),
     "runbookUrl": ("monitoring.runbook_url", "str"),
+    # Elastic GPU capacity (issue 11): components/args.py ElasticArgs.
+    "nodeProvisioner": ("elastic.node_provisioner", "str"),
+    "autoscaler": ("elastic.autoscaler", "str"),
+    "minReplicas": ("elastic.min_replicas", "int"),
+    "kedaHttp": ("elastic.keda_http", "bool"),
+    "capacityTypes": ("elastic.capacity_types", "list"),
+    "gpuLimit": ("elastic.gpu_limit", "int"),
+    "consolidationPolicy": ("elastic.consolidation_policy", "str"),
+    "consolidateAfter": ("elastic.consolidate_after", "str"),
+    "disruptionBudgetNodes": ("elastic.disruption_budget_nodes", "str"),
+    "karpenterNodeRole": ("elastic.karpenter_node_role", "str"),
+    "karpenterAmiAlias": ("elastic.karpenter_ami_alias", "str"),
+    "karpenterSubnetIds": ("elastic.karpenter_subnet_ids", "list"),
+    "karpenterSecurityGroupIds": ("elastic.karpenter_security_group_ids", "list"),
+    "kedaNamespace": ("elastic.keda_namespace", "str"),
+    "prometheusUrl": ("elastic.prometheus_url", "str"),
+    "kedaPollingSeconds": ("elastic.keda_polling_seconds", "int"),
+    "kedaCooldownSeconds": ("elastic.keda_cooldown_seconds", "int"),
+    "pullBandwidthMBps": ("elastic.pull_bandwidth_mbps", "int"),
+    "nodeProvisionSeconds": ("elastic.node_provision_seconds", "int"),
 }
 # 0 in the stack means "not set": the server's (or the model manifest's) own default applies,
 # so no default of the server is restated in the stack or in components/.
 _ZERO_IS_UNSET = ("maxBatchSize", "maxQueueDelayMs", "maxQueueSize", "queueTimeoutMs")
+# One Prometheus serves both KEDA's triggers and the canary analysis: one key, two args fields.
+_SHARED_PROMETHEUS = ("elastic.prometheus_url", "rollout.prometheus_address")
 # Secrets become args fields too (their values come from the secret config, never from `raw`).
 _SECRET_FIELDS = {"authToken": "network.auth_token", "registryPassword": "registry.password"}
 # Read to build each ModelArgs (see _model_entries), not groups of their own.
@@ -131,7 +153,8 @@ _MODEL_FIELDS = {"served_name": "name", "model": "model", "compression": "compre
 
 PROJECT_KEYS = tuple(_FIELDS) + ("name", "model", "compression")
 STACK_ONLY_KEYS = ("models",) + SECRET_KEYS
-_KEY_OF_PATH = {path: key for key, (path, _) in _FIELDS.items()} | {p: k for k, p in _SECRET_FIELDS.items()}
+_KEY_OF_PATH = ({path: key for key, (path, _) in _FIELDS.items()} | {p: k for k, p in _SECRET_FIELDS.items()}
+                | {_SHARED_PROMETHEUS[1]: "prometheusUrl"})
 
 
 def _problem(key: str, value: Any, accepted: str) -> str:
@@ -244,6 +267,8 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
         group, _, name = path.rpartition(".")
         if typed[key] is not None and not (key in _ZERO_IS_UNSET and typed[key] == 0):
             groups.setdefault(group, {})[name] = typed[key]
+    if "prometheus_url" in groups.get("elastic", {}):
+        groups.setdefault("rollout", {})["prometheus_address"] = groups["elastic"]["prometheus_url"]
     for key, path in _SECRET_FIELDS.items():
         if key in secrets:
             group, _, name = path.rpartition(".")
@@ -275,15 +300,20 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
     built = {name: _build(cls, groups.get(name, {}), stack_names, problems) for name, cls in (
         ("resources", ResourcesArgs), ("autoscaling", AutoscalingArgs), ("network", NetworkArgs),
         ("server", ServerArgs), ("registry", RegistryArgs), ("rollout", RolloutArgs),
-        ("monitoring", MonitoringArgs))}
+        ("monitoring", MonitoringArgs), ("elastic", ElasticArgs))}
     node_pool = _build(NodePoolArgs, pool_kwargs, stack_names, problems) if kubernetes and gpu else None
     if target is not None:
         problems.extend(p.render(stack_names) for p in cross_group_problems(
-            target, built["resources"], built["autoscaling"], node_pool)
+            target, built["resources"], built["autoscaling"], node_pool, built["elastic"])
             if p.field != "node_pool")  # a pool that failed reported its own problems
         problems.extend(p.render(stack_names) for p in delivery_problems(
             target, built["rollout"], built["monitoring"], groups.get("rollout", {}).get("strategy"),
             groups.get("monitoring", {}).get("mode")))
+        problems.extend(p.render(stack_names) for p in elastic_problems(
+            target, built["resources"], built["autoscaling"], built["network"], node_pool, built["elastic"]))
+        problems.extend(p.render(stack_names) for p in canary_scaling_problems(
+            built["rollout"], built["elastic"], groups.get("rollout", {}).get("strategy"),
+            groups.get("elastic", {}).get("autoscaler")))
 
     served: list[ServedModelArgs] = []
     for index, (kwargs, model_key) in enumerate(entries):

@@ -6,14 +6,15 @@ waits for its NLB and for ready endpoints) and the GPU node group get `customTim
 here, and the Deployment's progress deadline and startup probe budget come from the same
 per-pod figure, so a slow model fails its rollout for a reason, not for a default.
 
-The start-up is the manifest's measured `startup` (`load_seconds` + `warmup_seconds`, written by
-`models/` at build time) when it has one; without it the startup probe's full budget is assumed.
+The program passes the model's cold-start budget (components/coldstart.py): its start (process
++ the load and warm-up the build measured, kept beside the manifest), pull and node parts; without
+a measurement the startup probe's full budget is assumed.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from components.specs import ROLLOUT_SURGE, STARTUP_PROBE_PERIOD
 
@@ -35,17 +36,6 @@ NODE_GROUP_CREATE_SECONDS = 1800
 NODE_REPLACE_SECONDS = 900
 # Never below the provider's own default await (10 minutes).
 MIN_AWAIT_SECONDS = 600
-
-
-def measured_startup_seconds(manifest: Mapping[str, Any]) -> Optional[float]:
-    """load + warm-up seconds from the manifest's `startup` record, or None when it has none."""
-    startup = manifest.get("startup")
-    if not isinstance(startup, Mapping):
-        return None
-    parts = [startup.get("load_seconds"), startup.get("warmup_seconds")]
-    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in parts):
-        return None
-    return float(sum(parts))
 
 
 @dataclass(frozen=True)
@@ -75,16 +65,23 @@ def minutes_to_seconds(timeout: str) -> int:
 
 
 def readiness_timeouts(startup_seconds: Optional[float], device: str, max_replicas: int,
-                       node_max: int = 0) -> ReadinessTimeouts:
+                       node_max: int = 0, pull_seconds: Optional[float] = None,
+                       node_seconds: Optional[float] = None) -> ReadinessTimeouts:
     """Timeouts for one model: `startup_seconds` measured (None: unknown), on `device`
-    (cpu/cuda), rolled out up to `max_replicas` pods, on a GPU pool of up to `node_max` nodes."""
+    (cpu/cuda), rolled out up to `max_replicas` pods, on a GPU pool of up to `node_max` nodes.
+
+    `pull_seconds` / `node_seconds` are the model's cold-start budget's parts
+    (components/coldstart.py: its image's compressed bytes at the configured bandwidth, the
+    instance family's node time); without them the per-device allowances below are used."""
     if startup_seconds is None:
         budget = UNMEASURED_STARTUP_SECONDS
     else:
         budget = max(STARTUP_FLOOR_SECONDS[device], math.ceil(startup_seconds * STARTUP_MARGIN))
     threshold = math.ceil(budget / STARTUP_PROBE_PERIOD)
     budget = threshold * STARTUP_PROBE_PERIOD
-    pod = IMAGE_PULL_SECONDS[device] + budget + (NODE_START_SECONDS if device == "cuda" else 0)
+    pull = IMAGE_PULL_SECONDS[device] if pull_seconds is None else math.ceil(pull_seconds)
+    node = (NODE_START_SECONDS if device == "cuda" else 0) if node_seconds is None else math.ceil(node_seconds)
+    pod = pull + budget + node
     # maxUnavailable 0: pods are replaced ROLLOUT_SURGE at a time, each waiting to be ready.
     steps = math.ceil(max_replicas / ROLLOUT_SURGE)
     return ReadinessTimeouts(

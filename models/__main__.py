@@ -83,6 +83,9 @@ def _table(result) -> str:
     rows.append(("outputs", sig(m["outputs"])))
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in result.steps.items())
     rows.append(("steps", steps + (" (cached build)" if result.cache_hit else "")))
+    if result.startup:
+        rows.append(("start-up", f"model load {result.startup['load_seconds']:.3f} s + warm-up "
+                     f"{result.startup['warmup_seconds']:.3f} s (onnxruntime CPU, measured at build time)"))
     rows.append(("this run", f"{result.seconds:.2f} s, " + ("cache hit, no export" if result.cache_hit else "built")))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -197,3 +197,15 @@ def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes,
     except OSError:  # a cache that cannot be written only costs the next build the work
         shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
     return data, False
+def update_record(root: Path, key: str, changes: dict) -> None:
+    """Merge `changes` into a cached entry's record (atomically; a failure keeps the old record).
+    Used to keep figures measured later (the start-up of an entry cached before it was measured),
+    so every later hit reports the same ones."""
+    d = entry_dir(root, key)
+    try:
+        record = json.loads((d / "result.json").read_text())
+        tmp = d / ".result.json.tmp"
+        tmp.write_text(json.dumps({**record, **changes}, indent=2))
+        os.replace(tmp, d / "result.json")
+    except (OSError, ValueError):
+        pass

@@ -39,6 +39,8 @@ class BuildResult:
     device: str = "cpu"
     steps: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    startup: dict[str, Any] = field(default_factory=dict)
+    """Measured model load + warm-up seconds (models/startup.py): beside the manifest, never in it."""
     exported: bool = False  # True only when this call ran the exporter
     seconds: float = 0.0  # wall time of this call
 
@@ -47,7 +49,7 @@ class BuildResult:
         return {"ok": True, "model": self.model, "name": self.manifest.get("name"), "version": self.version,
                 "context_dir": str(self.context_dir), "compression": self.compression, "device": self.device,
                 "cache_hit": self.cache_hit, "exported": self.exported, "seconds": round(self.seconds, 3),
-                "sizes": self.sizes, "steps": self.steps, "parity": self.manifest.get("parity"),
+                "sizes": self.sizes, "steps": self.steps, "startup": self.startup, "parity": self.manifest.get("parity"),
                 "evaluation": self.manifest.get("evaluation"),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
 
@@ -108,10 +110,18 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             ctx, record = hit
             copy_context(model, ctx, out)
             manifest = record["manifest"]
+            startup, sizes = record.get("startup"), dict(record["sizes"])
+            if not startup or "model_layer_gzip_bytes" not in sizes:
+                # an entry cached before these were measured: measure them now
+                from models.startup import measure, model_layer_bytes
+                with _quiet():
+                    startup = startup or measure(out / "model" / manifest["model_file"], manifest)
+                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
+                cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
             say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
             return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
                                model=model, compression=compression, device=device, steps=record["steps"],
-                               sizes=record["sizes"], exported=False, seconds=time.perf_counter() - t_start)
+                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
 
     steps: dict[str, float] = {}
     ran_export = False
@@ -205,17 +215,22 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                     compression_details=details, parity=parity, producer=_producer(exported.opset),
                     evaluation=evaluation)
                 manifest = write_context(model, out, device, model_bytes, manifest)
+            with step("startup", "timing model load + warm-up with onnxruntime"):
+                from models.startup import measure, model_layer_bytes
+                startup = measure(out / "model" / manifest["model_file"], manifest)
+                layer_bytes = model_layer_bytes(out)
     except BuildError as e:
         if e.model != model:  # name the reference the user gave
             raise BuildError(model, e.step, e.detail, e.exit_code) from None
         raise
-    sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes)}
-    record = {"manifest": manifest, "steps": steps, "sizes": sizes}
+    sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
+             "model_layer_gzip_bytes": layer_bytes}
+    record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
     if use_cache:
         cache_mod.store(root, key, out, record)
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
-                       exported=ran_export, seconds=time.perf_counter() - t_start)
+                       startup=startup, exported=ran_export, seconds=time.perf_counter() - t_start)
 
 
 def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[str, Any]]:

@@ -159,7 +159,9 @@ PROVIDER_RULES: dict[str, ProviderRule] = {
        for t in ("kubernetes:argoproj.io/v1alpha1:Rollout",
                  "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate",
                  "kubernetes:monitoring.coreos.com/v1:PodMonitor",
-                 "kubernetes:monitoring.coreos.com/v1:PrometheusRule")},
+                 "kubernetes:monitoring.coreos.com/v1:PrometheusRule",
+                 "kubernetes:karpenter.sh/v1:NodePool", "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+                 "kubernetes:keda.sh/v1alpha1:ScaledObject", "kubernetes:http.keda.sh/v1alpha1:HTTPScaledObject")},
 }
 
 

@@ -35,7 +35,7 @@ def test_prod_rollout_is_a_canary_gated_by_its_analysis_template(stack_runs):
     metrics = {m["name"]: m for m in template.inputs["spec"]["metrics"]}
     assert set(metrics) == {canary.METRIC_FAILURE_RATIO, canary.METRIC_LATENCY_P99, canary.METRIC_SHED_RATIO}
     for m in metrics.values():
-        assert m["provider"]["prometheus"]["address"] == prod["servedmodel:prometheusAddress"]
+        assert m["provider"]["prometheus"]["address"] == prod["servedmodel:prometheusUrl"]
         assert (m["interval"], m["count"], m["failureLimit"]) == ("1m", 8, 1)
         assert 'namespace="servedmodel"' in m["provider"]["prometheus"]["query"]
     assert metrics[canary.METRIC_LATENCY_P99]["successCondition"].endswith("<= 250.0")
@@ -127,11 +127,11 @@ def test_canary_and_monitoring_config_errors_name_the_keys():
     found = problems("local", {"servedmodel:rollout": "canary", "servedmodel:monitoring": "prometheus-operator"})
     assert any(p.startswith("servedmodel:rollout = 'canary'") and "kubernetes target" in p for p in found), found
     assert any(p.startswith("servedmodel:monitoring = 'prometheus-operator'") for p in found), found
-    found = problems("prod", {"servedmodel:prometheusAddress": "", "servedmodel:analysisMaxShedRatio": "a lot",
+    found = problems("prod", {"servedmodel:prometheusUrl": "", "servedmodel:analysisMaxShedRatio": "a lot",
                               "servedmodel:canarySteps": ["setWeight:20", "wait 5m"],
                               "servedmodel:analysisFailureLimit": 8, "servedmodel:monitoringLabels": ["release"]},
                      secrets={"servedmodel:authToken": TEST_SECRET})
-    for key in ("prometheusAddress", "analysisMaxShedRatio", "canarySteps", "analysisFailureLimit",
+    for key in ("prometheusUrl", "analysisMaxShedRatio", "canarySteps", "analysisFailureLimit",
                 "monitoringLabels"):
         assert any(p.startswith(f"servedmodel:{key} = ") for p in found), (key, found)
     assert any("servedmodel:analysisCount" in p for p in found if p.startswith("servedmodel:analysisFailureLimit"))

@@ -19,6 +19,10 @@ DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+# nodeProvisioner karpenter (burst): the GPU capacity is a Karpenter NodePool instead.
+NODE_POOL = "kubernetes:karpenter.sh/v1:NodePool"
+# autoscaler keda (burst): a KEDA ScaledObject scales the workload instead of an HPA.
+SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
 
 
 def pod_workloads(run: Run) -> list[Res]:
@@ -79,9 +83,10 @@ def test_each_deployment_waits_for_the_capacity_it_needs(stack_runs, stack):
     for deployment in pod_workloads(run):
         pod = deployment.inputs["spec"]["template"]["spec"]
         gpus = int(pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-        groups = [g for g in run.of_type(NODE_GROUP) if run.served_model_of(g) == run.served_model_of(deployment)]
+        groups = [g for g in run.of_type(NODE_GROUP) + run.of_type(NODE_POOL)
+                  if run.served_model_of(g) == run.served_model_of(deployment)]
         if gpus:
-            assert len(groups) == 1, f"{deployment.urn}: a GPU workload without a node group"
+            assert len(groups) == 1, f"{deployment.urn}: a GPU workload without a node group or NodePool"
             assert deployment.waits_for(groups[0]), f"{deployment.urn} does not wait for {groups[0].urn}"
             # The edge is carried by the selector itself, so it cannot drift from the pool label.
             assert groups[0].urn in deployment.property_dependencies["spec"]
@@ -98,5 +103,10 @@ def test_each_autoscaler_waits_for_its_workload(stack_runs, stack):
         assert target["kind"] in ("Deployment", "Rollout")
         assert target["name"] == deployment.state["metadata"]["name"]
         assert hpa.waits_for(deployment), f"{hpa.urn} does not wait for {deployment.urn}"
+    for scaler in run.of_type(SCALED_OBJECT):
+        target = scaler.inputs["spec"]["scaleTargetRef"]
+        deployment = run.sibling(DEPLOYMENT, scaler)
+        assert target["name"] == deployment.state["metadata"]["name"]
+        assert scaler.waits_for(deployment), f"{scaler.urn} does not wait for {deployment.urn}"
     if stack != "local":
-        assert run.of_type(HPA), f"{stack} declares no autoscaler to check"
+        assert run.of_type(HPA) + run.of_type(SCALED_OBJECT), f"{stack} declares no autoscaler to check"

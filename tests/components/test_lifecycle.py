@@ -72,8 +72,11 @@ def test_first_up_creates_everything_each_step_after_what_it_needs(stack_runs, s
         assert steps.precedes(step_of(run.sibling("docker-build:index:Image", workload)), step_of(workload))
     for group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
         assert steps.precedes(step_of(group), step_of(pods_of(group)))
-    for hpa in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
-        assert steps.precedes(step_of(pods_of(hpa)), step_of(hpa))
+    for group in run.of_type("kubernetes:karpenter.sh/v1:NodePool"):
+        assert steps.precedes(step_of(group), step_of(pods_of(group)))
+    for scaler in (run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+                   + run.of_type("kubernetes:keda.sh/v1alpha1:ScaledObject")):
+        assert steps.precedes(step_of(pods_of(scaler)), step_of(scaler))
     # Every pushed version reaches the registry once.
     assert sum(len(t) for t in registry.tags.values()) == len(
         [i for i in run.of_type("docker-build:index:Image") if i.inputs.get("push")])

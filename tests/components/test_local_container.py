@@ -100,8 +100,10 @@ def test_local_stack_container_turns_healthy_and_serves(stack_runs):
         assert status == "healthy", f"container is {status!r}; logs:\n{logs}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5) as resp:
             assert resp.status == 200
-        manifest = json.loads((ROOT / image["context"]["location"] / "model" / "manifest.json").read_text())
-        model_url = f"http://127.0.0.1:{port}/v2/models/{manifest['name']}"
+        # The server answers under the served name (SERVEDMODEL_MODEL_NAME), the stable route
+        # the `modelName`/`inferUrl` outputs give apps, not under the manifest's model name.
+        served = run.outputs["modelName"]["model"]
+        model_url = f"http://127.0.0.1:{port}/v2/models/{served}"
         # The stack's auth token (a Pulumi secret) reached the server: model routes need it.
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(model_url, timeout=5)

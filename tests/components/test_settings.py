@@ -74,7 +74,7 @@ def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    ({"servedmodel:model": "gpt-17"}, "servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, resnet-tiny, minilm"),
+    ({"servedmodel:model": "gpt-17"}, "servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, resnet-tiny, digits-cnn, minilm"),
     ({"servedmodel:compression": "int4"}, "servedmodel:compression = 'int4': accepted: one of none, fp16, int8"),
     ({"servedmodel:replicas": 3, "servedmodel:maxReplicas": 2}, "servedmodel:replicas = 3: must not exceed servedmodel:maxReplicas (2)"),
     ({"servedmodel:gpu": 1}, "servedmodel:gpu = 1: GPUs are served on the kubernetes target only"),

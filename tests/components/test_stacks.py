@@ -14,11 +14,13 @@ from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kuberne
 from tests.crds.validate import validate_custom_resource
 
 COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
-              "servedmodel:index:ModelService", "servedmodel:index:LocalService", "servedmodel:index:ModelMonitoring"}
+              "servedmodel:index:ModelService", "servedmodel:index:LocalService", "servedmodel:index:ModelMonitoring",
+              "servedmodel:index:KarpenterGpuPool", "servedmodel:index:KedaScaling"}
 # The kinds a model's pods come from: rolling -> Deployment, canary -> Argo Rollouts Rollout.
 WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout")
 # Custom resources: validated against their CRD schemas, not the Kubernetes OpenAPI.
-CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/")
+CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/", "karpenter.sh/", "karpenter.k8s.aws/", "keda.sh/",
+                 "http.keda.sh/")
 K8S = "kubernetes:"
 # The oldest Kubernetes the objects are written for: the kubelet's preStop `sleep` action is on
 # by default from 1.30 (docs/deploy.md).
@@ -81,7 +83,9 @@ def test_every_resource_is_parented_in_its_component(stack_runs, stack):
         assert parent.type in COMPONENTS, f"{r.type} {r.name} is parented by {parent.type}"
         if r.type.startswith(K8S):
             monitoring = r.type.split(":")[1].startswith("monitoring.coreos.com/") or r.type.endswith(":ConfigMap")
-            assert parent.type == ("servedmodel:index:ModelMonitoring" if monitoring else "servedmodel:index:ModelService")
+            # Karpenter's pool and KEDA's objects belong to their own components (issue 11).
+            assert parent.type in (("servedmodel:index:ModelMonitoring",) if monitoring else (
+                "servedmodel:index:ModelService", "servedmodel:index:KarpenterGpuPool", "servedmodel:index:KedaScaling"))
         if r.type.startswith("aws:iam") or r.type.startswith("aws:eks"):
             assert parent.type == "servedmodel:index:GpuNodePool"
         if r.type.startswith("aws:ecr") or r.type.startswith("docker-build"):
@@ -309,7 +313,7 @@ def test_outputs_per_model(stack_runs):
     assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
     for stack, run in stack_runs.items():
         out = run.outputs
-        assert set(out) == {"url", "inferUrl", "modelName", "image", "modelVersion", "signature"}
+        assert set(out) == {"url", "inferUrl", "modelName", "image", "modelVersion", "signature", "coldStart"}
         for name, url in out["url"].items():
             # The route is under the served name, never the manifest's: a model swap keeps it.
             assert out["modelName"][name] == name

@@ -1,0 +1,85 @@
+"""Elastic GPU capacity: the components that declare Karpenter's GPU pool and KEDA's scaling as
+custom resources (the settings are components/args.py ElasticArgs).
+
+- `KarpenterGpuPool` declares an EC2NodeClass + NodePool (components/karpenter.py specs).
+- `KedaScaling` declares a ScaledObject and, for scale to zero, an HTTPScaledObject and the
+  ExternalName Service through which clients reach the interceptor (components/keda.py specs).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import karpenter, keda
+
+
+class KarpenterGpuPool(pulumi.ComponentResource):
+    """EC2NodeClass + NodePool for one model's GPU pool (cluster-scoped custom resources).
+
+    Outputs: `pool_label` (what pods select), `node_pool_name`.
+    """
+
+    pool_label: pulumi.Output[str]
+    node_pool_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: karpenter.KarpenterPoolArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("servedmodel:index:KarpenterGpuPool", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        node_class = k8s.apiextensions.CustomResource(
+            f"{name}-nodeclass", api_version=karpenter.API_NODECLASS, kind="EC2NodeClass",
+            metadata={"labels": {"app.kubernetes.io/managed-by": "pulumi"}},
+            spec=karpenter.node_class_spec(args), opts=child)
+        pool = k8s.apiextensions.CustomResource(
+            f"{name}-nodepool", api_version=karpenter.API_NODEPOOL, kind="NodePool",
+            metadata={"labels": {"app.kubernetes.io/managed-by": "pulumi"}},
+            spec=karpenter.node_pool_spec(args, node_class.metadata["name"]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[node_class]))
+        # The label as an output of the NodePool: a pod spec that selects it depends on the pool,
+        # so the engine declares the capacity before the Deployment that needs it.
+        self.pool_label = pool.metadata.apply(lambda _: args.pool_label)
+        self.node_pool_name = pool.metadata["name"]
+        self.register_outputs({"pool_label": self.pool_label, "node_pool_name": self.node_pool_name})
+
+
+class KedaScaling(pulumi.ComponentResource):
+    """ScaledObject for one model's Deployment; with `http`, the HTTPScaledObject and the
+    ExternalName Service that sends clients to the interceptor (which holds requests while the
+    Deployment scales from zero).
+
+    Outputs: `url` (the held route when `http`, else None).
+    """
+
+    url: Optional[pulumi.Output[str]]
+
+    def __init__(self, name: str, args: keda.KedaArgs, *, deployment_name: pulumi.Input[str],
+                 service_name: pulumi.Input[str], labels: dict[str, str],
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("servedmodel:index:KedaScaling", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        meta = {"namespace": args.namespace, "labels": labels}
+        self.url = None
+        http_name: Any = None
+        if args.http:
+            hold = k8s.core.v1.Service(
+                f"{name}-hold", metadata=meta,
+                spec={"type": "ExternalName", "externalName": keda.interceptor_external_name(args.keda_namespace),
+                      "ports": [{"name": "http", "port": keda.INTERCEPTOR_PORT, "protocol": "TCP"}]},
+                opts=child)
+            fqdn = pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc.cluster.local")
+            hosts = [fqdn, pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc"),
+                     pulumi.Output.concat(hold.metadata.name, ".", args.namespace)]
+            hso = k8s.apiextensions.CustomResource(
+                f"{name}-http", api_version=keda.API_HTTPSCALEDOBJECT, kind="HTTPScaledObject",
+                metadata=meta | {"annotations": {keda.SKIP_SCALEDOBJECT_ANNOTATION: "true"}},
+                spec=keda.http_scaled_object_spec(args, deployment_name, service_name, hosts), opts=child)
+            http_name = hso.metadata["name"]
+            self.url = pulumi.Output.concat("http://", fqdn, f":{keda.INTERCEPTOR_PORT}")
+        deployment = pulumi.Output.from_input(deployment_name)
+        k8s.apiextensions.CustomResource(
+            f"{name}-scaler", api_version=keda.API_SCALEDOBJECT, kind="ScaledObject", metadata=meta,
+            spec=pulumi.Output.all(deployment, http_name).apply(
+                lambda names: keda.scaled_object_spec(args, names[0], names[1])),
+            opts=child)
+        self.register_outputs({"url": self.url})

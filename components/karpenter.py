@@ -1,0 +1,156 @@
+"""Karpenter GPU capacity: the NodePool (karpenter.sh/v1) and EC2NodeClass (karpenter.k8s.aws/v1)
+of one GPU pool, as pure spec builders over typed, self-validating args.
+
+Versions: written for Karpenter 1.14 (the `karpenter` chart 1.14.1, docs/deploy.md); the tests
+validate every object strictly against that release's CRD schemas (tests/crds/).
+The pool admits only the GPU instance families the serving image can run, carries the same
+label and taint as the managed node group (pods select and tolerate it the same way either
+way), caps `nvidia.com/gpu` with `limits`, and lets Karpenter remove empty nodes (scale to zero).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from components import specs
+from components.args import (_AMI_ALIAS, _AWS_ID, _BUDGET_NODES, _KARPENTER_DURATION, CAPACITY_TYPES,
+                             CONSOLIDATION_POLICIES)
+
+API_NODEPOOL = "karpenter.sh/v1"
+API_NODECLASS = "karpenter.k8s.aws/v1"
+# Karpenter's own discovery tag: the subnets and security groups the cluster's Karpenter
+# installation tags for its nodes (Karpenter's getting-started guide tags them this way).
+DISCOVERY_TAG = "karpenter.sh/discovery"
+
+
+def _problems_text(what: str, problems: list[str]) -> str:
+    return f"invalid {what} ({len(problems)} problem(s)): " + "; ".join(problems)
+
+
+@dataclass(frozen=True)
+class KarpenterPoolArgs:
+    """One Karpenter GPU pool. Validates itself (ValueError listing every problem)."""
+
+    cluster_name: str
+    """EKS cluster; the default discovery-tag value for subnets and security groups. Required."""
+    pool_label: str
+    """Value of the servedmodel.io/node-pool label the model's pods select. Required."""
+    families: tuple[str, ...]
+    """GPU instance families admitted (e.g. ("g5", "g6")); each must be one the image runs. Required."""
+    supported_families: tuple[str, ...]
+    """The families the serving image can run (the one shared list). Required."""
+    node_role: str
+    """IAM role name of Karpenter's nodes (the installation's KarpenterNodeRole-...). Required."""
+    capacity_types: tuple[str, ...] = ("on-demand",)
+    """on-demand and/or spot. Default ("on-demand",)."""
+    gpu_limit: int = 4
+    """NodePool limits: nvidia.com/gpu, the most GPUs the pool may hold at once. Default 4."""
+    consolidation_policy: str = "WhenEmpty"
+    """WhenEmpty (only empty nodes go) or WhenEmptyOrUnderutilized. Default "WhenEmpty"."""
+    consolidate_after: str = "5m"
+    """How long a node stays empty/underused before it goes (Karpenter duration). Default "5m"."""
+    disruption_budget_nodes: str = "1"
+    """At most this many (or %) nodes disrupted at once. Default "1"."""
+    expire_after: str = "720h"
+    """Nodes are replaced after this age (AMI updates). Default "720h"."""
+    ami_alias: str = "bottlerocket@latest"
+    """EC2NodeClass AMI alias: Bottlerocket, whose NVIDIA variant Karpenter picks for GPU types
+    (it ships the driver and the device plugin). Pin a version (bottlerocket@v1.x.y) for
+    repeatable nodes. Default "bottlerocket@latest"."""
+    subnet_ids: tuple[str, ...] = ()
+    """Subnets by id; empty = those tagged karpenter.sh/discovery=<cluster_name>. Default ()."""
+    security_group_ids: tuple[str, ...] = ()
+    """Security groups by id; empty = those tagged karpenter.sh/discovery=<cluster_name>. Default ()."""
+    data_volume_gib: int = 80
+    """Bottlerocket's data volume (/dev/xvdb: container images; a CUDA image is ~2.7 GB). Default 80."""
+    extra_labels: dict[str, str] = field(default_factory=dict)
+    """More node labels. Default {}."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.cluster_name:
+            problems.append("cluster_name is required")
+        if not self.node_role:
+            problems.append("node_role is required (the IAM role name Karpenter's nodes use)")
+        if not self.families:
+            problems.append("families must name at least one GPU instance family")
+        bad = [f for f in self.families if f not in self.supported_families]
+        if bad:
+            problems.append(f"families {bad} cannot run the serving image; accepted: {', '.join(self.supported_families)}")
+        if not self.capacity_types or any(c not in CAPACITY_TYPES for c in self.capacity_types) or \
+                len(set(self.capacity_types)) != len(self.capacity_types):
+            problems.append(f"capacity_types {list(self.capacity_types)}: one or both of {', '.join(CAPACITY_TYPES)}")
+        if self.gpu_limit < 1:
+            problems.append(f"gpu_limit {self.gpu_limit}: must be 1 or more")
+        if self.consolidation_policy not in CONSOLIDATION_POLICIES:
+            problems.append(f"consolidation_policy {self.consolidation_policy!r}: one of {', '.join(CONSOLIDATION_POLICIES)}")
+        for name in ("consolidate_after", "expire_after"):
+            if not _KARPENTER_DURATION.match(getattr(self, name)):
+                problems.append(f"{name} {getattr(self, name)!r}: a duration such as 30s, 5m, 1h30m or Never")
+        if not _BUDGET_NODES.match(self.disruption_budget_nodes):
+            problems.append(f"disruption_budget_nodes {self.disruption_budget_nodes!r}: a count (1) or a percentage (10%)")
+        if not _AMI_ALIAS.match(self.ami_alias):
+            problems.append(f"ami_alias {self.ami_alias!r}: bottlerocket@latest or bottlerocket@vX.Y.Z")
+        for ids, kind in ((self.subnet_ids, "subnet"), (self.security_group_ids, "sg")):
+            bad_ids = [i for i in ids if not _AWS_ID[kind].match(i)]
+            if bad_ids:
+                problems.append(f"{kind} ids {bad_ids}: must look like {kind}-0123abcd")
+        if self.data_volume_gib < 20:
+            problems.append(f"data_volume_gib {self.data_volume_gib}: at least 20")
+        if problems:
+            raise ValueError(_problems_text("Karpenter pool", problems))
+
+
+def _selector_terms(ids: tuple[str, ...], cluster_name: str) -> list[dict[str, Any]]:
+    if ids:
+        return [{"id": i} for i in ids]
+    return [{"tags": {DISCOVERY_TAG: cluster_name}}]
+
+
+def node_class_spec(args: KarpenterPoolArgs) -> dict[str, Any]:
+    """EC2NodeClass spec: Bottlerocket (NVIDIA variant for GPU types), the node role, the
+    discovery-tagged (or given) subnets and security groups, IMDSv2 only, a data volume for images."""
+    return {
+        "amiSelectorTerms": [{"alias": args.ami_alias}],
+        "role": args.node_role,
+        "subnetSelectorTerms": _selector_terms(args.subnet_ids, args.cluster_name),
+        "securityGroupSelectorTerms": _selector_terms(args.security_group_ids, args.cluster_name),
+        "metadataOptions": {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1},
+        "blockDeviceMappings": [{"deviceName": "/dev/xvdb", "ebs": {
+            "volumeSize": f"{args.data_volume_gib}Gi", "volumeType": "gp3", "encrypted": True,
+            "deleteOnTermination": True}}],
+        "tags": {"servedmodel.io/node-pool": args.pool_label},
+    }
+
+
+def requirements(args: KarpenterPoolArgs) -> list[dict[str, Any]]:
+    """Only the admitted GPU families, NVIDIA GPUs, x86-64 Linux, the chosen capacity types."""
+    return [
+        {"key": "karpenter.k8s.aws/instance-family", "operator": "In", "values": sorted(args.families)},
+        {"key": "karpenter.k8s.aws/instance-gpu-manufacturer", "operator": "In", "values": ["nvidia"]},
+        {"key": "karpenter.k8s.aws/instance-gpu-count", "operator": "Gt", "values": ["0"]},
+        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(args.capacity_types)},
+        {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
+        {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+    ]
+
+
+def node_pool_spec(args: KarpenterPoolArgs, node_class_name: Any) -> dict[str, Any]:
+    """NodePool spec: the pool label and GPU taint on every node, a GPU limit, and disruption
+    that removes empty nodes after `consolidate_after`, at most `disruption_budget_nodes` at once."""
+    return {
+        "template": {
+            "metadata": {"labels": {specs.POOL_LABEL: args.pool_label, **args.extra_labels}},
+            "spec": {
+                "nodeClassRef": {"group": API_NODECLASS.split("/")[0], "kind": "EC2NodeClass",
+                                 "name": node_class_name},
+                "requirements": requirements(args),
+                "taints": [dict(specs.GPU_TAINT)],
+                "expireAfter": args.expire_after,
+            },
+        },
+        "limits": {specs.GPU_RESOURCE: args.gpu_limit},
+        "disruption": {"consolidationPolicy": args.consolidation_policy,
+                       "consolidateAfter": args.consolidate_after,
+                       "budgets": [{"nodes": args.disruption_budget_nodes}]},
+    }

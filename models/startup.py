@@ -1,0 +1,113 @@
+"""Step 6, startup: how long the packaged model takes to load and warm up, measured.
+
+The server's start -> ready is mostly two things it does before answering ready: create the
+onnxruntime session (load) and run the model once per warm-up batch shape (warm-up). This step
+does both, the same way, on the build machine with onnxruntime's CPU provider, and returns
+`{"load_seconds", "warmup_seconds", ...}`. The cold-start budget (components/coldstart.py)
+reads it as the measured part of a pod's start.
+
+Why the figures are NOT in model/manifest.json: a timing differs run to run, and the manifest is
+part of the content-addressed context (same inputs -> byte-identical context -> same version ->
+same image digest). A timing inside it would turn every rebuild into a new image and a rollout.
+So the measurement lives beside the context: in the build cache's record (a cached build reports
+the figures measured when the context was made) and in BuildResult.startup / `--json`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+# Rows of every dynamic non-batch dimension during warm-up (serving/model.py does the same).
+WARMUP_DIM = 1
+
+
+def _numpy_dtypes() -> dict[str, Any]:
+    """V2 datatype name -> numpy dtype, from the one V2 table (models/export.py) and onnx's own
+    element-type -> numpy mapping."""
+    import onnx.helper
+
+    from models.export import V2_DATATYPES
+
+    out = {}
+    for elem_type, name in V2_DATATYPES.items():
+        try:
+            out[name] = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        except (KeyError, ValueError, TypeError):
+            continue
+    return out
+
+
+def warmup_feeds(manifest: dict[str, Any], batch: int) -> dict[str, Any]:
+    """Inputs for one warm-up run: `batch` rows (when the model batches), other dynamic dims 1."""
+    import numpy as np
+
+    dtypes = _numpy_dtypes()
+    batching = manifest.get("batching") or {}
+    feeds = {}
+    for t in manifest["inputs"]:
+        shape = [d if d >= 0 else WARMUP_DIM for d in t["shape"]]
+        if batching.get("max_batch_size", 0) > 0 and shape:
+            shape[0] = batch
+        if t["datatype"] == "BYTES":
+            feeds[t["name"]] = np.full(shape, "a", dtype=object)
+        else:
+            feeds[t["name"]] = np.ones(shape, dtype=dtypes[t["datatype"]])
+    return feeds
+
+
+def warmup_batch_sizes(manifest: dict[str, Any]) -> list[int]:
+    """The shapes the server warms up with: 1, the manifest's warm-up sizes and its max batch."""
+    batching = manifest.get("batching") or {}
+    mbs = int(batching.get("max_batch_size", 0))
+    sizes = {1} | {int(b) for b in batching.get("warmup_batch_sizes", []) if b <= max(mbs, 1)}
+    if mbs > 0:
+        sizes.add(mbs)
+    return sorted(sizes)
+
+
+def measure(model_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Load `model_path` with onnxruntime (CPU) and warm it up once per batch shape; seconds each.
+
+    Raises whatever onnxruntime raises for a model it cannot run (the pipeline's step wrapper turns
+    that into a BuildError naming this step)."""
+    import onnxruntime as ort
+
+    t0 = time.perf_counter()
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for batch in warmup_batch_sizes(manifest):
+        session.run(None, warmup_feeds(manifest, batch))
+    warmup = time.perf_counter() - t1
+    return {"load_seconds": round(load, 3), "warmup_seconds": round(warmup, 3),
+            "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__,
+            "batch_sizes": warmup_batch_sizes(manifest)}
+
+
+class _Counter:
+    """A write-only file object that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data: bytes) -> int:
+        self.n += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def model_layer_bytes(context_dir: Path) -> int:
+    """Compressed bytes of the image's model layer (`COPY model/` -> one gzip'd tar layer):
+    the context's model/ folder tarred and gzip'd at level 6, the level the image builder's
+    default gzip compression uses. What a node pulls for the model, computed from the real file."""
+    import gzip
+    import tarfile
+
+    counter = _Counter()
+    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(str(Path(context_dir) / "model"), arcname="app/model")
+    return counter.n

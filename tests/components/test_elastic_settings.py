@@ -1,0 +1,82 @@
+"""The elastic keys through the real settings parser: every scale-to-zero misconfiguration is a
+config error naming the keys involved; the burst stack parses into Karpenter + KEDA + min 0."""
+from __future__ import annotations
+
+import pytest
+
+from components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
+from components.settings import _FIELDS, parse_settings
+from pulumi_harness import project_config
+from test_settings import problems, raw_for
+
+
+def test_every_elastic_key_is_declared_and_read():
+    declared = {k.split(":", 1)[1] for k in project_config()}
+    elastic_keys = {k for k, (path, _) in _FIELDS.items() if path.startswith("elastic.")}
+    assert len(elastic_keys) == 19 and elastic_keys <= declared
+
+
+def test_the_burst_stack_is_karpenter_keda_and_scale_to_zero():
+    [a] = parse_settings(*raw_for("burst")).served
+    e = a.elastic
+    assert e.karpenter and e.keda and e.min_replicas == 0 and e.keda_http
+    assert e.capacity_types == ("spot", "on-demand") and e.node_role("servedmodel-prod") == "KarpenterNodeRole-servedmodel-prod"
+    assert a.resources.gpu == 1 and a.node_pool.instance_types == ("g5.xlarge", "g6.xlarge")
+
+
+@pytest.mark.parametrize("stack", ["local", "dev", "prod"])
+def test_the_other_stacks_keep_managed_nodes_and_the_hpa(stack):
+    raw, secrets = raw_for(stack, secrets={"servedmodel:authToken": "t" * 24})
+    for a in parse_settings(raw, secrets).served:
+        assert a.elastic == ElasticArgs()
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    ({"servedmodel:autoscaler": "hpa", "servedmodel:kedaHttp": False},
+     ["servedmodel:minReplicas = 0", "needs servedmodel:autoscaler keda"]),
+    ({"servedmodel:kedaHttp": False}, ["servedmodel:minReplicas = 0", "needs servedmodel:kedaHttp true"]),
+    ({"servedmodel:autoscaler": "hpa", "servedmodel:minReplicas": 1},
+     ["servedmodel:kedaHttp = True", "needs servedmodel:autoscaler keda"]),
+    ({"servedmodel:nodeInstanceTypes": ["p3.2xlarge"]},
+     ["servedmodel:nodeInstanceTypes", "CUDA 13 dropped Volta"]),
+    ({"servedmodel:gpuLimit": 3}, ["servedmodel:gpuLimit = 3", "(servedmodel:maxReplicas (4) + 1 rollout surge) x "
+                                   "servedmodel:gpu (1) = 5 GPUs"]),
+    ({"servedmodel:autoscaleMetric": "cpu"}, ["servedmodel:autoscaleMetric = 'cpu'", "with servedmodel:autoscaler keda"]),
+    ({"servedmodel:serviceType": "LoadBalancer", "servedmodel:allowLoadBalancer": True,
+      "servedmodel:tlsCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d"},
+     ["servedmodel:kedaHttp = True", "past the interceptor"]),
+    ({"servedmodel:minReplicas": 5}, ["servedmodel:minReplicas = 5", "must not exceed servedmodel:maxReplicas (4)"]),
+    ({"servedmodel:gpu": 0}, ["servedmodel:nodeProvisioner = 'karpenter'", "servedmodel:gpu > 0"]),
+    ({"servedmodel:capacityTypes": ["reserved"]}, ["servedmodel:capacityTypes = ['reserved']"]),
+    ({"servedmodel:consolidateAfter": "5 min"}, ["servedmodel:consolidateAfter = '5 min'"]),
+    ({"servedmodel:karpenterAmiAlias": "al2023@latest"}, ["servedmodel:karpenterAmiAlias"]),
+    ({"servedmodel:karpenterSubnetIds": ["subnet_1"]}, ["servedmodel:karpenterSubnetIds = ['subnet_1']"]),
+    ({"servedmodel:prometheusUrl": "prometheus:9090"}, ["servedmodel:prometheusUrl"]),
+    ({"servedmodel:pullBandwidthMBps": 0}, ["servedmodel:pullBandwidthMBps = 0"]),
+    ({"servedmodel:nodeProvisioner": "fargate"}, ["servedmodel:nodeProvisioner = 'fargate'", "managed, karpenter"]),
+])
+def test_each_misconfiguration_names_its_keys(overrides, needles):
+    text = "\n".join(problems("burst", overrides, {"servedmodel:authToken": "t" * 24}))
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def test_min_replicas_other_than_one_with_hpa_is_refused():
+    text = "\n".join(problems("dev", {"servedmodel:minReplicas": 2}, {"servedmodel:authToken": "t" * 24}))
+    assert "servedmodel:minReplicas = 2" in text and "with hpa the minimum is servedmodel:replicas" in text
+
+
+def test_karpenter_replaces_the_node_groups_capacity_rule_by_its_gpu_limit():
+    # nodeMax 1 fits 1 replica: the managed rule would refuse maxReplicas 4; Karpenter's pool is
+    # bounded by its GPU limit (0 = what the replicas need) instead.
+    [a] = parse_settings(*raw_for("burst", {"servedmodel:nodeMax": 1, "servedmodel:nodeDesired": 1,
+                                            "servedmodel:nodeMin": 0})).served
+    assert a.elastic.karpenter
+    text = "\n".join(problems("burst", {"servedmodel:nodeProvisioner": "managed", "servedmodel:nodeMax": 1,
+                                        "servedmodel:nodeDesired": 1, "servedmodel:nodeMin": 0}))
+    assert "servedmodel:nodeMax = 1" in text
+
+
+def test_image_families_and_gpu_limit_arithmetic():
+    assert "p3" not in IMAGE_GPU_FAMILIES and {"g5", "g6"} <= set(IMAGE_GPU_FAMILIES)
+    assert gpu_limit_needed(gpu=2, max_replicas=4) == 10

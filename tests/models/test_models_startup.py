@@ -1,0 +1,83 @@
+"""The build measures model load + warm-up (models/startup.py) and keeps it beside the
+manifest: the context stays byte-identical and the version unchanged whatever the timing."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import models
+from models import startup
+
+
+def test_build_records_measured_load_and_warmup_outside_the_manifest(build_once):
+    r = build_once("lenet", "int8")
+    s = r.startup
+    assert s["load_seconds"] > 0 and s["warmup_seconds"] > 0
+    assert s["provider"] == "CPUExecutionProvider"
+    assert s["batch_sizes"] == startup.warmup_batch_sizes(r.manifest)
+    assert 1 in s["batch_sizes"] and r.manifest["batching"]["max_batch_size"] in s["batch_sizes"]
+    assert "startup" in r.steps  # timed as a pipeline step of its own
+    # Not in the manifest, neither the returned dict nor the file in the context.
+    assert "startup" not in r.manifest
+    assert "startup" not in json.loads((r.context_dir / "model" / "manifest.json").read_text())
+    assert r.summary()["startup"] == s
+
+
+def test_a_cache_hit_reports_the_figures_measured_with_the_context(build_once, cache_dir, tmp_path):
+    build_once("mnist-mlp", "none")  # the entry exists (other tests may have rebuilt it since)
+    one = models.build("mnist-mlp", "none", tmp_path / "one", cache_dir=cache_dir)
+    two = models.build("mnist-mlp", "none", tmp_path / "two", cache_dir=cache_dir)
+    assert one.cache_hit and two.cache_hit
+    assert one.startup == two.startup and one.startup["load_seconds"] > 0  # read back, not re-measured
+
+
+def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp_path):
+    import json
+
+    from models import cache as cache_mod
+    from models.loader import parse_ref
+
+    models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
+    key = cache_mod.cache_key(parse_ref("lenet"), "none", "cpu")
+    result = cache_mod.entry_dir(cache_mod.cache_root(cache_dir), key) / "result.json"
+    record = json.loads(result.read_text())
+    record.pop("startup")
+    record["sizes"].pop("model_layer_gzip_bytes")
+    result.write_text(json.dumps(record))  # as an older build wrote it
+    one = models.build("lenet", "none", tmp_path / "one", cache_dir=cache_dir)
+    two = models.build("lenet", "none", tmp_path / "two", cache_dir=cache_dir)
+    assert one.cache_hit and one.startup["load_seconds"] > 0 and one.sizes["model_layer_gzip_bytes"] > 0
+    assert two.startup == one.startup and two.sizes == one.sizes  # measured once, then kept
+
+
+def test_warmup_feeds_follow_the_manifest_signature():
+    manifest = {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [-1, -1]},
+                           {"name": "x", "datatype": "FP16", "shape": [-1, 3]}],
+                "batching": {"max_batch_size": 8, "warmup_batch_sizes": [4, 16]}}
+    assert startup.warmup_batch_sizes(manifest) == [1, 4, 8]  # 16 > max batch is never run
+    feeds = startup.warmup_feeds(manifest, 4)
+    assert feeds["ids"].shape == (4, 1) and feeds["ids"].dtype == np.int64
+    assert feeds["x"].shape == (4, 3) and feeds["x"].dtype == np.float16
+    unbatched = {"inputs": manifest["inputs"], "batching": {"max_batch_size": 0, "warmup_batch_sizes": []}}
+    assert startup.warmup_batch_sizes(unbatched) == [1]
+
+
+def test_a_model_onnxruntime_cannot_load_is_an_error(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(Exception):
+        startup.measure(bad, {"inputs": [], "batching": {}})
+
+
+def test_model_layer_bytes_is_the_gzip_of_the_model_folder(build_once):
+    import gzip
+
+    r = build_once("lenet", "int8")
+    measured = r.sizes["model_layer_gzip_bytes"]
+    assert measured == startup.model_layer_bytes(r.context_dir)  # deterministic
+    model = (r.context_dir / "model" / "model.onnx").read_bytes()
+    # The tar adds headers and the manifest; gzip of the weights alone is the floor.
+    floor = len(gzip.compress(model, compresslevel=6))
+    assert floor < measured < floor + 8192
