@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(text)
             return 0
         settings = load_settings(manifest, vars(args), os.environ)
+        from .server import connection_limits, ensure_descriptors
+
+        ensure_descriptors(connection_limits(settings))
         from .model import OnnxModel
 
         model = OnnxModel(manifest, settings)
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"event": "starting", "model": manifest.name, "version": manifest.version,
                       "providers": model.providers, "intra_op_threads": settings.intra_op_threads,
                       "max_batch_size": settings.max_batch_size, "host": settings.host,
-                      "port": settings.port}), flush=True)
+                      "port": settings.port, "max_connections": settings.max_connections}),
+          flush=True)
     return serve(app, settings.host, settings.port, settings.drain_seconds, settings.log_level)
 
 

@@ -19,6 +19,7 @@ from .batcher import Batcher
 from .codec import MAX_DEPTH, V2_TO_NUMPY, decode_binary, decode_json, element_count, encode_json
 from .errors import ServingError
 from .manifest import Manifest
+from .memory import RELEASE_AFTER_BYTES, RELEASE_AFTER_CONNECTIONS, Allocator
 from .metrics import Metrics
 from .openapi import build_openapi
 from .settings import Settings
@@ -103,6 +104,7 @@ class App:
                                               "extensions": EXTENSIONS})
         self._openapi = orjson.dumps(build_openapi(manifest))
         self._background: list[asyncio.Task] = []
+        self.allocator = Allocator()
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
@@ -118,6 +120,8 @@ class App:
         self.batcher.start()
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._flush_logs()))
+        self._background.append(loop.create_task(self._release_memory()))
+        self.allocator.tune()
         if not self.model.ready:
             self._background.append(loop.create_task(self._warm_up()))
         else:
@@ -152,6 +156,22 @@ class App:
         while True:
             await asyncio.sleep(0.25)
             self.log.flush()
+
+    async def _release_memory(self) -> None:
+        """After a peak (many bytes or connections since the last release) and once nothing
+        is buffered, give memory back: a flood must not leave the process at its peak RSS."""
+        m = self.metrics
+        last_bytes, last_conns = m.received_bytes, m.connections_total
+        quiet = 0
+        while True:
+            await asyncio.sleep(0.5)
+            busy = m.buffered_bytes > 0 or m.inflight > 0 or self.accepted > 0
+            quiet = 0 if busy else quiet + 1
+            if quiet < 2 or (m.received_bytes - last_bytes < RELEASE_AFTER_BYTES
+                             and m.connections_total - last_conns < RELEASE_AFTER_CONNECTIONS):
+                continue
+            last_bytes, last_conns = m.received_bytes, m.connections_total
+            await asyncio.get_running_loop().run_in_executor(None, self.allocator.release)
 
     async def shutdown(self) -> None:
         for t in self._background:
@@ -227,14 +247,12 @@ class App:
             status = e.status
             body = orjson.dumps({"error": e.message})
             headers = JSON + e.headers
-            if is_infer:
-                self.metrics.failure(e.reason)
+            self.metrics.failure(e.reason)      # every route: 401s and 404s are counted too
         except Exception as e:  # a bug: answer 500 with a message rather than dropping the socket
             status = 500
             body = orjson.dumps({"error": f"internal error: {type(e).__name__}"})
             headers = JSON
-            if is_infer:
-                self.metrics.failure("internal")
+            self.metrics.failure("internal")
             print(f"serving: internal error on {method} {path}: {e!r}", file=sys.stderr)
         if self.draining and is_infer:
             headers = headers + CLOSE
@@ -316,12 +334,17 @@ class App:
             raise ServingError(503, "the model is not ready yet", reason="not_ready",
                                headers=[(b"retry-after", b"1")])
         self.accepted += 1
-        self.metrics.inflight += 1
         batcher = self.batcher
         batcher.arriving += 1
         arriving = True
+        counted = False
+        held = [0]                  # body bytes reserved in the buffer budget
         try:
-            body, header_len = await self._read_body(scope, receive)
+            body, header_len = await self._read_body(scope, receive, held)
+            # In flight from here: a client still sending (or stalling) its body is not work
+            # the autoscaler should see.
+            self.metrics.inflight += 1
+            counted = True
             feeds, rows, sig, wanted, binary_all, request_id = self._parse(body, header_len)
             batcher.arriving -= 1
             arriving = False
@@ -332,9 +355,23 @@ class App:
             if arriving:
                 batcher.arriving -= 1
             self.accepted -= 1
-            self.metrics.inflight -= 1
+            if counted:
+                self.metrics.inflight -= 1
+            self.metrics.buffered_bytes -= held[0]
 
-    async def _read_body(self, scope, receive):
+    def _reserve(self, n: int, held: list[int]) -> None:
+        """Count `n` more body bytes against SERVEDMODEL_MAX_BUFFERED_BYTES, shared by every
+        request: over it, the request is shed (503) instead of growing memory."""
+        budget = self.settings.max_buffered_bytes
+        if self.metrics.buffered_bytes + n > budget:
+            raise ServingError(503, f"the server holds {self.metrics.buffered_bytes} bytes of "
+                                    f"request bodies (max {budget}, "
+                                    f"SERVEDMODEL_MAX_BUFFERED_BYTES); retry later",
+                               reason="buffer_full", headers=[(b"retry-after", b"1")] + CLOSE)
+        self.metrics.buffered_bytes += n
+        held[0] += n
+
+    async def _read_body(self, scope, receive, held: list[int]):
         limit = self.settings.max_body_bytes
         length = header_len = None
         for key, value in scope["headers"]:
@@ -356,6 +393,7 @@ class App:
                 raise ServingError(413, f"request body of {n} bytes is over the limit of "
                                         f"{limit} bytes (SERVEDMODEL_MAX_BODY_BYTES)",
                                    headers=CLOSE)
+            self._reserve(n, held)          # the whole declared body, before reading it
         chunks, total = [], 0
         while True:
             message = await receive()
@@ -368,6 +406,8 @@ class App:
                 if total > limit:
                     raise ServingError(413, f"request body is over the limit of {limit} bytes "
                                             f"(SERVEDMODEL_MAX_BODY_BYTES)", headers=CLOSE)
+                if total > held[0]:         # chunked, or more than Content-Length said
+                    self._reserve(total - held[0], held)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break

@@ -52,6 +52,11 @@ class Metrics:
         self.inflight = 0
         self.queue_depth = 0
         self.ready = 0
+        self.connections = 0                     # open HTTP connections
+        self.connection_errors: dict[str, int] = {}   # reason -> connections closed by a limit
+        self.buffered_bytes = 0                  # request body bytes held by the server now
+        self.received_bytes = 0                  # bytes received on all connections (internal)
+        self.connections_total = 0               # connections accepted (internal)
 
     def request(self, outcome: str, seconds: float) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
@@ -95,5 +100,17 @@ class Metrics:
             "# HELP servedmodel_model_ready 1 when the model is loaded, warm and not draining.",
             "# TYPE servedmodel_model_ready gauge",
             f"servedmodel_model_ready{{{L}}} {self.ready}",
+            "# HELP servedmodel_open_connections Open HTTP connections.",
+            "# TYPE servedmodel_open_connections gauge",
+            f"servedmodel_open_connections{{{L}}} {self.connections}",
+            "# HELP servedmodel_buffered_request_bytes Request body bytes held by the server.",
+            "# TYPE servedmodel_buffered_request_bytes gauge",
+            f"servedmodel_buffered_request_bytes{{{L}}} {self.buffered_bytes}",
+            "# HELP servedmodel_connection_errors_total Connections closed or refused by a "
+            "limit, by reason.",
+            "# TYPE servedmodel_connection_errors_total counter",
         ]
+        for reason in sorted(self.connection_errors):
+            out.append(f'servedmodel_connection_errors_total{{{L},reason="{reason}"}} '
+                       f"{self.connection_errors[reason]}")
         return ("\n".join(out) + "\n").encode()

@@ -28,6 +28,15 @@ class Settings:
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
     drain_seconds: float = 20.0
+    # The connection layer (serving/connections.py, docs/protocol.md "Limits").
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 30.0
+    max_connections: int = 1000
+    probe_connections: int = 8
+    max_buffered_bytes: int = 256 * 1024 * 1024   # 4 x max_body_bytes when not set
     auth_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
 
@@ -108,6 +117,10 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
     if manifest.max_batch_size == 0 and max_batch != 0:
         problems.append("SERVEDMODEL_MAX_BATCH_SIZE cannot enable batching for a model whose "
                         "manifest has max_batch_size 0 (no batch dimension)")
+    max_body = pick("max_body_bytes", Settings.max_body_bytes, integer, lambda v: v >= 1024,
+                    "an integer number of bytes >= 1024")
+    max_buffered = pick("max_buffered_bytes", 4 * max_body, integer, lambda v: v >= max_body,
+                        f"an integer number of bytes >= the body limit ({max_body})")
     token = env.get(PREFIX + "AUTH_TOKEN") or None
     token_file = env.get(PREFIX + "AUTH_TOKEN_FILE")
     if token_file:
@@ -131,14 +144,29 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                             "an integer >= 1"),
         queue_timeout_ms=pick("queue_timeout_ms", 1000.0, float, lambda v: v > 0,
                               "a number of milliseconds > 0"),
-        max_body_bytes=pick("max_body_bytes", 64 * 1024 * 1024, integer, lambda v: v >= 1024,
-                            "an integer number of bytes >= 1024"),
+        max_body_bytes=max_body,
         intra_op_threads=pick("intra_op_threads", cgroup_cpu_limit(), integer,
                               lambda v: v >= 1, "an integer >= 1"),
         intra_op_spinning=pick("intra_op_spinning", None, auto_boolean, lambda v: True,
                                "'auto', 1 or 0"),
         drain_seconds=pick("drain_seconds", 20.0, float, lambda v: v >= 0,
                            "a number of seconds >= 0"),
+        max_header_bytes=pick("max_header_bytes", Settings.max_header_bytes, integer,
+                              lambda v: v >= 1024, "an integer number of bytes >= 1024"),
+        max_headers=pick("max_headers", Settings.max_headers, integer, lambda v: v >= 8,
+                         "an integer >= 8"),
+        header_timeout_seconds=pick("header_timeout_seconds", Settings.header_timeout_seconds,
+                                    float, lambda v: 0 < v <= 3600,
+                                    "a number of seconds > 0 and <= 3600"),
+        body_timeout_seconds=pick("body_timeout_seconds", Settings.body_timeout_seconds, float,
+                                  lambda v: 0 < v <= 3600, "a number of seconds > 0 and <= 3600"),
+        keep_alive_seconds=pick("keep_alive_seconds", Settings.keep_alive_seconds, float,
+                                lambda v: 0 < v <= 3600, "a number of seconds > 0 and <= 3600"),
+        max_connections=pick("max_connections", Settings.max_connections, integer,
+                             lambda v: v >= 1, "an integer >= 1"),
+        probe_connections=pick("probe_connections", Settings.probe_connections, integer,
+                               lambda v: v >= 1, "an integer >= 1"),
+        max_buffered_bytes=max_buffered,
         auth_token=token,
         log_level=pick("log_level", "info", lambda v: str(v).lower(), lambda v: v in LOG_LEVELS,
                        "one of " + ", ".join(LOG_LEVELS)),
