@@ -8,6 +8,7 @@ The queue is bounded: a full queue answers 503 at once, and a request that waits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -71,6 +72,16 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- producer side --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def expecting(self):
+        """Count a request as on its way in (body being read or decoded) while the block runs:
+        the worker waits for such requests, within the queue delay, to fill a batch."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
     async def submit(self, feeds: dict[str, np.ndarray], rows: int, sig) -> dict[str, np.ndarray]:
         """Queue one request; return its outputs (rows of the batch's outputs)."""
         if self.queued >= self.max_queue_size:
@@ -82,7 +93,6 @@ class Batcher:
         item.timer = loop.call_later(self.timeout, self._expire, item)
         self.queue.append(item)
         self.queued += 1
-        self.metrics.queue_depth = self.queued
         self._wakeup.set()
         return await item.future
 
@@ -90,7 +100,6 @@ class Batcher:
         if item.counted:
             item.counted = False
             self.queued -= 1
-            self.metrics.queue_depth = self.queued
 
     def _expire(self, item: _Item) -> None:
         self._uncount(item)
