@@ -38,7 +38,7 @@ class App:
             "platform": manifest.platform, **manifest.signature})
         self._server_metadata = orjson.dumps({"name": SERVER_NAME, "version": SERVER_VERSION,
                                               "extensions": list(EXTENSIONS)})
-        self._openapi = orjson.dumps(build_openapi(manifest))
+        self._openapi = orjson.dumps(build_openapi(manifest, settings.batching, svc.model_name))
 
     # -- lifecycle (the server drives these) ------------------------------------------------
     @property

@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import ServingError
+from .hooks import ModelHooks
 from .metrics import Metrics
+from .settings import Batching
 
 RETRY_AFTER = [(b"retry-after", b"1")]
 
@@ -31,14 +33,13 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, model, *, max_batch_size: int, max_queue_delay_ms: float,
-                 max_queue_size: int, queue_timeout_ms: float, metrics: Metrics) -> None:
+    def __init__(self, model: ModelHooks, batching: Batching, metrics: Metrics) -> None:
         self.model = model
-        self.max_rows = max(1, max_batch_size)
-        self.batching = max_batch_size > 0
-        self.window = max_queue_delay_ms / 1000.0
-        self.max_queue_size = max_queue_size
-        self.timeout = queue_timeout_ms / 1000.0
+        self.max_rows = max(1, batching.max_batch_size)
+        self.batching = batching.enabled
+        self.window = batching.max_queue_delay_ms / 1000.0
+        self.max_queue_size = batching.max_queue_size
+        self.timeout = batching.queue_timeout_ms / 1000.0
         self.metrics = metrics
         self.queue: deque[_Item] = deque()
         self.queued = 0            # live items in `queue` (expired ones are skipped lazily)

@@ -58,13 +58,12 @@ class InferenceService:
         self.settings = settings
         self.model = model
         self.manifest = manifest
-        self.model_name = manifest.name
+        self.model_name = settings.model_name or manifest.name
         self.model_version = manifest.version
         self.metrics = Metrics(self.model_name)
         self.log = AccessLog(settings.log_level in ("debug", "info"))
         self.validator = RequestValidator(
-            manifest, max_rows=settings.max_batch_size if manifest.max_batch_size > 0 else 0,
-            max_tensor_bytes=settings.max_body_bytes)
+            manifest, max_rows=settings.batching.max_batch_size, max_tensor_bytes=settings.max_body_bytes)
         self.batcher: Batcher | None = None
         self.draining = False
         self.failed: str | None = None
@@ -84,11 +83,7 @@ class InferenceService:
                 self.failed or "the model is loading or warming up")
 
     async def startup(self) -> None:
-        s = self.settings
-        self.batcher = Batcher(self.model, max_batch_size=s.max_batch_size,
-                               max_queue_delay_ms=s.max_queue_delay_ms,
-                               max_queue_size=s.max_queue_size,
-                               queue_timeout_ms=s.queue_timeout_ms, metrics=self.metrics)
+        self.batcher = Batcher(self.model, self.settings.batching, self.metrics)
         self.batcher.start()
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._flush_logs()))

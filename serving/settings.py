@@ -9,9 +9,32 @@ from typing import Mapping
 
 from .errors import StartupError
 from .manifest import Manifest
+from .routes import valid_model_name
 
 PREFIX = "SERVEDMODEL_"
 LOG_LEVELS = ("debug", "info", "warning")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Batching and queueing, resolved once from the manifest and the environment
+    (`resolve_batching`). The batcher, the request validator, the warm-up and the OpenAPI
+    document all read this one object."""
+    #: rows per batch, and the most rows one request may carry; 0: the model has no batch
+    #: dimension (its manifest says max_batch_size 0) and requests run one at a time
+    max_batch_size: int = 0
+    #: how long the batcher waits for more requests to fill a batch
+    max_queue_delay_ms: float = 0.0
+    #: the batch sizes the warm-up runs and times (each <= max_batch_size; 1 and the max too)
+    warmup_batch_sizes: tuple[int, ...] = (1,)
+    #: most requests waiting in the queue (a backstop; the queue-time budget sheds first)
+    max_queue_size: int = 4
+    #: the queue-time budget: a request that cannot start within it is refused (503)
+    queue_timeout_ms: float = 1000.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 0
 
 
 @dataclass(frozen=True)
@@ -20,10 +43,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     device: str = "cpu"
-    max_batch_size: int = 0
-    max_queue_delay_ms: float = 0.0
-    max_queue_size: int = 4            # 4 x max_batch_size when not set
-    queue_timeout_ms: float = 1000.0
+    #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
+    model_name: str = ""
+    batching: Batching = Batching()
     max_body_bytes: int = 64 * 1024 * 1024
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
@@ -59,6 +81,32 @@ def cgroup_cpu_limit() -> int:
 def context_from(flags: Mapping[str, object], env: Mapping[str, str]) -> Path:
     value = flags.get("context") or env.get(PREFIX + "CONTEXT") or "/app"
     return Path(str(value))
+
+
+def resolve_batching(manifest: Manifest, pick, integer) -> Batching:
+    """Batching from the manifest and the environment, checked as a whole. `pick(name,
+    default, parse, check, accepted)` reads one setting and records its problems."""
+    batched = manifest.max_batch_size > 0
+    if batched:
+        # 0 is refused rather than read as "no batching": a model with a batch dimension would
+        # then take no request at all (every batch of n >= 1 rows would be over the limit).
+        max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 1,
+                         "an integer >= 1 for this model (it has a batch dimension; 1 runs "
+                         "every request alone, one row each)")
+    else:
+        max_batch = pick("max_batch_size", 0, integer, lambda v: v == 0,
+                         "0 for this model: its manifest has max_batch_size 0 (no batch "
+                         "dimension), so batching cannot be enabled")
+    delay = pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
+                 lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000")
+    warmup = tuple(sorted({b for b in manifest.warmup_batch_sizes if b <= max(1, max_batch)}
+                          | {1, max(1, max_batch)}))
+    return Batching(
+        max_batch_size=max_batch, max_queue_delay_ms=delay, warmup_batch_sizes=warmup,
+        max_queue_size=pick("max_queue_size", 4 * max(1, max_batch), integer, lambda v: v >= 1,
+                            "an integer >= 1"),
+        queue_timeout_ms=pick("queue_timeout_ms", 1000.0, float, lambda v: v > 0,
+                              "a number of milliseconds > 0"))
 
 
 def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
@@ -103,11 +151,6 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
             return False
         raise ValueError
 
-    max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 0,
-                     "an integer >= 0")
-    if manifest.max_batch_size == 0 and max_batch != 0:
-        problems.append("SERVEDMODEL_MAX_BATCH_SIZE cannot enable batching for a model whose "
-                        "manifest has max_batch_size 0 (no batch dimension)")
     token = env.get(PREFIX + "AUTH_TOKEN") or None
     token_file = env.get(PREFIX + "AUTH_TOKEN_FILE")
     if token_file:
@@ -124,13 +167,9 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         port=pick("port", 8080, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
         device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
                     "'cpu' or 'cuda'"),
-        max_batch_size=max_batch,
-        max_queue_delay_ms=pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
-                                lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000"),
-        max_queue_size=pick("max_queue_size", 4 * max(1, max_batch), integer, lambda v: v >= 1,
-                            "an integer >= 1"),
-        queue_timeout_ms=pick("queue_timeout_ms", 1000.0, float, lambda v: v > 0,
-                              "a number of milliseconds > 0"),
+        model_name=pick("model_name", manifest.name, str, valid_model_name,
+                        "a model name of letters, digits, '_', '.' and '-'"),
+        batching=resolve_batching(manifest, pick, integer),
         max_body_bytes=pick("max_body_bytes", 64 * 1024 * 1024, integer, lambda v: v >= 1024,
                             "an integer number of bytes >= 1024"),
         intra_op_threads=pick("intra_op_threads", cgroup_cpu_limit(), integer,

@@ -6,7 +6,6 @@ import asyncio
 import json
 import resource
 import time
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from inprocess import InProcessServer, SlowModel
 from serving import create_app
 from serving.manifest import load_manifest
-from serving.settings import Settings
+from serving.settings import Batching, Settings
 
 INFER = "/v2/models/test-mlp/infer"
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
@@ -24,9 +23,9 @@ Q = 8
 
 def make_app(contexts, seconds: float, **overrides):
     manifest = load_manifest(contexts["mlp"])
-    settings = replace(Settings(context=contexts["mlp"], log_level="warning"),
-                       **{"max_batch_size": 4, "max_queue_delay_ms": 0.0, "max_queue_size": Q,
-                          "queue_timeout_ms": 10_000.0, **overrides})
+    batching = Batching(**{"max_batch_size": 4, "max_queue_delay_ms": 0.0, "max_queue_size": Q,
+                           "queue_timeout_ms": 10_000.0, **overrides})
+    settings = Settings(context=contexts["mlp"], log_level="warning", batching=batching)
     model = SlowModel(seconds)
     return create_app(settings, model, manifest), model
 
