@@ -100,7 +100,8 @@ class InferenceService:
             return
         tuning = self.model if isinstance(self.model, BatchTuning) else None
         if tuning is not None and tuning.preferred_batch_size:
-            self.batcher.prefer(tuning.preferred_batch_size, bool(tuning.run_inline))
+            self.batcher.prefer(tuning.preferred_batch_size, bool(tuning.run_inline),
+                                tuning.warmup_items_per_second)
         if self.log.enabled:
             rates = tuning.warmup_items_per_second if tuning is not None else {}
             self.log.add({"event": "ready", "preferred_batch_size": self.batcher.max_rows,

@@ -12,6 +12,14 @@ from .manifest import Manifest
 from .routes import valid_model_name
 
 PREFIX = "SERVEDMODEL_"
+#: The queue-time budget. Long enough that a closed loop of 64 clients of the slowest zoo model
+#: (minilm: a full batch of 32 takes ~0.4 s on 2 CPUs, so the 64th request waits ~0.8 s) never
+#: sees a 503 even on a CPU shared with other work; short enough that a client is told to retry
+#: elsewhere long before typical client timeouts (10-60 s).
+DEFAULT_QUEUE_TIMEOUT_MS = 5000.0
+#: The count backstop: only a model too fast for the budget to bite (microseconds a row)
+#: reaches it; sized for hundreds of concurrent clients, not for shedding.
+DEFAULT_MAX_QUEUE_SIZE = 1024
 LOG_LEVELS = ("debug", "info", "warning")
 
 
@@ -28,9 +36,9 @@ class Batching:
     #: the batch sizes the warm-up runs and times (each <= max_batch_size; 1 and the max too)
     warmup_batch_sizes: tuple[int, ...] = (1,)
     #: most requests waiting in the queue (a backstop; the queue-time budget sheds first)
-    max_queue_size: int = 4
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     #: the queue-time budget: a request that cannot start within it is refused (503)
-    queue_timeout_ms: float = 1000.0
+    queue_timeout_ms: float = DEFAULT_QUEUE_TIMEOUT_MS
 
     @property
     def enabled(self) -> bool:
@@ -103,10 +111,11 @@ def resolve_batching(manifest: Manifest, pick, integer) -> Batching:
                           | {1, max(1, max_batch)}))
     return Batching(
         max_batch_size=max_batch, max_queue_delay_ms=delay, warmup_batch_sizes=warmup,
-        max_queue_size=pick("max_queue_size", 4 * max(1, max_batch), integer, lambda v: v >= 1,
-                            "an integer >= 1"),
-        queue_timeout_ms=pick("queue_timeout_ms", 1000.0, float, lambda v: v > 0,
-                              "a number of milliseconds > 0"))
+        max_queue_size=pick("max_queue_size", DEFAULT_MAX_QUEUE_SIZE, integer,
+                            lambda v: v >= 1, "an integer >= 1"),
+        queue_timeout_ms=pick("queue_timeout_ms", DEFAULT_QUEUE_TIMEOUT_MS, float,
+                              lambda v: 0 < v <= 600_000, "a number of milliseconds 0-600000 "
+                                                          "(above 0)"))
 
 
 def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
