@@ -30,17 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         context = context_from(vars(args), os.environ)
         manifest = load_manifest(context)
+        settings = load_settings(manifest, vars(args), os.environ)
         if command == "openapi":
             from .openapi import build_openapi
 
-            text = json.dumps(build_openapi(manifest), indent=2, sort_keys=True) + "\n"
+            # The same resolution as `serve`: the served name and the batching it enforces.
+            doc = build_openapi(manifest, settings.batching, settings.model_name)
+            text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
             if args.out:
                 with open(args.out, "w") as f:
                     f.write(text)
             else:
                 sys.stdout.write(text)
             return 0
-        settings = load_settings(manifest, vars(args), os.environ)
         from .server import connection_limits, ensure_descriptors
 
         ensure_descriptors(connection_limits(settings))
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings, model, manifest)
     print(json.dumps({"event": "starting", "model": manifest.name, "version": manifest.version,
                       "providers": model.providers, "intra_op_threads": settings.intra_op_threads,
-                      "max_batch_size": settings.max_batch_size, "host": settings.host,
+                      "served_name": app.service.model_name,
+                      "max_batch_size": settings.batching.max_batch_size, "host": settings.host,
                       "port": settings.port, "max_connections": settings.max_connections}),
           flush=True)
     return serve(app, settings.host, settings.port, settings.drain_seconds, settings.log_level)

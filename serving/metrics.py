@@ -49,9 +49,6 @@ class Metrics:
         self.queue_duration = Histogram(LATENCY_BUCKETS)
         self.compute_duration = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
-        self.inflight = 0
-        self.queue_depth = 0
-        self.ready = 0
         self.connections = 0                     # open HTTP connections
         self.connection_errors: dict[str, int] = {}   # reason -> connections closed by a limit
         self.buffered_bytes = 0                  # request body bytes held by the server now
@@ -65,7 +62,8 @@ class Metrics:
     def failure(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
 
-    def render(self) -> bytes:
+    def render(self, *, inflight: int, queue_depth: int, ready: bool) -> bytes:
+        """The exposition text; the gauges are read from their owners at scrape time."""
         L = self.labels
         out = [
             "# HELP servedmodel_requests_total Inference requests by outcome.",
@@ -93,13 +91,13 @@ class Metrics:
         out += [
             "# HELP servedmodel_inflight_requests Inference requests being handled now.",
             "# TYPE servedmodel_inflight_requests gauge",
-            f"servedmodel_inflight_requests{{{L}}} {self.inflight}",
+            f"servedmodel_inflight_requests{{{L}}} {inflight}",
             "# HELP servedmodel_queue_depth Requests waiting in the batching queue.",
             "# TYPE servedmodel_queue_depth gauge",
-            f"servedmodel_queue_depth{{{L}}} {self.queue_depth}",
+            f"servedmodel_queue_depth{{{L}}} {queue_depth}",
             "# HELP servedmodel_model_ready 1 when the model is loaded, warm and not draining.",
             "# TYPE servedmodel_model_ready gauge",
-            f"servedmodel_model_ready{{{L}}} {self.ready}",
+            f"servedmodel_model_ready{{{L}}} {int(ready)}",
             "# HELP servedmodel_open_connections Open HTTP connections.",
             "# TYPE servedmodel_open_connections gauge",
             f"servedmodel_open_connections{{{L}}} {self.connections}",

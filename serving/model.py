@@ -38,7 +38,8 @@ class OnnxModel:
         self.session = None
         self.providers: list[str] = []
         self.warm = False
-        self.preferred_batch_size = max(1, settings.max_batch_size)
+        self.batching = settings.batching
+        self.preferred_batch_size = max(1, self.batching.max_batch_size)
         self.warmup_items_per_second: dict[int, float] = {}
         #: True when a full preferred batch runs in well under a millisecond: the batcher then
         #: runs it on the event loop, saving the hand-off to the model thread (which can wait
@@ -138,7 +139,7 @@ class OnnxModel:
         feeds = {}
         for i, t in enumerate(self.manifest.inputs):
             shape = [d if d >= 0 else WARMUP_DIM for d in t.shape]
-            if self.manifest.max_batch_size > 0:
+            if self.batching.enabled:
                 shape[0] = batch
             dtype = V2_TO_NUMPY[t.datatype]
             feeds[t.name] = np.ones(shape, dtype=dtype)
@@ -151,11 +152,8 @@ class OnnxModel:
         bigger single requests up to max_batch_size still run."""
         import time
 
-        mbs = self.settings.max_batch_size
-        sizes = sorted({b for b in self.manifest.warmup_batch_sizes if b <= max(mbs, 1)} | {1})
-        if mbs > 0:
-            sizes = sorted(set(sizes) | {mbs})
-        for b in sizes:
+        mbs = self.batching.max_batch_size
+        for b in self.batching.warmup_batch_sizes:
             feeds = self.example_inputs(b)
             outs = self.predict(feeds)
             for t in self.manifest.outputs:

@@ -95,7 +95,7 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
     # loop decodes requests it would wait up to the 5 ms default switch interval each time.
     sys.setswitchinterval(0.001)
     limits = connection_limits(app.settings)
-    guard = ConnectionGuard(limits, app.metrics)
+    guard = ConnectionGuard(limits, app.service.metrics)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
                             http=protocol_factory(guard), lifespan="on", access_log=False,
                             server_header=False, date_header=False, log_level=log_level,

@@ -9,9 +9,40 @@ from typing import Mapping
 
 from .errors import StartupError
 from .manifest import Manifest
+from .routes import valid_model_name
 
 PREFIX = "SERVEDMODEL_"
+#: The queue-time budget. Long enough that a closed loop of 64 clients of the slowest zoo model
+#: (minilm: a full batch of 32 takes ~0.4 s on 2 CPUs, so the 64th request waits ~0.8 s) never
+#: sees a 503 even on a CPU shared with other work; short enough that a client is told to retry
+#: elsewhere long before typical client timeouts (10-60 s).
+DEFAULT_QUEUE_TIMEOUT_MS = 5000.0
+#: The count backstop: only a model too fast for the budget to bite (microseconds a row)
+#: reaches it; sized for hundreds of concurrent clients, not for shedding.
+DEFAULT_MAX_QUEUE_SIZE = 1024
 LOG_LEVELS = ("debug", "info", "warning")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Batching and queueing, resolved once from the manifest and the environment
+    (`resolve_batching`). The batcher, the request validator, the warm-up and the OpenAPI
+    document all read this one object."""
+    #: rows per batch, and the most rows one request may carry; 0: the model has no batch
+    #: dimension (its manifest says max_batch_size 0) and requests run one at a time
+    max_batch_size: int = 0
+    #: how long the batcher waits for more requests to fill a batch
+    max_queue_delay_ms: float = 0.0
+    #: the batch sizes the warm-up runs and times (each <= max_batch_size; 1 and the max too)
+    warmup_batch_sizes: tuple[int, ...] = (1,)
+    #: most requests waiting in the queue (a backstop; the queue-time budget sheds first)
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    #: the queue-time budget: a request that cannot start within it is refused (503)
+    queue_timeout_ms: float = DEFAULT_QUEUE_TIMEOUT_MS
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 0
 
 
 @dataclass(frozen=True)
@@ -20,10 +51,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     device: str = "cpu"
-    max_batch_size: int = 0
-    max_queue_delay_ms: float = 0.0
-    max_queue_size: int = 4            # 4 x max_batch_size when not set
-    queue_timeout_ms: float = 1000.0
+    #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
+    model_name: str = ""
+    batching: Batching = Batching()
     max_body_bytes: int = 64 * 1024 * 1024
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
@@ -70,6 +100,33 @@ def context_from(flags: Mapping[str, object], env: Mapping[str, str]) -> Path:
     return Path(str(value))
 
 
+def resolve_batching(manifest: Manifest, pick, integer) -> Batching:
+    """Batching from the manifest and the environment, checked as a whole. `pick(name,
+    default, parse, check, accepted)` reads one setting and records its problems."""
+    batched = manifest.max_batch_size > 0
+    if batched:
+        # 0 is refused rather than read as "no batching": a model with a batch dimension would
+        # then take no request at all (every batch of n >= 1 rows would be over the limit).
+        max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 1,
+                         "an integer >= 1 for this model (it has a batch dimension; 1 runs "
+                         "every request alone, one row each)")
+    else:
+        max_batch = pick("max_batch_size", 0, integer, lambda v: v == 0,
+                         "0 for this model: its manifest has max_batch_size 0 (no batch "
+                         "dimension), so batching cannot be enabled")
+    delay = pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
+                 lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000")
+    warmup = tuple(sorted({b for b in manifest.warmup_batch_sizes if b <= max(1, max_batch)}
+                          | {1, max(1, max_batch)}))
+    return Batching(
+        max_batch_size=max_batch, max_queue_delay_ms=delay, warmup_batch_sizes=warmup,
+        max_queue_size=pick("max_queue_size", DEFAULT_MAX_QUEUE_SIZE, integer,
+                            lambda v: v >= 1, "an integer >= 1"),
+        queue_timeout_ms=pick("queue_timeout_ms", DEFAULT_QUEUE_TIMEOUT_MS, float,
+                              lambda v: 0 < v <= 600_000, "a number of milliseconds 0-600000 "
+                                                          "(above 0)"))
+
+
 def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     """Resolve every setting; raise StartupError naming every bad one at once."""
@@ -112,11 +169,6 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
             return False
         raise ValueError
 
-    max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 0,
-                     "an integer >= 0")
-    if manifest.max_batch_size == 0 and max_batch != 0:
-        problems.append("SERVEDMODEL_MAX_BATCH_SIZE cannot enable batching for a model whose "
-                        "manifest has max_batch_size 0 (no batch dimension)")
     max_body = pick("max_body_bytes", Settings.max_body_bytes, integer, lambda v: v >= 1024,
                     "an integer number of bytes >= 1024")
     max_buffered = pick("max_buffered_bytes", 4 * max_body, integer, lambda v: v >= max_body,
@@ -137,13 +189,9 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         port=pick("port", 8080, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
         device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
                     "'cpu' or 'cuda'"),
-        max_batch_size=max_batch,
-        max_queue_delay_ms=pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
-                                lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000"),
-        max_queue_size=pick("max_queue_size", 4 * max(1, max_batch), integer, lambda v: v >= 1,
-                            "an integer >= 1"),
-        queue_timeout_ms=pick("queue_timeout_ms", 1000.0, float, lambda v: v > 0,
-                              "a number of milliseconds > 0"),
+        model_name=pick("model_name", manifest.name, str, valid_model_name,
+                        "a model name of letters, digits, '_', '.' and '-'"),
+        batching=resolve_batching(manifest, pick, integer),
         max_body_bytes=max_body,
         intra_op_threads=pick("intra_op_threads", cgroup_cpu_limit(), integer,
                               lambda v: v >= 1, "an integer >= 1"),

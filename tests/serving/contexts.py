@@ -77,7 +77,13 @@ def slow_model(width: int = 512, depth: int = 1000):
     return _model(nodes, [("x", "FP32", [-1, width])], [("y", "FP32", [-1, width])], [eye])
 
 
-MODELS = {"slow": slow_model, "mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
+def paced_model():
+    """minilm's cost per row at batch 32 (~10 ms on 2 CPUs; ~0.35 s a full batch), exact
+    output == input: for closed-loop load tests of the queue-time budget."""
+    return slow_model(512, 300)
+
+
+MODELS = {"slow": slow_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
 
 
 def write_context(out: Path, kind: str, name: str | None = None, *, max_batch_size: int = 32,

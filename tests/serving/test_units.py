@@ -59,13 +59,15 @@ def test_settings_precedence_and_defaults(tmp_path):
     ctx = write_context(tmp_path / "c", "mlp", max_batch_size=16, max_queue_delay_ms=3.0)
     m = load_manifest(ctx)
     s = load_settings(m, {}, {})
-    assert (s.max_batch_size, s.max_queue_delay_ms, s.max_queue_size) == (16, 3.0, 64)
+    b = s.batching
+    assert (b.max_batch_size, b.max_queue_delay_ms, b.max_queue_size) == (16, 3.0, 1024)
+    assert b.queue_timeout_ms == 5000.0
     assert s.max_body_bytes == 64 * 1024 * 1024 and s.drain_seconds == 20.0
     assert s.intra_op_threads == cgroup_cpu_limit()
     s = load_settings(m, {"port": 9000}, {"SERVEDMODEL_PORT": "9100",
                                           "SERVEDMODEL_MAX_BATCH_SIZE": "8",
                                           "SERVEDMODEL_AUTH_TOKEN": "tok"})
-    assert (s.port, s.max_batch_size, s.max_queue_size) == (9000, 8, 32)
+    assert (s.port, s.batching.max_batch_size, s.batching.max_queue_size) == (9000, 8, 1024)
     assert "tok" not in repr(s)
     with pytest.raises(StartupError) as e:
         load_settings(m, {}, {"SERVEDMODEL_PORT": "http", "SERVEDMODEL_DEVICE": "tpu"})

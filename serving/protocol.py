@@ -1,0 +1,329 @@
+"""The Open Inference Protocol (KServe V2) request and response, independent of the transport.
+
+Every front end turns what it received (a REST JSON body, a REST body with the binary tensor
+extension, a gRPC `ModelInferRequest`) into one typed `InferRequest`, and writes one
+`InferResponse` back in its own encoding. What a request must satisfy to reach the model
+(names, datatypes, shapes, batch rows, sizes) is checked once, here, by `RequestValidator`, so
+the front ends agree on every rule and every message.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Hashable, Iterable
+
+import numpy as np
+import orjson
+
+from .codec import MAX_DEPTH, V2_TO_NUMPY, decode_binary, decode_json, element_count, encode_json
+from .errors import ServingError
+from .manifest import Manifest, TensorSpec
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+OCTET = b"application/octet-stream"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One output the caller wants, and whether it wants it as raw bytes (binary/raw) or typed
+    data (JSON `data` / gRPC `contents`)."""
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A validated inference request: model-ready arrays and what to answer with."""
+    id: str | None
+    feeds: dict[str, np.ndarray]
+    #: rows along the batch dimension (1 for a model without one)
+    rows: int
+    #: requests with equal `sig` (their non-batch dimensions) may share a batch; None: never
+    sig: Hashable | None
+    outputs: tuple[RequestedOutput, ...]
+    #: size of the encoded request, for the access log
+    bytes_in: int = 0
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    data: np.ndarray
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: tuple[OutputTensor, ...]
+
+
+class RequestValidator:
+    """The rules a request must satisfy for one served model, shared by every front end.
+
+    `max_rows` is the largest batch one request may carry (the resolved max batch size) and
+    `max_tensor_bytes` the largest tensor it may declare (checked before anything is allocated).
+    """
+
+    def __init__(self, manifest: Manifest, *, max_rows: int, max_tensor_bytes: int) -> None:
+        self.inputs: dict[str, TensorSpec] = {t.name: t for t in manifest.inputs}
+        self.outputs: dict[str, TensorSpec] = {t.name: t for t in manifest.outputs}
+        self.batched = max_rows > 0
+        self.max_rows = max_rows
+        self.max_tensor_bytes = max_tensor_bytes
+
+    def check_input(self, name: object, datatype: object, shape: object, seen: Iterable[str],
+                    typed_data: str | None = None) -> np.dtype:
+        """Check one input's name, datatype and shape; return its numpy dtype.
+
+        `typed_data` names how the caller sent typed (non-raw) data, e.g. "JSON data", for
+        datatypes that cannot travel that way (FP16, BF16)."""
+        if not isinstance(name, str):
+            raise ServingError(400, "an input has no string name")
+        spec = self.inputs.get(name)
+        if spec is None:
+            raise ServingError(400, f"unknown input '{name[:64]}'; the model takes "
+                                    f"{', '.join(self.inputs)}")
+        if name in seen:
+            raise ServingError(400, f"input '{name}' is given twice")
+        if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
+            raise ServingError(400, f"input '{name}': datatype {str(datatype)[:32]!r} is not "
+                                    f"a V2 datatype; the model takes {spec.datatype}")
+        if typed_data and datatype in ("FP16", "BF16"):
+            raise ServingError(400, f"input '{name}': {datatype} cannot be sent as {typed_data}; "
+                                    f"use the binary tensor extension")
+        if datatype != spec.datatype:
+            raise ServingError(400, f"input '{name}' has datatype {datatype}; the model "
+                                    f"takes {spec.datatype}")
+        if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+            raise ServingError(400, f"input '{name}': shape must be a list of integers, "
+                                    f"the model takes {list(spec.shape)}")
+        if len(shape) != len(spec.shape):
+            raise ServingError(400, f"input '{name}': shape {shape[:8]} has rank "
+                                    f"{len(shape)}; the model takes {list(spec.shape)}")
+        for d, want in zip(shape, spec.shape):
+            if d < 0:
+                raise ServingError(400, f"input '{name}': shape {shape} has a negative "
+                                        f"dimension")
+            if want >= 0 and d != want:
+                raise ServingError(400, f"input '{name}': shape {shape} does not match "
+                                        f"the model's {list(spec.shape)}")
+        if self.batched:
+            if shape[0] == 0:
+                raise ServingError(400, f"input '{name}': empty batch (dimension 0 is 0)")
+            if shape[0] > self.max_rows:
+                raise ServingError(400, f"input '{name}': batch of {shape[0]} is over "
+                                        f"max_batch_size {self.max_rows}")
+        if 0 in shape:
+            raise ServingError(400, f"input '{name}': shape {shape} has a zero dimension; "
+                                    f"empty tensors are not accepted")
+        dtype = V2_TO_NUMPY[datatype]
+        nbytes = element_count(shape) * dtype.itemsize
+        if nbytes > self.max_tensor_bytes:
+            raise ServingError(400, f"input '{name}': shape {shape[:8]} declares {nbytes} "
+                                    f"bytes, over the body limit of {self.max_tensor_bytes}")
+        return dtype
+
+    def check_output(self, name: object, seen: set[str], index: int) -> str:
+        """Check one requested output name (known, not requested twice); return it."""
+        if not isinstance(name, str):
+            raise ServingError(400, f"outputs[{index}] must be an object with a string 'name'")
+        if name not in self.outputs:
+            raise ServingError(400, f"unknown output '{name[:64]}'; the model has "
+                                    f"{', '.join(self.outputs)}")
+        if name in seen:
+            raise ServingError(400, f"output '{name}' is requested twice")
+        seen.add(name)
+        return name
+
+    def all_outputs(self, binary: bool) -> tuple[RequestedOutput, ...]:
+        return tuple(RequestedOutput(n, binary) for n in self.outputs)
+
+    def request(self, request_id: str | None, feeds: dict[str, np.ndarray],
+                outputs: tuple[RequestedOutput, ...], bytes_in: int) -> InferRequest:
+        """The finished request: every input present, batch rows agreeing across inputs."""
+        if len(feeds) != len(self.inputs):
+            missing = [n for n in self.inputs if n not in feeds]
+            raise ServingError(400, f"missing input(s) {', '.join(missing)}; the model takes "
+                                    f"{', '.join(self.inputs)}")
+        if not self.batched:
+            return InferRequest(request_id, feeds, 1, None, outputs, bytes_in)
+        rows = None
+        for name in feeds:
+            n = feeds[name].shape[0]
+            if rows is None:
+                rows = n
+            elif n != rows:
+                raise ServingError(400, f"input '{name}': batch dimension {n} differs from "
+                                        f"the other inputs' {rows}")
+        if len(feeds) == 1:
+            sig = tuple(a.shape[1:] for a in feeds.values())
+        else:
+            sig = tuple((n, feeds[n].shape[1:]) for n in self.inputs)
+        return InferRequest(request_id, feeds, rows, sig, outputs, bytes_in)
+
+    def response(self, model_name: str, model_version: str, request: InferRequest,
+                 results: dict[str, np.ndarray]) -> InferResponse:
+        return InferResponse(model_name, model_version, request.id, tuple(
+            OutputTensor(o.name, self.outputs[o.name].datatype, results[o.name], o.binary)
+            for o in request.outputs))
+
+
+# -- REST: JSON and the binary tensor extension ----------------------------------------------
+
+def _json_depth_ok(value: object, depth: int = 0) -> bool:
+    """True when `value` (a small parameters object) nests no deeper than MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(_json_depth_ok(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return all(_json_depth_ok(v, depth + 1) for v in value)
+    return True
+
+
+def _loads_with_nonfinite(data, error: Exception):
+    """Python's json writes NaN/Infinity/-Infinity tokens (so tritonclient sends them for
+    non-finite inputs); orjson refuses them. Accept them through the slower stdlib parser."""
+    raw = bytes(data)
+    if b"NaN" in raw or b"Infinity" in raw:
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            pass
+    raise ServingError(400, f"request body is not valid JSON (or nests deeper than "
+                            f"{MAX_DEPTH} levels): {error}")
+
+
+def request_from_rest(body: bytes, header_len: int | None,
+                      validator: RequestValidator) -> InferRequest:
+    """A REST body (JSON, or a JSON header of `header_len` bytes followed by binary tensor
+    data) -> an InferRequest."""
+    if header_len is None:
+        json_part, binary = body, b""
+    else:
+        view = memoryview(body)
+        json_part, binary = view[:header_len], view[header_len:]
+    if not json_part:
+        raise ServingError(400, "request body is empty; send an inference request JSON "
+                                "object with 'inputs'")
+    try:
+        doc = orjson.loads(json_part)
+    except orjson.JSONDecodeError as e:
+        doc = _loads_with_nonfinite(json_part, e)
+    if not isinstance(doc, dict):
+        raise ServingError(400, "request must be a JSON object with 'inputs'")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ServingError(400, "'id' must be a string")
+    params = doc.get("parameters")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        raise ServingError(400, "'parameters' must be an object")
+    elif not _json_depth_ok(params):
+        raise ServingError(400, f"'parameters' nests deeper than {MAX_DEPTH} levels")
+    binary_all = params.get("binary_data_output", False)
+    if not isinstance(binary_all, bool):
+        raise ServingError(400, "parameters.binary_data_output must be true or false")
+
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ServingError(400, f"'inputs' must be a non-empty list; the model takes "
+                                f"{', '.join(validator.inputs)}")
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, entry in enumerate(inputs):
+        if not isinstance(entry, dict):
+            raise ServingError(400, f"inputs[{i}] must be an object")
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise ServingError(400, f"inputs[{i}].name must be a string")
+        iparams = entry.get("parameters") or {}
+        if not isinstance(iparams, dict):
+            raise ServingError(400, f"input '{name}': 'parameters' must be an object")
+        has_data = "data" in entry
+        shape = entry.get("shape")
+        datatype = entry.get("datatype")
+        dtype = validator.check_input(name, datatype, shape, feeds,
+                                      "JSON data" if has_data else None)
+        size = iparams.get("binary_data_size")
+        if size is not None:
+            if has_data:
+                raise ServingError(400, f"input '{name}': give either 'data' or "
+                                        f"parameters.binary_data_size, not both")
+            if type(size) is not int or size < 0:
+                raise ServingError(400, f"input '{name}': binary_data_size must be a "
+                                        f"non-negative integer")
+            if header_len is None:
+                raise ServingError(400, f"input '{name}': binary_data_size given but the "
+                                        f"request has no Inference-Header-Content-Length "
+                                        f"header")
+            feeds[name] = decode_binary(name, binary, offset, size, dtype, shape)
+            offset += size
+        elif has_data:
+            feeds[name] = decode_json(name, entry["data"], datatype, dtype, shape)
+        else:
+            raise ServingError(400, f"input '{name}' has neither 'data' nor "
+                                    f"parameters.binary_data_size")
+    missing = [n for n in validator.inputs if n not in feeds]
+    if missing:
+        raise ServingError(400, f"missing input(s) {', '.join(missing)}; the model takes "
+                                f"{', '.join(validator.inputs)}")
+    if offset != len(binary):
+        raise ServingError(400, f"the binary section has {len(binary)} bytes but the "
+                                f"inputs' binary_data_size add up to {offset}")
+    outputs = _rest_outputs(doc.get("outputs"), binary_all, validator)
+    return validator.request(request_id, feeds, outputs, len(body))
+
+
+def _rest_outputs(outputs, binary_all: bool,
+                  validator: RequestValidator) -> tuple[RequestedOutput, ...]:
+    if outputs is None:
+        return validator.all_outputs(binary_all)
+    if not isinstance(outputs, list):
+        raise ServingError(400, "'outputs' must be a list")
+    wanted, seen = [], set()
+    for i, entry in enumerate(outputs):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ServingError(400, f"outputs[{i}] must be an object with a string 'name'")
+        name = validator.check_output(entry["name"], seen, i)
+        oparams = entry.get("parameters") or {}
+        if not isinstance(oparams, dict):
+            raise ServingError(400, f"output '{name}': 'parameters' must be an object")
+        if oparams.get("classification"):
+            raise ServingError(400, f"output '{name}': the classification extension is "
+                                    f"not supported")
+        binary = oparams.get("binary_data", binary_all)
+        if not isinstance(binary, bool):
+            raise ServingError(400, f"output '{name}': binary_data must be true or false")
+        wanted.append(RequestedOutput(name, binary))
+    return tuple(wanted)
+
+
+def response_to_rest(response: InferResponse) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """An InferResponse -> a REST body and its headers (the binary extension when any output
+    is wanted as binary)."""
+    entries, blobs = [], []
+    for out in response.outputs:
+        entry = {"name": out.name, "datatype": out.datatype, "shape": list(out.data.shape)}
+        if out.binary:
+            blob = out.data.tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = encode_json(out.data)
+        entries.append(entry)
+    doc = {"model_name": response.model_name, "model_version": response.model_version,
+           "outputs": entries}
+    if response.id is not None:
+        doc["id"] = response.id
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, JSON_HEADERS
+    return header + b"".join(blobs), [
+        (b"content-type", OCTET),
+        (b"inference-header-content-length", str(len(header)).encode())]
