@@ -169,8 +169,8 @@ class InferenceService:
         """Count one answered request and add its access-log line."""
         if is_infer:
             if reason is not None:
-                self.metrics.failure(reason)
-            self.metrics.request(outcome_of(status), seconds)
+                self.metrics.failure(protocol, reason)
+            self.metrics.request(protocol, outcome_of(status), seconds)
         if self.log.enabled:
             log["ms"] = round(seconds * 1000, 3)
             self.log.add(log)
