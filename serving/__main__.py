@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.add_argument("--host", help="listen address (SERVEDMODEL_HOST)")
         parser.add_argument("--port", type=int, help="listen port (SERVEDMODEL_PORT)")
+        parser.add_argument("--grpc-port", type=int,
+                            help="gRPC port (SERVEDMODEL_GRPC_PORT; unset or 0: no gRPC)")
     args = parser.parse_args(argv)
 
     from .manifest import load_manifest
@@ -62,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                       "providers": model.providers, "intra_op_threads": settings.intra_op_threads,
                       "served_name": app.service.model_name,
                       "max_batch_size": settings.batching.max_batch_size, "host": settings.host,
-                      "port": settings.port, "max_connections": settings.max_connections}),
-          flush=True)
+                      "port": settings.port, "grpc_port": settings.grpc_port,
+                      "max_connections": settings.max_connections}), flush=True)
     return serve(app, settings.host, settings.port, settings.drain_seconds, settings.log_level)
 
 

@@ -39,6 +39,13 @@ class App:
         self._server_metadata = orjson.dumps({"name": SERVER_NAME, "version": SERVER_VERSION,
                                               "extensions": list(EXTENSIONS)})
         self._openapi = orjson.dumps(build_openapi(manifest, settings.batching, svc.model_name))
+        #: the gRPC front end over the same service, when SERVEDMODEL_GRPC_PORT is set
+        self.grpc = None
+        if settings.grpc_port:
+            from .grpc_server import GrpcFrontEnd   # grpcio is imported only when used
+
+            self.grpc = GrpcFrontEnd(svc, settings.host, settings.grpc_port,
+                                     settings.max_body_bytes)
 
     # -- lifecycle (the server drives these) ------------------------------------------------
     @property
@@ -78,11 +85,18 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.service.startup()
+                    if self.grpc is not None:
+                        await self.grpc.start()
                 except Exception as e:
+                    print(f"serving: {e}", file=sys.stderr, flush=True)
                     await send({"type": "lifespan.startup.failed", "message": str(e)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.grpc is not None:
+                    # The drain has already waited for accepted calls; this is the last word
+                    # for any still running.
+                    await self.grpc.stop(grace=1.0)
                 await self.service.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

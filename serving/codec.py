@@ -42,6 +42,20 @@ ORT_TO_V2: dict[str, str] = {
     "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
 }
 
+#: V2 datatype -> the field of the gRPC InferTensorContents that carries it typed. FP16 and
+#: BF16 have none (they travel raw only).
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+#: The numpy dtype each typed field holds (before narrowing to the tensor's datatype).
+_CONTENTS_DTYPES = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32),
+                    "int64_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint32),
+                    "uint64_contents": np.dtype(np.uint64),
+                    "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64)}
+
 #: Which numpy kinds (as inferred from JSON values) each target kind accepts.
 _ACCEPTED_KINDS = {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}
 #: Deepest JSON nesting accepted anywhere in a request.
@@ -137,3 +151,27 @@ def encode_json(arr: np.ndarray):
     if flat.dtype.kind == "f" and flat.dtype.itemsize == 2:
         return flat.tolist()        # orjson does not serialize float16 arrays
     return flat
+
+
+def decode_contents(name: str, contents, datatype: str, dtype: np.dtype,
+                    shape: list[int]) -> np.ndarray:
+    """gRPC typed `contents` (an InferTensorContents) -> an array of `dtype` and `shape`: the
+    values must be in the datatype's own field, as many as the shape declares, in range."""
+    field = CONTENTS_FIELDS.get(datatype)
+    others = [f for f in _CONTENTS_DTYPES if f != field and len(getattr(contents, f))]
+    if field is None or field not in _CONTENTS_DTYPES or others:
+        raise ServingError(400, f"input '{name}': typed {datatype} data goes in "
+                                f"contents.{field or '(none: send it raw)'}, got "
+                                f"{', '.join(others) or 'another field'}")
+    values = getattr(contents, field)
+    expected = element_count(shape)
+    if len(values) != expected:
+        raise ServingError(400, f"input '{name}': shape {shape} needs {expected} elements, "
+                                f"contents.{field} has {len(values)}")
+    arr = np.fromiter(values, dtype=_CONTENTS_DTYPES[field], count=len(values))
+    if arr.dtype != dtype and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ServingError(400, f"input '{name}': a value is out of range for {datatype} "
+                                    f"[{info.min}, {info.max}]")
+    return arr.astype(dtype, copy=False).reshape(shape)

@@ -43,9 +43,9 @@ class Metrics:
 
     def __init__(self, model: str) -> None:
         self.labels = f'model="{_escape(model)}"'
-        self.requests: dict[str, int] = {}       # outcome -> count
-        self.failures: dict[str, int] = {}       # reason -> count
-        self.request_duration = Histogram(LATENCY_BUCKETS)
+        self.requests: dict[tuple[str, str], int] = {}    # (protocol, outcome) -> count
+        self.failures: dict[tuple[str, str], int] = {}    # (protocol, reason) -> count
+        self.request_duration: dict[str, Histogram] = {}  # protocol -> latencies
         self.queue_duration = Histogram(LATENCY_BUCKETS)
         self.compute_duration = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
@@ -55,12 +55,17 @@ class Metrics:
         self.received_bytes = 0                  # bytes received on all connections (internal)
         self.connections_total = 0               # connections accepted (internal)
 
-    def request(self, outcome: str, seconds: float) -> None:
-        self.requests[outcome] = self.requests.get(outcome, 0) + 1
-        self.request_duration.observe(seconds)
+    def request(self, protocol: str, outcome: str, seconds: float) -> None:
+        key = (protocol, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.request_duration.get(protocol)
+        if hist is None:
+            hist = self.request_duration[protocol] = Histogram(LATENCY_BUCKETS)
+        hist.observe(seconds)
 
-    def failure(self, reason: str) -> None:
-        self.failures[reason] = self.failures.get(reason, 0) + 1
+    def failure(self, protocol: str, reason: str) -> None:
+        key = (protocol, reason)
+        self.failures[key] = self.failures.get(key, 0) + 1
 
     def render(self, *, inflight: int, queue_depth: int, ready: bool) -> bytes:
         """The exposition text; the gauges are read from their owners at scrape time."""
@@ -69,17 +74,20 @@ class Metrics:
             "# HELP servedmodel_requests_total Inference requests by outcome.",
             "# TYPE servedmodel_requests_total counter",
         ]
-        for outcome in sorted(self.requests):
-            out.append(f'servedmodel_requests_total{{{L},outcome="{outcome}"}} '
-                       f"{self.requests[outcome]}")
-        out += ["# HELP servedmodel_request_failures_total Failed inference requests by reason.",
+        for protocol, outcome in sorted(self.requests):
+            out.append(f'servedmodel_requests_total{{{L},protocol="{protocol}",'
+                       f'outcome="{outcome}"}} {self.requests[protocol, outcome]}')
+        out += ["# HELP servedmodel_request_failures_total Failed requests (every route) by reason.",
                 "# TYPE servedmodel_request_failures_total counter"]
-        for reason in sorted(self.failures):
-            out.append(f'servedmodel_request_failures_total{{{L},reason="{reason}"}} '
-                       f"{self.failures[reason]}")
+        for protocol, reason in sorted(self.failures):
+            out.append(f'servedmodel_request_failures_total{{{L},protocol="{protocol}",'
+                       f'reason="{reason}"}} {self.failures[protocol, reason]}')
+        name = "servedmodel_request_duration_seconds"
+        out += [f"# HELP {name} Time from request start to response, inference requests.",
+                f"# TYPE {name} histogram"]
+        for protocol in sorted(self.request_duration):
+            out += self.request_duration[protocol].render(name, f'{L},protocol="{protocol}"')
         for name, hist, help_ in (
-            ("servedmodel_request_duration_seconds", self.request_duration,
-             "Time from request start to response, inference requests."),
             ("servedmodel_queue_duration_seconds", self.queue_duration,
              "Time a request waited in the batching queue."),
             ("servedmodel_compute_duration_seconds", self.compute_duration,

@@ -15,7 +15,8 @@ from typing import Hashable, Iterable
 import numpy as np
 import orjson
 
-from .codec import MAX_DEPTH, V2_TO_NUMPY, decode_binary, decode_json, element_count, encode_json
+from .codec import (CONTENTS_FIELDS, MAX_DEPTH, V2_TO_NUMPY, decode_binary, decode_contents,
+                    decode_json, element_count, encode_json)
 from .errors import ServingError
 from .manifest import Manifest, TensorSpec
 
@@ -76,11 +77,12 @@ class RequestValidator:
         self.max_tensor_bytes = max_tensor_bytes
 
     def check_input(self, name: object, datatype: object, shape: object, seen: Iterable[str],
-                    typed_data: str | None = None) -> np.dtype:
+                    typed_data: str | None = None,
+                    raw_way: str = "the binary tensor extension") -> np.dtype:
         """Check one input's name, datatype and shape; return its numpy dtype.
 
         `typed_data` names how the caller sent typed (non-raw) data, e.g. "JSON data", for
-        datatypes that cannot travel that way (FP16, BF16)."""
+        datatypes that cannot travel that way (FP16, BF16), and `raw_way` how they can."""
         if not isinstance(name, str):
             raise ServingError(400, "an input has no string name")
         spec = self.inputs.get(name)
@@ -94,7 +96,7 @@ class RequestValidator:
                                     f"a V2 datatype; the model takes {spec.datatype}")
         if typed_data and datatype in ("FP16", "BF16"):
             raise ServingError(400, f"input '{name}': {datatype} cannot be sent as {typed_data}; "
-                                    f"use the binary tensor extension")
+                                    f"use {raw_way}")
         if datatype != spec.datatype:
             raise ServingError(400, f"input '{name}' has datatype {datatype}; the model "
                                     f"takes {spec.datatype}")
@@ -327,3 +329,84 @@ def response_to_rest(response: InferResponse) -> tuple[bytes, list[tuple[bytes, 
     return header + b"".join(blobs), [
         (b"content-type", OCTET),
         (b"inference-header-content-length", str(len(header)).encode())]
+
+
+# -- gRPC: ModelInferRequest / ModelInferResponse ---------------------------------------------
+# The messages are used by their fields only (no import of the generated code here), so this
+# module stays importable without grpcio.
+
+def _param(params, key: str):
+    """The value of one InferParameter in a protobuf map, or None."""
+    if key not in params:
+        return None
+    p = params[key]
+    which = p.WhichOneof("parameter_choice")
+    return getattr(p, which) if which else None
+
+
+def request_from_grpc(msg, validator: RequestValidator) -> InferRequest:
+    """A ModelInferRequest (model name and version already checked) -> an InferRequest.
+
+    Inputs come either all as `raw_input_contents` (one entry per input, in order) or all as
+    typed `contents`. The response is raw when the request was raw, when
+    parameters["binary_data_output"] is true, or when an output has no typed field (FP16)."""
+    if not msg.inputs:
+        raise ServingError(400, f"'inputs' must be a non-empty list; the model takes "
+                                f"{', '.join(validator.inputs)}")
+    raw = msg.raw_input_contents
+    if raw and len(raw) != len(msg.inputs):
+        raise ServingError(400, f"raw_input_contents has {len(raw)} entries but the request "
+                                f"has {len(msg.inputs)} inputs; give one per input, in order")
+    feeds: dict[str, np.ndarray] = {}
+    for i, t in enumerate(msg.inputs):
+        typed = t.HasField("contents") and t.contents.ByteSize() > 0
+        if raw and typed:
+            raise ServingError(400, f"input '{t.name[:64]}': has typed contents but the request "
+                                    f"carries raw_input_contents; send one or the other")
+        shape = list(t.shape)
+        dtype = validator.check_input(t.name, t.datatype, shape, feeds,
+                                      "typed contents" if typed else None, "raw_input_contents")
+        if raw:
+            data = raw[i]
+            expected = element_count(shape) * dtype.itemsize
+            if len(data) != expected:
+                raise ServingError(400, f"input '{t.name}': raw_input_contents[{i}] has "
+                                        f"{len(data)} bytes but shape {shape} of {t.datatype} "
+                                        f"needs {expected}")
+            feeds[t.name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        elif typed:
+            feeds[t.name] = decode_contents(t.name, t.contents, t.datatype, dtype, shape)
+        else:
+            raise ServingError(400, f"input '{t.name}' has neither typed contents nor an entry "
+                                    f"in raw_input_contents")
+    binary_all = _param(msg.parameters, "binary_data_output")
+    if binary_all is not None and not isinstance(binary_all, bool):
+        raise ServingError(400, "parameters.binary_data_output must be a bool_param")
+    wanted: list[str] = []
+    seen: set[str] = set()
+    for i, o in enumerate(msg.outputs):
+        name = validator.check_output(o.name, seen, i)
+        if _param(o.parameters, "classification"):
+            raise ServingError(400, f"output '{name}': the classification extension is not "
+                                    f"supported")
+        wanted.append(name)
+    names = wanted or list(validator.outputs)
+    as_raw = bool(raw) or bool(binary_all) or any(
+        validator.outputs[n].datatype not in CONTENTS_FIELDS for n in names)
+    outputs = tuple(RequestedOutput(n, as_raw) for n in names)
+    return validator.request(msg.id or None, feeds, outputs, msg.ByteSize())
+
+
+def response_to_grpc(response: InferResponse, message_type):
+    """An InferResponse -> a `message_type` (ModelInferResponse): all outputs raw
+    (raw_output_contents, in order) or all typed."""
+    msg = message_type(model_name=response.model_name, model_version=response.model_version,
+                       id=response.id or "")
+    for out in response.outputs:
+        entry = msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.data.shape)
+        if out.binary:
+            msg.raw_output_contents.append(np.ascontiguousarray(out.data).tobytes())
+        else:
+            getattr(entry.contents, CONTENTS_FIELDS[out.datatype]).extend(
+                out.data.reshape(-1).tolist())
+    return msg

@@ -194,9 +194,9 @@ class InferenceService:
                seconds: float, log: dict) -> None:
         """Count one answered request and add its access-log line."""
         if reason is not None:
-            self.metrics.failure(reason)        # every route: 401s and 404s are counted too
+            self.metrics.failure(protocol, reason)   # every route: 401s and 404s count too
         if is_infer:
-            self.metrics.request(outcome_of(status), seconds)
+            self.metrics.request(protocol, outcome_of(status), seconds)
         if self.log.enabled:
             log["ms"] = round(seconds * 1000, 3)
             self.log.add(log)

@@ -50,6 +50,8 @@ class Settings:
     context: Path = Path("/app")
     host: str = "127.0.0.1"
     port: int = 8080
+    #: the gRPC port; None: no gRPC front end
+    grpc_port: int | None = None
     device: str = "cpu"
     #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
     model_name: str = ""
@@ -187,6 +189,9 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         context=context_from(flags, env),
         host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
         port=pick("port", 8080, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
+        # 0 reads as "off" too, so a deployment can pass the stack's 0 = off through unchanged.
+        grpc_port=pick("grpc_port", 0, integer, lambda v: 0 <= v <= 65535,
+                       "a port number 1-65535, or 0/unset for no gRPC") or None,
         device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
                     "'cpu' or 'cuda'"),
         model_name=pick("model_name", manifest.name, str, valid_model_name,

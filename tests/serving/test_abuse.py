@@ -260,7 +260,7 @@ def test_unfinished_large_bodies_are_bounded_and_memory_returns(contexts, start_
     time.sleep(0.5)
     peak = server.rss_bytes() - before
     buffered = _metric(server, 'servedmodel_buffered_request_bytes{model="test-mlp"}')
-    shed = _metric(server, 'servedmodel_request_failures_total{model="test-mlp",'
+    shed = _metric(server, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
                            'reason="buffer_full"}')
     assert buffered <= 40 * mib
     assert shed >= 6, "bodies beyond SERVEDMODEL_MAX_BUFFERED_BYTES were accepted"

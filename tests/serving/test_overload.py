@@ -120,7 +120,7 @@ def test_full_queue_sheds_exactly_k_with_retry_after(contexts, k):
         assert seconds < 0.050, f"503 took {seconds * 1000:.1f} ms"
     for r, seconds in probes:
         assert r.status_code == 200 and seconds < 0.25
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
                             'reason="queue_full"}') == k
     assert after.status_code == 200                     # recovered
     assert 'servedmodel_queue_depth{model="test-mlp"} 0' in metrics
@@ -145,7 +145,7 @@ def test_queue_timeout_is_a_prompt_503_counted_by_reason(contexts):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "waited in the queue longer than 200 ms" in r.json()["error"]
         assert 0.19 < seconds < 0.5, seconds          # long before the 1.5 s batch ends
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
                             'reason="queue_timeout"}') == 3
 
 
@@ -203,7 +203,7 @@ def test_request_that_cannot_start_within_the_budget_is_refused_at_once(contexts
     error = refused.json()["error"]
     assert "queue-time budget of 450 ms" in error and "SERVEDMODEL_QUEUE_TIMEOUT_MS" in error
     assert seconds < 0.1, f"the refusal took {seconds * 1000:.0f} ms"
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
                             'reason="queue_timeout"}') == 1
 
 

@@ -181,8 +181,8 @@ def test_metrics_names_and_types(mlp_server):
                        ("servedmodel_inflight_requests", "gauge"),
                        ("servedmodel_queue_depth", "gauge")]:
         assert f"# TYPE {name} {kind}" in text
-    assert 'servedmodel_requests_total{model="test-mlp",outcome="client_error"}' in text
-    assert 'servedmodel_request_failures_total{model="test-mlp",reason="bad_request"}' in text
+    assert 'servedmodel_requests_total{model="test-mlp",protocol="rest",outcome="client_error"}' in text
+    assert 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",reason="bad_request"}' in text
 
 
 def test_openapi_served_and_matches_generator(mlp_server, contexts):
