@@ -195,10 +195,7 @@ class App:
                 raise ServingError(415, f"Content-Encoding {value.decode('latin-1')!r} is not "
                                         f"supported; send an uncompressed body")
         if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                n = -1
+            n = int(length) if length.isdigit() else -1
             if n < 0:
                 raise ServingError(400, "Content-Length must be a non-negative integer")
             if n > limit:
@@ -225,10 +222,8 @@ class App:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if header_len is not None:
-            try:
-                h = int(header_len)
-            except ValueError:
-                h = -1
+            # Digits only: int() would also take "3_2_0", " +320" or "３２０".
+            h = int(header_len) if header_len.isdigit() else -1
             if not 0 < h <= len(body):
                 raise ServingError(400, f"Inference-Header-Content-Length "
                                         f"{header_len.decode('latin-1')[:32]!r} must be an "

@@ -57,7 +57,7 @@ _CONTENTS_DTYPES = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtyp
                     "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64)}
 
 #: Which numpy kinds (as inferred from JSON values) each target kind accepts.
-_ACCEPTED_KINDS = {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}
+_ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 #: Deepest JSON nesting accepted anywhere in a request.
 MAX_DEPTH = 100
 
@@ -80,7 +80,16 @@ def _depth(value: object) -> int:
     return depth
 
 
-def decode_json(name: str, data: object, datatype: str, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+def _has_bool(value: object) -> bool:
+    if type(value) is bool:
+        return True
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value)
+    return False
+
+
+def decode_json(name: str, data: object, datatype: str, dtype: np.dtype, shape: list[int],
+                *, check_bools: bool = False) -> np.ndarray:
     """JSON `data` (flat or nested, row-major) -> an array of `dtype` and `shape`."""
     if not isinstance(data, list):
         data = [data]
@@ -92,6 +101,9 @@ def decode_json(name: str, data: object, datatype: str, dtype: np.dtype, shape: 
         raise ServingError(400, f"input '{name}': data must be a flat or rectangular nested list "
                                 f"of numbers") from None
     kind = dtype.kind
+    if kind != "b" and arr.dtype.kind != "b" and check_bools and _has_bool(data):
+        raise ServingError(400, f"input '{name}': data must be numbers for datatype {datatype}, "
+                                f"got booleans among them")
     if arr.dtype.kind not in _ACCEPTED_KINDS[kind]:
         if arr.size == 0:
             arr = arr.astype(dtype)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from .codec import V2_TO_NUMPY
 from .errors import StartupError
+from .routes import valid_model_name
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,24 @@ def _tensors(doc: dict, key: str, problems: list[str]) -> tuple[TensorSpec, ...]
     return tuple(out)
 
 
+def _refuse_constant(token: str):
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
 def load_manifest(context_dir: Path) -> Manifest:
     path = Path(context_dir) / "model" / "manifest.json"
     try:
-        doc = json.loads(path.read_text())
+        # Strict JSON: NaN and Infinity are not numbers (a delay of Infinity would hang the
+        # batcher), so they are refused here rather than checked everywhere.
+        doc = json.loads(path.read_text(), parse_constant=_refuse_constant)
     except FileNotFoundError:
         raise StartupError(f"manifest not found: {path}") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise StartupError(f"manifest {path} is unreadable or not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise StartupError(f"manifest {path} must be a JSON object")
@@ -81,18 +94,32 @@ def load_manifest(context_dir: Path) -> Manifest:
     for key in ("name", "version", "model_file", "sha256"):
         if not isinstance(doc.get(key), str) or not doc.get(key):
             problems.append(f"'{key}' must be a non-empty string")
+    # The name and version are path segments of every model route: one that no route can
+    # match would start a server nobody can call.
+    for key in ("name", "version"):
+        value = doc.get(key)
+        if isinstance(value, str) and value and not valid_model_name(value):
+            problems.append(f"'{key}' {value[:64]!r} cannot appear in a URL path: use letters, "
+                            f"digits, '_', '.' and '-' (not '.' or '..')")
     inputs, outputs = _tensors(doc, "inputs", problems), _tensors(doc, "outputs", problems)
-    batching = doc.get("batching") or {}
+    batching = doc.get("batching")
+    if batching is None:
+        batching = {}
+    elif not isinstance(batching, dict):
+        problems.append(f"'batching' must be an object with max_batch_size, max_queue_delay_ms "
+                        f"and warmup_batch_sizes, not {type(batching).__name__}")
+        batching = {}
     mbs = batching.get("max_batch_size", 0)
     delay = batching.get("max_queue_delay_ms", 0.0)
     warm = batching.get("warmup_batch_sizes") or [1]
     if not isinstance(mbs, int) or isinstance(mbs, bool) or mbs < 0:
         problems.append("batching.max_batch_size must be an integer >= 0")
         mbs = 0
-    if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
-        problems.append("batching.max_queue_delay_ms must be a number >= 0")
+    if not _number(delay) or not 0 <= delay <= 10_000:
+        problems.append("batching.max_queue_delay_ms must be a number of milliseconds 0-10000")
         delay = 0.0
-    if not isinstance(warm, list) or not all(isinstance(b, int) and b >= 1 for b in warm):
+    if not isinstance(warm, list) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in warm):
         problems.append("batching.warmup_batch_sizes must be a list of integers >= 1")
         warm = [1]
     if mbs > 0:

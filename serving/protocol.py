@@ -9,6 +9,8 @@ the front ends agree on every rule and every message.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Hashable, Iterable
 
@@ -187,17 +189,64 @@ def _json_depth_ok(value: object, depth: int = 0) -> bool:
     return True
 
 
+_BOM = b"\xef\xbb\xbf"
+#: A \\uD800-\\uDBFF escape not followed by a low one, or a low one not preceded by a high one.
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_INT_RANGE = (-(2 ** 63), 2 ** 64 - 1)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:32]} is infinity when parsed as double")
+    return value
+
+
+def _integer(text: str) -> int | float:
+    value = int(text)
+    if _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        return value
+    return _finite(text)        # as orjson: a float beyond 64 bits, refused if infinite
+
+
 def _loads_with_nonfinite(data, error: Exception):
     """Python's json writes NaN/Infinity/-Infinity tokens (so tritonclient sends them for
-    non-finite inputs); orjson refuses them. Accept them through the slower stdlib parser."""
+    non-finite inputs); orjson refuses them. Accept them through the stdlib parser, held to
+    every other rule orjson applies, so both paths accept and refuse the same bodies: UTF-8
+    only (no BOM, no UTF-16), no lone surrogates, no number that overflows to infinity,
+    integers beyond 64 bits as floats. (Nesting is checked on the parsed document.)"""
     raw = bytes(data)
     if b"NaN" in raw or b"Infinity" in raw:
         try:
-            return json.loads(raw)
-        except (ValueError, RecursionError, UnicodeDecodeError):
-            pass
+            if raw.startswith(_BOM):
+                raise ValueError("UTF-8 byte order mark (BOM) is not supported")
+            text = raw.decode("utf-8")
+            if _LONE_SURROGATE.search(raw):
+                raise ValueError("a string has a lone surrogate escape")
+            return json.loads(text, parse_float=_finite, parse_int=_integer)
+        except (ValueError, RecursionError) as e:   # UnicodeDecodeError is a ValueError
+            error = e
     raise ServingError(400, f"request body is not valid JSON (or nests deeper than "
                             f"{MAX_DEPTH} levels): {error}")
+
+
+def _check_depth(doc: dict) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH anywhere (tensor `data` is checked by
+    the codec along its first elements, without walking every number)."""
+    for key, value in doc.items():
+        if key == "inputs" and isinstance(value, list):
+            for entry in value:
+                if isinstance(entry, dict) and not all(
+                        _json_depth_ok(v, 3) for k, v in entry.items() if k != "data"):
+                    break
+            else:
+                continue
+        elif _json_depth_ok(value, 1):
+            continue
+        raise ServingError(400, f"request body is not valid JSON (or nests deeper than "
+                                f"{MAX_DEPTH} levels): '{key[:32]}' nests too deep")
 
 
 def request_from_rest(body: bytes, header_len: int | None,
@@ -218,6 +267,7 @@ def request_from_rest(body: bytes, header_len: int | None,
         doc = _loads_with_nonfinite(json_part, e)
     if not isinstance(doc, dict):
         raise ServingError(400, "request must be a JSON object with 'inputs'")
+    _check_depth(doc)
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ServingError(400, "'id' must be a string")
@@ -226,8 +276,6 @@ def request_from_rest(body: bytes, header_len: int | None,
         params = {}
     elif not isinstance(params, dict):
         raise ServingError(400, "'parameters' must be an object")
-    elif not _json_depth_ok(params):
-        raise ServingError(400, f"'parameters' nests deeper than {MAX_DEPTH} levels")
     binary_all = params.get("binary_data_output", False)
     if not isinstance(binary_all, bool):
         raise ServingError(400, "parameters.binary_data_output must be true or false")
@@ -238,6 +286,9 @@ def request_from_rest(body: bytes, header_len: int | None,
                                 f"{', '.join(validator.inputs)}")
     feeds: dict[str, np.ndarray] = {}
     offset = 0
+    # numpy turns [1.5, true] into floats silently; look for booleans in numeric data only
+    # when the body has a boolean at all.
+    may_have_bools = b"true" in json_part or b"false" in json_part
     for i, entry in enumerate(inputs):
         if not isinstance(entry, dict):
             raise ServingError(400, f"inputs[{i}] must be an object")
@@ -267,7 +318,8 @@ def request_from_rest(body: bytes, header_len: int | None,
             feeds[name] = decode_binary(name, binary, offset, size, dtype, shape)
             offset += size
         elif has_data:
-            feeds[name] = decode_json(name, entry["data"], datatype, dtype, shape)
+            feeds[name] = decode_json(name, entry["data"], datatype, dtype, shape,
+                                      check_bools=may_have_bools)
         else:
             raise ServingError(400, f"input '{name}' has neither 'data' nor "
                                     f"parameters.binary_data_size")

@@ -1,0 +1,137 @@
+"""Hostile and careless requests (issue 9): error paths that must stay JSON and counted, the
+slow JSON path held to the fast one's rules, strict header integers, malformed manifests, and
+one bad caller in a batch costing the others nothing."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from conftest import ROOT
+from contexts import write_context
+from serving.errors import StartupError
+from serving.manifest import load_manifest
+
+INFER = "/v2/models/test-mlp/infer"
+
+
+def _failures(server, reason: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    m = re.search(r'^servedmodel_request_failures_total\{model="test-mlp",protocol="rest",'
+                  r'reason="' + reason + r'"\} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _row(value="0.5"):
+    return "[" + ",".join([value] * 784) + "]"
+
+
+# -- item 6: error paths ----------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["name", "id"])
+def test_lone_surrogate_gets_a_json_error_and_is_counted(mlp_server, where):
+    # A NaN token sends the body down the stdlib parser, which (unlike orjson) reads "\ud800".
+    name = "input" if where == "id" else "in\\ud800put"
+    rid = ',"id":"x\\ud800"' if where == "id" else ""
+    body = ('{"inputs":[{"name":"%s","shape":[1,784],"datatype":"FP32","data":%s}]%s}'
+            % (name, _row("NaN"), rid)).encode()
+    before = _failures(mlp_server, "bad_request")
+    r = httpx.post(mlp_server.url + INFER, content=body, timeout=10)
+    assert r.status_code == 400, r.text
+    assert "error" in r.json()
+    assert _failures(mlp_server, "bad_request") == before + 1
+
+
+SLOW_PATH_CASES = {
+    # each body also holds a NaN token, so the stdlib path is the one that reads it
+    "bom": b"\xef\xbb\xbf" + b'{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32",'
+           b'"data":' + _row("NaN").encode() + b"}]}",
+    "utf16": ('{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":%s}]}'
+              % _row("NaN")).encode("utf-16"),
+    "overflow": ('{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":%s}]}'
+                 % _row("NaN").replace("NaN", "1e400", 1)).encode(),
+    "nesting": ('{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":%s}],'
+                '"x":%s}' % (_row("NaN"), "[" * 150 + "]" * 150)).encode(),
+    "booleans": ('{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":%s}]}'
+                 % _row("NaN").replace("NaN", "true", 1)).encode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SLOW_PATH_CASES))
+def test_slow_json_path_refuses_what_the_fast_one_refuses(mlp_server, case):
+    slow = SLOW_PATH_CASES[case]
+    fast = slow.replace(b"NaN", b"0.5") if case != "utf16" else slow.decode("utf-16").replace(
+        "NaN", "0.5").encode("utf-16")
+    r_fast = httpx.post(mlp_server.url + INFER, content=fast, timeout=10)
+    r_slow = httpx.post(mlp_server.url + INFER, content=slow, timeout=10)
+    assert r_fast.status_code == 400, (case, r_fast.text)
+    assert r_slow.status_code == 400, (case, r_slow.text)
+
+
+def test_booleans_are_refused_for_float_tensors(mlp_server):
+    body = ('{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":%s}]}'
+            % _row("true")).encode()
+    r = httpx.post(mlp_server.url + INFER, content=body, timeout=10)
+    assert r.status_code == 400 and "FP32" in r.json()["error"]
+
+
+@pytest.mark.parametrize("value", [b"3_2_0", b"+320"])
+def test_inference_header_content_length_must_be_plain_digits(mlp_server, value):
+    header = b'{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32",' \
+             b'"parameters":{"binary_data_size":3136}}]}'
+    header = header.ljust(320)
+    body = header + b"\x00" * 3136
+    ok = httpx.post(mlp_server.url + INFER, content=body, timeout=10,
+                    headers={"Inference-Header-Content-Length": "320"})
+    assert ok.status_code == 200, ok.text
+    r = httpx.post(mlp_server.url + INFER, content=body, timeout=10,
+                   headers={"Inference-Header-Content-Length": value.decode()})
+    assert r.status_code == 400, r.text
+    assert "Inference-Header-Content-Length" in r.json()["error"]
+
+
+def test_401_and_404_are_counted_by_reason(contexts, start_server):
+    server = start_server(contexts["mlp"], {"SERVEDMODEL_AUTH_TOKEN": "s3cret"})
+    auth = {"Authorization": "Bearer s3cret"}
+    assert httpx.post(server.url + INFER, content=b"{}", timeout=10).status_code == 401
+    assert httpx.get(server.url + "/v2/models/other", headers=auth, timeout=10).status_code == 404
+    assert httpx.get(server.url + "/nowhere", timeout=10).status_code == 404
+    assert _failures(server, "unauthorized") == 1
+    assert _failures(server, "not_found") == 2
+
+
+# -- item 6: malformed manifests --------------------------------------------------------------
+def _edit_manifest(ctx, edit):
+    path = ctx / "model" / "manifest.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("case, edit, words", [
+    ("batching list", lambda d: d.__setitem__("batching", [32, 2.0]), "'batching' must be an object"),
+    ("infinite delay", lambda d: d["batching"].__setitem__("max_queue_delay_ms", float("inf")),
+     "Infinity"),
+    ("unroutable name", lambda d: d.__setitem__("name", "my model/v1"), "cannot appear in a URL"),
+    ("unroutable version", lambda d: d.__setitem__("version", "1/2"), "cannot appear in a URL"),
+])
+def test_malformed_manifest_is_refused_with_one_clear_line(tmp_path, case, edit, words):
+    ctx = write_context(tmp_path / "ctx", "mlp")
+    _edit_manifest(ctx, edit)
+    with pytest.raises(StartupError) as info:
+        load_manifest(ctx)
+    assert words in str(info.value)
+
+
+def test_malformed_manifest_refusal_is_one_line_without_traceback(tmp_path):
+    ctx = write_context(tmp_path / "ctx", "mlp")
+    _edit_manifest(ctx, lambda d: d.__setitem__("batching", [32]))
+    result = subprocess.run([sys.executable, "-m", "serving", "--context", str(ctx),
+                             "--port", "0"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "'batching' must be an object" in lines[0], result.stderr
