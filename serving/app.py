@@ -8,8 +8,10 @@ table (`routes.py`), reading the body, and the REST encoding of the protocol
 """
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
@@ -23,6 +25,8 @@ from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
 from .settings import Settings
 
 JSON = JSON_HEADERS
+#: Request bodies at least this big are decoded in a thread, not on the event loop.
+DECODE_OFF_LOOP_BYTES = 1024 * 1024
 CLOSE = [(b"connection", b"close")]
 PROMETHEUS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
@@ -41,6 +45,7 @@ class App:
         self._openapi = orjson.dumps(build_openapi(manifest, settings.batching, svc.model_name))
         #: the gRPC front end over the same service, when SERVEDMODEL_GRPC_PORT is set
         self.grpc = None
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         if settings.grpc_port:
             from .grpc_server import GrpcFrontEnd   # grpcio is imported only when used
 
@@ -98,6 +103,7 @@ class App:
                     # for any still running.
                     await self.grpc.stop(grace=1.0)
                 await self.service.shutdown()
+                self._decoder.shutdown(wait=False)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -173,7 +179,13 @@ class App:
                 # work the autoscaler should see.
                 svc.inflight += 1
                 counted = True
-                request = request_from_rest(body, header_len, svc.validator)
+                if len(body) >= DECODE_OFF_LOOP_BYTES:
+                    # Seconds of parsing for tens of MB of JSON: in a thread, so the event
+                    # loop (probes, other requests) gets the GIL every switch interval.
+                    request = await asyncio.get_running_loop().run_in_executor(
+                        self._decoder, request_from_rest, body, header_len, svc.validator)
+                else:
+                    request = request_from_rest(body, header_len, svc.validator)
             response = await svc.infer(request)
             out, headers = response_to_rest(response)
             return 200, out, headers, {"bytes_in": request.bytes_in, "rows": request.rows}

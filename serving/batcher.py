@@ -10,6 +10,7 @@ A count bound (`max_queue_size`) is the backstop for models too fast to estimate
 from __future__ import annotations
 
 import asyncio
+import sys
 import contextlib
 import time
 from collections import deque
@@ -23,6 +24,18 @@ from .metrics import Metrics
 from .settings import Batching
 
 RETRY_AFTER = [(b"retry-after", b"1")]
+
+
+def model_failure(e: Exception) -> ServingError:
+    """The answer to a request the model failed on. onnxruntime's message names graph nodes
+    and kernels (internals a caller should not see, and cannot act on): only its kind goes out,
+    and the whole message to stderr for the operator."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"serving: the model failed on a request: {type(e).__name__}: {first[:500]}",
+          file=sys.stderr, flush=True)
+    return ServingError(500, f"the model failed on this request's inputs ({type(e).__name__}); "
+                             f"they passed validation, so check their values against the "
+                             f"model's metadata", reason="model_error")
 
 
 class _Item:
@@ -230,6 +243,28 @@ class Batcher:
                 self.metrics.queue_duration.observe(now - it.t_enqueued)
             await self._run(batch)
 
+    async def _isolate(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.batch_isolations += 1
+        for it in batch:
+            if it.future.done():
+                continue
+            self.running, self.running_rows = 1, it.rows
+            try:
+                if self.inline:
+                    outputs = self.model.predict(it.feeds)
+                else:
+                    outputs = await loop.run_in_executor(self._executor, self.model.predict,
+                                                         it.feeds)
+            except Exception as e:
+                if not it.future.done():
+                    it.future.set_exception(model_failure(e))
+            else:
+                if not it.future.done():
+                    it.future.set_result(outputs)
+            finally:
+                self.running = self.running_rows = 0
+
     async def _run(self, batch: list[_Item]) -> None:
         rows = sum(it.rows for it in batch)
         if len(batch) == 1:
@@ -247,16 +282,21 @@ class Batcher:
                 outputs = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self.model.predict, feeds)
         except Exception as e:  # the model failed on input that passed validation
-            err = ServingError(500, f"model failed: {type(e).__name__}: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-                               reason="model_error")
-            for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(err)
-            return
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(model_failure(e))
+                return
+            failed = True
+        else:
+            failed = False
         finally:
             self.running = 0
             self.running_rows = 0
+        if failed:
+            # One request's inputs can fail a whole batch (a token id past the vocabulary, a
+            # value the model rejects): run each request alone so only the guilty one fails.
+            await self._isolate(batch)
+            return
         elapsed = time.perf_counter() - t0
         # Smoothed over about the last five batches of this size: follows a change of load
         # (CPU shared with others) within a second, without one slow batch deciding alone.

@@ -16,6 +16,12 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+    #: optional, inputs: the values the model accepts, [low, high] inclusive (token ids:
+    #: [0, vocabulary size - 1]); a request outside is refused before batching
+    range: tuple[float, float] | None = None
+    #: optional, inputs: the largest size of each dimension (-1: no maximum beyond the batch
+    #: limit and the body size), e.g. [-1, 512] for a 512-token model
+    max_shape: tuple[int, ...] | None = None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -35,6 +41,9 @@ class Manifest:
     max_queue_delay_ms: float
     warmup_batch_sizes: tuple[int, ...]
     raw: dict
+    #: optional: the most tensor elements one request may carry, all inputs together
+    #: (manifest `limits.max_request_elements`); None: bounded by the body size only
+    max_request_elements: int | None = None
 
     @property
     def signature(self) -> dict:
@@ -62,7 +71,23 @@ def _tensors(doc: dict, key: str, problems: list[str]) -> tuple[TensorSpec, ...]
                 isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape):
             problems.append(f"{key}[{i}].shape must be a list of integers >= -1")
             shape = []
-        out.append(TensorSpec(str(name), str(datatype), tuple(shape)))
+        value_range = t.get("range")
+        if value_range is not None and not (
+                isinstance(value_range, list) and len(value_range) == 2
+                and all(_number(v) for v in value_range) and value_range[0] <= value_range[1]):
+            problems.append(f"{key}[{i}].range must be [low, high], two finite numbers")
+            value_range = None
+        max_shape = t.get("max_shape")
+        if max_shape is not None and not (
+                isinstance(max_shape, list) and len(max_shape) == len(shape) and all(
+                    isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d >= 1)
+                    for d in max_shape)):
+            problems.append(f"{key}[{i}].max_shape must be a list of integers >= 1 (or -1: no "
+                            f"maximum) of the tensor's rank {len(shape)}")
+            max_shape = None
+        out.append(TensorSpec(str(name), str(datatype), tuple(shape),
+                              tuple(value_range) if value_range else None,
+                              tuple(max_shape) if max_shape else None))
     names = [t.name for t in out]
     if len(set(names)) != len(names):
         problems.append(f"'{key}' has duplicate names")
@@ -126,6 +151,14 @@ def load_manifest(context_dir: Path) -> Manifest:
         for t in inputs + outputs:
             if not t.shape or t.shape[0] != -1:
                 problems.append(f"tensor '{t.name}': with max_batch_size > 0 dimension 0 must be -1")
+    limits = doc.get("limits")
+    max_elements = None
+    if limits is not None:
+        max_elements = limits.get("max_request_elements") if isinstance(limits, dict) else "?"
+        if max_elements is not None and not (isinstance(max_elements, int) and not isinstance(
+                max_elements, bool) and max_elements >= 1):
+            problems.append("limits.max_request_elements must be an integer >= 1")
+            max_elements = None
     device = doc.get("device", "cpu")
     if device not in ("cpu", "cuda"):
         problems.append(f"device {device!r} must be 'cpu' or 'cuda'")
@@ -138,4 +171,5 @@ def load_manifest(context_dir: Path) -> Manifest:
                     platform=str(doc.get("platform", "onnxruntime_onnx")), device=device,
                     model_file=model_file, sha256=doc["sha256"].lower(), inputs=inputs,
                     outputs=outputs, max_batch_size=mbs, max_queue_delay_ms=float(delay),
-                    warmup_batch_sizes=tuple(warm), raw=doc)
+                    warmup_batch_sizes=tuple(warm), raw=doc,
+                    max_request_elements=max_elements)

@@ -49,6 +49,7 @@ class Metrics:
         self.queue_duration = Histogram(LATENCY_BUCKETS)
         self.compute_duration = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
+        self.batch_isolations = 0                # failed batches re-run one request at a time
         self.connections = 0                     # open HTTP connections
         self.connection_errors: dict[str, int] = {}   # reason -> connections closed by a limit
         self.buffered_bytes = 0                  # request body bytes held by the server now
@@ -106,6 +107,10 @@ class Metrics:
             "# HELP servedmodel_model_ready 1 when the model is loaded, warm and not draining.",
             "# TYPE servedmodel_model_ready gauge",
             f"servedmodel_model_ready{{{L}}} {int(ready)}",
+            "# HELP servedmodel_batch_isolations_total Failed batches re-run one request at a "
+            "time.",
+            "# TYPE servedmodel_batch_isolations_total counter",
+            f"servedmodel_batch_isolations_total{{{L}}} {self.batch_isolations}",
             "# HELP servedmodel_open_connections Open HTTP connections.",
             "# TYPE servedmodel_open_connections gauge",
             f"servedmodel_open_connections{{{L}}} {self.connections}",

@@ -41,6 +41,11 @@ class OnnxModel:
         self.batching = settings.batching
         self.preferred_batch_size = max(1, self.batching.max_batch_size)
         self.warmup_items_per_second: dict[int, float] = {}
+        #: each input's dimension names (None where fixed or unnamed), for the validator
+        self.input_dim_names: dict[str, tuple[str | None, ...]] = {}
+        #: the most elements a warm-up batch fed; a bigger run gives its arena memory back
+        self._warm_elements = 0
+        self._shrink = None
         #: True when a full preferred batch runs in well under a millisecond: the batcher then
         #: runs it on the event loop, saving the hand-off to the model thread (which can wait
         #: up to the interpreter's GIL switch interval for the event loop to let go).
@@ -83,6 +88,9 @@ class OnnxModel:
         if s.device == "cuda" and (not self.providers or self.providers[0] != CUDA):
             raise StartupError(f"device=cuda but the session runs on {self.providers}")
         self.session = session
+        self.input_dim_names = {
+            a.name: tuple(d if isinstance(d, str) and d else None for d in a.shape)
+            for a in session.get_inputs()}
 
     def _create_session(self, spinning: bool):
         import onnxruntime as ort
@@ -192,7 +200,23 @@ class OnnxModel:
         return self.settings.device != "cuda" or self.providers[:1] == [CUDA]
 
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one (batched) inference. onnxruntime releases the GIL while it runs."""
+        """Run one (batched) inference. onnxruntime releases the GIL while it runs.
+
+        A run bigger than any warm-up run (a peak) shrinks the CPU arena afterwards: the arena
+        otherwise keeps its peak size for the life of the process (gigabytes after one large
+        transformer request)."""
+        elements = sum(a.size for a in feeds.values())
+        if not self.warm:
+            self._warm_elements = max(self._warm_elements, elements)
+        elif elements > self._warm_elements:
+            if self._shrink is None:
+                import onnxruntime as ort
+
+                self._shrink = ort.RunOptions()
+                self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage",
+                                                  "cpu:0")
+            results = self.session.run(self._output_names, feeds, self._shrink)
+            return dict(zip(self._output_names, results))
         results = self.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
 

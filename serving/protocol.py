@@ -71,12 +71,25 @@ class RequestValidator:
     `max_tensor_bytes` the largest tensor it may declare (checked before anything is allocated).
     """
 
-    def __init__(self, manifest: Manifest, *, max_rows: int, max_tensor_bytes: int) -> None:
+    def __init__(self, manifest: Manifest, *, max_rows: int, max_tensor_bytes: int,
+                 max_elements: int = 0,
+                 dim_names: dict[str, tuple[str | None, ...]] | None = None) -> None:
         self.inputs: dict[str, TensorSpec] = {t.name: t for t in manifest.inputs}
         self.outputs: dict[str, TensorSpec] = {t.name: t for t in manifest.outputs}
         self.batched = max_rows > 0
         self.max_rows = max_rows
         self.max_tensor_bytes = max_tensor_bytes
+        self.max_elements = max_elements
+        # Dynamic dimensions the model names alike (e.g. "sequence" of input_ids and
+        # attention_mask) must agree within a request: checked here, not by a failing batch.
+        shared: dict[str, list[tuple[str, int]]] = {}
+        for name, dims in (dim_names or {}).items():
+            if name in self.inputs:
+                for d, dim in enumerate(dims):
+                    if dim and not (d == 0 and self.batched):
+                        shared.setdefault(dim, []).append((name, d))
+        self.shared_dims = {k: v for k, v in shared.items() if len(v) > 1}
+        self.ranged = [(n, t.range) for n, t in self.inputs.items() if t.range is not None]
 
     def check_input(self, name: object, datatype: object, shape: object, seen: Iterable[str],
                     typed_data: str | None = None,
@@ -124,6 +137,12 @@ class RequestValidator:
         if 0 in shape:
             raise ServingError(400, f"input '{name}': shape {shape} has a zero dimension; "
                                     f"empty tensors are not accepted")
+        if spec.max_shape is not None:
+            for d, (n, most) in enumerate(zip(shape, spec.max_shape)):
+                if most > 0 and n > most:
+                    raise ServingError(400, f"input '{name}': dimension {d} is {n}, over the "
+                                            f"model's maximum {most} (shape at most "
+                                            f"{list(spec.max_shape)}; -1: no maximum)")
         dtype = V2_TO_NUMPY[datatype]
         nbytes = element_count(shape) * dtype.itemsize
         if nbytes > self.max_tensor_bytes:
@@ -153,6 +172,7 @@ class RequestValidator:
             missing = [n for n in self.inputs if n not in feeds]
             raise ServingError(400, f"missing input(s) {', '.join(missing)}; the model takes "
                                     f"{', '.join(self.inputs)}")
+        self._check_values(feeds)
         if not self.batched:
             return InferRequest(request_id, feeds, 1, None, outputs, bytes_in)
         rows = None
@@ -169,11 +189,38 @@ class RequestValidator:
             sig = tuple((n, feeds[n].shape[1:]) for n in self.inputs)
         return InferRequest(request_id, feeds, rows, sig, outputs, bytes_in)
 
+    def _check_values(self, feeds: dict[str, np.ndarray]) -> None:
+        """What can be checked before batching, so one caller's mistake is a 400 for that
+        caller instead of a failed batch for everyone in it."""
+        if self.max_elements:
+            total = sum(a.size for a in feeds.values())
+            if total > self.max_elements:
+                raise ServingError(400, f"the request carries {total} tensor elements, over the "
+                                        f"limit of {self.max_elements} per request "
+                                        f"(SERVEDMODEL_MAX_REQUEST_ELEMENTS); split it")
+        for dim, uses in self.shared_dims.items():
+            sizes = {(n, d): feeds[n].shape[d] for n, d in uses}
+            if len(set(sizes.values())) > 1:
+                described = ", ".join(f"'{n}' dimension {d} is {v}" for (n, d), v in sizes.items())
+                raise ServingError(400, f"inputs disagree on dimension '{dim}': {described}; "
+                                        f"they must be equal")
+        for name, (low, high) in self.ranged:
+            arr = feeds[name]
+            lo, hi = arr.min(), arr.max()
+            if lo < low or hi > high or (arr.dtype.kind == "f" and np.isnan(arr).any()):
+                bad = lo if lo < low else hi
+                raise ServingError(400, f"input '{name}': value {bad} is outside the model's "
+                                        f"range [{_plain(low)}, {_plain(high)}]")
+
     def response(self, model_name: str, model_version: str, request: InferRequest,
                  results: dict[str, np.ndarray]) -> InferResponse:
         return InferResponse(model_name, model_version, request.id, tuple(
             OutputTensor(o.name, self.outputs[o.name].datatype, results[o.name], o.binary)
             for o in request.outputs))
+
+
+def _plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 # -- REST: JSON and the binary tensor extension ----------------------------------------------

@@ -64,7 +64,10 @@ class InferenceService:
         self.metrics = Metrics(self.model_name)
         self.log = AccessLog(settings.log_level in ("debug", "info"))
         self.validator = RequestValidator(
-            manifest, max_rows=settings.batching.max_batch_size, max_tensor_bytes=settings.max_body_bytes)
+            manifest, max_rows=settings.batching.max_batch_size,
+            max_tensor_bytes=settings.max_body_bytes,
+            max_elements=settings.max_request_elements,
+            dim_names=getattr(model, "input_dim_names", None) or {})
         self.batcher: Batcher | None = None
         self.draining = False
         self.failed: str | None = None

@@ -69,6 +69,8 @@ class Settings:
     max_connections: int = 1000
     probe_connections: int = 8
     max_buffered_bytes: int = 256 * 1024 * 1024   # 4 x max_body_bytes when not set
+    #: tensor elements one request may carry, all inputs together; 0: no limit but the body
+    max_request_elements: int = 0                  # the manifest's limits when not set
     auth_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
 
@@ -220,6 +222,8 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         probe_connections=pick("probe_connections", Settings.probe_connections, integer,
                                lambda v: v >= 1, "an integer >= 1"),
         max_buffered_bytes=max_buffered,
+        max_request_elements=pick("max_request_elements", manifest.max_request_elements or 0,
+                                  integer, lambda v: v >= 0, "an integer >= 0 (0: no limit)"),
         auth_token=token,
         log_level=pick("log_level", "info", lambda v: str(v).lower(), lambda v: v in LOG_LEVELS,
                        "one of " + ", ".join(LOG_LEVELS)),

@@ -16,6 +16,7 @@ _T = {"FP32": TensorProto.FLOAT, "INT64": TensorProto.INT64, "FP16": TensorProto
 
 
 def _vi(name, datatype, shape):
+    # -1: an unnamed dynamic dimension; a string: a named one (shared names must agree)
     return helper.make_tensor_value_info(name, _T[datatype], [None if d == -1 else d for d in shape])
 
 
@@ -83,7 +84,23 @@ def paced_model():
     return slow_model(512, 300)
 
 
-MODELS = {"slow": slow_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
+def gather_model(vocab: int = 100):
+    """Token ids -> embedding sums: y[b, s] = sum(E[ids[b, s]]) + mask[b, s]. An id outside
+    [0, vocab) fails the run (as an out-of-vocabulary id fails a transformer); ids and mask
+    share the named dimensions "batch" and "sequence"."""
+    table = numpy_helper.from_array(
+        np.arange(vocab * 4, dtype=np.float32).reshape(vocab, 4) / 100, "E")
+    axes = numpy_helper.from_array(np.array([2], dtype=np.int64), "axes")
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]),
+             helper.make_node("ReduceSum", ["emb", "axes"], ["s"], keepdims=0),
+             helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["s", "m"], ["y"])]
+    dims = ["batch", "sequence"]
+    return _model(nodes, [("ids", "INT64", dims), ("mask", "INT64", dims)],
+                  [("y", "FP32", dims)], [table, axes])
+
+
+MODELS = {"gather": gather_model, "slow": slow_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
 
 
 def write_context(out: Path, kind: str, name: str | None = None, *, max_batch_size: int = 32,

@@ -135,3 +135,95 @@ def test_malformed_manifest_refusal_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "'batching' must be an object" in lines[0], result.stderr
+
+
+# -- items 1 and 5: batch poisoning, element bounds -------------------------------------------
+GATHER = "/v2/models/test-gather/infer"
+
+
+def _tokens(ids, mask=None):
+    mask = mask if mask is not None else [[1] * len(row) for row in ids]
+    return {"inputs": [
+        {"name": "ids", "shape": [len(ids), len(ids[0])], "datatype": "INT64", "data": ids},
+        {"name": "mask", "shape": [len(mask), len(mask[0])], "datatype": "INT64", "data": mask}]}
+
+
+def _gather_context(tmp_path_factory, name, edit=None):
+    ctx = write_context(tmp_path_factory.mktemp(name) / "ctx", "gather", "test-gather",
+                        max_batch_size=16, max_queue_delay_ms=20.0, warmup=(1,))
+    if edit:
+        _edit_manifest(ctx, edit)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def gather_server(tmp_path_factory, start_server):
+    """No value range in the manifest: a bad id reaches the model, inside a batch."""
+    return start_server(_gather_context(tmp_path_factory, "plain"))
+
+
+@pytest.fixture(scope="module")
+def bounded_server(tmp_path_factory, start_server):
+    def edit(doc):
+        for t in doc["inputs"]:
+            t["max_shape"] = [-1, 16]
+        doc["inputs"][0]["range"] = [0, 99]
+        doc["limits"] = {"max_request_elements": 96}
+    return start_server(_gather_context(tmp_path_factory, "bounded", edit))
+
+
+def test_a_poisoned_batch_fails_only_the_guilty_request(gather_server):
+    import threading
+
+    results: dict[str, list] = {"honest": [], "poison": []}
+    lock = threading.Lock()
+
+    def client(kind, seed):
+        with httpx.Client(timeout=30) as c:
+            for i in range(8):
+                ids = [[(seed * 7 + i + j) % 100 for j in range(6)]]
+                if kind == "poison":
+                    ids[0][3] = 10 ** 9
+                r = c.post(gather_server.url + GATHER, json=_tokens(ids))
+                expected = [sum((v * 4 + k) / 100 for k in range(4)) + 1 for v in ids[0]]
+                with lock:
+                    results[kind].append((r.status_code, r.json(), expected))
+
+    threads = [threading.Thread(target=client, args=("poison", s)) for s in range(2)]
+    threads += [threading.Thread(target=client, args=("honest", s)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results["honest"]) == 48 and len(results["poison"]) == 16
+    for status, doc, expected in results["honest"]:
+        assert status == 200, doc
+        assert doc["outputs"][0]["data"] == pytest.approx(expected, rel=1e-5)
+    for status, doc, _ in results["poison"]:
+        assert status == 500, doc
+        for internal in ("Gather", "node", "indices", "/"):
+            assert internal not in doc["error"], doc["error"]
+
+
+def test_out_of_range_token_ids_are_refused_before_batching(bounded_server):
+    r = httpx.post(bounded_server.url + GATHER, json=_tokens([[1, 2, 10 ** 9]]), timeout=10)
+    assert r.status_code == 400
+    assert "outside the model's range [0, 99]" in r.json()["error"]
+    r = httpx.post(bounded_server.url + GATHER, json=_tokens([[1, 2, -1]]), timeout=10)
+    assert r.status_code == 400
+
+
+def test_inputs_disagreeing_on_a_named_dimension_are_refused(gather_server):
+    r = httpx.post(gather_server.url + GATHER,
+                   json=_tokens([[1, 2, 3, 4]], [[1, 1, 1]]), timeout=10)
+    assert r.status_code == 400, r.text
+    assert "dimension 'sequence'" in r.json()["error"]
+
+
+def test_per_dimension_maxima_and_element_budget(bounded_server):
+    ok = httpx.post(bounded_server.url + GATHER, json=_tokens([[1] * 16] * 3), timeout=10)
+    assert ok.status_code == 200, ok.text                  # 3 x 16 x 2 inputs = 96 elements
+    r = httpx.post(bounded_server.url + GATHER, json=_tokens([[1] * 17]), timeout=10)
+    assert r.status_code == 400 and "over the model's maximum 16" in r.json()["error"]
+    r = httpx.post(bounded_server.url + GATHER, json=_tokens([[1] * 16] * 4), timeout=10)
+    assert r.status_code == 400 and "SERVEDMODEL_MAX_REQUEST_ELEMENTS" in r.json()["error"]
