@@ -192,11 +192,18 @@ class GrpcFrontEnd:
         svc = self.service
         # Explicit limits both ways (grpc's own default is 4 MB in, unlimited out): the same
         # bound as a REST body; grpc answers RESOURCE_EXHAUSTED above it before any handler runs.
+        limits = svc.settings
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ])
+            # The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits"):
+            # metadata (headers) size, idle connections closed, a bounded number of calls per
+            # connection; message bytes count against the same body budget as REST.
+            ("grpc.max_metadata_size", limits.max_header_bytes),
+            ("grpc.max_connection_idle_ms", int(limits.keep_alive_seconds * 1000)),
+            ("grpc.max_concurrent_streams", 100),
+        ], maximum_concurrent_rpcs=limits.max_connections)
         routes = RouteTable(svc.model_name, svc.model_version)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             _Inference(svc, routes, self._metadata()), self.server)

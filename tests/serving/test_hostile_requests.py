@@ -227,3 +227,33 @@ def test_per_dimension_maxima_and_element_budget(bounded_server):
     assert r.status_code == 400 and "over the model's maximum 16" in r.json()["error"]
     r = httpx.post(bounded_server.url + GATHER, json=_tokens([[1] * 16] * 4), timeout=10)
     assert r.status_code == 400 and "SERVEDMODEL_MAX_REQUEST_ELEMENTS" in r.json()["error"]
+
+
+def test_grpc_front_end_has_the_same_checks_and_isolation(tmp_path_factory, start_server):
+    import grpc
+
+    from conftest import free_port
+    from serving.v2grpc import grpc_predict_v2_pb2 as pb
+    from serving.v2grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    def edit(doc):
+        doc["inputs"][0]["range"] = [0, 99]
+    port = free_port()
+    start_server(_gather_context(tmp_path_factory, "grpc", edit),
+                 {"SERVEDMODEL_GRPC_PORT": str(port)})
+
+    def call(ids, mask):
+        req = pb.ModelInferRequest(model_name="test-gather")
+        for name, rows in (("ids", ids), ("mask", mask)):
+            t = req.inputs.add(name=name, datatype="INT64", shape=[len(rows), len(rows[0])])
+            t.contents.int64_contents.extend(v for row in rows for v in row)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            return pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=10)
+
+    assert list(call([[1, 2]], [[1, 1]]).outputs[0].shape) == [1, 2]
+    for ids, mask, words in (([[1, 10 ** 9]], [[1, 1]], "outside the model's range"),
+                             ([[1, 2, 3]], [[1, 1]], "dimension 'sequence'")):
+        with pytest.raises(grpc.RpcError) as info:
+            call(ids, mask)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert words in info.value.details()
