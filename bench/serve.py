@@ -15,6 +15,8 @@ docs/benchmarks.md and prints PASS/FAIL per target. Not a test: run it on a quie
     .venv/bin/python bench/serve.py                 # everything, 5 s a point
     .venv/bin/python bench/serve.py --quick         # 2 s a point
     .venv/bin/python bench/serve.py --models mnist-mlp --concurrency 32 --no-write
+    .venv/bin/python bench/serve.py --abuse         # honest clients under attack (minilm)
+    .venv/bin/python bench/serve.py --abuse --quick --abuse-context DIR --no-write
 """
 from __future__ import annotations
 
@@ -275,7 +277,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="2 s a point, shorter references")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench", help="contexts go here")
     ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--abuse", action="store_true",
+                    help="only the abuse benchmark (issue 9): honest clients while a poisoning "
+                         "client and a slow-connection flood run")
+    ap.add_argument("--abuse-context", type=Path,
+                    help="build context for --abuse (default: minilm, built)")
     args = ap.parse_args()
+    if args.abuse:
+        return abuse_main(args)
     seconds = 2.0 if args.quick else args.duration
     ref_seconds = 0.5 if args.quick else 1.5
     conc = [int(c) for c in args.concurrency.split(",")]
@@ -380,6 +389,201 @@ def markdown(rows, verdicts, seconds, loadgen) -> str:
     lines += ["", "Targets:", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {text}" for ok, text in verdicts]
     return "\n".join(lines)
+
+
+# -- abuse (issue 9): one bad caller must cost the others nothing ------------------------------
+
+ABUSE_HONEST = 8                 # honest closed-loop clients
+ABUSE_POISON = 2                 # clients sending token ids outside the vocabulary
+ABUSE_SLOW = 400                 # slow connections: half never finish their head, half their body
+ABUSE_BIG = 8                    # unfinished 48 MB bodies (of 60 MB declared)
+
+
+def _rss(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _request(path: str, body: tuple) -> bytes:
+    data, ctype, ihcl = body
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(data)}\r\n"
+            + (f"Inference-Header-Content-Length: {ihcl}\r\n" if ihcl else "")
+            + "\r\n").encode() + data
+
+
+async def _closed_loop(port: int, request: bytes, stop: float, out: list) -> None:
+    """One keep-alive client: (status, seconds) per request into `out`; reconnects when the
+    server closes (a 503 at the connection cap closes)."""
+    reader = writer = None
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            status_line = await asyncio.wait_for(reader.readline(), 30)
+            length, close = 0, False
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                low = line.lower()
+                if low.startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+                elif low.startswith(b"connection:") and b"close" in low:
+                    close = True
+            await reader.readexactly(length)
+            status = int(status_line.split()[1]) if status_line else 0
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, IndexError,
+                ValueError):
+            status, close = 0, True
+        out.append((status, time.perf_counter() - t0))
+        if close and writer is not None:
+            writer.close()
+            reader = writer = None
+    if writer is not None:
+        writer.close()
+
+
+async def _slow_flood(port: int, path: str, n: int, big: int, stop: float) -> int:
+    """Open `n` slow connections (half trickle a head that never ends, half stall a body) and
+    `big` unfinished large bodies; keep them until `stop`. Returns how many were opened."""
+    writers = []
+    for i in range(n + big):
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            continue
+        if i >= n:
+            w.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {60 << 20}\r\n\r\n"
+                    .encode() + b"0" * (48 << 20))
+        elif i % 2:
+            w.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+                    .encode() + b"[")
+        else:
+            w.write(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+        writers.append(w)
+    while time.perf_counter() < stop:
+        await asyncio.sleep(0.5)
+        for w in writers[:n:2]:
+            if not w.is_closing():
+                w.write(b"X")                  # a trickling head byte
+    for w in writers:
+        w.transport.abort()                    # the attacker leaves: no flushing, no FIN wait
+    return len(writers)
+
+
+def _flood_process(port: int, path: str, n: int, big: int, seconds: float) -> None:
+    asyncio.run(_slow_flood(port, path, n, big, time.perf_counter() + seconds))
+
+
+def _summary(results: list) -> tuple[float, float, float, float, int]:
+    """(success share, p50 ms, p99 ms, successful req/s over the phase, count)."""
+    if not results:
+        return 0.0, 0.0, 0.0, 0.0, 0
+    ok = [t for s, t in results if s == 200]
+    lat = np.array(ok) * 1000 if ok else np.array([0.0])
+    return (len(ok) / len(results), float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
+            0.0, len(results))
+
+
+async def _abuse_phase(port, path, honest, poison, seconds, attack, pid):
+    stop = time.perf_counter() + seconds
+    good: list = []
+    bad: list = []
+    rss_peak = [0.0]
+
+    async def sample():
+        while time.perf_counter() < stop:
+            rss_peak[0] = max(rss_peak[0], _rss(pid))
+            await asyncio.sleep(0.2)
+
+    tasks = [_closed_loop(port, honest, stop, good) for _ in range(ABUSE_HONEST)]
+    flood = None
+    if attack:
+        tasks += [_closed_loop(port, poison, stop, bad) for _ in range(ABUSE_POISON)]
+        # The flood runs in its own process, so the honest clients' timings are not the
+        # flood's own event loop at work.
+        import multiprocessing
+        flood = multiprocessing.get_context("spawn").Process(
+            target=_flood_process, args=(port, path, ABUSE_SLOW, ABUSE_BIG, seconds))
+        flood.start()
+    tasks.append(sample())
+    t0 = time.perf_counter()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    if flood is not None:
+        flood.join(30)
+    share, p50, p99, _, n = _summary(good)
+    return {"share": share, "p50": p50, "p99": p99, "n": n,
+            "rps": sum(1 for s, _ in good if s == 200) / wall,
+            "poison": sorted({s for s, _ in bad}), "rss_peak": rss_peak[0]}
+
+
+def abuse_main(args) -> int:
+    seconds = 4.0 if args.quick else 20.0
+    context = args.abuse_context or build("minilm", "none", args.out)
+    manifest = json.loads((context / "model" / "manifest.json").read_text())
+    name = manifest["name"]
+    path = f"/v2/models/{name}/infer"
+    feeds = example_inputs(manifest, 1, np.random.default_rng(1))
+    honest = _request(path, request_bodies(manifest, feeds)["json"])
+    poisoned = {k: v.copy() for k, v in feeds.items()}
+    token = next((k for k, t in zip(feeds, manifest["inputs"]) if t["datatype"] == "INT64"), None)
+    if token is None:
+        print("abuse: the model has no INT64 (token) input to poison", file=sys.stderr)
+        return 2
+    poisoned[token].reshape(-1)[0] = 10 ** 9
+    poison = _request(path, request_bodies(manifest, poisoned)["json"])
+    proc, port = start_server(context)
+    try:
+        rss_start = _rss(proc.pid)
+        alone = asyncio.run(_abuse_phase(port, path, honest, poison, seconds, False, proc.pid))
+        rss_before = _rss(proc.pid)
+        attacked = asyncio.run(_abuse_phase(port, path, honest, poison, seconds, True, proc.pid))
+        time.sleep(3.0)                        # floods over: memory should come back
+        rss_after = _rss(proc.pid)
+        import urllib.request
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                         timeout=10).read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    def by_reason(metric):
+        return {line.split('reason="')[1].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
+                for line in metrics.splitlines() if line.startswith(metric + "{")}
+    closed = by_reason("servedmodel_connection_errors_total")
+    failed = by_reason("servedmodel_request_failures_total")
+    lines = [
+        "## Serving under abuse (issue 9)",
+        "",
+        f"`bench/serve.py --abuse{' --quick' if args.quick else ''}`, {name}, {machine_line()}. "
+        f"{ABUSE_HONEST} honest closed-loop clients (JSON, one sequence of {SEQ_LEN} tokens), "
+        f"{seconds:g} s a phase; the attack adds {ABUSE_POISON} clients sending a token id of "
+        f"10^9, {ABUSE_SLOW} slow connections (half trickle a head that never ends, half stall "
+        f"a body) and {ABUSE_BIG} unfinished 48 MB uploads.",
+        "",
+        "| phase | honest requests | honest success | p50 ms | p99 ms | honest req/s | poison answers |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for label, r in (("alone", alone), ("under attack", attacked)):
+        lines.append(f"| {label} | {r['n']} | {r['share']:.1%} | {r['p50']:.1f} | {r['p99']:.1f} "
+                     f"| {r['rps']:.1f} | {', '.join(map(str, r['poison'])) or '-'} |")
+    lines += ["", f"RSS: {rss_start:.0f} MiB at start, {rss_before:.0f} MiB before the floods, "
+                  f"{attacked['rss_peak']:.0f} MiB at their peak, {rss_after:.0f} MiB 3 s after. "
+                  f"Connections closed by a limit: "
+                  + (", ".join(f"{k} {v}" for k, v in sorted(closed.items())) or "none")
+                  + ". Failed requests by reason: "
+                  + (", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "none") + "."]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("serve-abuse", text)
+        print("wrote the serve-abuse section of docs/benchmarks.md")
+    return 0
 
 
 if __name__ == "__main__":

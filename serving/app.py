@@ -214,7 +214,6 @@ class App:
                 raise ServingError(413, f"request body of {n} bytes is over the limit of "
                                         f"{limit} bytes (SERVEDMODEL_MAX_BODY_BYTES)",
                                    headers=CLOSE)
-            budget.hold(n)                  # the whole declared body, before reading it
         chunks, total = [], 0
         while True:
             message = await receive()
@@ -227,8 +226,9 @@ class App:
                 if total > limit:
                     raise ServingError(413, f"request body is over the limit of {limit} bytes "
                                             f"(SERVEDMODEL_MAX_BODY_BYTES)", headers=CLOSE)
-                if total > budget.held:     # chunked, or more than Content-Length said
-                    budget.hold(total - budget.held)
+                # Counted as the bytes arrive, not as declared: a connection that declares
+                # 60 MB and sends nothing must not use up the budget of everyone else.
+                budget.hold(len(chunk))
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break

@@ -26,13 +26,14 @@ from .settings import Batching
 RETRY_AFTER = [(b"retry-after", b"1")]
 
 
+#: Seconds between two stderr lines about model failures (a caller can cause one a request).
+FAILURE_LOG_SECONDS = 10.0
+
+
 def model_failure(e: Exception) -> ServingError:
     """The answer to a request the model failed on. onnxruntime's message names graph nodes
-    and kernels (internals a caller should not see, and cannot act on): only its kind goes out,
-    and the whole message to stderr for the operator."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    print(f"serving: the model failed on a request: {type(e).__name__}: {first[:500]}",
-          file=sys.stderr, flush=True)
+    and kernels (internals a caller should not see, and cannot act on): only its kind goes
+    out; the operator gets the message on stderr (`Batcher._log_failure`)."""
     return ServingError(500, f"the model failed on this request's inputs ({type(e).__name__}); "
                              f"they passed validation, so check their values against the "
                              f"model's metadata", reason="model_error")
@@ -69,6 +70,8 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
         self.inline = False
+        self._failure_logged_at = -FAILURE_LOG_SECONDS
+        self._failures_unlogged = 0
 
     def prefer(self, rows: int, inline: bool = False,
                items_per_second: dict[int, float] | None = None) -> None:
@@ -243,6 +246,18 @@ class Batcher:
                 self.metrics.queue_duration.observe(now - it.t_enqueued)
             await self._run(batch)
 
+    def _log_failure(self, e: Exception) -> None:
+        """One stderr line per FAILURE_LOG_SECONDS at most: a caller who makes the model fail
+        on every request must not flood the log (or block the loop on a full stderr pipe)."""
+        self._failures_unlogged += 1
+        now = time.monotonic()
+        if now - self._failure_logged_at < FAILURE_LOG_SECONDS:
+            return
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"serving: the model failed on a request ({self._failures_unlogged} since the "
+              f"last line): {type(e).__name__}: {first[:500]}", file=sys.stderr, flush=True)
+        self._failure_logged_at, self._failures_unlogged = now, 0
+
     async def _isolate(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         self.metrics.batch_isolations += 1
@@ -257,6 +272,7 @@ class Batcher:
                     outputs = await loop.run_in_executor(self._executor, self.model.predict,
                                                          it.feeds)
             except Exception as e:
+                self._log_failure(e)
                 if not it.future.done():
                     it.future.set_exception(model_failure(e))
             else:
@@ -283,6 +299,7 @@ class Batcher:
                     self._executor, self.model.predict, feeds)
         except Exception as e:  # the model failed on input that passed validation
             if len(batch) == 1:
+                self._log_failure(e)
                 if not batch[0].future.done():
                     batch[0].future.set_exception(model_failure(e))
                 return

@@ -110,7 +110,10 @@ class OnnxModel:
         # ... but they stop as soon as a run returns, so they do not take the CPU the event
         # loop needs between batches.
         opts.add_session_config_entry("session.force_spinning_stop", "1")
-        opts.log_severity_level = 3
+        # Fatal only: a run the caller's inputs make fail would log a line per request (a
+        # flood, and a blocked thread on a full stderr pipe); the batcher logs failures itself,
+        # at most one line per FAILURE_LOG_SECONDS.
+        opts.log_severity_level = 4
         self.spinning = spinning
         try:
             return ort.InferenceSession(str(path), sess_options=opts,
