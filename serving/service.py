@@ -60,7 +60,7 @@ class InferenceService:
         self.manifest = manifest
         self.model_name = settings.model_name or manifest.name
         self.model_version = manifest.version
-        self.metrics = Metrics(self.model_name)
+        self.metrics = Metrics(self.model_name, self.model_version)
         self.log = AccessLog(settings.log_level in ("debug", "info"))
         self.validator = RequestValidator(
             manifest, max_rows=settings.batching.max_batch_size, max_tensor_bytes=settings.max_body_bytes)
