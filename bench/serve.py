@@ -367,9 +367,13 @@ def measure(port, grpc_port, name, body, c, seconds, workdir) -> Point:
 
 
 def ready_line(log: Path) -> dict:
-    for line in log.read_text(errors="replace").splitlines():
-        if '"event":"ready"' in line:
-            return json.loads(line)
+    """The server's "ready" log line (access logs are flushed every 0.25 s)."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"event":"ready"' in line:
+                return json.loads(line)
+        time.sleep(0.05)
     return {}
 
 

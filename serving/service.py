@@ -136,6 +136,10 @@ class InferenceService:
                                    ready=self.ready)
 
     # -- auth -------------------------------------------------------------------------------
+    @property
+    def auth_required(self) -> bool:
+        return self._token is not None
+
     def authorize(self, header: bytes | None) -> None:
         """Check an `Authorization` value (REST header or gRPC metadata); raise 401."""
         if self._token is None:
