@@ -446,3 +446,50 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
     server.proc.wait(25)
     assert server.proc.returncode == 0, server.output()[-2000:]
     assert time.monotonic() - t_term < 20
+
+
+def test_grpc_port_flag_and_clean_exit(contexts):
+    """`python -m serving --grpc-port G` (the flag, not the variable) serves gRPC; SIGTERM on
+    an idle server exits 0."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "--context", str(contexts["mlp"]),
+                             "--host", "127.0.0.1", "--port", str(port), "--grpc-port",
+                             str(grpc_port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            env={"PATH": "/usr/bin:/bin", "SERVEDMODEL_LOG_LEVEL": "warning"})
+    try:
+        client = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.is_server_ready():
+                    break
+            except InferenceServerException:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)
+        assert client.is_model_ready("test-mlp")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_grpc_port_in_use_refuses_to_start(contexts):
+    import socket
+
+    from test_startup import run_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_server(contexts["mlp"], {"SERVEDMODEL_GRPC_PORT": str(port)},
+                            args=("--host", "127.0.0.1"))
+    assert result.returncode != 0
+    assert f"gRPC cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr[-2000:]
