@@ -1,13 +1,16 @@
 """Pulumi components of ServedModel (type tokens `servedmodel:index:<Name>`, fixed)."""
+from components.args import (ArgsError, AutoscalingArgs, ModelArgs, NetworkArgs, NodePoolArgs, Problem, RegistryArgs,
+                             ResourcesArgs, ServedModelArgs, ServerArgs)
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
 from components.model_service import ModelService, ModelServiceArgs
-from components.served_model import ServedModel, ServedModelArgs
-from components.settings import ConfigError, ModelEntry, Settings, load_settings, parse_settings
+from components.served_model import ServedModel
+from components.settings import ConfigError, Settings, load_settings, parse_settings
 
 __all__ = [
-    "ConfigError", "GpuNodePool", "GpuNodePoolArgs", "LocalService", "LocalServiceArgs", "ModelEntry",
-    "ModelImage", "ModelImageArgs", "ModelService", "ModelServiceArgs", "ServedModel", "ServedModelArgs",
-    "Settings", "load_settings", "parse_settings",
+    "ArgsError", "AutoscalingArgs", "ConfigError", "GpuNodePool", "GpuNodePoolArgs", "LocalService",
+    "LocalServiceArgs", "ModelArgs", "ModelImage", "ModelImageArgs", "ModelService", "ModelServiceArgs",
+    "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs", "ResourcesArgs", "ServedModel", "ServedModelArgs",
+    "ServerArgs", "Settings", "load_settings", "parse_settings",
 ]

@@ -179,8 +179,14 @@ def test_prod_service_hpa_pdb_and_network_policy(stack_runs):
     run = stack_runs["prod"]
     svc = run.one("kubernetes:core/v1:Service")
     assert svc.inputs["spec"]["type"] == "LoadBalancer"
-    assert svc.inputs["metadata"]["annotations"][specs.LOAD_BALANCER_OPT_IN] == "true"
-    assert svc.inputs["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    annotations = svc.inputs["metadata"]["annotations"]
+    assert annotations[specs.LOAD_BALANCER_OPT_IN] == "true"
+    # TLS terminates at an NLB of the AWS Load Balancer Controller with the stack's ACM certificate.
+    lbc = "service.beta.kubernetes.io/aws-load-balancer-"
+    assert annotations[lbc + "type"] == "external" and annotations[lbc + "nlb-target-type"] == "ip"
+    assert annotations[lbc + "scheme"] == "internet-facing" and annotations[lbc + "backend-protocol"] == "tcp"
+    assert annotations[lbc + "ssl-cert"].startswith("arn:aws:acm:eu-west-1:") and annotations[lbc + "ssl-ports"] == "https"
+    assert svc.inputs["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}]
     hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler").inputs["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
     assert hpa["metrics"][0]["pods"]["metric"]["name"] == "servedmodel_inflight_requests"
@@ -213,7 +219,8 @@ def test_gpu_node_pool(stack_runs):
     assert i["instanceTypes"] == ["g5.xlarge"]
     assert i["scalingConfig"] == {"minSize": 2, "desiredSize": 2, "maxSize": 11}
     assert i["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
-    assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]  # the cluster's
+    # The cluster's private subnets only (tagged kubernetes.io/role/internal-elb), never its public ones.
+    assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
     role = run.one("aws:iam/role:Role")
     assert i["nodeRoleArn"] == role.state["arn"]
     attached = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
@@ -226,7 +233,12 @@ def test_registry_and_images(stack_runs):
     prod = stack_runs["prod"]
     repo = prod.one("aws:ecr/repository:Repository")
     assert repo.protect, "prod registry must be protected"
-    assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+    # Mutable tags, every workload pinned by digest (docs/deploy.md, "Images and registries").
+    assert repo.inputs["imageTagMutability"] == "MUTABLE"
+    for deployment in prod.of_type("kubernetes:apps/v1:Deployment"):
+        image = deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+        built = prod.one("docker-build:index:Image")
+        assert image == f"{built.inputs['tags'][0]}@{built.state['digest']}"
     assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
     assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
     assert not stack_runs["dev"].of_type("aws:ecr/repository:Repository")[0].protect
@@ -261,7 +273,11 @@ def test_outputs_per_model(stack_runs):
     assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
     for stack, run in stack_runs.items():
         out = run.outputs
-        assert set(out) == {"url", "image", "modelVersion", "signature"}
+        assert set(out) == {"url", "inferUrl", "modelName", "image", "modelVersion", "signature"}
+        for name, url in out["url"].items():
+            # The route is under the served name, never the manifest's: a model swap keeps it.
+            assert out["modelName"][name] == name
+            assert out["inferUrl"][name] == f"{url}/v2/models/{name}/infer"
         for name, version in out["modelVersion"].items():
             assert len(version) == 16 and out["image"][name].split("@")[0].endswith(":" + version)
             sig = out["signature"][name]
@@ -271,6 +287,7 @@ def test_outputs_per_model(stack_runs):
             if stack != "local":
                 assert "@sha256:" in out["image"][name]
         assert not run.secret_outputs
+    assert stack_runs["prod"].outputs["url"]["classifier"].startswith("https://")
     assert stack_runs["prod"].outputs["url"]["classifier"].endswith(".elb.amazonaws.com")
     assert stack_runs["dev"].outputs["url"]["lenet"].endswith(".servedmodel.svc.cluster.local")
 
@@ -345,3 +362,17 @@ def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache
         assert (reg["address"], reg["username"], reg["password"]) == ("ghcr.io", "bot", "registry-pass-123")
         assert "registries" in image.secret_paths
     assert "registry-pass-123" not in repr(run.outputs)
+
+
+def test_the_generated_kubeconfig_honours_aws_profile(model_cache):
+    """The providers deploy with the stack's aws:profile; the kubeconfig's token must come from it too."""
+    import json
+
+    from pulumi_harness import run_program
+
+    run = run_program("dev", {"aws:profile": "servedmodel-deploy"})
+    provider = run.one("pulumi:providers:kubernetes")
+    exec_ = json.loads(provider.inputs["kubeconfig"])["users"][0]["user"]["exec"]
+    assert exec_["args"][-2:] == ["--profile", "servedmodel-deploy"]
+    assert {"name": "AWS_PROFILE", "value": "servedmodel-deploy"} in exec_["env"]
+    assert "kubeconfig" in provider.secret_paths
