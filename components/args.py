@@ -363,6 +363,173 @@ class RegistryArgs:
         c.raise_if_any("RegistryArgs")
 
 
+# --- how a new version reaches traffic, and how the model is watched ---------------------------
+# (components/canary.py and components/monitoring.py build the objects from these groups)
+
+ROLLOUT_STRATEGIES = ("rolling", "canary")
+DEFAULT_STEPS = ("setWeight:20", "pause:2m", "setWeight:50", "pause:2m")
+MONITORING_MODES = ("prometheus-operator", "annotations", "none")
+_LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+# Argo's durations as this package accepts them: a whole number of s, m or h ("90s", "2m").
+_DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h)$")
+_ADDRESS = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(value: str) -> int:
+    """'90s' -> 90, '2m' -> 120, '1h' -> 3600 (the grammar _DURATION accepts)."""
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f"not a duration: {value!r}")
+    return int(m.group(1)) * _SECONDS[m.group(2)]
+
+
+def parse_step(step: str) -> dict[str, Any]:
+    """One canary step in the config grammar -> the Rollout's step object.
+
+    `setWeight:N` (N in 1..100: percent of the replicas that run the new version), `pause:D`
+    (D a duration such as 90s, 2m, 1h) or `pause` (wait for `kubectl argo rollouts promote`).
+    """
+    kind, sep, value = step.partition(":")
+    if kind == "setWeight" and sep and value.isdigit() and 1 <= int(value) <= 100:
+        return {"setWeight": int(value)}
+    if kind == "pause" and not sep:
+        return {"pause": {}}
+    if kind == "pause" and sep and _DURATION.match(value):
+        return {"pause": {"duration": value}}
+    raise ValueError(step)
+
+
+@dataclass(frozen=True)
+class RolloutArgs:
+    """How a new model version reaches traffic. Validates itself (ArgsError).
+
+    `rolling` (the default) is the Deployment's rolling update; `canary` an Argo Rollouts
+    Rollout whose steps shift replicas to the new version while a background analysis judges
+    the canary's pods on the server's metrics, and aborts (rolls back) when they are worse than
+    the thresholds. The analysis fields are ignored by `rolling`.
+    """
+
+    strategy: str = "rolling"
+    """rolling | canary. Default "rolling"."""
+    steps: tuple[str, ...] = DEFAULT_STEPS
+    """Canary steps: setWeight:N, pause:D, pause (indefinite). Default 20% 2m, 50% 2m."""
+    prometheus_address: str = ""
+    """Prometheus HTTP address the Argo Rollouts controller queries (canary: required), e.g.
+    http://prometheus-operated.monitoring.svc:9090. Default ""."""
+    analysis_interval: str = "1m"
+    """Time between measurements, and the window each measurement judges. Default "1m"."""
+    analysis_count: int = 5
+    """Measurements per metric. Default 5."""
+    analysis_failure_limit: int = 1
+    """Failed measurements a metric tolerates; one more aborts the rollout. Default 1."""
+    max_failure_ratio: float = 0.01
+    """Highest share of the canary's requests failing in the server (model_error, internal).
+    Default 0.01."""
+    max_p99_latency_ms: int = 500
+    """Highest p99 request latency of the canary in ms. Default 500."""
+    max_shed_ratio: float = 0.01
+    """Highest share of the canary's requests shed (queue full, queue time over budget).
+    Default 0.01."""
+    query_timeout_seconds: int = 10
+    """Prometheus query timeout. Default 10."""
+
+    def __post_init__(self) -> None:
+        c = _Checker("rollout", self)
+        c.choice("strategy", ROLLOUT_STRATEGIES)
+        steps = tuple(self.steps or ())
+        bad = []
+        for step in steps:
+            try:
+                parse_step(step)
+            except (ValueError, AttributeError):
+                bad.append(step)
+        if not steps or bad:
+            c.bad("steps", "a non-empty list of setWeight:N (N in 1..100), pause:D (D like 90s, 2m, 1h) or pause",
+                  value=list(steps))
+        elif not any(s.startswith("setWeight:") for s in steps):
+            c.bad("steps", "needs a setWeight:N step: without one the canary never gets traffic to judge",
+                  value=list(steps))
+        if self.strategy == "canary" and not _ADDRESS.match(self.prometheus_address or ""):
+            c.bad("prometheus_address", "the canary analysis needs Prometheus' http(s):// address, e.g. "
+                                        "http://prometheus-operated.monitoring.svc:9090")
+        elif self.prometheus_address and not _ADDRESS.match(self.prometheus_address):
+            c.bad("prometheus_address", "must be an http(s):// URL")
+        if not isinstance(self.analysis_interval, str) or not _DURATION.match(self.analysis_interval):
+            c.bad("analysis_interval", "a duration such as 30s, 1m or 1h")
+        counts = [c.integer("analysis_count", 1, 100), c.integer("analysis_failure_limit", 0)]
+        if all(counts) and self.analysis_failure_limit >= self.analysis_count:
+            c.bad("analysis_failure_limit", f"must be below @{{rollout.analysis_count}} ({self.analysis_count}): "
+                                            "a higher limit can never abort")
+        for name in ("max_failure_ratio", "max_shed_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                c.bad(name, "a share between 0 and 1, such as 0.01")
+        c.integer("max_p99_latency_ms", 1)
+        c.integer("query_timeout_seconds", 1, 300)
+        c.raise_if_any("RolloutArgs")
+
+    @property
+    def canary(self) -> bool:
+        return self.strategy == "canary"
+
+    @property
+    def analysis_starting_step(self) -> int:
+        """The analysis starts with the step after the first setWeight: the canary has pods (and
+        traffic) by then, so the first measurement is not of an empty ReplicaSet."""
+        first = next(i for i, s in enumerate(self.steps) if s.startswith("setWeight:"))
+        return min(first + 1, len(self.steps) - 1)
+
+
+@dataclass(frozen=True)
+class MonitoringArgs:
+    """What monitoring a served model gets, and its alert thresholds. Validates itself (ArgsError)."""
+
+    mode: str = "none"
+    """prometheus-operator | annotations | none. Default "none"."""
+    labels: tuple[str, ...] = ()
+    """key=value labels on the PodMonitor and PrometheusRule, for the Prometheus's
+    podMonitorSelector/ruleSelector (e.g. release=kube-prometheus-stack). Default ()."""
+    scrape_interval: str = "15s"
+    """PodMonitor scrape interval. Default "15s"."""
+    latency_slo_ms: int = 500
+    """p99 latency SLO in ms (ServedModelLatencyP99OverSLO). Default 500."""
+    alert_failure_ratio: float = 0.01
+    """Server-side failure share that pages (ServedModelHighFailureRatio). Default 0.01."""
+    alert_shed_ratio: float = 0.05
+    """Shed share that warns (ServedModelShedding). Default 0.05."""
+    alert_queue_p99_ms: int = 250
+    """p99 queue wait in ms that warns of saturation (ServedModelQueueSaturated). Default 250."""
+    runbook_url: str = "docs/operations.md"
+    """Where docs/operations.md is read (e.g. its URL in your repository); each alert's
+    runbook_url is this plus the alert's section anchor. Default "docs/operations.md"."""
+
+    def __post_init__(self) -> None:
+        c = _Checker("monitoring", self)
+        c.choice("mode", MONITORING_MODES)
+        for item in self.labels:
+            key, sep, value = str(item).partition("=")
+            if not sep or not _LABEL_NAME.match(key) or not _LABEL_VALUE.match(value):
+                c.bad("labels", "each entry key=value, a Kubernetes label (e.g. release=kube-prometheus-stack)",
+                      value=item)
+        if not isinstance(self.scrape_interval, str) or not _DURATION.match(self.scrape_interval):
+            c.bad("scrape_interval", "a duration such as 15s or 1m")
+        for name in ("alert_failure_ratio", "alert_shed_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+                c.bad(name, "a share strictly between 0 and 1, such as 0.05")
+        c.integer("latency_slo_ms", 1)
+        c.integer("alert_queue_p99_ms", 1)
+        if not isinstance(self.runbook_url, str) or not self.runbook_url or any(ch.isspace() for ch in self.runbook_url):
+            c.bad("runbook_url", "a URL or path without spaces (where docs/operations.md is read)")
+        c.raise_if_any("MonitoringArgs")
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in self.labels)
+
+
 @dataclass(frozen=True)
 class ServedModelArgs:
     """Everything one ServedModel needs, grouped; never the whole stack config."""
@@ -380,6 +547,10 @@ class ServedModelArgs:
     registry: RegistryArgs = RegistryArgs()
     node_pool: Optional[NodePoolArgs] = None
     """The GPU node pool (kubernetes target with resources.gpu > 0). Default None."""
+    rollout: RolloutArgs = RolloutArgs()
+    """rolling (default) or a metric-gated canary with Argo Rollouts (kubernetes target)."""
+    monitoring: MonitoringArgs = MonitoringArgs()
+    """PodMonitor, rules and alerts, dashboard (kubernetes target). Default: none."""
     protect: bool = False
     """Protect the registry and the node pool from deletion (prod). Default False."""
     cache_dir: Optional[Path] = None
@@ -388,10 +559,12 @@ class ServedModelArgs:
     def __post_init__(self) -> None:
         for f in fields(self):
             expected = {"model": ModelArgs, "resources": ResourcesArgs, "autoscaling": AutoscalingArgs,
-                        "network": NetworkArgs, "server": ServerArgs, "registry": RegistryArgs}.get(f.name)
+                        "network": NetworkArgs, "server": ServerArgs, "registry": RegistryArgs,
+                        "rollout": RolloutArgs, "monitoring": MonitoringArgs}.get(f.name)
             if expected is not None and not isinstance(getattr(self, f.name), expected):
                 raise TypeError(f"ServedModelArgs.{f.name} must be a {expected.__name__}")
         problems = cross_group_problems(self.target, self.resources, self.autoscaling, self.node_pool)
+        problems += delivery_problems(self.target, self.rollout, self.monitoring)
         if problems:
             raise ArgsError("ServedModelArgs", problems)
 
@@ -415,6 +588,22 @@ def cross_group_problems(target: Any, resources: Optional[ResourcesArgs], autosc
         out.append(Problem("node_pool", None, "GPU replicas on the kubernetes target need a node pool (NodePoolArgs)"))
     if target == "kubernetes" and gpu and node_pool is not None and autoscaling is not None:
         out += capacity_problems(gpu, autoscaling.max_replicas, node_pool)
+    return out
+
+
+def delivery_problems(target: Any, rollout: Optional[RolloutArgs], monitoring: Optional[MonitoringArgs],
+                      strategy: Any = None, mode: Any = None) -> list[Problem]:
+    """A canary and the monitoring objects are Kubernetes objects: the docker target has neither.
+    A group that could not be built is None; its raw `strategy`/`mode` still get the rule."""
+    strategy = rollout.strategy if rollout is not None else strategy
+    mode = monitoring.mode if monitoring is not None else mode
+    out: list[Problem] = []
+    if target != "kubernetes" and strategy == "canary":
+        out.append(Problem("rollout.strategy", strategy,
+                           "a canary needs the kubernetes target (Argo Rollouts); use rolling on the docker target"))
+    if target != "kubernetes" and mode in MONITORING_MODES and mode != "none":
+        out.append(Problem("monitoring.mode", mode,
+                           "monitoring objects need the kubernetes target; use none on the docker target"))
     return out
 
 

@@ -75,6 +75,12 @@ profile as the AWS calls.
 - Without `nodeSubnetIds` the GPU nodes go to the cluster's private subnets only: those tagged
   `kubernetes.io/role/internal-elb=1` (none tagged stops the program with that message).
 - Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
+- `rollout` canary and `monitoring` other than none need the kubernetes target; canary needs
+  `prometheusAddress` (an http(s):// URL) and at least one `setWeight:N` step;
+  `analysisFailureLimit` < `analysisCount`; the ratios (`analysisMaxFailureRatio`,
+  `analysisMaxShedRatio`, `alertFailureRatio`, `alertShedRatio`) are decimal numbers in strings
+  (Pulumi.yaml has no number type), e.g. `"0.01"`. See docs/deploy.md ("Canary rollouts") and
+  docs/operations.md.
 """
 
 

@@ -7,9 +7,9 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import specs
-from components.timeouts import readiness_timeouts
-from components.args import AutoscalingArgs, NetworkArgs, ResourcesArgs, ServerArgs
+from components import canary, specs
+from components.args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from components.timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
 
 @dataclass
@@ -28,6 +28,8 @@ class ModelServiceArgs:
     """Namespace, Service type, NetworkPolicy sources, the auth token."""
     server: ServerArgs = ServerArgs()
     """Drain and preStop (and the server's SERVEDMODEL_* settings)."""
+    rollout: RolloutArgs = RolloutArgs()
+    """rolling: a Deployment; canary: an Argo Rollouts Rollout gated by an AnalysisTemplate."""
     pool_label: Optional[pulumi.Input[str]] = None
     """GPU pool label value to select (from GpuNodePool). Default None."""
     startup_seconds: Optional[float] = None
@@ -41,10 +43,13 @@ class ModelServiceArgs:
 class ModelService(pulumi.ComponentResource):
     """ServiceAccount, Deployment, Service, HPA, PDB, NetworkPolicy (and Secret, PriorityClass).
 
+    With `rollout.strategy: canary` the Deployment is an Argo Rollouts `Rollout` with the same
+    pod template (and an `AnalysisTemplate` for its background analysis); the HPA scales it.
+
     Every object is auto-named (a replacement creates the new object before deleting the old),
     selects on stable labels only, and takes its provider from the consumer (opts.providers).
-    Outputs: `url` (in-cluster DNS name, or the load balancer's address), `deployment_name`,
-    `service_name`.
+    Outputs: `url` (in-cluster DNS name, or the load balancer's address), `deployment_name`
+    (the Deployment's or the Rollout's: the workload), `service_name`.
     """
 
     url: pulumi.Output[str]
@@ -101,7 +106,9 @@ class ModelService(pulumi.ComponentResource):
             "automountServiceAccountToken": False,
             "securityContext": specs.pod_security_context(),
             "terminationGracePeriodSeconds": grace,
-            "topologySpreadConstraints": specs.topology_spread(args.served_name),
+            # Spread per revision: Argo labels its pods rollouts-pod-template-hash instead.
+            "topologySpreadConstraints": specs.topology_spread(
+                args.served_name, canary.HASH_POD_LABEL if args.rollout.canary else "pod-template-hash"),
             "volumes": [{"name": specs.TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}],
             "containers": [container],
         }
@@ -112,24 +119,32 @@ class ModelService(pulumi.ComponentResource):
             pod_spec["priorityClassName"] = priority_class_name
 
         autoscaled = scale.max_replicas > scale.replicas
-        deploy_spec: dict[str, Any] = {
-            "selector": {"matchLabels": selector},
-            "strategy": specs.rolling_update(),
-            "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": waits.progress_deadline_seconds,
-            "template": {
-                "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
-                             "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
-                "spec": pod_spec,
-            },
+        template = {
+            "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
+                         "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
+            "spec": pod_spec,
         }
-        if not autoscaled:
-            # With an HPA, `replicas` stays unset: setting it would reset the HPA's count on every up.
-            deploy_spec["replicas"] = scale.replicas
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
-            spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
-                create=waits.deployment, update=waits.deployment)))
+        if args.rollout.canary:
+            workload = self._canary(name, args, meta, selector, template, autoscaled, waits, child)
+            workload_name = _name_of(workload)
+            scale_target = {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout"}
+        else:
+            deploy_spec: dict[str, Any] = {
+                "selector": {"matchLabels": selector},
+                "strategy": specs.rolling_update(),
+                "revisionHistoryLimit": 5,
+                "progressDeadlineSeconds": waits.progress_deadline_seconds,
+                "template": template,
+            }
+            if not autoscaled:
+                # With an HPA, `replicas` stays unset: setting it would reset the HPA's count on every up.
+                deploy_spec["replicas"] = scale.replicas
+            workload = k8s.apps.v1.Deployment(
+                f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
+                spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                    create=waits.deployment, update=waits.deployment)))
+            workload_name = workload.metadata.name
+            scale_target = {"apiVersion": "apps/v1", "kind": "Deployment"}
 
         public = net.service_type == "LoadBalancer"
         service_annotations: dict[str, str] = {}
@@ -148,8 +163,7 @@ class ModelService(pulumi.ComponentResource):
         if autoscaled:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 f"{name}-hpa", metadata=meta(),
-                spec={"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                         "name": deployment.metadata.name},
+                spec={"scaleTargetRef": scale_target | {"name": workload_name},
                       "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
                       "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
                                                    scale.target_queue_ms, scale.target_cpu_percent)],
@@ -172,10 +186,42 @@ class ModelService(pulumi.ComponentResource):
         else:
             url = pulumi.Output.concat("http://", service.metadata.name, ".", net.namespace, ".svc.cluster.local")
         self.url = url
-        self.deployment_name = deployment.metadata.name
+        self.deployment_name = workload_name
         self.service_name = service.metadata.name
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
                                "service_name": self.service_name})
+
+    @staticmethod
+    def _canary(name: str, args: ModelServiceArgs, meta: Any, selector: dict[str, str], template: dict[str, Any],
+                autoscaled: bool, waits: ReadinessTimeouts,
+                child: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+        """The AnalysisTemplate and the Rollout (full pod template, not a workloadRef: one owner
+        of the pods; docs/deploy.md). The Rollout carries the await annotations, so `pulumi up`
+        waits for the canary's outcome."""
+        rollout, namespace = args.rollout, args.network.namespace
+        analysis = k8s.apiextensions.CustomResource(
+            f"{name}-analysis", api_version=canary.ROLLOUT_API_VERSION, kind="AnalysisTemplate",
+            metadata=meta(), spec=canary.analysis_template_spec(rollout, namespace), opts=child)
+        base = canary.RolloutSpec(selector=selector, template=template,
+                                  replicas=None if autoscaled else args.autoscaling.replicas,
+                                  progress_deadline_seconds=waits.progress_deadline_seconds)
+        pods_seconds = minutes_to_seconds(waits.deployment)
+        annotations = canary.rollout_annotations(rollout, base.progress_deadline_seconds, pods_seconds=pods_seconds)
+        opts = child
+        if canary.TIMEOUT_ANNOTATION in annotations:
+            # The same bound as the provider's await (the annotation), for the engine too.
+            wait = f"{-(-int(annotations[canary.TIMEOUT_ANNOTATION]) // 60)}m"
+            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)))
+        return k8s.apiextensions.CustomResource(
+            f"{name}-rollout", api_version=canary.ROLLOUT_API_VERSION, kind="Rollout",
+            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | annotations),
+            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=opts)
+
+
+def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:
+    """A custom resource's (auto-)name: its metadata is an untyped object."""
+    return resource.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
 
 
 def _load_balancer_url(status: Any) -> str:

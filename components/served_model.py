@@ -13,7 +13,9 @@ from components.timeouts import ReadinessTimeouts, measured_startup_seconds, rea
 from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from components.local_service import LocalService, LocalServiceArgs
 from components.model_image import ModelImage, ModelImageArgs
+from components.model_monitoring import ModelMonitoring, ModelMonitoringArgs
 from components.model_service import ModelService, ModelServiceArgs
+from components.monitoring import Scope
 
 
 def _portable(path: Path) -> str:
@@ -43,7 +45,8 @@ def infer_url(url: str, served_name: str) -> str:
 
 class ServedModel(pulumi.ComponentResource):
     """Runs models.build (cached on its inputs, so an unchanged model does no export), then
-    ModelImage, GpuNodePool (kubernetes + gpu) and ModelService, or LocalService (docker).
+    ModelImage, GpuNodePool (kubernetes + gpu), ModelService and ModelMonitoring (kubernetes,
+    monitoring not none), or LocalService (docker).
 
     Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
     swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
@@ -98,9 +101,14 @@ class ServedModel(pulumi.ComponentResource):
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
                 resources=res, autoscaling=args.autoscaling, network=args.network, server=args.server,
-                pool_label=pool_label, startup_seconds=startup,
+                rollout=args.rollout, pool_label=pool_label, startup_seconds=startup,
                 node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
             ), opts=child)
+            if args.monitoring.mode != "none":
+                ModelMonitoring(f"{name}", ModelMonitoringArgs(
+                    monitoring=args.monitoring, workload_name=service.deployment_name,
+                    scope=Scope(served_name=entry.served_name, namespace=args.network.namespace, gpu=res.gpu > 0),
+                ), opts=child)
         else:
             env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,
                                    grpc_port=args.network.grpc_port, settings=args.server.batching_env())

@@ -17,8 +17,9 @@ from typing import Any, Callable, Mapping, Optional
 import pulumi
 
 from components.args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
-                             TARGETS, ZOO, ArgsError, cross_group_problems, AutoscalingArgs, ModelArgs, NetworkArgs, NodePoolArgs,
-                             Problem, RegistryArgs, ResourcesArgs, ServedModelArgs, ServerArgs)
+                             TARGETS, ZOO, ArgsError, cross_group_problems, delivery_problems, AutoscalingArgs, ModelArgs, NetworkArgs, NodePoolArgs,
+                             MonitoringArgs, Problem, RegistryArgs, ResourcesArgs, RolloutArgs, ServedModelArgs,
+                             ServerArgs)
 from models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
@@ -101,6 +102,23 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "registryUsername": ("registry.username", "str"),
     "keepVersions": ("registry.keep_versions", "int"),
     "protect": ("protect", "bool"),
+    "rollout": ("rollout.strategy", "str"),
+    "canarySteps": ("rollout.steps", "list"),
+    "prometheusAddress": ("rollout.prometheus_address", "str"),
+    "analysisInterval": ("rollout.analysis_interval", "str"),
+    "analysisCount": ("rollout.analysis_count", "int"),
+    "analysisFailureLimit": ("rollout.analysis_failure_limit", "int"),
+    "analysisMaxFailureRatio": ("rollout.max_failure_ratio", "ratio"),
+    "analysisMaxP99LatencyMs": ("rollout.max_p99_latency_ms", "int"),
+    "analysisMaxShedRatio": ("rollout.max_shed_ratio", "ratio"),
+    "monitoring": ("monitoring.mode", "str"),
+    "monitoringLabels": ("monitoring.labels", "list"),
+    "scrapeInterval": ("monitoring.scrape_interval", "str"),
+    "latencySloMs": ("monitoring.latency_slo_ms", "int"),
+    "alertFailureRatio": ("monitoring.alert_failure_ratio", "ratio"),
+    "alertShedRatio": ("monitoring.alert_shed_ratio", "ratio"),
+    "alertQueueP99Ms": ("monitoring.alert_queue_p99_ms", "int"),
+    "runbookUrl": ("monitoring.runbook_url", "str"),
 }
 # 0 in the stack means "not set": the server's (or the model manifest's) own default applies,
 # so no default of the server is restated in the stack or in components/.
@@ -137,6 +155,8 @@ def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "bool": lambda v: isinstance(v, bool),
         "list": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+        # Pulumi.yaml has no number type: a share is a string such as "0.01".
+        "ratio": lambda v: isinstance(v, str) and _float_or_none(v) is not None,
     }[kind]
     if key not in raw:
         problems.append(_problem(key, None, f"missing (a {kind} is required)"))
@@ -144,9 +164,20 @@ def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]
     if not ok(value):
         problems.append(_problem(key, value, {"str": "must be a string", "int": "must be an integer",
                                               "bool": "must be true or false",
-                                              "list": "must be a list of strings"}[kind]))
+                                              "list": "must be a list of strings",
+                                              "ratio": "must be a decimal number in a string, such as \"0.01\""}[kind]))
         return None
+    if kind == "ratio":
+        return _float_or_none(value)
     return tuple(value) if kind == "list" else value
+
+
+def _float_or_none(text: str) -> Optional[float]:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and abs(value) != float("inf") else None
 
 
 def _model_entries(raw: Mapping[str, Any], problems: list[str]) -> list[tuple[dict[str, Any], Callable[[str], str]]]:
@@ -243,12 +274,16 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
                                                        "choose ranges that do not overlap"))
     built = {name: _build(cls, groups.get(name, {}), stack_names, problems) for name, cls in (
         ("resources", ResourcesArgs), ("autoscaling", AutoscalingArgs), ("network", NetworkArgs),
-        ("server", ServerArgs), ("registry", RegistryArgs))}
+        ("server", ServerArgs), ("registry", RegistryArgs), ("rollout", RolloutArgs),
+        ("monitoring", MonitoringArgs))}
     node_pool = _build(NodePoolArgs, pool_kwargs, stack_names, problems) if kubernetes and gpu else None
     if target is not None:
         problems.extend(p.render(stack_names) for p in cross_group_problems(
             target, built["resources"], built["autoscaling"], node_pool)
             if p.field != "node_pool")  # a pool that failed reported its own problems
+        problems.extend(p.render(stack_names) for p in delivery_problems(
+            target, built["rollout"], built["monitoring"], groups.get("rollout", {}).get("strategy"),
+            groups.get("monitoring", {}).get("mode")))
 
     served: list[ServedModelArgs] = []
     for index, (kwargs, model_key) in enumerate(entries):

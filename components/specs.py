@@ -141,12 +141,13 @@ def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None, *,
     return env
 
 
-def topology_spread(served_name: str) -> list[dict[str, Any]]:
-    """Spread across zones and nodes; only pods of the same rollout revision are counted."""
+def topology_spread(served_name: str, revision_label: str = "pod-template-hash") -> list[dict[str, Any]]:
+    """Spread across zones and nodes; only pods of the same rollout revision (`revision_label`)
+    are counted."""
     selector = {"matchLabels": selector_labels(served_name)}
     return [
         {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-         "labelSelector": selector, "matchLabelKeys": ["pod-template-hash"]}
+         "labelSelector": selector, "matchLabelKeys": [revision_label]}
         for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
     ]
 

@@ -69,6 +69,11 @@ def _minutes(seconds: float) -> str:
     return f"{math.ceil(max(seconds, MIN_AWAIT_SECONDS) / 60)}m"
 
 
+def minutes_to_seconds(timeout: str) -> int:
+    """"45m" (a customTimeouts value written by _minutes) -> 2700."""
+    return int(timeout.removesuffix("m")) * 60
+
+
 def readiness_timeouts(startup_seconds: Optional[float], device: str, max_replicas: int,
                        node_max: int = 0) -> ReadinessTimeouts:
     """Timeouts for one model: `startup_seconds` measured (None: unknown), on `device`

@@ -30,6 +30,8 @@ _POD_SPEC_PATHS = {
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
     "kubernetes:core/v1:Pod": ("spec",),
+    # Argo Rollouts' Rollout (servedmodel:rollout canary) carries a full pod template.
+    "kubernetes:argoproj.io/v1alpha1:Rollout": ("spec", "template", "spec"),
 }
 
 

@@ -83,5 +83,6 @@ def test_the_deployment_depends_on_the_node_group(stack_runs):
     of issue 8 check it with the other ordering edges."""
     run = stack_runs["prod"]
     group = run.one("aws:eks/nodeGroup:NodeGroup")
-    deployment = run.one("kubernetes:apps/v1:Deployment")
+    # prod rolls out as a canary: its pods come from the Rollout (issue 12).
+    deployment = run.one("kubernetes:argoproj.io/v1alpha1:Rollout")
     assert group.urn in deployment.dependencies

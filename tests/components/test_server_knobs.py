@@ -57,14 +57,17 @@ def test_batching_settings_and_the_served_name_reach_the_container(grpc_dev):
 
 def test_off_by_default_no_grpc_and_no_batching_variables(stack_runs):
     for stack in ("dev", "prod"):
-        for d in stack_runs[stack].of_type("kubernetes:apps/v1:Deployment"):
+        workloads = [*stack_runs[stack].of_type("kubernetes:apps/v1:Deployment"),
+                     *stack_runs[stack].of_type("kubernetes:argoproj.io/v1alpha1:Rollout")]
+        assert workloads
+        for d in workloads:
             [c] = d.inputs["spec"]["template"]["spec"]["containers"]
             env = env_of(c)
             assert not {"SERVEDMODEL_GRPC_PORT", "SERVEDMODEL_MAX_BATCH_SIZE", "SERVEDMODEL_MAX_QUEUE_DELAY_MS",
                         "SERVEDMODEL_MAX_QUEUE_SIZE", "SERVEDMODEL_QUEUE_TIMEOUT_MS"} & set(env)
             assert [p["name"] for p in c["ports"]] == ["http"]
             assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-            assert env["SERVEDMODEL_MODEL_NAME"] == d.name.removesuffix("-deploy")
+            assert env["SERVEDMODEL_MODEL_NAME"] == d.name.removesuffix("-deploy").removesuffix("-rollout")
 
 
 def test_the_local_target_maps_grpc_and_passes_the_settings(model_cache):

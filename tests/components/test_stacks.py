@@ -1,7 +1,8 @@
 """The real __main__.py for every stack file under Pulumi's mocks: the whole resource graph.
 
 Each Kubernetes object is validated against the OpenAPI schema of the cluster's version with
-kubernetes-validate in strict mode (unknown fields are errors).
+kubernetes-validate in strict mode (unknown fields are errors); each custom resource (Argo
+Rollouts, prometheus-operator) strictly against its upstream CRD schema (tests/crds/).
 """
 from __future__ import annotations
 
@@ -10,21 +11,35 @@ import pytest
 
 from components import specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kubernetes_manifest
+from tests.crds.validate import validate_custom_resource
 
 COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
-              "servedmodel:index:ModelService", "servedmodel:index:LocalService"}
+              "servedmodel:index:ModelService", "servedmodel:index:LocalService", "servedmodel:index:ModelMonitoring"}
+# The kinds a model's pods come from: rolling -> Deployment, canary -> Argo Rollouts Rollout.
+WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout")
+# Custom resources: validated against their CRD schemas, not the Kubernetes OpenAPI.
+CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/")
 K8S = "kubernetes:"
 # The oldest Kubernetes the objects are written for: the kubelet's preStop `sleep` action is on
 # by default from 1.30 (docs/deploy.md).
 MIN_KUBERNETES_VERSION = "1.30.0"
 
 
+def is_custom(r) -> bool:
+    return r.type.split(":")[1].startswith(CUSTOM_GROUPS)
+
+
 def k8s_objects(run: Run):
     return [r for r in run.resources if r.type.startswith(K8S)]
 
 
+def workloads(run: Run):
+    return [r for r in run.resources if r.type in WORKLOADS]
+
+
 def pod_spec(run: Run, deployment=None):
-    deployment = deployment or run.one("kubernetes:apps/v1:Deployment")
+    if deployment is None:
+        [deployment] = workloads(run)
     return deployment.inputs["spec"]["template"]["spec"]
 
 
@@ -36,16 +51,23 @@ def test_expected_kinds_and_counts(stack_runs):
                  "servedmodel:index:ModelService": 1, "aws:ecr/repository:Repository": 1,
                  "aws:ecr/lifecyclePolicy:LifecyclePolicy": 1, "docker-build:index:Image": 1,
                  "kubernetes:core/v1:ServiceAccount": 1, "kubernetes:core/v1:Secret": 1,
-                 "kubernetes:apps/v1:Deployment": 1, "kubernetes:core/v1:Service": 1,
+                 "kubernetes:core/v1:Service": 1,
                  "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": 1,
                  "kubernetes:networking.k8s.io/v1:NetworkPolicy": 1}
-    # dev: two models, 1-2 CPU replicas (HPA, no PDB at one replica), no GPU pool.
-    assert stack_runs["dev"].counts() == {k: 2 * v for k, v in per_model.items()} | {"pulumi:providers:kubernetes": 1}
-    # prod: one model, GPU pool (role + 3 policy attachments + node group), PDB, PriorityClass.
+    # dev: two models, 1-2 CPU replicas (HPA, no PDB at one replica), no GPU pool; rolling
+    # Deployments; monitoring by annotations (rule-file and dashboard ConfigMaps).
+    assert stack_runs["dev"].counts() == {k: 2 * v for k, v in per_model.items()} | {
+        "pulumi:providers:kubernetes": 1, "kubernetes:apps/v1:Deployment": 2,
+        "servedmodel:index:ModelMonitoring": 2, "kubernetes:core/v1:ConfigMap": 4}
+    # prod: one model, GPU pool (role + 3 policy attachments + node group), PDB, PriorityClass;
+    # a canary Rollout with its AnalysisTemplate; PodMonitor, PrometheusRule, dashboard.
     assert stack_runs["prod"].counts() == per_model | {
         "pulumi:providers:kubernetes": 1, "servedmodel:index:GpuNodePool": 1, "aws:iam/role:Role": 1,
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 3, "aws:eks/nodeGroup:NodeGroup": 1,
-        "kubernetes:policy/v1:PodDisruptionBudget": 1, "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1}
+        "kubernetes:policy/v1:PodDisruptionBudget": 1, "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1,
+        "kubernetes:argoproj.io/v1alpha1:Rollout": 1, "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate": 1,
+        "servedmodel:index:ModelMonitoring": 1, "kubernetes:monitoring.coreos.com/v1:PodMonitor": 1,
+        "kubernetes:monitoring.coreos.com/v1:PrometheusRule": 1, "kubernetes:core/v1:ConfigMap": 1}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -58,7 +80,8 @@ def test_every_resource_is_parented_in_its_component(stack_runs, stack):
         parent = run.by_urn(r.parent)
         assert parent.type in COMPONENTS, f"{r.type} {r.name} is parented by {parent.type}"
         if r.type.startswith(K8S):
-            assert parent.type == "servedmodel:index:ModelService"
+            monitoring = r.type.split(":")[1].startswith("monitoring.coreos.com/") or r.type.endswith(":ConfigMap")
+            assert parent.type == ("servedmodel:index:ModelMonitoring" if monitoring else "servedmodel:index:ModelService")
         if r.type.startswith("aws:iam") or r.type.startswith("aws:eks"):
             assert parent.type == "servedmodel:index:GpuNodePool"
         if r.type.startswith("aws:ecr") or r.type.startswith("docker-build"):
@@ -75,14 +98,26 @@ def test_every_kubernetes_object_is_valid_for_the_cluster_version(stack_runs, st
     assert objects
     for r in objects:
         doc = kubernetes_manifest(r)
-        kubernetes_validate.validate(doc, version, strict=True)
+        if is_custom(r):
+            validate_custom_resource(doc)
+            if r.type == WORKLOADS[1]:
+                # The Rollout's pod template against the Kubernetes schema too (the CRD's is looser).
+                kubernetes_validate.validate({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "t"},
+                                              "spec": {"selector": doc["spec"]["selector"],
+                                                       "template": doc["spec"]["template"]}}, version, strict=True)
+        else:
+            kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_the_validation_is_strict_enough_to_catch_a_typo(stack_runs):
-    doc = kubernetes_manifest(stack_runs["prod"].one("kubernetes:apps/v1:Deployment"))
+    doc = kubernetes_manifest(stack_runs["dev"].of_type("kubernetes:apps/v1:Deployment")[0])
     doc["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    rollout = kubernetes_manifest(stack_runs["prod"].one(WORKLOADS[1]))
+    rollout["spec"]["strategy"]["canary"]["steps"][0]["setWeigth"] = 10
+    with pytest.raises(AssertionError, match="setWeigth"):
+        validate_custom_resource(rollout)
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -97,11 +132,12 @@ def test_kubernetes_objects_are_auto_named_and_use_the_consumers_provider(stack_
 def test_deployment_leaves_replicas_to_the_hpa(stack_runs):
     for stack in ("dev", "prod"):
         run = stack_runs[stack]
-        for d in run.of_type("kubernetes:apps/v1:Deployment"):
+        for d in workloads(run):
             assert "replicas" not in d.inputs["spec"]
         for hpa in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
-            names = {d.state["metadata"]["name"] for d in run.of_type("kubernetes:apps/v1:Deployment")}
-            assert hpa.inputs["spec"]["scaleTargetRef"]["name"] in names
+            kinds = {(d.inputs["apiVersion"], d.inputs["kind"], d.state["metadata"]["name"]) for d in workloads(run)}
+            ref = hpa.inputs["spec"]["scaleTargetRef"]
+            assert (ref["apiVersion"], ref["kind"], ref["name"]) in kinds
 
 
 def test_deployment_sets_replicas_when_no_hpa(model_cache):
@@ -114,9 +150,9 @@ def test_deployment_sets_replicas_when_no_hpa(model_cache):
 
 def test_prod_deployment(stack_runs):
     run = stack_runs["prod"]
-    d = run.one("kubernetes:apps/v1:Deployment")
+    d = run.one(WORKLOADS[1])  # prod rolls out as a canary: the Rollout holds the pod template
     spec = d.inputs["spec"]
-    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["strategy"]["canary"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     [c] = pod["containers"]
     image = run.one("docker-build:index:Image")
@@ -158,12 +194,12 @@ def test_auth_token_is_a_secret_end_to_end(stack_runs):
         for secret in run.of_type("kubernetes:core/v1:Secret"):
             assert secret.inputs["stringData"] == {"token": TEST_SECRET}
             assert "stringData" in secret.secret_paths or "stringData.token" in secret.secret_paths
-        d = run.of_type("kubernetes:apps/v1:Deployment")[0]
+        d = workloads(run)[0]
         env = {e["name"]: e for e in pod_spec(run, d)["containers"][0]["env"]}
         ref = env["SERVEDMODEL_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert ref["name"] in {s.state["metadata"]["name"] for s in run.of_type("kubernetes:core/v1:Secret")}
         # Never in a Deployment in plain text, never in the outputs.
-        assert TEST_SECRET not in repr([r.inputs for r in run.of_type("kubernetes:apps/v1:Deployment")])
+        assert TEST_SECRET not in repr([r.inputs for r in workloads(run)])
         assert TEST_SECRET not in repr(run.outputs)
     container = stack_runs["local"].one("docker:index/container:Container")
     assert any(p.startswith("envs") for p in container.secret_paths)

@@ -59,8 +59,11 @@ def test_the_program_sets_them_on_the_readiness_bound_resources(stack_runs):
     run = stack_runs["prod"]
     manifest = json.loads(next((ROOT / "build" / "stacks" / "prod").rglob("manifest.json")).read_text())
     expected = readiness_timeouts(measured_startup_seconds(manifest), "cuda", max_replicas=10, node_max=11)
-    deployment = run.one("kubernetes:apps/v1:Deployment")
-    assert deployment.custom_timeouts == {"create": expected.deployment, "update": expected.deployment}
+    # prod rolls out as a canary (issue 12): the Rollout waits for the pods like the Deployment
+    # would, plus the canary's pauses or analysis (components/canary.rollout_timeout_seconds).
+    deployment = run.one("kubernetes:argoproj.io/v1alpha1:Rollout")
+    for key in ("create", "update"):
+        assert minutes(deployment.custom_timeouts[key]) > minutes(expected.deployment)
     assert deployment.inputs["spec"]["progressDeadlineSeconds"] == expected.progress_deadline_seconds
     probe = deployment.inputs["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
     assert probe["failureThreshold"] == expected.startup_failure_threshold

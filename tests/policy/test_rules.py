@@ -125,6 +125,16 @@ def test_cronjob_pod_spec_is_found():
     assert rules.no_mutable_tags("kubernetes:batch/v1:CronJob", props)
 
 
+def test_rollout_pod_template_gets_the_same_rules():
+    """A canary's pods come from an Argo Rollouts Rollout: its pod template is checked too."""
+    rollout = good_deployment()
+    assert rules.violations("kubernetes:argoproj.io/v1alpha1:Rollout", rollout) == {}
+    container(rollout)["image"] = "example/model:latest"
+    del container(rollout)["readinessProbe"]
+    found = rules.violations("kubernetes:argoproj.io/v1alpha1:Rollout", rollout)
+    assert len(found) >= 2, found
+
+
 def test_load_balancer_needs_the_opt_in():
     svc = {"metadata": {}, "spec": {"type": "LoadBalancer"}}
     [msg] = rules.no_unapproved_load_balancer("kubernetes:core/v1:Service", svc)
