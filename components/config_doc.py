@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from components.gpus import UNSUPPORTED_GPU_FAMILIES
 from components.settings import AMI_TYPES, GPUS_PER_INSTANCE, ROLLOUT_SURGE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,24 +45,42 @@ STACK_ONLY = """
 | key | type | description |
 | --- | --- | --- |
 | `servedmodel:models` | list of `{{name, model, compression}}` | Serve several models from one stack. Each entry needs a `name` (a DNS label: resource names, labels, the key of its outputs) and a `model`; `compression` defaults to `servedmodel:compression`. When set, `name`/`model` are ignored. |
-| `servedmodel:authToken` | secret string | Bearer token the server requires on model routes (`SERVEDMODEL_AUTH_TOKEN`, from a Kubernetes Secret). Must be set with `pulumi config set --secret`; a plain-text value is rejected. |
+| `servedmodel:authToken` | secret string | Bearer token the server requires on model routes (`SERVEDMODEL_AUTH_TOKEN`, from a Kubernetes Secret). Required with `serviceType` LoadBalancer. Must be set with `pulumi config set --secret`; a plain-text value is rejected. |
 | `servedmodel:registryPassword` | secret string | Password for `servedmodel:registry` / `registryUsername`. Secret only. |
 | `servedmodel:kubeconfig` | secret string | A kubeconfig for the cluster. Without it the program builds one from `clusterName` that authenticates with `aws eks get-token` (no stored token). Secret only. |
 
 Other namespaces: `aws:region` (kubernetes target) selects the AWS region of the cluster, ECR and
-node pool.
+node pool; `aws:profile`, when set, is also passed to the generated kubeconfig's
+`aws eks get-token` (`--profile` and `AWS_PROFILE`), so the cluster token comes from the same
+profile as the AWS calls.
 
 ## Rules checked together with the types
 
 - `target` docker takes no GPUs (`gpu` 0); `target` kubernetes needs `clusterName`.
 - `replicas` <= `maxReplicas`; above it an HPA owns the replica count (`replicas` is left unset on
   the Deployment). `replicas` > 1 adds a PodDisruptionBudget (`maxUnavailable: 1`).
-- `serviceType` LoadBalancer needs `allowLoadBalancer: true`.
+- `serviceType` LoadBalancer is public: it needs `allowLoadBalancer: true`, and both the secret
+  `authToken` and `tlsCertificateArn` (one error names both keys when either is missing); TLS
+  terminates at an NLB of the AWS Load Balancer Controller. `tlsCertificateArn` is for a
+  LoadBalancer only.
+- `grpcPort` is 0 (off) or 1024-65535, not 8080 nor `localPort`; `maxBatchSize`, `maxQueueDelayMs`
+  (up to 10000), `maxQueueSize` and `queueTimeoutMs` are 0 (the server's or the manifest's
+  default) or positive.
 - With GPUs on kubernetes, the node pool must fit `maxReplicas` + {surge} surge pod (rolling
   updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
   replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
   {types}. AMI types: {amis}.
+- GPU instance families the image cannot run are refused, with the reason:
+{refused}
+- Without `nodeSubnetIds` the GPU nodes go to the cluster's private subnets only: those tagged
+  `kubernetes.io/role/internal-elb=1` (none tagged stops the program with that message).
 - Secrets (`authToken`, `registryPassword`, `kubeconfig`) are accepted only as Pulumi secrets.
+- `rollout` canary and `monitoring` other than none need the kubernetes target; canary needs
+  `prometheusAddress` (an http(s):// URL) and at least one `setWeight:N` step;
+  `analysisFailureLimit` < `analysisCount`; the ratios (`analysisMaxFailureRatio`,
+  `analysisMaxShedRatio`, `alertFailureRatio`, `alertShedRatio`) are decimal numbers in strings
+  (Pulumi.yaml has no number type), e.g. `"0.01"`. See docs/deploy.md ("Canary rollouts") and
+  docs/operations.md.
 """
 
 
@@ -77,7 +96,8 @@ def render(pulumi_yaml: Path = ROOT / "Pulumi.yaml") -> str:
         rows.append(f"| `{key}` | {kind} | {_cell(decl.get('default'))} | {decl['description']} |")
     types = ", ".join(f"{t} ({n})" for t, n in GPUS_PER_INSTANCE.items())
     return HEADER + "\n".join(rows) + "\n" + STACK_ONLY.format(
-        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES))
+        surge=ROLLOUT_SURGE, types=types, amis=", ".join(AMI_TYPES),
+        refused="\n".join(f"  - `{family}`: {why}" for family, why in sorted(UNSUPPORTED_GPU_FAMILIES.items())))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from components import specs
 class GpuNodePoolArgs:
     cluster_name: str
     """Name of the existing EKS cluster the nodes join. Required."""
-    subnet_ids: pulumi.Input[Sequence[str]]
-    """Subnets of the nodes. Required."""
     pool_label: str
     """Value of the `servedmodel.io/node-pool` label the model's pods select. Required."""
+    subnet_ids: Optional[pulumi.Input[Sequence[str]]] = None
+    """Subnets of the nodes; None: the cluster's private subnets (those tagged
+    kubernetes.io/role/internal-elb=1). Default None."""
     instance_types: Sequence[str] = ("g5.xlarge",)
     """GPU instance types. Default ("g5.xlarge",)."""
     ami_type: str = "BOTTLEROCKET_x86_64_NVIDIA"
@@ -30,8 +31,40 @@ class GpuNodePoolArgs:
     """Maximum nodes. Default 2."""
     protect: bool = False
     """Protect the node group from deletion (prod). Default False."""
+    timeouts: Optional[pulumi.CustomTimeouts] = None
+    """customTimeouts of the node group (components/timeouts.py sizes them). Default None."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More node labels. Default {}."""
+
+
+# The tag EKS and the AWS Load Balancer Controller use to mark a cluster's private subnets.
+PRIVATE_SUBNET_TAG = "kubernetes.io/role/internal-elb"
+
+
+def private_cluster_subnets(cluster_name: str, parent: pulumi.Resource) -> pulumi.Output[list[str]]:
+    """The cluster's subnets that are tagged private (kubernetes.io/role/internal-elb=1).
+
+    GPU nodes get no public address and no route in from the internet. The tag is the
+    platform's own statement that a subnet is private (a subnet that merely does not map public
+    IPs on launch may still route to an internet gateway, and nodes without NAT there could not
+    pull images). None tagged stops the program with what to do instead.
+    """
+    invoke = pulumi.InvokeOutputOptions(parent=parent)
+    cluster = aws.eks.get_cluster_output(name=cluster_name, opts=invoke)
+    found = aws.ec2.get_subnets_output(filters=[
+        {"name": "subnet-id", "values": cluster.vpc_config.subnet_ids},
+        {"name": f"tag:{PRIVATE_SUBNET_TAG}", "values": ["1"]},
+    ], opts=invoke)
+    return found.ids.apply(lambda ids: require_private_subnets(cluster_name, ids))
+
+
+def require_private_subnets(cluster_name: str, ids: Sequence[str]) -> list[str]:
+    """The found private subnets, sorted; none stops the program with what to do instead."""
+    if not ids:
+        raise pulumi.RunError(
+            f"cluster {cluster_name!r} has no subnet tagged {PRIVATE_SUBNET_TAG}=1 for the GPU nodes: tag its "
+            "private subnets, or list them in servedmodel:nodeSubnetIds (NodePoolArgs.subnet_ids)")
+    return sorted(ids)
 
 
 class GpuNodePool(pulumi.ComponentResource):
@@ -55,11 +88,14 @@ class GpuNodePool(pulumi.ComponentResource):
                 policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", policy), opts=child)
             for policy in specs.NODE_POLICIES
         ]
+        subnet_ids = args.subnet_ids
+        if subnet_ids is None:
+            subnet_ids = private_cluster_subnets(args.cluster_name, self)
         group = aws.eks.NodeGroup(
             f"{name}-nodes",
             cluster_name=args.cluster_name,
             node_role_arn=role.arn,
-            subnet_ids=args.subnet_ids,
+            subnet_ids=subnet_ids,
             ami_type=args.ami_type,
             instance_types=list(args.instance_types),
             capacity_type="ON_DEMAND",
@@ -68,12 +104,14 @@ class GpuNodePool(pulumi.ComponentResource):
             labels={specs.POOL_LABEL: args.pool_label, **args.extra_labels},
             taints=[{"key": specs.GPU_TAINT["key"], "value": specs.GPU_TAINT["value"], "effect": "NO_SCHEDULE"}],
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=attachments, protect=args.protect,
+                parent=self, depends_on=attachments, protect=args.protect, custom_timeouts=args.timeouts,
                 # The cluster autoscaler moves desiredSize; a preview must not fight it.
                 ignore_changes=["scalingConfig.desiredSize"]),
         )
         self.node_group_name = group.node_group_name
-        self.pool_label = pulumi.Output.from_input(args.pool_label)
+        # Read back from the node group, so whatever selects the label (the Deployment's
+        # nodeSelector) depends on the group: the engine creates the pods' capacity first.
+        self.pool_label = group.labels.apply(lambda labels: (labels or {}).get(specs.POOL_LABEL, args.pool_label))
         self.role_arn = role.arn
         self.register_outputs({"node_group_name": self.node_group_name, "pool_label": self.pool_label,
                                "role_arn": self.role_arn})

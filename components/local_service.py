@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_docker as docker
@@ -13,13 +13,18 @@ from components import specs
 @dataclass
 class LocalServiceArgs:
     image: pulumi.Input[str]
-    """The locally loaded image (version tag). Required."""
+    """The locally loaded image (version tag), as an output of the build (ModelImage.ref) so the
+    container is created after it. Required."""
     port: int
     """Host port on 127.0.0.1 mapped to the server's 8080. Required."""
     drain_seconds: int = 20
     """Server drain after SIGTERM; docker waits longer before killing. Default 20."""
     auth_token: Optional[pulumi.Input[str]] = None
     """Bearer token (a Pulumi secret). Default None."""
+    extra_env: Sequence[str] = ()
+    """More `SERVEDMODEL_NAME=value` settings (served name, gRPC port, batching). Default ()."""
+    grpc_port: int = 0
+    """The server's gRPC port, published on 127.0.0.1 at the same number; 0: off. Default 0."""
 
 
 class LocalService(pulumi.ComponentResource):
@@ -39,12 +44,18 @@ class LocalService(pulumi.ComponentResource):
             "SERVEDMODEL_DEVICE=cpu",
             f"SERVEDMODEL_DRAIN_SECONDS={args.drain_seconds}",
         ]
+        envs += [e for e in args.extra_env if e not in envs]
         if args.auth_token is not None:
             envs.append(pulumi.Output.secret(pulumi.Output.concat("SERVEDMODEL_AUTH_TOKEN=", args.auth_token)))
         container = docker.Container(
-            f"{name}-container",
+            # Named after the host port it holds, not the served name: a rename of the served
+            # name then replaces this container (delete first, below) instead of creating a second
+            # one on the same port while the first still holds it (creates run before deletes).
+            # The alias carries stacks made before this naming over without a replacement.
+            f"port-{args.port}",
             image=args.image,
-            ports=[{"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}],
+            ports=[{"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}]
+            + ([{"internal": args.grpc_port, "external": args.grpc_port, "ip": "127.0.0.1"}] if args.grpc_port else []),
             envs=envs,
             healthcheck={"tests": specs.docker_healthcheck_test(), "interval": "5s", "timeout": "3s",
                          "retries": 3, "start_period": "60s"},
@@ -58,7 +69,12 @@ class LocalService(pulumi.ComponentResource):
             capabilities={"drops": ["ALL"]},
             security_opts=["no-new-privileges"],
             stop_timeout=args.drain_seconds + 10,
-            opts=pulumi.ResourceOptions(parent=self),
+            # A new image replaces the container (image is ForceNew), and the new one needs the
+            # same host port: delete the old one first. pulumi-docker asks for this too
+            # (provider/resources.go, docker_container DeleteBeforeReplace); stated here so it
+            # holds whatever the provider version.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                        aliases=[pulumi.Alias(name=f"{name}-container")]),
         )
         self.url = pulumi.Output.from_input(f"http://127.0.0.1:{args.port}")
         self.container_name = container.name

@@ -39,8 +39,8 @@ class ModelImageArgs:
 class ModelImage(pulumi.ComponentResource):
     """The serving image, tagged with the model version; on push, in an ECR or a given registry.
 
-    Outputs: `ref` (digest-pinned `repo:version@sha256:...` when pushed, the local tag otherwise),
-    `tag`, `repository_url`.
+    Outputs: `ref` (digest-pinned `repo:version@sha256:...` when pushed, the loaded tag otherwise;
+    either way an output of the build, so a consumer waits for it), `tag`, `repository_url`.
 
     The image is `retain_on_delete`: when a new version replaces it, the old image stays in the
     registry, so pods still running it (and a rollback) can pull it. The ECR lifecycle policy is
@@ -68,7 +68,13 @@ class ModelImage(pulumi.ComponentResource):
         else:
             repo = aws.ecr.Repository(
                 f"{name}-repo",
-                image_tag_mutability="IMMUTABLE",  # a version tag always means the same image
+                # MUTABLE, and every workload pinned by digest: a build is not bit-reproducible,
+                # so a revert (A -> B -> A), a retry after a push that landed but was not
+                # recorded, or a model swap pushes an existing version tag again with a new
+                # digest, which an IMMUTABLE repository refuses. The version is a content hash of
+                # what is served, so every build under one tag serves the same model.
+                # docs/deploy.md "Images and registries" gives the whole argument.
+                image_tag_mutability="MUTABLE",
                 image_scanning_configuration={"scan_on_push": True},
                 encryption_configurations=[{"encryption_type": "KMS"}],
                 force_delete=False,
@@ -76,7 +82,10 @@ class ModelImage(pulumi.ComponentResource):
             )
             aws.ecr.LifecyclePolicy(
                 f"{name}-lifecycle", repository=repo.name,
-                policy=specs.ecr_lifecycle_policy(args.keep_versions), opts=child)
+                policy=specs.ecr_lifecycle_policy(args.keep_versions),
+                # A new policy replaces this resource (policy is ForceNew), and its delete removes
+                # the repository's one policy: create-before-delete would delete the new policy.
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
             token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
             registries.append(docker_build.RegistryArgs(
                 address=repo.repository_url.apply(specs.registry_host),
@@ -98,10 +107,16 @@ class ModelImage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )
         if args.push:
-            ref = pulumi.Output.all(tag, image.digest).apply(lambda td: f"{td[0]}@{td[1]}")
+            # The digest of the push that this very update made: a re-push of the same version
+            # moves the tag, and the workload follows to the image just pushed.
+            ref = pulumi.Output.all(tag, image.digest).apply(lambda td: specs.pinned_reference(td[0], td[1]))
         else:
-            # A loaded image has no registry digest; the version tag is content-addressed already.
-            ref = tag
+            # The loaded tag, read back from the build so that whatever runs it waits for the build
+            # (a plain string would let the engine start the container while the build runs, and
+            # the docker provider pulls what it cannot find locally). Not `image.ref`: that is
+            # tag@digest, and the local engine indexes a loaded image by tag, not by repo digest.
+            # The version tag is content-addressed, so the tag alone names one image.
+            ref = image.tags.apply(lambda tags: tags[0])
         self.ref = ref
         self.tag = tag
         self.repository_url = repository_url

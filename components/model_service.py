@@ -7,7 +7,9 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import specs
+from components import canary, specs
+from components.args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from components.timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
 
 @dataclass
@@ -18,46 +20,22 @@ class ModelServiceArgs:
     """Digest-pinned image reference. Required."""
     version: str
     """Model version (label/annotation: a model change is a visible rollout). Required."""
-    namespace: str = "default"
-    """Existing namespace. Default "default"."""
-    device: str = "cpu"
-    """SERVEDMODEL_DEVICE: cpu or cuda. Default "cpu"."""
-    cpu: str = "1"
-    """CPU request == limit. Default "1"."""
-    memory: str = "1Gi"
-    """Memory request == limit. Default "1Gi"."""
-    gpu: int = 0
-    """nvidia.com/gpu request == limit; > 0 adds the toleration and pool nodeSelector. Default 0."""
+    resources: ResourcesArgs = ResourcesArgs()
+    """Requests == limits, GPUs (> 0 adds the toleration and pool nodeSelector), priority."""
+    autoscaling: AutoscalingArgs = AutoscalingArgs()
+    """Replica bounds and the HPA's metric."""
+    network: NetworkArgs = NetworkArgs()
+    """Namespace, Service type, NetworkPolicy sources, the auth token."""
+    server: ServerArgs = ServerArgs()
+    """Drain and preStop (and the server's SERVEDMODEL_* settings)."""
+    rollout: RolloutArgs = RolloutArgs()
+    """rolling: a Deployment; canary: an Argo Rollouts Rollout gated by an AnalysisTemplate."""
     pool_label: Optional[pulumi.Input[str]] = None
     """GPU pool label value to select (from GpuNodePool). Default None."""
-    replicas: int = 1
-    """Minimum replicas (exact without autoscaling). Default 1."""
-    max_replicas: int = 1
-    """Maximum replicas; above `replicas` an HPA owns the count. Default 1."""
-    autoscale_metric: str = "inflight"
-    """inflight | queue | cpu. Default "inflight"."""
-    target_inflight: int = 4
-    """Per-pod in-flight target. Default 4."""
-    target_queue_ms: int = 50
-    """Per-pod mean queue time target (ms). Default 50."""
-    target_cpu_percent: int = 70
-    """CPU utilisation target. Default 70."""
-    service_type: str = "ClusterIP"
-    """ClusterIP or LoadBalancer. Default "ClusterIP"."""
-    allow_load_balancer: bool = False
-    """The explicit opt-in a LoadBalancer needs (annotated for the policy pack). Default False."""
-    ingress_namespaces: tuple[str, ...] = ()
-    """Namespaces admitted by the NetworkPolicy besides the model's own. Default ()."""
-    ingress_cidrs: tuple[str, ...] = ()
-    """CIDRs admitted by the NetworkPolicy. Default ()."""
-    priority: int = 0
-    """> 0 creates a PriorityClass with this value. Default 0."""
-    drain_seconds: int = 20
-    """Server drain after SIGTERM. Default 20."""
-    pre_stop_seconds: int = 5
-    """preStop sleep. Default 5."""
-    auth_token: Optional[pulumi.Input[str]] = None
-    """Bearer token (a Pulumi secret) -> a Kubernetes Secret -> SERVEDMODEL_AUTH_TOKEN. Default None."""
+    startup_seconds: Optional[float] = None
+    """The model's measured start-up (manifest `startup`); sizes the timeouts. None: unknown. Default None."""
+    node_max: int = 0
+    """Maximum nodes of the GPU pool the pods need (sizes the rollout's wait). Default 0."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More labels on every object. Default {}."""
 
@@ -65,10 +43,13 @@ class ModelServiceArgs:
 class ModelService(pulumi.ComponentResource):
     """ServiceAccount, Deployment, Service, HPA, PDB, NetworkPolicy (and Secret, PriorityClass).
 
+    With `rollout.strategy: canary` the Deployment is an Argo Rollouts `Rollout` with the same
+    pod template (and an `AnalysisTemplate` for its background analysis); the HPA scales it.
+
     Every object is auto-named (a replacement creates the new object before deleting the old),
     selects on stable labels only, and takes its provider from the consumer (opts.providers).
-    Outputs: `url` (in-cluster DNS name, or the load balancer's address), `deployment_name`,
-    `service_name`.
+    Outputs: `url` (in-cluster DNS name, or the load balancer's address), `deployment_name`
+    (the Deployment's or the Rollout's: the workload), `service_name`.
     """
 
     url: pulumi.Output[str]
@@ -78,42 +59,45 @@ class ModelService(pulumi.ComponentResource):
     def __init__(self, name: str, args: ModelServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        res, scale, net, srv = args.resources, args.autoscaling, args.network, args.server
+        waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max)
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
         def meta(**extra: Any) -> dict[str, Any]:
-            return {"namespace": args.namespace, "labels": obj_labels} | extra
+            return {"namespace": net.namespace, "labels": obj_labels} | extra
 
         sa = k8s.core.v1.ServiceAccount(
             f"{name}-sa", metadata=meta(), automount_service_account_token=False, opts=child)
 
         auth_secret_name = None
-        if args.auth_token is not None:
+        if net.auth_token is not None:
             secret = k8s.core.v1.Secret(
                 f"{name}-auth", metadata=meta(), type="Opaque",
                 # Immutable: a new token replaces the Secret (new auto-name), which rolls the pods.
                 immutable=True,
-                string_data={"token": pulumi.Output.secret(args.auth_token)}, opts=child)
+                string_data={"token": pulumi.Output.secret(net.auth_token)}, opts=child)
             auth_secret_name = secret.metadata.name
 
         priority_class_name = None
-        if args.priority > 0:
+        if res.priority > 0:
             pc = k8s.scheduling.v1.PriorityClass(
-                f"{name}-priority", metadata={"labels": obj_labels}, value=args.priority,
+                f"{name}-priority", metadata={"labels": obj_labels}, value=res.priority,
                 global_default=False, preemption_policy="PreemptLowerPriority",
                 description=f"servedmodel {args.served_name}", opts=child)
             priority_class_name = pc.metadata.name
 
-        lifecycle, grace = specs.termination(args.pre_stop_seconds, args.drain_seconds)
+        lifecycle, grace = specs.termination(srv.pre_stop_seconds, srv.drain_seconds)
         container: dict[str, Any] = {
             "name": "server",
             "image": args.image,
-            "ports": [{"name": "http", "containerPort": specs.SERVER_PORT, "protocol": "TCP"}],
-            "env": specs.server_env(args.device, args.drain_seconds, auth_secret_name),
-            "resources": specs.resources(args.cpu, args.memory, args.gpu),
+            "ports": specs.container_ports(net.grpc_port),
+            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name, model_name=args.served_name,
+                                    grpc_port=net.grpc_port, settings=srv.batching_env()),
+            "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}],
-            **specs.probes(),
+            **specs.probes(net.grpc_port, waits.startup_failure_threshold),
         }
         if lifecycle:
             container["lifecycle"] = lifecycle
@@ -122,55 +106,71 @@ class ModelService(pulumi.ComponentResource):
             "automountServiceAccountToken": False,
             "securityContext": specs.pod_security_context(),
             "terminationGracePeriodSeconds": grace,
-            "topologySpreadConstraints": specs.topology_spread(args.served_name),
+            # Spread per revision: Argo labels its pods rollouts-pod-template-hash instead.
+            "topologySpreadConstraints": specs.topology_spread(
+                args.served_name, canary.HASH_POD_LABEL if args.rollout.canary else "pod-template-hash"),
             "volumes": [{"name": specs.TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}],
             "containers": [container],
         }
-        if args.gpu > 0:
-            pod_spec["tolerations"] = specs.gpu_tolerations(args.gpu)
+        if res.gpu > 0:
+            pod_spec["tolerations"] = specs.gpu_tolerations(res.gpu)
             pod_spec["nodeSelector"] = {specs.POOL_LABEL: args.pool_label}
         if priority_class_name is not None:
             pod_spec["priorityClassName"] = priority_class_name
 
-        autoscaled = args.max_replicas > args.replicas
-        deploy_spec: dict[str, Any] = {
-            "selector": {"matchLabels": selector},
-            "strategy": specs.rolling_update(),
-            "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": 600,
-            "template": {
-                "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
-                             "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
-                "spec": pod_spec,
-            },
+        autoscaled = scale.max_replicas > scale.replicas
+        template = {
+            "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
+                         "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
+            "spec": pod_spec,
         }
-        if not autoscaled:
-            # With an HPA, `replicas` stays unset: setting it would reset the HPA's count on every up.
-            deploy_spec["replicas"] = args.replicas
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
-            spec=deploy_spec, opts=child)
+        if args.rollout.canary:
+            workload = self._canary(name, args, meta, selector, template, autoscaled, waits, child)
+            workload_name = _name_of(workload)
+            scale_target = {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout"}
+        else:
+            deploy_spec: dict[str, Any] = {
+                "selector": {"matchLabels": selector},
+                "strategy": specs.rolling_update(),
+                "revisionHistoryLimit": 5,
+                "progressDeadlineSeconds": waits.progress_deadline_seconds,
+                "template": template,
+            }
+            if not autoscaled:
+                # With an HPA, `replicas` stays unset: setting it would reset the HPA's count on every up.
+                deploy_spec["replicas"] = scale.replicas
+            workload = k8s.apps.v1.Deployment(
+                f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
+                spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                    create=waits.deployment, update=waits.deployment)))
+            workload_name = workload.metadata.name
+            scale_target = {"apiVersion": "apps/v1", "kind": "Deployment"}
 
-        service_annotations = {specs.LOAD_BALANCER_OPT_IN: "true"} if (
-            args.service_type == "LoadBalancer" and args.allow_load_balancer) else {}
+        public = net.service_type == "LoadBalancer"
+        service_annotations: dict[str, str] = {}
+        if public:
+            service_annotations = specs.public_load_balancer_annotations(net.tls_certificate_arn, net.grpc_port)
+            if net.allow_load_balancer:
+                service_annotations[specs.LOAD_BALANCER_OPT_IN] = "true"
         service = k8s.core.v1.Service(
             f"{name}-svc", metadata=meta(annotations=service_annotations) if service_annotations else meta(),
-            spec={"type": args.service_type, "selector": selector,
-                  "ports": [{"name": "http", "port": specs.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]},
-            opts=child)
+            spec={"type": net.service_type, "selector": selector,
+                  "ports": specs.service_ports(net.grpc_port, tls=public)},
+            # A LoadBalancer's await covers its NLB and a ready pod behind it.
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                create=waits.service, update=waits.service)) if public else child)
 
         if autoscaled:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 f"{name}-hpa", metadata=meta(),
-                spec={"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                         "name": deployment.metadata.name},
-                      "minReplicas": args.replicas, "maxReplicas": args.max_replicas,
-                      "metrics": [specs.hpa_metric(args.autoscale_metric, args.target_inflight,
-                                                   args.target_queue_ms, args.target_cpu_percent)],
+                spec={"scaleTargetRef": scale_target | {"name": workload_name},
+                      "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
+                      "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
+                                                   scale.target_queue_ms, scale.target_cpu_percent)],
                       "behavior": specs.hpa_behavior()},
                 opts=child)
 
-        if args.replicas > 1:
+        if scale.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb", metadata=meta(),
                 spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}}, opts=child)
@@ -178,22 +178,54 @@ class ModelService(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=meta(),
             spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
-                  "ingress": specs.network_policy_ingress(args.ingress_namespaces, args.ingress_cidrs)},
+                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs, net.grpc_port)},
             opts=child)
 
-        if args.service_type == "LoadBalancer":
+        if net.service_type == "LoadBalancer":
             url = service.status.apply(_load_balancer_url)
         else:
-            url = pulumi.Output.concat("http://", service.metadata.name, ".", args.namespace, ".svc.cluster.local")
+            url = pulumi.Output.concat("http://", service.metadata.name, ".", net.namespace, ".svc.cluster.local")
         self.url = url
-        self.deployment_name = deployment.metadata.name
+        self.deployment_name = workload_name
         self.service_name = service.metadata.name
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
                                "service_name": self.service_name})
+
+    @staticmethod
+    def _canary(name: str, args: ModelServiceArgs, meta: Any, selector: dict[str, str], template: dict[str, Any],
+                autoscaled: bool, waits: ReadinessTimeouts,
+                child: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+        """The AnalysisTemplate and the Rollout (full pod template, not a workloadRef: one owner
+        of the pods; docs/deploy.md). The Rollout carries the await annotations, so `pulumi up`
+        waits for the canary's outcome."""
+        rollout, namespace = args.rollout, args.network.namespace
+        analysis = k8s.apiextensions.CustomResource(
+            f"{name}-analysis", api_version=canary.ROLLOUT_API_VERSION, kind="AnalysisTemplate",
+            metadata=meta(), spec=canary.analysis_template_spec(rollout, namespace), opts=child)
+        base = canary.RolloutSpec(selector=selector, template=template,
+                                  replicas=None if autoscaled else args.autoscaling.replicas,
+                                  progress_deadline_seconds=waits.progress_deadline_seconds)
+        pods_seconds = minutes_to_seconds(waits.deployment)
+        annotations = canary.rollout_annotations(rollout, base.progress_deadline_seconds, pods_seconds=pods_seconds)
+        opts = child
+        if canary.TIMEOUT_ANNOTATION in annotations:
+            # The same bound as the provider's await (the annotation), for the engine too.
+            wait = f"{-(-int(annotations[canary.TIMEOUT_ANNOTATION]) // 60)}m"
+            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)))
+        return k8s.apiextensions.CustomResource(
+            f"{name}-rollout", api_version=canary.ROLLOUT_API_VERSION, kind="Rollout",
+            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | annotations),
+            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=opts)
+
+
+def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:
+    """A custom resource's (auto-)name: its metadata is an untyped object."""
+    return resource.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
 
 
 def _load_balancer_url(status: Any) -> str:
     ingress = (status and status.load_balancer and status.load_balancer.ingress) or []
     if not ingress:
         return ""
-    return f"http://{ingress[0].hostname or ingress[0].ip}"
+    return f"https://{ingress[0].hostname or ingress[0].ip}"  # TLS terminates at the NLB

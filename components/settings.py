@@ -1,55 +1,35 @@
-"""Stack config -> one frozen `Settings`, validated before any resource is declared.
+"""Stack config -> the grouped `ServedModelArgs` of every model, built once and validated.
 
 `parse_settings` is pure (tested without mocks): it takes the raw values of every key (the
-Pulumi.yaml defaults merged with the stack file, as the CLI does) and the set of keys that
-were given as secrets, and either returns `Settings` or raises `ConfigError` listing every
-problem at once, each naming the key, the value and what is accepted. `load_settings` reads
+Pulumi.yaml defaults merged with the stack file, as the CLI does) and the values of the keys
+that were given as secrets, checks the types, then builds the args groups of components/args.py
+(which hold the rules) and returns `Settings`, or raises `ConfigError` listing every problem at
+once, each naming the stack key, the value and what is accepted. `load_settings` reads
 `pulumi.Config()` into those raw values and turns a `ConfigError` into one `pulumi.RunError`.
 """
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
 
 import pulumi
-from models.zoo import ZOO as _MODEL_ZOO  # name -> factory; importing it loads no torch
+
+from components.args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
+                             TARGETS, ZOO, ArgsError, cross_group_problems, delivery_problems, AutoscalingArgs, ModelArgs, NetworkArgs, NodePoolArgs,
+                             MonitoringArgs, Problem, RegistryArgs, ResourcesArgs, RolloutArgs, ServedModelArgs,
+                             ServerArgs)
+from models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
-
-TARGETS = ("docker", "kubernetes")
-COMPRESSIONS = ("none", "fp16", "int8")
-ZOO = tuple(_MODEL_ZOO)  # the zoo names models.build accepts
-AUTOSCALE_METRICS = ("inflight", "queue", "cpu")
-SERVICE_TYPES = ("ClusterIP", "LoadBalancer")
-AMI_TYPES = ("BOTTLEROCKET_x86_64_NVIDIA", "AL2023_x86_64_NVIDIA")
-
-# NVIDIA GPUs per EC2 instance type, for the node pool capacity check. A type not listed is
-# rejected rather than guessed: a wrong count would let a rollout wait forever for a GPU.
-GPUS_PER_INSTANCE: dict[str, int] = {
-    "g4dn.xlarge": 1, "g4dn.2xlarge": 1, "g4dn.4xlarge": 1, "g4dn.8xlarge": 1,
-    "g4dn.16xlarge": 1, "g4dn.12xlarge": 4, "g4dn.metal": 8,
-    "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
-    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8,
-    "g6.xlarge": 1, "g6.2xlarge": 1, "g6.4xlarge": 1, "g6.8xlarge": 1, "g6.16xlarge": 1,
-    "g6.12xlarge": 4, "g6.24xlarge": 4, "g6.48xlarge": 8,
-    "g6e.xlarge": 1, "g6e.2xlarge": 1, "g6e.4xlarge": 1, "g6e.8xlarge": 1,
-    "g6e.16xlarge": 1, "g6e.12xlarge": 4, "g6e.24xlarge": 4, "g6e.48xlarge": 8,
-    "p3.2xlarge": 1, "p3.8xlarge": 4, "p3.16xlarge": 8,
-    "p4d.24xlarge": 8, "p5.48xlarge": 8,
-}
-
-# A rolling update with maxUnavailable 0 starts this many extra pods before stopping old ones.
-ROLLOUT_SURGE = 1
 
 # Settings that hold credentials: accepted only as Pulumi secrets (`pulumi config set --secret`).
 SECRET_KEYS = ("authToken", "registryPassword", "kubeconfig")
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-_MAX_NAME = 40  # leaves room for Pulumi's auto-name suffixes and the component suffixes
+__all__ = ["AMI_TYPES", "AUTOSCALE_METRICS", "COMPRESSIONS", "ConfigError", "GPUS_PER_INSTANCE", "NAMESPACE",
+           "PROJECT_KEYS", "ROLLOUT_SURGE", "SECRET_KEYS", "SERVICE_TYPES", "STACK_ONLY_KEYS", "Settings", "TARGETS",
+           "ZOO", "load_settings", "parse_settings"]
 
 
 class ConfigError(ValueError):
@@ -64,124 +44,108 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelEntry:
-    """One served model: `name` is the endpoint/resource name, `model` what models.build gets."""
-
-    name: str
-    model: str
-    compression: str
-
-
-@dataclass(frozen=True)
 class Settings:
-    """The typed stack config. Field docs and defaults live in Pulumi.yaml / docs/config.md."""
+    """The typed stack config: the target, the cluster, and one ServedModelArgs per model.
+
+    Field docs and defaults live in Pulumi.yaml / docs/config.md.
+    """
 
     target: str
-    models: tuple[ModelEntry, ...]
-    gpu: int
-    cpu: str
-    memory: str
-    replicas: int
-    max_replicas: int
-    autoscale_metric: str
-    target_inflight: int
-    target_queue_ms: int
-    target_cpu_percent: int
-    service_type: str
-    allow_load_balancer: bool
-    namespace: str
-    ingress_namespaces: tuple[str, ...]
-    ingress_cidrs: tuple[str, ...]
-    priority: int
-    drain_seconds: int
-    pre_stop_seconds: int
-    local_port: int
     cluster_name: str
-    node_instance_types: tuple[str, ...]
-    node_ami_type: str
-    node_min: int
-    node_desired: int
-    node_max: int
-    node_subnet_ids: tuple[str, ...]
-    registry: str
-    registry_username: str
-    keep_versions: int
-    protect: bool
-    # Secrets are attached by load_settings as secret Outputs; never plain strings here.
-    auth_token: Optional[pulumi.Output[str]] = dataclasses.field(default=None, repr=False, compare=False)
-    registry_password: Optional[pulumi.Output[str]] = dataclasses.field(default=None, repr=False, compare=False)
-    kubeconfig: Optional[pulumi.Output[str]] = dataclasses.field(default=None, repr=False, compare=False)
+    served: tuple[ServedModelArgs, ...]
+    aws_profile: str = ""
+    # A given kubeconfig is a secret Output; never a plain string here.
+    kubeconfig: Optional[pulumi.Input[str]] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
-    def device(self) -> str:
-        """The runtime the image packages: cuda when the replicas get GPUs."""
-        return "cuda" if self.gpu > 0 else "cpu"
-
-    @property
-    def autoscaled(self) -> bool:
-        """An HPA owns the replica count (the Deployment then leaves `replicas` unset)."""
-        return self.max_replicas > self.replicas
-
-    @property
-    def gpu_node_pool(self) -> bool:
-        return self.target == "kubernetes" and self.gpu > 0
+    def models(self) -> tuple[ModelArgs, ...]:
+        return tuple(a.model for a in self.served)
 
 
-# key -> (Settings field, kind). kind drives how load_settings reads pulumi.Config.
+# Stack key -> (ServedModelArgs field path, kind). The path names the group and its field; the
+# kind drives how load_settings reads pulumi.Config. Problems the args report are written back
+# with these keys, so the rules live in components/args.py only.
 _FIELDS: dict[str, tuple[str, str]] = {
     "target": ("target", "str"),
-    "gpu": ("gpu", "int"),
-    "cpu": ("cpu", "str"),
-    "memory": ("memory", "str"),
-    "replicas": ("replicas", "int"),
-    "maxReplicas": ("max_replicas", "int"),
-    "autoscaleMetric": ("autoscale_metric", "str"),
-    "targetInflight": ("target_inflight", "int"),
-    "targetQueueMs": ("target_queue_ms", "int"),
-    "targetCpuPercent": ("target_cpu_percent", "int"),
-    "serviceType": ("service_type", "str"),
-    "allowLoadBalancer": ("allow_load_balancer", "bool"),
-    "namespace": ("namespace", "str"),
-    "ingressNamespaces": ("ingress_namespaces", "list"),
-    "ingressCidrs": ("ingress_cidrs", "list"),
-    "priority": ("priority", "int"),
-    "drainSeconds": ("drain_seconds", "int"),
-    "preStopSeconds": ("pre_stop_seconds", "int"),
-    "localPort": ("local_port", "int"),
-    "clusterName": ("cluster_name", "str"),
-    "nodeInstanceTypes": ("node_instance_types", "list"),
-    "nodeAmiType": ("node_ami_type", "str"),
-    "nodeMin": ("node_min", "int"),
-    "nodeDesired": ("node_desired", "int"),
-    "nodeMax": ("node_max", "int"),
-    "nodeSubnetIds": ("node_subnet_ids", "list"),
-    "registry": ("registry", "str"),
-    "registryUsername": ("registry_username", "str"),
-    "keepVersions": ("keep_versions", "int"),
+    "gpu": ("resources.gpu", "int"),
+    "cpu": ("resources.cpu", "str"),
+    "memory": ("resources.memory", "str"),
+    "priority": ("resources.priority", "int"),
+    "replicas": ("autoscaling.replicas", "int"),
+    "maxReplicas": ("autoscaling.max_replicas", "int"),
+    "autoscaleMetric": ("autoscaling.metric", "str"),
+    "targetInflight": ("autoscaling.target_inflight", "int"),
+    "targetQueueMs": ("autoscaling.target_queue_ms", "int"),
+    "targetCpuPercent": ("autoscaling.target_cpu_percent", "int"),
+    "serviceType": ("network.service_type", "str"),
+    "allowLoadBalancer": ("network.allow_load_balancer", "bool"),
+    "namespace": ("network.namespace", "str"),
+    "ingressNamespaces": ("network.ingress_namespaces", "list"),
+    "ingressCidrs": ("network.ingress_cidrs", "list"),
+    "localPort": ("network.local_port", "int"),
+    "tlsCertificateArn": ("network.tls_certificate_arn", "str"),
+    "grpcPort": ("network.grpc_port", "int"),
+    "drainSeconds": ("server.drain_seconds", "int"),
+    "preStopSeconds": ("server.pre_stop_seconds", "int"),
+    "maxBatchSize": ("server.max_batch_size", "int"),
+    "maxQueueDelayMs": ("server.max_queue_delay_ms", "int"),
+    "maxQueueSize": ("server.max_queue_size", "int"),
+    "queueTimeoutMs": ("server.queue_timeout_ms", "int"),
+    "clusterName": ("node_pool.cluster_name", "str"),
+    "nodeInstanceTypes": ("node_pool.instance_types", "list"),
+    "nodeAmiType": ("node_pool.ami_type", "str"),
+    "nodeMin": ("node_pool.min_size", "int"),
+    "nodeDesired": ("node_pool.desired_size", "int"),
+    "nodeMax": ("node_pool.max_size", "int"),
+    "nodeSubnetIds": ("node_pool.subnet_ids", "list"),
+    "registry": ("registry.url", "str"),
+    "registryUsername": ("registry.username", "str"),
+    "keepVersions": ("registry.keep_versions", "int"),
     "protect": ("protect", "bool"),
+    "rollout": ("rollout.strategy", "str"),
+    "canarySteps": ("rollout.steps", "list"),
+    "prometheusAddress": ("rollout.prometheus_address", "str"),
+    "analysisInterval": ("rollout.analysis_interval", "str"),
+    "analysisCount": ("rollout.analysis_count", "int"),
+    "analysisFailureLimit": ("rollout.analysis_failure_limit", "int"),
+    "analysisMaxFailureRatio": ("rollout.max_failure_ratio", "ratio"),
+    "analysisMaxP99LatencyMs": ("rollout.max_p99_latency_ms", "int"),
+    "analysisMaxShedRatio": ("rollout.max_shed_ratio", "ratio"),
+    "monitoring": ("monitoring.mode", "str"),
+    "monitoringLabels": ("monitoring.labels", "list"),
+    "scrapeInterval": ("monitoring.scrape_interval", "str"),
+    "latencySloMs": ("monitoring.latency_slo_ms", "int"),
+    "alertFailureRatio": ("monitoring.alert_failure_ratio", "ratio"),
+    "alertShedRatio": ("monitoring.alert_shed_ratio", "ratio"),
+    "alertQueueP99Ms": ("monitoring.alert_queue_p99_ms", "int"),
+    "runbookUrl": ("monitoring.runbook_url", "str"),
 }
-# Read to build `models` (see _parse_models), not Settings fields of their own.
+# 0 in the stack means "not set": the server's (or the model manifest's) own default applies,
+# so no default of the server is restated in the stack or in components/.
+_ZERO_IS_UNSET = ("maxBatchSize", "maxQueueDelayMs", "maxQueueSize", "queueTimeoutMs")
+# Secrets become args fields too (their values come from the secret config, never from `raw`).
+_SECRET_FIELDS = {"authToken": "network.auth_token", "registryPassword": "registry.password"}
+# Read to build each ModelArgs (see _model_entries), not groups of their own.
 _MODEL_KEYS = {"name": "str", "model": "str", "compression": "str", "models": "object"}
+_MODEL_FIELDS = {"served_name": "name", "model": "model", "compression": "compression"}
 
 PROJECT_KEYS = tuple(_FIELDS) + ("name", "model", "compression")
 STACK_ONLY_KEYS = ("models",) + SECRET_KEYS
-
-
-def gpus_per_node(instance_types: tuple[str, ...]) -> int:
-    """GPUs the smallest of the pool's instance types has (the pool may get any of them)."""
-    return min(GPUS_PER_INSTANCE[t] for t in instance_types)
-
-
-def is_model_ref(model: str) -> bool:
-    """A zoo name or a `path/to/file.py:factory` reference."""
-    if model in ZOO:
-        return True
-    path, sep, factory = model.rpartition(":")
-    return bool(sep) and path.endswith(".py") and factory.isidentifier()
+_KEY_OF_PATH = {path: key for key, (path, _) in _FIELDS.items()} | {p: k for k, p in _SECRET_FIELDS.items()}
 
 
 def _problem(key: str, value: Any, accepted: str) -> str:
     return f"{NAMESPACE}:{key} = {value!r}: {accepted}"
+
+
+def _namer(model_key: Callable[[str], str]) -> Callable[[str], str]:
+    """Args field path -> the stack key that sets it (model fields: the flat or models[i] key)."""
+    def name_of(path: str) -> str:
+        group, _, name = path.partition(".")
+        if group == "model" and name in _MODEL_FIELDS:
+            return f"{NAMESPACE}:{model_key(_MODEL_FIELDS[name])}"
+        return f"{NAMESPACE}:{_KEY_OF_PATH.get(path, path)}"
+    return name_of
 
 
 def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]) -> Any:
@@ -191,6 +155,8 @@ def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "bool": lambda v: isinstance(v, bool),
         "list": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+        # Pulumi.yaml has no number type: a share is a string such as "0.01".
+        "ratio": lambda v: isinstance(v, str) and _float_or_none(v) is not None,
     }[kind]
     if key not in raw:
         problems.append(_problem(key, None, f"missing (a {kind} is required)"))
@@ -198,28 +164,38 @@ def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]
     if not ok(value):
         problems.append(_problem(key, value, {"str": "must be a string", "int": "must be an integer",
                                               "bool": "must be true or false",
-                                              "list": "must be a list of strings"}[kind]))
+                                              "list": "must be a list of strings",
+                                              "ratio": "must be a decimal number in a string, such as \"0.01\""}[kind]))
         return None
+    if kind == "ratio":
+        return _float_or_none(value)
     return tuple(value) if kind == "list" else value
 
 
-def _parse_models(raw: Mapping[str, Any], problems: list[str]) -> tuple[ModelEntry, ...]:
-    """`models` (stack files, several models) or the flat `name`/`model`/`compression` keys.
+def _float_or_none(text: str) -> Optional[float]:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def _model_entries(raw: Mapping[str, Any], problems: list[str]) -> list[tuple[dict[str, Any], Callable[[str], str]]]:
+    """`models` (stack files, several models) or the flat `name`/`model`/`compression` keys, as
+    ModelArgs keyword arguments with the function that names each of their keys.
 
     The served name is given, never derived from the model: changing only the model must roll
     the same Deployment out, not rename (replace) every resource.
     """
     entries = raw.get("models")
-    if entries is None:
-        entries = [{"name": raw.get("name"), "model": raw.get("model"), "compression": raw.get("compression")}]
-        key_of = lambda i, field: field  # noqa: E731 - the flat keys
-    else:
-        if not isinstance(entries, list) or not entries:
-            problems.append(_problem("models", entries, "must be a non-empty list of {name, model, compression}"))
-            return ()
-        key_of = lambda i, field: f"models[{i}].{field}"  # noqa: E731
     default_compression = raw.get("compression")
-    out: list[ModelEntry] = []
+    if entries is None:
+        flat = {"served_name": raw.get("name"), "model": raw.get("model"), "compression": default_compression}
+        return [(flat, lambda field: field)]
+    if not isinstance(entries, list) or not entries:
+        problems.append(_problem("models", entries, "must be a non-empty list of {name, model, compression}"))
+        return []
+    out = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             problems.append(_problem(f"models[{i}]", entry, "must be an object {name, model, compression}"))
@@ -227,119 +203,110 @@ def _parse_models(raw: Mapping[str, Any], problems: list[str]) -> tuple[ModelEnt
         unknown = sorted(set(entry) - {"name", "model", "compression"})
         if unknown:
             problems.append(_problem(f"models[{i}]", entry, f"unknown field(s) {unknown}; accepted: name, model, compression"))
-        model, name = entry.get("model"), entry.get("name")
-        compression = entry.get("compression", default_compression)
-        ok = True
-        if not isinstance(model, str) or not is_model_ref(model):
-            problems.append(_problem(key_of(i, "model"), model,
-                                     f"unknown model; accepted: one of {', '.join(ZOO)} or 'path/to/file.py:factory'"))
-            ok = False
-        if compression not in COMPRESSIONS:
-            problems.append(_problem(key_of(i, "compression"), compression, f"accepted: one of {', '.join(COMPRESSIONS)}"))
-            ok = False
-        if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > _MAX_NAME:
-            problems.append(_problem(key_of(i, "name"), name,
-                                     f"must be a DNS label (lowercase letters, digits, '-') of at most {_MAX_NAME} characters"))
-            ok = False
-        if ok:
-            out.append(ModelEntry(name=name, model=model, compression=compression))
-    names = [e.name for e in out]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(_problem("models", dup, "each served name must be unique"))
-    return tuple(out)
+        kwargs = {"served_name": entry.get("name"), "model": entry.get("model"),
+                  "compression": entry.get("compression", default_compression)}
+        out.append((kwargs, lambda field, i=i: f"models[{i}].{field}"))
+    return out
 
 
-def parse_settings(raw: Mapping[str, Any], secret_keys: frozenset[str] | set[str] = frozenset()) -> Settings:
+def _build(cls: type, kwargs: dict[str, Any], name_of: Callable[[str], str], problems: list[str]) -> Any:
+    """cls(**kwargs), or None with its problems written in stack keys."""
+    try:
+        return cls(**kwargs)
+    except ArgsError as exc:
+        problems.extend(p.render(name_of) for p in exc.problems)
+        return None
+
+
+def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[str]] | None = None,
+                   build_root: Path = Path("build")) -> Settings:
     """Validate raw config values (defaults already merged) into Settings, or raise ConfigError.
 
-    `raw` maps keys without the namespace (e.g. "maxReplicas") to their values; `secret_keys`
-    names the keys that were set as secrets.
+    `raw` maps keys without the namespace (e.g. "maxReplicas") to their values; a secret key
+    present in `raw` was given (its value there is a marker); `secrets` holds the values of the
+    keys given as secrets. Each model's build context goes to `build_root/<served name>`.
     """
+    secrets = dict(secrets or {})
     problems: list[str] = []
-    values = {field: _check_type(raw, key, kind, problems) for key, (field, kind) in _FIELDS.items()}
-    models = _parse_models(raw, problems)
-    v = values
-
-    def bad(key: str, accepted: str) -> None:
-        problems.append(_problem(key, raw.get(key), accepted))
-
-    if v["target"] is not None and v["target"] not in TARGETS:
-        bad("target", f"accepted: one of {', '.join(TARGETS)}")
-    kubernetes = v["target"] == "kubernetes"
-    for key in ("gpu", "priority", "drainSeconds", "preStopSeconds"):
-        if v[_FIELDS[key][0]] is not None and v[_FIELDS[key][0]] < 0:
-            bad(key, "must be 0 or more")
-    for key in ("replicas", "maxReplicas", "targetInflight", "targetQueueMs", "keepVersions"):
-        if v[_FIELDS[key][0]] is not None and v[_FIELDS[key][0]] < 1:
-            bad(key, "must be 1 or more")
-    if v["target_cpu_percent"] is not None and not 1 <= v["target_cpu_percent"] <= 100:
-        bad("targetCpuPercent", "must be between 1 and 100")
-    if v["replicas"] and v["max_replicas"] and v["replicas"] > v["max_replicas"]:
-        bad("replicas", f"must not exceed servedmodel:maxReplicas ({v['max_replicas']}); min > max replicas")
-    for key in ("cpu", "memory"):
-        if v[key] is not None and not _QUANTITY.match(v[key]):
-            bad(key, "must be a Kubernetes quantity such as 500m, 2, 512Mi or 4Gi")
-    if v["autoscale_metric"] is not None and v["autoscale_metric"] not in AUTOSCALE_METRICS:
-        bad("autoscaleMetric", f"accepted: one of {', '.join(AUTOSCALE_METRICS)}")
-    if v["service_type"] is not None and v["service_type"] not in SERVICE_TYPES:
-        bad("serviceType", f"accepted: one of {', '.join(SERVICE_TYPES)}")
-    if v["service_type"] == "LoadBalancer" and v["allow_load_balancer"] is False:
-        bad("serviceType", "a LoadBalancer is public: set servedmodel:allowLoadBalancer to true to opt in, or use ClusterIP")
-    for key in ("namespace",):
-        if v[key] is not None and not _DNS_LABEL.match(v[key]):
-            bad(key, "must be a DNS label (lowercase letters, digits, '-')")
-    for ns in v["ingress_namespaces"] or ():
-        if not _DNS_LABEL.match(ns):
-            problems.append(_problem("ingressNamespaces", ns, "each entry must be a namespace name (DNS label)"))
-    for cidr in v["ingress_cidrs"] or ():
-        try:
-            ipaddress.ip_network(cidr)
-        except ValueError:
-            problems.append(_problem("ingressCidrs", cidr, "each entry must be a CIDR block such as 10.0.0.0/16"))
-    if v["local_port"] is not None and not 1024 <= v["local_port"] <= 65535 - max(len(models), 1):
-        bad("localPort", "must be a port between 1024 and 65535 (one port per model)")
-
-    if v["target"] == "docker" and v["gpu"]:
-        bad("gpu", "GPUs are served on the kubernetes target only; use 0 on the docker target")
-    if kubernetes and not v["cluster_name"]:
-        bad("clusterName", "the kubernetes target needs the name of an existing EKS cluster")
-    if v["registry_username"] and "registryPassword" not in raw:
-        bad("registryUsername", "needs the secret servedmodel:registryPassword (pulumi config set --secret)")
+    typed = {key: _check_type(raw, key, kind, problems) for key, (_, kind) in _FIELDS.items()}
+    entries = _model_entries(raw, problems)
+    stack_names = _namer(lambda field: field)
 
     for key in SECRET_KEYS:
-        if key in raw and key not in secret_keys:
+        if key in raw and key not in secrets:
             problems.append(f"{NAMESPACE}:{key} = [given in plain text]: must be a secret; "
                             f"run `pulumi config set --secret {NAMESPACE}:{key} ...`")
 
-    if kubernetes and v["gpu"]:
-        types = v["node_instance_types"] or ()
-        unknown = [t for t in types if t not in GPUS_PER_INSTANCE]
-        if not types or unknown:
-            bad("nodeInstanceTypes", f"GPU instance types only; accepted: {', '.join(GPUS_PER_INSTANCE)}")
-        if v["node_ami_type"] is not None and v["node_ami_type"] not in AMI_TYPES:
-            bad("nodeAmiType", f"accepted: one of {', '.join(AMI_TYPES)}")
-        nmin, ndes, nmax = v["node_min"], v["node_desired"], v["node_max"]
-        if None not in (nmin, ndes, nmax):
-            if nmin < 0 or nmax < 1 or not nmin <= ndes <= nmax:
-                bad("nodeDesired", f"need 0 <= nodeMin ({nmin}) <= nodeDesired ({ndes}) <= nodeMax ({nmax}), nodeMax >= 1")
-            elif types and not unknown and v["max_replicas"]:
-                per_node = gpus_per_node(types)
-                if per_node < v["gpu"]:
-                    bad("nodeInstanceTypes", f"each node must hold one replica's {v['gpu']} GPU(s); "
-                                             f"the smallest type has {per_node}")
-                else:
-                    # Pods cannot span nodes: count whole replicas per node.
-                    fit = nmax * (per_node // v["gpu"])
-                    need = v["max_replicas"] + ROLLOUT_SURGE
-                    if fit < need:
-                        bad("nodeMax", f"{nmax} node(s) fit {fit} replica(s) of {v['gpu']} GPU(s); "
-                                       f"maxReplicas ({v['max_replicas']}) + {ROLLOUT_SURGE} rollout surge "
-                                       f"(maxUnavailable 0) need {need}; raise nodeMax to at least "
-                                       f"{-(-need // (per_node // v['gpu']))}")
+    # Group the typed values by args group; a value of the wrong type is left to its default
+    # (its problem is reported already).
+    groups: dict[str, dict[str, Any]] = {}
+    for key, (path, _) in _FIELDS.items():
+        group, _, name = path.rpartition(".")
+        if typed[key] is not None and not (key in _ZERO_IS_UNSET and typed[key] == 0):
+            groups.setdefault(group, {})[name] = typed[key]
+    for key, path in _SECRET_FIELDS.items():
+        if key in secrets:
+            group, _, name = path.rpartition(".")
+            groups.setdefault(group, {})[name] = secrets[key]
+    top = groups.pop("", {})
+    target = top.get("target")
+    kubernetes = target == "kubernetes"
+    gpu = groups.get("resources", {}).get("gpu") or 0
+
+    pool_kwargs = groups.pop("node_pool", {})
+    cluster_name = pool_kwargs.get("cluster_name", "")
+    if kubernetes and not cluster_name and not gpu:
+        problems.append(_problem("clusterName", cluster_name, "the kubernetes target needs the name of an existing EKS cluster"))
+    if pool_kwargs.get("subnet_ids") == ():
+        pool_kwargs["subnet_ids"] = None  # [] in the config: the default subnets
+    if len(entries) > 1 and "local_port" in groups.get("network", {}):
+        if groups["network"]["local_port"] > 65535 - len(entries):
+            problems.append(_problem("localPort", groups["network"]["local_port"],
+                                     "must be a port between 1024 and 65535 (one port per model)"))
+
+    net = groups.get("network", {})
+    if target == "docker" and len(entries) > 1 and net.get("grpc_port") and "local_port" in net:
+        # Model i publishes HTTP on localPort + i and gRPC on grpcPort + i: the ranges must not meet.
+        n, http, grpc = len(entries), net["local_port"], net["grpc_port"]
+        if http < grpc + n and grpc < http + n:
+            problems.append(_problem("grpcPort", grpc, f"on the docker target models use localPort..localPort+{n - 1} "
+                                                       f"({http}-{http + n - 1}) and grpcPort..grpcPort+{n - 1}: "
+                                                       "choose ranges that do not overlap"))
+    built = {name: _build(cls, groups.get(name, {}), stack_names, problems) for name, cls in (
+        ("resources", ResourcesArgs), ("autoscaling", AutoscalingArgs), ("network", NetworkArgs),
+        ("server", ServerArgs), ("registry", RegistryArgs), ("rollout", RolloutArgs),
+        ("monitoring", MonitoringArgs))}
+    node_pool = _build(NodePoolArgs, pool_kwargs, stack_names, problems) if kubernetes and gpu else None
+    if target is not None:
+        problems.extend(p.render(stack_names) for p in cross_group_problems(
+            target, built["resources"], built["autoscaling"], node_pool)
+            if p.field != "node_pool")  # a pool that failed reported its own problems
+        problems.extend(p.render(stack_names) for p in delivery_problems(
+            target, built["rollout"], built["monitoring"], groups.get("rollout", {}).get("strategy"),
+            groups.get("monitoring", {}).get("mode")))
+
+    served: list[ServedModelArgs] = []
+    for index, (kwargs, model_key) in enumerate(entries):
+        model = _build(ModelArgs, kwargs, _namer(model_key), problems)
+        if model is None or None in built.values() or (kubernetes and gpu and node_pool is None) or target not in TARGETS:
+            continue
+        network = built["network"]
+        if index and target == "docker":  # further models on the docker target use the next host ports
+            network = dataclasses.replace(network, local_port=network.local_port + index,
+                                          grpc_port=network.grpc_port + index if network.grpc_port else 0)
+        args = _build(ServedModelArgs, dict(
+            model=model, out_dir=build_root / model.served_name, target=target, node_pool=node_pool,
+            protect=top.get("protect", False), **(built | {"network": network})), stack_names, problems)
+        if args is not None:
+            served.append(args)
+    names = [m.served_name for m in (a.model for a in served)]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(_problem("models", dup, "each served name must be unique"))
 
     if problems:
-        raise ConfigError(problems)
-    return Settings(models=models, **values)
+        raise ConfigError(list(dict.fromkeys(problems)))  # the same rule per model: say it once
+    return Settings(target=target, cluster_name=cluster_name, served=tuple(served),
+                    kubeconfig=secrets.get("kubeconfig"))
 
 
 def _read_raw(cfg: pulumi.Config) -> tuple[dict[str, Any], set[str]]:
@@ -357,7 +324,7 @@ def _read_raw(cfg: pulumi.Config) -> tuple[dict[str, Any], set[str]]:
                 value = cfg.get_bool(key)
             else:
                 value = cfg.get(key)
-        except (pulumi.ConfigTypeError, ValueError) as exc:
+        except (pulumi.ConfigTypeError, ValueError):
             accepted = {"list": "a list of strings", "object": "a list of objects", "int": "an integer",
                         "bool": "true or false"}.get(kind, "a string")
             problems.append(_problem(key, cfg.get(key), f"must be {accepted}"))
@@ -382,12 +349,8 @@ def load_settings(cfg: Optional[pulumi.Config] = None) -> Settings:
     cfg = cfg or pulumi.Config(NAMESPACE)
     try:
         raw, secret_keys = _read_raw(cfg)
-        settings = parse_settings(raw, secret_keys)
+        secrets = {key: cfg.require_secret(key) for key in secret_keys}
+        settings = parse_settings(raw, secrets, build_root=Path("build") / "stacks" / pulumi.get_stack())
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
-    return dataclasses.replace(
-        settings,
-        auth_token=cfg.get_secret("authToken"),
-        registry_password=cfg.get_secret("registryPassword"),
-        kubeconfig=cfg.get_secret("kubeconfig"),
-    )
+    return dataclasses.replace(settings, aws_profile=pulumi.Config("aws").get("profile") or "")

@@ -3,21 +3,28 @@
 Plain functions over plain values, returning the camelCase dicts Kubernetes reads: tested
 without mocks (tests/components/test_specs.py) and reused by the components, so what the
 tests check is exactly what is deployed. The names and numbers of the server's contract
-(docs/architecture.md section 3) live here once.
+(docs/architecture.md section 3) come from serving/contract.py through models/contract.py.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Optional
 
-SERVER_PORT = 8080
+from models import contract  # the server's contract values, read as data from serving/contract.py
+
+SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
-READY_PATH = "/v2/health/ready"
-LIVE_PATH = "/v2/health/live"
-INFLIGHT_METRIC = "servedmodel_inflight_requests"
+TLS_PORT = 443
+# The AWS Load Balancer Controller's Service annotations (kubernetes-sigs/aws-load-balancer-controller,
+# docs/guide/service/annotations.md): the controller, not the in-tree one, makes an NLB for them.
+LBC = "service.beta.kubernetes.io/aws-load-balancer-"
+TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+READY_PATH = contract.READY_PATH
+LIVE_PATH = contract.LIVE_PATH
+INFLIGHT_METRIC = contract.INFLIGHT_METRIC
 # prometheus-adapter turns the servedmodel_queue_duration_seconds histogram into this per-pod
 # mean (rate(_sum)/rate(_count)); the rule is in docs/deploy.md.
-QUEUE_METRIC = "servedmodel_queue_duration_seconds_mean"
+QUEUE_METRIC = contract.QUEUE_DURATION_METRIC + "_mean"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "true", "effect": "NoSchedule"}
 POOL_LABEL = "servedmodel.io/node-pool"
@@ -25,6 +32,7 @@ VERSION_ANNOTATION = "servedmodel.io/model-version"
 LOAD_BALANCER_OPT_IN = "servedmodel.io/allow-load-balancer"
 RUN_AS = 10001  # the image's non-root user (docs/architecture.md section 2)
 TMP_VOLUME = "tmp"
+STARTUP_PROBE_PERIOD = 5  # seconds between startup probes
 
 
 def scrape_annotations() -> dict[str, str]:
@@ -64,15 +72,26 @@ def node_selector(pool_label: Optional[str]) -> dict[str, str]:
     return {POOL_LABEL: pool_label} if pool_label else {}
 
 
-def probes() -> dict[str, dict[str, Any]]:
-    """Startup gives the model time to load; readiness and liveness follow the V2 health routes."""
+def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str, dict[str, Any]]:
+    """Startup gives the model time to load; readiness and liveness follow the V2 health routes.
+
+    With gRPC on, readiness and liveness ask the server's grpc.health.v1 service (Kubernetes'
+    native `grpc` probe), so a pod is routed gRPC traffic only while that front end answers; the
+    startup probe stays on the HTTP ready route, which both front ends share.
+    """
     def http(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "http"}}
 
+    def check(path: str) -> dict[str, Any]:
+        if grpc_port:
+            return {"grpc": {"port": grpc_port, "service": contract.GRPC_HEALTH_SERVICE}}
+        return http(path)
+
     return {
-        "startupProbe": http(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 60, "timeoutSeconds": 2},
-        "readinessProbe": http(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
-        "livenessProbe": http(LIVE_PATH) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
+        "startupProbe": http(READY_PATH) | {"periodSeconds": STARTUP_PROBE_PERIOD, "timeoutSeconds": 2,
+                                            "failureThreshold": startup_failure_threshold},
+        "readinessProbe": check(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
+        "livenessProbe": check(LIVE_PATH) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
     }
 
 
@@ -97,33 +116,50 @@ def container_security_context() -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None) -> list[dict[str, Any]]:
-    """SERVEDMODEL_* variables of docs/architecture.md section 3."""
+def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None, *, model_name: Optional[str] = None,
+               grpc_port: int = 0, settings: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
+    """SERVEDMODEL_* variables of docs/architecture.md section 3.
+
+    `model_name` is the served name the server answers under (a model swap keeps the route);
+    `settings` are further server settings by name (e.g. the batching ones) that were set: the
+    ones left out keep the server's or the manifest's defaults.
+    """
     env: list[dict[str, Any]] = [
-        {"name": "SERVEDMODEL_HOST", "value": "0.0.0.0"},
-        {"name": "SERVEDMODEL_PORT", "value": str(SERVER_PORT)},
-        {"name": "SERVEDMODEL_DEVICE", "value": device},
-        {"name": "SERVEDMODEL_DRAIN_SECONDS", "value": str(drain_seconds)},
+        {"name": contract.env_name("host"), "value": "0.0.0.0"},
+        {"name": contract.env_name("port"), "value": str(SERVER_PORT)},
+        {"name": contract.env_name("device"), "value": device},
+        {"name": contract.env_name("drain_seconds"), "value": str(drain_seconds)},
     ]
+    if model_name is not None:
+        env.append({"name": contract.env_name("model_name"), "value": model_name})
+    if grpc_port:
+        env.append({"name": contract.env_name("grpc_port"), "value": str(grpc_port)})
+    env += [{"name": contract.env_name(name), "value": value} for name, value in (settings or {}).items()]
     if auth_secret_name is not None:
-        env.append({"name": "SERVEDMODEL_AUTH_TOKEN",
+        env.append({"name": contract.env_name("auth_token"),
                     "valueFrom": {"secretKeyRef": {"name": auth_secret_name, "key": "token"}}})
     return env
 
 
-def topology_spread(served_name: str) -> list[dict[str, Any]]:
-    """Spread across zones and nodes; only pods of the same rollout revision are counted."""
+def topology_spread(served_name: str, revision_label: str = "pod-template-hash") -> list[dict[str, Any]]:
+    """Spread across zones and nodes; only pods of the same rollout revision (`revision_label`)
+    are counted."""
     selector = {"matchLabels": selector_labels(served_name)}
     return [
         {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-         "labelSelector": selector, "matchLabelKeys": ["pod-template-hash"]}
+         "labelSelector": selector, "matchLabelKeys": [revision_label]}
         for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
     ]
 
 
+# Extra pods a rollout starts before stopping old ones; GPU capacity checks count it
+# (components/args.py capacity_problems).
+ROLLOUT_SURGE = 1
+
+
 def rolling_update() -> dict[str, Any]:
     """Never drop below the current capacity: a new pod must be ready before an old one goes."""
-    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": ROLLOUT_SURGE}}
 
 
 def hpa_metric(metric: str, target_inflight: int, target_queue_ms: int, target_cpu_percent: int) -> dict[str, Any]:
@@ -149,23 +185,90 @@ def hpa_behavior() -> dict[str, Any]:
     }
 
 
-def network_policy_ingress(ingress_namespaces: tuple[str, ...], ingress_cidrs: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Admit the model's own namespace, the configured namespaces and CIDRs, on the server port."""
+def network_policy_ingress(ingress_namespaces: tuple[str, ...], ingress_cidrs: tuple[str, ...],
+                           grpc_port: int = 0) -> list[dict[str, Any]]:
+    """Admit the model's own namespace, the configured namespaces and CIDRs, on the server's
+    ports (HTTP, and gRPC when on)."""
     sources: list[dict[str, Any]] = [{"podSelector": {}}]
     sources += [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
                 for ns in ingress_namespaces]
     sources += [{"ipBlock": {"cidr": cidr}} for cidr in ingress_cidrs]
-    return [{"from": sources, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]}]
+    ports = [{"protocol": "TCP", "port": SERVER_PORT}]
+    if grpc_port:
+        ports.append({"protocol": "TCP", "port": grpc_port})
+    return [{"from": sources, "ports": ports}]
+
+
+def container_ports(grpc_port: int = 0) -> list[dict[str, Any]]:
+    ports = [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}]
+    if grpc_port:
+        ports.append({"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"})
+    return ports
+
+
+def service_ports(grpc_port: int = 0, tls: bool = False) -> list[dict[str, Any]]:
+    """Port 80 (443 named `https` when TLS terminates at the load balancer) to the server's HTTP
+    port; with gRPC on, a port named `grpc` with appProtocol grpc (so L7 proxies and meshes speak
+    HTTP/2 to it) on the same number as the container's."""
+    ports = [{"name": "https", "port": TLS_PORT, "targetPort": "http", "protocol": "TCP"} if tls
+             else {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]
+    if grpc_port:
+        ports.append({"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP",
+                      "appProtocol": "grpc"})
+    return ports
+
+
+def public_load_balancer_annotations(certificate_arn: str, grpc_port: int = 0) -> dict[str, str]:
+    """An internet-facing NLB (AWS Load Balancer Controller, pod IPs as targets) whose listeners
+    terminate TLS with the ACM certificate; the NLB forwards plain TCP to the pods inside the VPC.
+    Every Service port is a TLS listener: nothing public travels in clear text."""
+    return {
+        LBC + "type": "external",
+        LBC + "nlb-target-type": "ip",
+        LBC + "scheme": "internet-facing",
+        LBC + "ssl-cert": certificate_arn,
+        LBC + "ssl-ports": "https,grpc" if grpc_port else "https",
+        LBC + "ssl-negotiation-policy": TLS_POLICY,
+        LBC + "backend-protocol": "tcp",
+    }
+
+
+def docker_env(env: list[dict[str, Any]]) -> list[str]:
+    """The plain (non-secret) entries of server_env as `NAME=value` for a docker container."""
+    return [f"{e['name']}={e['value']}" for e in env if "value" in e]
+
+
+UNTAGGED_EXPIRY_DAYS = 14
+"""Days an image that lost its tag (an older build of a version that was pushed again) stays in
+ECR: long enough for pods and ReplicaSets still pinned to its digest to pull it."""
 
 
 def ecr_lifecycle_policy(keep_versions: int) -> str:
-    """Keep the newest N images so a rollback to any of them stays possible."""
-    return json.dumps({"rules": [{
-        "rulePriority": 1,
-        "description": f"keep the last {keep_versions} model versions",
-        "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep_versions},
-        "action": {"type": "expire"},
-    }]}, sort_keys=True)
+    """Keep the newest N tagged images (versions) so a rollback to any of them stays possible;
+    expire untagged ones (a re-pushed version's older build) after UNTAGGED_EXPIRY_DAYS.
+
+    ECR evaluates the lower rulePriority first and an image matched by one rule is not counted
+    by the next, so the untagged rule goes first and the count only sees tagged versions."""
+    return json.dumps({"rules": [
+        {"rulePriority": 1,
+         "description": f"expire replaced builds {UNTAGGED_EXPIRY_DAYS} days after their push",
+         "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days",
+                       "countNumber": UNTAGGED_EXPIRY_DAYS},
+         "action": {"type": "expire"}},
+        {"rulePriority": 2,
+         "description": f"keep the last {keep_versions} model versions",
+         "selection": {"tagStatus": "tagged", "tagPatternList": ["*"], "countType": "imageCountMoreThan",
+                       "countNumber": keep_versions},
+         "action": {"type": "expire"}},
+    ]}, sort_keys=True)
+
+
+def pinned_reference(tag: str, digest: str) -> str:
+    """`repo:version@sha256:...`: what a workload runs. The digest is the contract (a running pod
+    never changes under it); the version tag is for people and for the registry's lifecycle."""
+    if not digest.startswith("sha256:"):
+        raise ValueError(f"not a manifest digest: {digest!r} (expected sha256:<64 hex>)")
+    return f"{tag}@{digest}"
 
 
 def node_assume_role_policy() -> str:
@@ -177,15 +280,22 @@ def node_assume_role_policy() -> str:
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
 
 
-def eks_kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
-    """A kubeconfig for an EKS cluster that authenticates with `aws eks get-token` (no stored token)."""
+def eks_kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str, aws_profile: str = "") -> str:
+    """A kubeconfig for an EKS cluster that authenticates with `aws eks get-token` (no stored token).
+
+    With an AWS profile (the stack's `aws:profile`), the exec credential uses it too (`--profile`
+    and AWS_PROFILE): the providers deploy with that profile, so the token must come from it.
+    """
+    args = ["eks", "get-token", "--cluster-name", cluster_name, "--region", region]
+    command: dict[str, Any] = {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws", "args": args}
+    if aws_profile:
+        args += ["--profile", aws_profile]
+        command["env"] = [{"name": "AWS_PROFILE", "value": aws_profile}]
     return json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": cluster_name,
         "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
         "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
-        "users": [{"name": cluster_name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
-            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region]}}}],
+        "users": [{"name": cluster_name, "user": {"exec": command}}],
     }, sort_keys=True)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.contract import DATATYPES
 from models.errors import BuildError
 
 # ONNX tensor element types -> the V2 protocol's datatype names.
@@ -22,6 +23,8 @@ V2_DATATYPES = {
     1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 8: "BYTES",
     9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16",
 }
+# Every name must be one the server's table (serving/contract.py) knows.
+assert set(V2_DATATYPES.values()) <= set(DATATYPES), set(V2_DATATYPES.values()) - set(DATATYPES)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,19 @@ class ModelRef:
     source: Path | None = None
 
 
+def is_model_ref(ref: object) -> bool:
+    """The grammar alone: a zoo name or `path/to/file.py:factory` (the file need not exist yet).
+
+    `parse_ref` applies the same grammar and then resolves the file; the stack config and the
+    component args check references with this function, so the grammar lives here only."""
+    if not isinstance(ref, str):
+        return False
+    if ref in ZOO:
+        return True
+    path, sep, factory = ref.rpartition(":")
+    return bool(sep) and path.endswith(".py") and factory.isidentifier()
+
+
 def parse_ref(ref: str) -> ModelRef:
     """Raises BuildError(step="load", exit code 2) for unknown names and missing files."""
     if not isinstance(ref, str) or not ref.strip():

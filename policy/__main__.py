@@ -7,7 +7,7 @@ rejects must never ship.
 import os
 import sys
 
-from pulumi_policy import EnforcementLevel, PolicyPack, ResourceValidationPolicy
+from pulumi_policy import EnforcementLevel, PolicyPack, ResourceValidationPolicy, StackValidationPolicy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rules  # noqa: E402
@@ -20,9 +20,18 @@ def _validator(rule):
     return validate
 
 
+def _stack_validator(rule):
+    def validate(args, report_violation):
+        for message in rule.check([(r.resource_type, dict(r.props)) for r in args.resources]):
+            report_violation(message)
+    return validate
+
+
 PolicyPack(
     name="servedmodel",
     enforcement_level=EnforcementLevel.MANDATORY,
     policies=[ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
-              for rule in rules.RULES],
+              for rule in rules.RULES]
+    + [StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule))
+       for rule in rules.STACK_RULES],
 )

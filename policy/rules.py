@@ -12,6 +12,10 @@ from typing import Any, Callable, Iterator
 
 GPU = "nvidia.com/gpu"
 LOAD_BALANCER_OPT_IN = "servedmodel.io/allow-load-balancer"
+# The AWS Load Balancer Controller's annotations for TLS at an NLB (components/specs.py sets them).
+LBC = "service.beta.kubernetes.io/aws-load-balancer-"
+# Where the server reads its bearer token (docs/architecture.md, section 3).
+AUTH_ENV = ("SERVEDMODEL_AUTH_TOKEN", "SERVEDMODEL_AUTH_TOKEN_FILE")
 
 # digest-pinned: repo@sha256:<64 hex>; version tags: a content hash (our model versions) or a
 # semantic version. Anything else (latest, main, stable, no tag) can move under a running pod.
@@ -26,6 +30,8 @@ _POD_SPEC_PATHS = {
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
     "kubernetes:core/v1:Pod": ("spec",),
+    # Argo Rollouts' Rollout (servedmodel:rollout canary) carries a full pod template.
+    "kubernetes:argoproj.io/v1alpha1:Rollout": ("spec", "template", "spec"),
 }
 
 
@@ -153,6 +159,57 @@ def no_unapproved_load_balancer(resource_type: str, props: dict[str, Any]) -> li
             f"{LOAD_BALANCER_OPT_IN}: \"true\" (servedmodel:allowLoadBalancer), or use ClusterIP"]
 
 
+def load_balancer_terminates_tls(resource_type: str, props: dict[str, Any]) -> list[str]:
+    """A public Service: an NLB of the AWS Load Balancer Controller whose every port is a TLS
+    listener with a certificate. (The in-tree controller's Classic ELB speaks plain HTTP.)"""
+    if resource_type != "kubernetes:core/v1:Service" or _get(props, "spec", "type") != "LoadBalancer":
+        return []
+    annotations = _get(props, "metadata", "annotations") or {}
+    problems = []
+    if annotations.get(LBC + "type") not in ("external", "nlb") and not _get(props, "spec", "loadBalancerClass"):
+        problems.append(f"{LBC}type: external (an NLB of the AWS Load Balancer Controller)")
+    if not annotations.get(LBC + "ssl-cert"):
+        problems.append(f"{LBC}ssl-cert: an ACM certificate ARN (servedmodel:tlsCertificateArn)")
+    ssl_ports = {p.strip() for p in str(annotations.get(LBC + "ssl-ports", "")).split(",") if p.strip()}
+    ports = [p for p in _get(props, "spec", "ports") or [] if isinstance(p, dict)]
+    clear = [str(p.get("name") or p.get("port")) for p in ports
+             if "*" not in ssl_ports and not {str(p.get("name")), str(p.get("port"))} & ssl_ports]
+    if clear:
+        problems.append(f"{LBC}ssl-ports covering every port (in clear text now: {', '.join(clear)})")
+    if not problems:
+        return []
+    return ["Service of type LoadBalancer is public and must terminate TLS; it needs " + "; ".join(problems)]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Stack rule: every workload a LoadBalancer Service selects requires a bearer token (its
+    server container reads SERVEDMODEL_AUTH_TOKEN or _FILE). Needs the whole stack: the token
+    is on the Deployment, the exposure on the Service."""
+    out = []
+    workloads = [(t, props, pod_spec(t, props)) for t, props in resources if pod_spec(t, props) is not None]
+    for t, props in resources:
+        if t != "kubernetes:core/v1:Service" or _get(props, "spec", "type") != "LoadBalancer":
+            continue
+        selector = _get(props, "spec", "selector") or {}
+        if not isinstance(selector, dict):
+            continue  # unknown during a preview
+        name = _get(props, "metadata", "name") or "?"
+        for wt, wprops, spec in workloads:
+            template_labels = _get(wprops, "spec", "template", "metadata", "labels") or {}
+            if not _selects(selector, template_labels):
+                continue
+            env_names = {e.get("name") for _, c in _containers(spec) for e in c.get("env") or [] if isinstance(e, dict)}
+            if not env_names & set(AUTH_ENV):
+                out.append(f"LoadBalancer Service {name!r} exposes {wt.rsplit(':', 1)[-1]} "
+                           f"{_get(wprops, 'metadata', 'name') or '?'!r} without a bearer token "
+                           f"({' or '.join(AUTH_ENV)}; servedmodel:authToken)")
+    return out
+
+
 RULES: tuple[Rule, ...] = (
     Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.", no_mutable_tags),
     Rule("requests-and-limits", "Every container sets CPU and memory requests and limits.", requests_and_limits),
@@ -162,6 +219,21 @@ RULES: tuple[Rule, ...] = (
          "all capabilities dropped, RuntimeDefault seccomp.", hardened_security_context),
     Rule("no-load-balancer-without-opt-in", "A LoadBalancer Service needs an explicit opt-in annotation.",
          no_unapproved_load_balancer),
+    Rule("load-balancer-terminates-tls", "A LoadBalancer Service is an NLB terminating TLS on every port "
+         "with an ACM certificate (AWS Load Balancer Controller annotations).", load_balancer_terminates_tls),
+)
+
+
+@dataclass(frozen=True)
+class StackRule:
+    name: str
+    description: str
+    check: Callable[[list[tuple[str, dict[str, Any]]]], list[str]]
+
+
+STACK_RULES: tuple[StackRule, ...] = (
+    StackRule("public-endpoint-requires-auth", "Workloads behind a LoadBalancer Service require a bearer token.",
+              public_endpoint_requires_auth),
 )
 
 

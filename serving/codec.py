@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from .contract import DATATYPES
 from .errors import ServingError
 
-#: V2 datatype name -> numpy dtype. BF16 has no numpy dtype and BYTES is variable-length: the
-#: server refuses models with either (see `model.py`), but the names are valid V2 names.
-V2_TO_NUMPY: dict[str, np.dtype | None] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BF16": None,
-    "BYTES": None,
+#: V2 datatype name -> numpy dtype, for every name of the shared table (contract.DATATYPES).
+#: BF16 has no numpy dtype and BYTES is variable-length: the server refuses models with either
+#: (see `model.py`), but the names are valid V2 names.
+_NUMPY_OF = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
 }
+V2_TO_NUMPY: dict[str, np.dtype | None] = {
+    name: (np.dtype(_NUMPY_OF[name]) if name in _NUMPY_OF else None) for name in DATATYPES}
 #: The inverse: numpy dtype -> V2 datatype name.
 NUMPY_TO_V2: dict[np.dtype, str] = {dt: name for name, dt in V2_TO_NUMPY.items() if dt is not None}
 

@@ -92,7 +92,7 @@ class _Inference(pb_grpc.GRPCInferenceServiceServicer):
         t0 = time.perf_counter()
         status, reason, extra, response = 200, None, None, None
         try:
-            if auth:
+            if auth and svc.auth_required:
                 svc.authorize(_auth_header(context))
             response, extra = await handler()
         except ServingError as e:

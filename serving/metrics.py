@@ -41,8 +41,9 @@ def _escape(value: str) -> str:
 class Metrics:
     """Every metric the server exports. Names are part of the contract (docs/protocol.md)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, version: str) -> None:
         self.labels = f'model="{_escape(model)}"'
+        self.info_labels = f'{self.labels},version="{_escape(version)}"'
         self.requests: dict[tuple[str, str], int] = {}    # (protocol, outcome) -> count
         self.failures: dict[tuple[str, str], int] = {}    # (protocol, reason) -> count
         self.request_duration: dict[str, Histogram] = {}  # protocol -> latencies
@@ -72,6 +73,9 @@ class Metrics:
         """The exposition text; the gauges are read from their owners at scrape time."""
         L = self.labels
         out = [
+            "# HELP servedmodel_model_info The served model and its version (from the manifest).",
+            "# TYPE servedmodel_model_info gauge",
+            f"servedmodel_model_info{{{self.info_labels}}} 1",
             "# HELP servedmodel_requests_total Inference requests by outcome.",
             "# TYPE servedmodel_requests_total counter",
         ]

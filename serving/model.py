@@ -4,6 +4,8 @@ with the same shape to `create_app`."""
 from __future__ import annotations
 
 import hashlib
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,13 @@ CPU = "CPUExecutionProvider"
 WARMUP_DIM = 64
 #: A batch faster than this runs on the event loop thread instead of the model thread.
 INLINE_BELOW_SECONDS = 0.0005
+#: Warm-up timing: interleaved rounds over the batch sizes, at least WARMUP_MIN_ROUNDS and
+#: WARMUP_MIN_SECONDS, at most WARMUP_MAX_ROUNDS, and stopping after WARMUP_MAX_SECONDS once 3
+#: rounds are done (minilm: ~0.5 s a round on 2 CPUs, so its start grows by ~0.5 s at most).
+WARMUP_MIN_ROUNDS = 7
+WARMUP_MIN_SECONDS = 0.3
+WARMUP_MAX_ROUNDS = 31
+WARMUP_MAX_SECONDS = 1.5
 
 
 def sha256_of(path: Path) -> str:
@@ -161,22 +170,33 @@ class OnnxModel:
         each: on a few CPUs a big batch can be slower per item than a smaller one (minilm at 32
         vs 8 on 2 cores), so the batcher packs up to the fastest size (`preferred_batch_size`);
         bigger single requests up to max_batch_size still run."""
-        import time
-
         mbs = self.batching.max_batch_size
-        for b in self.batching.warmup_batch_sizes:
-            feeds = self.example_inputs(b)
-            outs = self.predict(feeds)
+        sizes = self.batching.warmup_batch_sizes
+        feeds = {b: self.example_inputs(b) for b in sizes}
+        for b in sizes:
+            outs = self.predict(feeds[b])
             for t in self.manifest.outputs:
                 if t.name not in outs:
                     raise StartupError(f"warm-up at batch {b} returned no output '{t.name}'")
-            if mbs > 0:
-                times, start = [], time.perf_counter()
-                while len(times) < 3 and (not times or time.perf_counter() - start < 0.5):
+        if mbs > 0:
+            # Timed in interleaved rounds (every size once a round), so a burst of other work
+            # on the machine slows all sizes alike, and by the median of the rounds: one or two
+            # runs a size made the preferred size flip from one start to the next.
+            times: dict[int, list[float]] = {b: [] for b in sizes}
+            start = time.perf_counter()
+            rounds = 0
+            while rounds < WARMUP_MAX_ROUNDS:
+                for b in sizes:
                     t0 = time.perf_counter()
-                    self.predict(feeds)
-                    times.append(time.perf_counter() - t0)
-                self.warmup_items_per_second[b] = b / sorted(times)[len(times) // 2]
+                    self.predict(feeds[b])
+                    times[b].append(time.perf_counter() - t0)
+                rounds += 1
+                elapsed = time.perf_counter() - start
+                if (rounds >= WARMUP_MIN_ROUNDS and elapsed >= WARMUP_MIN_SECONDS) or (
+                        rounds >= 3 and elapsed >= WARMUP_MAX_SECONDS):
+                    break
+            for b, ts in times.items():
+                self.warmup_items_per_second[b] = b / statistics.median(ts)
         if mbs > 0:
             # The largest size wins unless a smaller one is clearly (>15%) faster per item:
             # bigger batches also save per-request overhead that this timing does not see.

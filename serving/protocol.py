@@ -458,7 +458,8 @@ def request_from_grpc(msg, validator: RequestValidator) -> InferRequest:
                                 f"has {len(msg.inputs)} inputs; give one per input, in order")
     feeds: dict[str, np.ndarray] = {}
     for i, t in enumerate(msg.inputs):
-        typed = t.HasField("contents") and t.contents.ByteSize() > 0
+        # ListFields names the non-empty fields only, without serializing anything
+        typed = t.HasField("contents") and bool(t.contents.ListFields())
         if raw and typed:
             raise ServingError(400, f"input '{t.name[:64]}': has typed contents but the request "
                                     f"carries raw_input_contents; send one or the other")
@@ -493,7 +494,9 @@ def request_from_grpc(msg, validator: RequestValidator) -> InferRequest:
     as_raw = bool(raw) or bool(binary_all) or any(
         validator.outputs[n].datatype not in CONTENTS_FIELDS for n in names)
     outputs = tuple(RequestedOutput(n, as_raw) for n in names)
-    return validator.request(msg.id or None, feeds, outputs, msg.ByteSize())
+    # bytes_in: the tensors' bytes (the message's own size would cost a serialization)
+    return validator.request(msg.id or None, feeds, outputs,
+                             sum(a.nbytes for a in feeds.values()))
 
 
 def response_to_grpc(response: InferResponse, message_type):

@@ -61,7 +61,7 @@ class InferenceService:
         self.manifest = manifest
         self.model_name = settings.model_name or manifest.name
         self.model_version = manifest.version
-        self.metrics = Metrics(self.model_name)
+        self.metrics = Metrics(self.model_name, self.model_version)
         self.log = AccessLog(settings.log_level in ("debug", "info"))
         self.validator = RequestValidator(
             manifest, max_rows=settings.batching.max_batch_size,
@@ -165,6 +165,10 @@ class InferenceService:
         return BodyBudget(self.metrics, self.settings.max_buffered_bytes)
 
     # -- auth -------------------------------------------------------------------------------
+    @property
+    def auth_required(self) -> bool:
+        return self._token is not None
+
     def authorize(self, header: bytes | None) -> None:
         """Check an `Authorization` value (REST header or gRPC metadata); raise 401."""
         if self._token is None:

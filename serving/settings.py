@@ -7,19 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from . import contract
 from .errors import StartupError
 from .manifest import Manifest
 from .routes import valid_model_name
 
-PREFIX = "SERVEDMODEL_"
-#: The queue-time budget. Long enough that a closed loop of 64 clients of the slowest zoo model
-#: (minilm: a full batch of 32 takes ~0.4 s on 2 CPUs, so the 64th request waits ~0.8 s) never
-#: sees a 503 even on a CPU shared with other work; short enough that a client is told to retry
-#: elsewhere long before typical client timeouts (10-60 s).
-DEFAULT_QUEUE_TIMEOUT_MS = 5000.0
-#: The count backstop: only a model too fast for the budget to bite (microseconds a row)
-#: reaches it; sized for hundreds of concurrent clients, not for shedding.
-DEFAULT_MAX_QUEUE_SIZE = 1024
+PREFIX = contract.ENV_PREFIX
+#: Shedding defaults (reasons in serving/contract.py, their one definition).
+DEFAULT_QUEUE_TIMEOUT_MS = float(contract.QUEUE_TIMEOUT_MS)
+DEFAULT_MAX_QUEUE_SIZE = contract.MAX_QUEUE_SIZE
 LOG_LEVELS = ("debug", "info", "warning")
 
 
@@ -49,17 +45,17 @@ class Batching:
 class Settings:
     context: Path = Path("/app")
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = contract.PORT
     #: the gRPC port; None: no gRPC front end
     grpc_port: int | None = None
     device: str = "cpu"
     #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
     model_name: str = ""
     batching: Batching = Batching()
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = contract.MAX_BODY_BYTES
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
-    drain_seconds: float = 20.0
+    drain_seconds: float = float(contract.DRAIN_SECONDS)
     # The connection layer (serving/connections.py, docs/protocol.md "Limits").
     max_header_bytes: int = 64 * 1024
     max_headers: int = 100
@@ -190,7 +186,8 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
     settings = Settings(
         context=context_from(flags, env),
         host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
-        port=pick("port", 8080, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
+        port=pick("port", contract.PORT, integer, lambda v: 0 <= v <= 65535,
+                  "a port number 0-65535"),
         # 0 reads as "off" too, so a deployment can pass the stack's 0 = off through unchanged.
         grpc_port=pick("grpc_port", 0, integer, lambda v: 0 <= v <= 65535,
                        "a port number 1-65535, or 0/unset for no gRPC") or None,
@@ -204,7 +201,7 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                               lambda v: v >= 1, "an integer >= 1"),
         intra_op_spinning=pick("intra_op_spinning", None, auto_boolean, lambda v: True,
                                "'auto', 1 or 0"),
-        drain_seconds=pick("drain_seconds", 20.0, float, lambda v: v >= 0,
+        drain_seconds=pick("drain_seconds", float(contract.DRAIN_SECONDS), float, lambda v: v >= 0,
                            "a number of seconds >= 0"),
         max_header_bytes=pick("max_header_bytes", Settings.max_header_bytes, integer,
                               lambda v: v >= 1024, "an integer number of bytes >= 1024"),

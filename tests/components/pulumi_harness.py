@@ -35,6 +35,13 @@ KUBERNETES_VERSION = "1.33.0"
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
 TEST_SECRET = "test-secret-value-0123456789"
+# The cluster's subnets and their tags: two private (tagged for internal load balancers), two public.
+SUBNETS: dict[str, dict[str, str]] = {
+    "subnet-0a1b2c3d4e5f60001": {"kubernetes.io/role/internal-elb": "1"},
+    "subnet-0a1b2c3d4e5f60002": {"kubernetes.io/role/internal-elb": "1"},
+    "subnet-0a1b2c3d4e5f60003": {"kubernetes.io/role/elb": "1"},
+    "subnet-0a1b2c3d4e5f60004": {"kubernetes.io/role/elb": "1"},
+}
 
 
 def project_config() -> dict[str, dict[str, Any]]:
@@ -94,7 +101,19 @@ class Res:
     providers: dict[str, str]
     provider: str
     dependencies: list[str] = field(default_factory=list)
+    """URNs the engine waits for before creating/updating this resource (depends_on + every
+    resource behind an Output among the inputs)."""
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    """Per top-level input: the URNs its value came from."""
+    delete_before_replace: bool = False
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """create/update/delete durations ("10m") the program set; empty when none."""
+    replace_on_changes: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
+
+    def waits_for(self, other: "Res") -> bool:
+        """True when the engine must finish `other` before it touches this resource."""
+        return other.urn in self.dependencies
 
 
 def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
@@ -134,9 +153,11 @@ class RealisticMocks(pulumi.runtime.Mocks):
             return resource_id, state
         if t == "docker-build:index:Image":
             # The manifest digest of what was built from this context with these tags.
+            # The provider (provider/internal/image.go, Create) sets `digest` from the exporter's
+            # response, pushed or loaded, and then `ref` to the first tag plus "@digest".
             state["digest"] = "sha256:" + _short_hash(state.get("context"), state.get("tags"))
             tags = state.get("tags") or [""]
-            state["ref"] = f"{tags[0]}@{state['digest']}" if state.get("push") else tags[0]
+            state["ref"] = f"{tags[0]}@{state['digest']}"
             return state["digest"], state
         if t == "aws:ecr/repository:Repository":
             repo = f"{name}-{suffix}"
@@ -163,7 +184,7 @@ class RealisticMocks(pulumi.runtime.Mocks):
             cluster = args.args.get("name")
             return {"name": cluster, "endpoint": f"https://{_short_hash(cluster)[:32].upper()}.gr7.{REGION}.eks.amazonaws.com",
                     "certificateAuthorities": [{"data": "LS0tLS1CRUdJTi1DRVJUSUZJQ0FURS0tLS0t"}],
-                    "vpcConfig": {"subnetIds": ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"],
+                    "vpcConfig": {"subnetIds": sorted(SUBNETS),
                                   "vpcId": "vpc-0a1b2c3d4e5f6000"},
                     "version": KUBERNETES_VERSION.rsplit(".", 1)[0]}, []
         if token == "aws:index/getPartition:getPartition":
@@ -174,11 +195,26 @@ class RealisticMocks(pulumi.runtime.Mocks):
             return {"userName": "AWS", "password": "ecr-token-" + "x" * 20,
                     "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com",
                     "authorizationToken": "QVdTOmVjci10b2tlbg==", "id": REGION}, []
+        if token == "aws:ec2/getSubnets:getSubnets":
+            ids = set(SUBNETS)
+            for f in args.args.get("filters") or []:
+                name, values = f["name"], set(f["values"])
+                if name == "subnet-id":
+                    ids &= values
+                elif name.startswith("tag:"):
+                    ids = {i for i in ids if SUBNETS[i].get(name[4:]) in values}
+                else:
+                    raise AssertionError(f"unexpected subnet filter {name}")
+            return {"ids": sorted(ids), "id": REGION}, []
         raise AssertionError(f"the program called an unexpected function: {token}")
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    """The mock monitor, also keeping each registration's parent and resource options."""
+    """The mock monitor, also keeping what the engine would see of each registration: parent,
+    dependencies and property dependencies (the edges that order the steps), and the resource
+    options that change how steps run (deleteBeforeReplace, customTimeouts, ignoreChanges,
+    retainOnDelete, protect, providers). Pulumi's own mocks accept any order; these records let
+    the tests assert the order a real engine would follow."""
 
     def __init__(self, mocks: pulumi.runtime.Mocks):
         super().__init__(mocks)
@@ -196,6 +232,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             retain_on_delete=bool(request.retainOnDelete), ignore_changes=list(request.ignoreChanges),
             providers=dict(request.providers), provider=request.provider,
             dependencies=list(request.dependencies),
+            property_dependencies={key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            custom_timeouts={k: v for k in ("create", "update", "delete")
+                             if (v := getattr(request.customTimeouts, k))} if request.HasField("customTimeouts") else {},
+            replace_on_changes=list(request.replaceOnChanges),
             state=self.resources[response.urn].state if response.urn in self.resources else {},
         ))
         return response
@@ -221,6 +262,23 @@ class Run:
 
     def by_urn(self, urn: str) -> Res:
         return next(r for r in self.resources if r.urn == urn)
+
+    def served_model_of(self, res: Res) -> str:
+        """The URN of the ServedModel a resource belongs to (up its parent chain)."""
+        while res.type != "servedmodel:index:ServedModel":
+            res = self.by_urn(res.parent)
+        return res.urn
+
+    def sibling(self, type_: str, res: Res) -> Res:
+        """The one resource of `type_` in the same ServedModel as `res`."""
+        found = [r for r in self.of_type(type_) if self.served_model_of(r) == self.served_model_of(res)]
+        assert len(found) == 1, f"expected one {type_} beside {res.urn}, found {len(found)}"
+        return found[0]
+
+    def named(self, type_: str, name: str) -> Res:
+        found = [r for r in self.of_type(type_) if r.name == name]
+        assert len(found) == 1, f"expected one {type_} named {name!r}, found {len(found)}"
+        return found[0]
 
     def children(self, parent: Res) -> list[Res]:
         return [r for r in self.resources if r.parent == parent.urn]
@@ -274,11 +332,29 @@ def stack_run(stack: str) -> "Run":
     return _RUNS[stack]
 
 
+_VARIANTS: dict[str, "Run"] = {}
+
+
+def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None) -> "Run":
+    """A fresh run of `stack` with `overrides` (auth token given as a secret), once per test
+    process: the lifecycle and change-safety tests share them. `{}` is an unchanged rerun."""
+    key = json.dumps([stack, overrides or {}], sort_keys=True)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = run_program(stack, overrides, secrets={"servedmodel:authToken": TEST_SECRET})
+    return _VARIANTS[key]
+
+
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secrets: Optional[dict[str, str]] = None, preview: bool = False) -> Run:
     """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises."""
-    model_cache_dir()
     config, secret_keys = merged_config(stack, overrides, secrets)
+    return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview)
+
+
+def run_file(program: Path, project: str, stack: str, config: dict[str, str], secret_keys: set[str],
+             preview: bool = False) -> Run:
+    """Run any Pulumi program file under the mocks, in its own directory (as the CLI does)."""
+    model_cache_dir()
     pulumi.runtime.set_all_config(config, list(secret_keys))
     mocks = RealisticMocks()
     monitor = RecordingMonitor(mocks)
@@ -289,18 +365,18 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     logger.handlers = [_ListHandler(logs)]
     # A fresh root Stack per run: set_mocks makes one when none is active.
     pulumi.runtime.settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor,
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=logger)
     pulumi.runtime.set_all_config(config, list(secret_keys))
 
-    def program() -> None:
-        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    def main() -> None:
+        runpy.run_path(str(program), run_name="__main__")
 
     # The CLI runs the program in the project directory.
     cwd = os.getcwd()
-    os.chdir(ROOT)
+    os.chdir(program.parent)
     try:
-        _sync_await(run_pulumi_func(program))
+        _sync_await(run_pulumi_func(main))
     finally:
         os.chdir(cwd)
     root = get_root_resource()

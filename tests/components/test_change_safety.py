@@ -10,24 +10,12 @@ from typing import Any
 
 import pytest
 
-from pulumi_harness import TEST_SECRET, Run, run_program
-
-SECRETS = {"servedmodel:authToken": TEST_SECRET}
+from lifecycle_model import changed_paths
+from pulumi_harness import Run, variant_run
 
 
 def by_urn(run: Run) -> dict[str, dict[str, Any]]:
     return {r.urn: r.inputs for r in run.resources}
-
-
-def changed_paths(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += changed_paths(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [p for i, (x, y) in enumerate(zip(a, b)) for p in changed_paths(x, y, f"{path}[{i}]")]
-    return [] if a == b else [path]
 
 
 def diff(before: Run, after: Run) -> dict[str, list[str]]:
@@ -38,7 +26,7 @@ def diff(before: Run, after: Run) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("stack", ["local", "dev", "prod"])
 def test_an_unchanged_commit_declares_identical_resources(stack_runs, stack):
-    again = run_program(stack, secrets=SECRETS)
+    again = variant_run(stack, {})
     assert diff(stack_runs[stack], again) == {}
     assert again.outputs == stack_runs[stack].outputs
 
@@ -47,7 +35,7 @@ def test_a_model_only_change_updates_one_image_and_one_deployment(stack_runs):
     before = stack_runs["dev"]
     models = [{"name": "mnist-mlp", "model": "mnist-mlp", "compression": "fp16"},
               {"name": "lenet", "model": "lenet", "compression": "int8"}]
-    after = run_program("dev", {"servedmodel:models": models}, secrets=SECRETS)
+    after = variant_run("dev", {"servedmodel:models": models})
     changes = diff(before, after)
     kinds = sorted(urn.split("::")[-2].split("$")[-1] + " " + urn.split("::")[-1] for urn in changes)
     assert kinds == ["docker-build:index:Image mnist-mlp-image", "kubernetes:apps/v1:Deployment mnist-mlp-deploy"]
@@ -66,6 +54,6 @@ def test_a_model_only_change_updates_one_image_and_one_deployment(stack_runs):
 def test_swapping_the_model_keeps_the_served_name_and_every_resource(stack_runs):
     """The flat config's served name does not follow the model: no rename, so no replacements."""
     before = stack_runs["local"]
-    after = run_program("local", {"servedmodel:model": "lenet"}, secrets=SECRETS)
+    after = variant_run("local", {"servedmodel:model": "lenet"})
     changes = diff(before, after)
-    assert sorted(urn.split("::")[-1] for urn in changes) == ["model-container", "model-image"]
+    assert sorted(urn.split("::")[-1] for urn in changes) == ["model-image", "port-8080"]

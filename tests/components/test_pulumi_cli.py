@@ -98,9 +98,14 @@ def test_local_stack_up_then_unchanged_preview_and_model_only_change(cli_env, tm
 @needs_cli
 @needs_cluster
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_kubernetes_stack_preview_passes_the_policy_pack(cli_env, stack):
+def test_kubernetes_stack_preview_passes_the_policy_pack(cli_env, stack, tmp_path):
     pulumi(cli_env, "stack", "select", "--create", stack)
-    pulumi(cli_env, "preview", "--stack", stack, "--policy-pack", str(ROOT / "policy"))
+    # A copy of the stack file with the token secret (prod is public and needs one); the real
+    # stack file stays untouched.
+    config = config_with(stack, tmp_path)
+    pulumi(cli_env, "config", "set", "--secret", "servedmodel:authToken", "it-token-0123456789",
+           "--stack", stack, "--config-file", str(config))
+    pulumi(cli_env, "preview", "--stack", stack, "--config-file", str(config), "--policy-pack", str(ROOT / "policy"))
 
 
 @needs_cli

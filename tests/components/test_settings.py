@@ -6,8 +6,13 @@ import json
 import pulumi
 import pytest
 
-from components.settings import (GPUS_PER_INSTANCE, ConfigError, ModelEntry, parse_settings)
+from components.args import ModelArgs
+from components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
 from pulumi_harness import STACKS, merged_config, project_config
+
+
+# prod is public: it deploys once its token secret is set (as in the tests' stack runs).
+TOKEN = {"servedmodel:authToken": "t0ken"}
 
 
 def raw_for(stack: str, overrides: dict | None = None, secrets: dict | None = None):
@@ -26,7 +31,8 @@ def raw_for(stack: str, overrides: dict | None = None, secrets: dict | None = No
             raw[key] = json.loads(text)
         except json.JSONDecodeError:
             raw[key] = text  # a string given where another type was declared
-    return raw, {k.split(":", 1)[1] for k in secret_keys}
+    # The values of the keys given as secrets (load_settings passes the secret Outputs).
+    return raw, {k.split(":", 1)[1]: config[k] for k in secret_keys}
 
 
 def problems(stack: str, overrides: dict | None = None, secrets: dict | None = None) -> list[str]:
@@ -38,27 +44,33 @@ def problems(stack: str, overrides: dict | None = None, secrets: dict | None = N
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_stack_file_is_valid(stack):
-    raw, secret_keys = raw_for(stack)
+    raw, secret_keys = raw_for(stack, secrets=TOKEN)
     s = parse_settings(raw, secret_keys)
     assert s.models
 
 
 def test_local_stack_serves_mnist_on_docker_cpu():
     s = parse_settings(*raw_for("local"))
-    assert (s.target, s.gpu, s.device) == ("docker", 0, "cpu")
-    assert s.models == (ModelEntry(name="model", model="mnist-mlp", compression="none"),)
+    [a] = s.served
+    assert (s.target, a.resources.gpu, a.resources.device) == ("docker", 0, "cpu")
+    assert s.models == (ModelArgs(served_name="model", model="mnist-mlp", compression="none"),)
 
 
 def test_prod_stack_is_gpu_with_hpa_2_to_10_and_a_protected_pool():
-    s = parse_settings(*raw_for("prod"))
-    assert (s.target, s.gpu, s.device, s.replicas, s.max_replicas) == ("kubernetes", 1, "cuda", 2, 10)
+    s = parse_settings(*raw_for("prod", secrets=TOKEN))
+    [a] = s.served
+    assert (s.target, a.resources.gpu, a.resources.device) == ("kubernetes", 1, "cuda")
+    assert (a.autoscaling.replicas, a.autoscaling.max_replicas) == (2, 10)
     assert s.models[0].compression in ("int8", "fp16")
-    assert s.service_type == "LoadBalancer" and s.allow_load_balancer and s.protect and s.autoscaled
+    assert a.network.service_type == "LoadBalancer" and a.network.allow_load_balancer and a.protect
+    assert a.autoscaling.autoscaled and a.node_pool is not None and a.node_pool.cluster_name == "servedmodel-prod"
 
 
 def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
     s = parse_settings(*raw_for("dev"))
-    assert s.target == "kubernetes" and 1 <= s.replicas <= s.max_replicas <= 2 and s.gpu <= 1
+    assert s.target == "kubernetes" and len(s.served) == 2
+    for a in s.served:
+        assert 1 <= a.autoscaling.replicas <= a.autoscaling.max_replicas <= 2 and a.resources.gpu <= 1
 
 
 @pytest.mark.parametrize("overrides, needle", [
@@ -70,6 +82,9 @@ def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
     ({"servedmodel:target": "k8s"}, "servedmodel:target = 'k8s': accepted: one of docker, kubernetes"),
     ({"servedmodel:authToken": "hunter2"}, "servedmodel:authToken = [given in plain text]: must be a secret"),
     ({"servedmodel:serviceType": "LoadBalancer"}, "set servedmodel:allowLoadBalancer to true to opt in"),
+    ({"servedmodel:tlsCertificateArn": "my-cert"}, "servedmodel:tlsCertificateArn = 'my-cert': must be an ACM certificate ARN"),
+    ({"servedmodel:tlsCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/ab-12"},
+     "TLS terminates at the load balancer: only with servedmodel:serviceType LoadBalancer"),
     ({"servedmodel:memory": "lots"}, "servedmodel:memory = 'lots': must be a Kubernetes quantity"),
     ({"servedmodel:ingressCidrs": ["10.0.0.0/33"]}, "servedmodel:ingressCidrs = '10.0.0.0/33'"),
     ({"servedmodel:name": "My_Model"}, "servedmodel:name = 'My_Model': must be a DNS label"),
@@ -97,10 +112,10 @@ def test_gpu_pool_that_cannot_fit_max_replicas_plus_surge_is_rejected():
     found = problems("prod", {"servedmodel:nodeMax": 10})
     assert any(p.startswith("servedmodel:nodeMax = 10:") and "need 11" in p and "at least 11" in p
                for p in found), found
-    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 11})
+    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 11}, TOKEN)
     parse_settings(raw, keys)
     # Bigger nodes hold more replicas: g5.12xlarge has 4 GPUs -> 3 nodes fit 12.
-    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 3, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"]})
+    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 3, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"]}, TOKEN)
     parse_settings(raw, keys)
 
 
@@ -142,8 +157,8 @@ def test_file_reference_models_are_accepted():
 
 def test_a_configured_zero_is_not_replaced_by_a_default():
     raw, keys = raw_for("local", {"servedmodel:preStopSeconds": 0, "servedmodel:drainSeconds": 0})
-    s = parse_settings(raw, keys)
-    assert (s.pre_stop_seconds, s.drain_seconds) == (0, 0)
+    [a] = parse_settings(raw, keys).served
+    assert (a.server.pre_stop_seconds, a.server.drain_seconds) == (0, 0)
 
 
 def test_bad_config_stops_the_real_program_with_one_run_error():
@@ -162,3 +177,21 @@ def test_a_non_integer_for_an_integer_key_is_reported_by_the_loader():
     with pytest.raises(pulumi.RunError) as err:
         run_program("local", {"servedmodel:replicas": "two"})
     assert "servedmodel:replicas = 'two': must be an integer" in str(err.value)
+
+
+PUBLIC_NEEDS = ("servedmodel:serviceType = 'LoadBalancer': a public endpoint needs both servedmodel:authToken (a secret) "
+                "and servedmodel:tlsCertificateArn")
+
+
+def test_a_public_endpoint_without_token_or_tls_is_one_error_naming_both_keys():
+    # prod without its token secret: refused, and the message names both keys.
+    found = problems("prod")
+    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]
+    assert msg.endswith("missing: servedmodel:authToken")
+    found = problems("prod", {"servedmodel:tlsCertificateArn": ""}, secrets={"servedmodel:authToken": "t0ken"})
+    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]
+    assert msg.endswith("missing: servedmodel:tlsCertificateArn")
+    found = problems("prod", {"servedmodel:tlsCertificateArn": ""})
+    assert any(p.endswith("missing: servedmodel:authToken, servedmodel:tlsCertificateArn") for p in found), found
+    # The shipped prod stack deploys once its token secret is set.
+    parse_settings(*raw_for("prod", secrets={"servedmodel:authToken": "t0ken"}))

@@ -83,9 +83,21 @@ def test_rolling_update_never_drops_capacity():
 
 
 def test_ecr_lifecycle_keeps_the_last_n_versions():
-    [rule] = json.loads(specs.ecr_lifecycle_policy(7))["rules"]
-    assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["selection"]["countNumber"] == 7
-    assert rule["action"] == {"type": "expire"}
+    untagged, tagged = sorted(json.loads(specs.ecr_lifecycle_policy(7))["rules"], key=lambda r: r["rulePriority"])
+    # Tagged versions are counted on their own: re-pushed builds (untagged) never use up the window.
+    assert tagged["selection"] == {"tagStatus": "tagged", "tagPatternList": ["*"],
+                                   "countType": "imageCountMoreThan", "countNumber": 7}
+    # A replaced build stays pullable for pods still pinned to its digest, then goes.
+    assert untagged["selection"] == {"tagStatus": "untagged", "countType": "sinceImagePushed",
+                                     "countUnit": "days", "countNumber": specs.UNTAGGED_EXPIRY_DAYS}
+    assert untagged["action"] == tagged["action"] == {"type": "expire"}
+
+
+def test_pinned_reference_needs_a_manifest_digest():
+    digest = "sha256:" + "a" * 64
+    assert specs.pinned_reference("r/m:v1", digest) == f"r/m:v1@{digest}"
+    with pytest.raises(ValueError, match="manifest digest"):
+        specs.pinned_reference("r/m:v1", "")
 
 
 def test_kubeconfig_uses_aws_token_exec_not_a_stored_token():
@@ -96,3 +108,12 @@ def test_kubeconfig_uses_aws_token_exec_not_a_stored_token():
 
 def test_registry_host():
     assert specs.registry_host("1.dkr.ecr.eu-west-1.amazonaws.com/a/b") == "1.dkr.ecr.eu-west-1.amazonaws.com"
+
+
+def test_kubeconfig_passes_the_aws_profile_to_the_token_command():
+    cfg = json.loads(specs.eks_kubeconfig("c", "https://x", "Q0E=", "eu-west-1", aws_profile="deploy"))
+    exec_ = cfg["users"][0]["user"]["exec"]
+    assert exec_["args"][-2:] == ["--profile", "deploy"]
+    assert exec_["env"] == [{"name": "AWS_PROFILE", "value": "deploy"}]
+    plain = json.loads(specs.eks_kubeconfig("c", "https://x", "Q0E=", "eu-west-1"))["users"][0]["user"]["exec"]
+    assert "--profile" not in plain["args"] and "env" not in plain

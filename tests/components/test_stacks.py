@@ -1,7 +1,8 @@
 """The real __main__.py for every stack file under Pulumi's mocks: the whole resource graph.
 
 Each Kubernetes object is validated against the OpenAPI schema of the cluster's version with
-kubernetes-validate in strict mode (unknown fields are errors).
+kubernetes-validate in strict mode (unknown fields are errors); each custom resource (Argo
+Rollouts, prometheus-operator) strictly against its upstream CRD schema (tests/crds/).
 """
 from __future__ import annotations
 
@@ -10,21 +11,35 @@ import pytest
 
 from components import specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kubernetes_manifest
+from tests.crds.validate import validate_custom_resource
 
 COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
-              "servedmodel:index:ModelService", "servedmodel:index:LocalService"}
+              "servedmodel:index:ModelService", "servedmodel:index:LocalService", "servedmodel:index:ModelMonitoring"}
+# The kinds a model's pods come from: rolling -> Deployment, canary -> Argo Rollouts Rollout.
+WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout")
+# Custom resources: validated against their CRD schemas, not the Kubernetes OpenAPI.
+CUSTOM_GROUPS = ("argoproj.io/", "monitoring.coreos.com/")
 K8S = "kubernetes:"
 # The oldest Kubernetes the objects are written for: the kubelet's preStop `sleep` action is on
 # by default from 1.30 (docs/deploy.md).
 MIN_KUBERNETES_VERSION = "1.30.0"
 
 
+def is_custom(r) -> bool:
+    return r.type.split(":")[1].startswith(CUSTOM_GROUPS)
+
+
 def k8s_objects(run: Run):
     return [r for r in run.resources if r.type.startswith(K8S)]
 
 
+def workloads(run: Run):
+    return [r for r in run.resources if r.type in WORKLOADS]
+
+
 def pod_spec(run: Run, deployment=None):
-    deployment = deployment or run.one("kubernetes:apps/v1:Deployment")
+    if deployment is None:
+        [deployment] = workloads(run)
     return deployment.inputs["spec"]["template"]["spec"]
 
 
@@ -36,16 +51,23 @@ def test_expected_kinds_and_counts(stack_runs):
                  "servedmodel:index:ModelService": 1, "aws:ecr/repository:Repository": 1,
                  "aws:ecr/lifecyclePolicy:LifecyclePolicy": 1, "docker-build:index:Image": 1,
                  "kubernetes:core/v1:ServiceAccount": 1, "kubernetes:core/v1:Secret": 1,
-                 "kubernetes:apps/v1:Deployment": 1, "kubernetes:core/v1:Service": 1,
+                 "kubernetes:core/v1:Service": 1,
                  "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": 1,
                  "kubernetes:networking.k8s.io/v1:NetworkPolicy": 1}
-    # dev: two models, 1-2 CPU replicas (HPA, no PDB at one replica), no GPU pool.
-    assert stack_runs["dev"].counts() == {k: 2 * v for k, v in per_model.items()} | {"pulumi:providers:kubernetes": 1}
-    # prod: one model, GPU pool (role + 3 policy attachments + node group), PDB, PriorityClass.
+    # dev: two models, 1-2 CPU replicas (HPA, no PDB at one replica), no GPU pool; rolling
+    # Deployments; monitoring by annotations (rule-file and dashboard ConfigMaps).
+    assert stack_runs["dev"].counts() == {k: 2 * v for k, v in per_model.items()} | {
+        "pulumi:providers:kubernetes": 1, "kubernetes:apps/v1:Deployment": 2,
+        "servedmodel:index:ModelMonitoring": 2, "kubernetes:core/v1:ConfigMap": 4}
+    # prod: one model, GPU pool (role + 3 policy attachments + node group), PDB, PriorityClass;
+    # a canary Rollout with its AnalysisTemplate; PodMonitor, PrometheusRule, dashboard.
     assert stack_runs["prod"].counts() == per_model | {
         "pulumi:providers:kubernetes": 1, "servedmodel:index:GpuNodePool": 1, "aws:iam/role:Role": 1,
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 3, "aws:eks/nodeGroup:NodeGroup": 1,
-        "kubernetes:policy/v1:PodDisruptionBudget": 1, "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1}
+        "kubernetes:policy/v1:PodDisruptionBudget": 1, "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1,
+        "kubernetes:argoproj.io/v1alpha1:Rollout": 1, "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate": 1,
+        "servedmodel:index:ModelMonitoring": 1, "kubernetes:monitoring.coreos.com/v1:PodMonitor": 1,
+        "kubernetes:monitoring.coreos.com/v1:PrometheusRule": 1, "kubernetes:core/v1:ConfigMap": 1}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -58,7 +80,8 @@ def test_every_resource_is_parented_in_its_component(stack_runs, stack):
         parent = run.by_urn(r.parent)
         assert parent.type in COMPONENTS, f"{r.type} {r.name} is parented by {parent.type}"
         if r.type.startswith(K8S):
-            assert parent.type == "servedmodel:index:ModelService"
+            monitoring = r.type.split(":")[1].startswith("monitoring.coreos.com/") or r.type.endswith(":ConfigMap")
+            assert parent.type == ("servedmodel:index:ModelMonitoring" if monitoring else "servedmodel:index:ModelService")
         if r.type.startswith("aws:iam") or r.type.startswith("aws:eks"):
             assert parent.type == "servedmodel:index:GpuNodePool"
         if r.type.startswith("aws:ecr") or r.type.startswith("docker-build"):
@@ -75,14 +98,26 @@ def test_every_kubernetes_object_is_valid_for_the_cluster_version(stack_runs, st
     assert objects
     for r in objects:
         doc = kubernetes_manifest(r)
-        kubernetes_validate.validate(doc, version, strict=True)
+        if is_custom(r):
+            validate_custom_resource(doc)
+            if r.type == WORKLOADS[1]:
+                # The Rollout's pod template against the Kubernetes schema too (the CRD's is looser).
+                kubernetes_validate.validate({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "t"},
+                                              "spec": {"selector": doc["spec"]["selector"],
+                                                       "template": doc["spec"]["template"]}}, version, strict=True)
+        else:
+            kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_the_validation_is_strict_enough_to_catch_a_typo(stack_runs):
-    doc = kubernetes_manifest(stack_runs["prod"].one("kubernetes:apps/v1:Deployment"))
+    doc = kubernetes_manifest(stack_runs["dev"].of_type("kubernetes:apps/v1:Deployment")[0])
     doc["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    rollout = kubernetes_manifest(stack_runs["prod"].one(WORKLOADS[1]))
+    rollout["spec"]["strategy"]["canary"]["steps"][0]["setWeigth"] = 10
+    with pytest.raises(AssertionError, match="setWeigth"):
+        validate_custom_resource(rollout)
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -97,11 +132,12 @@ def test_kubernetes_objects_are_auto_named_and_use_the_consumers_provider(stack_
 def test_deployment_leaves_replicas_to_the_hpa(stack_runs):
     for stack in ("dev", "prod"):
         run = stack_runs[stack]
-        for d in run.of_type("kubernetes:apps/v1:Deployment"):
+        for d in workloads(run):
             assert "replicas" not in d.inputs["spec"]
         for hpa in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
-            names = {d.state["metadata"]["name"] for d in run.of_type("kubernetes:apps/v1:Deployment")}
-            assert hpa.inputs["spec"]["scaleTargetRef"]["name"] in names
+            kinds = {(d.inputs["apiVersion"], d.inputs["kind"], d.state["metadata"]["name"]) for d in workloads(run)}
+            ref = hpa.inputs["spec"]["scaleTargetRef"]
+            assert (ref["apiVersion"], ref["kind"], ref["name"]) in kinds
 
 
 def test_deployment_sets_replicas_when_no_hpa(model_cache):
@@ -114,9 +150,9 @@ def test_deployment_sets_replicas_when_no_hpa(model_cache):
 
 def test_prod_deployment(stack_runs):
     run = stack_runs["prod"]
-    d = run.one("kubernetes:apps/v1:Deployment")
+    d = run.one(WORKLOADS[1])  # prod rolls out as a canary: the Rollout holds the pod template
     spec = d.inputs["spec"]
-    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert spec["strategy"]["canary"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     [c] = pod["containers"]
     image = run.one("docker-build:index:Image")
@@ -158,12 +194,12 @@ def test_auth_token_is_a_secret_end_to_end(stack_runs):
         for secret in run.of_type("kubernetes:core/v1:Secret"):
             assert secret.inputs["stringData"] == {"token": TEST_SECRET}
             assert "stringData" in secret.secret_paths or "stringData.token" in secret.secret_paths
-        d = run.of_type("kubernetes:apps/v1:Deployment")[0]
+        d = workloads(run)[0]
         env = {e["name"]: e for e in pod_spec(run, d)["containers"][0]["env"]}
         ref = env["SERVEDMODEL_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert ref["name"] in {s.state["metadata"]["name"] for s in run.of_type("kubernetes:core/v1:Secret")}
         # Never in a Deployment in plain text, never in the outputs.
-        assert TEST_SECRET not in repr([r.inputs for r in run.of_type("kubernetes:apps/v1:Deployment")])
+        assert TEST_SECRET not in repr([r.inputs for r in workloads(run)])
         assert TEST_SECRET not in repr(run.outputs)
     container = stack_runs["local"].one("docker:index/container:Container")
     assert any(p.startswith("envs") for p in container.secret_paths)
@@ -179,8 +215,14 @@ def test_prod_service_hpa_pdb_and_network_policy(stack_runs):
     run = stack_runs["prod"]
     svc = run.one("kubernetes:core/v1:Service")
     assert svc.inputs["spec"]["type"] == "LoadBalancer"
-    assert svc.inputs["metadata"]["annotations"][specs.LOAD_BALANCER_OPT_IN] == "true"
-    assert svc.inputs["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    annotations = svc.inputs["metadata"]["annotations"]
+    assert annotations[specs.LOAD_BALANCER_OPT_IN] == "true"
+    # TLS terminates at an NLB of the AWS Load Balancer Controller with the stack's ACM certificate.
+    lbc = "service.beta.kubernetes.io/aws-load-balancer-"
+    assert annotations[lbc + "type"] == "external" and annotations[lbc + "nlb-target-type"] == "ip"
+    assert annotations[lbc + "scheme"] == "internet-facing" and annotations[lbc + "backend-protocol"] == "tcp"
+    assert annotations[lbc + "ssl-cert"].startswith("arn:aws:acm:eu-west-1:") and annotations[lbc + "ssl-ports"] == "https"
+    assert svc.inputs["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}]
     hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler").inputs["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
     assert hpa["metrics"][0]["pods"]["metric"]["name"] == "servedmodel_inflight_requests"
@@ -213,7 +255,8 @@ def test_gpu_node_pool(stack_runs):
     assert i["instanceTypes"] == ["g5.xlarge"]
     assert i["scalingConfig"] == {"minSize": 2, "desiredSize": 2, "maxSize": 11}
     assert i["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
-    assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]  # the cluster's
+    # The cluster's private subnets only (tagged kubernetes.io/role/internal-elb), never its public ones.
+    assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
     role = run.one("aws:iam/role:Role")
     assert i["nodeRoleArn"] == role.state["arn"]
     attached = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
@@ -226,7 +269,12 @@ def test_registry_and_images(stack_runs):
     prod = stack_runs["prod"]
     repo = prod.one("aws:ecr/repository:Repository")
     assert repo.protect, "prod registry must be protected"
-    assert repo.inputs["imageTagMutability"] == "IMMUTABLE"
+    # Mutable tags, every workload pinned by digest (docs/deploy.md, "Images and registries").
+    assert repo.inputs["imageTagMutability"] == "MUTABLE"
+    for deployment in prod.of_type("kubernetes:apps/v1:Deployment"):
+        image = deployment.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+        built = prod.one("docker-build:index:Image")
+        assert image == f"{built.inputs['tags'][0]}@{built.state['digest']}"
     assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
     assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
     assert not stack_runs["dev"].of_type("aws:ecr/repository:Repository")[0].protect
@@ -261,7 +309,11 @@ def test_outputs_per_model(stack_runs):
     assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
     for stack, run in stack_runs.items():
         out = run.outputs
-        assert set(out) == {"url", "image", "modelVersion", "signature"}
+        assert set(out) == {"url", "inferUrl", "modelName", "image", "modelVersion", "signature"}
+        for name, url in out["url"].items():
+            # The route is under the served name, never the manifest's: a model swap keeps it.
+            assert out["modelName"][name] == name
+            assert out["inferUrl"][name] == f"{url}/v2/models/{name}/infer"
         for name, version in out["modelVersion"].items():
             assert len(version) == 16 and out["image"][name].split("@")[0].endswith(":" + version)
             sig = out["signature"][name]
@@ -271,6 +323,7 @@ def test_outputs_per_model(stack_runs):
             if stack != "local":
                 assert "@sha256:" in out["image"][name]
         assert not run.secret_outputs
+    assert stack_runs["prod"].outputs["url"]["classifier"].startswith("https://")
     assert stack_runs["prod"].outputs["url"]["classifier"].endswith(".elb.amazonaws.com")
     assert stack_runs["dev"].outputs["url"]["lenet"].endswith(".servedmodel.svc.cluster.local")
 
@@ -345,3 +398,17 @@ def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache
         assert (reg["address"], reg["username"], reg["password"]) == ("ghcr.io", "bot", "registry-pass-123")
         assert "registries" in image.secret_paths
     assert "registry-pass-123" not in repr(run.outputs)
+
+
+def test_the_generated_kubeconfig_honours_aws_profile(model_cache):
+    """The providers deploy with the stack's aws:profile; the kubeconfig's token must come from it too."""
+    import json
+
+    from pulumi_harness import run_program
+
+    run = run_program("dev", {"aws:profile": "servedmodel-deploy"})
+    provider = run.one("pulumi:providers:kubernetes")
+    exec_ = json.loads(provider.inputs["kubeconfig"])["users"][0]["user"]["exec"]
+    assert exec_["args"][-2:] == ["--profile", "servedmodel-deploy"]
+    assert {"name": "AWS_PROFILE", "value": "servedmodel-deploy"} in exec_["env"]
+    assert "kubeconfig" in provider.secret_paths

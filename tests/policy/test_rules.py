@@ -125,6 +125,16 @@ def test_cronjob_pod_spec_is_found():
     assert rules.no_mutable_tags("kubernetes:batch/v1:CronJob", props)
 
 
+def test_rollout_pod_template_gets_the_same_rules():
+    """A canary's pods come from an Argo Rollouts Rollout: its pod template is checked too."""
+    rollout = good_deployment()
+    assert rules.violations("kubernetes:argoproj.io/v1alpha1:Rollout", rollout) == {}
+    container(rollout)["image"] = "example/model:latest"
+    del container(rollout)["readinessProbe"]
+    found = rules.violations("kubernetes:argoproj.io/v1alpha1:Rollout", rollout)
+    assert len(found) >= 2, found
+
+
 def test_load_balancer_needs_the_opt_in():
     svc = {"metadata": {}, "spec": {"type": "LoadBalancer"}}
     [msg] = rules.no_unapproved_load_balancer("kubernetes:core/v1:Service", svc)
@@ -132,6 +142,46 @@ def test_load_balancer_needs_the_opt_in():
     svc["metadata"]["annotations"] = {rules.LOAD_BALANCER_OPT_IN: "true"}
     assert rules.no_unapproved_load_balancer("kubernetes:core/v1:Service", svc) == []
     assert rules.no_unapproved_load_balancer("kubernetes:core/v1:Service", {"spec": {"type": "ClusterIP"}}) == []
+
+
+LBC = "service.beta.kubernetes.io/aws-load-balancer-"
+ARN = "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d"
+
+
+def public_service(**annotations) -> dict:
+    return {"metadata": {"name": "svc", "annotations": {
+        rules.LOAD_BALANCER_OPT_IN: "true", LBC + "type": "external", LBC + "ssl-cert": ARN,
+        LBC + "ssl-ports": "https,grpc"} | annotations},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "m"},
+                 "ports": [{"name": "https", "port": 443}, {"name": "grpc", "port": 9000}]}}
+
+
+def test_a_public_service_must_terminate_tls_on_every_port():
+    svc = "kubernetes:core/v1:Service"
+    assert rules.load_balancer_terminates_tls(svc, public_service()) == []
+    [msg] = rules.load_balancer_terminates_tls(svc, public_service(**{LBC + "ssl-ports": "https"}))
+    assert "in clear text now: grpc" in msg
+    no_cert = public_service()
+    del no_cert["metadata"]["annotations"][LBC + "ssl-cert"]
+    del no_cert["metadata"]["annotations"][LBC + "type"]
+    [msg] = rules.load_balancer_terminates_tls(svc, no_cert)
+    assert f"{LBC}ssl-cert" in msg and f"{LBC}type: external" in msg and "servedmodel:tlsCertificateArn" in msg
+    assert rules.load_balancer_terminates_tls(svc, {"spec": {"type": "ClusterIP", "ports": [{"port": 80}]}}) == []
+
+
+def test_a_public_endpoint_requires_a_bearer_token_on_what_it_selects():
+    deploy = good_deployment()
+    deploy["metadata"] = {"name": "model"}
+    deploy["spec"]["template"]["metadata"] = {"labels": {"app": "m", "v": "1"}}
+    resources = [("kubernetes:core/v1:Service", public_service()), (DEPLOY, deploy)]
+    [msg] = rules.public_endpoint_requires_auth(resources)
+    assert "'svc'" in msg and "'model'" in msg and "SERVEDMODEL_AUTH_TOKEN" in msg
+    container(deploy)["env"] = [{"name": "SERVEDMODEL_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "a", "key": "token"}}}]
+    assert rules.public_endpoint_requires_auth(resources) == []
+    # A ClusterIP Service, or a workload it does not select, is not the rule's business.
+    del container(deploy)["env"]
+    deploy["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
+    assert rules.public_endpoint_requires_auth(resources) == []
 
 
 def test_rules_module_does_not_import_pulumi_policy():
@@ -144,7 +194,9 @@ def test_rules_module_does_not_import_pulumi_policy():
 def test_the_pack_wraps_every_rule():
     main = (ROOT / "policy" / "__main__.py").read_text()
     assert "EnforcementLevel.MANDATORY" in main and "rules.RULES" in main
-    assert len({r.name for r in rules.RULES}) == len(rules.RULES) == 6
+    assert len({r.name for r in rules.RULES}) == len(rules.RULES) == 7
+    assert "rules.STACK_RULES" in main and "StackValidationPolicy" in main
+    assert [r.name for r in rules.STACK_RULES] == ["public-endpoint-requires-auth"]
 
 
 def test_the_programs_own_resources_pass_every_rule():
@@ -157,6 +209,9 @@ def test_the_programs_own_resources_pass_every_rule():
         run = pulumi_harness.stack_run(stack)
         for r in run.resources:
             assert rules.violations(r.type, r.inputs) == {}, f"{stack}: {r.type} {r.name}"
+        for rule in rules.STACK_RULES:
+            assert rule.check([(r.type, pulumi_harness.kubernetes_manifest(r) if r.type.startswith("kubernetes:")
+                                else r.inputs) for r in run.resources]) == [], f"{stack}: {rule.name}"
 
 
 POLICY_VENV_PYTHON = ROOT / "policy" / "venv" / "bin" / "python"
@@ -177,12 +232,21 @@ def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
         "    def __init__(self, **kw): seen.update(kw)\n"
         "pulumi_policy.PolicyPack = Recorder\n"
         f"runpy.run_path({str(ROOT / 'policy' / '__main__.py')!r}, run_name='__main__')\n"
+        "svc = {'metadata': {'name': 's'}, 'spec': {'type': 'LoadBalancer', 'selector': {'app': 'm'},\n"
+        "       'ports': [{'name': 'http', 'port': 80}]}}\n"
+        "deploy = {'metadata': {'name': 'd'}, 'spec': {'template': {'metadata': {'labels': {'app': 'm'}},\n"
+        "          'spec': {'containers': [{'name': 'server', 'env': []}]}}}}\n"
+        "resources = [pulumi_policy.PolicyResource(t, p, 'urn:' + t, t, None, None, None, [], {})\n"
+        "             for t, p in [('kubernetes:core/v1:Service', svc), ('kubernetes:apps/v1:Deployment', deploy)]]\n"
         "class Args:\n"
         "    resource_type = 'kubernetes:core/v1:Service'\n"
-        "    props = {'spec': {'type': 'LoadBalancer'}}\n"
+        "    props = svc\n"
         "msgs = []\n"
-        "for p in seen['policies']: p.validate(Args(), lambda m, urn=None: msgs.append(p.name))\n"
-        "print(seen['enforcement_level'].name, len(seen['policies']), msgs)\n"
+        "for p in seen['policies']:\n"
+        "    args = pulumi_policy.StackValidationArgs(resources) if isinstance(p, pulumi_policy.StackValidationPolicy) else Args()\n"
+        "    p.validate(args, lambda m, urn=None, name=p.name: msgs.append(name))\n"
+        "print(seen['enforcement_level'].name, len(seen['policies']), sorted(set(msgs)))\n"
     )
     out = subprocess.run([str(POLICY_VENV_PYTHON), "-c", script], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.strip() == "MANDATORY 6 ['no-load-balancer-without-opt-in']"
+    assert out.stdout.strip() == ("MANDATORY 8 ['load-balancer-terminates-tls', 'no-load-balancer-without-opt-in', "
+                                  "'public-endpoint-requires-auth']")

@@ -12,7 +12,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 18
-_T = {"FP32": TensorProto.FLOAT, "INT64": TensorProto.INT64, "FP16": TensorProto.FLOAT16}
+_T = {"FP32": TensorProto.FLOAT, "INT64": TensorProto.INT64, "FP16": TensorProto.FLOAT16,
+      "BOOL": TensorProto.BOOL}
 
 
 def _vi(name, datatype, shape):
@@ -66,6 +67,16 @@ def half_model():
     return _model(nodes, [("h", "FP16", [-1, 2])], [("y", "FP32", [-1, 2])])
 
 
+def flags_model():
+    """BOOL in and out: y = x * float(m), nm = not m, n = int64(m) (INT64 out)."""
+    nodes = [helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "mf"], ["y"]),
+             helper.make_node("Not", ["m"], ["nm"]),
+             helper.make_node("Cast", ["m"], ["n"], to=TensorProto.INT64)]
+    return _model(nodes, [("x", "FP32", [-1, 3]), ("m", "BOOL", [-1, 3])],
+                  [("y", "FP32", [-1, 3]), ("nm", "BOOL", [-1, 3]), ("n", "INT64", [-1, 3])])
+
+
 def slow_model(width: int = 512, depth: int = 1000):
     """y = x @ I @ I ... (depth MatMuls with the identity): exact output == input, and slow
     enough (milliseconds a row) to keep requests in flight for overload and shutdown tests."""
@@ -100,7 +111,8 @@ def gather_model(vocab: int = 100):
                   [("y", "FP32", dims)], [table, axes])
 
 
-MODELS = {"gather": gather_model, "slow": slow_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
+MODELS = {"slow": slow_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
+          "log": log_model, "half": half_model, "flags": flags_model, "gather": gather_model}
 
 
 def write_context(out: Path, kind: str, name: str | None = None, *, max_batch_size: int = 32,

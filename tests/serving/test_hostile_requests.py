@@ -233,8 +233,10 @@ def test_grpc_front_end_has_the_same_checks_and_isolation(tmp_path_factory, star
     import grpc
 
     from conftest import free_port
-    from serving.v2grpc import grpc_predict_v2_pb2 as pb
-    from serving.v2grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+    # tritonclient's stubs (an independent client; importing ours too would register the
+    # same proto package twice in this process)
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
     def edit(doc):
         doc["inputs"][0]["range"] = [0, 99]

@@ -128,3 +128,31 @@ def test_intra_op_spinning_setting(tmp_path):
     with pytest.raises(StartupError) as e:
         load_settings(m, {}, {"SERVEDMODEL_INTRA_OP_SPINNING": "sometimes"})
     assert "SERVEDMODEL_INTRA_OP_SPINNING" in str(e.value)
+
+
+def test_warm_up_times_sizes_in_interleaved_rounds(tmp_path):
+    """The preferred batch comes from the median of at least WARMUP_MIN_ROUNDS interleaved
+    runs per size (one or two runs made it flip between starts)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from contexts import write_context
+    from serving import model as model_module
+
+    ctx = write_context(tmp_path / "c", "mlp", max_batch_size=32, warmup=(1, 8, 32))
+    manifest = load_manifest(ctx)
+    m = model_module.OnnxModel(manifest, load_settings(manifest, {"context": ctx}, {}))
+    m.load()
+    calls: list[int] = []
+    real = m.predict
+
+    def counting(feeds):
+        calls.append(len(feeds["input"]))
+        return real(feeds)
+
+    m.predict = counting
+    m.warm_up()
+    timed = calls[3:]                          # after one checked run per size
+    assert timed[:6] == [1, 8, 32, 1, 8, 32]   # interleaved
+    for b in (1, 8, 32):
+        assert timed.count(b) >= model_module.WARMUP_MIN_ROUNDS

@@ -1,0 +1,99 @@
+"""How long the engine waits for what becomes ready only when the model does.
+
+Pure arithmetic over the model's start-up time (tested without mocks in
+tests/components/test_timeouts.py). The Deployment, a LoadBalancer Service (Pulumi's await
+waits for its NLB and for ready endpoints) and the GPU node group get `customTimeouts` from
+here, and the Deployment's progress deadline and startup probe budget come from the same
+per-pod figure, so a slow model fails its rollout for a reason, not for a default.
+
+The start-up is the manifest's measured `startup` (`load_seconds` + `warmup_seconds`, written by
+`models/` at build time) when it has one; without it the startup probe's full budget is assumed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from components.specs import ROLLOUT_SURGE, STARTUP_PROBE_PERIOD
+
+# Measured on the build machine: production hardware, a cold page cache and CUDA's context
+# creation can be slower, so the budget is this many times the measurement, never below a floor.
+STARTUP_MARGIN = 3.0
+STARTUP_FLOOR_SECONDS = {"cpu": 60, "cuda": 120}
+# No measurement: the startup probe's historical budget (60 probes x 5 s).
+UNMEASURED_STARTUP_SECONDS = 300
+# Pulling the image onto a node that does not have it (the CUDA image is several GB).
+IMAGE_PULL_SECONDS = {"cpu": 60, "cuda": 240}
+# A new GPU node: the node group (or autoscaler) launches it, it joins, the device plugin
+# advertises its GPUs. A surge pod may have to wait for one.
+NODE_START_SECONDS = 420
+# The NLB of a LoadBalancer Service: provisioning and its first healthy targets.
+LOAD_BALANCER_SECONDS = 420
+# An EKS managed node group: creating it, and replacing one node at a time on an update.
+NODE_GROUP_CREATE_SECONDS = 1800
+NODE_REPLACE_SECONDS = 900
+# Never below the provider's own default await (10 minutes).
+MIN_AWAIT_SECONDS = 600
+
+
+def measured_startup_seconds(manifest: Mapping[str, Any]) -> Optional[float]:
+    """load + warm-up seconds from the manifest's `startup` record, or None when it has none."""
+    startup = manifest.get("startup")
+    if not isinstance(startup, Mapping):
+        return None
+    parts = [startup.get("load_seconds"), startup.get("warmup_seconds")]
+    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and p >= 0 for p in parts):
+        return None
+    return float(sum(parts))
+
+
+@dataclass(frozen=True)
+class ReadinessTimeouts:
+    startup_budget_seconds: int
+    """How long the startup probe lets one server start (probe period x failure threshold)."""
+    startup_failure_threshold: int
+    pod_seconds: int
+    """One pod from scheduling to ready: maybe a new node, the image pull, the start-up."""
+    progress_deadline_seconds: int
+    """The Deployment's progressDeadlineSeconds: one pod's worth of progress, with slack."""
+    deployment: str
+    """customTimeouts create/update of the Deployment: a whole rolling update at max replicas."""
+    service: str
+    """customTimeouts create/update of a LoadBalancer Service: the NLB and a ready pod."""
+    node_group_create: str
+    node_group_update: str
+
+
+def _minutes(seconds: float) -> str:
+    return f"{math.ceil(max(seconds, MIN_AWAIT_SECONDS) / 60)}m"
+
+
+def minutes_to_seconds(timeout: str) -> int:
+    """"45m" (a customTimeouts value written by _minutes) -> 2700."""
+    return int(timeout.removesuffix("m")) * 60
+
+
+def readiness_timeouts(startup_seconds: Optional[float], device: str, max_replicas: int,
+                       node_max: int = 0) -> ReadinessTimeouts:
+    """Timeouts for one model: `startup_seconds` measured (None: unknown), on `device`
+    (cpu/cuda), rolled out up to `max_replicas` pods, on a GPU pool of up to `node_max` nodes."""
+    if startup_seconds is None:
+        budget = UNMEASURED_STARTUP_SECONDS
+    else:
+        budget = max(STARTUP_FLOOR_SECONDS[device], math.ceil(startup_seconds * STARTUP_MARGIN))
+    threshold = math.ceil(budget / STARTUP_PROBE_PERIOD)
+    budget = threshold * STARTUP_PROBE_PERIOD
+    pod = IMAGE_PULL_SECONDS[device] + budget + (NODE_START_SECONDS if device == "cuda" else 0)
+    # maxUnavailable 0: pods are replaced ROLLOUT_SURGE at a time, each waiting to be ready.
+    steps = math.ceil(max_replicas / ROLLOUT_SURGE)
+    return ReadinessTimeouts(
+        startup_budget_seconds=budget,
+        startup_failure_threshold=threshold,
+        pod_seconds=pod,
+        progress_deadline_seconds=max(MIN_AWAIT_SECONDS, math.ceil(pod * 1.5)),
+        deployment=_minutes(steps * pod * 1.25),
+        service=_minutes(LOAD_BALANCER_SECONDS + pod),
+        node_group_create=_minutes(NODE_GROUP_CREATE_SECONDS),
+        node_group_update=_minutes(max(1, node_max) * NODE_REPLACE_SECONDS),
+    )

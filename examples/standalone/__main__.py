@@ -1,0 +1,41 @@
+"""A program of its own that serves one model with `ServedModel`: no servedmodel stack config.
+
+It builds the grouped args itself (each group checks its own values when it is created) and,
+for a cluster, brings its own Kubernetes provider, as any consumer of the components would.
+
+    cd examples/standalone && pulumi up                      # a local container on 127.0.0.1:8091
+    pulumi config set target kubernetes
+    pulumi config set --secret kubeconfig "$(cat ~/.kube/config)" && pulumi up   # on that cluster
+"""
+import sys
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+# The components live at the repository root; a packaged install would not need this line.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from components import (AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs,  # noqa: E402
+                        ServedModel, ServedModelArgs)
+
+config = pulumi.Config()
+on_cluster = config.require("target") == "kubernetes"
+
+args = ServedModelArgs(
+    model=ModelArgs(served_name="digits", model="lenet", compression="int8"),
+    out_dir=Path("build") / "digits",
+    target="kubernetes" if on_cluster else "docker",
+    resources=ResourcesArgs(cpu="500m", memory="512Mi"),
+    autoscaling=AutoscalingArgs(replicas=1, max_replicas=3, metric="cpu", target_cpu_percent=60),
+    network=NetworkArgs(namespace="default", local_port=8091),
+)
+opts = None
+if on_cluster:
+    kubeconfig = config.require_secret("kubeconfig")
+    opts = pulumi.ResourceOptions(providers={"kubernetes": k8s.Provider("cluster", kubeconfig=kubeconfig)})
+
+digits = ServedModel("digits", args, opts=opts)
+pulumi.export("url", digits.url)
+pulumi.export("modelVersion", digits.model_version)
+pulumi.export("signature", digits.signature)

@@ -1,0 +1,360 @@
+"""TEST SCAFFOLDING: a small model of how `pulumi up` turns two program runs into steps.
+
+Never imported by the product. It lets tests/components/test_lifecycle.py play a stack's life
+(first up, no-op, model change, revert, retry, rename) under Pulumi's mocks and assert what a real
+engine would do, which the mocks alone cannot show: they accept any order and any state.
+
+Three parts, each rule citing the source it was read from:
+
+1. PROVIDER_RULES: per resource type, which changed inputs the provider's Diff answers with a
+   replacement (everything else updates in place), and whether its replacement deletes first.
+2. The engine's rules (pulumi/pulumi, pkg/resource/deploy/step_generator.go and
+   step_executor.go), applied by `plan`:
+   - a URN only in the new run is created; only in the old one, deleted; in both with no diff
+     outside ignoreChanges, no step ("same");
+   - a replacement is create-before-delete unless the provider's Diff or the resource option asks
+     deleteBeforeReplace: then the old one is deleted right before its replacement is created;
+   - creates, updates and replacements wait for the steps of the resources they depend on; every
+     delete (of a removed resource, or of a replaced one under create-before-delete) runs after
+     them, in reverse dependency order;
+   - deleting or replacing a `protect`ed resource fails the update; `retainOnDelete` deletes it
+     from the state only.
+   A replacement also changes the outputs of an auto-named resource (a new name); the model does
+   not propagate those to dependents (the mocks keep names stable). The scenarios that rely on
+   it say so.
+3. Registry and host facts that live outside the state, where an `up` can fail although the
+   plan is valid: `Registry` (an ECR repository with IMMUTABLE tags refuses a push of an existing
+   tag with another digest: ECR API reference, PutImage, ImageTagAlreadyExistsException; image
+   builds are not bit-reproducible, so a rebuild always has another digest) and `HostPorts` (the
+   Docker engine refuses a container whose published host port another container holds).
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from pulumi_harness import Res, Run
+
+
+@dataclass(frozen=True)
+class ProviderRule:
+    """How one provider diffs one resource type."""
+
+    source: str
+    """Repository, path and what it says."""
+    replace_on: tuple[str, ...] = ()
+    """Input paths (dotted, `*` matches one segment or list index) whose change is a replacement."""
+    update_only: Optional[tuple[str, ...]] = None
+    """When set, the inverse: only these inputs update in place, any other change replaces."""
+    delete_before_replace: bool = False
+    """What the provider's Diff answers for a replacement."""
+    ignored: tuple[str, ...] = ()
+    """Inputs the provider's Diff never reports."""
+
+    def replaces(self, path: str) -> bool:
+        top = _segments(path)
+        if self.update_only is not None:
+            return not any(_covers(_segments(p), top) for p in self.update_only)
+        return any(_covers(_segments(p), top) for p in self.replace_on)
+
+    def ignores(self, path: str) -> bool:
+        return any(_covers(_segments(p), _segments(path)) for p in self.ignored)
+
+
+def _segments(path: str) -> list[str]:
+    return path.replace("[", ".[").split(".")
+
+
+def _covers(rule: list[str], path: list[str]) -> bool:
+    """True when `path` is `rule` or lies under it."""
+    return len(path) >= len(rule) and all(fnmatch.fnmatchcase(p, r) for r, p in zip(rule, path))
+
+
+K8S_DIFF = ("pulumi/pulumi-kubernetes provider/pkg/provider/diff.go (forceNewProperties): every kind "
+            "replaces on .metadata.name and .metadata.namespace; provider.go (Diff) deletes before "
+            "replacing only an object named explicitly (not auto-named) that keeps its name")
+K8S_META = ("metadata.name", "metadata.namespace")
+
+PROVIDER_RULES: dict[str, ProviderRule] = {
+    "docker-build:index:Image": ProviderRule(
+        source="pulumi/pulumi-docker-build provider/internal/image.go ((*Image) Diff): every changed "
+               "input (tags, context, platforms, push, registries without their password, ...) and a "
+               "changed build-context hash is provider.Update; Update re-runs Create (build and push). "
+               "No input replaces the image.",
+        ignored=("registries[*].password",),
+    ),
+    "docker:index/container:Container": ProviderRule(
+        source="kreuzwerker/terraform-provider-docker internal/provider/resource_docker_container.go: "
+               "every attribute is ForceNew (image, ports, envs, ...) except the ones listed here; "
+               "pulumi/pulumi-docker provider/resources.go maps docker_container with "
+               "DeleteBeforeReplace: true",
+        update_only=("rm", "start", "wait", "waitTimeout", "attach", "logs", "mustRun", "restart",
+                     "maxRetryCount", "removeVolumes", "tmpfs", "healthcheck", "destroyGraceSeconds",
+                     "memory", "memoryReservation", "memorySwap", "cpuShares", "cpuSet", "cpuPeriod",
+                     "cpuQuota", "init", "containerReadRefreshTimeoutMilliseconds",
+                     "deviceReadBps", "deviceReadIops", "deviceWriteBps", "deviceWriteIops"),
+        delete_before_replace=True,
+    ),
+    "aws:ecr/repository:Repository": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/ecr/repository.go: name and "
+               "encryption_configuration are ForceNew; image_tag_mutability, "
+               "image_scanning_configuration and tags are updated in place (resourceRepositoryUpdate)",
+        replace_on=("name", "encryptionConfigurations"),
+    ),
+    "aws:ecr/lifecyclePolicy:LifecyclePolicy": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/ecr/lifecycle_policy.go: policy "
+               "and repository are ForceNew (no Update function); Delete calls "
+               "DeleteLifecyclePolicy on the repository, so a create-before-delete replacement "
+               "would delete the policy it just put",
+        replace_on=("policy", "repository"),
+    ),
+    "aws:iam/role:Role": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/iam/role.go: name, name_prefix and "
+               "path are ForceNew; assume_role_policy and the rest update in place",
+        replace_on=("name", "namePrefix", "path"),
+    ),
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/iam/role_policy_attachment.go: "
+               "role and policy_arn are ForceNew (the resource has no Update)",
+        replace_on=("role", "policyArn"),
+    ),
+    "aws:eks/nodeGroup:NodeGroup": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/eks/node_group.go: ami_type, "
+               "capacity_type, cluster_name, disk_size, instance_types, node_group_name(_prefix), "
+               "node_role_arn, remote_access, subnet_ids and launch_template id/name are ForceNew; "
+               "labels, taint, scaling_config, update_config, version and tags update in place",
+        replace_on=("amiType", "capacityType", "clusterName", "diskSize", "instanceTypes", "nodeGroupName",
+                    "nodeGroupNamePrefix", "nodeRoleArn", "remoteAccess", "subnetIds",
+                    "launchTemplate.id", "launchTemplate.name"),
+    ),
+    "kubernetes:apps/v1:Deployment": ProviderRule(
+        source=K8S_DIFF + "; apps/v1 Deployment also replaces on .spec.selector (matchLabels, "
+                          "matchExpressions); the pod template updates in place (a rollout)",
+        replace_on=K8S_META + ("spec.selector",),
+    ),
+    "kubernetes:core/v1:Service": ProviderRule(
+        source=K8S_DIFF + "; core/v1 Service also replaces on .spec.clusterIP",
+        replace_on=K8S_META + ("spec.clusterIP",),
+    ),
+    "kubernetes:core/v1:Secret": ProviderRule(
+        source=K8S_DIFF + "; a Secret (secret mutability is off by default, and ours are immutable) "
+                          "also replaces on .type, .stringData and .data",
+        replace_on=K8S_META + ("type", "stringData", "data"),
+    ),
+    **{t: ProviderRule(source=K8S_DIFF + f"; {t.split(':')[1]} has no other force-new field", replace_on=K8S_META)
+       for t in ("kubernetes:core/v1:ServiceAccount", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
+                 "kubernetes:policy/v1:PodDisruptionBudget", "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+                 "kubernetes:scheduling.k8s.io/v1:PriorityClass")},
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str
+    """create | update | create-replacement | delete-replaced | delete"""
+    urn: str
+    paths: tuple[str, ...] = ()
+    """The changed inputs (update, replacement)."""
+    retain: bool = False
+    """A delete of a retainOnDelete resource: removed from the state only."""
+
+    @property
+    def name(self) -> str:
+        return self.urn.split("::")[-1]
+
+    @property
+    def type(self) -> str:
+        return self.urn.split("::")[-2].split("$")[-1]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.name}"
+
+
+class PlanError(AssertionError):
+    """The engine would refuse this update (protect) or a provider would fail it."""
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    edges: set[tuple[Step, Step]] = field(default_factory=set)
+    """(a, b): the engine must finish a before it starts b."""
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def summary(self) -> list[str]:
+        return [str(s) for s in self.steps]
+
+    def find(self, op: str, name: str) -> Step:
+        found = [s for s in self.steps if s.op == op and s.name == name]
+        assert len(found) == 1, f"no single {op} {name} in {self.summary()}"
+        return found[0]
+
+    def precedes(self, a: Step, b: Step) -> bool:
+        """True when the engine is obliged to finish `a` before it starts `b`."""
+        frontier, seen = [a], {a}
+        while frontier:
+            step = frontier.pop()
+            for x, y in self.edges:
+                if x == step and y not in seen:
+                    if y == b:
+                        return True
+                    seen.add(y)
+                    frontier.append(y)
+        return False
+
+
+def changed_paths(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += changed_paths(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in changed_paths(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path]
+
+
+def _custom(run: Optional[Run]) -> list[Res]:
+    """The resources a provider manages (components have no steps of their own)."""
+    return [r for r in (run.resources if run else []) if r.custom]
+
+
+def rule_for(res: Res) -> Optional[ProviderRule]:
+    if res.type.startswith("pulumi:providers:"):
+        return None
+    rule = PROVIDER_RULES.get(res.type)
+    assert rule is not None, f"no diff rule for {res.type}: add one (with its source) to PROVIDER_RULES"
+    return rule
+
+
+def plan(before: Optional[Run], after: Run) -> Plan:
+    """The steps `pulumi up` takes from the state `before` left to the program `after`."""
+    old = {r.urn: r for r in _custom(before)}
+    new = {r.urn: r for r in _custom(after)}
+    steps: list[Step] = []
+    forward: dict[str, Step] = {}      # urn -> its create/update/create-replacement
+    deletes: list[Step] = []
+    edges: set[tuple[Step, Step]] = set()
+
+    for res in new.values():
+        was = old.get(res.urn)
+        rule = rule_for(res)
+        if was is None:
+            step = Step("create", res.urn)
+        else:
+            paths = [p for p in changed_paths(was.inputs, res.inputs)
+                     if not (rule and rule.ignores(p))
+                     and not any(_covers(_segments(i), _segments(p)) for i in res.ignore_changes)]
+            if not paths:
+                continue
+            if rule is None:
+                raise AssertionError(f"{res.urn}: provider configuration changed ({paths}); not modelled")
+            replacing = [p for p in paths if rule.replaces(p)]
+            if not replacing:
+                step = Step("update", res.urn, tuple(paths))
+            else:
+                if was.protect:
+                    raise PlanError(f"{res.urn} is protected and would be replaced (changed: {replacing})")
+                step = Step("create-replacement", res.urn, tuple(paths))
+                gone = Step("delete-replaced", res.urn, tuple(paths), retain=was.retain_on_delete)
+                if res.delete_before_replace or rule.delete_before_replace:
+                    steps.append(gone)
+                    edges.add((gone, step))
+                else:
+                    deletes.append(gone)
+        steps.append(step)
+        forward[res.urn] = step
+        for dep in res.dependencies:
+            if dep in forward:
+                edges.add((forward[dep], step))
+            for s in steps:
+                # A dependency deleted first (deleteBeforeReplace) is gone before this step too.
+                if s.urn == dep and s.op == "delete-replaced":
+                    edges.add((s, step))
+
+    for was in old.values():
+        if was.urn not in new:
+            if was.protect:
+                raise PlanError(f"{was.urn} is protected and would be deleted")
+            deletes.append(Step("delete", was.urn, retain=was.retain_on_delete))
+
+    # Deletes run last, dependents before what they depend on (reverse registration order of the
+    # old state, which is a dependency order: a resource registers after what it uses).
+    order = {r.urn: i for i, r in enumerate(_custom(before))}
+    deletes.sort(key=lambda s: -order[s.urn])
+    for d in deletes:
+        for s in steps:
+            edges.add((s, d))
+    for i, d in enumerate(deletes):
+        for e in deletes[i + 1:]:
+            if d.urn in old and e.urn in old[d.urn].dependencies:
+                edges.add((d, e))
+    steps += deletes
+    return Plan(steps, edges)
+
+
+class Registry:
+    """The image registry, which outlives the state: tags pushed by earlier `up`s stay there
+    even when the state does not record them (a push that landed before the run failed)."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, set[str]] = {}
+
+    def publish(self, run: Run, steps: Iterable[Step]) -> list[str]:
+        """Apply the pushes of `steps`; returns the tags pushed. Raises PlanError where the
+        repository refuses a push, as ECR does for an existing tag under IMMUTABLE."""
+        pushed = []
+        for step in steps:
+            if step.type != "docker-build:index:Image" or step.op not in ("create", "update", "create-replacement"):
+                continue
+            image = run.by_urn(step.urn)
+            if not image.inputs.get("push"):
+                continue
+            for tag in image.inputs["tags"]:
+                repo, version = tag.rsplit(":", 1)
+                if version in self.tags.get(repo, set()) and self.mutability(run, repo) == "IMMUTABLE":
+                    raise PlanError(f"{step}: {tag} already exists in an IMMUTABLE repository and this build "
+                                    "has another digest (ImageTagAlreadyExistsException)")
+                self.tags.setdefault(repo, set()).add(version)
+                pushed.append(tag)
+        return pushed
+
+    @staticmethod
+    def mutability(run: Run, repo: str) -> str:
+        for r in run.of_type("aws:ecr/repository:Repository"):
+            if r.state.get("repositoryUrl") == repo:
+                # The provider's default (repository.go: Default ecr.ImageTagMutabilityMutable).
+                return r.inputs.get("imageTagMutability", "MUTABLE")
+        return "MUTABLE"  # a given registry: docs/deploy.md requires it to accept a re-push
+
+
+class HostPorts:
+    """Host ports held by the containers of the docker target. The Docker engine refuses to start
+    a container on a published host port another container holds ("port is already allocated")."""
+
+    def __init__(self, run: Optional[Run] = None) -> None:
+        self.held: dict[tuple[str, int], str] = {}
+        for c in (run.of_type("docker:index/container:Container") if run else []):
+            for key in self._ports(c):
+                self.held[key] = c.urn
+
+    @staticmethod
+    def _ports(container: Res) -> list[tuple[str, int]]:
+        return [(p.get("ip", "0.0.0.0"), int(p["external"])) for p in container.inputs.get("ports", [])]
+
+    def apply(self, after: Run, steps: Iterable[Step]) -> None:
+        for step in steps:
+            if step.type != "docker:index/container:Container":
+                continue
+            if step.op in ("delete", "delete-replaced"):
+                self.held = {k: u for k, u in self.held.items() if u != step.urn}
+            elif step.op in ("create", "create-replacement"):
+                for key in self._ports(after.by_urn(step.urn)):
+                    holder = self.held.get(key)
+                    if holder is not None:  # another container, or the one this replaces (create first)
+                        raise PlanError(f"{step}: host port {key[0]}:{key[1]} is still held by "
+                                        f"{holder.split('::')[-1]}")
+                    self.held[key] = step.urn

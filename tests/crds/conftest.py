@@ -1,0 +1,9 @@
+"""tests/crds: the validator is imported as tests.crds.validate, as other test folders import it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
