@@ -82,7 +82,7 @@ class Metrics:
         for protocol, outcome in sorted(self.requests):
             out.append(f'servedmodel_requests_total{{{L},protocol="{protocol}",'
                        f'outcome="{outcome}"}} {self.requests[protocol, outcome]}')
-        out += ["# HELP servedmodel_request_failures_total Failed requests (every route) by reason.",
+        out += ["# HELP servedmodel_request_failures_total Failed requests (any route), by reason.",
                 "# TYPE servedmodel_request_failures_total counter"]
         for protocol, reason in sorted(self.failures):
             out.append(f'servedmodel_request_failures_total{{{L},protocol="{protocol}",'

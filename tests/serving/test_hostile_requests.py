@@ -112,7 +112,8 @@ def _edit_manifest(ctx, edit):
 
 
 @pytest.mark.parametrize("case, edit, words", [
-    ("batching list", lambda d: d.__setitem__("batching", [32, 2.0]), "'batching' must be an object"),
+    ("batching list", lambda d: d.__setitem__("batching", [32, 2.0]),
+     "'batching' must be an object"),
     ("infinite delay", lambda d: d["batching"].__setitem__("max_queue_delay_ms", float("inf")),
      "Infinity"),
     ("unroutable name", lambda d: d.__setitem__("name", "my model/v1"), "cannot appear in a URL"),
