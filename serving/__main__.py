@@ -45,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 sys.stdout.write(text)
             return 0
-        from .server import connection_limits, ensure_descriptors
-
-        ensure_descriptors(connection_limits(settings))
         from .model import OnnxModel
 
         model = OnnxModel(manifest, settings)

@@ -11,12 +11,12 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import uvicorn
 
 from .app import App
 from .connections import ConnectionGuard, ConnectionLimits, protocol_factory
-from .errors import StartupError
 from .settings import Settings
 
 #: File descriptors kept for everything but client connections (model files, logs, pipes).
@@ -75,26 +75,30 @@ def connection_limits(s: Settings) -> ConnectionLimits:
                             probe_connections=s.probe_connections)
 
 
-def ensure_descriptors(limits: ConnectionLimits) -> None:
-    """Raise the soft open-files limit so the connection cap, not the kernel, refuses first;
-    refuse to start when the hard limit is too low for the cap."""
+def ensure_descriptors(limits: ConnectionLimits) -> ConnectionLimits:
+    """Raise the soft open-files limit so the connection cap, not the kernel, refuses first.
+    When the hard limit is too low for the cap, the cap is lowered to fit (one line on
+    stderr says so): running out of descriptors would refuse probes too."""
     needed = limits.max_connections + limits.probe_connections + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise StartupError(
-                f"invalid settings: SERVEDMODEL_MAX_CONNECTIONS={limits.max_connections} plus "
-                f"{limits.probe_connections} probe connections needs {needed} file descriptors "
-                f"but the open-files limit is {hard}; lower SERVEDMODEL_MAX_CONNECTIONS or raise "
-                f"the limit (ulimit -n)")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return limits
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target >= needed:
+        return limits
+    fits = max(1, target - limits.probe_connections - FD_MARGIN)
+    print(f"serving: the open-files limit ({hard}) allows {fits} connections; "
+          f"SERVEDMODEL_MAX_CONNECTIONS lowered from {limits.max_connections} to {fits}",
+          file=sys.stderr, flush=True)
+    return replace(limits, max_connections=fits)
 
 
 def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) -> int:
     # The model thread needs the GIL for a moment before and after each batch; while the event
     # loop decodes requests it would wait up to the 5 ms default switch interval each time.
     sys.setswitchinterval(0.001)
-    limits = connection_limits(app.settings)
+    limits = ensure_descriptors(connection_limits(app.settings))
     guard = ConnectionGuard(limits, app.service.metrics)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
                             http=protocol_factory(guard), lifespan="on", access_log=False,

@@ -192,6 +192,23 @@ def test_connection_cap_evicts_idle_connections_and_keeps_probes_answering(conte
                            'reason="evicted"}') >= 60 - cap
 
 
+def test_connection_cap_fits_the_open_files_limit():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (100, 200)); "
+            "from serving.server import ensure_descriptors; "
+            "from serving.connections import ConnectionLimits; "
+            "print(ensure_descriptors(ConnectionLimits()).max_connections, "
+            "resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split() == ["128", "200"], out.stderr      # 200 - 8 probes - 64 spare
+    assert "SERVEDMODEL_MAX_CONNECTIONS lowered from 1000 to 128" in out.stderr
+
+
 @pytest.mark.slow
 def test_stalled_bodies_do_not_delay_drain(contexts, start_server):
     server = start_server(contexts["mlp"], {"SERVEDMODEL_DRAIN_SECONDS": "10"})
