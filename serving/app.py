@@ -180,8 +180,9 @@ class App:
                 svc.inflight += 1
                 counted = True
                 if len(body) >= DECODE_OFF_LOOP_BYTES:
-                    # Seconds of parsing for tens of MB of JSON: in a thread, so the event
-                    # loop (probes, other requests) gets the GIL every switch interval.
+                    # Up to seconds of parsing for tens of MB of JSON: in a thread, so the
+                    # event loop (probes, other requests) runs between the decoder's steps
+                    # (each single C call, e.g. orjson's parse, still holds the GIL).
                     request = await asyncio.get_running_loop().run_in_executor(
                         self._decoder, request_from_rest, body, header_len, svc.validator)
                 else:
@@ -234,7 +235,7 @@ class App:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if header_len is not None:
-            # Digits only: int() would also take "3_2_0", " +320" or "３２０".
+            # ASCII digits only: int() would also take "3_2_0", "+320" or " 320 ".
             h = int(header_len) if header_len.isdigit() else -1
             if not 0 < h <= len(body):
                 raise ServingError(400, f"Inference-Header-Content-Length "
