@@ -25,7 +25,8 @@ from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
 from .settings import Settings
 
 JSON = JSON_HEADERS
-#: Request bodies at least this big are decoded in a thread, not on the event loop.
+#: Request bodies (and response tensors) at least this big are decoded (encoded) in a
+#: thread, not on the event loop.
 DECODE_OFF_LOOP_BYTES = 1024 * 1024
 CLOSE = [(b"connection", b"close")]
 PROMETHEUS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
@@ -188,7 +189,11 @@ class App:
                 else:
                     request = request_from_rest(body, header_len, svc.validator)
             response = await svc.infer(request)
-            out, headers = response_to_rest(response)
+            if sum(o.data.nbytes for o in response.outputs) >= DECODE_OFF_LOOP_BYTES:
+                out, headers = await asyncio.get_running_loop().run_in_executor(
+                    self._decoder, response_to_rest, response)
+            else:
+                out, headers = response_to_rest(response)
             return 200, out, headers, {"bytes_in": request.bytes_in, "rows": request.rows}
         finally:
             svc.accepted -= 1

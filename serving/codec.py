@@ -53,6 +53,8 @@ _CONTENTS_DTYPES = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtyp
 _ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 #: Deepest JSON nesting accepted anywhere in a request.
 MAX_DEPTH = 100
+#: Flat JSON data longer than this is converted to an array in pieces of this many elements.
+CHUNK_ELEMENTS = 65536
 
 
 def element_count(shape: list[int]) -> int:
@@ -89,7 +91,13 @@ def decode_json(name: str, data: object, datatype: str, dtype: np.dtype, shape: 
     if _depth(data) > MAX_DEPTH:
         raise ServingError(400, f"input '{name}': data is nested deeper than {MAX_DEPTH} levels")
     try:
-        arr = np.array(data)
+        if len(data) > CHUNK_ELEMENTS and not isinstance(data[0], list):
+            # A long flat list converted in pieces: between them other threads (the event
+            # loop, when this runs in the decode thread) get the interpreter lock.
+            arr = np.concatenate([np.array(data[i:i + CHUNK_ELEMENTS])
+                                  for i in range(0, len(data), CHUNK_ELEMENTS)])
+        else:
+            arr = np.array(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise ServingError(400, f"input '{name}': data must be a flat or rectangular nested list "
                                 f"of numbers") from None
