@@ -63,7 +63,8 @@ class InferenceService:
         self.metrics = Metrics(self.model_name, self.model_version)
         self.log = AccessLog(settings.log_level in ("debug", "info"))
         self.validator = RequestValidator(
-            manifest, max_rows=settings.batching.max_batch_size, max_tensor_bytes=settings.max_body_bytes)
+            manifest, max_rows=settings.batching.max_batch_size,
+            max_tensor_bytes=settings.max_body_bytes)
         self.batcher: Batcher | None = None
         self.draining = False
         self.failed: str | None = None
