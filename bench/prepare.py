@@ -1,15 +1,20 @@
 """Benchmark of the preparation pipeline (models/): writes the "prepare" section of
 docs/benchmarks.md and prints PASS/FAIL per target.
 
-Per zoo model: export and compression time, model sizes, onnxruntime CPU latency at batch 1
-and 8 for fp32/fp16/int8, parity. Targets (issue 2):
-  - int8 minilm <= 30% of the fp32 bytes
-  - int8 minilm embeddings: cosine similarity >= 0.99 to the fp32 embeddings
-  - int8 minilm >= 1.3x lower CPU latency than fp32 at batch 8
-  - an unchanged rebuild (cache hit) < 1 s
+Per zoo model, a table of every compression (models.COMPRESSIONS; the pruned variants for the
+models that carry a task metric): export and compression time, bytes, onnxruntime CPU latency
+at batch 1 and 8, the task metric and its drop from the fp32 export (the quality gate's own
+record), parity. A variant the quality gate refuses is listed as refused. Targets:
+  - int8 minilm <= 30% of the fp32 bytes (issue 2)
+  - int8 minilm embeddings: cosine similarity >= 0.99 to the fp32 embeddings (issue 2)
+  - int8 minilm >= 1.3x lower CPU latency than fp32 at batch 8 (issue 2)
+  - an unchanged rebuild (cache hit) < 1 s (issue 2)
+  - digits-cnn prune <= 60% of the fp32 bytes with an accuracy drop <= 0.01 (issue 13)
+  - digits-cnn int8 accuracy drop <= 0.005 (issue 13)
 
 Run on a quiet machine: `make bench` or `.venv/bin/python bench/prepare.py [--models a,b]`.
-Builds use a fresh private cache, so export times are real.
+Builds use a fresh private cache, so export times are real. `--quick` (short latency runs, no
+write) only checks that the benchmark works.
 """
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import models  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
-COMPRESSIONS = ("none", "fp16", "int8")
-LABEL = {"none": "fp32", "fp16": "fp16", "int8": "int8"}
+from models.spec import COMPRESSIONS, PRUNED  # noqa: E402 - the one list of compressions
+
+LABEL = {c: ("fp32" if c == "none" else c) for c in COMPRESSIONS}
 
 # Held-out sentences for the minilm cosine target (none of them is used by the build itself).
 SENTENCES = [
@@ -78,7 +84,7 @@ def batch_inputs(model: str, manifest: dict, batch: int) -> dict:
     return {t["name"]: rng.random([batch, *t["shape"][1:]], dtype=np.float32) for t in manifest["inputs"]}
 
 
-def latencies_ms(sessions: dict, feed: dict, budget_s: float = 3.0) -> dict:
+def latencies_ms(sessions: dict, feed: dict, budget_s: float = 3.0, min_rounds: int = 20) -> dict:
     """Best wall time of one run per session. The sessions take turns, one run each per
     round, so that load from elsewhere on the machine hits every variant alike and the ratios
     between them stay meaningful."""
@@ -88,7 +94,7 @@ def latencies_ms(sessions: dict, feed: dict, budget_s: float = 3.0) -> dict:
     times: dict = {k: [] for k in sessions}
     t_end = time.perf_counter() + budget_s
     rounds = 0
-    while time.perf_counter() < t_end or rounds < 20:
+    while time.perf_counter() < t_end or rounds < min_rounds:
         for k, sess in sessions.items():
             t = time.perf_counter()
             sess.run(None, feed)
@@ -125,38 +131,86 @@ def parity_text(manifest: dict) -> str:
     return "; ".join(parts)
 
 
+def metric_text(manifest: dict) -> tuple[str, str]:
+    """(metric value, drop / allowance) from the quality gate's record."""
+    ev = manifest.get("evaluation")
+    if not ev:
+        return "-", "-"
+    evs = [ev, *ev.get("others", [])]
+    return ("; ".join(f"{e['metric']} {e['value']:.4f}" for e in evs),
+            "; ".join(f"{e['drop']:+.4f} (<= {e['max_drop']:g})" for e in evs))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(models.ZOO), help="comma-separated zoo names")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    ap.add_argument("--quick", action="store_true", help="short latency runs and --no-write: checks that the "
+                    "benchmark works, measures nothing worth keeping")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails (default: report only, "
                     "so that `make bench` goes on to the other benchmarks)")
     args = ap.parse_args()
     names = [n for n in args.models.split(",") if n]
+    if args.quick:
+        args.no_write = True
+    budget, min_rounds = (0.2, 3) if args.quick else (3.0, 20)
 
     work = Path(tempfile.mkdtemp(prefix="servedmodel-bench-"))
     cache = work / "cache"
-    rows, results, checks = [], {}, []
+    rows: dict[str, list] = {}
+    results, refused, checks = {}, {}, []
     for name in names:
+        variants = []
         for c in COMPRESSIONS:
+            if c in PRUNED and not results[name, "none"].manifest.get("evaluation"):
+                continue  # pruning needs a task metric; this model has none
             print(f"[bench] building {name} {c} ...", file=sys.stderr, flush=True)
-            results[name, c] = models.build(name, c, work / f"{name}-{c}", cache_dir=cache)
+            try:
+                results[name, c] = models.build(name, c, work / f"{name}-{c}", cache_dir=cache)
+                variants.append(c)
+            except models.BuildError as e:
+                if e.exit_code != 9:
+                    raise
+                refused[name, c] = e.detail
         fp32 = results[name, "none"]
         sessions = {c: session(results[name, c].context_dir / "model" / "model.onnx", args.threads)
-                    for c in COMPRESSIONS}
-        lat = {b: latencies_ms(sessions, batch_inputs(name, fp32.manifest, b)) for b in (1, 8)}
+                    for c in variants}
+        lat = {b: latencies_ms(sessions, batch_inputs(name, fp32.manifest, b), budget, min_rounds) for b in (1, 8)}
+        rows[name] = []
         for c in COMPRESSIONS:
+            if (name, c) in refused:
+                rows[name].append((LABEL[c], "", "", "", "", "", "", "", "refused by the quality gate", "",
+                                   refused[name, c][:200]))
+                continue
+            if c not in variants:
+                continue
             r = results[name, c]
             r.latency = {b: lat[b][c] for b in lat}  # type: ignore[attr-defined]
-            rows.append((name, LABEL[c],
-                         f"{fp32.steps.get('export', 0):.1f}" if c == "none" else "",
-                         f"{r.steps.get('compress', 0):.2f}" if c != "none" else "",
-                         f"{r.sizes['final_bytes'] / 2**20:.2f}",
-                         f"{100 * r.sizes['final_bytes'] / fp32.sizes['fp32_bytes']:.0f}%",
-                         f"{lat[1][c]:.3f}", f"{lat[8][c]:.3f}",
-                         f"{lat[8]['none'] / lat[8][c]:.2f}x",
-                         parity_text(r.manifest)))
+            metric, drop = metric_text(r.manifest)
+            rows[name].append((LABEL[c],
+                               f"{fp32.steps.get('export', 0):.1f}" if c == "none" else "",
+                               f"{r.steps.get('compress', 0) + r.steps.get('prune', 0) + r.steps.get('export-pruned', 0):.2f}"
+                               if c != "none" else "",
+                               f"{r.sizes['final_bytes']:,}",
+                               f"{100 * r.sizes['final_bytes'] / fp32.sizes['fp32_bytes']:.0f}%",
+                               f"{lat[1][c]:.3f}", f"{lat[8][c]:.3f}",
+                               f"{lat[8]['none'] / lat[8][c]:.2f}x",
+                               metric, drop, parity_text(r.manifest)))
+
+    if "digits-cnn" in names:
+        f32 = results["digits-cnn", "none"]
+        pr = results.get(("digits-cnn", "prune"))
+        if pr is None:
+            checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01", "refused by the gate", False))
+        else:
+            ratio, drop = pr.sizes["final_bytes"] / f32.sizes["fp32_bytes"], pr.manifest["evaluation"]["drop"]
+            checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01",
+                           f"{100 * ratio:.1f}%, drop {drop:.4f}", ratio <= 0.6 and drop <= 0.01))
+        i8 = results.get(("digits-cnn", "int8"))
+        drop = i8.manifest["evaluation"]["drop"] if i8 is not None else None
+        checks.append(("digits-cnn int8 accuracy drop <= 0.005", "refused by the gate" if drop is None else f"{drop:.4f}",
+                       drop is not None and drop <= 0.005))
 
     if "minilm" in names:
         f32, i8 = results["minilm", "none"], results["minilm", "int8"]
@@ -190,16 +244,20 @@ def main() -> int:
                    + ("" if again.cache_hit else " (not a cache hit: sources changed during the run)"),
                    ok and cli < 1.0 and in_process < 1.0))
 
-    header = ("| model | variant | export s | compress s | size MiB | vs fp32 | ORT b1 ms | ORT b8 ms "
-              "| b8 speed-up | parity vs torch fp32 |\n|---|---|---|---|---|---|---|---|---|---|")
-    table = "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    header = ("| variant | export s | compress s | bytes | vs fp32 | ORT b1 ms | ORT b8 ms | b8 speed-up "
+              "| task metric | drop (allowed) | parity vs torch fp32 |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    table = "\n\n".join(f"### {name}\n\n{header}\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows[name])
+                         for name in names)
     target_lines = "\n".join(f"| {what} | {value} | {'PASS' if passed else 'FAIL'} |" for what, value, passed in checks)
     md = (f"## prepare: export, compression, onnxruntime latency\n\n"
           f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}; onnxruntime CPU, "
-          f"{args.threads} intra-op threads; latency is the best of >= 20 runs per cell after warm-up, the three variants of a model taking turns run by run (so that other load on the machine hits them alike). "
+          f"{args.threads} intra-op threads; latency is the best of >= 20 runs per cell after warm-up, the variants of a model taking turns run by run (so that other load on the machine hits them alike). "
           f"minilm batches are tokenised sentences (padded to the longest); other models get uniform [0, 1) "
-          f"inputs. Parity is the build's own record (the manifest's `parity`).\n\n"
-          f"{header}\n{table}\n\n| target | measured | result |\n|---|---|---|\n{target_lines}\n")
+          f"inputs. Task metric and drop are the quality gate's record (the manifest's `evaluation`, measured with "
+          f"onnxruntime on the model's held-out data; drop from the fp32 export, allowance in brackets); "
+          f"compress s includes pruning, fine-tuning and the pruned export. Parity is the build's own record (the "
+          f"manifest's `parity`; for pruned variants reported, not required).\n\n"
+          f"{table}\n\n| target | measured | result |\n|---|---|---|\n{target_lines}\n")
     print(md)
     for what, value, passed in checks:
         print(f"{'PASS' if passed else 'FAIL'}  {what}: {value}")

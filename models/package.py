@@ -63,7 +63,8 @@ def content_version(files: dict[str, bytes], manifest: dict[str, Any]) -> str:
 
 
 def make_manifest(*, spec, device: str, model_bytes: bytes, inputs, outputs, compression: str,
-                  compression_details: dict, parity: dict, producer: dict) -> dict[str, Any]:
+                  compression_details: dict, parity: dict, producer: dict,
+                  evaluation: dict | None = None) -> dict[str, Any]:
     """The manifest, `version` left empty (filled by `write_context`). Key order is fixed."""
     return {
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -83,6 +84,8 @@ def make_manifest(*, spec, device: str, model_bytes: bytes, inputs, outputs, com
                      "warmup_batch_sizes": list(spec.warmup_batch_sizes)},
         "compression": {"method": compression, "details": compression_details},
         "parity": parity,
+        # The task-quality gate's record (models/evaluate.py); None: no task metric measured.
+        "evaluation": evaluation,
         "producer": producer,
     }
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from models import cache as cache_mod
 from models.errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
 from models.package import DEVICES, check_out_dir, copy_context, runtime_files
-from models.spec import COMPRESSIONS
+from models.spec import COMPRESSIONS, PRUNED
 
 Progress = Callable[[str], None]
 
@@ -48,6 +48,7 @@ class BuildResult:
                 "context_dir": str(self.context_dir), "compression": self.compression, "device": self.device,
                 "cache_hit": self.cache_hit, "exported": self.exported, "seconds": round(self.seconds, 3),
                 "sizes": self.sizes, "steps": self.steps, "parity": self.manifest.get("parity"),
+                "evaluation": self.manifest.get("evaluation"),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
 
 
@@ -74,8 +75,12 @@ def _producer(opset: int) -> dict[str, Any]:
 
 def build(model: str, compression: str = "none", out_dir: Path | str = Path("build/local"),
           device: str = "cpu", cache_dir: Path | str | None = None, *, use_cache: bool = True,
-          progress: Progress | None = None) -> BuildResult:
-    """Build the context for `model` at `out_dir`. Raises models.BuildError."""
+          progress: Progress | None = None, max_metric_drop: float | None = None) -> BuildResult:
+    """Build the context for `model` at `out_dir`. Raises models.BuildError.
+
+    max_metric_drop: the allowed drop of the task metric for this build (every evaluation of the
+    spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them."""
+    from models.evaluate import check_max_drop
     from models.loader import load_spec, parse_ref
 
     t_start = time.perf_counter()
@@ -86,6 +91,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     if device not in DEVICES:
         raise BuildError(str(model), "usage", f"unsupported device {device!r}; choose one of {', '.join(DEVICES)}",
                          EXIT_USAGE)
+    max_metric_drop = check_max_drop(model, max_metric_drop)
     out = Path(out_dir).expanduser().absolute()
     mref = parse_ref(model)
     check_out_dir(model, out)
@@ -95,7 +101,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         raise BuildError(model, "package", str(e)) from None
 
     root = cache_mod.cache_root(cache_dir)
-    key = cache_mod.cache_key(mref, compression, device)
+    key = cache_mod.cache_key(mref, compression, device, max_metric_drop=max_metric_drop)
     if use_cache:
         hit = cache_mod.lookup(root, key)
         if hit is not None:
@@ -125,6 +131,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         steps[name] = round(time.perf_counter() - t, 3)
         say(f"[{model}] {name}: done in {steps[name]:.2f} s")
 
+    from models import evaluate as evaluate_mod
     from models.compress import compress
     from models.export import ExportResult, export
     from models.package import make_manifest, write_context
@@ -134,7 +141,13 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         with step("load", "importing the factory and building the ModelSpec"):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            spec = load_spec(mref)
+            with cache_mod.building_with(root if use_cache else None):
+                spec = load_spec(mref)
+        if compression in PRUNED and not spec.evaluations:
+            # Parity cannot judge a pruned model (its outputs change by design): without a task
+            # metric nothing would stand between a broken model and the image.
+            raise BuildError(model, "compression", f"{compression} needs a task metric to judge the pruned model: "
+                             "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
             export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)
@@ -154,8 +167,16 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             with step("verify", "onnxruntime fp32 vs eager torch"):
                 ref = reference(spec)
                 parity = verify(spec, fp32, ref, "none")
+            measured: tuple = ()
+            if spec.evaluations:
+                names = ", ".join(f"{e.metric_name} on {e.dataset}" for e in spec.evaluations)
+                with step("evaluate", f"task metric of the fp32 export ({names})"):
+                    measured = evaluate_mod.reference(spec, fp32)
             final, details = fp32, {}
-            if compression != "none":
+            if compression in PRUNED:
+                final, details = _pruned(spec, compression, Path(tmp), step, ref)
+                parity = details.pop("parity")
+            elif compression != "none":
                 packed = Path(tmp) / f"model.{compression}.onnx"
                 with step("compress", compression if compression == "fp16"
                           else f"int8 ({spec.resolved_int8_method()} quantization)"):
@@ -163,6 +184,14 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                     final, details = compressed.path, compressed.details
                 with step("verify-compressed", f"onnxruntime {compression} vs eager torch fp32"):
                     parity = verify(spec, final, ref, compression)
+            evaluation = None
+            if measured and compression == "none":
+                evaluation = evaluate_mod.gate(spec, compression, final, measured, max_metric_drop)
+            elif measured:
+                with step("evaluate-compressed", f"task metric of the {compression} variant against the allowance"):
+                    evaluation = evaluate_mod.gate(spec, compression, final, measured, max_metric_drop)
+            else:
+                say(f"[{model}] evaluate: no task metric measured (the spec has no evaluation)")
             model_bytes = final.read_bytes()
             with step("package", f"writing the build context to {out}"):
                 import onnx
@@ -173,7 +202,8 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 manifest = make_manifest(
                     spec=spec, device=device, model_bytes=model_bytes, inputs=tensor_infos(graph.input),
                     outputs=tensor_infos(graph.output), compression=compression,
-                    compression_details=details, parity=parity, producer=_producer(exported.opset))
+                    compression_details=details, parity=parity, producer=_producer(exported.opset),
+                    evaluation=evaluation)
                 manifest = write_context(model, out, device, model_bytes, manifest)
     except BuildError as e:
         if e.model != model:  # name the reference the user gave
@@ -186,3 +216,32 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
                        exported=ran_export, seconds=time.perf_counter() - t_start)
+
+
+def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[str, Any]]:
+    """prune / prune-int8: prune (and fine-tune) the torch module, export it, check the graph,
+    quantize it for prune-int8, and measure parity against the unpruned fp32 torch model
+    (reported, not required: pruning changes outputs by design; the task metric judges it)."""
+    import dataclasses
+
+    from models.compress import compress
+    from models.export import export
+    from models.prune import PRUNE, prune
+    from models.verify import verify
+
+    options = spec.prune or PRUNE
+    with step("prune", f"torch-pruning, {options.ratio:.0%} of the channels of each coupled group"
+              + (f", then {spec.finetune.epochs} epoch(s) of fine-tuning" if spec.finetune else "")):
+        module, prune_details = prune(spec)
+        pruned_spec = dataclasses.replace(spec, module=module)
+    path = tmp / "model.pruned.onnx"
+    with step("export-pruned", "torch.onnx.export of the pruned module, onnx.checker, shape inference"):
+        export(pruned_spec, path)
+    details: dict[str, Any] = {"prune": prune_details}
+    if compression == "prune-int8":
+        with step("compress", f"int8 ({pruned_spec.resolved_int8_method()} quantization) of the pruned model"):
+            compressed = compress(pruned_spec, "int8", path, tmp / "model.prune-int8.onnx")
+        path, details["int8"] = compressed.path, compressed.details
+    with step("verify-compressed", f"onnxruntime {compression} vs eager torch fp32 (reported, not required)"):
+        details["parity"] = verify(spec, path, ref, compression, required=False)
+    return path, details

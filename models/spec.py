@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 TASKS = ("classification", "embedding", "generic")
-COMPRESSIONS = ("none", "fp16", "int8")
+# The one list of compression names (the CLI, build() and the manifest use it).
+COMPRESSIONS = ("none", "fp16", "int8", "prune", "prune-int8")
+PRUNED = ("prune", "prune-int8")  # variants whose parity is reported, not required
 INT8_METHODS = ("auto", "dynamic", "static")
 
 
@@ -58,8 +60,12 @@ class Tolerance:
 FP32_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3, min_top1_agreement=None, min_cosine=None)
 FP16_TOLERANCE = Tolerance(atol=2e-2, rtol=2e-2, min_top1_agreement=0.95, min_cosine=0.999)
 INT8_TOLERANCE = Tolerance(atol=None, rtol=0.0, min_top1_agreement=0.9, min_cosine=0.98)
+# Pruning changes outputs by design: parity is measured and reported against these thresholds
+# but never required; the task metric (models/evaluate.py) judges a pruned model.
+PRUNE_TOLERANCE = Tolerance(atol=None, rtol=0.0, min_top1_agreement=0.9, min_cosine=0.98)
 DEFAULT_TOLERANCES: Mapping[str, Tolerance] = {
     "none": FP32_TOLERANCE, "fp16": FP16_TOLERANCE, "int8": INT8_TOLERANCE,
+    "prune": PRUNE_TOLERANCE, "prune-int8": PRUNE_TOLERANCE,
 }
 
 
@@ -95,6 +101,12 @@ class ModelSpec:
       int8_keep_fp32  names of submodules (module.named_modules()) whose Linear layers stay fp32
                       under int8: mixed precision for the few most sensitive layers
       tolerances      {compression: Tolerance}, overriding DEFAULT_TOLERANCES per key
+      evaluation      a models.Evaluation (or a list of them): held-out data and the task metric
+                      the quality gate measures on the fp32 export and on every compressed
+                      variant (docs/pipeline.md); None: no task metric is measured
+      finetune        a models.FineTune: training data for a short fine-tune after pruning
+      prune           a models.PruneOptions for --compression prune/prune-int8 (default:
+                      models.prune.PRUNE, half of the channels of every prunable layer)
     """
 
     name: str
@@ -113,6 +125,9 @@ class ModelSpec:
     int8_method: str = "auto"
     int8_keep_fp32: Sequence[str] = ()
     tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    evaluation: Any = None
+    finetune: Any = None
+    prune: Any = None
 
     def __post_init__(self) -> None:
         import torch  # a spec holds a torch module; whoever builds one has imported torch
@@ -184,6 +199,7 @@ class ModelSpec:
         self._check_dynamic_axes(problems)
         self._check_batching(problems)
         self._check_calibration(problems, torch)
+        self._check_quality(problems, torch)
         if problems:
             raise SpecError(f"invalid ModelSpec {self.name!r}: " + "; ".join(problems))
 
@@ -277,6 +293,47 @@ class ModelSpec:
                     break
             batches.append(tuple(batch))
         return tuple(batches)
+
+    def _check_quality(self, problems: list[str], torch: Any) -> None:
+        from models.evaluate import Evaluation
+        from models.prune import FineTune, PruneOptions
+
+        evs = self.evaluation
+        if evs is None:
+            evs = ()
+        elif isinstance(evs, Evaluation):
+            evs = (evs,)
+        if not (isinstance(evs, (list, tuple)) and all(isinstance(e, Evaluation) for e in evs)):
+            problems.append("evaluation must be a models.Evaluation, a list of them, or None")
+        else:
+            self.evaluation = tuple(evs) or None
+            for k, ev in enumerate(evs):
+                where = f"evaluation[{k}]" if len(evs) > 1 else "evaluation"
+                if ev.output is not None and isinstance(self.output_names, tuple) and ev.output not in self.output_names:
+                    problems.append(f"{where}.output {ev.output!r} is not one of output_names {list(self.output_names)}")
+                if self._inputs_ok():
+                    for i, batch in enumerate(ev.inputs):
+                        batch = (batch,) if isinstance(batch, torch.Tensor) else batch
+                        if not (isinstance(batch, (list, tuple)) and len(batch) == len(self.example_inputs)
+                                and all(isinstance(t, torch.Tensor) and t.dtype == e.dtype and t.dim() == e.dim()
+                                        for t, e in zip(batch, self.example_inputs))):
+                            problems.append(f"{where}.inputs[{i}] must be a tuple of {len(self.example_inputs)} "
+                                            "tensors matching example_inputs' dtypes and ranks")
+                            break
+        if self.finetune is not None and not isinstance(self.finetune, FineTune):
+            problems.append("finetune must be a models.FineTune or None")
+        if self.prune is not None and not isinstance(self.prune, PruneOptions):
+            problems.append("prune must be a models.PruneOptions or None")
+        elif isinstance(self.prune, PruneOptions) and isinstance(self.module, torch.nn.Module):
+            known = dict(self.module.named_modules())
+            unknown = [n for n in self.prune.keep if n not in known]
+            if unknown:
+                problems.append(f"prune.keep names {unknown}, not submodules of the module")
+
+    @property
+    def evaluations(self) -> tuple:
+        """The spec's evaluations (empty when it has none)."""
+        return tuple(self.evaluation or ())
 
     def tolerance(self, compression: str) -> Tolerance:
         """The tolerance this model is held to after `compression`."""

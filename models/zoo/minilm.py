@@ -7,11 +7,17 @@ mean-pooled, L2-normalised sentence embedding [-1, 384], as sentence-transformer
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.evaluate import Evaluation
+from models.prune import FineTune, PruneOptions
 from models.spec import ModelSpec
+
+PAIRS_FILE = Path(__file__).with_name("sts_pairs.tsv")
+DISTILL_FILE = Path(__file__).with_name("minilm_distill.tsv")
 
 EXAMPLE_SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -61,6 +67,35 @@ def tokenize(tokenizer, sentences) -> tuple[torch.Tensor, torch.Tensor]:
     return enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)
 
 
+def sts_pairs() -> list[tuple[float, str, str]]:
+    """(score, sentence a, sentence b) from models/zoo/sts_pairs.tsv."""
+    rows = []
+    for line in PAIRS_FILE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            score, a, b = line.split("\t")
+            rows.append((float(score), a, b))
+    return rows
+
+
+def evaluations(tokenizer) -> tuple[Evaluation, Evaluation]:
+    """What sentence embeddings are for, measured on pairs written for this project:
+    Spearman correlation of the embeddings' cosine similarity with the hand-assigned scores,
+    and whether each sentence keeps its nearest neighbour (retrieval) among all of them."""
+    pairs = sts_pairs()
+    sentences = list(dict.fromkeys(s for _, a, b in pairs for s in (a, b)))
+    index = {s: i for i, s in enumerate(sentences)}
+    batches = [tokenize(tokenizer, sentences[i:i + 16]) for i in range(0, len(sentences), 16)]
+    return (
+        Evaluation(metric="spearman", inputs=batches, targets=[(index[a], index[b], score) for score, a, b in pairs],
+                   dataset=f"servedmodel-sts ({len(pairs)} hand-scored sentence pairs, models/zoo/sts_pairs.tsv)"),
+        # top_k=3: a sentence without a close partner has near-tied neighbours (measured:
+        # int8 swaps four of them, by cosine margins under 0.007); its fp32 neighbour must
+        # stay among the variant's three nearest.
+        Evaluation(metric="neighbour-agreement", inputs=batches, top_k=3,
+                   dataset=f"servedmodel-sts sentences ({len(sentences)}, nearest neighbour by cosine)"),
+    )
+
+
 def minilm() -> ModelSpec:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
@@ -82,4 +117,35 @@ def minilm() -> ModelSpec:
         # embedding from 0.987 to 0.992; no single other layer matters as much.
         int8_keep_fp32=("encoder.encoder.layer.0.intermediate.dense", "encoder.encoder.layer.0.output.dense"),
         verification_inputs=[tokenize(tokenizer, s) for s in VERIFICATION_SENTENCES],
+        evaluation=evaluations(tokenizer),
+        prune=PruneOptions(ratio=PRUNE_RATIO, keep=_prune_keep(encoder)),
+        # After pruning: learn the unpruned model's own embeddings of other sentences
+        # (distillation; targets None), a few seconds of CPU.
+        finetune=FineTune(inputs=tokenize(tokenizer, distill_sentences()), targets=None, loss="mse",
+                          epochs=DISTILL_EPOCHS, lr=1e-4, batch_size=16, seed=0),
     )
+
+
+DISTILL_EPOCHS = 4
+
+
+def distill_sentences() -> list[str]:
+    return [ln for ln in DISTILL_FILE.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+# Without training data to fine-tune on, pruning a pretrained encoder costs quality quickly:
+# a quarter of each feed-forward's neurons (measured against the quality gate's allowance).
+PRUNE_RATIO = 0.25
+
+
+def _prune_keep(encoder: nn.Module) -> tuple[str, ...]:
+    """What `--compression prune` must leave whole in BERT: the attention projections (the
+    heads' layout is fixed in the attention code), and the layers writing the hidden size (one
+    group, tied to the embeddings and the 384-d output, through every residual). The unused
+    pooler is kept as it is too. What remains prunable: each feed-forward's 1536 neurons."""
+    keep = ["encoder.pooler"] if getattr(encoder, "pooler", None) is not None else []
+    for i in range(len(encoder.encoder.layer)):
+        p = f"encoder.encoder.layer.{i}"
+        keep += [f"{p}.attention.self.query", f"{p}.attention.self.key", f"{p}.attention.self.value",
+                 f"{p}.attention.output.dense", f"{p}.output.dense"]
+    return tuple(keep)

@@ -146,6 +146,20 @@ PROVIDER_RULES: dict[str, ProviderRule] = {
        for t in ("kubernetes:core/v1:ServiceAccount", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
                  "kubernetes:policy/v1:PodDisruptionBudget", "kubernetes:networking.k8s.io/v1:NetworkPolicy",
                  "kubernetes:scheduling.k8s.io/v1:PriorityClass")},
+    "kubernetes:core/v1:ConfigMap": ProviderRule(
+        source=K8S_DIFF + "; a ConfigMap replaces on .data/.binaryData only when it is immutable, "
+                          "and ours (dashboard, rule files) are not",
+        replace_on=K8S_META,
+    ),
+    # Custom resources: the provider knows no schema-specific force-new field for a CRD kind,
+    # so only the metadata rule applies (the Rollout's selector is immutable in Argo's
+    # controller, not in the provider's diff; we never change it).
+    **{t: ProviderRule(source=K8S_DIFF + f"; {t.split(':')[1]} is a custom resource: only the "
+                                         "metadata rule applies", replace_on=K8S_META)
+       for t in ("kubernetes:argoproj.io/v1alpha1:Rollout",
+                 "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate",
+                 "kubernetes:monitoring.coreos.com/v1:PodMonitor",
+                 "kubernetes:monitoring.coreos.com/v1:PrometheusRule")},
 }
 
 

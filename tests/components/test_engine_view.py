@@ -15,12 +15,18 @@ from pulumi_harness import STACKS, Res, Run
 IMAGE = "docker-build:index:Image"
 CONTAINER = "docker:index/container:Container"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+# With servedmodel:rollout canary (prod) the pods come from an Argo Rollouts Rollout instead.
+ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 
 
+def pod_workloads(run: Run) -> list[Res]:
+    return run.of_type(DEPLOYMENT) + run.of_type(ROLLOUT)
+
+
 def workloads(run: Run) -> list[Res]:
-    return run.of_type(DEPLOYMENT) + run.of_type(CONTAINER)
+    return pod_workloads(run) + run.of_type(CONTAINER)
 
 
 def image_of(run: Run, workload: Res) -> Res:
@@ -35,7 +41,7 @@ def test_the_recorder_sees_options_and_property_dependencies(stack_runs):
     assert prod.one(NODE_GROUP).ignore_changes == ["scalingConfig.desiredSize"]
     assert all(r.providers.get("kubernetes") or r.provider for r in prod.resources
                if r.custom and r.type.startswith("kubernetes:") and not r.type.startswith("pulumi:"))
-    deployment = prod.one(DEPLOYMENT)
+    (deployment,) = pod_workloads(prod)
     # Every URN behind an input is also a dependency of the resource.
     assert deployment.property_dependencies
     for key, urns in deployment.property_dependencies.items():
@@ -69,7 +75,8 @@ def test_the_local_container_runs_the_built_tag_and_is_replaced_delete_first(sta
 @pytest.mark.parametrize("stack", [s for s in STACKS if s != "local"])
 def test_each_deployment_waits_for_the_capacity_it_needs(stack_runs, stack):
     run = stack_runs[stack]
-    for deployment in run.of_type(DEPLOYMENT):
+    assert pod_workloads(run), stack
+    for deployment in pod_workloads(run):
         pod = deployment.inputs["spec"]["template"]["spec"]
         gpus = int(pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
         groups = [g for g in run.of_type(NODE_GROUP) if run.served_model_of(g) == run.served_model_of(deployment)]
@@ -87,8 +94,9 @@ def test_each_autoscaler_waits_for_its_workload(stack_runs, stack):
     run = stack_runs[stack]
     for hpa in run.of_type(HPA):
         target = hpa.inputs["spec"]["scaleTargetRef"]
-        deployment = run.sibling(DEPLOYMENT, hpa)
-        assert target["kind"] == "Deployment" and target["name"] == deployment.state["metadata"]["name"]
+        deployment = run.sibling(ROLLOUT if target["kind"] == "Rollout" else DEPLOYMENT, hpa)
+        assert target["kind"] in ("Deployment", "Rollout")
+        assert target["name"] == deployment.state["metadata"]["name"]
         assert hpa.waits_for(deployment), f"{hpa.urn} does not wait for {deployment.urn}"
     if stack != "local":
         assert run.of_type(HPA), f"{stack} declares no autoscaler to check"

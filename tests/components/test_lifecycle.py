@@ -46,6 +46,10 @@ def test_every_resource_type_of_every_stack_has_a_diff_rule(stack_runs):
     assert all(rule.source for rule in PROVIDER_RULES.values())
 
 
+# The pods come from a Deployment, or from an Argo Rollouts Rollout on a canary stack (prod).
+POD_WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout")
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_first_up_creates_everything_each_step_after_what_it_needs(stack_runs, stack):
     run = stack_runs[stack]
@@ -56,12 +60,20 @@ def test_first_up_creates_everything_each_step_after_what_it_needs(stack_runs, s
     def step_of(res) -> Step:
         return steps.find("create", res.urn.split("::")[-1])
 
-    for workload in run.of_type("kubernetes:apps/v1:Deployment") + run.of_type("docker:index/container:Container"):
+    def pods_of(res):
+        """The Deployment, or the Rollout on a canary stack, beside `res`."""
+        found = [r for t in POD_WORKLOADS for r in run.of_type(t)
+                 if run.served_model_of(r) == run.served_model_of(res)]
+        assert len(found) == 1, f"expected one pod workload beside {res.urn}, found {len(found)}"
+        return found[0]
+
+    pod_workloads = [r for t in POD_WORKLOADS for r in run.of_type(t)]
+    for workload in pod_workloads + run.of_type("docker:index/container:Container"):
         assert steps.precedes(step_of(run.sibling("docker-build:index:Image", workload)), step_of(workload))
     for group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
-        assert steps.precedes(step_of(group), step_of(run.sibling("kubernetes:apps/v1:Deployment", group)))
+        assert steps.precedes(step_of(group), step_of(pods_of(group)))
     for hpa in run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
-        assert steps.precedes(step_of(run.sibling("kubernetes:apps/v1:Deployment", hpa)), step_of(hpa))
+        assert steps.precedes(step_of(pods_of(hpa)), step_of(hpa))
     # Every pushed version reaches the registry once.
     assert sum(len(t) for t in registry.tags.values()) == len(
         [i for i in run.of_type("docker-build:index:Image") if i.inputs.get("push")])

@@ -13,6 +13,7 @@ import pytest
 from models.zoo import ZOO
 
 ORT_TYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(int32)": "INT32"}
+EVALUATED = {"digits-cnn": "accuracy", "minilm": "spearman"}
 CASES = [pytest.param(m, c, marks=[pytest.mark.slow] if m == "minilm" else [], id=f"{m}-{c}")
          for m in ZOO for c in ("none", "fp16", "int8")]
 
@@ -71,10 +72,17 @@ def test_zoo_model_builds(build_once, model, compression):
     else:
         assert r.sizes["final_bytes"] < 0.35 * r.sizes["fp32_bytes"]
         details = m["compression"]["details"]
-        expected = "static" if model in ("lenet", "resnet-tiny") else "dynamic"
+        expected = "static" if model in ("lenet", "resnet-tiny", "digits-cnn") else "dynamic"
         assert details["method"] == expected and details["quantized_ops"]
         # minilm keeps its most sensitive layer (the first feed-forward) in fp32
         assert details["kept_fp32_nodes"] == (2 if model == "minilm" else 0)
+    # the task-quality gate: every compression of a zoo model with an evaluation records it
+    ev = m["evaluation"]
+    if model in EVALUATED:
+        assert ev["metric"] == EVALUATED[model] and ev["passed"] and ev["drop"] <= ev["max_drop"]
+        assert ev["n"] > 0 and (compression != "none" or (ev["drop"] == 0 and ev["value"] == ev["reference"]))
+    else:
+        assert ev is None
     # it runs at a batch size it was not traced with
     feed = {t["name"]: (np.ones([3] + [d if d > 0 else 5 for d in t["shape"][1:]],
                                 dtype=np.float32 if t["datatype"] == "FP32" else np.int64))
@@ -83,7 +91,7 @@ def test_zoo_model_builds(build_once, model, compression):
 
 
 def test_classifiers_have_labels(build_once):
-    for model in ("mnist-mlp", "lenet", "resnet-tiny"):
+    for model in ("mnist-mlp", "lenet", "resnet-tiny", "digits-cnn"):
         m = build_once(model, "none").manifest
         assert m["task"] == "classification" and len(m["labels"]) == m["outputs"][0]["shape"][-1]
 
@@ -104,3 +112,42 @@ def test_minilm_is_the_real_sentence_transformer(build_once):
     assert got.shape == (2, 384)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_minilm_sentence_pairs_are_well_formed():
+    from models.zoo.minilm import sts_pairs
+
+    pairs = sts_pairs()
+    assert len(pairs) >= 30 and len({(a, b) for _, a, b in pairs}) == len(pairs)
+    scores = [s for s, _, _ in pairs]
+    assert all(0 <= s <= 5 for s in scores)
+    assert sum(s >= 4 for s in scores) >= 8 and sum(s <= 1 for s in scores) >= 8  # paraphrases and unrelated
+
+
+@pytest.mark.slow
+def test_minilm_evaluation_means_something(build_once):
+    """The recorded Spearman correlation is the one measured here from the context's own
+    embeddings and the hand-assigned scores (scipy), and it is high for the real model."""
+    from scipy.stats import spearmanr
+
+    from models.zoo.minilm import load_tokenizer, sts_pairs, tokenize
+
+    r = build_once("minilm", "none")
+    ev = r.manifest["evaluation"]
+    pairs = sts_pairs()
+    sess = ort.InferenceSession(str(r.context_dir / "model/model.onnx"), providers=["CPUExecutionProvider"])
+    tok = load_tokenizer()
+
+    def embed(sentences):
+        ids, mask = tokenize(tok, sentences)
+        return sess.run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+
+    a, b = embed([p[1] for p in pairs]), embed([p[2] for p in pairs])
+    rho = spearmanr((a * b).sum(1), [p[0] for p in pairs]).statistic
+    assert ev["metric"] == "spearman" and ev["n"] == len(pairs)
+    assert ev["reference"] == pytest.approx(rho, abs=2e-3) and rho >= 0.8
+    nn = ev["others"][0]
+    assert nn["metric"] == "neighbour-agreement@3" and nn["reference"] == 1.0 and nn["n"] == 2 * len(pairs)
+    i8 = build_once("minilm", "int8").manifest["evaluation"]
+    assert i8["reference"] == ev["reference"] and abs(i8["drop"]) <= i8["max_drop"]
+    assert i8["others"][0]["value"] >= 0.99

@@ -330,8 +330,8 @@ BAD = [
      "differs from the other inputs"),
     ("no-inputs", "mlp", lambda: pb.ModelInferRequest(model_name="test-mlp"), INVALID,
      "non-empty list"),
-    ("out-of-range-bool-as-int", "flags", lambda: _typed([1.0] * 3, shape=(1, 3), model="test-flags",
-                                                          name="m", datatype="BOOL"), INVALID,
+    ("floats-for-bool", "flags", lambda: _typed([1.0] * 3, shape=(1, 3), model="test-flags",
+                                                name="m", datatype="BOOL"), INVALID,
      "goes in contents.bool_contents"),
     ("unknown-model", "mlp", lambda: _mlp(model="nope"), grpc.StatusCode.NOT_FOUND,
      "unknown model 'nope'"),
@@ -389,7 +389,8 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
     from contexts import write_context
 
     ctx = write_context(tmp_path / "slow", "slow", max_batch_size=4, warmup=(1,))
-    server = start_server(ctx, {"SERVEDMODEL_MAX_BATCH_SIZE": "1", "SERVEDMODEL_MAX_QUEUE_SIZE": "3",
+    server = start_server(ctx, {"SERVEDMODEL_MAX_BATCH_SIZE": "1",
+                                "SERVEDMODEL_MAX_QUEUE_SIZE": "3",
                                 "SERVEDMODEL_DRAIN_SECONDS": "20"}, grpc=True)
     rng = np.random.default_rng(7)
     lock = threading.Lock()

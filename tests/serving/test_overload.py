@@ -192,7 +192,8 @@ def test_request_that_cannot_start_within_the_budget_is_refused_at_once(contexts
                 await asyncio.sleep(0.002)
             queued = asyncio.create_task(_timed(c, "POST", INFER, content=BODY))  # waits ~0.3 s
             await asyncio.sleep(0.05)
-            refused, seconds = await _timed(c, "POST", INFER, content=BODY)      # would wait ~0.55 s
+            # would wait ~0.55 s: what is left of B, then C
+            refused, seconds = await _timed(c, "POST", INFER, content=BODY)
             metrics = (await c.get("/metrics")).text
             return await running, await queued, refused, seconds, metrics
 

@@ -156,3 +156,23 @@ def test_warm_up_times_sizes_in_interleaved_rounds(tmp_path):
     assert timed[:6] == [1, 8, 32, 1, 8, 32]   # interleaved
     for b in (1, 8, 32):
         assert timed.count(b) >= model_module.WARMUP_MIN_ROUNDS
+
+
+def test_wait_estimate_uses_batch_times_per_size():
+    """The queue-time estimate packs queued rows into batches of the preferred size at the
+    time measured for each size (interpolated between sizes, proportional past the largest)."""
+    from serving.batcher import Batcher
+    from serving.metrics import Metrics
+    from serving.settings import Batching
+
+    b = Batcher(object(), Batching(max_batch_size=32, queue_timeout_ms=1000.0), Metrics("m", "v"))
+    try:
+        assert b.estimated_wait() is None                 # nothing measured: no estimate
+        b.prefer(32, items_per_second={1: 100.0, 8: 400.0, 32: 800.0})   # 10, 20, 40 ms
+        assert b.batch_time(1) == pytest.approx(0.010) and b.batch_time(32) == pytest.approx(0.04)
+        assert b.batch_time(20) == pytest.approx(0.030)   # halfway between 8 and 32
+        assert b.batch_time(64) == pytest.approx(0.080)
+        b.queued_rows = 70                                # two full batches and 6 rows
+        assert b.estimated_wait() == pytest.approx(2 * 0.040 + b.batch_time(6))
+    finally:
+        b._executor.shutdown()
