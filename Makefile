@@ -18,7 +18,7 @@ PULUMI ?= pulumi
 DOCKER ?= docker
 STATE_DIR := .state
 
-.PHONY: serve test test-fast bench up up-prerequisites clean
+.PHONY: serve test test-fast bench up up-prerequisites clean grpc-stubs
 
 $(STAMP): $(REQUIREMENTS)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -41,6 +41,10 @@ test: $(STAMP) $(POLICY_STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not docker"
+
+# The committed gRPC stubs of serving/v2grpc/grpc_predict_v2.proto (a test checks they match).
+grpc-stubs: $(STAMP)
+	$(PY) serving/v2grpc/generate.py
 
 bench: $(STAMP)
 	$(PY) bench/prepare.py

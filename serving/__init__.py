@@ -1,4 +1,5 @@
-"""ServedModel's server: the Open Inference Protocol (KServe V2) over REST for one ONNX model.
+"""ServedModel's server: the Open Inference Protocol (KServe V2) over REST and gRPC for one
+ONNX model.
 
 Never imports torch, pulumi or `models/`. See docs/protocol.md."""
 from .app import create_app

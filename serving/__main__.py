@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.add_argument("--host", help="listen address (SERVEDMODEL_HOST)")
         parser.add_argument("--port", type=int, help="listen port (SERVEDMODEL_PORT)")
+        parser.add_argument("--grpc-port", type=int,
+                            help="gRPC port (SERVEDMODEL_GRPC_PORT; unset or 0: no gRPC)")
     args = parser.parse_args(argv)
 
     from .manifest import load_manifest
@@ -30,17 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         context = context_from(vars(args), os.environ)
         manifest = load_manifest(context)
+        settings = load_settings(manifest, vars(args), os.environ)
         if command == "openapi":
             from .openapi import build_openapi
 
-            text = json.dumps(build_openapi(manifest), indent=2, sort_keys=True) + "\n"
+            # The same resolution as `serve`: the served name and the batching it enforces.
+            doc = build_openapi(manifest, settings.batching, settings.model_name)
+            text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
             if args.out:
                 with open(args.out, "w") as f:
                     f.write(text)
             else:
                 sys.stdout.write(text)
             return 0
-        settings = load_settings(manifest, vars(args), os.environ)
         from .model import OnnxModel
 
         model = OnnxModel(manifest, settings)
@@ -55,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings, model, manifest)
     print(json.dumps({"event": "starting", "model": manifest.name, "version": manifest.version,
                       "providers": model.providers, "intra_op_threads": settings.intra_op_threads,
-                      "max_batch_size": settings.max_batch_size, "host": settings.host,
-                      "port": settings.port}), flush=True)
+                      "served_name": app.service.model_name,
+                      "max_batch_size": settings.batching.max_batch_size, "host": settings.host,
+                      "port": settings.port, "grpc_port": settings.grpc_port,
+                      "max_connections": settings.max_connections}), flush=True)
     return serve(app, settings.host, settings.port, settings.drain_seconds, settings.log_level)
 
 

@@ -3,11 +3,15 @@ dimension 0 up to `max_batch_size` rows (waiting at most `max_queue_delay_ms` fo
 requests are still arriving), runs the model in one thread (onnxruntime releases the GIL) and
 splits the outputs back per request.
 
-The queue is bounded: a full queue answers 503 at once, and a request that waits longer than
-`queue_timeout_ms` gets a 503 from a timer, without waiting for the running batch."""
+Shedding is on a queue-time budget (`queue_timeout_ms`): a request that, by the measured
+batch times, cannot start within the budget is refused with 503 at once; one that still waits
+longer (the estimate was low) gets a 503 from a timer, without waiting for the running batch.
+A count bound (`max_queue_size`) is the backstop for models too fast to estimate."""
 from __future__ import annotations
 
 import asyncio
+import sys
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +19,24 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import ServingError
+from .hooks import ModelHooks
 from .metrics import Metrics
+from .settings import Batching
 
 RETRY_AFTER = [(b"retry-after", b"1")]
+
+
+#: Seconds between two stderr lines about model failures (a caller can cause one a request).
+FAILURE_LOG_SECONDS = 10.0
+
+
+def model_failure(e: Exception) -> ServingError:
+    """The answer to a request the model failed on. onnxruntime's message names graph nodes
+    and kernels (internals a caller should not see, and cannot act on): only its kind goes
+    out; the operator gets the message on stderr (`Batcher._log_failure`)."""
+    return ServingError(500, f"the model failed on this request's inputs ({type(e).__name__}); "
+                             f"they passed validation, so check their values against the "
+                             f"model's metadata", reason="model_error")
 
 
 class _Item:
@@ -30,30 +49,41 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, model, *, max_batch_size: int, max_queue_delay_ms: float,
-                 max_queue_size: int, queue_timeout_ms: float, metrics: Metrics) -> None:
+    def __init__(self, model: ModelHooks, batching: Batching, metrics: Metrics) -> None:
         self.model = model
-        self.max_rows = max(1, max_batch_size)
-        self.batching = max_batch_size > 0
-        self.window = max_queue_delay_ms / 1000.0
-        self.max_queue_size = max_queue_size
-        self.timeout = queue_timeout_ms / 1000.0
+        self.max_rows = max(1, batching.max_batch_size)
+        self.batching = batching.enabled
+        self.window = batching.max_queue_delay_ms / 1000.0
+        self.max_queue_size = batching.max_queue_size
+        self.timeout = batching.queue_timeout_ms / 1000.0
         self.metrics = metrics
         self.queue: deque[_Item] = deque()
         self.queued = 0            # live items in `queue` (expired ones are skipped lazily)
         self.arriving = 0          # requests being read/decoded that will probably be queued
         self.running = 0           # requests in the batch the model runs now
+        self.queued_rows = 0       # rows of the live items in `queue`
+        self.running_rows = 0      # rows of the batch the model runs now
+        #: smoothed seconds one batch of n rows takes, per n seen (warm-up, then live batches)
+        self.batch_seconds: dict[int, float] = {}
+        self._run_started = 0.0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
         self.inline = False
+        self._failure_logged_at = -FAILURE_LOG_SECONDS
+        self._failures_unlogged = 0
 
-    def prefer(self, rows: int, inline: bool = False) -> None:
+    def prefer(self, rows: int, inline: bool = False,
+               items_per_second: dict[int, float] | None = None) -> None:
         """Pack batches up to `rows` (a single bigger request still runs alone); with `inline`,
-        run batches on the event loop (for models that take microseconds)."""
+        run batches on the event loop (for models that take microseconds). The warm-up's
+        `items_per_second` per batch size seed the wait estimate."""
         if self.batching:
             self.max_rows = max(1, min(rows, self.max_rows))
         self.inline = inline
+        for n, rate in (items_per_second or {}).items():
+            if rate > 0:
+                self.batch_seconds[n] = n / rate
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker())
@@ -71,18 +101,36 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- producer side --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def expecting(self):
+        """Count a request as on its way in (body being read or decoded) while the block runs:
+        the worker waits for such requests, within the queue delay, to fill a batch."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
     async def submit(self, feeds: dict[str, np.ndarray], rows: int, sig) -> dict[str, np.ndarray]:
         """Queue one request; return its outputs (rows of the batch's outputs)."""
         if self.queued >= self.max_queue_size:
             raise ServingError(503, f"server is overloaded: the queue holds {self.queued} "
-                                    f"requests (max {self.max_queue_size}); retry later",
+                                    f"requests (max {self.max_queue_size}, "
+                                    f"SERVEDMODEL_MAX_QUEUE_SIZE); retry later",
                                reason="queue_full", headers=RETRY_AFTER)
+        wait = self.estimated_wait()
+        if wait is not None and wait > self.timeout:
+            raise ServingError(503, f"server is overloaded: this request would wait about "
+                                    f"{wait * 1000:.0f} ms to start, over the queue-time budget "
+                                    f"of {self.timeout * 1000:.0f} ms "
+                                    f"(SERVEDMODEL_QUEUE_TIMEOUT_MS); retry later",
+                               reason="queue_timeout", headers=RETRY_AFTER)
         loop = asyncio.get_running_loop()
         item = _Item(feeds, rows, sig, loop.create_future(), time.perf_counter())
         item.timer = loop.call_later(self.timeout, self._expire, item)
         self.queue.append(item)
         self.queued += 1
-        self.metrics.queue_depth = self.queued
+        self.queued_rows += rows
         self._wakeup.set()
         return await item.future
 
@@ -90,7 +138,40 @@ class Batcher:
         if item.counted:
             item.counted = False
             self.queued -= 1
-            self.metrics.queue_depth = self.queued
+            self.queued_rows -= item.rows
+
+    def batch_time(self, rows: int) -> float | None:
+        """Estimated seconds for one batch of `rows`: interpolated between the batch sizes
+        measured so far (a batch never counted faster than the smallest measured one;
+        proportional beyond the largest). None before anything was measured."""
+        known = self.batch_seconds
+        if not known:
+            return None
+        if rows in known:
+            return known[rows]
+        sizes = sorted(known)
+        if rows <= sizes[0]:
+            return known[sizes[0]]
+        if rows >= sizes[-1]:
+            return known[sizes[-1]] * rows / sizes[-1]
+        hi = next(n for n in sizes if n > rows)
+        lo = sizes[sizes.index(hi) - 1]
+        return known[lo] + (known[hi] - known[lo]) * (rows - lo) / (hi - lo)
+
+    def estimated_wait(self) -> float | None:
+        """Seconds until a request queued now would start: what is left of the running batch,
+        plus the queued rows ahead packed into batches of `max_rows`, at the measured batch
+        times (per batch size: a model can take 7x less per row in a batch of 32 than alone).
+        None before any batch ran."""
+        full = self.batch_time(self.max_rows)
+        if full is None:
+            return None
+        left = 0.0
+        if self.running_rows:
+            left = max(0.0, self.batch_time(self.running_rows)
+                       - (time.perf_counter() - self._run_started))
+        batches, rest = divmod(self.queued_rows, self.max_rows)
+        return left + batches * full + (self.batch_time(rest) if rest else 0.0)
 
     def _expire(self, item: _Item) -> None:
         self._uncount(item)
@@ -165,6 +246,41 @@ class Batcher:
                 self.metrics.queue_duration.observe(now - it.t_enqueued)
             await self._run(batch)
 
+    def _log_failure(self, e: Exception) -> None:
+        """One stderr line per FAILURE_LOG_SECONDS at most: a caller who makes the model fail
+        on every request must not flood the log (or block the loop on a full stderr pipe)."""
+        self._failures_unlogged += 1
+        now = time.monotonic()
+        if now - self._failure_logged_at < FAILURE_LOG_SECONDS:
+            return
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"serving: the model failed on a request ({self._failures_unlogged} since the "
+              f"last line): {type(e).__name__}: {first[:500]}", file=sys.stderr, flush=True)
+        self._failure_logged_at, self._failures_unlogged = now, 0
+
+    async def _isolate(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.batch_isolations += 1
+        for it in batch:
+            if it.future.done():
+                continue
+            self.running, self.running_rows = 1, it.rows
+            try:
+                if self.inline:
+                    outputs = self.model.predict(it.feeds)
+                else:
+                    outputs = await loop.run_in_executor(self._executor, self.model.predict,
+                                                         it.feeds)
+            except Exception as e:
+                self._log_failure(e)
+                if not it.future.done():
+                    it.future.set_exception(model_failure(e))
+            else:
+                if not it.future.done():
+                    it.future.set_result(outputs)
+            finally:
+                self.running = self.running_rows = 0
+
     async def _run(self, batch: list[_Item]) -> None:
         rows = sum(it.rows for it in batch)
         if len(batch) == 1:
@@ -173,7 +289,8 @@ class Batcher:
             feeds = {name: np.concatenate([it.feeds[name] for it in batch])
                      for name in batch[0].feeds}
         self.running = len(batch)
-        t0 = time.perf_counter()
+        self.running_rows = rows
+        t0 = self._run_started = time.perf_counter()
         try:
             if self.inline:
                 outputs = self.model.predict(feeds)
@@ -181,16 +298,28 @@ class Batcher:
                 outputs = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self.model.predict, feeds)
         except Exception as e:  # the model failed on input that passed validation
-            err = ServingError(500, f"model failed: {type(e).__name__}: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-                               reason="model_error")
-            for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(err)
-            return
+            if len(batch) == 1:
+                self._log_failure(e)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(model_failure(e))
+                return
+            failed = True
+        else:
+            failed = False
         finally:
             self.running = 0
-        self.metrics.compute_duration.observe(time.perf_counter() - t0)
+            self.running_rows = 0
+        if failed:
+            # One request's inputs can fail a whole batch (a token id past the vocabulary, a
+            # value the model rejects): run each request alone so only the guilty one fails.
+            await self._isolate(batch)
+            return
+        elapsed = time.perf_counter() - t0
+        # Smoothed over about the last five batches of this size: follows a change of load
+        # (CPU shared with others) within a second, without one slow batch deciding alone.
+        before = self.batch_seconds.get(rows)
+        self.batch_seconds[rows] = elapsed if before is None else 0.8 * before + 0.2 * elapsed
+        self.metrics.compute_duration.observe(elapsed)
         self.metrics.batch_size.observe(rows)
         if len(batch) == 1:
             if not batch[0].future.done():

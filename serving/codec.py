@@ -35,10 +35,26 @@ ORT_TO_V2: dict[str, str] = {
     "tensor(bfloat16)": "BF16", "tensor(string)": "BYTES",
 }
 
+#: V2 datatype -> the field of the gRPC InferTensorContents that carries it typed. FP16 and
+#: BF16 have none (they travel raw only).
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+#: The numpy dtype each typed field holds (before narrowing to the tensor's datatype).
+_CONTENTS_DTYPES = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32),
+                    "int64_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint32),
+                    "uint64_contents": np.dtype(np.uint64),
+                    "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64)}
+
 #: Which numpy kinds (as inferred from JSON values) each target kind accepts.
-_ACCEPTED_KINDS = {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}
+_ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 #: Deepest JSON nesting accepted anywhere in a request.
 MAX_DEPTH = 100
+#: Flat JSON data longer than this is converted to an array in pieces of this many elements.
+CHUNK_ELEMENTS = 65536
 
 
 def element_count(shape: list[int]) -> int:
@@ -59,18 +75,36 @@ def _depth(value: object) -> int:
     return depth
 
 
-def decode_json(name: str, data: object, datatype: str, dtype: np.dtype, shape: list[int]) -> np.ndarray:
+def _has_bool(value: object) -> bool:
+    if type(value) is bool:
+        return True
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value)
+    return False
+
+
+def decode_json(name: str, data: object, datatype: str, dtype: np.dtype, shape: list[int],
+                *, check_bools: bool = False) -> np.ndarray:
     """JSON `data` (flat or nested, row-major) -> an array of `dtype` and `shape`."""
     if not isinstance(data, list):
         data = [data]
     if _depth(data) > MAX_DEPTH:
         raise ServingError(400, f"input '{name}': data is nested deeper than {MAX_DEPTH} levels")
     try:
-        arr = np.array(data)
+        if len(data) > CHUNK_ELEMENTS and not isinstance(data[0], list):
+            # A long flat list converted in pieces: between them other threads (the event
+            # loop, when this runs in the decode thread) get the interpreter lock.
+            arr = np.concatenate([np.array(data[i:i + CHUNK_ELEMENTS])
+                                  for i in range(0, len(data), CHUNK_ELEMENTS)])
+        else:
+            arr = np.array(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise ServingError(400, f"input '{name}': data must be a flat or rectangular nested list "
                                 f"of numbers") from None
     kind = dtype.kind
+    if kind != "b" and arr.dtype.kind != "b" and check_bools and _has_bool(data):
+        raise ServingError(400, f"input '{name}': data must be numbers for datatype {datatype}, "
+                                f"got booleans among them")
     if arr.dtype.kind not in _ACCEPTED_KINDS[kind]:
         if arr.size == 0:
             arr = arr.astype(dtype)
@@ -130,3 +164,27 @@ def encode_json(arr: np.ndarray):
     if flat.dtype.kind == "f" and flat.dtype.itemsize == 2:
         return flat.tolist()        # orjson does not serialize float16 arrays
     return flat
+
+
+def decode_contents(name: str, contents, datatype: str, dtype: np.dtype,
+                    shape: list[int]) -> np.ndarray:
+    """gRPC typed `contents` (an InferTensorContents) -> an array of `dtype` and `shape`: the
+    values must be in the datatype's own field, as many as the shape declares, in range."""
+    field = CONTENTS_FIELDS.get(datatype)
+    others = [f for f in _CONTENTS_DTYPES if f != field and len(getattr(contents, f))]
+    if field is None or field not in _CONTENTS_DTYPES or others:
+        raise ServingError(400, f"input '{name}': typed {datatype} data goes in "
+                                f"contents.{field or '(none: send it raw)'}, got "
+                                f"{', '.join(others) or 'another field'}")
+    values = getattr(contents, field)
+    expected = element_count(shape)
+    if len(values) != expected:
+        raise ServingError(400, f"input '{name}': shape {shape} needs {expected} elements, "
+                                f"contents.{field} has {len(values)}")
+    arr = np.fromiter(values, dtype=_CONTENTS_DTYPES[field], count=len(values))
+    if arr.dtype != dtype and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ServingError(400, f"input '{name}': a value is out of range for {datatype} "
+                                    f"[{info.min}, {info.max}]")
+    return arr.astype(dtype, copy=False).reshape(shape)

@@ -20,15 +20,24 @@ DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "IN
              "FP16", "FP32", "FP64", "BF16", "BYTES")
 #: Graceful drain after SIGTERM when SERVEDMODEL_DRAIN_SECONDS is not set.
 DRAIN_SECONDS = 20
-#: A queued request older than this is refused with 503 (SERVEDMODEL_QUEUE_TIMEOUT_MS unset).
-QUEUE_TIMEOUT_MS = 1000
-#: SERVEDMODEL_MAX_QUEUE_SIZE unset: this many requests per batch slot may wait.
-QUEUE_SIZE_PER_BATCH = 4
+#: The queue-time budget (SERVEDMODEL_QUEUE_TIMEOUT_MS unset): a request that cannot start
+#: within it is refused with 503 at once, one that waits past it gets 503. Long enough that a
+#: closed loop of 64 clients of the slowest zoo model (minilm: a full batch of 32 takes ~0.4 s
+#: on 2 CPUs, so the 64th request waits ~0.8 s) sees no 503 even on a CPU shared with other
+#: work; short enough that a client is told to retry elsewhere long before typical client
+#: timeouts (10-60 s).
+QUEUE_TIMEOUT_MS = 5000
+#: The count backstop (SERVEDMODEL_MAX_QUEUE_SIZE unset): only a model too fast for the budget
+#: to bite (microseconds a row) reaches it; sized for hundreds of clients, not for shedding.
+MAX_QUEUE_SIZE = 1024
 #: Request body limit when SERVEDMODEL_MAX_BODY_BYTES is not set (64 MiB).
 MAX_BODY_BYTES = 67108864
 #: grpc.health.v1 service name the probes ask about: "" is the server as a whole (SERVING when
-#: the model is ready, NOT_SERVING while loading or draining).
+#: the model is ready, NOT_SERVING while loading or draining): a readiness probe.
 GRPC_HEALTH_SERVICE = ""
+#: grpc.health.v1 service name that is SERVING while the process runs (also while warming up
+#: and draining): a liveness probe.
+GRPC_LIVENESS_SERVICE = "live"
 #: The metrics the autoscaler reads (docs/protocol.md).
 INFLIGHT_METRIC = "servedmodel_inflight_requests"
 QUEUE_DURATION_METRIC = "servedmodel_queue_duration_seconds"

@@ -12,11 +12,22 @@ class ServingError(Exception):
 
     def __init__(self, status: int, message: str, *, reason: str | None = None,
                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        message = safe_text(message)
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason or _default_reason(status)
         self.headers = headers or []
+
+
+def safe_text(text: str) -> str:
+    """`text` as valid UTF-8: a caller's lone surrogate (JSON allows "\\ud800") echoed in a
+    message must not make the error answer itself fail to encode."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _default_reason(status: int) -> str:

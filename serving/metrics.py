@@ -41,42 +41,58 @@ def _escape(value: str) -> str:
 class Metrics:
     """Every metric the server exports. Names are part of the contract (docs/protocol.md)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, version: str) -> None:
         self.labels = f'model="{_escape(model)}"'
-        self.requests: dict[str, int] = {}       # outcome -> count
-        self.failures: dict[str, int] = {}       # reason -> count
-        self.request_duration = Histogram(LATENCY_BUCKETS)
+        self.info_labels = f'{self.labels},version="{_escape(version)}"'
+        self.requests: dict[tuple[str, str], int] = {}    # (protocol, outcome) -> count
+        self.failures: dict[tuple[str, str], int] = {}    # (protocol, reason) -> count
+        self.request_duration: dict[str, Histogram] = {}  # protocol -> latencies
         self.queue_duration = Histogram(LATENCY_BUCKETS)
         self.compute_duration = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
-        self.inflight = 0
-        self.queue_depth = 0
-        self.ready = 0
+        self.batch_isolations = 0                # failed batches re-run one request at a time
+        self.connections = 0                     # open HTTP connections
+        self.connection_errors: dict[str, int] = {}   # reason -> connections closed by a limit
+        self.buffered_bytes = 0                  # request body bytes held by the server now
+        self.received_bytes = 0                  # bytes received on all connections (internal)
+        self.connections_total = 0               # connections accepted (internal)
 
-    def request(self, outcome: str, seconds: float) -> None:
-        self.requests[outcome] = self.requests.get(outcome, 0) + 1
-        self.request_duration.observe(seconds)
+    def request(self, protocol: str, outcome: str, seconds: float) -> None:
+        key = (protocol, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.request_duration.get(protocol)
+        if hist is None:
+            hist = self.request_duration[protocol] = Histogram(LATENCY_BUCKETS)
+        hist.observe(seconds)
 
-    def failure(self, reason: str) -> None:
-        self.failures[reason] = self.failures.get(reason, 0) + 1
+    def failure(self, protocol: str, reason: str) -> None:
+        key = (protocol, reason)
+        self.failures[key] = self.failures.get(key, 0) + 1
 
-    def render(self) -> bytes:
+    def render(self, *, inflight: int, queue_depth: int, ready: bool) -> bytes:
+        """The exposition text; the gauges are read from their owners at scrape time."""
         L = self.labels
         out = [
+            "# HELP servedmodel_model_info The served model and its version (from the manifest).",
+            "# TYPE servedmodel_model_info gauge",
+            f"servedmodel_model_info{{{self.info_labels}}} 1",
             "# HELP servedmodel_requests_total Inference requests by outcome.",
             "# TYPE servedmodel_requests_total counter",
         ]
-        for outcome in sorted(self.requests):
-            out.append(f'servedmodel_requests_total{{{L},outcome="{outcome}"}} '
-                       f"{self.requests[outcome]}")
-        out += ["# HELP servedmodel_request_failures_total Failed inference requests by reason.",
+        for protocol, outcome in sorted(self.requests):
+            out.append(f'servedmodel_requests_total{{{L},protocol="{protocol}",'
+                       f'outcome="{outcome}"}} {self.requests[protocol, outcome]}')
+        out += ["# HELP servedmodel_request_failures_total Failed requests (any route), by reason.",
                 "# TYPE servedmodel_request_failures_total counter"]
-        for reason in sorted(self.failures):
-            out.append(f'servedmodel_request_failures_total{{{L},reason="{reason}"}} '
-                       f"{self.failures[reason]}")
+        for protocol, reason in sorted(self.failures):
+            out.append(f'servedmodel_request_failures_total{{{L},protocol="{protocol}",'
+                       f'reason="{reason}"}} {self.failures[protocol, reason]}')
+        name = "servedmodel_request_duration_seconds"
+        out += [f"# HELP {name} Time from request start to response, inference requests.",
+                f"# TYPE {name} histogram"]
+        for protocol in sorted(self.request_duration):
+            out += self.request_duration[protocol].render(name, f'{L},protocol="{protocol}"')
         for name, hist, help_ in (
-            ("servedmodel_request_duration_seconds", self.request_duration,
-             "Time from request start to response, inference requests."),
             ("servedmodel_queue_duration_seconds", self.queue_duration,
              "Time a request waited in the batching queue."),
             ("servedmodel_compute_duration_seconds", self.compute_duration,
@@ -88,12 +104,28 @@ class Metrics:
         out += [
             "# HELP servedmodel_inflight_requests Inference requests being handled now.",
             "# TYPE servedmodel_inflight_requests gauge",
-            f"servedmodel_inflight_requests{{{L}}} {self.inflight}",
+            f"servedmodel_inflight_requests{{{L}}} {inflight}",
             "# HELP servedmodel_queue_depth Requests waiting in the batching queue.",
             "# TYPE servedmodel_queue_depth gauge",
-            f"servedmodel_queue_depth{{{L}}} {self.queue_depth}",
+            f"servedmodel_queue_depth{{{L}}} {queue_depth}",
             "# HELP servedmodel_model_ready 1 when the model is loaded, warm and not draining.",
             "# TYPE servedmodel_model_ready gauge",
-            f"servedmodel_model_ready{{{L}}} {self.ready}",
+            f"servedmodel_model_ready{{{L}}} {int(ready)}",
+            "# HELP servedmodel_batch_isolations_total Failed batches re-run one request at a "
+            "time.",
+            "# TYPE servedmodel_batch_isolations_total counter",
+            f"servedmodel_batch_isolations_total{{{L}}} {self.batch_isolations}",
+            "# HELP servedmodel_open_connections Open HTTP connections.",
+            "# TYPE servedmodel_open_connections gauge",
+            f"servedmodel_open_connections{{{L}}} {self.connections}",
+            "# HELP servedmodel_buffered_request_bytes Request body bytes held by the server.",
+            "# TYPE servedmodel_buffered_request_bytes gauge",
+            f"servedmodel_buffered_request_bytes{{{L}}} {self.buffered_bytes}",
+            "# HELP servedmodel_connection_errors_total Connections closed or refused by a "
+            "limit, by reason.",
+            "# TYPE servedmodel_connection_errors_total counter",
         ]
+        for reason in sorted(self.connection_errors):
+            out.append(f'servedmodel_connection_errors_total{{{L},reason="{reason}"}} '
+                       f"{self.connection_errors[reason]}")
         return ("\n".join(out) + "\n").encode()

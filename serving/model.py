@@ -4,6 +4,8 @@ with the same shape to `create_app`."""
 from __future__ import annotations
 
 import hashlib
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,13 @@ CPU = "CPUExecutionProvider"
 WARMUP_DIM = 64
 #: A batch faster than this runs on the event loop thread instead of the model thread.
 INLINE_BELOW_SECONDS = 0.0005
+#: Warm-up timing: interleaved rounds over the batch sizes, at least WARMUP_MIN_ROUNDS and
+#: WARMUP_MIN_SECONDS, at most WARMUP_MAX_ROUNDS, and stopping after WARMUP_MAX_SECONDS once 3
+#: rounds are done (minilm: ~0.5 s a round on 2 CPUs, so its start grows by ~0.5 s at most).
+WARMUP_MIN_ROUNDS = 7
+WARMUP_MIN_SECONDS = 0.3
+WARMUP_MAX_ROUNDS = 31
+WARMUP_MAX_SECONDS = 1.5
 
 
 def sha256_of(path: Path) -> str:
@@ -38,8 +47,14 @@ class OnnxModel:
         self.session = None
         self.providers: list[str] = []
         self.warm = False
-        self.preferred_batch_size = max(1, settings.max_batch_size)
+        self.batching = settings.batching
+        self.preferred_batch_size = max(1, self.batching.max_batch_size)
         self.warmup_items_per_second: dict[int, float] = {}
+        #: each input's dimension names (None where fixed or unnamed), for the validator
+        self.input_dim_names: dict[str, tuple[str | None, ...]] = {}
+        #: the most elements a warm-up batch fed; a bigger run gives its arena memory back
+        self._warm_elements = 0
+        self._shrink = None
         #: True when a full preferred batch runs in well under a millisecond: the batcher then
         #: runs it on the event loop, saving the hand-off to the model thread (which can wait
         #: up to the interpreter's GIL switch interval for the event loop to let go).
@@ -82,6 +97,9 @@ class OnnxModel:
         if s.device == "cuda" and (not self.providers or self.providers[0] != CUDA):
             raise StartupError(f"device=cuda but the session runs on {self.providers}")
         self.session = session
+        self.input_dim_names = {
+            a.name: tuple(d if isinstance(d, str) and d else None for d in a.shape)
+            for a in session.get_inputs()}
 
     def _create_session(self, spinning: bool):
         import onnxruntime as ort
@@ -101,7 +119,10 @@ class OnnxModel:
         # ... but they stop as soon as a run returns, so they do not take the CPU the event
         # loop needs between batches.
         opts.add_session_config_entry("session.force_spinning_stop", "1")
-        opts.log_severity_level = 3
+        # Fatal only: a run the caller's inputs make fail would log a line per request (a
+        # flood, and a blocked thread on a full stderr pipe); the batcher logs failures itself,
+        # at most one line per FAILURE_LOG_SECONDS.
+        opts.log_severity_level = 4
         self.spinning = spinning
         try:
             return ort.InferenceSession(str(path), sess_options=opts,
@@ -138,7 +159,7 @@ class OnnxModel:
         feeds = {}
         for i, t in enumerate(self.manifest.inputs):
             shape = [d if d >= 0 else WARMUP_DIM for d in t.shape]
-            if self.manifest.max_batch_size > 0:
+            if self.batching.enabled:
                 shape[0] = batch
             dtype = V2_TO_NUMPY[t.datatype]
             feeds[t.name] = np.ones(shape, dtype=dtype)
@@ -149,25 +170,33 @@ class OnnxModel:
         each: on a few CPUs a big batch can be slower per item than a smaller one (minilm at 32
         vs 8 on 2 cores), so the batcher packs up to the fastest size (`preferred_batch_size`);
         bigger single requests up to max_batch_size still run."""
-        import time
-
-        mbs = self.settings.max_batch_size
-        sizes = sorted({b for b in self.manifest.warmup_batch_sizes if b <= max(mbs, 1)} | {1})
-        if mbs > 0:
-            sizes = sorted(set(sizes) | {mbs})
+        mbs = self.batching.max_batch_size
+        sizes = self.batching.warmup_batch_sizes
+        feeds = {b: self.example_inputs(b) for b in sizes}
         for b in sizes:
-            feeds = self.example_inputs(b)
-            outs = self.predict(feeds)
+            outs = self.predict(feeds[b])
             for t in self.manifest.outputs:
                 if t.name not in outs:
                     raise StartupError(f"warm-up at batch {b} returned no output '{t.name}'")
-            if mbs > 0:
-                times, start = [], time.perf_counter()
-                while len(times) < 3 and (not times or time.perf_counter() - start < 0.5):
+        if mbs > 0:
+            # Timed in interleaved rounds (every size once a round), so a burst of other work
+            # on the machine slows all sizes alike, and by the median of the rounds: one or two
+            # runs a size made the preferred size flip from one start to the next.
+            times: dict[int, list[float]] = {b: [] for b in sizes}
+            start = time.perf_counter()
+            rounds = 0
+            while rounds < WARMUP_MAX_ROUNDS:
+                for b in sizes:
                     t0 = time.perf_counter()
-                    self.predict(feeds)
-                    times.append(time.perf_counter() - t0)
-                self.warmup_items_per_second[b] = b / sorted(times)[len(times) // 2]
+                    self.predict(feeds[b])
+                    times[b].append(time.perf_counter() - t0)
+                rounds += 1
+                elapsed = time.perf_counter() - start
+                if (rounds >= WARMUP_MIN_ROUNDS and elapsed >= WARMUP_MIN_SECONDS) or (
+                        rounds >= 3 and elapsed >= WARMUP_MAX_SECONDS):
+                    break
+            for b, ts in times.items():
+                self.warmup_items_per_second[b] = b / statistics.median(ts)
         if mbs > 0:
             # The largest size wins unless a smaller one is clearly (>15%) faster per item:
             # bigger batches also save per-request overhead that this timing does not see.
@@ -194,7 +223,23 @@ class OnnxModel:
         return self.settings.device != "cuda" or self.providers[:1] == [CUDA]
 
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one (batched) inference. onnxruntime releases the GIL while it runs."""
+        """Run one (batched) inference. onnxruntime releases the GIL while it runs.
+
+        A run bigger than any warm-up run (a peak) shrinks the CPU arena afterwards: the arena
+        otherwise keeps its peak size for the life of the process (gigabytes after one large
+        transformer request)."""
+        elements = sum(a.size for a in feeds.values())
+        if not self.warm:
+            self._warm_elements = max(self._warm_elements, elements)
+        elif elements > self._warm_elements:
+            if self._shrink is None:
+                import onnxruntime as ort
+
+                self._shrink = ort.RunOptions()
+                self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage",
+                                                  "cpu:0")
+            results = self.session.run(self._output_names, feeds, self._shrink)
+            return dict(zip(self._output_names, results))
         results = self.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
 

@@ -5,6 +5,7 @@ and `/v2/models/{name}/openapi.json`; docs/openapi.json is a generated copy."""
 from __future__ import annotations
 
 from .manifest import Manifest
+from .settings import Batching
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -49,10 +50,13 @@ def _input_schema(t, max_batch_size: int) -> dict:
     }
 
 
-def build_openapi(manifest: Manifest) -> dict:
+def build_openapi(manifest: Manifest, batching: Batching, served_name: str) -> dict:
+    """The document for `manifest` served under `served_name` with the resolved `batching`
+    (the batch dimension's maximum is the one the server enforces)."""
     m = manifest
+    max_batch = batching.max_batch_size
     name_param = {"name": "model_name", "in": "path", "required": True,
-                  "schema": {"type": "string", "enum": [m.name]}}
+                  "schema": {"type": "string", "enum": [served_name]}}
     version_param = {"name": "model_version", "in": "path", "required": True,
                      "schema": {"type": "string", "enum": [m.version]}}
     common = {"401": _err("Missing or invalid bearer token (when auth is configured)"),
@@ -110,9 +114,9 @@ def build_openapi(manifest: Manifest) -> dict:
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": f"ServedModel: {m.name}", "version": m.version,
+        "info": {"title": f"ServedModel: {served_name}", "version": m.version,
                  "description": "Open Inference Protocol (KServe V2) REST endpoints of the "
-                                f"model '{m.name}' version {m.version}. See docs/protocol.md."},
+                                f"model '{served_name}' version {m.version}. See docs/protocol.md."},
         "paths": paths,
         "security": [{}, {"bearer": []}],
         "components": {
@@ -139,10 +143,10 @@ def build_openapi(manifest: Manifest) -> dict:
                         "parameters": {"type": "object"},
                         "inputs": {"type": "array", "minItems": 1,
                                    "maxItems": len(m.inputs),
-                                   "items": {"oneOf": [_input_schema(t, m.max_batch_size)
+                                   "items": {"oneOf": [_input_schema(t, max_batch)
                                                        for t in m.inputs]}
                                    if len(m.inputs) > 1 else _input_schema(
-                                       m.inputs[0], m.max_batch_size)},
+                                       m.inputs[0], max_batch)},
                         "outputs": {"type": "array", "items": {
                             "type": "object", "required": ["name"], "properties": {
                                 "name": {"type": "string", "enum": [t.name for t in m.outputs]},

@@ -7,19 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import sys
 import time
+from dataclasses import replace
 
 import uvicorn
 
 from .app import App
+from .connections import ConnectionGuard, ConnectionLimits, protocol_factory
+from .settings import Settings
+
+#: File descriptors kept for everything but client connections (model files, logs, pipes).
+FD_MARGIN = 64
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: App, drain_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, app: App, drain_seconds: float,
+                 guard: ConnectionGuard) -> None:
         super().__init__(config)
         self.app_ = app
+        self.guard = guard
         self.drain_seconds = drain_seconds
         self.exit_code = 0
         self._drain_task = None
@@ -41,6 +50,7 @@ class _Server(uvicorn.Server):
                 self.force_exit = True
             return
         self.app_.begin_drain()
+        self.guard.begin_drain()
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
@@ -57,15 +67,44 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+def connection_limits(s: Settings) -> ConnectionLimits:
+    return ConnectionLimits(max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
+                            header_timeout=s.header_timeout_seconds,
+                            body_timeout=s.body_timeout_seconds, keep_alive=s.keep_alive_seconds,
+                            max_connections=s.max_connections,
+                            probe_connections=s.probe_connections)
+
+
+def ensure_descriptors(limits: ConnectionLimits) -> ConnectionLimits:
+    """Raise the soft open-files limit so the connection cap, not the kernel, refuses first.
+    When the hard limit is too low for the cap, the cap is lowered to fit (one line on
+    stderr says so): running out of descriptors would refuse probes too."""
+    needed = limits.max_connections + limits.probe_connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return limits
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target >= needed:
+        return limits
+    fits = max(1, target - limits.probe_connections - FD_MARGIN)
+    print(f"serving: the open-files limit ({hard}) allows {fits} connections; "
+          f"SERVEDMODEL_MAX_CONNECTIONS lowered from {limits.max_connections} to {fits}",
+          file=sys.stderr, flush=True)
+    return replace(limits, max_connections=fits)
+
+
 def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) -> int:
     # The model thread needs the GIL for a moment before and after each batch; while the event
     # loop decodes requests it would wait up to the 5 ms default switch interval each time.
     sys.setswitchinterval(0.001)
-    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools",
-                            lifespan="on", access_log=False, server_header=False,
-                            date_header=False, log_level=log_level, backlog=2048,
-                            timeout_keep_alive=30)
-    server = _Server(config, app, drain_seconds)
+    limits = ensure_descriptors(connection_limits(app.settings))
+    guard = ConnectionGuard(limits, app.service.metrics)
+    config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
+                            http=protocol_factory(guard), lifespan="on", access_log=False,
+                            server_header=False, date_header=False, log_level=log_level,
+                            backlog=2048, timeout_keep_alive=limits.keep_alive)
+    server = _Server(config, app, drain_seconds, guard)
     app.on_fatal = server.fatal
     server.run()
     if not server.started and server.exit_code == 0:

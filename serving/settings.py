@@ -10,9 +10,35 @@ from typing import Mapping
 from . import contract
 from .errors import StartupError
 from .manifest import Manifest
+from .routes import valid_model_name
 
 PREFIX = contract.ENV_PREFIX
+#: Shedding defaults (reasons in serving/contract.py, their one definition).
+DEFAULT_QUEUE_TIMEOUT_MS = float(contract.QUEUE_TIMEOUT_MS)
+DEFAULT_MAX_QUEUE_SIZE = contract.MAX_QUEUE_SIZE
 LOG_LEVELS = ("debug", "info", "warning")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Batching and queueing, resolved once from the manifest and the environment
+    (`resolve_batching`). The batcher, the request validator, the warm-up and the OpenAPI
+    document all read this one object."""
+    #: rows per batch, and the most rows one request may carry; 0: the model has no batch
+    #: dimension (its manifest says max_batch_size 0) and requests run one at a time
+    max_batch_size: int = 0
+    #: how long the batcher waits for more requests to fill a batch
+    max_queue_delay_ms: float = 0.0
+    #: the batch sizes the warm-up runs and times (each <= max_batch_size; 1 and the max too)
+    warmup_batch_sizes: tuple[int, ...] = (1,)
+    #: most requests waiting in the queue (a backstop; the queue-time budget sheds first)
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    #: the queue-time budget: a request that cannot start within it is refused (503)
+    queue_timeout_ms: float = DEFAULT_QUEUE_TIMEOUT_MS
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch_size > 0
 
 
 @dataclass(frozen=True)
@@ -20,15 +46,27 @@ class Settings:
     context: Path = Path("/app")
     host: str = "127.0.0.1"
     port: int = contract.PORT
+    #: the gRPC port; None: no gRPC front end
+    grpc_port: int | None = None
     device: str = "cpu"
-    max_batch_size: int = 0
-    max_queue_delay_ms: float = 0.0
-    max_queue_size: int = contract.QUEUE_SIZE_PER_BATCH  # per batch slot when not set
-    queue_timeout_ms: float = float(contract.QUEUE_TIMEOUT_MS)
+    #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
+    model_name: str = ""
+    batching: Batching = Batching()
     max_body_bytes: int = contract.MAX_BODY_BYTES
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
     drain_seconds: float = float(contract.DRAIN_SECONDS)
+    # The connection layer (serving/connections.py, docs/protocol.md "Limits").
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 30.0
+    max_connections: int = 1000
+    probe_connections: int = 8
+    max_buffered_bytes: int = 256 * 1024 * 1024   # 4 x max_body_bytes when not set
+    #: tensor elements one request may carry, all inputs together; 0: no limit but the body
+    max_request_elements: int = 0                  # the manifest's limits when not set
     auth_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
 
@@ -60,6 +98,33 @@ def cgroup_cpu_limit() -> int:
 def context_from(flags: Mapping[str, object], env: Mapping[str, str]) -> Path:
     value = flags.get("context") or env.get(PREFIX + "CONTEXT") or "/app"
     return Path(str(value))
+
+
+def resolve_batching(manifest: Manifest, pick, integer) -> Batching:
+    """Batching from the manifest and the environment, checked as a whole. `pick(name,
+    default, parse, check, accepted)` reads one setting and records its problems."""
+    batched = manifest.max_batch_size > 0
+    if batched:
+        # 0 is refused rather than read as "no batching": a model with a batch dimension would
+        # then take no request at all (every batch of n >= 1 rows would be over the limit).
+        max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 1,
+                         "an integer >= 1 for this model (it has a batch dimension; 1 runs "
+                         "every request alone, one row each)")
+    else:
+        max_batch = pick("max_batch_size", 0, integer, lambda v: v == 0,
+                         "0 for this model: its manifest has max_batch_size 0 (no batch "
+                         "dimension), so batching cannot be enabled")
+    delay = pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
+                 lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000")
+    warmup = tuple(sorted({b for b in manifest.warmup_batch_sizes if b <= max(1, max_batch)}
+                          | {1, max(1, max_batch)}))
+    return Batching(
+        max_batch_size=max_batch, max_queue_delay_ms=delay, warmup_batch_sizes=warmup,
+        max_queue_size=pick("max_queue_size", DEFAULT_MAX_QUEUE_SIZE, integer,
+                            lambda v: v >= 1, "an integer >= 1"),
+        queue_timeout_ms=pick("queue_timeout_ms", DEFAULT_QUEUE_TIMEOUT_MS, float,
+                              lambda v: 0 < v <= 600_000, "a number of milliseconds 0-600000 "
+                                                          "(above 0)"))
 
 
 def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
@@ -104,11 +169,10 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
             return False
         raise ValueError
 
-    max_batch = pick("max_batch_size", manifest.max_batch_size, integer, lambda v: v >= 0,
-                     "an integer >= 0")
-    if manifest.max_batch_size == 0 and max_batch != 0:
-        problems.append("SERVEDMODEL_MAX_BATCH_SIZE cannot enable batching for a model whose "
-                        "manifest has max_batch_size 0 (no batch dimension)")
+    max_body = pick("max_body_bytes", Settings.max_body_bytes, integer, lambda v: v >= 1024,
+                    "an integer number of bytes >= 1024")
+    max_buffered = pick("max_buffered_bytes", 4 * max_body, integer, lambda v: v >= max_body,
+                        f"an integer number of bytes >= the body limit ({max_body})")
     token = env.get(PREFIX + "AUTH_TOKEN") or None
     token_file = env.get(PREFIX + "AUTH_TOKEN_FILE")
     if token_file:
@@ -122,24 +186,41 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
     settings = Settings(
         context=context_from(flags, env),
         host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
-        port=pick("port", contract.PORT, integer, lambda v: 0 <= v <= 65535, "a port number 0-65535"),
+        port=pick("port", contract.PORT, integer, lambda v: 0 <= v <= 65535,
+                  "a port number 0-65535"),
+        # 0 reads as "off" too, so a deployment can pass the stack's 0 = off through unchanged.
+        grpc_port=pick("grpc_port", 0, integer, lambda v: 0 <= v <= 65535,
+                       "a port number 1-65535, or 0/unset for no gRPC") or None,
         device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
                     "'cpu' or 'cuda'"),
-        max_batch_size=max_batch,
-        max_queue_delay_ms=pick("max_queue_delay_ms", manifest.max_queue_delay_ms, float,
-                                lambda v: 0 <= v <= 10_000, "a number of milliseconds 0-10000"),
-        max_queue_size=pick("max_queue_size", contract.QUEUE_SIZE_PER_BATCH * max(1, max_batch), integer, lambda v: v >= 1,
-                            "an integer >= 1"),
-        queue_timeout_ms=pick("queue_timeout_ms", float(contract.QUEUE_TIMEOUT_MS), float, lambda v: v > 0,
-                              "a number of milliseconds > 0"),
-        max_body_bytes=pick("max_body_bytes", contract.MAX_BODY_BYTES, integer, lambda v: v >= 1024,
-                            "an integer number of bytes >= 1024"),
+        model_name=pick("model_name", manifest.name, str, valid_model_name,
+                        "a model name of letters, digits, '_', '.' and '-'"),
+        batching=resolve_batching(manifest, pick, integer),
+        max_body_bytes=max_body,
         intra_op_threads=pick("intra_op_threads", cgroup_cpu_limit(), integer,
                               lambda v: v >= 1, "an integer >= 1"),
         intra_op_spinning=pick("intra_op_spinning", None, auto_boolean, lambda v: True,
                                "'auto', 1 or 0"),
         drain_seconds=pick("drain_seconds", float(contract.DRAIN_SECONDS), float, lambda v: v >= 0,
                            "a number of seconds >= 0"),
+        max_header_bytes=pick("max_header_bytes", Settings.max_header_bytes, integer,
+                              lambda v: v >= 1024, "an integer number of bytes >= 1024"),
+        max_headers=pick("max_headers", Settings.max_headers, integer, lambda v: v >= 8,
+                         "an integer >= 8"),
+        header_timeout_seconds=pick("header_timeout_seconds", Settings.header_timeout_seconds,
+                                    float, lambda v: 0 < v <= 3600,
+                                    "a number of seconds > 0 and <= 3600"),
+        body_timeout_seconds=pick("body_timeout_seconds", Settings.body_timeout_seconds, float,
+                                  lambda v: 0 < v <= 3600, "a number of seconds > 0 and <= 3600"),
+        keep_alive_seconds=pick("keep_alive_seconds", Settings.keep_alive_seconds, float,
+                                lambda v: 0 < v <= 3600, "a number of seconds > 0 and <= 3600"),
+        max_connections=pick("max_connections", Settings.max_connections, integer,
+                             lambda v: v >= 1, "an integer >= 1"),
+        probe_connections=pick("probe_connections", Settings.probe_connections, integer,
+                               lambda v: v >= 1, "an integer >= 1"),
+        max_buffered_bytes=max_buffered,
+        max_request_elements=pick("max_request_elements", manifest.max_request_elements or 0,
+                                  integer, lambda v: v >= 0, "an integer >= 0 (0: no limit)"),
         auth_token=token,
         log_level=pick("log_level", "info", lambda v: str(v).lower(), lambda v: v in LOG_LEVELS,
                        "one of " + ", ".join(LOG_LEVELS)),

@@ -35,7 +35,8 @@ def test_the_server_uses_the_same_defaults_and_datatypes():
     assert tuple(codec.V2_TO_NUMPY) == contract.DATATYPES
     defaults = server_settings.Settings()
     assert defaults.drain_seconds == contract.DRAIN_SECONDS and defaults.port == contract.PORT
-    assert defaults.queue_timeout_ms == contract.QUEUE_TIMEOUT_MS
+    assert defaults.batching.queue_timeout_ms == contract.QUEUE_TIMEOUT_MS
+    assert defaults.batching.max_queue_size == contract.MAX_QUEUE_SIZE
     assert server_settings.PREFIX == contract.ENV_PREFIX
 
 

@@ -129,6 +129,36 @@ def test_container_serves_read_only_as_non_root_and_stops_on_sigterm(images, mod
         c.remove()
 
 
+def test_container_serves_grpc(images):
+    """The image's own dependencies serve gRPC (SERVEDMODEL_GRPC_PORT): tritonclient.grpc gets
+    onnxruntime's answer, the health service answers SERVING."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from imagekit import free_port
+
+    built = images.get("mnist-mlp")
+    grpc_port = free_port()
+    c = Container(built.image, env={"SERVEDMODEL_GRPC_PORT": str(grpc_port)})
+    try:
+        c.wait_ready()
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_server_ready() and client.is_model_ready(built.manifest["name"])
+        x = np.random.default_rng(3).random((2, 784), dtype=np.float32)
+        inp = grpcclient.InferInput("input", [2, 784], "FP32")
+        inp.set_data_from_numpy(x)
+        got = client.infer(built.manifest["name"], [inp]).as_numpy("logits")
+        session = ort.InferenceSession(str(built.context / "model" / "model.onnx"),
+                                       providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    finally:
+        c.remove()
+
+
 def test_minilm_serves_one_inference(images):
     built = images.get("minilm")
     c = Container(built.image)

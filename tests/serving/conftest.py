@@ -28,11 +28,17 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m serving` as a child process; `url` once it listens."""
 
-    def __init__(self, context: Path, env: dict | None = None, log: Path | None = None) -> None:
+    def __init__(self, context: Path, env: dict | None = None, log: Path | None = None,
+                 grpc: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        #: the gRPC port (`grpc=True`), else None
+        self.grpc_port = free_port() if grpc else None
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}" if grpc else None
         self.log_path = log or Path(context).parent / f"server-{self.port}.log"
         full_env = {**os.environ, "SERVEDMODEL_LOG_LEVEL": "warning", **(env or {})}
+        if grpc:
+            full_env["SERVEDMODEL_GRPC_PORT"] = str(self.grpc_port)
         full_env.pop("SERVEDMODEL_CONTEXT", None)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -78,15 +84,17 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def contexts(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("contexts")
-    return {kind: write_context(base / kind, kind) for kind in ("mlp", "multi", "log", "half")}
+    return {kind: write_context(base / kind, kind)
+            for kind in ("mlp", "multi", "log", "half", "flags")}
 
 
 @pytest.fixture(scope="session")
 def start_server():
     started: list[ServerProcess] = []
 
-    def start(context: Path, env: dict | None = None, ready: bool = True) -> ServerProcess:
-        server = ServerProcess(context, env)
+    def start(context: Path, env: dict | None = None, ready: bool = True,
+              grpc: bool = False) -> ServerProcess:
+        server = ServerProcess(context, env, grpc=grpc)
         started.append(server)
         return server.wait_ready() if ready else server
 

@@ -12,10 +12,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 18
-_T = {"FP32": TensorProto.FLOAT, "INT64": TensorProto.INT64, "FP16": TensorProto.FLOAT16}
+_T = {"FP32": TensorProto.FLOAT, "INT64": TensorProto.INT64, "FP16": TensorProto.FLOAT16,
+      "BOOL": TensorProto.BOOL}
 
 
 def _vi(name, datatype, shape):
+    # -1: an unnamed dynamic dimension; a string: a named one (shared names must agree)
     return helper.make_tensor_value_info(name, _T[datatype], [None if d == -1 else d for d in shape])
 
 
@@ -65,6 +67,16 @@ def half_model():
     return _model(nodes, [("h", "FP16", [-1, 2])], [("y", "FP32", [-1, 2])])
 
 
+def flags_model():
+    """BOOL in and out: y = x * float(m), nm = not m, n = int64(m) (INT64 out)."""
+    nodes = [helper.make_node("Cast", ["m"], ["mf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["x", "mf"], ["y"]),
+             helper.make_node("Not", ["m"], ["nm"]),
+             helper.make_node("Cast", ["m"], ["n"], to=TensorProto.INT64)]
+    return _model(nodes, [("x", "FP32", [-1, 3]), ("m", "BOOL", [-1, 3])],
+                  [("y", "FP32", [-1, 3]), ("nm", "BOOL", [-1, 3]), ("n", "INT64", [-1, 3])])
+
+
 def slow_model(width: int = 512, depth: int = 1000):
     """y = x @ I @ I ... (depth MatMuls with the identity): exact output == input, and slow
     enough (milliseconds a row) to keep requests in flight for overload and shutdown tests."""
@@ -77,7 +89,30 @@ def slow_model(width: int = 512, depth: int = 1000):
     return _model(nodes, [("x", "FP32", [-1, width])], [("y", "FP32", [-1, width])], [eye])
 
 
-MODELS = {"slow": slow_model, "mlp": mlp_model, "multi": multi_model, "log": log_model, "half": half_model}
+def paced_model():
+    """minilm's cost per row at batch 32 (~10 ms on 2 CPUs; ~0.35 s a full batch), exact
+    output == input: for closed-loop load tests of the queue-time budget."""
+    return slow_model(512, 300)
+
+
+def gather_model(vocab: int = 100):
+    """Token ids -> embedding sums: y[b, s] = sum(E[ids[b, s]]) + mask[b, s]. An id outside
+    [0, vocab) fails the run (as an out-of-vocabulary id fails a transformer); ids and mask
+    share the named dimensions "batch" and "sequence"."""
+    table = numpy_helper.from_array(
+        np.arange(vocab * 4, dtype=np.float32).reshape(vocab, 4) / 100, "E")
+    axes = numpy_helper.from_array(np.array([2], dtype=np.int64), "axes")
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["emb"]),
+             helper.make_node("ReduceSum", ["emb", "axes"], ["s"], keepdims=0),
+             helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["s", "m"], ["y"])]
+    dims = ["batch", "sequence"]
+    return _model(nodes, [("ids", "INT64", dims), ("mask", "INT64", dims)],
+                  [("y", "FP32", dims)], [table, axes])
+
+
+MODELS = {"slow": slow_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
+          "log": log_model, "half": half_model, "flags": flags_model, "gather": gather_model}
 
 
 def write_context(out: Path, kind: str, name: str | None = None, *, max_batch_size: int = 32,

@@ -6,7 +6,6 @@ import asyncio
 import json
 import resource
 import time
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from inprocess import InProcessServer, SlowModel
 from serving import create_app
 from serving.manifest import load_manifest
-from serving.settings import Settings
+from serving.settings import Batching, Settings
 
 INFER = "/v2/models/test-mlp/infer"
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
@@ -24,9 +23,9 @@ Q = 8
 
 def make_app(contexts, seconds: float, **overrides):
     manifest = load_manifest(contexts["mlp"])
-    settings = replace(Settings(context=contexts["mlp"], log_level="warning"),
-                       **{"max_batch_size": 4, "max_queue_delay_ms": 0.0, "max_queue_size": Q,
-                          "queue_timeout_ms": 10_000.0, **overrides})
+    batching = Batching(**{"max_batch_size": 4, "max_queue_delay_ms": 0.0, "max_queue_size": Q,
+                           "queue_timeout_ms": 10_000.0, **overrides})
+    settings = Settings(context=contexts["mlp"], log_level="warning", batching=batching)
     model = SlowModel(seconds)
     return create_app(settings, model, manifest), model
 
@@ -121,7 +120,7 @@ def test_full_queue_sheds_exactly_k_with_retry_after(contexts, k):
         assert seconds < 0.050, f"503 took {seconds * 1000:.1f} ms"
     for r, seconds in probes:
         assert r.status_code == 200 and seconds < 0.25
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
                             'reason="queue_full"}') == k
     assert after.status_code == 200                     # recovered
     assert 'servedmodel_queue_depth{model="test-mlp"} 0' in metrics
@@ -146,7 +145,7 @@ def test_queue_timeout_is_a_prompt_503_counted_by_reason(contexts):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "waited in the queue longer than 200 ms" in r.json()["error"]
         assert 0.19 < seconds < 0.5, seconds          # long before the 1.5 s batch ends
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
                             'reason="queue_timeout"}') == 3
 
 
@@ -175,3 +174,81 @@ def test_memory_bounded_and_recovers_after_sustained_overload(contexts):
     assert (peak - rss[0]) * 1024 < 32 * 1024 * 1024
     assert 'servedmodel_queue_depth{model="test-mlp"} 0' in metrics
     assert 'servedmodel_inflight_requests{model="test-mlp"} 0' in metrics
+
+
+def test_request_that_cannot_start_within_the_budget_is_refused_at_once(contexts):
+    """With the time per row measured, a request whose estimated wait is over the queue-time
+    budget gets 503 at once (not after the budget), while one that fits is served."""
+    app, model = make_app(contexts, seconds=0.3, max_batch_size=1, queue_timeout_ms=450.0,
+                          max_queue_size=100)
+
+    async def scenario(url):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            assert (await c.post(INFER, content=BODY)).status_code == 200   # learns ~0.3 s/row
+            running = asyncio.create_task(c.post(INFER, content=BODY))
+            deadline = time.monotonic() + 10
+            while len(model.batches) < 2:                                   # B runs now
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.002)
+            queued = asyncio.create_task(_timed(c, "POST", INFER, content=BODY))  # waits ~0.3 s
+            await asyncio.sleep(0.05)
+            # would wait ~0.55 s: what is left of B, then C
+            refused, seconds = await _timed(c, "POST", INFER, content=BODY)
+            metrics = (await c.get("/metrics")).text
+            return await running, await queued, refused, seconds, metrics
+
+    with InProcessServer(app) as server:
+        running, (queued, _), refused, seconds, metrics = asyncio.run(scenario(server.url))
+    assert running.status_code == 200 and queued.status_code == 200
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    error = refused.json()["error"]
+    assert "queue-time budget of 450 ms" in error and "SERVEDMODEL_QUEUE_TIMEOUT_MS" in error
+    assert seconds < 0.1, f"the refusal took {seconds * 1000:.0f} ms"
+    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
+                            'reason="queue_timeout"}') == 1
+
+
+@pytest.mark.slow
+def test_64_closed_loop_clients_see_no_503_with_default_settings(tmp_path, start_server):
+    """The default budget fits real clients: 64 concurrent closed-loop clients of a model as
+    slow as minilm (a full batch of 32 takes ~0.35 s on 2 CPUs) queue for up to two batches and more
+    on a shared CPU, and none of them is shed. The old defaults (a 1 s timeout, a queue of
+    4 x max batch) shed a large share of such a loop."""
+    import http.client
+    import threading
+
+    from contexts import write_context
+
+    ctx = write_context(tmp_path / "ctx", "paced", max_batch_size=32, warmup=(1, 32))
+    server = start_server(ctx)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32",
+                                   "data": [0.5] * 512}]})
+    statuses: list[int] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 6.0
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        while time.monotonic() < stop:
+            conn.request("POST", "/v2/models/test-paced/infer", body=body,
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            with lock:
+                statuses.append(r.status)
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    metrics = httpx.get(server.url + "/metrics").text
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert len(statuses) >= 2 * 64
+    # Real queueing happened: requests waited behind full batches (well over 0.1 s).
+    waited_long = _metric(metrics, 'servedmodel_queue_duration_seconds_count') - _metric(
+        metrics, 'servedmodel_queue_duration_seconds_bucket{model="test-paced",le="0.1"}')
+    assert waited_long > 0
+    assert _metric(metrics, 'servedmodel_batch_size_sum') / _metric(
+        metrics, 'servedmodel_batch_size_count') > 8

@@ -181,8 +181,13 @@ def test_metrics_names_and_types(mlp_server):
                        ("servedmodel_inflight_requests", "gauge"),
                        ("servedmodel_queue_depth", "gauge")]:
         assert f"# TYPE {name} {kind}" in text
-    assert 'servedmodel_requests_total{model="test-mlp",outcome="client_error"}' in text
-    assert 'servedmodel_request_failures_total{model="test-mlp",reason="bad_request"}' in text
+    assert 'servedmodel_requests_total{model="test-mlp",protocol="rest",outcome="client_error"}' in text
+    # the canary reads which version each pod serves
+    version = httpx.get(mlp_server.url + "/v2/models/test-mlp").json()["versions"][0]
+    assert "# TYPE servedmodel_model_info gauge" in text
+    assert f'servedmodel_model_info{{model="test-mlp",version="{version}"}} 1' in text
+    assert "# TYPE servedmodel_request_duration_seconds histogram" in text
+    assert 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",reason="bad_request"}' in text
 
 
 def test_openapi_served_and_matches_generator(mlp_server, contexts):

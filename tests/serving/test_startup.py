@@ -76,9 +76,11 @@ def test_manifest_disagrees_with_model(ctx):
 
 def test_bad_settings_listed_together(ctx):
     result = run_server(ctx, {"SERVEDMODEL_MAX_QUEUE_SIZE": "zero",
-                              "SERVEDMODEL_LOG_LEVEL": "loud", "SERVEDMODEL_DRAIN_SECONDS": "-1"})
+                              "SERVEDMODEL_LOG_LEVEL": "loud", "SERVEDMODEL_DRAIN_SECONDS": "-1",
+                              "SERVEDMODEL_GRPC_PORT": "grpc", "SERVEDMODEL_QUEUE_TIMEOUT_MS": "0"})
     _refuses(result, "SERVEDMODEL_MAX_QUEUE_SIZE='zero'", "SERVEDMODEL_LOG_LEVEL='loud'",
-             "SERVEDMODEL_DRAIN_SECONDS='-1'")
+             "SERVEDMODEL_DRAIN_SECONDS='-1'", "SERVEDMODEL_GRPC_PORT='grpc'",
+             "SERVEDMODEL_QUEUE_TIMEOUT_MS='0'")
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),

@@ -59,13 +59,15 @@ def test_settings_precedence_and_defaults(tmp_path):
     ctx = write_context(tmp_path / "c", "mlp", max_batch_size=16, max_queue_delay_ms=3.0)
     m = load_manifest(ctx)
     s = load_settings(m, {}, {})
-    assert (s.max_batch_size, s.max_queue_delay_ms, s.max_queue_size) == (16, 3.0, 64)
+    b = s.batching
+    assert (b.max_batch_size, b.max_queue_delay_ms, b.max_queue_size) == (16, 3.0, 1024)
+    assert b.queue_timeout_ms == 5000.0
     assert s.max_body_bytes == 64 * 1024 * 1024 and s.drain_seconds == 20.0
     assert s.intra_op_threads == cgroup_cpu_limit()
     s = load_settings(m, {"port": 9000}, {"SERVEDMODEL_PORT": "9100",
                                           "SERVEDMODEL_MAX_BATCH_SIZE": "8",
                                           "SERVEDMODEL_AUTH_TOKEN": "tok"})
-    assert (s.port, s.max_batch_size, s.max_queue_size) == (9000, 8, 32)
+    assert (s.port, s.batching.max_batch_size, s.batching.max_queue_size) == (9000, 8, 1024)
     assert "tok" not in repr(s)
     with pytest.raises(StartupError) as e:
         load_settings(m, {}, {"SERVEDMODEL_PORT": "http", "SERVEDMODEL_DEVICE": "tpu"})
@@ -126,3 +128,51 @@ def test_intra_op_spinning_setting(tmp_path):
     with pytest.raises(StartupError) as e:
         load_settings(m, {}, {"SERVEDMODEL_INTRA_OP_SPINNING": "sometimes"})
     assert "SERVEDMODEL_INTRA_OP_SPINNING" in str(e.value)
+
+
+def test_warm_up_times_sizes_in_interleaved_rounds(tmp_path):
+    """The preferred batch comes from the median of at least WARMUP_MIN_ROUNDS interleaved
+    runs per size (one or two runs made it flip between starts)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from contexts import write_context
+    from serving import model as model_module
+
+    ctx = write_context(tmp_path / "c", "mlp", max_batch_size=32, warmup=(1, 8, 32))
+    manifest = load_manifest(ctx)
+    m = model_module.OnnxModel(manifest, load_settings(manifest, {"context": ctx}, {}))
+    m.load()
+    calls: list[int] = []
+    real = m.predict
+
+    def counting(feeds):
+        calls.append(len(feeds["input"]))
+        return real(feeds)
+
+    m.predict = counting
+    m.warm_up()
+    timed = calls[3:]                          # after one checked run per size
+    assert timed[:6] == [1, 8, 32, 1, 8, 32]   # interleaved
+    for b in (1, 8, 32):
+        assert timed.count(b) >= model_module.WARMUP_MIN_ROUNDS
+
+
+def test_wait_estimate_uses_batch_times_per_size():
+    """The queue-time estimate packs queued rows into batches of the preferred size at the
+    time measured for each size (interpolated between sizes, proportional past the largest)."""
+    from serving.batcher import Batcher
+    from serving.metrics import Metrics
+    from serving.settings import Batching
+
+    b = Batcher(object(), Batching(max_batch_size=32, queue_timeout_ms=1000.0), Metrics("m", "v"))
+    try:
+        assert b.estimated_wait() is None                 # nothing measured: no estimate
+        b.prefer(32, items_per_second={1: 100.0, 8: 400.0, 32: 800.0})   # 10, 20, 40 ms
+        assert b.batch_time(1) == pytest.approx(0.010) and b.batch_time(32) == pytest.approx(0.04)
+        assert b.batch_time(20) == pytest.approx(0.030)   # halfway between 8 and 32
+        assert b.batch_time(64) == pytest.approx(0.080)
+        b.queued_rows = 70                                # two full batches and 6 rows
+        assert b.estimated_wait() == pytest.approx(2 * 0.040 + b.batch_time(6))
+    finally:
+        b._executor.shutdown()

@@ -146,9 +146,11 @@ def test_docs_openapi_is_generated_from_the_mnist_manifest(mnist_context):
 
     from serving.manifest import load_manifest
     from serving.openapi import build_openapi
+    from serving.settings import load_settings
 
     kept = json.loads((Path(__file__).resolve().parents[2] / "docs" / "openapi.json").read_text())
     manifest = load_manifest(mnist_context)
     assert _without_version(kept, kept["info"]["version"]) == _without_version(
-        build_openapi(manifest), manifest.version), \
+        build_openapi(manifest, load_settings(manifest, {}, {}).batching, manifest.name),
+        manifest.version), \
         "regenerate: python -m serving openapi --context <mnist-mlp context> --out docs/openapi.json"
