@@ -14,8 +14,19 @@ import numpy as np
 
 from models.errors import BuildError
 
-# Batch size of the assembled "more than one" batch (besides the example inputs' own).
-MULTI_BATCH = 8
+
+def batch_sizes_to_verify(max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes verified for a model the server batches: 1, 2, every power of two below
+    `max_batch_size`, and `max_batch_size` itself. The server forms any size up to the max, so
+    both ends and the sizes between are checked (a model that branches on `x.shape[0] > 16` is
+    caught at the max); doubling keeps the count logarithmic, so the build stays fast."""
+    if max_batch_size <= 0:
+        return ()
+    sizes, p = {1, max_batch_size}, 2
+    while p < max_batch_size:
+        sizes.add(p)
+        p *= 2
+    return tuple(sorted(sizes))
 
 
 @dataclass(frozen=True)
@@ -37,19 +48,18 @@ class Reference:
 
 
 def verification_batches(spec) -> tuple[VerifyBatch, ...]:
-    """example_inputs; with a batch dim also batch 1 and batch 8 (rows taken from every batch
-    the spec gives whose non-batch shapes match); then each of spec.verification_inputs."""
+    """example_inputs; with a batch dim also one batch per size of batch_sizes_to_verify (rows
+    taken in turn from every batch the spec gives whose non-batch shapes match, so each batch
+    is the start of the largest); then each of spec.verification_inputs."""
     as_np = lambda batch: tuple(t.detach().cpu().numpy() for t in batch)  # noqa: E731
     example = as_np(spec.example_inputs)
     batches = [VerifyBatch("example", example)]
     extra = [as_np(b) for b in (spec.verification_inputs or ())]
     if spec.max_batch_size > 0:
-        batches.append(VerifyBatch("batch-1", tuple(a[:1] for a in example)))
         pool = [b for b in [example, *extra, *(as_np(b) for b in (spec.calibration_inputs or ()))]
                 if all(x.shape[1:] == e.shape[1:] for x, e in zip(b, example))]
         rows = [tuple(a[i:i + 1] for a in b) for b in pool for i in range(b[0].shape[0])]
-        n = min(MULTI_BATCH, spec.max_batch_size)
-        if n > 1:
+        for n in batch_sizes_to_verify(spec.max_batch_size):
             picked = [rows[i % len(rows)] for i in range(n)]
             batches.append(VerifyBatch(f"batch-{n}", tuple(np.concatenate(c) for c in zip(*picked))))
     batches.extend(VerifyBatch(f"verification-{i}", b) for i, b in enumerate(extra))
@@ -145,6 +155,8 @@ def verify(spec, model_path: Path, ref: Reference, compression: str) -> dict[str
             s["max_abs_err"] = max(s["max_abs_err"], float(diff.max(initial=0.0)))
             s["max_rel_err"] = max(s["max_rel_err"], float(diff.max(initial=0.0)) / max(scale, 1e-12))
             if tol.atol is not None and not np.all(diff <= tol.atol + tol.rtol * np.abs(e64)):
+                if s["allclose"]:
+                    s["first_failing"] = batch.label
                 s["allclose"] = False
             batched = spec.max_batch_size > 0
             s["cos_min"] = min(s["cos_min"], float(_row_cosines(g64, e64, batched).min(initial=1.0)))
@@ -163,7 +175,9 @@ def verify(spec, model_path: Path, ref: Reference, compression: str) -> dict[str
             record[name] = entry
             continue
         if tol.atol is not None and not s["allclose"]:
-            problems.append(f"{name}: max abs err {s['max_abs_err']:.3g} > atol {tol.atol:g} + rtol {tol.rtol:g}*|ref|")
+            where = f" (first on the {s['first_failing']} batch)" if "first_failing" in s else ""
+            problems.append(f"{name}: max abs err {s['max_abs_err']:.3g} > atol {tol.atol:g} + rtol {tol.rtol:g}*|ref|"
+                            + where)
         entry["cosine_min"] = round(s["cos_min"], 6)
         if tol.min_cosine is not None and s["cos_min"] < tol.min_cosine:
             problems.append(f"{name}: min cosine {s['cos_min']:.5f} < {tol.min_cosine}")
