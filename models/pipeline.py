@@ -128,7 +128,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     from models.compress import compress
     from models.export import ExportResult, export
     from models.package import make_manifest, write_context
-    from models.verify import reference, verify
+    from models.verify import check_rows_independent, reference, verify
 
     try:
         with step("load", "importing the factory and building the ModelSpec"):
@@ -154,6 +154,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             with step("verify", "onnxruntime fp32 vs eager torch"):
                 ref = reference(spec)
                 parity = verify(spec, fp32, ref, "none")
+                check_rows_independent(spec, ref)
             final, details = fp32, {}
             if compression != "none":
                 packed = Path(tmp) / f"model.{compression}.onnx"

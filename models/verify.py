@@ -86,6 +86,87 @@ def reference(spec) -> Reference:
     return Reference(batches=batches, outputs=tuple(outs))
 
 
+# Rows of the largest verified batch that are also run alone by check_rows_independent: spread
+# from the first to the last, so that couplings running either way (cumulative sums) show.
+ROW_PROBES = 4
+
+
+def _nonfinite_disagree(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Where one side is not finite and the other is not the same value: inf where torch has a
+    finite value or the other infinity, NaN where torch has no NaN. Legitimate infinities
+    (both sides, same sign) agree."""
+    fin_g, fin_w = np.isfinite(got), np.isfinite(want)
+    same = (got == want) | (np.isnan(got) & np.isnan(want))
+    return ~(fin_g & fin_w) & ~same
+
+
+def _rows_differ(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> float | None:
+    """None when `got` matches `want` (floats within atol + rtol*|want|, equal non-finite
+    values; other dtypes exactly); else the largest absolute difference (inf for a non-finite
+    mismatch)."""
+    if got.shape != want.shape:
+        return float("inf")
+    if not np.issubdtype(want.dtype, np.floating):
+        return None if np.array_equal(got, want) else float(np.abs(got.astype(np.float64) - want).max())
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    if _nonfinite_disagree(g, w).any():
+        return float("inf")
+    both = np.isfinite(g) & np.isfinite(w)
+    diff = np.abs(np.where(both, g - w, 0.0))
+    return None if np.all(diff <= atol + rtol * np.abs(np.where(both, w, 0.0))) else float(diff.max())
+
+
+def check_rows_independent(spec, ref: Reference) -> None:
+    """Refuse a batch-coupled model: one whose rows depend on the rest of the batch (`y -
+    y.mean(0)`, a cumulative sum over dim 0, a branch on the batch size). The server runs
+    requests from different clients as one batch, so such a model would make one client's
+    answer depend on another's data. Measured on eager torch, the model itself: rows of the
+    largest verified batch are run alone, and the batch is run in reverse order; both must
+    give the same rows within the fp32 tolerance. Raises BuildError (verify, exit code 5)."""
+    import torch
+
+    from models.export import flatten_outputs
+    from models.spec import FP32_TOLERANCE
+
+    sized = [(b, o) for b, o in zip(ref.batches, ref.outputs) if b.label.startswith("batch-")]
+    if spec.max_batch_size < 2 or not sized:
+        return
+    batch, expected = max(sized, key=lambda bo: bo[0].inputs[0].shape[0])
+    n = int(batch.inputs[0].shape[0])
+    if n < 2:
+        return
+    tol = spec.tolerance("none")
+    atol, rtol = (tol.atol, tol.rtol) if tol.atol is not None else (FP32_TOLERANCE.atol, FP32_TOLERANCE.rtol)
+    module = spec.module.eval()
+
+    def run(inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = flatten_outputs(module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in inputs)))
+        return [o.detach().cpu().numpy() for o in out]
+
+    def refuse(name: str, how: str, diff: float) -> BuildError:
+        return BuildError(spec.name, "verify", (
+            f"batch-coupled model: output {name!r} of {how} (max abs diff {diff:.3g}): its rows depend on "
+            "the rest of the batch. The server batches requests from different clients into one run, so "
+            "one client's answer would depend on another's data; batching is refused for this model. "
+            "Make rows independent (no reductions, normalisation or branches across dim 0; BatchNorm and "
+            "Dropout in eval mode), or set max_batch_size=0 (no batch dimension: batching off)"))
+
+    for i in sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, ROW_PROBES))}):
+        alone = run(tuple(a[i:i + 1] for a in batch.inputs))
+        for name, got, want in zip(spec.output_names, alone, expected):
+            diff = _rows_differ(got, want[i:i + 1], atol, rtol)
+            if diff is not None:
+                raise refuse(name, f"row {i} computed alone differs from the same row inside the {batch.label} "
+                             "batch", diff)
+    order = np.arange(n)[::-1]
+    reversed_out = run(tuple(a[order] for a in batch.inputs))
+    for name, got, want in zip(spec.output_names, reversed_out, expected):
+        diff = _rows_differ(got, want[order], atol, rtol)
+        if diff is not None:
+            raise refuse(name, f"the {batch.label} batch run in reverse order differs from its rows reversed", diff)
+
+
 def session(path: Path, threads: int = 1):
     """A CPU onnxruntime session. One intra-op thread: reductions are then computed in one
     order, so the recorded errors (part of the manifest, hence of the version) are

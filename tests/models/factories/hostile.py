@@ -37,3 +37,46 @@ class BigBatchBranch(nn.Module):
 def big_batch_branch():
     torch.manual_seed(0)
     return _spec("big-batch-branch", BigBatchBranch())
+
+
+class MeanCentred(nn.Module):
+    """Each row minus the batch mean: a row's answer depends on the other rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y - y.mean(0)
+
+
+def mean_centred():
+    torch.manual_seed(0)
+    return _spec("mean-centred", MeanCentred())
+
+
+class RunningSum(nn.Module):
+    """A cumulative sum over the batch: row 0 is the same alone, later rows are not."""
+
+    def forward(self, x):
+        return torch.cumsum(x, 0) * 0.5
+
+
+class Rolled(nn.Module):
+    """Each row gets its neighbour's answer (an off-by-one across the batch)."""
+
+    def forward(self, x):
+        return torch.roll(x, 1, 0)
+
+
+class RowWise(nn.Module):
+    """Independent rows, with the batch dimension used honestly (reshape and softmax by row)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return torch.softmax(self.lin(x).reshape(x.shape[0], 2, 2), -1).reshape(x.shape[0], 4)
+
