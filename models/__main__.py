@@ -70,6 +70,7 @@ def _table(result) -> str:
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in result.steps.items())
     rows.append(("steps", steps + (" (cached build)" if result.cache_hit else "")))
     rows.append(("this run", f"{result.seconds:.2f} s, " + ("cache hit, no export" if result.cache_hit else "built")))
+    rows.extend(("cache repaired", note) for note in result.cache_repaired)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

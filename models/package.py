@@ -54,11 +54,16 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 def content_version(files: dict[str, bytes], manifest: dict[str, Any]) -> str:
     """16 hex characters of a sha256 over every context file and the manifest without
     `version`: everything that changes what is served."""
+    return version_from_hashes({path: sha256_bytes(data) for path, data in files.items()}, manifest)
+
+
+def version_from_hashes(hashes: dict[str, str], manifest: dict[str, Any]) -> str:
+    """content_version() from each file's sha256 (the cache checks a stored context with it)."""
     h = hashlib.sha256()
     core = {k: v for k, v in manifest.items() if k != "version"}
-    entries = sorted(files.items()) + [("model/manifest.json", json.dumps(core, sort_keys=True).encode())]
-    for path, data in entries:
-        h.update(path.encode() + b"\0" + sha256_bytes(data).encode() + b"\n")
+    entries = sorted(hashes.items()) + [("model/manifest.json", sha256_bytes(json.dumps(core, sort_keys=True).encode()))]
+    for path, digest in entries:
+        h.update(path.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()[:16]
 
 

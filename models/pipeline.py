@@ -41,12 +41,14 @@ class BuildResult:
     sizes: dict[str, int] = field(default_factory=dict)
     exported: bool = False  # True only when this call ran the exporter
     seconds: float = 0.0  # wall time of this call
+    cache_repaired: list[str] = field(default_factory=list)  # damaged cache entries this call rebuilt, and why
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what `--json` prints)."""
         return {"ok": True, "model": self.model, "name": self.manifest.get("name"), "version": self.version,
                 "context_dir": str(self.context_dir), "compression": self.compression, "device": self.device,
-                "cache_hit": self.cache_hit, "exported": self.exported, "seconds": round(self.seconds, 3),
+                "cache_hit": self.cache_hit, "exported": self.exported, "cache_repaired": self.cache_repaired,
+                "seconds": round(self.seconds, 3),
                 "sizes": self.sizes, "steps": self.steps, "parity": self.manifest.get("parity"),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
 
@@ -96,8 +98,19 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
 
     root = cache_mod.cache_root(cache_dir)
     key = cache_mod.cache_key(mref, compression, device)
+    repaired: list[str] = []
+
+    def checked(lookup: Callable, what: str, entry_key: str):
+        """A cache lookup whose damaged entry counts as a miss, said in progress and the result."""
+        try:
+            return lookup(root, entry_key)
+        except cache_mod.DamagedEntry as e:
+            repaired.append(f"{what} {entry_key[:12]}: {e}")
+            say(f"[{model}] cache: the {what} entry {entry_key[:12]} is damaged ({e}); building it again")
+            return None
+
     if use_cache:
-        hit = cache_mod.lookup(root, key)
+        hit = checked(cache_mod.lookup, "context", key)
         if hit is not None:
             ctx, record = hit
             copy_context(model, ctx, out)
@@ -138,7 +151,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
             export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)
-            cached_export = cache_mod.lookup_export(root, export_key) if use_cache else None
+            cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if use_cache else None
             if cached_export is not None:
                 shutil.copyfile(cached_export[0], fp32)
                 exported = ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
@@ -186,4 +199,4 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         cache_mod.store(root, key, out, record)
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
-                       exported=ran_export, seconds=time.perf_counter() - t_start)
+                       exported=ran_export, seconds=time.perf_counter() - t_start, cache_repaired=repaired)

@@ -80,3 +80,81 @@ def test_rows_alone_and_reordered_must_agree(monkeypatch, module, probes, couple
     else:
         check_rows_independent(spec, ref_)
 
+
+# ---- cache integrity (item 9) -------------------------------------------------------------
+
+def _entry(cache, factory: str, compression: str = "none") -> Path:
+    from models.cache import cache_key, entry_dir
+    from models.loader import parse_ref
+
+    return entry_dir(cache, cache_key(parse_ref(ref(factory)), compression, "cpu"))
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A private cache holding tiny_a and tiny_b (same name and sizes, other weights)."""
+    root = tmp_path_factory.mktemp("tiny")
+    cache = root / "cache"
+    a = models.build(ref("tiny_a"), "none", root / "a", cache_dir=cache)
+    b = models.build(ref("tiny_b"), "none", root / "b", cache_dir=cache)
+    assert a.version != b.version and a.sizes == b.sizes
+    return cache, a, b
+
+
+def test_flipped_byte_in_a_cached_model_is_rebuilt(tiny_cache, tmp_path):
+    from conftest import cli_json, run_cli
+
+    cache, a, _ = tiny_cache
+    model = _entry(cache, "tiny_a") / "context/model/model.onnx"
+    size = model.stat().st_size
+    _flip_byte(model)
+    assert model.stat().st_size == size
+    proc = run_cli("build", "--model", ref("tiny_a"), "--out", str(tmp_path / "ctx"), "--json", cache_dir=cache)
+    assert proc.returncode == 0, proc.stderr
+    out = cli_json(proc)
+    assert out["cache_hit"] is False and out["version"] == a.version
+    assert len(out["cache_repaired"]) == 1 and "content hash mismatch in model/model.onnx" in out["cache_repaired"][0]
+    assert "is damaged (content hash mismatch in model/model.onnx); building it again" in proc.stderr
+    assert (tmp_path / "ctx/model/model.onnx").read_bytes() == (a.context_dir / "model/model.onnx").read_bytes()
+    # the entry was rebuilt: the next build is a clean hit
+    again = models.build(ref("tiny_a"), "none", tmp_path / "again", cache_dir=cache)
+    assert again.cache_hit and again.cache_repaired == [] and again.version == a.version
+
+
+def test_model_planted_in_a_cache_entry_is_not_served(tiny_cache, tmp_path):
+    import shutil
+
+    cache, a, b = tiny_cache
+    entry = _entry(cache, "tiny_a") / "context"
+    shutil.rmtree(entry)
+    shutil.copytree(_entry(cache, "tiny_b") / "context", entry)  # same name, same sizes
+    r = models.build(ref("tiny_a"), "none", tmp_path / "ctx", cache_dir=cache)
+    assert not r.cache_hit and r.version == a.version and r.cache_repaired
+    assert (tmp_path / "ctx/model/model.onnx").read_bytes() == (a.context_dir / "model/model.onnx").read_bytes()
+    assert (tmp_path / "ctx/model/model.onnx").read_bytes() != (b.context_dir / "model/model.onnx").read_bytes()
+
+
+def test_file_added_to_a_cache_entry_is_detected(tiny_cache, tmp_path):
+    cache, a, _ = tiny_cache
+    (_entry(cache, "tiny_a") / "context/serving/extra.py").write_text("print('planted')\n")
+    r = models.build(ref("tiny_a"), "none", tmp_path / "ctx", cache_dir=cache)
+    assert not r.cache_hit and any("added: serving/extra.py" in n for n in r.cache_repaired)
+    assert not (tmp_path / "ctx/serving/extra.py").exists() and r.version == a.version
+
+
+def test_flipped_byte_in_the_cached_export_is_exported_again(tiny_cache, tmp_path):
+    from models.cache import cache_key, export_dir
+    from models.loader import parse_ref
+
+    cache, _, _ = tiny_cache
+    exported = export_dir(cache, cache_key(parse_ref(ref("tiny_a")), "export", "any", export_only=True)) / "model.onnx"
+    _flip_byte(exported)
+    r = models.build(ref("tiny_a"), "fp16", tmp_path / "ctx", cache_dir=cache)
+    assert r.exported and any(n.startswith("fp32 export") and "content hash mismatch" in n for n in r.cache_repaired)
