@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from models.loader import ModelRef
-from models.package import MODELS_DIR, REPO, SERVING_DIR, manifest_bytes, version_from_hashes
+from models.package import MODELS_DIR, REPO, SERVING_DIR, manifest_bytes, pause_for_tests, version_from_hashes
 
 CACHE_FORMAT = "servedmodel-cache-1"
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "protobuf", "transformers",
@@ -153,21 +153,35 @@ def lookup(root: Path, key: str) -> tuple[Path, dict] | None:
     return d / "context", record
 
 
-def store(root: Path, key: str, context: Path, record: dict) -> None:
-    """Copy a finished context into the cache (atomically; a failure only loses the entry)."""
-    d = entry_dir(root, key)
+def _publish_entry(d: Path, fill) -> None:
+    """Fill a temporary folder next to entry `d` and rename it into place. A failure only loses
+    the entry; an interruption (Ctrl-C) leaves no temporary folder behind."""
+    tmp = None
     try:
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
-        shutil.copytree(context, tmp / "context", copy_function=shutil.copyfile)
-        # Hashes of what was stored, checked on every hit (lookup).
-        files = file_hashes(tmp / "context")
-        (tmp / "result.json").write_text(json.dumps({**record, "key": key, "files": files}, indent=2))
+        fill(tmp)
+        pause_for_tests("cache-staged")
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
         os.replace(tmp, d)
     except OSError:
-        shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
+        pass
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def store(root: Path, key: str, context: Path, record: dict) -> None:
+    """Copy a finished context into the cache (atomically; a failure only loses the entry)."""
+
+    def fill(tmp: Path) -> None:
+        shutil.copytree(context, tmp / "context", copy_function=shutil.copyfile)
+        # Hashes of what was stored, checked on every hit (lookup).
+        files = file_hashes(tmp / "context")
+        (tmp / "result.json").write_text(json.dumps({**record, "key": key, "files": files}, indent=2))
+
+    _publish_entry(entry_dir(root, key), fill)
 
 
 def export_dir(root: Path, key: str) -> Path:
@@ -198,15 +212,8 @@ def lookup_export(root: Path, key: str) -> tuple[Path, dict] | None:
 
 
 def store_export(root: Path, key: str, onnx_path: Path, meta: dict) -> None:
-    d = export_dir(root, key)
-    try:
-        d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
+    def fill(tmp: Path) -> None:
         shutil.copyfile(onnx_path, tmp / "model.onnx")
-        meta = {**meta, "key": key, "sha256": _sha256_file(tmp / "model.onnx")}
-        (tmp / "export.json").write_text(json.dumps(meta))
-        if d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-        os.replace(tmp, d)
-    except OSError:
-        pass
+        (tmp / "export.json").write_text(json.dumps({**meta, "key": key, "sha256": _sha256_file(tmp / "model.onnx")}))
+
+    _publish_entry(export_dir(root, key), fill)

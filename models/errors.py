@@ -10,6 +10,7 @@ EXIT_PARITY = 5          # onnxruntime disagrees with eager torch past the toler
 EXIT_UNSUPPORTED_COMPRESSION = 6  # compression not one of none/fp16/int8, or not applicable
 EXIT_COMPRESS = 7        # the fp16 converter or the quantizer failed
 EXIT_PACKAGE = 8         # the context could not be written (runtime files missing, --out not ours)
+EXIT_INTERRUPTED = 130   # SIGINT (Ctrl-C): the build stopped and cleaned up (128 + SIGINT, as shells report)
 
 EXIT_CODES = {
     "usage": EXIT_USAGE, "load": EXIT_USAGE, "factory": EXIT_FACTORY, "export": EXIT_EXPORT,

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from models import cache as cache_mod
 from models.errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
-from models.package import DEVICES, check_out_dir, copy_context, runtime_files
+from models.package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
 from models.spec import COMPRESSIONS
 
 Progress = Callable[[str], None]
@@ -91,6 +91,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     out = Path(out_dir).expanduser().absolute()
     mref = parse_ref(model)
     check_out_dir(model, out)
+    check_writable(model, out)
     try:
         runtime_files(device)
     except FileNotFoundError as e:

@@ -229,9 +229,16 @@ def verify(spec, model_path: Path, ref: Reference, compression: str) -> dict[str
                 s["max_abs_err"] = max(s["max_abs_err"], float(diff.max(initial=0.0)))
                 continue
             g64, e64 = g.astype(np.float64), e.astype(np.float64)
+            # Infinities (and NaNs) are legitimate outputs when torch has the same ones at the same
+            # places; anywhere else they fail. Errors and cosines are measured on the finite rest.
+            wrong = _nonfinite_disagree(g64, e64)
+            if wrong.any():
+                at = tuple(int(i) for i in np.argwhere(wrong)[0])
+                problems.append(f"{name}: {int(wrong.sum())} non-finite value(s) where torch differs on the "
+                                f"{batch.label} batch (first at {list(at)}: onnxruntime {g64[at]}, torch {e64[at]})")
+            finite = np.isfinite(g64) & np.isfinite(e64)
+            g64, e64 = np.where(finite, g64, 0.0), np.where(finite, e64, 0.0)
             diff = np.abs(g64 - e64)
-            if not np.all(np.isfinite(g64)):
-                problems.append(f"{name}: non-finite values on the {batch.label} batch")
             scale = float(np.abs(e64).max(initial=0.0))
             s["max_abs_err"] = max(s["max_abs_err"], float(diff.max(initial=0.0)))
             s["max_rel_err"] = max(s["max_rel_err"], float(diff.max(initial=0.0)) / max(scale, 1e-12))

@@ -2,6 +2,7 @@
 the cache or the user's environment misbehaves."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,254 @@ def test_flipped_byte_in_the_cached_export_is_exported_again(tiny_cache, tmp_pat
     _flip_byte(exported)
     r = models.build(ref("tiny_a"), "fp16", tmp_path / "ctx", cache_dir=cache)
     assert r.exported and any(n.startswith("fp32 export") and "content hash mismatch" in n for n in r.cache_repaired)
+
+
+# ---- interrupted builds (item 10) ---------------------------------------------------------
+
+def _leftovers(*folders: Path) -> list[str]:
+    """Temporary folders the pipeline makes (hidden staging next to --out, .tmp- in the cache,
+    servedmodel-* under TMPDIR), anywhere under `folders`."""
+    found = []
+    for folder in folders:
+        for p in folder.rglob("*") if folder.exists() else ():
+            if p.is_dir() and p.name.startswith((".", "servedmodel-")):  # files of other tools are not ours
+                found.append(str(p.relative_to(folder)))
+    return sorted(found)
+
+
+def _start_cli(args: list[str], cache: Path, tmpdir: Path, pause: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "SERVEDMODEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmpdir)}
+    env.pop("SERVEDMODEL_DEBUG", None)
+    env.pop("SERVEDMODEL_TEST_PAUSE", None)
+    if pause:
+        env["SERVEDMODEL_TEST_PAUSE"] = f"{pause}:60"
+    # A session of its own, so that a test can send SIGINT to the whole group as Ctrl-C does.
+    return subprocess.Popen([sys.executable, "-m", "models", "build", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_for_line(proc, words: str, timeout: float = 120) -> list[str]:
+    """stderr lines up to the first containing `words` (read on a thread: bounded in time)."""
+    import queue
+    import threading
+
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr] + [lines.put(None)], daemon=True).start()
+    seen: list[str] = []
+    while True:
+        line = lines.get(timeout=timeout)
+        if line is None:
+            raise AssertionError(f"the build ended before {words!r}: {''.join(seen)}")
+        seen.append(line)
+        if words in line:
+            proc._lines = lines  # the rest of stderr, for the caller
+            return seen
+
+
+def _rest(proc) -> str:
+    out = []
+    while (line := proc._lines.get(timeout=60)) is not None:
+        out.append(line)
+    return "".join(out)
+
+
+def _interrupt(proc, group: bool) -> None:
+    import os
+    import signal
+
+    if group:  # what Ctrl-C in a terminal does: every process of the foreground group
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # kill -INT on the CLI's pid only
+        proc.send_signal(signal.SIGINT)
+
+
+@pytest.fixture()
+def sigint_cache(tiny_cache, tmp_path):
+    """A cache of its own holding tiny_a's fp32 export (so a build skips the export)."""
+    import shutil
+
+    cache, a, _ = tiny_cache
+    own = tmp_path / "cache"
+    shutil.copytree(cache / "exports", own / "exports")
+    return own, a
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, old_context, group", [
+    ("package-staged", False, False),   # the new context is staged next to --out
+    ("package-swap", True, True),       # the old context is moved aside, the new not yet in place
+    ("cache-staged", False, False),     # the context is in place, its cache entry staged
+])
+def test_sigint_during_packaging_cleans_up_and_exits_130(sigint_cache, tmp_path, point, old_context, group):
+    import filecmp
+
+    cache, a = sigint_cache
+    work, tmpdir = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir(), tmpdir.mkdir()
+    out = work / "ctx"
+    if old_context:
+        import shutil
+
+        shutil.copytree(a.context_dir, out)
+    proc = _start_cli(["--model", ref("tiny_a"), "--compression", "fp16", "--out", str(out), "--json"],
+                      cache, tmpdir, pause=point)
+    try:
+        _wait_for_line(proc, f"paused at {point}")
+        assert _leftovers(cache if point == "cache-staged" else work)  # something is staged
+        _interrupt(proc, group)
+        rc = proc.wait(timeout=60)
+        stderr = _rest(proc)
+    finally:
+        proc.kill()
+    assert rc == 130, stderr
+    assert stderr.strip().splitlines()[-1].endswith("interrupted"), stderr
+    body = json.loads(proc.stdout.read())
+    assert body["ok"] is False and body["exit_code"] == 130 and body["step"] == "interrupted"
+    assert _leftovers(work, cache, tmpdir) == []
+    if old_context:  # the old context is back, untouched
+        assert sorted(p.name for p in work.iterdir()) == ["ctx"]
+        assert filecmp.cmp(out / "model/model.onnx", a.context_dir / "model/model.onnx", shallow=False)
+    elif point == "package-staged":
+        assert list(work.iterdir()) == []
+    else:  # interrupted after the context was published: it is complete
+        assert (out / "model/manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigint_at_varied_times_always_exits_130(tmp_path):
+    """Ctrl-C during load and export, once or twice in a row: always 130, nothing left behind."""
+    import time
+
+    for i, (delay, group, twice) in enumerate([(0.0, True, False), (0.8, False, True), (2.5, True, True)]):
+        work, tmpdir, cache = tmp_path / f"work{i}", tmp_path / f"tmp{i}", tmp_path / f"cache{i}"
+        work.mkdir(), tmpdir.mkdir()
+        proc = _start_cli(["--model", ref("tiny_a"), "--out", str(work / "ctx")], cache, tmpdir)
+        try:
+            _wait_for_line(proc, "load: importing")
+            time.sleep(delay)
+            _interrupt(proc, group)
+            if twice:
+                time.sleep(0.05)
+                _interrupt(proc, group)
+            rc = proc.wait(timeout=60)
+            stderr = _rest(proc)
+        finally:
+            proc.kill()
+        assert rc == 130, (delay, stderr)
+        assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+        assert _leftovers(work, cache, tmpdir) == [], (delay, _leftovers(work, cache, tmpdir))
+        assert list(work.iterdir()) == []
+
+
+# ---- smaller ones (item 11) ---------------------------------------------------------------
+
+def test_legitimate_infinities_are_accepted(tmp_path):
+    """log(relu) is -inf and 1/relu +inf where the ReLU is 0: torch and onnxruntime agree."""
+    r = models.build(ref("infinite"), "none", tmp_path / "ctx", use_cache=False)
+    import numpy as np
+    import onnxruntime as ort
+
+    assert r.manifest["parity"]["passed"]
+    sess = ort.InferenceSession(str(tmp_path / "ctx/model/model.onnx"), providers=["CPUExecutionProvider"])
+    log, inverse = sess.run(None, {"x": (np.random.default_rng(0).random((8, 6)) - 0.5).astype(np.float32)})
+    assert np.isneginf(log).any() and np.isposinf(inverse).any()  # the model really makes infinities
+
+
+def test_infinities_that_torch_does_not_have_are_refused():
+    """The rule itself: the same infinities pass; an inf where torch is finite, the other sign,
+    or a NaN where torch has none fail (verify reports them per output)."""
+    import numpy as np
+
+    from models.verify import _nonfinite_disagree
+
+    torch_out = np.array([1.0, np.inf, -np.inf, np.nan])
+    assert not _nonfinite_disagree(torch_out.copy(), torch_out).any()
+    for bad in ([np.inf, np.inf, -np.inf, np.nan], [1.0, -np.inf, -np.inf, np.nan], [1.0, np.inf, -np.inf, 0.0],
+                [np.nan, np.inf, -np.inf, np.nan]):
+        assert _nonfinite_disagree(np.array(bad), torch_out).sum() == 1, bad
+
+
+def _as_unprivileged() -> list[str]:
+    """A command prefix under which file modes hold: root ignores them unless it drops
+    CAP_DAC_OVERRIDE (setpriv, util-linux)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be simulated")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_out_in_a_read_only_folder_exits_8_before_exporting(cache_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        env = {**os.environ, "SERVEDMODEL_CACHE": str(cache_dir)}
+        proc = subprocess.run([*_as_unprivileged(), sys.executable, "-m", "models", "build", "--model", ref("tiny_a"),
+                               "--out", str(ro / "ctx"), "--json"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        ro.chmod(0o755)
+    assert proc.returncode == 8, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["step"] == "package" and "Permission denied" in body["error"] and str(ro) in body["error"]
+    assert "load:" not in proc.stderr  # refused before the factory was even imported
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("inside", ["serving", "models/zoo"])
+def test_out_inside_a_folder_the_context_copies_is_refused(cache_dir, inside):
+    import shutil
+    import uuid
+
+    from conftest import ROOT, run_cli
+
+    out = ROOT / inside / f"ctx-test-{uuid.uuid4().hex[:8]}"
+    try:
+        proc = run_cli("build", "--model", "mnist-mlp", "--out", str(out), "--json", cache_dir=cache_dir)
+        assert proc.returncode == 8, proc.stderr
+        body = json.loads(proc.stdout)
+        assert body["step"] == "package" and f"is inside {inside.split('/')[0]}/" in body["error"]
+        assert "Choose an --out outside serving/ and models/" in body["error"]
+        assert not out.exists()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_factory_prints_do_not_break_json(cache_dir, tmp_path):
+    from conftest import cli_json, run_cli
+
+    proc = run_cli("build", "--model", ref("prints"), "--out", str(tmp_path / "ctx"), "--json", cache_dir=cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert cli_json(proc)["ok"] is True  # stdout is one JSON line, nothing else
+    for text in ("hello from the factory", "more text", "raw bytes on fd 1"):
+        assert text in proc.stderr
+
+
+def test_factory_calling_os_exit_0_is_not_a_success(cache_dir, tmp_path):
+    from conftest import cli_json, run_cli
+
+    proc = run_cli("build", "--model", ref("exits_zero"), "--out", str(tmp_path / "ctx"), "--json",
+                   cache_dir=cache_dir)
+    assert proc.returncode == 3, proc.stderr
+    body = cli_json(proc)
+    assert body["ok"] is False and body["step"] == "factory" and body["exit_code"] == 3
+    assert "exited with code 0 during the load step without finishing" in body["error"]
+    assert f"error: {body['error']}" in proc.stderr
+    assert not (tmp_path / "ctx").exists() and list(tmp_path.iterdir()) == []

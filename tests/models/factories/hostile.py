@@ -90,3 +90,36 @@ def tiny_a():
 def tiny_b():
     torch.manual_seed(2)
     return _spec("tiny", nn.Linear(6, 3))
+
+
+def prints():
+    """Talks on stdout in every way a factory can: print, sys.stdout, the file descriptor."""
+    print("hello from the factory")
+    sys.stdout.write("more text\n")
+    sys.stdout.flush()
+    os.write(1, b"raw bytes on fd 1\n")
+    torch.manual_seed(1)
+    return _spec("chatty", nn.Linear(6, 3))
+
+
+def exits_zero():
+    """Ends the interpreter with success before returning a spec."""
+    os._exit(0)
+
+
+class Infinite(nn.Module):
+    """Legitimate infinities: log of a ReLU is -inf where the ReLU is 0, and 1/0 is +inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.lin(x))
+        return torch.log(h), 1.0 / h
+
+
+def infinite():
+    torch.manual_seed(3)
+    return _spec("infinite", Infinite(), output_names=["log", "inverse"],
+                 example_inputs=(torch.rand(4, 6, generator=_g(1)) - 0.5,))
