@@ -76,7 +76,8 @@ def version_from_hashes(hashes: dict[str, str], manifest: dict[str, Any]) -> str
     """content_version() from each file's sha256 (the cache checks a stored context with it)."""
     h = hashlib.sha256()
     core = {k: v for k, v in manifest.items() if k != "version"}
-    entries = sorted(hashes.items()) + [("model/manifest.json", sha256_bytes(json.dumps(core, sort_keys=True).encode()))]
+    core_digest = sha256_bytes(json.dumps(core, sort_keys=True).encode())
+    entries = sorted(hashes.items()) + [("model/manifest.json", core_digest)]
     for path, digest in entries:
         h.update(path.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()[:16]

@@ -283,7 +283,7 @@ def test_sigint_at_varied_times_always_exits_130(tmp_path):
     """Ctrl-C during load and export, once or twice in a row: always 130, nothing left behind."""
     import time
 
-    for i, (delay, group, twice) in enumerate([(0.0, True, False), (0.8, False, True), (2.5, True, True)]):
+    for i, (delay, group, twice) in enumerate([(0.0, True, False), (0.8, False, True), (1.5, True, True)]):
         work, tmpdir, cache = tmp_path / f"work{i}", tmp_path / f"tmp{i}", tmp_path / f"cache{i}"
         work.mkdir(), tmpdir.mkdir()
         proc = _start_cli(["--model", ref("tiny_a"), "--out", str(work / "ctx")], cache, tmpdir)
