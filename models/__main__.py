@@ -182,9 +182,9 @@ def _supervise(args, argv: list[str]) -> int:
     last_step, final = None, None
     try:
         try:
-            # The worker's stdout is our stderr: stdout carries only the result printed below.
+            # The worker's stdout is our stderr (fd 2): stdout carries only the result printed below.
             state["worker"] = subprocess.Popen([sys.executable, "-m", "models", *argv], env=env,
-                                               pass_fds=(write_fd,), stdout=sys.stderr)
+                                               pass_fds=(write_fd,), stdout=2)
         finally:
             os.close(write_fd)
         if state["interrupted"]:  # Ctrl-C before the worker existed
