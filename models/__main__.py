@@ -2,19 +2,29 @@
 
 Progress goes to stderr while a build works, then a summary table (or, with --json, one JSON
 object on stdout). Any failure prints one line naming the model and the step and exits with the
-step's code (models/errors.py); set SERVEDMODEL_DEBUG=1 for the traceback.
+step's code (models/errors.py); set SERVEDMODEL_DEBUG=1 for the traceback. Ctrl-C stops the
+build, removes what it had staged and exits 130.
+
+`build` runs in a worker process that this one supervises. A factory is arbitrary code: it may
+print, or end the interpreter with os._exit(0). The worker's stdout is this process's stderr,
+and this process prints the result and reports success only when the worker sent its final
+report, so neither can corrupt --json or fake a build.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 
-from models.errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
+from models.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
 from models.spec import COMPRESSIONS
+
+# Set by the supervisor for its worker only: the file descriptor the worker reports on.
+WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="exit codes: 0 ok, 1 unexpected, 2 usage/unknown model/missing file or factory, "
                               "3 factory raised or invalid spec,\n4 export, 5 parity, 6 unsupported compression, "
-                              "7 compression failed, 8 package,\n9 the task-quality gate refused the variant (see docs/pipeline.md)")
+                              "7 compression failed, 8 package,\n9 the task-quality gate refused the variant, "
+                              "130 interrupted (see docs/pipeline.md)")
     b.add_argument("--model", required=True, help="zoo name (python -m models list) or path/to/file.py:factory")
     # Compression and device are checked by build() itself, so the CLI and the Python API
     # fail with the same message and code (6 for an unsupported compression).
@@ -87,6 +98,7 @@ def _table(result) -> str:
         rows.append(("start-up", f"model load {result.startup['load_seconds']:.3f} s + warm-up "
                      f"{result.startup['warmup_seconds']:.3f} s (onnxruntime CPU, measured at build time)"))
     rows.append(("this run", f"{result.seconds:.2f} s, " + ("cache hit, no export" if result.cache_hit else "built")))
+    rows.extend(("cache repaired", note) for note in result.cache_repaired)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -100,39 +112,141 @@ def _list() -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "list":
-        return _list()
-    from models.pipeline import build
-
-    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+def _build(args, progress) -> tuple[int, str]:
+    """Run the build; print a failure's one line on stderr. Returns (exit code, stdout text)."""
     try:
+        from models.pipeline import build
+
         result = build(args.model, compression=args.compression, out_dir=args.out, device=args.device,
                        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress,
                        max_metric_drop=args.max_metric_drop)
     except BuildError as e:
         error = {"ok": False, "model": e.model, "step": e.step, "exit_code": e.exit_code, "error": str(e)}
-        code = e.exit_code
     except KeyboardInterrupt:
-        print(f"error: model {args.model!r}: interrupted", file=sys.stderr)
-        return 130
+        error = _interrupted(args.model)
     except Exception as e:  # noqa: BLE001 - a bug: still one line, unless debugging
         if os.environ.get("SERVEDMODEL_DEBUG"):
             traceback.print_exc()
         msg = f"model {args.model!r}: internal failed: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
         error = {"ok": False, "model": args.model, "step": "internal", "exit_code": EXIT_INTERNAL, "error": msg}
-        code = EXIT_INTERNAL
     else:
-        if args.json:
-            print(json.dumps(result.summary()))
-        else:
-            print(_table(result))
-        return 0
-    print(f"error: {error['error']}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(error))
+        return 0, json.dumps(result.summary()) if args.json else _table(result)
+    print(f"error: {error['error']}", file=sys.stderr, flush=True)
+    return error["exit_code"], json.dumps(error) if args.json else ""
+
+
+def _interrupted(model: str) -> dict:
+    return {"ok": False, "model": model, "step": "interrupted", "exit_code": EXIT_INTERRUPTED,
+            "error": f"model {model!r}: interrupted"}
+
+
+def _work(args, fd: int) -> int:
+    """The worker: build, reporting each step and then the result on `fd` (JSON lines)."""
+    stopped: list[int] = []
+
+    def stop_once(signum, frame) -> None:
+        # The first SIGINT stops the build (KeyboardInterrupt, which every step turns into
+        # cleanup); later ones are ignored so that the cleanup completes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop_once)
+    report = os.fdopen(fd, "w", buffering=1)
+    prefix = f"[{args.model}] "
+
+    def send(message: dict) -> None:
+        try:
+            report.write(json.dumps(message) + "\n")
+        except OSError:  # the supervisor is gone: nobody to tell
+            pass
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+        if msg.startswith(prefix):
+            send({"step": msg[len(prefix):].partition(":")[0]})
+
+    code, out = _build(args, progress)
+    if stopped and code != EXIT_INTERRUPTED:
+        # Interrupted, but the KeyboardInterrupt was swallowed on the way (library code) or
+        # came as the build finished: still an interruption, and what was published is whole.
+        error = _interrupted(args.model)
+        print(f"error: {error['error']}", file=sys.stderr, flush=True)
+        code, out = EXIT_INTERRUPTED, json.dumps(error) if args.json else ""
+    send({"done": True, "exit_code": code, "stdout": out})
     return code
+
+
+def _supervise(args, argv: list[str]) -> int:
+    """Run the build in a worker process; forward Ctrl-C to it and wait for its cleanup. Success
+    needs the worker's final report: a worker that ends without one (os._exit in a factory, a
+    crash) is a failure naming the step it was in (during load: the factory, exit 3)."""
+    import subprocess
+
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, WORKER_ENV: str(write_fd)}
+    repo = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    state: dict = {"worker": None, "interrupted": False}
+
+    def forward(signum, frame) -> None:
+        state["interrupted"] = True
+        if state["worker"] is not None:
+            try:
+                os.kill(state["worker"].pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    previous = signal.signal(signal.SIGINT, forward)
+    last_step, final = None, None
+    try:
+        try:
+            # The worker's stdout is our stderr (fd 2): stdout carries only the result printed below.
+            state["worker"] = subprocess.Popen([sys.executable, "-m", "models", *argv], env=env,
+                                               pass_fds=(write_fd,), stdout=2)
+        finally:
+            os.close(write_fd)
+        if state["interrupted"]:  # Ctrl-C before the worker existed
+            forward(signal.SIGINT, None)
+        with os.fdopen(read_fd) as reports:
+            for line in reports:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and isinstance(message.get("step"), str):
+                    last_step = message["step"]
+                elif isinstance(message, dict) and message.get("done"):
+                    final = message
+        rc = state["worker"].wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if final is not None:
+        if final.get("stdout"):
+            print(final["stdout"], flush=True)
+        return int(final["exit_code"])
+    if state["interrupted"] or rc in (EXIT_INTERRUPTED, -signal.SIGINT):
+        error = _interrupted(args.model)
+    else:
+        how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
+        step = "factory" if last_step == "load" else "internal"
+        during = f" during the {last_step} step" if last_step else ""
+        error = {"ok": False, "model": args.model, "step": step, "exit_code": EXIT_CODES[step],
+                 "error": f"model {args.model!r}: {step} failed: the build process {how}{during} without "
+                          "finishing (did the factory or the model call os._exit() or crash the interpreter?)"}
+    print(f"error: {error['error']}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(error), flush=True)
+    return error["exit_code"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        return _list()
+    fd = os.environ.get(WORKER_ENV)
+    return _work(args, int(fd)) if fd else _supervise(args, argv)
 
 
 if __name__ == "__main__":

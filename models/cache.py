@@ -8,6 +8,10 @@ heavy, so a cache hit costs file reads and one copy.
 
 A factory file that reads other files (its own weights, modules next to it) is keyed on its own
 bytes only: rebuild with --no-cache after changing those.
+
+Every hit is checked against the content hashes recorded when the entry was written (each
+file of the context, and the fp32 export): a flipped byte or a planted file makes the entry
+damaged (DamagedEntry, with the reason), and the build makes it again.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from models.loader import ModelRef
-from models.package import MODELS_DIR, REPO, SERVING_DIR
+from models.package import MODELS_DIR, REPO, SERVING_DIR, manifest_bytes, pause_for_tests, version_from_hashes
 
 CACHE_FORMAT = "servedmodel-cache-1"
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "protobuf", "transformers",
@@ -94,36 +98,103 @@ def entry_dir(root: Path, key: str) -> Path:
     return root / key[:2] / key[:32]
 
 
+class DamagedEntry(Exception):
+    """A cache entry exists but does not hold what was stored; str() says what is wrong."""
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(context: Path) -> dict[str, str]:
+    """Context-relative path -> sha256 of every file under `context` (what store() records)."""
+    return {str(p.relative_to(context)): _sha256_file(p)
+            for p in sorted(context.rglob("*")) if p.is_file() or p.is_symlink()}
+
+
+def _entry_problem(context: Path, key: str, record: dict) -> str | None:
+    """Why the entry at `context` cannot be used for `key`, or None when it is intact: every file
+    present with the recorded hash, none added, the manifest the one recorded, its model hash
+    and version those of the files."""
+    if record.get("key") != key:
+        return "its record belongs to another key"
+    expected, manifest = record.get("files"), record.get("manifest")
+    if not isinstance(expected, dict) or not expected or not isinstance(manifest, dict):
+        return "its record has no content hashes"
+    if not context.is_dir():
+        return "the context folder is missing"
+    try:
+        found = file_hashes(context)
+    except OSError as e:
+        return f"a file cannot be read ({e.strerror})"
+    added, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+    if added or missing:
+        return "files " + ", ".join([*(f"added: {p}" for p in added[:3]), *(f"missing: {p}" for p in missing[:3])])
+    changed = [p for p in sorted(expected) if found[p] != expected[p]]
+    if changed:
+        return f"content hash mismatch in {', '.join(changed[:3])}"
+    try:
+        if found.get("model/manifest.json") != hashlib.sha256(manifest_bytes(manifest)).hexdigest():
+            return "model/manifest.json is not the recorded manifest"
+        if manifest.get("sha256") != found.get("model/model.onnx"):
+            return "the manifest's sha256 is not model/model.onnx's"
+        core = {k: v for k, v in found.items() if k != "model/manifest.json"}
+        if manifest.get("version") != version_from_hashes(core, manifest):
+            return "the manifest's version is not the content's"
+    except (TypeError, ValueError):
+        return "its manifest is malformed"
+    return None
+
+
 def lookup(root: Path, key: str) -> tuple[Path, dict] | None:
-    """The cached context and its build record, or None."""
+    """The cached context and its build record; None when there is no entry. Raises DamagedEntry
+    when there is one that fails its content check (see _entry_problem)."""
     d = entry_dir(root, key)
+    if not d.exists():
+        return None
     try:
         record = json.loads((d / "result.json").read_text())
     except (OSError, ValueError):
-        return None
-    model = d / "context" / "model" / "model.onnx"
-    try:
-        intact = model.stat().st_size == record["manifest"]["size_bytes"]
-    except (OSError, KeyError, TypeError):
-        intact = False
-    if record.get("key") != key or not intact or not (d / "context" / "model" / "manifest.json").is_file():
-        return None  # missing or damaged: build again
+        raise DamagedEntry("its record (result.json) is missing or unreadable") from None
+    problem = _entry_problem(d / "context", key, record) if isinstance(record, dict) else "its record is malformed"
+    if problem is not None:
+        raise DamagedEntry(problem)
     return d / "context", record
 
 
-def store(root: Path, key: str, context: Path, record: dict) -> None:
-    """Copy a finished context into the cache (atomically; a failure only loses the entry)."""
-    d = entry_dir(root, key)
+def _publish_entry(d: Path, fill) -> None:
+    """Fill a temporary folder next to entry `d` and rename it into place. A failure only loses
+    the entry; an interruption (Ctrl-C) leaves no temporary folder behind."""
+    tmp = None
     try:
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
-        shutil.copytree(context, tmp / "context", copy_function=shutil.copyfile)
-        (tmp / "result.json").write_text(json.dumps({**record, "key": key}, indent=2))
+        fill(tmp)
+        pause_for_tests("cache-staged")
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
         os.replace(tmp, d)
     except OSError:
-        shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
+        pass
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def store(root: Path, key: str, context: Path, record: dict) -> None:
+    """Copy a finished context into the cache (atomically; a failure only loses the entry)."""
+
+    def fill(tmp: Path) -> None:
+        shutil.copytree(context, tmp / "context", copy_function=shutil.copyfile)
+        # Hashes of what was stored, checked on every hit (lookup).
+        files = file_hashes(tmp / "context")
+        (tmp / "result.json").write_text(json.dumps({**record, "key": key, "files": files}, indent=2))
+
+    _publish_entry(entry_dir(root, key), fill)
 
 
 def export_dir(root: Path, key: str) -> Path:
@@ -133,26 +204,32 @@ def export_dir(root: Path, key: str) -> Path:
 
 
 def lookup_export(root: Path, key: str) -> tuple[Path, dict] | None:
+    """The cached fp32 export and its record; None when there is none. Raises DamagedEntry when
+    the file's hash is not the recorded one."""
     d = export_dir(root, key)
+    if not d.exists():
+        return None
     try:
         meta = json.loads((d / "export.json").read_text())
     except (OSError, ValueError):
-        return None
-    return (d / "model.onnx", meta) if meta.get("key") == key and (d / "model.onnx").is_file() else None
+        raise DamagedEntry("its record (export.json) is missing or unreadable") from None
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        raise DamagedEntry("its record belongs to another key")
+    try:
+        digest = _sha256_file(d / "model.onnx")
+    except OSError:
+        raise DamagedEntry("model.onnx is missing or unreadable") from None
+    if digest != meta.get("sha256"):
+        raise DamagedEntry("content hash mismatch in model.onnx")
+    return d / "model.onnx", meta
 
 
 def store_export(root: Path, key: str, onnx_path: Path, meta: dict) -> None:
-    d = export_dir(root, key)
-    try:
-        d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
+    def fill(tmp: Path) -> None:
         shutil.copyfile(onnx_path, tmp / "model.onnx")
-        (tmp / "export.json").write_text(json.dumps({**meta, "key": key}))
-        if d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-        os.replace(tmp, d)
-    except OSError:
-        pass
+        (tmp / "export.json").write_text(json.dumps({**meta, "key": key, "sha256": _sha256_file(tmp / "model.onnx")}))
+
+    _publish_entry(export_dir(root, key), fill)
 
 
 # The cache root of the build in progress, so that a factory can cache what it computes (the
@@ -197,6 +274,8 @@ def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes,
     except OSError:  # a cache that cannot be written only costs the next build the work
         shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
     return data, False
+
+
 def update_record(root: Path, key: str, changes: dict) -> None:
     """Merge `changes` into a cached entry's record (atomically; a failure keeps the old record).
     Used to keep figures measured later (the start-up of an entry cached before it was measured),

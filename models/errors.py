@@ -7,10 +7,11 @@ EXIT_USAGE = 2           # bad arguments, unknown zoo model, missing file or fac
 EXIT_FACTORY = 3         # the factory raised, or returned something that is not a valid ModelSpec
 EXIT_EXPORT = 4          # torch.onnx.export, onnx.checker or shape inference failed
 EXIT_PARITY = 5          # onnxruntime disagrees with eager torch past the tolerance
-EXIT_UNSUPPORTED_COMPRESSION = 6  # compression not one of none/fp16/int8, or not applicable
+EXIT_UNSUPPORTED_COMPRESSION = 6  # compression not one of models.spec.COMPRESSIONS, or not applicable
 EXIT_COMPRESS = 7        # the fp16 converter or the quantizer failed
 EXIT_PACKAGE = 8         # the context could not be written (runtime files missing, --out not ours)
 EXIT_QUALITY = 9         # the task-quality gate refused a variant: its metric dropped past the allowance
+EXIT_INTERRUPTED = 130   # SIGINT (Ctrl-C): the build stopped and cleaned up (128 + SIGINT, as shells report)
 
 EXIT_CODES = {
     "usage": EXIT_USAGE, "load": EXIT_USAGE, "factory": EXIT_FACTORY, "export": EXIT_EXPORT,

@@ -67,6 +67,8 @@ def _import_file(mref: ModelRef):
         spec.loader.exec_module(module)
     except BaseException as e:
         sys.modules.pop(name, None)
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C while the file imports: interrupted, not a factory error
+            raise
         raise BuildError(mref.ref, "factory", f"importing {mref.source.name} raised {type(e).__name__}: {e}") from None
     finally:
         try:

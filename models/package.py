@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +27,19 @@ SERVING_DIR = REPO / "serving"
 IMAGE_DIR = MODELS_DIR / "image"
 MANIFEST_SCHEMA_VERSION = 1
 DEVICES = ("cpu", "cuda")
+# Tests only: "POINT:SECONDS" makes a build stop for SECONDS at POINT (see pause_for_tests).
+TEST_PAUSE_ENV = "SERVEDMODEL_TEST_PAUSE"
+
+
+def pause_for_tests(point: str) -> None:
+    """A hook for tests that interrupt a build at a known point (package-staged: the context is
+    staged next to --out; package-swap: an old context is moved aside; cache-staged: a cache
+    entry is staged). With SERVEDMODEL_TEST_PAUSE=POINT:SECONDS it says so on stderr and
+    sleeps; unset (always, outside tests) it does nothing."""
+    point_set, _, seconds = os.environ.get(TEST_PAUSE_ENV, "").partition(":")
+    if point_set == point:
+        print(f"[test] paused at {point}", file=sys.stderr, flush=True)
+        time.sleep(float(seconds or 30))
 
 
 def runtime_files(device: str) -> dict[str, Path]:
@@ -54,11 +69,17 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 def content_version(files: dict[str, bytes], manifest: dict[str, Any]) -> str:
     """16 hex characters of a sha256 over every context file and the manifest without
     `version`: everything that changes what is served."""
+    return version_from_hashes({path: sha256_bytes(data) for path, data in files.items()}, manifest)
+
+
+def version_from_hashes(hashes: dict[str, str], manifest: dict[str, Any]) -> str:
+    """content_version() from each file's sha256 (the cache checks a stored context with it)."""
     h = hashlib.sha256()
     core = {k: v for k, v in manifest.items() if k != "version"}
-    entries = sorted(files.items()) + [("model/manifest.json", json.dumps(core, sort_keys=True).encode())]
-    for path, data in entries:
-        h.update(path.encode() + b"\0" + sha256_bytes(data).encode() + b"\n")
+    core_digest = sha256_bytes(json.dumps(core, sort_keys=True).encode())
+    entries = sorted(hashes.items()) + [("model/manifest.json", core_digest)]
+    for path, digest in entries:
+        h.update(path.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()[:16]
 
 
@@ -100,26 +121,52 @@ def _is_replaceable(out: Path) -> bool:
 
 
 def check_out_dir(model: str, out: Path) -> None:
+    """Refuse an --out that is not ours to replace, or that lies inside serving/ or models/:
+    the context copies serving/ and the cache key hashes both, so a context there would be
+    copied into the next one (and change every key)."""
+    resolved = out.resolve()
+    for folder in (SERVING_DIR, MODELS_DIR):
+        if resolved.is_relative_to(folder):
+            raise BuildError(model, "package", f"{out} is inside {folder.name}/, which every build context copies "
+                             f"or hashes; a context there would nest into the next build. Choose an --out outside "
+                             f"{SERVING_DIR.name}/ and {MODELS_DIR.name}/ (e.g. build/NAME)")
     if not _is_replaceable(out):
         raise BuildError(model, "package", f"{out} exists and is not a build context; refusing to replace it "
                          "(choose an empty or new --out)")
 
 
+def check_writable(model: str, out: Path) -> None:
+    """Fail before the long steps when nothing can be written next to `out` (a read-only
+    folder): probe the nearest folder that exists with a temporary folder, creating nothing
+    that stays."""
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent)).rmdir()
+    except OSError as e:
+        raise BuildError(model, "package", f"cannot write the context next to {out}: {e}") from None
+
+
 def replace_dir(model: str, staged: Path, out: Path) -> None:
-    """Move the finished `staged` folder to `out` (same file system), replacing an old context."""
+    """Move the finished `staged` folder to `out` (same file system), replacing an old context.
+    Interrupted or failed at any point, `out` keeps the old context and no temporary folder is
+    left (unless even putting the old context back failed: then it stays aside, not lost)."""
     check_out_dir(model, out)
     old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "context")
     try:
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "context")
+            pause_for_tests("package-swap")
         os.replace(staged, out)
     except BaseException:
-        if old is not None:
+        if old is not None and (old / "context").exists() and not out.exists():
             os.replace(old / "context", out)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if old is not None and out.exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def stage_dir(out: Path) -> Path:
@@ -132,21 +179,23 @@ def _publish(model: str, out: Path, fill: Callable[[Path], None]) -> None:
     """Fill a staged folder next to `out`, normalise its modes, then rename it to `out`.
 
     Writing the new context and materialising a cached one both go through here, so neither
-    can leave a half-written folder that looks like a finished context."""
+    can leave a half-written folder that looks like a finished context, and whatever stops it
+    (an error, Ctrl-C) removes the staged folder."""
     check_out_dir(model, out)
-    staged = stage_dir(out)
+    staged = None
     try:
+        staged = stage_dir(out)
         fill(staged)
         # Fixed modes: the bytes and permissions of a context do not depend on the umask.
         for p in [staged, *staged.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        pause_for_tests("package-staged")
         replace_dir(model, staged, out)
-    except BuildError:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     except OSError as e:
-        shutil.rmtree(staged, ignore_errors=True)
         raise BuildError(model, "package", f"writing {out}: {e}") from None
+    finally:
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def write_context(model: str, out: Path, device: str, model_bytes: bytes, manifest: dict[str, Any]) -> dict[str, Any]:

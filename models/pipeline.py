@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from models import cache as cache_mod
 from models.errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
-from models.package import DEVICES, check_out_dir, copy_context, runtime_files
+from models.package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
 from models.spec import COMPRESSIONS, PRUNED
 
 Progress = Callable[[str], None]
@@ -43,12 +43,14 @@ class BuildResult:
     """Measured model load + warm-up seconds (models/startup.py): beside the manifest, never in it."""
     exported: bool = False  # True only when this call ran the exporter
     seconds: float = 0.0  # wall time of this call
+    cache_repaired: list[str] = field(default_factory=list)  # damaged cache entries this call rebuilt, and why
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what `--json` prints)."""
         return {"ok": True, "model": self.model, "name": self.manifest.get("name"), "version": self.version,
                 "context_dir": str(self.context_dir), "compression": self.compression, "device": self.device,
-                "cache_hit": self.cache_hit, "exported": self.exported, "seconds": round(self.seconds, 3),
+                "cache_hit": self.cache_hit, "exported": self.exported, "cache_repaired": self.cache_repaired,
+                "seconds": round(self.seconds, 3),
                 "sizes": self.sizes, "steps": self.steps, "startup": self.startup, "parity": self.manifest.get("parity"),
                 "evaluation": self.manifest.get("evaluation"),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
@@ -97,6 +99,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     out = Path(out_dir).expanduser().absolute()
     mref = parse_ref(model)
     check_out_dir(model, out)
+    check_writable(model, out)
     try:
         runtime_files(device)
     except FileNotFoundError as e:
@@ -104,8 +107,19 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
 
     root = cache_mod.cache_root(cache_dir)
     key = cache_mod.cache_key(mref, compression, device, max_metric_drop=max_metric_drop)
+    repaired: list[str] = []
+
+    def checked(lookup: Callable, what: str, entry_key: str):
+        """A cache lookup whose damaged entry counts as a miss, said in progress and the result."""
+        try:
+            return lookup(root, entry_key)
+        except cache_mod.DamagedEntry as e:
+            repaired.append(f"{what} {entry_key[:12]}: {e}")
+            say(f"[{model}] cache: the {what} entry {entry_key[:12]} is damaged ({e}); building it again")
+            return None
+
     if use_cache:
-        hit = cache_mod.lookup(root, key)
+        hit = checked(cache_mod.lookup, "context", key)
         if hit is not None:
             ctx, record = hit
             copy_context(model, ctx, out)
@@ -145,7 +159,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     from models.compress import compress
     from models.export import ExportResult, export
     from models.package import make_manifest, write_context
-    from models.verify import reference, verify
+    from models.verify import check_rows_independent, reference, verify
 
     try:
         with step("load", "importing the factory and building the ModelSpec"):
@@ -161,7 +175,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
             export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)
-            cached_export = cache_mod.lookup_export(root, export_key) if use_cache else None
+            cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if use_cache else None
             if cached_export is not None:
                 shutil.copyfile(cached_export[0], fp32)
                 exported = ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
@@ -177,6 +191,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             with step("verify", "onnxruntime fp32 vs eager torch"):
                 ref = reference(spec)
                 parity = verify(spec, fp32, ref, "none")
+                check_rows_independent(spec, ref)
             measured: tuple = ()
             if spec.evaluations:
                 names = ", ".join(f"{e.metric_name} on {e.dataset}" for e in spec.evaluations)
@@ -230,7 +245,8 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         cache_mod.store(root, key, out, record)
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
-                       startup=startup, exported=ran_export, seconds=time.perf_counter() - t_start)
+                       startup=startup, exported=ran_export, seconds=time.perf_counter() - t_start,
+                       cache_repaired=repaired)
 
 
 def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[str, Any]]:
