@@ -75,23 +75,26 @@ def node_selector(pool_label: Optional[str]) -> dict[str, str]:
 def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str, dict[str, Any]]:
     """Startup gives the model time to load; readiness and liveness follow the V2 health routes.
 
-    With gRPC on, readiness and liveness ask the server's grpc.health.v1 service (Kubernetes'
-    native `grpc` probe), so a pod is routed gRPC traffic only while that front end answers; the
-    startup probe stays on the HTTP ready route, which both front ends share.
+    With gRPC on, readiness and liveness ask the server's grpc.health.v1 (Kubernetes' native
+    `grpc` probe), so a pod is routed gRPC traffic only while that front end answers: readiness
+    asks the service GRPC_HEALTH_SERVICE (the model ready, NOT_SERVING while loading or
+    draining), liveness asks GRPC_LIVENESS_SERVICE (SERVING while the process runs), so a pod
+    that drains or warms up is taken out of routing but never restarted by its liveness probe.
+    The startup probe stays on the HTTP ready route, which both front ends share.
     """
     def http(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "http"}}
 
-    def check(path: str) -> dict[str, Any]:
+    def check(path: str, grpc_service: str) -> dict[str, Any]:
         if grpc_port:
-            return {"grpc": {"port": grpc_port, "service": contract.GRPC_HEALTH_SERVICE}}
+            return {"grpc": {"port": grpc_port, "service": grpc_service}}
         return http(path)
 
     return {
         "startupProbe": http(READY_PATH) | {"periodSeconds": STARTUP_PROBE_PERIOD, "timeoutSeconds": 2,
                                             "failureThreshold": startup_failure_threshold},
-        "readinessProbe": check(READY_PATH) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
-        "livenessProbe": check(LIVE_PATH) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
+        "readinessProbe": check(READY_PATH, contract.GRPC_HEALTH_SERVICE) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
+        "livenessProbe": check(LIVE_PATH, contract.GRPC_LIVENESS_SERVICE) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from components import ArgsError, NetworkArgs, ServerArgs, specs
 from components.settings import ConfigError, parse_settings
+from models.contract import GRPC_HEALTH_SERVICE, GRPC_LIVENESS_SERVICE
 from pulumi_harness import KUBERNETES_VERSION, TEST_SECRET, kubernetes_manifest, run_program
 from test_settings import problems, raw_for
 
@@ -33,7 +34,12 @@ def test_grpc_port_adds_container_and_service_ports_grpc_probes_and_the_network_
         [c] = d.inputs["spec"]["template"]["spec"]["containers"]
         assert {"name": "grpc", "containerPort": GRPC, "protocol": "TCP"} in c["ports"]
         for probe in ("readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": GRPC, "service": ""} and "httpGet" not in c[probe]
+            assert "httpGet" not in c[probe], probe
+        # Readiness asks the server as a whole (NOT_SERVING while loading or draining); liveness
+        # asks the server's liveness service (SERVING while the process runs), so a draining pod
+        # leaves the endpoints but is never restarted by its liveness probe.
+        assert c["readinessProbe"]["grpc"] == {"port": GRPC, "service": GRPC_HEALTH_SERVICE}
+        assert c["livenessProbe"]["grpc"] == {"port": GRPC, "service": GRPC_LIVENESS_SERVICE}
         assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
         assert env_of(c)["SERVEDMODEL_GRPC_PORT"] == str(GRPC)
     for svc in grpc_dev.of_type("kubernetes:core/v1:Service"):
@@ -123,7 +129,8 @@ def test_server_and_network_args_check_themselves():
 def test_pure_builders_for_grpc():
     assert specs.service_ports(0) == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     assert specs.probes(0)["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert specs.probes(9000)["livenessProbe"]["grpc"] == {"port": 9000, "service": ""}
+    assert specs.probes(9000)["readinessProbe"]["grpc"] == {"port": 9000, "service": ""}
+    assert specs.probes(9000)["livenessProbe"]["grpc"] == {"port": 9000, "service": "live"}
     assert [p["port"] for p in specs.network_policy_ingress((), (), 9000)[0]["ports"]] == [8080, 9000]
     assert specs.docker_env(specs.server_env("cpu", 3, "secret-name")) == [
         "SERVEDMODEL_HOST=0.0.0.0", "SERVEDMODEL_PORT=8080", "SERVEDMODEL_DEVICE=cpu", "SERVEDMODEL_DRAIN_SECONDS=3"]
