@@ -119,6 +119,10 @@ class ModelArgs:
     """A zoo name or `path/to/file.py:factory` (the grammar of models/loader.py). Required."""
     compression: str = "none"
     """One of models.spec.COMPRESSIONS. Default "none"."""
+    max_metric_drop: Optional[float] = None
+    """The allowed drop of the task metric after compression (a share, 0..1), overriding the
+    spec's allowance for every evaluation (models.build's max_metric_drop, the CLI's
+    --max-metric-drop). None: the spec's own. Default None."""
 
     def __post_init__(self) -> None:
         c = _Checker("model", self)
@@ -127,6 +131,11 @@ class ModelArgs:
         if not is_model_ref(self.model):
             c.bad("model", f"unknown model; accepted: one of {', '.join(ZOO)} or 'path/to/file.py:factory'")
         c.choice("compression", COMPRESSIONS)
+        drop = self.max_metric_drop
+        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float))
+                                 or not 0 <= drop <= 1):  # NaN fails the comparison too
+            c.bad("max_metric_drop", "must be a share between 0 and 1 (such as 0.01), or unset for the "
+                                     "model spec's own allowance")
         c.raise_if_any("ModelArgs")
 
 

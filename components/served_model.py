@@ -70,7 +70,8 @@ class ServedModel(pulumi.ComponentResource):
         entry, res = args.model, args.resources
         try:
             build = models.build(model=entry.model, compression=entry.compression, out_dir=args.out_dir,
-                                 device=res.device, cache_dir=args.cache_dir)
+                                 device=res.device, cache_dir=args.cache_dir,
+                                 max_metric_drop=entry.max_metric_drop)
         except models.BuildError as exc:
             raise pulumi.RunError(f"model {entry.served_name!r}: {exc}") from None
         pulumi.log.info(f"{entry.served_name}: model version {build.version}"

@@ -68,6 +68,8 @@ class Settings:
 # with these keys, so the rules live in components/args.py only.
 _FIELDS: dict[str, tuple[str, str]] = {
     "target": ("target", "str"),
+    # Every model's metric allowance (issue 13); "" keeps each spec's own (ModelArgs.max_metric_drop).
+    "maxMetricDrop": ("model.max_metric_drop", "optional_ratio"),
     "gpu": ("resources.gpu", "int"),
     "cpu": ("resources.cpu", "str"),
     "memory": ("resources.memory", "str"),
@@ -180,6 +182,8 @@ def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]
         "list": lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
         # Pulumi.yaml has no number type: a share is a string such as "0.01".
         "ratio": lambda v: isinstance(v, str) and _float_or_none(v) is not None,
+        # The same, where the empty string means "not set".
+        "optional_ratio": lambda v: isinstance(v, str) and (not v.strip() or _float_or_none(v) is not None),
     }[kind]
     if key not in raw:
         problems.append(_problem(key, None, f"missing (a {kind} is required)"))
@@ -188,10 +192,14 @@ def _check_type(raw: Mapping[str, Any], key: str, kind: str, problems: list[str]
         problems.append(_problem(key, value, {"str": "must be a string", "int": "must be an integer",
                                               "bool": "must be true or false",
                                               "list": "must be a list of strings",
-                                              "ratio": "must be a decimal number in a string, such as \"0.01\""}[kind]))
+                                              "ratio": "must be a decimal number in a string, such as \"0.01\"",
+                                              "optional_ratio": "must be a decimal number in a string, such as "
+                                                                "\"0.01\", or \"\" (unset)"}[kind]))
         return None
     if kind == "ratio":
         return _float_or_none(value)
+    if kind == "optional_ratio":
+        return _float_or_none(value) if value.strip() else None
     return tuple(value) if kind == "list" else value
 
 
@@ -274,6 +282,7 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
             group, _, name = path.rpartition(".")
             groups.setdefault(group, {})[name] = secrets[key]
     top = groups.pop("", {})
+    model_settings = groups.pop("model", {})  # stack-wide ModelArgs fields, given to every model
     target = top.get("target")
     kubernetes = target == "kubernetes"
     gpu = groups.get("resources", {}).get("gpu") or 0
@@ -317,7 +326,7 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
 
     served: list[ServedModelArgs] = []
     for index, (kwargs, model_key) in enumerate(entries):
-        model = _build(ModelArgs, kwargs, _namer(model_key), problems)
+        model = _build(ModelArgs, kwargs | model_settings, _namer(model_key), problems)
         if model is None or None in built.values() or (kubernetes and gpu and node_pool is None) or target not in TARGETS:
             continue
         network = built["network"]

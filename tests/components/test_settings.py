@@ -6,7 +6,7 @@ import json
 import pulumi
 import pytest
 
-from components.args import ModelArgs
+from components.args import ArgsError, ModelArgs
 from components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
 from pulumi_harness import STACKS, merged_config, project_config
 
@@ -91,6 +91,9 @@ def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
     ({"servedmodel:registryUsername": "bot"}, "servedmodel:registryUsername = 'bot': needs the secret servedmodel:registryPassword"),
     ({"servedmodel:registryPassword": "pw"}, "servedmodel:registryPassword = [given in plain text]: must be a secret"),
     ({"servedmodel:kubeconfig": "apiVersion: v1"}, "servedmodel:kubeconfig = [given in plain text]: must be a secret"),
+    ({"servedmodel:maxMetricDrop": "1.5"}, "servedmodel:maxMetricDrop = 1.5: must be a share between 0 and 1"),
+    ({"servedmodel:maxMetricDrop": "-0.01"}, "servedmodel:maxMetricDrop = -0.01: must be a share between 0 and 1"),
+    ({"servedmodel:maxMetricDrop": "a lot"}, "servedmodel:maxMetricDrop = 'a lot': must be a decimal number in a string"),
 ])
 def test_each_bad_config_names_key_value_and_what_is_accepted(overrides, needle):
     found = problems("local", overrides)
@@ -195,3 +198,19 @@ def test_a_public_endpoint_without_token_or_tls_is_one_error_naming_both_keys():
     assert any(p.endswith("missing: servedmodel:authToken, servedmodel:tlsCertificateArn") for p in found), found
     # The shipped prod stack deploys once its token secret is set.
     parse_settings(*raw_for("prod", secrets={"servedmodel:authToken": "t0ken"}))
+
+
+def test_the_metric_allowance_is_unset_by_default_and_given_to_every_model():
+    """servedmodel:maxMetricDrop (issue 13): "" keeps each spec's allowance; a value overrides it
+    for every model of the stack."""
+    assert [m.max_metric_drop for m in parse_settings(*raw_for("dev")).models] == [None, None]
+    s = parse_settings(*raw_for("dev", {"servedmodel:maxMetricDrop": "0.005"}))
+    assert len(s.models) == 2 and [m.max_metric_drop for m in s.models] == [0.005, 0.005]
+    assert parse_settings(*raw_for("local", {"servedmodel:maxMetricDrop": "0"})).models[0].max_metric_drop == 0.0
+
+
+@pytest.mark.parametrize("bad", [1.01, -0.1, float("nan"), "0.01", True])
+def test_model_args_check_the_metric_allowance(bad):
+    with pytest.raises(ArgsError) as err:
+        ModelArgs(served_name="m", model="mnist-mlp", max_metric_drop=bad)
+    assert "model.max_metric_drop = " in str(err.value) and "between 0 and 1" in str(err.value)

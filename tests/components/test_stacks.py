@@ -389,6 +389,28 @@ def test_a_failing_model_build_stops_the_program_naming_the_model(model_cache, t
     assert str(err.value).startswith("model 'model': ") and "does/not/exist.py" in str(err.value)
 
 
+def test_the_stack_metric_allowance_reaches_models_build(model_cache, monkeypatch):
+    """servedmodel:maxMetricDrop is what ServedModel passes to models.build (issue 13). The
+    recorder hands the real build every other argument, so the rest of the program runs on the
+    session's cached build (models/ tests cover what the allowance does inside the build)."""
+    import models
+    from pulumi_harness import run_program
+
+    real_build, calls = models.build, []
+
+    def recording_build(**kwargs):
+        calls.append(kwargs)
+        return real_build(**{k: v for k, v in kwargs.items() if k != "max_metric_drop"})
+
+    monkeypatch.setattr(models, "build", recording_build)
+    run = run_program("local", {"servedmodel:maxMetricDrop": "0.004"})
+    assert [(c["model"], c["max_metric_drop"]) for c in calls] == [("mnist-mlp", 0.004)]
+    assert run.outputs["modelVersion"]
+    calls.clear()
+    run_program("local", {"servedmodel:maxMetricDrop": ""})  # unset: the spec's own allowance
+    assert [c["max_metric_drop"] for c in calls] == [None]
+
+
 def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache):
     from pulumi_harness import run_program
 
