@@ -29,7 +29,7 @@ accepted, for example:
 
 ```
 invalid stack config (2 problems):
-  - servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, resnet-tiny, minilm or 'path/to/file.py:factory'
+  - servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, resnet-tiny, digits-cnn, minilm or 'path/to/file.py:factory'
   - servedmodel:replicas = 3: must not exceed servedmodel:maxReplicas (2); min > max replicas
 ```
 

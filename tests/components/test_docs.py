@@ -1,6 +1,7 @@
 """Pulumi.yaml, the loader, the stack files and docs/config.md stay in step."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,19 @@ def test_stack_files_use_only_known_keys():
     for stack in STACKS:
         unknown = {k for k in stack_file(stack) if not k.startswith("aws:")} - known
         assert not unknown, f"Pulumi.{stack}.yaml sets undeclared keys {unknown}"
+
+
+def test_model_and_compression_descriptions_name_every_choice():
+    """The reference lists what the loader accepts: every zoo model, every compression."""
+    from models.spec import COMPRESSIONS
+    from models.zoo import ZOO
+
+    config = project_config()
+    described = {key: config[f"servedmodel:{key}"]["description"] for key in ("model", "compression")}
+    for choices, key in ((tuple(ZOO), "model"), (COMPRESSIONS, "compression")):
+        words = set(re.findall(r"[a-z0-9][a-z0-9-]*", described[key]))
+        missing = [c for c in choices if c not in words]
+        assert not missing, f"servedmodel:{key}'s description does not name {missing}"
 
 
 def test_config_reference_is_generated_from_pulumi_yaml():
