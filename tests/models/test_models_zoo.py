@@ -48,7 +48,11 @@ def test_zoo_model_builds(build_once, model, compression):
     assert m["producer"]["opset"] == 18 and m["producer"]["torch"] == "2.13.0"
     # the manifest's signature is the graph's, as onnx and onnxruntime see it
     inputs, outputs = graph_signature(ctx / "model/model.onnx")
-    assert m["inputs"] == inputs and m["outputs"] == outputs
+    # (name, datatype, shape) of each input; the spec's request bounds (range, max_shape) ride along
+    assert [{k: t[k] for k in ("name", "datatype", "shape")} for t in m["inputs"]] == inputs
+    assert m["outputs"] == outputs
+    assert all(set(t) <= {"name", "datatype", "shape", "range", "max_shape"} for t in m["inputs"])
+    assert ("limits" in m) == (model == "minilm")
     sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])
     for declared, real in ((m["inputs"], sess.get_inputs()), (m["outputs"], sess.get_outputs())):
         assert [t["name"] for t in declared] == [t.name for t in real]
