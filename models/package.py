@@ -86,8 +86,12 @@ def version_from_hashes(hashes: dict[str, str], manifest: dict[str, Any]) -> str
 def make_manifest(*, spec, device: str, model_bytes: bytes, inputs, outputs, compression: str,
                   compression_details: dict, parity: dict, producer: dict,
                   evaluation: dict | None = None) -> dict[str, Any]:
-    """The manifest, `version` left empty (filled by `write_context`). Key order is fixed."""
-    return {
+    """The manifest, `version` left empty (filled by `write_context`). Key order is fixed.
+
+    The request bounds a spec declares (input_ranges, input_max_shapes, max_request_elements)
+    become each input's `range` / `max_shape` and `limits.max_request_elements`, the keys
+    serving/manifest.py reads; a spec without them gives exactly the manifest it gave before."""
+    manifest: dict[str, Any] = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "name": spec.name,
         "version": "",
@@ -96,19 +100,39 @@ def make_manifest(*, spec, device: str, model_bytes: bytes, inputs, outputs, com
         "model_file": "model.onnx",
         "sha256": sha256_bytes(model_bytes),
         "size_bytes": len(model_bytes),
-        "inputs": [t.as_dict() for t in inputs],
+        "inputs": [_input_dict(spec, t) for t in inputs],
         "outputs": [t.as_dict() for t in outputs],
         "labels": list(spec.labels) if spec.labels else None,
         "task": spec.task,
         "batching": {"max_batch_size": spec.max_batch_size,
                      "max_queue_delay_ms": float(spec.max_queue_delay_ms),
                      "warmup_batch_sizes": list(spec.warmup_batch_sizes)},
+    }
+    if spec.max_request_elements is not None:
+        manifest["limits"] = {"max_request_elements": int(spec.max_request_elements)}
+    manifest.update({
         "compression": {"method": compression, "details": compression_details},
         "parity": parity,
         # The task-quality gate's record (models/evaluate.py); None: no task metric measured.
         "evaluation": evaluation,
         "producer": producer,
-    }
+    })
+    return manifest
+
+
+def _input_dict(spec, t) -> dict[str, Any]:
+    """An input of the manifest: the graph's name, datatype and shape, plus the spec's bounds."""
+    d = t.as_dict()
+    value_range = (spec.input_ranges or {}).get(t.name)
+    if value_range is not None:
+        d["range"] = list(value_range)
+    max_shape = (spec.input_max_shapes or {}).get(t.name)
+    if max_shape is not None:
+        if len(max_shape) != len(d["shape"]):
+            raise BuildError(spec.name, "package", f"input_max_shapes[{t.name!r}] has {len(max_shape)} "
+                             f"dimensions, but the exported input has shape {d['shape']}")
+        d["max_shape"] = list(max_shape)
+    return d
 
 
 def _is_replaceable(out: Path) -> bool:

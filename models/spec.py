@@ -6,6 +6,7 @@ must not pay for importing torch).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -107,6 +108,16 @@ class ModelSpec:
       finetune        a models.FineTune: training data for a short fine-tune after pruning
       prune           a models.PruneOptions for --compression prune/prune-int8 (default:
                       models.prune.PRUNE, half of the channels of every prunable layer)
+      input_ranges    {input name: (low, high)}: the values an input may take, inclusive
+                      (token ids: (0, vocab_size - 1)); written to the manifest as the input's
+                      `range`, and the server refuses a request outside it with 400 before
+                      batching (one caller's bad ids never fail a batch of others)
+      input_max_shapes  {input name: [size or -1 per dim]}: the largest size of each dimension
+                      (-1: no maximum), e.g. [-1, 512] for a 512-position encoder; the manifest's
+                      `max_shape`
+      max_request_elements  the most tensor elements one request may carry, all inputs
+                      together (manifest `limits.max_request_elements`): bounds the cost of one
+                      request; None: bounded by the batch cap and the body size only
     """
 
     name: str
@@ -128,6 +139,9 @@ class ModelSpec:
     evaluation: Any = None
     finetune: Any = None
     prune: Any = None
+    input_ranges: Mapping[str, Sequence[float]] | None = None
+    input_max_shapes: Mapping[str, Sequence[int]] | None = None
+    max_request_elements: int | None = None
 
     def __post_init__(self) -> None:
         import torch  # a spec holds a torch module; whoever builds one has imported torch
@@ -200,6 +214,7 @@ class ModelSpec:
         self._check_batching(problems)
         self._check_calibration(problems, torch)
         self._check_quality(problems, torch)
+        self._check_request_bounds(problems, torch)
         if problems:
             raise SpecError(f"invalid ModelSpec {self.name!r}: " + "; ".join(problems))
 
@@ -329,6 +344,91 @@ class ModelSpec:
             unknown = [n for n in self.prune.keep if n not in known]
             if unknown:
                 problems.append(f"prune.keep names {unknown}, not submodules of the module")
+
+    def _check_request_bounds(self, problems: list[str], torch: Any) -> None:
+        """input_ranges, input_max_shapes, max_request_elements: well-formed, naming inputs,
+        and admitting the spec's own example and verification inputs (a bound that refuses
+        them would refuse the requests the model was verified on)."""
+        names = self.input_names if isinstance(self.input_names, tuple) else ()
+        inputs_ok = self._inputs_ok()
+        examples = dict(zip(names, self.example_inputs)) if inputs_ok else {}
+        batches = [self.example_inputs] if inputs_ok else []
+        batches += list(self.verification_inputs or ()) if isinstance(self.verification_inputs, tuple) else []
+        columns = {n: [b[i] for b in batches] for i, n in enumerate(names)} if inputs_ok else {}
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if self.input_ranges is not None:
+            if not isinstance(self.input_ranges, Mapping):
+                problems.append("input_ranges must be a mapping {input name: (low, high)} or None")
+            else:
+                ranges: dict[str, tuple] = {}
+                for k, r in self.input_ranges.items():
+                    if k not in names:
+                        problems.append(f"input_ranges names {k!r}, which is not an input ({list(names)})")
+                        continue
+                    if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(number(v) for v in r)
+                            and r[0] <= r[1]):
+                        problems.append(f"input_ranges[{k!r}] must be (low, high), two finite numbers "
+                                        f"with low <= high, got {r!r}")
+                        continue
+                    t = examples.get(k)
+                    if t is not None and not (t.dtype.is_floating_point or t.dtype.is_complex) and not all(
+                            float(v).is_integer() for v in r):
+                        problems.append(f"input_ranges[{k!r}] must be integers for the integer input {k!r}, "
+                                        f"got {r!r}")
+                        continue
+                    low, high = r
+                    if t is not None and not (t.dtype.is_floating_point or t.dtype.is_complex):
+                        low, high = int(low), int(high)  # written as JSON integers
+                    for j, c in enumerate(columns.get(k, ())):
+                        if c.numel() and (c.min().item() < low or c.max().item() > high):
+                            where = "example_inputs" if j == 0 else f"verification_inputs[{j - 1}]"
+                            problems.append(f"input_ranges[{k!r}] is [{low}, {high}], but {where} holds "
+                                            f"values in [{c.min().item()}, {c.max().item()}]")
+                            break
+                    ranges[k] = (low, high)
+                self.input_ranges = ranges
+        if self.input_max_shapes is not None:
+            if not isinstance(self.input_max_shapes, Mapping):
+                problems.append("input_max_shapes must be a mapping {input name: [size or -1 per dim]} or None")
+            else:
+                shapes: dict[str, tuple[int, ...]] = {}
+                for k, ms in self.input_max_shapes.items():
+                    if k not in names:
+                        problems.append(f"input_max_shapes names {k!r}, which is not an input ({list(names)})")
+                        continue
+                    t = examples.get(k)
+                    if not (isinstance(ms, (list, tuple)) and all(
+                            isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d >= 1) for d in ms)
+                            and (t is None or len(ms) == t.dim())):
+                        rank = f" of the input's rank {t.dim()}" if t is not None else ""
+                        problems.append(f"input_max_shapes[{k!r}] must be a list of integers >= 1 (or -1: no "
+                                        f"maximum){rank}, got {ms!r}")
+                        continue
+                    for j, c in enumerate(columns.get(k, ())):
+                        over = [d for d, (n, most) in enumerate(zip(c.shape, ms)) if most > 0 and n > most]
+                        if over:
+                            where = "example_inputs" if j == 0 else f"verification_inputs[{j - 1}]"
+                            problems.append(f"input_max_shapes[{k!r}] is {list(ms)}, but {where} has shape "
+                                            f"{list(c.shape)}")
+                            break
+                    shapes[k] = tuple(ms)
+                self.input_max_shapes = shapes
+        if self.max_request_elements is not None:
+            if not (isinstance(self.max_request_elements, int) and not isinstance(self.max_request_elements, bool)
+                    and self.max_request_elements >= 1):
+                problems.append(f"max_request_elements must be an integer >= 1 or None, "
+                                f"got {self.max_request_elements!r}")
+            elif inputs_ok:
+                # One row of the example must fit, or no request would.
+                batched = isinstance(self.max_batch_size, int) and self.max_batch_size > 0
+                row = sum(t.numel() // max(t.shape[0], 1) if batched and t.dim() else t.numel()
+                          for t in self.example_inputs)
+                if row > self.max_request_elements:
+                    problems.append(f"max_request_elements {self.max_request_elements} is below one example "
+                                    f"row's {row} elements (all inputs together)")
 
     @property
     def evaluations(self) -> tuple:

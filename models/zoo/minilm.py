@@ -105,10 +105,11 @@ def minilm() -> ModelSpec:
 
     encoder = AutoModel.from_pretrained(str(model_path()), local_files_only=True).eval()
     tokenizer = load_tokenizer()
+    bounds = request_bounds(encoder.config)
     return ModelSpec(
         name="minilm", module=SentenceEmbedding(encoder).eval(),
         example_inputs=tokenize(tokenizer, EXAMPLE_SENTENCES),
-        input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+        input_names=list(INPUTS), output_names=["embedding"],
         dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
                       "attention_mask": {0: "batch", 1: "sequence"}},
         task="embedding", int8_method="dynamic",
@@ -123,7 +124,30 @@ def minilm() -> ModelSpec:
         # (distillation; targets None), a few seconds of CPU.
         finetune=FineTune(inputs=tokenize(tokenizer, distill_sentences()), targets=None, loss="mse",
                           epochs=DISTILL_EPOCHS, lr=1e-4, batch_size=16, seed=0),
+        **bounds,
     )
+
+
+INPUTS = ("input_ids", "attention_mask")  # the model has no token_type_ids input
+# The cost budget of one request: 32 rows of 128 tokens, each input (all inputs together,
+# 2 x 4096 elements). Measured on 2 CPU cores: one [32, 512] request took 13-22 s and left RSS
+# ~2 GB higher. 32 x 128 is a quarter of those tokens, and attention grows with the square of
+# the sequence, so one request costs well under a quarter of that; a full batch of sentences
+# (32 rows, a typical sentence is under 64 tokens) fits. Long texts still do: 512 tokens in
+# 8 rows a request. A client with more splits it (the 400 says so).
+MAX_REQUEST_TOKENS = 32 * 128
+
+
+def request_bounds(config) -> dict:
+    """What the server may refuse before batching, from the model's own config: token ids in
+    the vocabulary (an id past the embedding table fails the whole batch it is in), a 0/1
+    attention mask, at most max_position_embeddings tokens (512), and the cost budget above."""
+    seq = config.max_position_embeddings
+    return {
+        "input_ranges": {"input_ids": (0, config.vocab_size - 1), "attention_mask": (0, 1)},
+        "input_max_shapes": {n: (-1, seq) for n in INPUTS},
+        "max_request_elements": MAX_REQUEST_TOKENS * len(INPUTS),
+    }
 
 
 DISTILL_EPOCHS = 4

@@ -55,3 +55,37 @@ def test_cli_builds_a_factory_file(cache_dir, tmp_path):
     assert out["ok"] and out["name"] == "byo-multi" and out["compression"] == "fp16"
     assert (tmp_path / "ctx/model/model.onnx").is_file()
     assert "[" in proc.stderr and "export" in proc.stderr  # progress went to stderr
+
+
+def test_request_bounds_reach_the_manifest(build_once):
+    """A spec's input_ranges / input_max_shapes / max_request_elements are written in the
+    format the server reads (serving/manifest.py), and are part of the content version; a
+    spec without them gets none of these keys."""
+    import json
+
+    from models.package import sha256_bytes, version_from_hashes
+    from serving.manifest import load_manifest
+
+    r = build_once(ref("bounded"), "none")
+    m = r.manifest
+    assert m["inputs"] == [
+        {"name": "ids", "datatype": "INT64", "shape": [-1, -1], "range": [0, 49], "max_shape": [-1, 16]},
+        {"name": "mask", "datatype": "INT64", "shape": [-1, -1], "range": [0, 1], "max_shape": [-1, 16]}]
+    assert m["limits"] == {"max_request_elements": 64}
+    assert list(m).index("limits") == list(m).index("batching") + 1
+    assert json.loads((r.context_dir / "model/manifest.json").read_text()) == m
+    served = load_manifest(r.context_dir)
+    assert [(t.name, t.range, t.max_shape) for t in served.inputs] == [
+        ("ids", (0, 49), (-1, 16)), ("mask", (0, 1), (-1, 16))]
+    assert served.max_request_elements == 64
+    # the bounds are in the version: another budget is another model version
+    hashes = {p.relative_to(r.context_dir).as_posix(): sha256_bytes(p.read_bytes())
+              for p in r.context_dir.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert version_from_hashes(hashes, m) == r.version
+    for change in ({**m, "limits": {"max_request_elements": 65}},
+                   {**m, "inputs": [{**m["inputs"][0], "range": [0, 50]}, m["inputs"][1]]},
+                   {**m, "inputs": [{**m["inputs"][0], "max_shape": [-1, 17]}, m["inputs"][1]]}):
+        assert version_from_hashes(hashes, change) != r.version
+    plain = build_once(ref("multi_io"), "none").manifest
+    assert "limits" not in plain
+    assert all(set(t) == {"name", "datatype", "shape"} for t in plain["inputs"])

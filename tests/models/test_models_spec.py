@@ -44,11 +44,40 @@ def test_defaults():
     (dict(calibration_inputs=[(torch.zeros(2, 4, dtype=torch.int64),)]), "calibration_inputs[0]"),
     (dict(warmup_batch_sizes=[64]), "warmup_batch_sizes"),
     (dict(int8_keep_fp32=["encoder.layer.0"]), "int8_keep_fp32 names ['encoder.layer.0']"),
+    (dict(input_ranges={"nope": (0, 1)}), "input_ranges names 'nope'"),
+    (dict(input_ranges={"x": (1, 0)}), "input_ranges['x'] must be (low, high)"),
+    (dict(input_ranges={"x": (0, float("inf"))}), "input_ranges['x'] must be (low, high)"),
+    (dict(input_ranges={"x": (0, True)}), "input_ranges['x'] must be (low, high)"),
+    (dict(input_ranges={"x": (0.5, 0.9)}), "input_ranges['x'] is [0.5, 0.9], but example_inputs holds"),
+    (dict(input_ranges={"x": (-1, 1)}, verification_inputs=[(torch.full((3, 4), 2.0),)]),
+     "but verification_inputs[0] holds"),
+    (dict(input_ranges=[(0, 1)]), "input_ranges must be a mapping"),
+    (dict(input_max_shapes={"nope": (-1, 4)}), "input_max_shapes names 'nope'"),
+    (dict(input_max_shapes={"x": (-1,)}), "input_max_shapes['x'] must be a list of integers >= 1 (or -1: no "
+                                          "maximum) of the input's rank 2"),
+    (dict(input_max_shapes={"x": (-1, 0)}), "input_max_shapes['x'] must be"),
+    (dict(input_max_shapes={"x": (-1, 3)}), "input_max_shapes['x'] is [-1, 3], but example_inputs has shape [2, 4]"),
+    (dict(max_request_elements=0), "max_request_elements must be an integer >= 1"),
+    (dict(max_request_elements=True), "max_request_elements must be an integer >= 1"),
+    (dict(max_request_elements=3), "max_request_elements 3 is below one example row's 4 elements"),
 ])
 def test_invalid_spec_names_the_field(kw, field):
     with pytest.raises(SpecError) as e:
         spec(**kw)
     assert field in str(e.value)
+
+
+def test_request_bounds_accepted_and_normalised():
+    s = spec(input_ranges={"x": [-1, 1.5]}, input_max_shapes={"x": [-1, 4]}, max_request_elements=4)
+    assert s.input_ranges == {"x": (-1, 1.5)} and s.input_max_shapes == {"x": (-1, 4)}
+    assert s.max_request_elements == 4
+    assert spec().input_ranges is None and spec().max_request_elements is None
+    ids = spec(module=torch.nn.Embedding(10, 2), example_inputs=(torch.zeros(2, 3, dtype=torch.int64),),
+               input_ranges={"x": (0.0, 9.0)})
+    assert ids.input_ranges == {"x": (0, 9)} and all(type(v) is int for v in ids.input_ranges["x"])
+    with pytest.raises(SpecError, match=r"input_ranges\['x'\] must be integers for the integer input 'x'"):
+        spec(module=torch.nn.Embedding(10, 2), example_inputs=(torch.zeros(2, 3, dtype=torch.int64),),
+             input_ranges={"x": (0, 9.5)})
 
 
 def test_all_problems_reported_at_once():

@@ -48,7 +48,11 @@ def test_zoo_model_builds(build_once, model, compression):
     assert m["producer"]["opset"] == 18 and m["producer"]["torch"] == "2.13.0"
     # the manifest's signature is the graph's, as onnx and onnxruntime see it
     inputs, outputs = graph_signature(ctx / "model/model.onnx")
-    assert m["inputs"] == inputs and m["outputs"] == outputs
+    # (name, datatype, shape) of each input; the spec's request bounds (range, max_shape) ride along
+    assert [{k: t[k] for k in ("name", "datatype", "shape")} for t in m["inputs"]] == inputs
+    assert m["outputs"] == outputs
+    assert all(set(t) <= {"name", "datatype", "shape", "range", "max_shape"} for t in m["inputs"])
+    assert ("limits" in m) == (model == "minilm")
     sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])
     for declared, real in ((m["inputs"], sess.get_inputs()), (m["outputs"], sess.get_outputs())):
         assert [t["name"] for t in declared] == [t.name for t in real]
@@ -151,3 +155,78 @@ def test_minilm_evaluation_means_something(build_once):
     i8 = build_once("minilm", "int8").manifest["evaluation"]
     assert i8["reference"] == ev["reference"] and abs(i8["drop"]) <= i8["max_drop"]
     assert i8["others"][0]["value"] >= 0.99
+
+
+@pytest.mark.slow
+def test_minilm_server_refuses_what_the_model_cannot_take(build_once, tmp_path):
+    """The real minilm context, served by a real server process on 127.0.0.1: its manifest
+    bounds (from the model's config) turn an out-of-vocabulary id and an over-budget request
+    into 400s for that caller, before batching; a normal request is answered, and the server
+    stays live."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from models.zoo.minilm import load_tokenizer, tokenize
+
+    ctx = build_once("minilm", "none").context_dir
+    m = build_once("minilm", "none").manifest
+    assert [(t["name"], t["range"], t["max_shape"]) for t in m["inputs"]] == [
+        ("input_ids", [0, 30521], [-1, 512]), ("attention_mask", [0, 1], [-1, 512])]
+    assert m["limits"] == {"max_request_elements": 2 * 32 * 128}
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEDMODEL_")}
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "--context", str(ctx), "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=Path(__file__).resolve().parents[2],
+                            env={**env, "SERVEDMODEL_LOG_LEVEL": "warning"}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        infer = f"{url}/v2/models/minilm/infer"
+
+        def body(ids, mask):
+            return {"inputs": [
+                {"name": "input_ids", "datatype": "INT64", "shape": list(ids.shape), "data": ids.reshape(-1).tolist()},
+                {"name": "attention_mask", "datatype": "INT64", "shape": list(mask.shape),
+                 "data": mask.reshape(-1).tolist()}]}
+
+        ids, mask = (t.numpy() for t in tokenize(load_tokenizer(), ["Served models answer requests."]))
+        bad = ids.copy()
+        bad[0, 1] = 10 ** 9
+        r = httpx.post(infer, json=body(bad, mask), timeout=60)
+        assert r.status_code == 400, r.text
+        assert "input_ids" in r.json()["error"] and "[0, 30521]" in r.json()["error"]
+        big = np.ones((32, 512), dtype=np.int64)
+        r = httpx.post(infer, json=body(big, big), timeout=60)
+        assert r.status_code == 400, r.text
+        assert "32768" in r.json()["error"] and "8192" in r.json()["error"]
+        long = np.ones((1, 513), dtype=np.int64)
+        r = httpx.post(infer, json=body(long, long), timeout=60)
+        assert r.status_code == 400, r.text
+        assert "input_ids" in r.json()["error"] and "maximum 512" in r.json()["error"]
+        r = httpx.post(infer, json=body(ids, mask), timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()["outputs"][0]
+        assert out["shape"] == [1, 384] and abs(np.linalg.norm(out["data"]) - 1.0) < 1e-4
+        assert httpx.get(url + "/v2/health/live", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

@@ -175,3 +175,29 @@ def wrong_labels():
     spec = conv_net()
     spec.labels = ("yes", "no")
     return spec
+
+
+class TokenBag(nn.Module):
+    """Token ids -> mean of their embeddings over the unmasked positions (a tiny text encoder)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+
+    def forward(self, ids, mask):
+        m = mask.unsqueeze(-1).to(torch.float32)
+        return (self.emb(ids) * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def bounded():
+    """The request bounds a spec can declare: token ids in the vocabulary, a 0/1 mask, at most
+    16 positions, at most 64 elements a request (all inputs)."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (3, 7), generator=_g(1))
+    return ModelSpec(name="byo-bounded", module=TokenBag().eval(), example_inputs=(ids, torch.ones_like(ids)),
+                     input_names=["ids", "mask"], output_names=["vector"],
+                     dynamic_axes={"ids": {0: "batch", 1: "sequence"}, "mask": {0: "batch", 1: "sequence"}},
+                     verification_inputs=[(torch.randint(0, 50, (5, 12), generator=_g(2)),
+                                           torch.ones(5, 12, dtype=torch.int64))],
+                     input_ranges={"ids": (0, 49), "mask": (0, 1)},
+                     input_max_shapes={"ids": (-1, 16), "mask": (-1, 16)}, max_request_elements=64)
