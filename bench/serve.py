@@ -690,7 +690,7 @@ def abuse_main(args) -> int:
         return 2
     poisoned[token].reshape(-1)[0] = 10 ** 9
     poison = _request(path, request_bodies(manifest, poisoned)["json"])
-    proc, port = start_server(context)
+    proc, port, _grpc_port = start_server(context, Path(tempfile.mkdtemp(prefix="abuse-")) / "server.log")
     try:
         rss_start = _rss(proc.pid)
         alone = asyncio.run(_abuse_phase(port, path, honest, poison, seconds, False, proc.pid))
