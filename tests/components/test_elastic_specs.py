@@ -141,7 +141,7 @@ def test_inflight_trigger_queries_the_servers_own_metric_per_pod():
 def test_metric_names_in_the_queries_are_the_ones_the_server_exports():
     from serving.metrics import Metrics
 
-    exported = Metrics("m").render().decode()
+    exported = Metrics("m", "v1").render(inflight=0, queue_depth=0, ready=True).decode()
     for args in (keda_args(), keda_args(metric="queue")):
         query = keda.prometheus_trigger(args, "d")["metadata"]["query"]
         for name in re.findall(r"(servedmodel_[a-z_]+)\{", query):

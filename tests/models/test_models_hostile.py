@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import models
+from conftest import ROOT, cli_json, run_cli
 
 HOSTILE = Path(__file__).resolve().parent / "factories" / "hostile.py"
 
@@ -112,7 +113,6 @@ def tiny_cache(tmp_path_factory):
 
 
 def test_flipped_byte_in_a_cached_model_is_rebuilt(tiny_cache, tmp_path):
-    from conftest import cli_json, run_cli
 
     cache, a, _ = tiny_cache
     model = _entry(cache, "tiny_a") / "context/model/model.onnx"
@@ -181,7 +181,6 @@ def _start_cli(args: list[str], cache: Path, tmpdir: Path, pause: str | None = N
     import subprocess
     import sys
 
-    from conftest import ROOT
 
     env = {**os.environ, "SERVEDMODEL_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmpdir)}
     env.pop("SERVEDMODEL_DEBUG", None)
@@ -353,7 +352,6 @@ def test_out_in_a_read_only_folder_exits_8_before_exporting(cache_dir, tmp_path)
     import subprocess
     import sys
 
-    from conftest import ROOT
 
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -377,7 +375,6 @@ def test_out_inside_a_folder_the_context_copies_is_refused(cache_dir, inside):
     import shutil
     import uuid
 
-    from conftest import ROOT, run_cli
 
     out = ROOT / inside / f"ctx-test-{uuid.uuid4().hex[:8]}"
     try:
@@ -392,7 +389,6 @@ def test_out_inside_a_folder_the_context_copies_is_refused(cache_dir, inside):
 
 
 def test_factory_prints_do_not_break_json(cache_dir, tmp_path):
-    from conftest import cli_json, run_cli
 
     proc = run_cli("build", "--model", ref("prints"), "--out", str(tmp_path / "ctx"), "--json", cache_dir=cache_dir)
     assert proc.returncode == 0, proc.stderr
@@ -402,7 +398,6 @@ def test_factory_prints_do_not_break_json(cache_dir, tmp_path):
 
 
 def test_factory_calling_os_exit_0_is_not_a_success(cache_dir, tmp_path):
-    from conftest import cli_json, run_cli
 
     proc = run_cli("build", "--model", ref("exits_zero"), "--out", str(tmp_path / "ctx"), "--json",
                    cache_dir=cache_dir)

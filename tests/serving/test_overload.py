@@ -246,9 +246,12 @@ def test_64_closed_loop_clients_see_no_503_with_default_settings(tmp_path, start
     metrics = httpx.get(server.url + "/metrics").text
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert len(statuses) >= 2 * 64
-    # Real queueing happened: requests waited behind full batches (well over 0.1 s).
-    waited_long = _metric(metrics, 'servedmodel_queue_duration_seconds_count') - _metric(
-        metrics, 'servedmodel_queue_duration_seconds_bucket{model="test-paced",le="0.1"}')
-    assert waited_long > 0
+    # Real queueing happened: requests waited behind running batches. Relative to the model's
+    # own batch time, so the check holds on a fast machine and a loaded one alike.
+    mean_wait = _metric(metrics, "servedmodel_queue_duration_seconds_sum") / _metric(
+        metrics, "servedmodel_queue_duration_seconds_count")
+    mean_batch = _metric(metrics, "servedmodel_compute_duration_seconds_sum") / _metric(
+        metrics, "servedmodel_compute_duration_seconds_count")
+    assert mean_wait >= 0.5 * mean_batch, (mean_wait, mean_batch)
     assert _metric(metrics, 'servedmodel_batch_size_sum') / _metric(
         metrics, 'servedmodel_batch_size_count') > 8
