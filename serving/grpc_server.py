@@ -208,6 +208,7 @@ class GrpcFrontEnd:
             ("grpc.max_connection_idle_ms", int(limits.keep_alive_seconds * 1000)),
             ("grpc.max_concurrent_streams", 100),
         ], maximum_concurrent_rpcs=limits.max_connections,
+            # ModelInfer calls count for the batch window while on their way in
             interceptors=[CountArrivals(svc)])
         routes = RouteTable(svc.model_name, svc.model_version)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(

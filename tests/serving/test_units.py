@@ -280,8 +280,11 @@ def test_grpc_aio_runs_the_arrival_counter_in_the_handlers_task():
         service, method = INFER_METHOD.strip("/").split("/")
         server = grpc.aio.server(interceptors=[CountArrivals(SimpleNamespace(batcher=batcher))],
                                  options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            service, {method: grpc.unary_unary_rpc_method_handler(infer)}),))
+        handlers = {method: grpc.unary_unary_rpc_method_handler(infer)}
+        # as the generated add_...Servicer_to_server does (the registered one takes precedence)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service,
+                                                                              handlers),))
+        server.add_registered_method_handlers(service, handlers)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
