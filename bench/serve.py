@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -72,6 +73,7 @@ class Point:
     failed: int
     busy: float = 0.0        # share of the wall time the model was computing (from /metrics)
     mean_batch: float = 0.0
+    served: int = -1         # gRPC: answers the load generator counted as 2xx (-1: not counted)
 
 
 def scrape(port: int) -> tuple[float, float, float]:
@@ -276,26 +278,40 @@ async def _async_load(port: int, path: str, body: tuple, concurrency: int, secon
                  float(np.percentile(lat, 99) * 1000), failed[0])
 
 
+H2LOAD_COUNTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                           r"(\d+) failed, (\d+) errored")
+
+
 def run_h2load(port: int, message: bytes, concurrency: int, seconds: float,
                workdir: Path) -> Point:
-    """h2load on the gRPC port: c connections, one stream each, the same framed request."""
+    """h2load on the gRPC port: c connections, one stream each, the same framed request.
+
+    Counted from h2load's per-request log, which h2load opens with O_APPEND: a fresh file each
+    point (a reused one adds every earlier point's requests to this one's count). `served` in
+    the returned Point is h2load's own count of 2xx answers, for `measure`'s check against the
+    server's counters (a gRPC error is an HTTP 200 too: its status is in the trailers)."""
     frame, log = workdir / "grpc.bin", workdir / "h2load.log"
     frame.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+    log.unlink(missing_ok=True)
     out = subprocess.run(["h2load", "-t1", f"-c{concurrency}", "-m1", f"-D{max(1, round(seconds))}",
                           "-H", "content-type: application/grpc", "-H", "te: trailers",
                           "-d", str(frame), f"--log-file={log}",
                           f"http://127.0.0.1:{port}{GRPC_METHOD}"],
                          capture_output=True, text=True, timeout=seconds + 60)
-    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
-    if not rows:
+    rows = ([line.split("\t") for line in log.read_text().splitlines() if line.strip()]
+            if log.exists() else [])
+    counts = H2LOAD_COUNTS.search(out.stdout)
+    if not rows or counts is None:
         raise RuntimeError(f"h2load failed: {out.stdout[-1000:]} {out.stderr[-1000:]}")
     lat = np.array([int(r[2]) for r in rows]) / 1e6
     starts = np.array([int(r[0]) for r in rows]) / 1e6
-    wall = (starts.max() + lat[starts.argmax()]) - starts.min()
+    wall = (starts + lat).max() - starts.min()
     # HTTP errors here; gRPC errors (status in trailers) are counted from the server's metrics.
     failed = sum(1 for r in rows if r[1] != "200")
-    return Point(len(rows) / wall, float(np.percentile(lat, 50) * 1000),
-                 float(np.percentile(lat, 99) * 1000), failed)
+    p = Point(len(rows) / wall, float(np.percentile(lat, 50) * 1000),
+              float(np.percentile(lat, 99) * 1000), failed)
+    p.served = len(rows) - failed
+    return p
 
 
 def _grpc_worker(args) -> list[float]:
@@ -356,7 +372,18 @@ def measure(port, grpc_port, name, body, c, seconds, workdir) -> Point:
         else:
             p = run_grpc_python(grpc_port, body[0], c, seconds)
         calls_after = grpc_outcomes(port)
-        p.failed += int((calls_after[0] - calls_before[0]) - (calls_after[1] - calls_before[1]))
+        answered = calls_after[0] - calls_before[0]
+        succeeded = calls_after[1] - calls_before[1]
+        p.failed += int(answered - succeeded)
+        # Every answer the load generator counted must be one the server computed: an answer
+        # that never reached the handler (an unknown method, a message over the size limit,
+        # a refused call) is an HTTP 200 with an error in its trailers, not in /metrics. The
+        # server may count up to c more (calls cut off when the load generator stopped).
+        if p.served >= 0 and not (p.served <= succeeded <= p.served + c):
+            print(f"   WARNING: h2load counted {p.served} answers, the server answered "
+                  f"{succeeded:.0f} successfully ({answered:.0f} in all): the difference "
+                  f"counts as failed", flush=True)
+            p.failed += int(max(0, p.served - succeeded))
     elif shutil.which("wrk"):
         p = run_wrk(f"http://127.0.0.1:{port}{path}", body, c, seconds, workdir)
     else:

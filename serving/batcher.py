@@ -48,6 +48,22 @@ class _Item:
         self.counted = True        # still counted in Batcher.queued
 
 
+class Arrival:
+    """One request counted in `Batcher.arriving` until `done()` (idempotent; also usable as
+    a done-callback). For a front end that learns of a request before its payload is read
+    and cannot bracket both in one block (gRPC: the call is handed over, then its message)."""
+    __slots__ = ("_batcher",)
+
+    def __init__(self, batcher: "Batcher") -> None:
+        self._batcher: Batcher | None = batcher
+        batcher.arriving += 1
+
+    def done(self, *_) -> None:
+        if self._batcher is not None:
+            self._batcher.arriving -= 1
+            self._batcher = None
+
+
 class Batcher:
     def __init__(self, model: ModelHooks, batching: Batching, metrics: Metrics) -> None:
         self.model = model

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .errors import ServingError, StartupError
+from .grpc_arrivals import CountArrivals, arrived
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
@@ -156,7 +157,10 @@ class _Inference(pb_grpc.GRPCInferenceServiceServicer):
             svc.accepted += 1           # a gRPC message arrives whole: accepted and in flight
             svc.inflight += 1
             try:
-                req = request_from_grpc(request, svc.validator)
+                try:
+                    req = request_from_grpc(request, svc.validator)
+                finally:
+                    arrived()           # queued next (or refused): no longer on its way in
                 response = await svc.infer(req)
             finally:
                 svc.accepted -= 1
@@ -203,7 +207,9 @@ class GrpcFrontEnd:
             ("grpc.max_metadata_size", limits.max_header_bytes),
             ("grpc.max_connection_idle_ms", int(limits.keep_alive_seconds * 1000)),
             ("grpc.max_concurrent_streams", 100),
-        ], maximum_concurrent_rpcs=limits.max_connections)
+        ], maximum_concurrent_rpcs=limits.max_connections,
+            # ModelInfer calls count for the batch window while on their way in
+            interceptors=[CountArrivals(svc)])
         routes = RouteTable(svc.model_name, svc.model_version)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             _Inference(svc, routes, self._metadata()), self.server)

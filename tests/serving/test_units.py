@@ -176,3 +176,123 @@ def test_wait_estimate_uses_batch_times_per_size():
         assert b.estimated_wait() == pytest.approx(2 * 0.040 + b.batch_time(6))
     finally:
         b._executor.shutdown()
+
+
+class _RecordingModel:
+    """Doubles its input; records the rows of every batch it runs."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def predict(self, feeds):
+        self.batches.append(len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+
+def test_grpc_arrivals_hold_the_batch_window():
+    """A ModelInfer call that gRPC has handed over counts as arriving until its handler queues
+    it (or its task ends): the batch waits for it, within the queue delay, as it waits for a
+    REST body still being read. Without the count, the first call runs alone."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serving.batcher import Batcher
+    from serving.grpc_arrivals import INFER_METHOD, CountArrivals, arrived
+    from serving.metrics import Metrics
+    from serving.settings import Batching
+
+    async def main():
+        model = _RecordingModel()
+        batcher = Batcher(model, Batching(max_batch_size=8, max_queue_delay_ms=2000.0,
+                                          queue_timeout_ms=10_000.0), Metrics("m", "v"))
+        batcher.inline = True
+        batcher.start()
+        counter = CountArrivals(SimpleNamespace(batcher=batcher))
+        handler = object()
+
+        async def continuation(details):
+            return handler
+
+        async def call(method: str, x: np.ndarray, message_after: float):
+            details = SimpleNamespace(method=method, invocation_metadata=())
+            assert await counter.intercept_service(continuation, details) is handler
+            await asyncio.sleep(message_after)          # the message still on its way
+            arrived()
+            return await batcher.submit({"x": x}, len(x), ("x", (1,)))
+
+        try:
+            # Other RPCs (health, metadata) are not counted.
+            await counter.intercept_service(
+                continuation, SimpleNamespace(method="/grpc.health.v1.Health/Check",
+                                              invocation_metadata=()))
+            assert batcher.arriving == 0
+            # Two calls handed over together, the second's message 50 ms later: one batch.
+            a, b = np.ones((1, 1), np.float32), np.full((2, 1), 3, np.float32)
+            ra, rb = await asyncio.gather(call(INFER_METHOD, a, 0.0),
+                                          call(INFER_METHOD, b, 0.05))
+            assert model.batches == [3]
+            assert ra["y"].tolist() == [[2.0]] and rb["y"].tolist() == [[6.0], [6.0]]
+            assert batcher.arriving == 0
+            # A call cancelled before its message came stops counting when its task ends.
+            started = asyncio.Event()
+
+            async def cancelled_call():
+                await counter.intercept_service(
+                    continuation, SimpleNamespace(method=INFER_METHOD, invocation_metadata=()))
+                started.set()
+                await asyncio.sleep(60)
+            task = asyncio.get_running_loop().create_task(cancelled_call())
+            await started.wait()
+            assert batcher.arriving == 1
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0)                      # done-callbacks run in the next turn
+            assert batcher.arriving == 0
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_grpc_aio_runs_the_arrival_counter_in_the_handlers_task():
+    """With the real grpc.aio server: the interceptor sees ModelInfer calls, and the handler
+    (same task) ends the arrival the interceptor started."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import grpc
+
+    from serving.batcher import Batcher
+    from serving.grpc_arrivals import INFER_METHOD, CountArrivals, arrived
+    from serving.metrics import Metrics
+    from serving.settings import Batching
+
+    async def main():
+        batcher = Batcher(_RecordingModel(), Batching(max_batch_size=8), Metrics("m", "v"))
+        seen = []
+
+        async def infer(request: bytes, context) -> bytes:
+            seen.append(batcher.arriving)               # this call, on its way in
+            arrived()
+            seen.append(batcher.arriving)
+            return request
+
+        service, method = INFER_METHOD.strip("/").split("/")
+        server = grpc.aio.server(interceptors=[CountArrivals(SimpleNamespace(batcher=batcher))],
+                                 options=[("grpc.so_reuseport", 0)])
+        handlers = {method: grpc.unary_unary_rpc_method_handler(infer)}
+        # as the generated add_...Servicer_to_server does (the registered one takes precedence)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service,
+                                                                              handlers),))
+        server.add_registered_method_handlers(service, handlers)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                assert await channel.unary_unary(INFER_METHOD)(b"abc", timeout=10) == b"abc"
+        finally:
+            await server.stop(None)
+            batcher._executor.shutdown()
+        assert seen == [1, 0] and batcher.arriving == 0
+
+    asyncio.run(main())
