@@ -95,6 +95,12 @@ def paced_model():
     return slow_model(512, 300)
 
 
+def slower_model():
+    """slow_model four times deeper: calls that stay in flight long enough for a test to see
+    several of them at once on a fast, idle machine (the gRPC drain test)."""
+    return slow_model(512, 4000)
+
+
 def gather_model(vocab: int = 100):
     """Token ids -> embedding sums: y[b, s] = sum(E[ids[b, s]]) + mask[b, s]. An id outside
     [0, vocab) fails the run (as an out-of-vocabulary id fails a transformer); ids and mask
@@ -111,7 +117,7 @@ def gather_model(vocab: int = 100):
                   [("y", "FP32", dims)], [table, axes])
 
 
-MODELS = {"slow": slow_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
+MODELS = {"slow": slow_model, "slower": slower_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
           "log": log_model, "half": half_model, "flags": flags_model, "gather": gather_model}
 
 

@@ -368,9 +368,12 @@ def _slow_request(x: np.ndarray):
     return req
 
 
-def _call(server, x, results, lock):
+def _call(server, x, results, lock, ready_stub=None, barrier=None):
     try:
-        resp = stub(server).ModelInfer(_slow_request(x), timeout=30)
+        client = ready_stub or stub(server)
+        if barrier is not None:
+            barrier.wait(10)
+        resp = client.ModelInfer(_slow_request(x), timeout=30)
         ok = np.array_equal(np.frombuffer(resp.raw_output_contents[0], np.float32), x)
         outcome = ("OK", ok, "")
     except grpc.RpcError as e:
@@ -388,7 +391,7 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
 
     from contexts import write_context
 
-    ctx = write_context(tmp_path / "slow", "slow", max_batch_size=4, warmup=(1,))
+    ctx = write_context(tmp_path / "slow", "slower", name="test-slow", max_batch_size=4, warmup=(1,))
     server = start_server(ctx, {"SERVEDMODEL_MAX_BATCH_SIZE": "1",
                                 "SERVEDMODEL_MAX_QUEUE_SIZE": "3",
                                 "SERVEDMODEL_DRAIN_SECONDS": "20"}, grpc=True)
@@ -412,8 +415,16 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
 
     # 2. drain: calls accepted (one running, others queued), then SIGTERM
     results = []
-    inflight = [threading.Thread(target=_call, args=(server, rng.random(512, dtype=np.float32),
-                                                     results, lock)) for _ in range(4)]
+    # Connected channels and a barrier: the 4 calls reach the server together, so they overlap
+    # even when the model is fast (a fresh channel's handshake would otherwise space them out
+    # by more than one call's run time on an idle machine).
+    channels = [grpc.insecure_channel(server.grpc_url) for _ in range(4)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=10)
+    barrier = threading.Barrier(4)
+    inflight = [threading.Thread(target=_call, args=(server, rng.random(512, dtype=np.float32), results, lock,
+                                                     pb_grpc.GRPCInferenceServiceStub(channel), barrier))
+                for channel in channels]
     for t in inflight:
         t.start()
     deadline = time.monotonic() + 10
