@@ -75,6 +75,16 @@ def _depth(value: object) -> int:
     return depth
 
 
+def _rows_per_chunk(data: list) -> int:
+    """How many of `data`'s first-level items make about CHUNK_ELEMENTS numbers (rows taken
+    as long as the first one)."""
+    per_row, value = 1, data[0] if data else None
+    while isinstance(value, list) and value:
+        per_row *= len(value)
+        value = value[0]
+    return max(1, CHUNK_ELEMENTS // per_row)
+
+
 def _has_bool(value: object) -> bool:
     if type(value) is bool:
         return True
@@ -91,11 +101,12 @@ def decode_json(name: str, data: object, datatype: str, dtype: np.dtype, shape: 
     if _depth(data) > MAX_DEPTH:
         raise ServingError(400, f"input '{name}': data is nested deeper than {MAX_DEPTH} levels")
     try:
-        if len(data) > CHUNK_ELEMENTS and not isinstance(data[0], list):
-            # A long flat list converted in pieces: between them other threads (the event
-            # loop, when this runs in the decode thread) get the interpreter lock.
-            arr = np.concatenate([np.array(data[i:i + CHUNK_ELEMENTS])
-                                  for i in range(0, len(data), CHUNK_ELEMENTS)])
+        rows = _rows_per_chunk(data)
+        if rows < len(data):
+            # A long list converted in pieces: between them other threads (the event loop,
+            # when this runs in the decode thread) get the interpreter lock.
+            arr = np.concatenate([np.array(data[i:i + rows])
+                                  for i in range(0, len(data), rows)])
         else:
             arr = np.array(data)
     except (ValueError, TypeError, OverflowError, RecursionError):

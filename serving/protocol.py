@@ -17,6 +17,7 @@ from typing import Hashable, Iterable
 import numpy as np
 import orjson
 
+from . import large_json
 from .codec import (CONTENTS_FIELDS, MAX_DEPTH, V2_TO_NUMPY, decode_binary, decode_contents,
                     decode_json, element_count, encode_json)
 from .errors import ServingError
@@ -308,10 +309,12 @@ def request_from_rest(body: bytes, header_len: int | None,
     if not json_part:
         raise ServingError(400, "request body is empty; send an inference request JSON "
                                 "object with 'inputs'")
-    try:
-        doc = orjson.loads(json_part)
-    except orjson.JSONDecodeError as e:
-        doc = _loads_with_nonfinite(json_part, e)
+    doc = large_json.loads(json_part)
+    if doc is None:
+        try:
+            doc = orjson.loads(json_part)
+        except orjson.JSONDecodeError as e:
+            doc = _loads_with_nonfinite(json_part, e)
     if not isinstance(doc, dict):
         raise ServingError(400, "request must be a JSON object with 'inputs'")
     _check_depth(doc)
@@ -365,8 +368,11 @@ def request_from_rest(body: bytes, header_len: int | None,
             feeds[name] = decode_binary(name, binary, offset, size, dtype, shape)
             offset += size
         elif has_data:
-            feeds[name] = decode_json(name, entry["data"], datatype, dtype, shape,
+            data = entry["data"]
+            feeds[name] = decode_json(name, data, datatype, dtype, shape,
                                       check_bools=may_have_bools)
+            if isinstance(data, list) and len(data) > large_json.ENCODE_PIECE_ELEMENTS:
+                large_json.release(data)
         else:
             raise ServingError(400, f"input '{name}' has neither 'data' nor "
                                     f"parameters.binary_data_size")
@@ -416,7 +422,9 @@ def response_to_rest(response: InferResponse) -> tuple[bytes, list[tuple[bytes, 
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = encode_json(out.data)
+            data = encode_json(out.data)
+            entry["data"] = (large_json.dumps_array(data) if isinstance(data, np.ndarray)
+                             and data.size > large_json.ENCODE_PIECE_ELEMENTS else data)
         entries.append(entry)
     doc = {"model_name": response.model_name, "model_version": response.model_version,
            "outputs": entries}

@@ -265,8 +265,10 @@ def test_grpc_front_end_has_the_same_checks_and_isolation(tmp_path_factory, star
 @pytest.mark.slow
 def test_a_large_json_body_does_not_stall_the_event_loop(log_server):
     """16 MB of JSON (4M numbers in, 4M out): probes keep being answered while it is decoded,
-    run and encoded. On the event loop (main) the longest probe wait was ~60% of the request's
-    time; off it, ~25-30%. The bound is relative, so a slower machine scales both."""
+    run and encoded. Parsed on the event loop, the longest probe wait was ~60% of the request's
+    time; in the decode thread in one `orjson.loads` call, 25-48% (that call holds the
+    interpreter lock); parsed and written in pieces (serving/large_json.py), 5-7% here. The
+    bound is relative, so a slower machine scales both."""
     import threading
     import time
 
@@ -293,4 +295,4 @@ def test_a_large_json_body_does_not_stall_the_event_loop(log_server):
     stop.set()
     thread.join(30)
     assert r.status_code == 200
-    assert max(waits) < 0.45 * took, f"a probe waited {max(waits):.2f} s of {took:.2f} s"
+    assert max(waits) < 0.25 * took, f"a probe waited {max(waits):.2f} s of {took:.2f} s"
