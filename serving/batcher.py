@@ -226,41 +226,47 @@ class Batcher:
         return rows
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self.queue:
+            await self._run_next()
+
+    async def _run_next(self) -> None:
+        """Wait for work, collect one batch and run it. A method of its own so that the batch
+        (its request bodies and outputs, up to hundreds of MB) is dropped when it returns, not
+        kept by the worker's frame while the server waits, idle, for the next request."""
+        loop = asyncio.get_running_loop()
+        if not self.queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch: list[_Item] = []
+        rows = self._take(batch, 0)
+        if not batch:
+            return
+        if self.batching and rows < self.max_rows and self.window > 0:
+            deadline = loop.time() + self.window
+            # Wait for more only while requests are still on their way in.
+            while rows < self.max_rows and self.arriving > 0:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
                 self._wakeup.clear()
-                await self._wakeup.wait()
-            batch: list[_Item] = []
-            rows = self._take(batch, 0)
-            if not batch:
-                continue
-            if self.batching and rows < self.max_rows and self.window > 0:
-                deadline = loop.time() + self.window
-                # Wait for more only while requests are still on their way in.
-                while rows < self.max_rows and self.arriving > 0:
-                    left = deadline - loop.time()
-                    if left <= 0:
-                        break
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), left)
-                    except asyncio.TimeoutError:
-                        pass
-                    rows = self._take(batch, rows)
-            for it in batch:
-                if it.future.done():
-                    it.timer.cancel()
-                    self._uncount(it)
-            batch = [it for it in batch if not it.future.done()]
-            if not batch:
-                continue
-            now = time.perf_counter()
-            for it in batch:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+                rows = self._take(batch, rows)
+        for it in batch:
+            if it.future.done():
                 it.timer.cancel()
                 self._uncount(it)
-                self.metrics.queue_duration.observe(now - it.t_enqueued)
-            await self._run(batch)
+        batch = [it for it in batch if not it.future.done()]
+        if not batch:
+            return
+        now = time.perf_counter()
+        for it in batch:
+            it.timer.cancel()
+            self._uncount(it)
+            self.metrics.queue_duration.observe(now - it.t_enqueued)
+        await self._run(batch)
 
     def _log_failure(self, e: Exception) -> None:
         """One stderr line per FAILURE_LOG_SECONDS at most: a caller who makes the model fail

@@ -1,8 +1,9 @@
 """What the server needs from a model runtime, as typed protocols.
 
-`OnnxModel` implements both; tests pass smaller fakes. Only `ModelHooks` is required; a model
-that also offers `BatchTuning` tells the batcher, after its warm-up, how big a batch to pack
-and whether batches may run on the event loop thread."""
+`OnnxModel` implements all three; tests pass smaller fakes. Only `ModelHooks` is required; a
+model that also offers `BatchTuning` tells the batcher, after its warm-up, how big a batch to
+pack and whether batches may run on the event loop thread, and one that offers `PeakMemory`
+gives back, when the server is idle, memory that a run bigger than usual left behind."""
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -34,3 +35,14 @@ class BatchTuning(Protocol):
     warmup_items_per_second: dict[int, float]
     #: whether onnxruntime's intra-op threads spin (logged)
     spinning: bool
+
+
+@runtime_checkable
+class PeakMemory(Protocol):
+    """Optional: memory held after a run bigger than usual, given back once the server is
+    idle (the server calls `release_peak_memory` from the model's thread)."""
+
+    #: True after such a run, until `release_peak_memory` ran
+    holds_peak_memory: bool
+
+    def release_peak_memory(self) -> None: ...

@@ -54,6 +54,7 @@ class OnnxModel:
         self.input_dim_names: dict[str, tuple[str | None, ...]] = {}
         #: the most elements a warm-up batch fed; a bigger run gives its arena memory back
         self._warm_elements = 0
+        self.holds_peak_memory = False
         self._shrink = None
         #: True when a full preferred batch runs in well under a millisecond: the batcher then
         #: runs it on the event loop, saving the hand-off to the model thread (which can wait
@@ -239,9 +240,21 @@ class OnnxModel:
                 self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage",
                                                   "cpu:0")
             results = self.session.run(self._output_names, feeds, self._shrink)
+            # The outputs are still ours when that run shrinks the arena: their memory stays
+            # in it until a shrinking run after they are freed (release_peak_memory).
+            self.holds_peak_memory = True
             return dict(zip(self._output_names, results))
         results = self.session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
+
+    def release_peak_memory(self) -> None:
+        """One batch-1 run with the arena shrink, once the peak run's outputs are gone (the
+        server calls this when idle): the arena then frees their memory too. Measured on a
+        128 MiB output: 132 MiB kept after the peak run, 4 MiB after this."""
+        if not self.holds_peak_memory or self.session is None or self._shrink is None:
+            return
+        self.holds_peak_memory = False
+        self.session.run(self._output_names, self.example_inputs(1), self._shrink)
 
     def unload(self) -> None:
         self.session = None

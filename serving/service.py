@@ -7,13 +7,14 @@ import asyncio
 import gc
 import hmac
 import os
+import sys
 import time
 
 import orjson
 
 from .batcher import Batcher
 from .errors import ServingError
-from .hooks import BatchTuning, ModelHooks
+from .hooks import BatchTuning, ModelHooks, PeakMemory
 from .manifest import Manifest
 from .memory import RELEASE_AFTER_BYTES, RELEASE_AFTER_CONNECTIONS, Allocator
 from .metrics import Metrics
@@ -130,9 +131,9 @@ class InferenceService:
             self.log.flush()
 
     async def _release_memory(self) -> None:
-        """After a peak (many bytes or connections since the last release), once the server
-        has been idle for a second, give memory back: a flood must not leave the process at
-        its peak RSS."""
+        """After a peak (many bytes or connections since the last release, or a model run
+        bigger than any warm-up run), once the server has been idle for a second, give memory
+        back: a flood or one huge request must not leave the process at its peak RSS."""
         m = self.metrics
         last_bytes, last_conns = m.received_bytes, m.connections_total
         quiet = 0
@@ -140,10 +141,19 @@ class InferenceService:
             await asyncio.sleep(0.5)
             busy = m.buffered_bytes > 0 or self.accepted > 0
             quiet = 0 if busy else quiet + 1
-            if quiet < 2 or (m.received_bytes - last_bytes < RELEASE_AFTER_BYTES
+            if quiet < 2:
+                continue
+            peak = isinstance(self.model, PeakMemory) and self.model.holds_peak_memory
+            if not peak and (m.received_bytes - last_bytes < RELEASE_AFTER_BYTES
                              and m.connections_total - last_conns < RELEASE_AFTER_CONNECTIONS):
                 continue
             last_bytes, last_conns = m.received_bytes, m.connections_total
+            if peak:
+                try:
+                    await self.batcher.run_blocking(self.model.release_peak_memory)
+                except Exception as e:      # the memory stays; serving goes on
+                    print(f"serving: giving back a peak run's memory failed: "
+                          f"{type(e).__name__}: {str(e)[:300]}", file=sys.stderr, flush=True)
             await asyncio.get_running_loop().run_in_executor(None, self.allocator.release)
 
     async def shutdown(self) -> None:

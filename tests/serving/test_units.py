@@ -296,3 +296,55 @@ def test_grpc_aio_runs_the_arrival_counter_in_the_handlers_task():
         assert seen == [1, 0] and batcher.arriving == 0
 
     asyncio.run(main())
+
+
+
+def test_a_run_larger_than_the_warm_up_gives_its_memory_back(tmp_path):
+    """A run bigger than any warm-up run shrinks onnxruntime's CPU arena (its intermediate
+    tensors), and `release_peak_memory`, called by the server when idle, frees what the
+    outputs held. The same run without the shrink, on the same session, is the control."""
+    import hashlib
+    import json
+    import sys
+    from pathlib import Path
+
+    import onnx
+    from onnx import helper
+    sys.path.insert(0, str(Path(__file__).parent))
+    from contexts import write_context
+    from serving.hooks import PeakMemory
+    from serving.model import OnnxModel
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2 ** 20
+
+    ctx = write_context(tmp_path / "c", "log", max_batch_size=8, warmup=(1, 8))
+    # log -> neg: an intermediate tensor, which onnxruntime takes from its arena.
+    path = ctx / "model" / "model.onnx"
+    graph = onnx.load(path)
+    graph.graph.node[0].output[0] = "h"
+    graph.graph.node.append(helper.make_node("Neg", ["h"], ["y"]))
+    onnx.save(graph, path)
+    doc = json.loads((ctx / "model" / "manifest.json").read_text())
+    doc.update(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), size_bytes=path.stat().st_size)
+    (ctx / "model" / "manifest.json").write_text(json.dumps(doc))
+    manifest = load_manifest(ctx)
+    model = OnnxModel(manifest, load_settings(manifest, {"context": ctx}, {}))
+    assert isinstance(model, PeakMemory)
+    model.load()
+    model.warm_up()
+    mib = 2 ** 20 // 4
+    big = {"x": np.full((1, 128 * mib), 2.0, dtype=np.float32)}        # 128 MiB a tensor
+    before = rss_mib()
+    out = model.predict(big)
+    assert out["y"].shape == (1, 128 * mib) and model.holds_peak_memory
+    del out
+    after_run = rss_mib() - before            # the output's arena region, until released
+    model.release_peak_memory()
+    released = rss_mib() - before
+    assert not model.holds_peak_memory
+    model.session.run(None, big)              # the control: no shrink keeps output and h
+    kept_without = rss_mib() - before
+    assert released < 16, f"{released:.0f} MiB kept after release_peak_memory"
+    assert after_run > 100 and kept_without > 200, (after_run, kept_without)
