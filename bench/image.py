@@ -288,7 +288,9 @@ def write_layers(no_gpu: bool) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-layers-"))
     try:
         for device in ("cpu",) + (() if no_gpu else ("cuda",)):
-            data["devices"][device] = runtime_layers(device, work)
+            # Hand-written keys of the old entry (a "note") stay; measured ones are replaced.
+            data["devices"][device] = {**data["devices"].get(device, {}),
+                                       **runtime_layers(device, work)}
             print(f"{device}: {data['devices'][device]}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
