@@ -204,7 +204,9 @@ class GrpcFrontEnd:
             # The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits"):
             # metadata (headers) size, idle connections closed, a bounded number of calls per
             # connection; message bytes count against the same body budget as REST.
+            # Both limits: between a soft and a hard limit grpc refuses at random.
             ("grpc.max_metadata_size", limits.max_header_bytes),
+            ("grpc.absolute_max_metadata_size", limits.max_header_bytes),
             ("grpc.max_connection_idle_ms", int(limits.keep_alive_seconds * 1000)),
             ("grpc.max_concurrent_streams", 100),
         ], maximum_concurrent_rpcs=limits.max_connections,

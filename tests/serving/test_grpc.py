@@ -505,3 +505,30 @@ def test_grpc_port_in_use_refuses_to_start(contexts):
                             args=("--host", "127.0.0.1"))
     assert result.returncode != 0
     assert f"gRPC cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr[-2000:]
+
+
+def test_grpc_connection_limits_follow_the_rest_settings(contexts, start_server):
+    """The REST connection limits hold on gRPC too: metadata over SERVEDMODEL_MAX_HEADER_BYTES
+    is refused and the server stays live; a connection idle for SERVEDMODEL_KEEP_ALIVE_SECONDS
+    is closed by the server (the client's channel leaves READY by itself)."""
+    server = start_server(contexts["mlp"], {**ENV, "SERVEDMODEL_MAX_HEADER_BYTES": "4096",
+                                            "SERVEDMODEL_KEEP_ALIVE_SECONDS": "1"}, grpc=True)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        live = pb_grpc.GRPCInferenceServiceStub(channel).ServerLive
+        assert live(pb.ServerLiveRequest(), timeout=10).live
+        assert live(pb.ServerLiveRequest(), metadata=[("x-small", "a" * 3000)], timeout=10).live
+        for _ in range(10):     # grpc's own default (8 KiB soft, 16 KiB hard) would let it in
+            with pytest.raises(grpc.RpcError) as e:
+                live(pb.ServerLiveRequest(), metadata=[("x-big", "a" * 6000)], timeout=10)
+            assert e.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      grpc.StatusCode.INTERNAL), e.value
+        assert live(pb.ServerLiveRequest(), timeout=10).live        # still serving
+        states: list[grpc.ChannelConnectivity] = []
+        channel.subscribe(states.append)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and grpc.ChannelConnectivity.IDLE not in states[1:]:
+            time.sleep(0.2)
+        channel.unsubscribe(states.append)
+    assert states[0] == grpc.ChannelConnectivity.READY
+    # The server's GOAWAY after ~1 s idle takes the channel out of READY, without a call.
+    assert grpc.ChannelConnectivity.IDLE in states[1:], states
