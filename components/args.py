@@ -667,6 +667,20 @@ AUTOSCALERS = ("hpa", "keda")
 KEDA_METRICS = ("inflight", "queue")
 CAPACITY_TYPES = ("on-demand", "spot")
 CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
+
+
+@dataclass(frozen=True)
+class KarpenterDefaults:
+    """The Karpenter pool defaults, stated once: the stack's elastic group (ElasticArgs) and the
+    component's own args (karpenter.KarpenterPoolArgs) both take them from here."""
+    capacity_types: tuple[str, ...] = ("on-demand",)
+    consolidation_policy: str = "WhenEmpty"
+    consolidate_after: str = "5m"
+    disruption_budget_nodes: str = "1"
+    ami_alias: str = "bottlerocket@latest"
+
+
+KARPENTER_DEFAULTS = KarpenterDefaults()
 _KARPENTER_DURATION = re.compile(r"^(([0-9]+(s|m|h))+|Never)$")
 _BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
 _AMI_ALIAS = re.compile(r"^bottlerocket@(latest|v[0-9]+\.[0-9]+\.[0-9]+)$")
@@ -686,19 +700,19 @@ class ElasticArgs:
     """KEDA's minimum replicas; 0 = scale to zero (needs keda_http). Default 1."""
     keda_http: bool = False
     """The KEDA HTTP add-on's interceptor holds requests while a pod starts. Default False."""
-    capacity_types: tuple[str, ...] = ("on-demand",)
+    capacity_types: tuple[str, ...] = KARPENTER_DEFAULTS.capacity_types
     """Karpenter capacity types: on-demand and/or spot. Default ("on-demand",)."""
     gpu_limit: int = 0
     """Karpenter limit on nvidia.com/gpu; 0 = (max_replicas + surge) x gpu. Default 0."""
-    consolidation_policy: str = "WhenEmpty"
+    consolidation_policy: str = KARPENTER_DEFAULTS.consolidation_policy
     """Karpenter consolidation policy. Default "WhenEmpty"."""
-    consolidate_after: str = "5m"
+    consolidate_after: str = KARPENTER_DEFAULTS.consolidate_after
     """Karpenter consolidateAfter. Default "5m"."""
-    disruption_budget_nodes: str = "1"
+    disruption_budget_nodes: str = KARPENTER_DEFAULTS.disruption_budget_nodes
     """Karpenter disruption budget (count or %). Default "1"."""
     karpenter_node_role: str = ""
     """IAM role of Karpenter's nodes; "" = KarpenterNodeRole-<cluster>. Default ""."""
-    karpenter_ami_alias: str = "bottlerocket@latest"
+    karpenter_ami_alias: str = KARPENTER_DEFAULTS.ami_alias
     """EC2NodeClass AMI alias. Default "bottlerocket@latest"."""
     karpenter_subnet_ids: tuple[str, ...] = ()
     """Node subnets by id; () = discovery-tagged. Default ()."""

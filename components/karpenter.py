@@ -14,7 +14,7 @@ from typing import Any
 
 from components import specs
 from components.args import (_AMI_ALIAS, _AWS_ID, _BUDGET_NODES, _KARPENTER_DURATION, CAPACITY_TYPES,
-                             CONSOLIDATION_POLICIES)
+                             CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS)
 
 API_NODEPOOL = "karpenter.sh/v1"
 API_NODECLASS = "karpenter.k8s.aws/v1"
@@ -41,19 +41,19 @@ class KarpenterPoolArgs:
     """The families the serving image can run (the one shared list). Required."""
     node_role: str
     """IAM role name of Karpenter's nodes (the installation's KarpenterNodeRole-...). Required."""
-    capacity_types: tuple[str, ...] = ("on-demand",)
+    capacity_types: tuple[str, ...] = KARPENTER_DEFAULTS.capacity_types
     """on-demand and/or spot. Default ("on-demand",)."""
     gpu_limit: int = 4
     """NodePool limits: nvidia.com/gpu, the most GPUs the pool may hold at once. Default 4."""
-    consolidation_policy: str = "WhenEmpty"
+    consolidation_policy: str = KARPENTER_DEFAULTS.consolidation_policy
     """WhenEmpty (only empty nodes go) or WhenEmptyOrUnderutilized. Default "WhenEmpty"."""
-    consolidate_after: str = "5m"
+    consolidate_after: str = KARPENTER_DEFAULTS.consolidate_after
     """How long a node stays empty/underused before it goes (Karpenter duration). Default "5m"."""
-    disruption_budget_nodes: str = "1"
+    disruption_budget_nodes: str = KARPENTER_DEFAULTS.disruption_budget_nodes
     """At most this many (or %) nodes disrupted at once. Default "1"."""
     expire_after: str = "720h"
     """Nodes are replaced after this age (AMI updates). Default "720h"."""
-    ami_alias: str = "bottlerocket@latest"
+    ami_alias: str = KARPENTER_DEFAULTS.ami_alias
     """EC2NodeClass AMI alias: Bottlerocket, whose NVIDIA variant Karpenter picks for GPU types
     (it ships the driver and the device plugin). Pin a version (bottlerocket@v1.x.y) for
     repeatable nodes. Default "bottlerocket@latest"."""

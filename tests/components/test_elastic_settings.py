@@ -80,3 +80,31 @@ def test_karpenter_replaces_the_node_groups_capacity_rule_by_its_gpu_limit():
 def test_image_families_and_gpu_limit_arithmetic():
     assert "p3" not in IMAGE_GPU_FAMILIES and {"g5", "g6"} <= set(IMAGE_GPU_FAMILIES)
     assert gpu_limit_needed(gpu=2, max_replicas=4) == 10
+
+
+def test_karpenter_defaults_are_stated_once():
+    """The stack group, the component's own args and the stack schema (Pulumi.yaml) all carry
+    the one set of Karpenter defaults (components.args.KARPENTER_DEFAULTS)."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    import yaml
+
+    from components.args import KARPENTER_DEFAULTS, ElasticArgs
+    from components.karpenter import KarpenterPoolArgs
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())
+    config = schema["config"]
+    where = {"capacity_types": ("capacity_types", "capacityTypes"),
+             "consolidation_policy": ("consolidation_policy", "consolidationPolicy"),
+             "consolidate_after": ("consolidate_after", "consolidateAfter"),
+             "disruption_budget_nodes": ("disruption_budget_nodes", "disruptionBudgetNodes"),
+             "ami_alias": ("karpenter_ami_alias", "karpenterAmiAlias")}
+    assert set(where) == {f.name for f in fields(KARPENTER_DEFAULTS)}
+    elastic = {f.name: f.default for f in fields(ElasticArgs)}
+    pool = {f.name: f.default for f in fields(KarpenterPoolArgs)}
+    for name, (elastic_name, key) in where.items():
+        value = getattr(KARPENTER_DEFAULTS, name)
+        assert elastic[elastic_name] == value and pool[name] == value, name
+        stated = config[f"servedmodel:{key}"]["default"]
+        assert (tuple(stated) if isinstance(stated, list) else stated) == value, key
