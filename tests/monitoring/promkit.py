@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +21,9 @@ for path in (ROOT, ROOT / "tests" / "serving"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from serverkit import free_port, stop_process, wait_until_ready  # noqa: E402  (tests/serving/serverkit.py)
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unavailable(reason: str) -> None:
@@ -75,17 +69,8 @@ class Prometheus:
             cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 30.0) -> "Prometheus":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited {self.proc.returncode}: {self.output()}")
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready after {timeout}s: {self.output()}")
+        wait_until_ready(self.proc, self.url + "/-/ready", timeout, "prometheus", self.output)
+        return self
 
     def api(self, path: str, **params: str) -> Any:
         r = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
@@ -103,11 +88,5 @@ class Prometheus:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
         self._log.close()

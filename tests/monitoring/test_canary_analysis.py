@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,8 +22,9 @@ import pytest
 from components import canary, monitoring
 from components.canary import CANARY_HASH_ARG, RolloutArgs
 from components.monitoring import MonitoringArgs, Scope
-from promkit import ROOT, Prometheus, free_port
+from promkit import Prometheus
 from contexts import write_context  # tests/serving/contexts.py
+from serverkit import ServerProcess  # tests/serving/serverkit.py
 
 pytestmark = pytest.mark.slow
 
@@ -131,39 +127,6 @@ def test_conditions_read_no_traffic_as_inconclusive():
 
 # --- the real thing -----------------------------------------------------------------------------
 
-class Server:
-    def __init__(self, context: Path, env: dict[str, str]):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(context.parent / f"{context.name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--context", str(context), "--host", "127.0.0.1",
-             "--port", str(self.port)], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "SERVEDMODEL_LOG_LEVEL": "warning", **env})
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited {self.proc.returncode}"
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server not ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 def drive(url: str, model: str, width: int, clients: int, stop: threading.Event, statuses: list[int]) -> list[threading.Thread]:
     body = {"inputs": [{"name": "input" if width == 784 else "x", "datatype": "FP32", "shape": [1, width],
                         "data": np.random.default_rng(0).random(width).astype(np.float32).round(3).tolist()}]}
@@ -188,14 +151,14 @@ def test_analysis_passes_stable_and_fails_a_shedding_canary(prometheus_bin, tmp_
     # The canary: a much slower model, one row per batch and a one-request queue: under the same
     # kind of load it sheds (503, queue_full / queue_timeout).
     canary_ctx = write_context(tmp_path / "canary", "slow", CANARY_MODEL, max_batch_size=1, warmup=(1,))
-    servers = [Server(stable_ctx, {}),
-               Server(canary_ctx, {"SERVEDMODEL_MAX_QUEUE_SIZE": "1", "SERVEDMODEL_QUEUE_TIMEOUT_MS": "50"})]
+    servers = [ServerProcess(stable_ctx, {}),
+               ServerProcess(canary_ctx, {"SERVEDMODEL_MAX_QUEUE_SIZE": "1", "SERVEDMODEL_QUEUE_TIMEOUT_MS": "50"})]
     stable, bad = servers
     prom = None
     stop = threading.Event()
     try:
         for s in servers:
-            s.wait_ready()
+            s.wait_ready(timeout=120)
         rule_files = {f"{m}.rules.yml": monitoring.rule_file(MonitoringArgs(mode="prometheus-operator"),
                                                              Scope(served_name=m, namespace=NS), f"{m}-rollout")
                       for m in (STABLE_MODEL, CANARY_MODEL)}

@@ -2,83 +2,15 @@
 127.0.0.1 (ephemeral ports), stopped by the fixtures."""
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from contexts import write_context  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`python -m serving` as a child process; `url` once it listens."""
-
-    def __init__(self, context: Path, env: dict | None = None, log: Path | None = None,
-                 grpc: bool = False) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        #: the gRPC port (`grpc=True`), else None
-        self.grpc_port = free_port() if grpc else None
-        self.grpc_url = f"127.0.0.1:{self.grpc_port}" if grpc else None
-        self.log_path = log or Path(context).parent / f"server-{self.port}.log"
-        full_env = {**os.environ, "SERVEDMODEL_LOG_LEVEL": "warning", **(env or {})}
-        if grpc:
-            full_env["SERVEDMODEL_GRPC_PORT"] = str(self.grpc_port)
-        full_env.pop("SERVEDMODEL_CONTEXT", None)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--context", str(context), "--host", "127.0.0.1",
-             "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=self._log,
-            stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()}")
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout}s: {self.output()}")
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+from serverkit import ROOT, ServerProcess, free_port  # noqa: E402,F401  (re-exported)
 
 
 @pytest.fixture(scope="session")
