@@ -32,6 +32,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .metrics import Metrics
+from .settings import Settings
 
 #: Pipelined requests parsed ahead of the one being answered, per connection.
 PIPELINE_DEPTH = 8
@@ -45,13 +46,14 @@ PROBE_PATHS = (b"/v2/health/live", b"/v2/health/ready", b"/metrics")
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    max_header_bytes: int = 64 * 1024
-    max_headers: int = 100
-    header_timeout: float = 10.0
-    body_timeout: float = 10.0
-    keep_alive: float = 30.0
-    max_connections: int = 1000
-    probe_connections: int = 8
+    """The connection layer's limits; the defaults are the server settings' (stated there)."""
+    max_header_bytes: int = Settings.max_header_bytes
+    max_headers: int = Settings.max_headers
+    header_timeout: float = Settings.header_timeout_seconds
+    body_timeout: float = Settings.body_timeout_seconds
+    keep_alive: float = Settings.keep_alive_seconds
+    max_connections: int = Settings.max_connections
+    probe_connections: int = Settings.probe_connections
 
 
 def _error(status: int, phrase: str, message: str, *, retry: bool = False) -> bytes:
