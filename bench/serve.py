@@ -230,6 +230,16 @@ def start_server(context: Path, log: Path):
     raise RuntimeError("server not ready in 120 s")
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM (the server drains), then SIGKILL after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_wrk(url: str, body: tuple, concurrency: int, seconds: float, workdir: Path) -> Point:
     data, ctype, ihcl = body
     body_file, lua = workdir / "body.bin", workdir / "post.lua"
@@ -492,11 +502,7 @@ def main() -> int:
                             verdicts += targets(model, compression, enc, c, p, ratio_a, t8,
                                                 window_ms, run)
                 finally:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                    stop_server(proc)
                 if model == "mnist-mlp" and ("grpc", 32) in by_point and ("binary", 32) in by_point:
                     g, r = by_point["grpc", 32].rps, by_point["binary", 32].rps
                     ceiling = (grpc_ceiling(bodies["grpc"][0], 32, point_seconds, Path(tmp))
@@ -562,8 +568,7 @@ def grpc_ceiling(message: bytes, concurrency: int, seconds: float, workdir: Path
             time.sleep(0.1)
         return run_h2load(port, message, concurrency, seconds, workdir).rps
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def markdown(points, ratios, refs, preferred, verdicts, ceilings, seconds, ref_seconds, runs,
@@ -775,11 +780,7 @@ def abuse_main(args) -> int:
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                          timeout=10).read().decode()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     def by_reason(metric):
         return {line.split('reason="')[1].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
                 for line in metrics.splitlines() if line.startswith(metric + "{")}
