@@ -19,6 +19,8 @@ import os
 import numpy as np
 import orjson
 
+from .codec import CHUNK_ELEMENTS   # lists and arrays longer than this: freed, written in pieces
+
 #: Bodies below this size are parsed whole: one call is short.
 MIN_BYTES = 1024 * 1024
 #: An array of numbers (and nested arrays of numbers) at least this long is cut out.
@@ -28,8 +30,6 @@ PIECE_BYTES = 256 * 1024
 #: Structural tokens (brackets, braces, strings) scanned before giving up on the piecewise
 #: parse: a body of millions of tiny arrays is parsed whole, not token by token in Python.
 MAX_TOKENS = 100_000
-#: Output arrays with more elements than this are encoded in pieces of this many elements.
-ENCODE_PIECE_ELEMENTS = 65536
 
 _OPEN, _CLOSE, _BRACE, _QUOTE, _BACKSLASH = b"[]{\"\\"
 
@@ -177,18 +177,22 @@ def loads(data: bytes | memoryview) -> object | None:
     return doc if found == len(spans) else None
 
 
-def release(value: list) -> None:
-    """Empty a large list a piece at a time, so freeing millions of numbers does not hold
-    the interpreter lock in one step."""
-    while len(value) > ENCODE_PIECE_ELEMENTS:
-        del value[-ENCODE_PIECE_ELEMENTS:]
+def release(value: object) -> None:
+    """Empty a list longer than CHUNK_ELEMENTS a piece at a time, so freeing millions of
+    numbers does not hold the interpreter lock in one step; anything else is left alone."""
+    if not isinstance(value, list) or len(value) <= CHUNK_ELEMENTS:
+        return
+    while len(value) > CHUNK_ELEMENTS:
+        del value[-CHUNK_ELEMENTS:]
     value.clear()
 
 
-def dumps_array(flat: np.ndarray) -> orjson.Fragment:
-    """A flat array as a JSON array, encoded a piece at a time (orjson.Fragment, for
-    `orjson.dumps`)."""
-    step = ENCODE_PIECE_ELEMENTS
-    pieces = [orjson.dumps(flat[i:i + step], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-              for i in range(0, len(flat), step)]
+def in_pieces(data: object) -> object:
+    """JSON data for `orjson.dumps(..., option=OPT_SERIALIZE_NUMPY)`: a flat array longer than
+    CHUNK_ELEMENTS encoded a piece at a time (an orjson.Fragment); anything else unchanged."""
+    if not isinstance(data, np.ndarray) or data.size <= CHUNK_ELEMENTS:
+        return data
+    step = CHUNK_ELEMENTS
+    pieces = [orjson.dumps(data[i:i + step], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+              for i in range(0, len(data), step)]
     return orjson.Fragment(b"[" + b",".join(pieces) + b"]")

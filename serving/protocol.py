@@ -371,8 +371,7 @@ def request_from_rest(body: bytes, header_len: int | None,
             data = entry["data"]
             feeds[name] = decode_json(name, data, datatype, dtype, shape,
                                       check_bools=may_have_bools)
-            if isinstance(data, list) and len(data) > large_json.ENCODE_PIECE_ELEMENTS:
-                large_json.release(data)
+            large_json.release(data)
         else:
             raise ServingError(400, f"input '{name}' has neither 'data' nor "
                                     f"parameters.binary_data_size")
@@ -422,9 +421,7 @@ def response_to_rest(response: InferResponse) -> tuple[bytes, list[tuple[bytes, 
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            data = encode_json(out.data)
-            entry["data"] = (large_json.dumps_array(data) if isinstance(data, np.ndarray)
-                             and data.size > large_json.ENCODE_PIECE_ELEMENTS else data)
+            entry["data"] = large_json.in_pieces(encode_json(out.data))
         entries.append(entry)
     doc = {"model_name": response.model_name, "model_version": response.model_version,
            "outputs": entries}

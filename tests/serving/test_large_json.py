@@ -18,7 +18,7 @@ def small_pieces(monkeypatch):
     monkeypatch.setattr(large_json, "MIN_BYTES", 64)
     monkeypatch.setattr(large_json, "MIN_SPAN_BYTES", 8)
     monkeypatch.setattr(large_json, "PIECE_BYTES", 5)
-    monkeypatch.setattr(large_json, "ENCODE_PIECE_ELEMENTS", 3)
+    monkeypatch.setattr(large_json, "CHUNK_ELEMENTS", 3)
 
 
 def _number(rng: random.Random):
@@ -117,11 +117,17 @@ def test_a_16_mb_request_parses_in_pieces_to_the_same_document():
 def test_arrays_are_written_in_pieces_exactly_as_whole(small_pieces):
     for arr in (np.arange(10, dtype=np.float32) / 3, np.arange(7, dtype=np.int64),
                 np.array([True, False, True, True]), np.zeros(0, np.float32)):
-        assert (orjson.dumps({"d": large_json.dumps_array(arr)})
+        data = large_json.in_pieces(arr)
+        assert isinstance(data, orjson.Fragment) == (arr.size > 3)
+        assert (orjson.dumps({"d": data}, option=orjson.OPT_SERIALIZE_NUMPY)
                 == orjson.dumps({"d": arr}, option=orjson.OPT_SERIALIZE_NUMPY))
+    assert large_json.in_pieces([1.5, 2.5, 3.5, 4.5]) == [1.5, 2.5, 3.5, 4.5]
 
 
-def test_release_empties_a_list():
+def test_release_empties_a_long_list_and_leaves_short_ones():
     values = list(range(200_000))
     large_json.release(values)
     assert values == []
+    short = [1, 2, 3]
+    large_json.release(short)
+    assert short == [1, 2, 3]
