@@ -60,6 +60,13 @@ def log_model():
                   [("y", "FP32", [-1, -1])])
 
 
+def peak_model():
+    """y = -log(x) with a dynamic second dimension: the intermediate log(x) comes from
+    onnxruntime's arena, for the tests of memory after a run bigger than the warm-up."""
+    nodes = [helper.make_node("Log", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])]
+    return _model(nodes, [("x", "FP32", [-1, -1])], [("y", "FP32", [-1, -1])])
+
+
 def half_model():
     """FP16 in, FP32 out (y = float(h) * 2)."""
     nodes = [helper.make_node("Cast", ["h"], ["hf"], to=TensorProto.FLOAT),
@@ -118,7 +125,7 @@ def gather_model(vocab: int = 100):
 
 
 MODELS = {"slow": slow_model, "slower": slower_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
-          "log": log_model, "half": half_model, "flags": flags_model, "gather": gather_model}
+          "log": log_model, "peak": peak_model, "half": half_model, "flags": flags_model, "gather": gather_model}
 
 
 def write_context(out: Path, kind: str, name: str | None = None, *, max_batch_size: int = 32,
