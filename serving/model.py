@@ -21,6 +21,12 @@ CPU = "CPUExecutionProvider"
 WARMUP_DIM = 64
 #: A batch faster than this runs on the event loop thread instead of the model thread.
 INLINE_BELOW_SECONDS = 0.0005
+#: Intra-op threads spin (auto) only for a model that takes at least this long per item at
+#: its preferred batch size. A faster model, kept busy, makes the event loop answer more than
+#: 500 requests a second, and spinning threads take the CPU the loop needs for that
+#: (resnet-tiny, ~0.4 ms an item on 2 CPUs: +7-45% req/s without spinning in bench/serve.py;
+#: minilm, ~11 ms an item: ~10% fewer req/s without it).
+SPIN_MIN_ITEM_SECONDS = 0.002
 #: Warm-up timing: interleaved rounds over the batch sizes, at least WARMUP_MIN_ROUNDS and
 #: WARMUP_MIN_SECONDS, at most WARMUP_MAX_ROUNDS, and stopping after WARMUP_MAX_SECONDS once 3
 #: rounds are done (minilm: ~0.5 s a round on 2 CPUs, so its start grows by ~0.5 s at most).
@@ -208,11 +214,13 @@ class OnnxModel:
                     best = b
             self.preferred_batch_size = best
             self.run_inline = best / rates[best] < INLINE_BELOW_SECONDS
-        if self.settings.intra_op_spinning is None and self.spinning and self.run_inline:
-            # Microsecond models gain nothing from spinning threads (mnist-mlp lost a little
-            # JSON throughput with them), and their run shares the event loop's CPU.
-            self.session = self._create_session(False)
-            self.predict(self.example_inputs(1))
+            brisk = 1.0 / rates[best] < SPIN_MIN_ITEM_SECONDS
+            if self.settings.intra_op_spinning is None and self.spinning and brisk:
+                # Such a model, inline or not, shares the CPU with an event loop kept busy by
+                # its many requests; spinning threads would take that CPU (SPIN_MIN_ITEM_SECONDS).
+                self.session = self._create_session(False)
+                for b in sizes:          # the new session's first run of each size, here
+                    self.predict(feeds[b])
         if self.settings.device == "cuda" and self.session.get_providers()[0] != CUDA:
             raise StartupError("device=cuda but CUDAExecutionProvider is not active after warm-up")
         self.warm = True

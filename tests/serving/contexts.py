@@ -102,6 +102,12 @@ def paced_model():
     return slow_model(512, 300)
 
 
+def brisk_model():
+    """slow_model 100 times shallower: a batch of 32 takes milliseconds (not inline) but a row
+    well under the 2 ms under which the model's threads do not spin (SPIN_MIN_ITEM_SECONDS)."""
+    return slow_model(512, 10)
+
+
 def slower_model():
     """slow_model four times deeper: calls that stay in flight long enough for a test to see
     several of them at once on a fast, idle machine (the gRPC drain test)."""
@@ -124,7 +130,7 @@ def gather_model(vocab: int = 100):
                   [("y", "FP32", dims)], [table, axes])
 
 
-MODELS = {"slow": slow_model, "slower": slower_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
+MODELS = {"slow": slow_model, "slower": slower_model, "brisk": brisk_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
           "log": log_model, "peak": peak_model, "half": half_model, "flags": flags_model, "gather": gather_model}
 
 

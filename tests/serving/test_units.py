@@ -8,6 +8,7 @@ import pytest
 from serving import codec
 from serving.errors import ServingError, StartupError
 from serving.manifest import load_manifest
+from serving.model import SPIN_MIN_ITEM_SECONDS
 from serving.settings import cgroup_cpu_limit, load_settings
 
 
@@ -110,8 +111,21 @@ def test_warm_up_picks_preferred_batch_and_inline_mode(tmp_path):
     assert tiny.preferred_batch_size in (1, 8, 32) and tiny.run_inline   # microseconds a batch
     slow = warmed("slow", max_batch_size=4, warmup=(1, 4))
     assert slow.preferred_batch_size in (1, 4) and not slow.run_inline   # tens of ms a batch
-    # Spinning (auto): on for a model that runs in the model thread, off for an inline one.
-    assert slow.spinning and not tiny.spinning
+    # Spinning (auto): on for a model that takes milliseconds an item, off for an inline one
+    # and for one that runs in the model thread but takes well under SPIN_MIN_ITEM_SECONDS an
+    # item at its preferred batch size (its many requests keep the event loop busy).
+    brisk = warmed("brisk", max_batch_size=32, warmup=(1, 32))
+    brisk_item = 1 / brisk.warmup_items_per_second[brisk.preferred_batch_size]
+    assert not brisk.run_inline and brisk_item < SPIN_MIN_ITEM_SECONDS / 2, brisk_item
+    slow_item = 1 / slow.warmup_items_per_second[slow.preferred_batch_size]
+    assert slow_item > 2 * SPIN_MIN_ITEM_SECONDS, slow_item
+    assert slow.spinning and not tiny.spinning and not brisk.spinning
+
+    def spins(model) -> str:
+        return model.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning")
+
+    assert (spins(slow), spins(tiny), spins(brisk)) == ("1", "0", "0")
 
 
 def test_intra_op_spinning_setting(tmp_path):
