@@ -549,6 +549,15 @@ def main() -> int:
                     verdicts.append((g >= r, f"mnist-mlp gRPC raw c=32 run {run + 1}: "
                                              f"{g:,.0f} req/s (target >= REST binary "
                                              f"{r:,.0f} req/s of the same run{why})"))
+            if model == "minilm" and compression == "none":
+                # Judged on the median of the runs, the figure the table shows (the issue asks
+                # "in three consecutive runs" of resnet-tiny only, not of minilm).
+                for (lab, enc, c), rs in ratios.items():
+                    if lab == label and c in (8, 32, 64) and enc != "grpc":
+                        each = ", ".join(f"{r:.2f}" for r in rs)
+                        verdicts.append((_median(rs) >= 0.9, f"minilm {enc} c={c}: median "
+                                         f"{_median(rs):.2f} of (a) over {len(rs)} run(s) "
+                                         f"({each}) (target >= 0.9)"))
 
     print()
     for ok, text in verdicts:
@@ -570,9 +579,6 @@ def targets(model, compression, enc, c, p, ratio_a, t8, window_ms, run):
     if model == "mnist-mlp" and c == 32 and enc == "json":
         out.append((p.rps >= 2600, f"mnist-mlp JSON c=32 {tag}: {p.rps:,.0f} req/s "
                                    f"(target >= 2,600)"))
-    if model == "minilm" and compression == "none" and c in (8, 32, 64) and enc != "grpc":
-        out.append((ratio_a >= 0.9, f"minilm {enc} c={c} {tag}: {ratio_a:.2f} of (a) "
-                                    f"(target >= 0.9)"))
     if model == "resnet-tiny" and enc == "binary" and c == 32:
         out.append((ratio_a >= 0.5, f"resnet-tiny binary c=32 {tag}: {ratio_a:.2f} of (a) "
                                     f"(target >= 0.5 in every run)"))
