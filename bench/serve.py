@@ -503,8 +503,11 @@ def main() -> int:
                 # by 10-20% from one minute to the next, and a run is compared with its own.
                 a_items, a_batch, t8, t32, a_again = reference_a(context, manifest, ref_seconds)
                 refs.setdefault(label, ([], b_rps))[0].append((a_items, a_batch, t8))
-                # At least ~8 full batches a point, so slow models get meaningful percentiles.
-                point_seconds = max(seconds, 8 * t32)
+                # At least ~24 full batches a point: a closed loop on a slow model gets its
+                # answers in bursts of a batch (minilm at c=64: 32 every ~0.4 s), so a point
+                # of 5 s holds 12 or 13 bursts depending on where it starts and ends, +-8%;
+                # with 24 the error is half that. It also gives meaningful percentiles.
+                point_seconds = max(seconds, 24 * t32)
                 print(f"   run {run + 1}/{runs}: (a) onnxruntime alone {a_items:,.0f} items/s "
                       f"at batch {a_batch}; batch of 8: {t8 * 1000:.2f} ms", flush=True)
                 log = Path(tmp) / f"server-{label}-{run}.log"
@@ -619,7 +622,7 @@ def markdown(points, ratios, refs, preferred, verdicts, ceilings, seconds, ref_s
         "## Serving (`bench/serve.py`)",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine_line()}; "
-        f"load generator {loadgen} on 127.0.0.1, at least {seconds:g} s a point (8 batches of 32 "
+        f"load generator {loadgen} on 127.0.0.1, at least {seconds:g} s a point (24 batches of 32 "
         f"for slow models), default shedding settings; one request = one item "
         f"(minilm: {SEQ_LEN} tokens). (a) = onnxruntime alone on the same file at its best batch "
         "size (the faster of thread spinning on and off, each timed for "
