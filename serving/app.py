@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from . import routes
+from .connections import CLIENT_GONE
 from .errors import ServingError
 from .hooks import ModelHooks
 from .manifest import Manifest
@@ -188,7 +189,8 @@ class App:
                         self._decoder, request_from_rest, body, header_len, svc.validator)
                 else:
                     request = request_from_rest(body, header_len, svc.validator)
-            response = await svc.infer(request)
+            gone = scope.get("extensions", {}).get(CLIENT_GONE)
+            response = await svc.infer(request, gone)
             if sum(o.data.nbytes for o in response.outputs) >= DECODE_OFF_LOOP_BYTES:
                 out, headers = await asyncio.get_running_loop().run_in_executor(
                     self._decoder, response_to_rest, response)

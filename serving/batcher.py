@@ -14,6 +14,7 @@ import sys
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -40,12 +41,14 @@ def model_failure(e: Exception) -> ServingError:
 
 
 class _Item:
-    __slots__ = ("feeds", "rows", "sig", "future", "t_enqueued", "timer", "counted")
+    __slots__ = ("feeds", "rows", "sig", "future", "t_enqueued", "timer", "counted", "gone")
 
-    def __init__(self, feeds, rows, sig, future, t_enqueued):
+    def __init__(self, feeds, rows, sig, future, t_enqueued, gone):
         self.feeds, self.rows, self.sig = feeds, rows, sig
         self.future, self.t_enqueued, self.timer = future, t_enqueued, None
         self.counted = True        # still counted in Batcher.queued
+        #: True once the client is gone (its connection closed), or None if not known
+        self.gone: Callable[[], bool] | None = gone
 
 
 class Arrival:
@@ -127,8 +130,11 @@ class Batcher:
         finally:
             self.arriving -= 1
 
-    async def submit(self, feeds: dict[str, np.ndarray], rows: int, sig) -> dict[str, np.ndarray]:
-        """Queue one request; return its outputs (rows of the batch's outputs)."""
+    async def submit(self, feeds: dict[str, np.ndarray], rows: int, sig,
+                     gone: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
+        """Queue one request; return its outputs (rows of the batch's outputs). `gone` tells
+        whether the client has gone away: such a request is dropped when its turn comes
+        instead of being computed for nobody."""
         if self.queued >= self.max_queue_size:
             raise ServingError(503, f"server is overloaded: the queue holds {self.queued} "
                                     f"requests (max {self.max_queue_size}, "
@@ -142,7 +148,7 @@ class Batcher:
                                     f"(SERVEDMODEL_QUEUE_TIMEOUT_MS); retry later",
                                reason="queue_timeout", headers=RETRY_AFTER)
         loop = asyncio.get_running_loop()
-        item = _Item(feeds, rows, sig, loop.create_future(), time.perf_counter())
+        item = _Item(feeds, rows, sig, loop.create_future(), time.perf_counter(), gone)
         item.timer = loop.call_later(self.timeout, self._expire, item)
         self.queue.append(item)
         self.queued += 1
@@ -206,6 +212,15 @@ class Batcher:
             if item.future.done():          # expired or cancelled while queued
                 item.timer.cancel()
                 self._uncount(item)
+                continue
+            if item.gone is not None and item.gone():
+                # Its client closed the connection while it waited (a client-side timeout, a
+                # load generator that stopped): minutes of a saturated model's time, for nobody.
+                item.timer.cancel()
+                self._uncount(item)
+                item.future.set_exception(ServingError(
+                    400, "the client closed the connection before its request ran",
+                    reason="abandoned"))
                 continue
             if not batch:
                 batch.append(item)

@@ -40,6 +40,9 @@ PIPELINE_DEPTH = 8
 FEED_BYTES = 64 * 1024
 #: Body idle timeout while draining: a stalled upload must not hold the drain.
 DRAIN_BODY_TIMEOUT = 1.0
+#: ASGI scope extension (`scope["extensions"]`) this layer sets on every request: a function
+#: that tells whether the request's connection has closed (the client went away).
+CLIENT_GONE = "servedmodel.client_gone"
 #: Paths a connection taken from the probe reserve may request.
 PROBE_PATHS = (b"/v2/health/live", b"/v2/health/ready", b"/metrics")
 
@@ -360,6 +363,9 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         self.guard.waiting.pop(self, None)
+        # Before uvicorn builds the request's cycle from this scope: the app can then drop a
+        # queued request whose client has gone (`Batcher.submit`'s `gone`).
+        self.scope.setdefault("extensions", {})[CLIENT_GONE] = self.transport.is_closing
         super().on_headers_complete()
         # A body follows unless the parser already finished the message (no body).
         self._last_body = self.loop.time()

@@ -96,6 +96,14 @@ class _Inference(pb_grpc.GRPCInferenceServiceServicer):
             if auth and svc.auth_required:
                 svc.authorize(_auth_header(context))
             response, extra = await handler()
+        except asyncio.CancelledError:
+            # The client cancelled the call or closed its connection: grpc.aio cancels this
+            # task, which also cancels its place in the batcher's queue (never computed).
+            svc.record("grpc", infer, 400, "abandoned", time.perf_counter() - t0,
+                       {"ts": round(time.time(), 3), "protocol": "grpc", "method": "POST",
+                        "path": f"/inference.GRPCInferenceService/{rpc}", "status": 400,
+                        "grpc_code": grpc.StatusCode.CANCELLED.name, "ms": 0.0})
+            raise
         except ServingError as e:
             status, reason, message = e.status, e.reason, e.message
             code = STATUS_CODES.get(e.status, grpc.StatusCode.INTERNAL)

@@ -9,6 +9,7 @@ import hmac
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -202,9 +203,11 @@ class InferenceService:
             raise ServingError(503, "the model is not ready yet", reason="not_ready",
                                headers=RETRY_AFTER)
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Queue a validated request on the batcher; its outputs as an InferResponse."""
-        results = await self.batcher.submit(request.feeds, request.rows, request.sig)
+    async def infer(self, request: InferRequest,
+                    gone: Callable[[], bool] | None = None) -> InferResponse:
+        """Queue a validated request on the batcher; its outputs as an InferResponse. `gone`:
+        whether the client has gone away (then the request is dropped, not computed)."""
+        results = await self.batcher.submit(request.feeds, request.rows, request.sig, gone)
         return self.validator.response(self.model_name, self.model_version, request, results)
 
     def record(self, protocol: str, is_infer: bool, status: int, reason: str | None,
