@@ -387,15 +387,21 @@ def run_grpc_python(port: int, message: bytes, concurrency: int, seconds: float)
 
 
 def grpc_outcomes(port: int) -> tuple[float, float]:
-    """(gRPC inference requests, of them successful) so far, from /metrics."""
+    """(gRPC inference requests, of them successful) so far, from /metrics; calls the client
+    cancelled (reason "abandoned": h2load's calls in flight when it stops) are not counted."""
     import urllib.request
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     total = ok = 0.0
     for line in text.splitlines():
-        if line.startswith("servedmodel_requests_total{") and 'protocol="grpc"' in line:
+        if 'protocol="grpc"' not in line:
+            continue
+        if line.startswith("servedmodel_requests_total{"):
             value = float(line.rsplit(" ", 1)[1])
             total += value
             ok += value if 'outcome="success"' in line else 0.0
+        elif line.startswith("servedmodel_request_failures_total{") and \
+                'reason="abandoned"' in line:
+            total -= float(line.rsplit(" ", 1)[1])
     return total, ok
 
 
