@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from contexts import write_context
-from serving.v2grpc import grpc_predict_v2_pb2 as pb
-from serving.v2grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+# tritonclient's copy of the V2 messages, as test_grpc.py uses: one process cannot load two
+# copies of the same proto package ("inference").
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 NAME = "test-slower"
 INFER = f"/v2/models/{NAME}/infer"
