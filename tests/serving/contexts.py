@@ -103,9 +103,16 @@ def paced_model():
 
 
 def brisk_model():
-    """slow_model 100 times shallower: a batch of 32 takes milliseconds (not inline) but a row
-    well under the 2 ms under which the model's threads do not spin (SPIN_MIN_ITEM_SECONDS)."""
-    return slow_model(512, 10)
+    """slow_model 50 times shallower: a batch of 32 takes milliseconds (not inline) but a row
+    ~25 times less than the 2 ms under which the model's threads do not spin
+    (SPIN_MIN_ITEM_SECONDS)."""
+    return slow_model(512, 20)
+
+
+def wide_model():
+    """slow_model twice as wide: four times the work a row (~16 ms on 2 CPUs), with as few
+    nodes as slow_model, so it loads as fast."""
+    return slow_model(1024, 1000)
 
 
 def slower_model():
@@ -130,7 +137,7 @@ def gather_model(vocab: int = 100):
                   [("y", "FP32", dims)], [table, axes])
 
 
-MODELS = {"slow": slow_model, "slower": slower_model, "brisk": brisk_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
+MODELS = {"slow": slow_model, "slower": slower_model, "brisk": brisk_model, "wide": wide_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
           "log": log_model, "peak": peak_model, "half": half_model, "flags": flags_model, "gather": gather_model}
 
 
