@@ -76,10 +76,15 @@ class Point:
     served: int = -1         # gRPC: answers the load generator counted as 2xx (-1: not counted)
 
 
+def metrics_text(port: int) -> str:
+    """The server's /metrics exposition text."""
+    import urllib.request
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
 def scrape(port: int) -> tuple[float, float, float]:
     """(compute seconds, batches, rows) so far, from the server's /metrics."""
-    import urllib.request
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    text = metrics_text(port)
     values = {}
     for line in text.splitlines():
         for name in ("servedmodel_compute_duration_seconds_sum", "servedmodel_batch_size_count",
@@ -94,11 +99,10 @@ def wait_until_idle(port: int, timeout: float = 120.0) -> None:
     """Until the server has no request in flight. When a load generator stops, the requests
     it had queued (up to c, about a second of minilm at c=64) are still computed: a point
     started before they are done would count their compute time as its own."""
-    import urllib.request
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
-        m = re.search(rb"^servedmodel_inflight_requests\{[^}]*\} (\S+)$", text, re.M)
+        m = re.search(r"^servedmodel_inflight_requests\{[^}]*\} (\S+)$", metrics_text(port),
+                      re.M)
         if m is None or float(m.group(1)) == 0:
             return
         time.sleep(0.05)
@@ -389,10 +393,8 @@ def run_grpc_python(port: int, message: bytes, concurrency: int, seconds: float)
 def grpc_outcomes(port: int) -> tuple[float, float]:
     """(gRPC inference requests, of them successful) so far, from /metrics; calls the client
     cancelled (reason "abandoned": h2load's calls in flight when it stops) are not counted."""
-    import urllib.request
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     total = ok = 0.0
-    for line in text.splitlines():
+    for line in metrics_text(port).splitlines():
         if 'protocol="grpc"' not in line:
             continue
         if line.startswith("servedmodel_requests_total{"):
@@ -406,8 +408,8 @@ def grpc_outcomes(port: int) -> tuple[float, float]:
 
 
 def measure(port, grpc_port, name, body, c, seconds, workdir) -> Point:
+    """One point on an idle server (the caller waits for it: `wait_until_idle`)."""
     path = f"/v2/models/{name}/infer"
-    wait_until_idle(port)
     before, t0 = scrape(port), time.perf_counter()
     if body[1] == "grpc":
         calls_before = grpc_outcomes(port)
@@ -829,9 +831,7 @@ def abuse_main(args) -> int:
         attacked = asyncio.run(_abuse_phase(port, path, honest, poison, seconds, True, proc.pid))
         time.sleep(3.0)                        # floods over: memory should come back
         rss_after = _rss(proc.pid)
-        import urllib.request
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
-                                         timeout=10).read().decode()
+        metrics = metrics_text(port)
     finally:
         stop_server(proc)
     def by_reason(metric):

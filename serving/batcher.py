@@ -156,6 +156,11 @@ class Batcher:
         self._wakeup.set()
         return await item.future
 
+    def _dequeue(self, item: _Item) -> None:
+        """The item leaves the queue (to run, or dropped): no timeout for it any more."""
+        item.timer.cancel()
+        self._uncount(item)
+
     def _uncount(self, item: _Item) -> None:
         if item.counted:
             item.counted = False
@@ -210,14 +215,12 @@ class Batcher:
         while self.queue:
             item = self.queue.popleft()
             if item.future.done():          # expired or cancelled while queued
-                item.timer.cancel()
-                self._uncount(item)
+                self._dequeue(item)
                 continue
             if item.gone is not None and item.gone():
                 # Its client closed the connection while it waited (a client-side timeout, a
                 # load generator that stopped): minutes of a saturated model's time, for nobody.
-                item.timer.cancel()
-                self._uncount(item)
+                self._dequeue(item)
                 item.future.set_exception(ServingError(
                     400, "the client closed the connection before its request ran",
                     reason="abandoned"))
@@ -271,15 +274,13 @@ class Batcher:
                 rows = self._take(batch, rows)
         for it in batch:
             if it.future.done():
-                it.timer.cancel()
-                self._uncount(it)
+                self._dequeue(it)
         batch = [it for it in batch if not it.future.done()]
         if not batch:
             return
         now = time.perf_counter()
         for it in batch:
-            it.timer.cancel()
-            self._uncount(it)
+            self._dequeue(it)
             self.metrics.queue_duration.observe(now - it.t_enqueued)
         await self._run(batch)
 

@@ -91,19 +91,16 @@ class _Inference(pb_grpc.GRPCInferenceServiceServicer):
         the mapped status code with its message."""
         svc = self.service
         t0 = time.perf_counter()
-        status, reason, extra, response = 200, None, None, None
+        status, reason, extra, response, cancelled = 200, None, None, None, None
         try:
             if auth and svc.auth_required:
                 svc.authorize(_auth_header(context))
             response, extra = await handler()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as e:
             # The client cancelled the call or closed its connection: grpc.aio cancels this
             # task, which also cancels its place in the batcher's queue (never computed).
-            svc.record("grpc", infer, 400, "abandoned", time.perf_counter() - t0,
-                       {"ts": round(time.time(), 3), "protocol": "grpc", "method": "POST",
-                        "path": f"/inference.GRPCInferenceService/{rpc}", "status": 400,
-                        "grpc_code": grpc.StatusCode.CANCELLED.name, "ms": 0.0})
-            raise
+            # Counted and logged like any failed call, then the cancellation goes on.
+            status, reason, code, cancelled = 400, "abandoned", grpc.StatusCode.CANCELLED, e
         except ServingError as e:
             status, reason, message = e.status, e.reason, e.message
             code = STATUS_CODES.get(e.status, grpc.StatusCode.INTERNAL)
@@ -119,6 +116,8 @@ class _Inference(pb_grpc.GRPCInferenceServiceServicer):
         if extra:
             record.update(extra)
         svc.record("grpc", infer, status, reason, time.perf_counter() - t0, record)
+        if cancelled is not None:
+            raise cancelled
         if status != 200:
             if status == 503:
                 context.set_trailing_metadata((("retry-after", "1"),))

@@ -23,6 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def metric_sum(text: str, prefix: str) -> float:
+    """The sum of the /metrics samples whose line starts with `prefix` (a name, or a name and
+    some of its labels)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
 def wait_until_ready(proc: subprocess.Popen, url: str, timeout: float, what: str,
                      output: Callable[[], str]) -> None:
     """Poll `url` until it answers 200; RuntimeError with the process's output if it exits or

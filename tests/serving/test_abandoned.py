@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from contexts import write_context
+from serverkit import metric_sum
 # tritonclient's copy of the V2 messages, as test_grpc.py uses: one process cannot load two
 # copies of the same proto package ("inference").
 from tritonclient.grpc import service_pb2 as pb
@@ -33,23 +34,18 @@ def _body(rows: int) -> bytes:
                                    "data": [0.5] * (rows * WIDTH)}]}).encode()
 
 
-def _metric(text: str, prefix: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(prefix))
-
-
 def _rows_computed(server) -> float:
-    return _metric(httpx.get(server.url + "/metrics").text, "servedmodel_batch_size_sum{")
+    return metric_sum(httpx.get(server.url + "/metrics").text, "servedmodel_batch_size_sum{")
 
 
 def _abandoned(server, protocol: str) -> float:
-    return _metric(httpx.get(server.url + "/metrics").text,
+    return metric_sum(httpx.get(server.url + "/metrics").text,
                    f'servedmodel_request_failures_total{{model="{NAME}",protocol="{protocol}",'
                    f'reason="abandoned"}}')
 
 
 def _inflight(server) -> float:
-    return _metric(httpx.get(server.url + "/metrics").text,
+    return metric_sum(httpx.get(server.url + "/metrics").text,
                    f'servedmodel_inflight_requests{{model="{NAME}"}}')
 
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from inprocess import InProcessServer, SlowModel
+from serverkit import metric_sum
 from serving import create_app
 from serving.manifest import load_manifest
 from serving.settings import Batching, Settings
@@ -82,11 +83,6 @@ def _raw_burst(port: int, n: int, body: bytes, timeout: float = 30.0):
     return [done[i] for i in sorted(done)]
 
 
-def _metric(text, needle):
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(needle))
-
-
 @pytest.mark.parametrize("k", [1, 5])
 def test_full_queue_sheds_exactly_k_with_retry_after(contexts, k):
     app, model = make_app(contexts, seconds=0.6)
@@ -120,8 +116,8 @@ def test_full_queue_sheds_exactly_k_with_retry_after(contexts, k):
         assert seconds < 0.050, f"503 took {seconds * 1000:.1f} ms"
     for r, seconds in probes:
         assert r.status_code == 200 and seconds < 0.25
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
-                            'reason="queue_full"}') == k
+    assert metric_sum(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+                               'protocol="rest",reason="queue_full"}') == k
     assert after.status_code == 200                     # recovered
     assert 'servedmodel_queue_depth{model="test-mlp"} 0' in metrics
 
@@ -145,8 +141,8 @@ def test_queue_timeout_is_a_prompt_503_counted_by_reason(contexts):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "waited in the queue longer than 200 ms" in r.json()["error"]
         assert 0.19 < seconds < 0.5, seconds          # long before the 1.5 s batch ends
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
-                            'reason="queue_timeout"}') == 3
+    assert metric_sum(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+                               'protocol="rest",reason="queue_timeout"}') == 3
 
 
 def test_memory_bounded_and_recovers_after_sustained_overload(contexts):
@@ -204,8 +200,8 @@ def test_request_that_cannot_start_within_the_budget_is_refused_at_once(contexts
     error = refused.json()["error"]
     assert "queue-time budget of 450 ms" in error and "SERVEDMODEL_QUEUE_TIMEOUT_MS" in error
     assert seconds < 0.1, f"the refusal took {seconds * 1000:.0f} ms"
-    assert _metric(metrics, 'servedmodel_request_failures_total{model="test-mlp",protocol="rest",'
-                            'reason="queue_timeout"}') == 1
+    assert metric_sum(metrics, 'servedmodel_request_failures_total{model="test-mlp",'
+                               'protocol="rest",reason="queue_timeout"}') == 1
 
 
 @pytest.mark.slow
@@ -248,10 +244,10 @@ def test_64_closed_loop_clients_see_no_503_with_default_settings(tmp_path, start
     assert len(statuses) >= 2 * 64
     # Real queueing happened: requests waited behind running batches. Relative to the model's
     # own batch time, so the check holds on a fast machine and a loaded one alike.
-    mean_wait = _metric(metrics, "servedmodel_queue_duration_seconds_sum") / _metric(
+    mean_wait = metric_sum(metrics, "servedmodel_queue_duration_seconds_sum") / metric_sum(
         metrics, "servedmodel_queue_duration_seconds_count")
-    mean_batch = _metric(metrics, "servedmodel_compute_duration_seconds_sum") / _metric(
+    mean_batch = metric_sum(metrics, "servedmodel_compute_duration_seconds_sum") / metric_sum(
         metrics, "servedmodel_compute_duration_seconds_count")
     assert mean_wait >= 0.5 * mean_batch, (mean_wait, mean_batch)
-    assert _metric(metrics, 'servedmodel_batch_size_sum') / _metric(
+    assert metric_sum(metrics, 'servedmodel_batch_size_sum') / metric_sum(
         metrics, 'servedmodel_batch_size_count') > 8
