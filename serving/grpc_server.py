@@ -1,9 +1,10 @@
 """The Open Inference Protocol (KServe V2) gRPC front end: `inference.GRPCInferenceService`
-and the standard `grpc.health.v1.Health`, on grpc.aio in the same event loop as REST, so both
-share one `InferenceService` (batcher, limits, auth, metrics, access log, drain).
+and the standard `grpc.health.v1.Health`, on our HTTP/2 layer (`h2c.py`) in the same event
+loop as REST, so both share one `InferenceService` (batcher, limits, auth, metrics, access
+log, drain).
 
-Errors map to status codes as Triton's do (`STATUS_CODES`); message sizes are limited
-explicitly (SERVEDMODEL_MAX_BODY_BYTES both ways; grpc answers RESOURCE_EXHAUSTED above it).
+Errors map to status codes as Triton's do (`h2c.STATUS_OF_HTTP`); message sizes are limited
+explicitly (SERVEDMODEL_MAX_BODY_BYTES both ways: RESOURCE_EXHAUSTED above it).
 """
 from __future__ import annotations
 
@@ -11,82 +12,124 @@ import asyncio
 import sys
 import time
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from google.protobuf.message import DecodeError
 
+from .batcher import Arrival
 from .errors import ServingError, StartupError
-from .grpc_arrivals import CountArrivals, arrived
+from .grpc_health import (NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest,
+                          HealthCheckResponse)
+from .h2c import (CANCELLED, INTERNAL, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, RETRY,
+                  STATUS_NAMES, STATUS_OF_HTTP, Call, GrpcLimits, GrpcListener)
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
+from .settings import Settings
 from .v2grpc import grpc_predict_v2_pb2 as pb
-from .v2grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-#: HTTP-like status of a ServingError -> gRPC status code.
-STATUS_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
+SERVICE = "/inference.GRPCInferenceService/"
+HEALTH = "/grpc.health.v1.Health/"
+#: The one RPC whose calls feed the batcher.
+INFER_METHOD = SERVICE + "ModelInfer"
 #: Health service names: "" and the inference service follow readiness (a readiness probe);
 #: "live" is SERVING while the process runs (a liveness probe must not fail during warm-up).
 READINESS_SERVICES = ("", "inference.GRPCInferenceService")
 LIVENESS_SERVICE = "live"
+#: How often a Watch call looks at the server's state.
+WATCH_SECONDS = 0.1
+#: A gRPC status -> the HTTP-like status the metrics and access log count it as.
+HTTP_OF_STATUS = {CANCELLED: 400, INVALID_ARGUMENT: 400, 4: 408, 5: 404, RESOURCE_EXHAUSTED: 413,
+                  12: 400, INTERNAL: 400, 14: 503, 16: 401}
+#: The calls a connection taken from the reserve over the connection cap may make.
+PROBE_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
+                           SERVICE + "ServerReady"})
 
 
-def _auth_header(context) -> bytes | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value.encode() if isinstance(value, str) else value
-    return None
+def grpc_limits(s: Settings, max_message_bytes: int) -> GrpcLimits:
+    """The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits")."""
+    return GrpcLimits(max_message_bytes=max_message_bytes, max_header_bytes=s.max_header_bytes,
+                      max_headers=s.max_headers, header_timeout=s.header_timeout_seconds,
+                      body_timeout=s.body_timeout_seconds, idle_timeout=s.keep_alive_seconds,
+                      max_connections=s.max_connections, probe_connections=s.probe_connections,
+                      max_calls=s.max_connections)
 
 
-class _Health(health_aio.HealthServicer):
-    """grpc.health.v1.Health whose Check reads the server's state when asked; Watch follows it
-    through `follow` (polled, ~0.1 s behind)."""
+class _Health:
+    """grpc.health.v1.Health: Check reads the server's state when asked; Watch sends it again
+    each time it changes (looked at every WATCH_SECONDS)."""
 
     def __init__(self, service: InferenceService) -> None:
-        super().__init__()
         self.service = service
 
     def status_of(self, name: str):
         if name == LIVENESS_SERVICE:
-            return health_pb2.HealthCheckResponse.SERVING
+            return SERVING
         if name in READINESS_SERVICES:
-            return (health_pb2.HealthCheckResponse.SERVING if self.service.ready
-                    else health_pb2.HealthCheckResponse.NOT_SERVING)
+            return SERVING if self.service.ready else NOT_SERVING
         return None
 
-    async def Check(self, request, context):
+    @staticmethod
+    def _request(call: Call):
+        try:
+            return HealthCheckRequest.FromString(call.message)
+        except DecodeError:
+            call.finish(INVALID_ARGUMENT, "the request is not a grpc.health.v1."
+                                          "HealthCheckRequest")
+            return None
+
+    async def check(self, call: Call) -> None:
+        request = self._request(call)
+        if request is None:
+            return
         status = self.status_of(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"unknown service {request.service[:64]!r}; known: "
-                                f"{', '.join(repr(s) for s in READINESS_SERVICES)}, "
-                                f"{LIVENESS_SERVICE!r}")
-        return health_pb2.HealthCheckResponse(status=status)
+            call.finish(5, f"unknown service {request.service[:64]!r}; known: "
+                           f"{', '.join(repr(s) for s in READINESS_SERVICES)}, "
+                           f"{LIVENESS_SERVICE!r}")
+            return
+        call.send_message(HealthCheckResponse(status=status).SerializeToString())
+        call.finish()
 
-    async def follow(self) -> None:
+    async def watch(self, call: Call) -> None:
+        request = self._request(call)
+        if request is None:
+            return
         last = None
-        while True:
-            ready = self.service.ready
-            if ready != last:
-                for name in READINESS_SERVICES + (LIVENESS_SERVICE,):
-                    await self.set(name, self.status_of(name))
-                last = ready
-            await asyncio.sleep(0.1)
+        while True:       # until the client cancels or the server stops
+            status = self.status_of(request.service)
+            if status is None:
+                status = SERVICE_UNKNOWN
+            if status != last:
+                call.send_message(
+                    HealthCheckResponse(status=status).SerializeToString())
+                last = status
+            await asyncio.sleep(WATCH_SECONDS)
 
 
-class _Inference(pb_grpc.GRPCInferenceServiceServicer):
+class _Inference:
+    """The V2 RPCs. Each parses its request message, runs through `_call` (auth, errors,
+    metrics, access log) and answers one message."""
+
     def __init__(self, service: InferenceService, routes: RouteTable, metadata) -> None:
         self.service = service
         self.routes = routes
         self._model_metadata = metadata
 
-    async def _call(self, rpc: str, context, handler, *, auth: bool, infer: bool = False):
+    def handlers(self) -> dict:
+        def rpc(name: str, message, handler, *, auth: bool = True, infer: bool = False):
+            async def run(call: Call) -> None:
+                await self._call(name, call, message, handler, auth=auth, infer=infer)
+            return SERVICE + name, run
+        return dict((
+            rpc("ServerLive", pb.ServerLiveRequest, self.server_live, auth=False),
+            rpc("ServerReady", pb.ServerReadyRequest, self.server_ready, auth=False),
+            rpc("ModelReady", pb.ModelReadyRequest, self.model_ready),
+            rpc("ServerMetadata", pb.ServerMetadataRequest, self.server_metadata),
+            rpc("ModelMetadata", pb.ModelMetadataRequest, self.model_metadata),
+            rpc("ModelInfer", pb.ModelInferRequest, self.model_infer, infer=True),
+        ))
+
+    async def _call(self, rpc: str, call: Call, message, handler, *, auth: bool,
+                    infer: bool) -> None:
         """Run one RPC: auth, the handler, metrics and the access log; a ServingError becomes
         the mapped status code with its message."""
         svc = self.service
@@ -94,87 +137,90 @@ class _Inference(pb_grpc.GRPCInferenceServiceServicer):
         status, reason, extra, response, cancelled = 200, None, None, None, None
         try:
             if auth and svc.auth_required:
-                svc.authorize(_auth_header(context))
-            response, extra = await handler()
+                svc.authorize(call.header(b"authorization"))
+            try:
+                request = message.FromString(call.message)
+            except DecodeError:
+                raise ServingError(400, f"the request is not a valid inference."
+                                        f"{message.__name__}") from None
+            response, extra = await handler(request, call)
         except asyncio.CancelledError as e:
-            # The client cancelled the call or closed its connection: grpc.aio cancels this
-            # task, which also cancels its place in the batcher's queue (never computed).
-            # Counted and logged like any failed call, then the cancellation goes on.
-            status, reason, code, cancelled = 400, "abandoned", grpc.StatusCode.CANCELLED, e
+            # The client reset the call or closed its connection (or its deadline passed):
+            # the layer cancels this task, which also cancels its place in the batcher's
+            # queue (never computed). Counted and logged like any failed call.
+            status, reason, code, cancelled = 400, "abandoned", CANCELLED, e
         except ServingError as e:
-            status, reason, message = e.status, e.reason, e.message
-            code = STATUS_CODES.get(e.status, grpc.StatusCode.INTERNAL)
+            status, reason, message_text = e.status, e.reason, e.message
+            code = STATUS_OF_HTTP.get(e.status, INTERNAL)
         except Exception as e:  # a bug: answer INTERNAL with a message, keep serving
-            status, reason, code = 500, "internal", grpc.StatusCode.INTERNAL
-            message = f"internal error: {type(e).__name__}"
+            status, reason, code = 500, "internal", INTERNAL
+            message_text = f"internal error: {type(e).__name__}"
             print(f"serving: internal error in gRPC {rpc}: {e!r}", file=sys.stderr)
         record = {"ts": round(time.time(), 3), "protocol": "grpc", "method": "POST",
-                  "path": f"/inference.GRPCInferenceService/{rpc}", "status": status,
-                  "ms": 0.0}
+                  "path": SERVICE + rpc, "status": status, "ms": 0.0}
         if status != 200:
-            record["grpc_code"] = code.name
+            record["grpc_code"] = STATUS_NAMES[code]
         if extra:
             record.update(extra)
         svc.record("grpc", infer, status, reason, time.perf_counter() - t0, record)
         if cancelled is not None:
             raise cancelled
         if status != 200:
-            if status == 503:
-                context.set_trailing_metadata((("retry-after", "1"),))
-            await context.abort(code, message)
-        return response
+            call.finish(code, message_text, RETRY if status == 503 else ())
+            return
+        call.send_message(response.SerializeToString())
+        call.finish()
+
+    def refused(self, call: Call, code: int, message: str, reason: str) -> None:
+        """A call the connection layer answered itself (a limit, a malformed call)."""
+        status = HTTP_OF_STATUS.get(code, 400)
+        record = {"ts": round(time.time(), 3), "protocol": "grpc", "method": "POST",
+                  "path": call.method[:256], "status": status, "ms": 0.0,
+                  "grpc_code": STATUS_NAMES[code]}
+        self.service.record("grpc", call.method == INFER_METHOD, status, reason, 0.0, record)
 
     # -- health and metadata ----------------------------------------------------------------
-    async def ServerLive(self, request, context):
-        async def run():
-            return pb.ServerLiveResponse(live=True), None
-        return await self._call("ServerLive", context, run, auth=False)
+    async def server_live(self, request, call):
+        return pb.ServerLiveResponse(live=True), None
 
-    async def ServerReady(self, request, context):
-        async def run():
-            return pb.ServerReadyResponse(ready=self.service.ready), None
-        return await self._call("ServerReady", context, run, auth=False)
+    async def server_ready(self, request, call):
+        return pb.ServerReadyResponse(ready=self.service.ready), None
 
-    async def ModelReady(self, request, context):
-        async def run():
-            self.routes.check_model(request.name, request.version, bool(request.version))
-            return pb.ModelReadyResponse(ready=self.service.ready), None
-        return await self._call("ModelReady", context, run, auth=True)
+    async def model_ready(self, request, call):
+        self.routes.check_model(request.name, request.version, bool(request.version))
+        return pb.ModelReadyResponse(ready=self.service.ready), None
 
-    async def ServerMetadata(self, request, context):
-        async def run():
-            return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
-                                             extensions=list(EXTENSIONS)), None
-        return await self._call("ServerMetadata", context, run, auth=True)
+    async def server_metadata(self, request, call):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
+                                         extensions=list(EXTENSIONS)), None
 
-    async def ModelMetadata(self, request, context):
-        async def run():
-            self.routes.check_model(request.name, request.version, bool(request.version))
-            return self._model_metadata, None
-        return await self._call("ModelMetadata", context, run, auth=True)
+    async def model_metadata(self, request, call):
+        self.routes.check_model(request.name, request.version, bool(request.version))
+        return self._model_metadata, None
 
     # -- inference --------------------------------------------------------------------------
-    async def ModelInfer(self, request, context):
+    async def model_infer(self, request, call: Call):
         svc = self.service
-
-        async def run():
+        try:
             self.routes.check_model(request.model_name, request.model_version,
                                     bool(request.model_version))
             svc.admit()
-            svc.accepted += 1           # a gRPC message arrives whole: accepted and in flight
-            svc.inflight += 1
+        except ServingError:
+            call.arrived()
+            raise
+        svc.accepted += 1           # a gRPC message arrives whole: accepted and in flight
+        svc.inflight += 1
+        try:
             try:
-                try:
-                    req = request_from_grpc(request, svc.validator)
-                finally:
-                    arrived()           # queued next (or refused): no longer on its way in
-                response = await svc.infer(req)
+                req = request_from_grpc(request, svc.validator)
             finally:
-                svc.accepted -= 1
-                svc.inflight -= 1
-            return (response_to_grpc(response, pb.ModelInferResponse),
-                    {"bytes_in": req.bytes_in, "rows": req.rows})
-        return await self._call("ModelInfer", context, run, auth=True, infer=True)
+                call.arrived()      # queued next (or refused): no longer on its way in
+            response = await svc.infer(req, call.gone)
+        finally:
+            svc.accepted -= 1
+            svc.inflight -= 1
+        return (response_to_grpc(response, pb.ModelInferResponse),
+                {"bytes_in": req.bytes_in, "rows": req.rows})
 
 
 class GrpcFrontEnd:
@@ -185,9 +231,8 @@ class GrpcFrontEnd:
         self.service = service
         self.host, self.port = host, port
         self.max_message_bytes = max_message_bytes
-        self.server: grpc.aio.Server | None = None
+        self.listener: GrpcListener | None = None
         self.bound_port: int | None = None
-        self._follow: asyncio.Task | None = None
 
     def _metadata(self):
         m, svc = self.service.manifest, self.service
@@ -199,44 +244,33 @@ class GrpcFrontEnd:
                                         platform=m.platform, inputs=tensors(m.inputs),
                                         outputs=tensors(m.outputs))
 
+    def _arriving(self, call: Call):
+        """ModelInfer calls count for the batch window (`Batcher.arriving`) from their headers
+        until their message is decoded, as a REST request does while its body is read."""
+        batcher = self.service.batcher
+        if call.method == INFER_METHOD and batcher is not None:
+            return Arrival(batcher).done
+        return None
+
     async def start(self) -> None:
         svc = self.service
-        # Explicit limits both ways (grpc's own default is 4 MB in, unlimited out): the same
-        # bound as a REST body; grpc answers RESOURCE_EXHAUSTED above it before any handler runs.
-        limits = svc.settings
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", self.max_message_bytes),
-            ("grpc.max_send_message_length", self.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            # The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits"):
-            # metadata (headers) size, idle connections closed, a bounded number of calls per
-            # connection; message bytes count against the same body budget as REST.
-            # Both limits: between a soft and a hard limit grpc refuses at random.
-            ("grpc.max_metadata_size", limits.max_header_bytes),
-            ("grpc.absolute_max_metadata_size", limits.max_header_bytes),
-            ("grpc.max_connection_idle_ms", int(limits.keep_alive_seconds * 1000)),
-            ("grpc.max_concurrent_streams", 100),
-        ], maximum_concurrent_rpcs=limits.max_connections,
-            # ModelInfer calls count for the batch window while on their way in
-            interceptors=[CountArrivals(svc)])
-        routes = RouteTable(svc.model_name, svc.model_version)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            _Inference(svc, routes, self._metadata()), self.server)
+        inference = _Inference(svc, RouteTable(svc.model_name, svc.model_version),
+                               self._metadata())
         health = _Health(svc)
-        health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
+        handlers = inference.handlers()
+        handlers[HEALTH + "Check"] = health.check
+        handlers[HEALTH + "Watch"] = health.watch
+        self.listener = GrpcListener(grpc_limits(svc.settings, self.max_message_bytes),
+                                     handlers, metrics=svc.metrics, budget=svc.body_budget,
+                                     arriving=self._arriving, refused=inference.refused,
+                                     probe_methods=PROBE_METHODS)
         address = f"{self.host}:{self.port}"
         try:
-            self.bound_port = self.server.add_insecure_port(address)
-        except RuntimeError as e:
-            raise StartupError(f"gRPC cannot listen on {address}: {e}") from None
-        if not self.bound_port:
-            raise StartupError(f"gRPC cannot listen on {address} (SERVEDMODEL_GRPC_PORT)")
-        await self.server.start()
-        self._follow = asyncio.get_running_loop().create_task(health.follow())
+            self.bound_port = await self.listener.start(self.host, self.port)
+        except OSError as e:
+            raise StartupError(f"gRPC cannot listen on {address}: {e.strerror or e}") from None
 
     async def stop(self, grace: float) -> None:
         """Stop listening; calls still running get `grace` seconds to finish."""
-        if self._follow:
-            self._follow.cancel()
-        if self.server is not None:
-            await self.server.stop(grace)
+        if self.listener is not None:
+            await self.listener.stop(grace)

@@ -433,7 +433,7 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
         text = httpx.get(server.url + "/metrics").text
         return int(text.split('servedmodel_inflight_requests{model="test-slow"} ')[1].split()[0])
 
-    while accepted() < 3:                 # at least one running and two waiting behind it
+    while (n_accepted := accepted()) < 3:     # at least one running and two waiting behind it
         assert time.monotonic() < deadline, "the calls were never accepted"
         time.sleep(0.005)
     t_term = time.monotonic()
@@ -454,7 +454,13 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
     assert late[0][0] == "UNAVAILABLE" and "shutting down" in late[0][2], late
     for t in inflight:
         t.join(30)
-    assert [r[0] for r in results] == ["OK"] * 4 and all(ok for _, ok, _ in results)
+    # Every call accepted before SIGTERM finishes with its outputs; one that had not reached
+    # the server yet (the fourth, on a busy machine) is refused like any new call.
+    codes = [r[0] for r in results]
+    assert len(results) == 4 and codes.count("OK") >= n_accepted, results
+    assert all(ok for _, ok, _ in results)
+    assert all(c == "OK" or (c == "UNAVAILABLE" and "shutting down" in d)
+               for c, _, d in results), results
     server.proc.wait(25)
     assert server.proc.returncode == 0, server.output()[-2000:]
     assert time.monotonic() - t_term < 20
