@@ -109,10 +109,12 @@ class _Inference:
     """The V2 RPCs. Each parses its request message, runs through `_call` (auth, errors,
     metrics, access log) and answers one message."""
 
-    def __init__(self, service: InferenceService, routes: RouteTable, metadata) -> None:
+    def __init__(self, service: InferenceService, routes: RouteTable, metadata,
+                 max_message_bytes: int) -> None:
         self.service = service
         self.routes = routes
         self._model_metadata = metadata
+        self.max_message_bytes = max_message_bytes
 
     def handlers(self) -> dict:
         def rpc(name: str, message, handler, *, auth: bool = True, infer: bool = False):
@@ -134,7 +136,7 @@ class _Inference:
         the mapped status code with its message."""
         svc = self.service
         t0 = time.perf_counter()
-        status, reason, extra, response, cancelled = 200, None, None, None, None
+        status, reason, extra, data, cancelled = 200, None, None, b"", None
         try:
             if auth and svc.auth_required:
                 svc.authorize(call.header(b"authorization"))
@@ -144,6 +146,13 @@ class _Inference:
                 raise ServingError(400, f"the request is not a valid inference."
                                         f"{message.__name__}") from None
             response, extra = await handler(request, call)
+            data = response.SerializeToString()
+            if len(data) > self.max_message_bytes:
+                # The request's limit, the other way too (a client's own default is 4 MiB).
+                raise ServingError(413, f"the response of {len(data)} bytes is larger than max "
+                                        f"({self.max_message_bytes} bytes, "
+                                        f"SERVEDMODEL_MAX_BODY_BYTES)",
+                                   reason="response_too_large")
         except asyncio.CancelledError as e:
             # The client reset the call or closed its connection (or its deadline passed):
             # the layer cancels this task, which also cancels its place in the batcher's
@@ -168,7 +177,7 @@ class _Inference:
         if status != 200:
             call.finish(code, message_text, RETRY if status == 503 else ())
             return
-        call.send_message(response.SerializeToString())
+        call.send_message(data)
         call.finish()
 
     def refused(self, call: Call, code: int, message: str, reason: str) -> None:
@@ -255,7 +264,7 @@ class GrpcFrontEnd:
     async def start(self) -> None:
         svc = self.service
         inference = _Inference(svc, RouteTable(svc.model_name, svc.model_version),
-                               self._metadata())
+                               self._metadata(), self.max_message_bytes)
         health = _Health(svc)
         handlers = inference.handlers()
         handlers[HEALTH + "Check"] = health.check

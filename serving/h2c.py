@@ -342,12 +342,10 @@ class GrpcConnection(asyncio.Protocol):
                 self._expire(call)
             elif not call.ended and not call.discard and call.task is None \
                     and now - call.last_data > limits.body_timeout:
-                self.front.count("body_timeout")
                 self._refuse(call, DEADLINE_EXCEEDED,
                              f"no request bytes for {limits.body_timeout:g} s "
                              f"(SERVEDMODEL_BODY_TIMEOUT_SECONDS)", "body_timeout")
         if self.active == 0 and now - self.last_active > limits.idle_timeout:
-            self.front.count("idle")
             self.goaway(NO_ERROR)
             self.closed = True
             self.transport.close()
@@ -592,13 +590,11 @@ class GrpcConnection(asyncio.Protocol):
         if ctype is None or not ctype.startswith(b"application/grpc"):
             return self._http_refuse(call, b"415", "content-type must be application/grpc")
         if size > limits.max_header_bytes:
-            self.front.count("header_too_large")
             return self._refuse(call, RESOURCE_EXHAUSTED,
                                 f"request metadata of {size} bytes is over the limit of "
                                 f"{limits.max_header_bytes} bytes (SERVEDMODEL_MAX_HEADER_BYTES)",
                                 "header_too_large")
         if len(metadata) > limits.max_headers:
-            self.front.count("too_many_headers")
             return self._refuse(call, RESOURCE_EXHAUSTED,
                                 f"more than {limits.max_headers} metadata entries "
                                 f"(SERVEDMODEL_MAX_HEADERS)", "too_many_headers")
@@ -793,8 +789,8 @@ class GrpcConnection(asyncio.Protocol):
         """Answer a call before its handler runs (a limit or a malformed request); `reason`
         is its label in the failure counter."""
         call.arrived()
+        self.front.refused(call, code, message, reason)     # counted before the client knows
         call.finish(code, message, trailers)
-        self.front.refused(call, code, message, reason)
 
     def _http_refuse(self, call: Call, status: bytes, message: str) -> None:
         """Not a gRPC request at all: a plain HTTP answer (the gRPC spec's rule)."""

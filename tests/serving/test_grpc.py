@@ -526,8 +526,9 @@ def test_grpc_connection_limits_follow_the_rest_settings(contexts, start_server)
         for _ in range(10):     # grpc's own default (8 KiB soft, 16 KiB hard) would let it in
             with pytest.raises(grpc.RpcError) as e:
                 live(pb.ServerLiveRequest(), metadata=[("x-big", "a" * 6000)], timeout=10)
-            assert e.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                      grpc.StatusCode.INTERNAL), e.value
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+            assert "over the limit of 4096 bytes (SERVEDMODEL_MAX_HEADER_BYTES)" in \
+                e.value.details(), e.value.details()
         assert live(pb.ServerLiveRequest(), timeout=10).live        # still serving
         states: list[grpc.ChannelConnectivity] = []
         channel.subscribe(states.append)
@@ -538,3 +539,31 @@ def test_grpc_connection_limits_follow_the_rest_settings(contexts, start_server)
     assert states[0] == grpc.ChannelConnectivity.READY
     # The server's GOAWAY after ~1 s idle takes the channel out of READY, without a call.
     assert grpc.ChannelConnectivity.IDLE in states[1:], states
+
+
+def test_a_response_over_the_message_limit_is_refused(tmp_path, start_server):
+    """The message limit holds for answers too: flags' raw answer is 13 bytes an element
+    against 5 in, so 200 rows fit in 4 KiB and their answer does not."""
+    from contexts import write_context
+
+    ctx = write_context(tmp_path / "flags", "flags", name="test-flags", max_batch_size=256)
+    server = start_server(ctx, {"SERVEDMODEL_MAX_BODY_BYTES": "4096",
+                                "SERVEDMODEL_LOG_LEVEL": "info"}, grpc=True)
+    req = pb.ModelInferRequest(model_name="test-flags")
+    req.inputs.add(name="x", datatype="FP32", shape=[200, 3])
+    req.inputs.add(name="m", datatype="BOOL", shape=[200, 3])
+    req.raw_input_contents.extend([np.ones((200, 3), np.float32).tobytes(),
+                                   np.ones((200, 3), np.bool_).tobytes()])
+    with pytest.raises(grpc.RpcError) as e:
+        stub(server).ModelInfer(req, timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "the response of" in e.value.details() and "larger than max (4096 bytes" in \
+        e.value.details()
+    text = httpx.get(server.url + "/metrics").text
+    assert 'protocol="grpc",reason="response_too_large"' in text
+    small = pb.ModelInferRequest(model_name="test-flags")       # and the next call is served
+    small.inputs.add(name="x", datatype="FP32", shape=[1, 3])
+    small.inputs.add(name="m", datatype="BOOL", shape=[1, 3])
+    small.raw_input_contents.extend([np.ones((1, 3), np.float32).tobytes(),
+                                     np.ones((1, 3), np.bool_).tobytes()])
+    assert len(stub(server).ModelInfer(small, timeout=10).raw_output_contents) == 3
