@@ -415,13 +415,14 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
 
     # 2. drain: calls accepted (one running, others queued), then SIGTERM
     results = []
-    # Connected channels and a barrier: the 4 calls reach the server together, so they overlap
+    # Connected channels and a barrier: the 3 calls reach the server together, so they overlap
     # even when the model is fast (a fresh channel's handshake would otherwise space them out
-    # by more than one call's run time on an idle machine).
-    channels = [grpc.insecure_channel(server.grpc_url) for _ in range(4)]
+    # by more than one call's run time on an idle machine). 3, not 4: arriving together, all
+    # of them may be queued before the worker takes the first, and the queue holds 3.
+    channels = [grpc.insecure_channel(server.grpc_url) for _ in range(3)]
     for channel in channels:
         grpc.channel_ready_future(channel).result(timeout=10)
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(3)
     inflight = [threading.Thread(target=_call, args=(server, rng.random(512, dtype=np.float32), results, lock,
                                                      pb_grpc.GRPCInferenceServiceStub(channel), barrier))
                 for channel in channels]
@@ -433,7 +434,7 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
         text = httpx.get(server.url + "/metrics").text
         return int(text.split('servedmodel_inflight_requests{model="test-slow"} ')[1].split()[0])
 
-    while (n_accepted := accepted()) < 3:     # at least one running and two waiting behind it
+    while (n_accepted := accepted()) < 2:     # at least one running and one waiting behind it
         assert time.monotonic() < deadline, "the calls were never accepted"
         time.sleep(0.005)
     t_term = time.monotonic()
@@ -455,9 +456,9 @@ def test_shedding_unavailable_and_sigterm_drains_grpc(tmp_path, start_server):
     for t in inflight:
         t.join(30)
     # Every call accepted before SIGTERM finishes with its outputs; one that had not reached
-    # the server yet (the fourth, on a busy machine) is refused like any new call.
+    # the server yet (on a busy machine) is refused like any new call.
     codes = [r[0] for r in results]
-    assert len(results) == 4 and codes.count("OK") >= n_accepted, results
+    assert len(results) == 3 and codes.count("OK") >= n_accepted, results
     assert all(ok for _, ok, _ in results)
     assert all(c == "OK" or (c == "UNAVAILABLE" and "shutting down" in d)
                for c, _, d in results), results
