@@ -302,9 +302,10 @@ class GrpcConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        # A call whose handler still runs stays in `calls` until the handler ends: `_settle`
+        # then gives back its budget and its arrival.
         for call in list(self.calls.values()):
             self._abandon(call)
-        self.calls.clear()
         self.blocked.clear()
 
     def pause_writing(self) -> None:
@@ -581,6 +582,7 @@ class GrpcConnection(asyncio.Protocol):
                 metadata.append((name, value))
         call = Call(self, sid, (path or b"").decode("latin-1"), metadata,
                     self.front.budget())
+        call.ended = end          # (a refusal below must not reset a stream the client closed)
         self.calls[sid] = call
         self.active += 1
         call.probe_only = self.probe_only
@@ -683,7 +685,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _end_request(self, call: Call) -> None:
         call.ended = True
-        if call.discard or call.done:
+        if call.discard or call.done or call.status is not None:
             return
         body = call.chunks[0] if len(call.chunks) == 1 else b"".join(call.chunks)
         call.chunks = []
@@ -729,6 +731,9 @@ class GrpcConnection(asyncio.Protocol):
     def flush(self, call: Call) -> None:
         """Write what the call has queued, as far as the flow-control windows allow."""
         if self.closed or call.done:
+            return
+        if self.transport.is_closing():
+            self.closed = True
             return
         out = []
         if not call.head_sent:
@@ -815,11 +820,15 @@ class GrpcConnection(asyncio.Protocol):
         self._settle(call)
 
     def _expire(self, call: Call) -> None:
-        """The call's grpc-timeout has passed: DEADLINE_EXCEEDED, and its handler stops."""
+        """The call's grpc-timeout has passed: DEADLINE_EXCEEDED, and its handler stops (it
+        counts the call); a call still receiving its message is refused here."""
+        message = "deadline exceeded (grpc-timeout)"
         call.pending.clear()
-        if call.task is not None:
+        if call.task is None:
+            self._refuse(call, DEADLINE_EXCEEDED, message, "deadline_exceeded")
+        else:
             call.task.cancel()
-        call.finish(DEADLINE_EXCEEDED, "deadline exceeded (grpc-timeout)")
+            call.finish(DEADLINE_EXCEEDED, message)
         call.discard = True
 
 

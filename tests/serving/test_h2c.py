@@ -469,7 +469,19 @@ def test_request_bytes_are_held_against_the_budget():
         c.send(h2c.RST_STREAM, 0, 1, struct.pack(">I", h2c.CANCEL))   # gives its 80 back
         c.call(5, ECHO, b"z" * 50)
         assert c.response(5)[0] == _message(b"z" * 50)
-    assert held["bytes"] == 0
+        # a call whose handler runs when its connection closes gives its bytes back too
+        d = RawClient(port)
+        d.call(1, SLOW, b"10")
+        deadline = time.monotonic() + 5
+        while held["bytes"] != 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held["bytes"] == 7
+        d.close()
+        while held["bytes"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held["bytes"] == 0
+        c.call(7, ECHO, b"w" * 90)                    # and the whole budget is there again
+        assert c.response(7)[0] == _message(b"w" * 90)
 
 
 # -- the batch window, cancellation, stop ----------------------------------------------------
@@ -511,6 +523,16 @@ def test_arrival_runs_from_headers_to_message():
         c.send(h2c.RST_STREAM, 0, 3, struct.pack(">I", h2c.CANCEL))
         c.call(5, ECHO, b"n")
         assert c.response(5)[0] == _message(b"n")
+        assert arriving["n"] == 0
+        # a connection closed while its call is on its way in
+        d = RawClient(port)
+        d.send(h2c.HEADERS, h2c.END_HEADERS, 1, d.block(ECHO))
+        deadline = time.monotonic() + 5
+        while arriving["n"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        d.close()
+        while arriving["n"] and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert arriving["n"] == 0
 
 
