@@ -29,6 +29,13 @@ RETRY_AFTER = [(b"retry-after", b"1")]
 
 #: Seconds between two stderr lines about model failures (a caller can cause one a request).
 FAILURE_LOG_SECONDS = 10.0
+#: The most a batch waits for the clients of the batch before it to come back, as a share of
+#: that batch's run time (and never longer than the queue delay). A closed-loop client sends
+#: its next request a millisecond or two after its answer; without this wait, 8 such clients of
+#: a model whose batch takes 40 ms split into two batches of 4 that take turns (each starts
+#: with the requests that came during the other), and batches of 4 cost more an item than 8.
+#: 5% of a 40 ms batch is 2 ms, enough for them; of a 3 ms batch, 0.15 ms: too short to cost.
+RETURN_WAIT_SHARE = 0.05
 
 
 def model_failure(e: Exception) -> ServingError:
@@ -82,6 +89,10 @@ class Batcher:
         self.running = 0           # requests in the batch the model runs now
         self.queued_rows = 0       # rows of the live items in `queue`
         self.running_rows = 0      # rows of the batch the model runs now
+        self.last_rows = 0         # rows of the last batch that ran
+        self.last_seconds = 0.0    # its run time
+        self.last_done = 0.0       # when its answers were handed out (loop time)
+        self.rows_since = 0        # rows submitted since then
         #: smoothed seconds one batch of n rows takes, per n seen (warm-up, then live batches)
         self.batch_seconds: dict[int, float] = {}
         self._run_started = 0.0
@@ -153,6 +164,7 @@ class Batcher:
         self.queue.append(item)
         self.queued += 1
         self.queued_rows += rows
+        self.rows_since += rows
         self._wakeup.set()
         return await item.future
 
@@ -272,6 +284,17 @@ class Batcher:
                 except asyncio.TimeoutError:
                     pass
                 rows = self._take(batch, rows)
+            until = self.return_wait_until()
+            while rows < self.max_rows and self.rows_since < self.last_rows:
+                left = until - loop.time()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except asyncio.TimeoutError:
+                    pass
+                rows = self._take(batch, rows)
         for it in batch:
             if it.future.done():
                 self._dequeue(it)
@@ -283,6 +306,13 @@ class Batcher:
             self._dequeue(it)
             self.metrics.queue_duration.observe(now - it.t_enqueued)
         await self._run(batch)
+
+    def return_wait_until(self) -> float:
+        """Until when (loop time) a batch may wait for the clients of the last batch: while
+        fewer rows than it had came since it ended (RETURN_WAIT_SHARE)."""
+        if self.rows_since >= self.last_rows:
+            return 0.0
+        return self.last_done + min(self.window, RETURN_WAIT_SHARE * self.last_seconds)
 
     def _log_failure(self, e: Exception) -> None:
         """One stderr line per FAILURE_LOG_SECONDS at most: a caller who makes the model fail
@@ -359,6 +389,8 @@ class Batcher:
         self.batch_seconds[rows] = elapsed if before is None else 0.8 * before + 0.2 * elapsed
         self.metrics.compute_duration.observe(elapsed)
         self.metrics.batch_size.observe(rows)
+        self.last_rows, self.last_seconds, self.rows_since = rows, elapsed, 0
+        self.last_done = asyncio.get_running_loop().time()
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(outputs)
