@@ -272,29 +272,12 @@ class Batcher:
         if not batch:
             return
         if self.batching and rows < self.max_rows and self.window > 0:
-            deadline = loop.time() + self.window
-            # Wait for more only while requests are still on their way in.
-            while rows < self.max_rows and self.arriving > 0:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), left)
-                except asyncio.TimeoutError:
-                    pass
-                rows = self._take(batch, rows)
-            until = self.return_wait_until()
-            while rows < self.max_rows and self.rows_since < self.last_rows:
-                left = until - loop.time()
-                if left <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), left)
-                except asyncio.TimeoutError:
-                    pass
-                rows = self._take(batch, rows)
+            # Wait for more only while requests are still on their way in, then (briefly) for
+            # the clients of the last batch.
+            rows = await self._gather(batch, rows, loop.time() + self.window,
+                                      lambda: self.arriving > 0)
+            rows = await self._gather(batch, rows, self.return_wait_until(),
+                                      lambda: self.rows_since < self.last_rows)
         for it in batch:
             if it.future.done():
                 self._dequeue(it)
@@ -306,6 +289,23 @@ class Batcher:
             self._dequeue(it)
             self.metrics.queue_duration.observe(now - it.t_enqueued)
         await self._run(batch)
+
+    async def _gather(self, batch: list[_Item], rows: int, until: float,
+                      more: Callable[[], bool]) -> int:
+        """Take newly queued requests into `batch` while `more()` and before `until` (loop
+        time); the batch's rows."""
+        loop = asyncio.get_running_loop()
+        while rows < self.max_rows and more():
+            left = until - loop.time()
+            if left <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+            rows = self._take(batch, rows)
+        return rows
 
     def return_wait_until(self) -> float:
         """Until when (loop time) a batch may wait for the clients of the last batch: while
