@@ -243,7 +243,7 @@ class GrpcConnection(asyncio.Protocol):
     def __init__(self, front: "GrpcListener") -> None:
         self.front = front
         self.limits = front.limits
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.preface = False
