@@ -61,8 +61,12 @@ CONNECTION_WINDOW = 1 << 24
 #: Frames that produce nothing for a call (PING, SETTINGS, empty DATA, PRIORITY, RST of a
 #: closed stream...) a connection may send in a row before it is cut off (flood protection).
 MAX_IDLE_FRAMES = 10_000
-#: Header blocks whose decoded lists a connection keeps (`GrpcConnection._decode`).
-DECODED_BLOCKS = 32
+#: Header blocks whose decoded lists a connection keeps (`GrpcConnection._decode`), and the
+#: largest block kept: a client's repeated block is a few dozen bytes once its fields are
+#: indexed; bigger ones are decoded each time, so a client cannot make each of its connections
+#: hold much (8 x 256 bytes of block, each at most 256 fields).
+DECODED_BLOCKS = 8
+DECODED_BLOCK_BYTES = 256
 #: Calls a client may reset within one TICK before it is cut off (the "rapid reset" flood).
 MAX_RESETS_PER_TICK = 500
 #: Seconds between a connection's checks of its timers (idle, header, stalled calls).
@@ -624,6 +628,8 @@ class GrpcConnection(asyncio.Protocol):
         headers = self.decoder.decode(block, raw=True)     # always: the table is shared
         after = (len(entries), entries[0] if entries else None, table.maxsize)
         if before[0] == after[0] and before[1] is after[1] and before[2] == after[2]:
+            if len(block) > DECODED_BLOCK_BYTES:
+                return headers
             if len(self.decoded) >= DECODED_BLOCKS:
                 self.decoded.clear()
             self.decoded[block] = headers
