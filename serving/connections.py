@@ -58,6 +58,13 @@ class ConnectionLimits:
     max_connections: int = Settings.max_connections
     probe_connections: int = Settings.probe_connections
 
+    @classmethod
+    def from_settings(cls, s: Settings):
+        return cls(max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
+                   header_timeout=s.header_timeout_seconds, body_timeout=s.body_timeout_seconds,
+                   keep_alive=s.keep_alive_seconds, max_connections=s.max_connections,
+                   probe_connections=s.probe_connections)
+
 
 def _error(status: int, phrase: str, message: str, *, retry: bool = False) -> bytes:
     """A whole HTTP/1.1 response with our JSON error body, for answers written by the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from dataclasses import replace
 
 from google.protobuf.message import DecodeError
 
@@ -18,8 +19,9 @@ from .batcher import Arrival
 from .errors import ServingError, StartupError
 from .grpc_health import (NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest,
                           HealthCheckResponse)
-from .h2c import (CANCELLED, INTERNAL, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, RETRY,
-                  STATUS_NAMES, STATUS_OF_HTTP, Call, GrpcLimits, GrpcListener)
+from .h2c import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
+                  RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP, UNAUTHENTICATED,
+                  UNAVAILABLE, UNIMPLEMENTED, Call, GrpcLimits, GrpcListener)
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
@@ -37,8 +39,9 @@ LIVENESS_SERVICE = "live"
 #: How often a Watch call looks at the server's state.
 WATCH_SECONDS = 0.1
 #: A gRPC status -> the HTTP-like status the metrics and access log count it as.
-HTTP_OF_STATUS = {CANCELLED: 400, INVALID_ARGUMENT: 400, 4: 408, 5: 404, RESOURCE_EXHAUSTED: 413,
-                  12: 400, INTERNAL: 400, 14: 503, 16: 401}
+HTTP_OF_STATUS = {CANCELLED: 400, INVALID_ARGUMENT: 400, DEADLINE_EXCEEDED: 408, NOT_FOUND: 404,
+                  RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 400, INTERNAL: 400, UNAVAILABLE: 503,
+                  UNAUTHENTICATED: 401}
 #: The calls a connection taken from the reserve over the connection cap may make.
 PROBE_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
                            SERVICE + "ServerReady"})
@@ -46,11 +49,18 @@ PROBE_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "Server
 
 def grpc_limits(s: Settings, max_message_bytes: int) -> GrpcLimits:
     """The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits")."""
-    return GrpcLimits(max_message_bytes=max_message_bytes, max_header_bytes=s.max_header_bytes,
-                      max_headers=s.max_headers, header_timeout=s.header_timeout_seconds,
-                      body_timeout=s.body_timeout_seconds, idle_timeout=s.keep_alive_seconds,
-                      max_connections=s.max_connections, probe_connections=s.probe_connections,
-                      max_calls=s.max_connections)
+    return replace(GrpcLimits.from_settings(s), max_message_bytes=max_message_bytes,
+                   max_calls=s.max_connections)
+
+
+def _log_record(path: str, status: int, code: int | None) -> dict:
+    """A gRPC call's access-log line (its duration is filled in by `InferenceService.record`);
+    `code`: the gRPC status of a failed call."""
+    record = {"ts": round(time.time(), 3), "protocol": "grpc", "method": "POST", "path": path,
+              "status": status, "ms": 0.0}
+    if code is not None:
+        record["grpc_code"] = STATUS_NAMES[code]
+    return record
 
 
 class _Health:
@@ -82,7 +92,7 @@ class _Health:
             return
         status = self.status_of(request.service)
         if status is None:
-            call.finish(5, f"unknown service {request.service[:64]!r}; known: "
+            call.finish(NOT_FOUND, f"unknown service {request.service[:64]!r}; known: "
                            f"{', '.join(repr(s) for s in READINESS_SERVICES)}, "
                            f"{LIVENESS_SERVICE!r}")
             return
@@ -165,10 +175,7 @@ class _Inference:
             status, reason, code = 500, "internal", INTERNAL
             message_text = f"internal error: {type(e).__name__}"
             print(f"serving: internal error in gRPC {rpc}: {e!r}", file=sys.stderr)
-        record = {"ts": round(time.time(), 3), "protocol": "grpc", "method": "POST",
-                  "path": SERVICE + rpc, "status": status, "ms": 0.0}
-        if status != 200:
-            record["grpc_code"] = STATUS_NAMES[code]
+        record = _log_record(SERVICE + rpc, status, code if status != 200 else None)
         if extra:
             record.update(extra)
         svc.record("grpc", infer, status, reason, time.perf_counter() - t0, record)
@@ -183,10 +190,8 @@ class _Inference:
     def refused(self, call: Call, code: int, message: str, reason: str) -> None:
         """A call the connection layer answered itself (a limit, a malformed call)."""
         status = HTTP_OF_STATUS.get(code, 400)
-        record = {"ts": round(time.time(), 3), "protocol": "grpc", "method": "POST",
-                  "path": call.method[:256], "status": status, "ms": 0.0,
-                  "grpc_code": STATUS_NAMES[code]}
-        self.service.record("grpc", call.method == INFER_METHOD, status, reason, 0.0, record)
+        self.service.record("grpc", call.method == INFER_METHOD, status, reason, 0.0,
+                            _log_record(call.method[:256], status, code))
 
     # -- health and metadata ----------------------------------------------------------------
     async def server_live(self, request, call):

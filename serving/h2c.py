@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from hpack import Decoder, HPACKError
 
+from .connections import ConnectionLimits
 from .errors import ServingError
 from .settings import Settings
 
@@ -150,18 +151,12 @@ def parse_timeout(value: bytes) -> float | None:
 
 
 @dataclass(frozen=True)
-class GrpcLimits:
-    """Limits of the gRPC connection layer; the defaults are the server settings' (stated
-    there). `max_streams`: concurrent calls a connection may make; `max_calls`: in all."""
+class GrpcLimits(ConnectionLimits):
+    """The REST connection layer's limits (`keep_alive`: an idle connection's GOAWAY) and
+    gRPC's own: the message size, `max_streams` concurrent calls a connection may make,
+    `max_calls` in all. The defaults are the server settings' (stated there)."""
     max_message_bytes: int = Settings.max_body_bytes
-    max_header_bytes: int = Settings.max_header_bytes
-    max_headers: int = Settings.max_headers
-    header_timeout: float = Settings.header_timeout_seconds
-    body_timeout: float = Settings.body_timeout_seconds
-    idle_timeout: float = Settings.keep_alive_seconds
     max_streams: int = 100
-    max_connections: int = Settings.max_connections
-    probe_connections: int = Settings.probe_connections
     max_calls: int = Settings.max_connections
 
 
@@ -350,7 +345,7 @@ class GrpcConnection(asyncio.Protocol):
                 self._refuse(call, DEADLINE_EXCEEDED,
                              f"no request bytes for {limits.body_timeout:g} s "
                              f"(SERVEDMODEL_BODY_TIMEOUT_SECONDS)", "body_timeout")
-        if self.active == 0 and now - self.last_active > limits.idle_timeout:
+        if self.active == 0 and now - self.last_active > limits.keep_alive:
             self.goaway(NO_ERROR)
             self.closed = True
             self.transport.close()

@@ -17,7 +17,6 @@ import uvicorn
 
 from .app import App
 from .connections import ConnectionGuard, ConnectionLimits, protocol_factory
-from .settings import Settings
 
 #: File descriptors kept for everything but client connections (model files, logs, pipes).
 FD_MARGIN = 64
@@ -67,14 +66,6 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def connection_limits(s: Settings) -> ConnectionLimits:
-    return ConnectionLimits(max_header_bytes=s.max_header_bytes, max_headers=s.max_headers,
-                            header_timeout=s.header_timeout_seconds,
-                            body_timeout=s.body_timeout_seconds, keep_alive=s.keep_alive_seconds,
-                            max_connections=s.max_connections,
-                            probe_connections=s.probe_connections)
-
-
 def ensure_descriptors(limits: ConnectionLimits) -> ConnectionLimits:
     """Raise the soft open-files limit so the connection cap, not the kernel, refuses first.
     When the hard limit is too low for the cap, the cap is lowered to fit (one line on
@@ -98,7 +89,7 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
     # The model thread needs the GIL for a moment before and after each batch; while the event
     # loop decodes requests it would wait up to the 5 ms default switch interval each time.
     sys.setswitchinterval(0.001)
-    limits = ensure_descriptors(connection_limits(app.settings))
+    limits = ensure_descriptors(ConnectionLimits.from_settings(app.settings))
     guard = ConnectionGuard(limits, app.service.metrics)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
                             http=protocol_factory(guard), lifespan="on", access_log=False,

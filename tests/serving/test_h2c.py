@@ -406,7 +406,7 @@ def test_metadata_and_message_limits_answer_early():
 
 def test_stalled_requests_idle_connections_and_slow_readers():
     refusals = []
-    with serve(body_timeout=0.5, idle_timeout=1.0, refused=lambda call, code, message, reason:
+    with serve(body_timeout=0.5, keep_alive=1.0, refused=lambda call, code, message, reason:
                refusals.append(reason)) as (listener, port):
         c = RawClient(port)
         c.send(h2c.HEADERS, h2c.END_HEADERS, 1, c.block(ECHO))
