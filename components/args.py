@@ -20,12 +20,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import pulumi
 
-from components.specs import ROLLOUT_SURGE
-from components.gpus import GPUS_PER_INSTANCE, instance_family, unsupported_reason
-from models.contract import DRAIN_SECONDS, PORT as SERVER_PORT
-from models.loader import is_model_ref
-from models.spec import COMPRESSIONS
-from models.zoo import ZOO as _MODEL_ZOO  # name -> factory; importing it loads no torch
+from .specs import ROLLOUT_SURGE
+from .gpus import GPUS_PER_INSTANCE, instance_family, unsupported_reason
+from servedmodel.models.contract import DRAIN_SECONDS, PORT as SERVER_PORT
+from servedmodel.models.loader import is_model_ref
+from servedmodel.models.spec import COMPRESSIONS
+from servedmodel.models.zoo import ZOO as _MODEL_ZOO  # name -> factory; importing it loads no torch
 
 ZOO = tuple(_MODEL_ZOO)
 TARGETS = ("docker", "kubernetes")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from components.gpus import UNSUPPORTED_GPU_FAMILIES
-from components.settings import AMI_TYPES, GPUS_PER_INSTANCE, ROLLOUT_SURGE
+from .gpus import UNSUPPORTED_GPU_FAMILIES
+from .settings import AMI_TYPES, GPUS_PER_INSTANCE, ROLLOUT_SURGE
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import karpenter, keda
+from . import karpenter, keda
 
 
 class KarpenterGpuPool(pulumi.ComponentResource):

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from components import specs
-from components.args import (_AMI_ALIAS, _AWS_ID, _BUDGET_NODES, _KARPENTER_DURATION, CAPACITY_TYPES,
+from . import specs
+from .args import (_AMI_ALIAS, _AWS_ID, _BUDGET_NODES, _KARPENTER_DURATION, CAPACITY_TYPES,
                              CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS)
 
 API_NODEPOOL = "karpenter.sh/v1"

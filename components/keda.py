@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from components import specs
-from components.args import KEDA_METRICS as METRICS
+from . import specs
+from .args import KEDA_METRICS as METRICS
 
 API_SCALEDOBJECT = "keda.sh/v1alpha1"
 API_HTTPSCALEDOBJECT = "http.keda.sh/v1alpha1"

@@ -8,7 +8,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
-from components import specs
+from . import specs
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import monitoring, specs
-from components.monitoring import MonitoringArgs, Scope
+from . import monitoring, specs
+from .monitoring import MonitoringArgs, Scope
 
 MONITORING_API_VERSION = "monitoring.coreos.com/v1"
 

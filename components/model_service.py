@@ -7,9 +7,9 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import canary, specs
-from components.args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
-from components.timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
+from . import canary, specs
+from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
 
 @dataclass

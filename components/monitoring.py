@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from components.args import MonitoringArgs
-from components.specs import INFLIGHT_METRIC
+from .args import MonitoringArgs
+from .specs import INFLIGHT_METRIC
 
 
 # The server's metrics (docs/protocol.md); every series has the label `model`.

@@ -7,16 +7,16 @@ from typing import Any, Optional
 
 import pulumi
 
-from components import coldstart, karpenter, keda, specs
-from components.args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
-from components.elastic import KarpenterGpuPool, KedaScaling
-from components.timeouts import ReadinessTimeouts, readiness_timeouts
-from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
-from components.local_service import LocalService, LocalServiceArgs
-from components.model_image import ModelImage, ModelImageArgs
-from components.model_monitoring import ModelMonitoring, ModelMonitoringArgs
-from components.model_service import ModelService, ModelServiceArgs
-from components.monitoring import Scope
+from . import coldstart, karpenter, keda, specs
+from .args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
+from .elastic import KarpenterGpuPool, KedaScaling
+from .timeouts import ReadinessTimeouts, readiness_timeouts
+from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
+from .local_service import LocalService, LocalServiceArgs
+from .model_image import ModelImage, ModelImageArgs
+from .model_monitoring import ModelMonitoring, ModelMonitoringArgs
+from .model_service import ModelService, ModelServiceArgs
+from .monitoring import Scope
 
 
 def _portable(path: Path) -> str:
@@ -65,7 +65,7 @@ class ServedModel(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ServedModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ServedModel", name, None, opts)
-        import models  # the offline world; imported here so `components` loads without torch
+        import servedmodel.models as models  # the offline world; imported here so `components` loads without torch
 
         entry, res = args.model, args.resources
         try:

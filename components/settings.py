@@ -16,12 +16,12 @@ from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 
-from components.args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
+from .args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
                              TARGETS, ZOO, ArgsError, AutoscalingArgs, ElasticArgs, ModelArgs, MonitoringArgs,
                              NetworkArgs, NodePoolArgs, Problem, RegistryArgs, ResourcesArgs, RolloutArgs,
                              ServedModelArgs, ServerArgs, canary_scaling_problems, cross_group_problems,
                              delivery_problems, elastic_problems)
-from models.spec import COMPRESSIONS
+from servedmodel.models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
 

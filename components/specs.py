@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from models import contract  # the server's contract values, read as data from serving/contract.py
+from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import canary, monitoring, specs
+from servedmodel.components import canary, monitoring, specs
 from pulumi_harness import TEST_SECRET, kubernetes_manifest, run_program, stack_file
 from test_settings import problems
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from components import config_doc
-from components.settings import PROJECT_KEYS, STACK_ONLY_KEYS
+from servedmodel.components import config_doc
+from servedmodel.components.settings import PROJECT_KEYS, STACK_ONLY_KEYS
 from pulumi_harness import STACKS, project_config, stack_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +40,8 @@ def test_stack_files_use_only_known_keys():
 
 def test_model_and_compression_descriptions_name_every_choice():
     """The reference lists what the loader accepts: every zoo model, every compression."""
-    from models.spec import COMPRESSIONS
-    from models.zoo import ZOO
+    from servedmodel.models.spec import COMPRESSIONS
+    from servedmodel.models.zoo import ZOO
 
     config = project_config()
     described = {key: config[f"servedmodel:{key}"]["description"] for key in ("model", "compression")}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
-from components.settings import _FIELDS, parse_settings
+from servedmodel.components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
+from servedmodel.components.settings import _FIELDS, parse_settings
 from pulumi_harness import project_config
 from test_settings import problems, raw_for
 
@@ -90,8 +90,8 @@ def test_karpenter_defaults_are_stated_once():
 
     import yaml
 
-    from components.args import KARPENTER_DEFAULTS, ElasticArgs
-    from components.karpenter import KarpenterPoolArgs
+    from servedmodel.components.args import KARPENTER_DEFAULTS, ElasticArgs
+    from servedmodel.components.karpenter import KarpenterPoolArgs
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())
     config = schema["config"]

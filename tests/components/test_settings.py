@@ -6,8 +6,8 @@ import json
 import pulumi
 import pytest
 
-from components.args import ArgsError, ModelArgs
-from components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
+from servedmodel.components.args import ArgsError, ModelArgs
+from servedmodel.components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
 from pulumi_harness import STACKS, merged_config, project_config
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from components import specs
+from servedmodel.components import specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kubernetes_manifest
 from tests.crds.validate import validate_custom_resource
 
@@ -393,7 +393,7 @@ def test_the_stack_metric_allowance_reaches_models_build(model_cache, monkeypatc
     """servedmodel:maxMetricDrop is what ServedModel passes to models.build (issue 13). The
     recorder hands the real build every other argument, so the rest of the program runs on the
     session's cached build (models/ tests cover what the allowance does inside the build)."""
-    import models
+    import servedmodel.models as models
     from pulumi_harness import run_program
 
     real_build, calls = models.build, []

@@ -15,9 +15,9 @@ import grpc
 import pytest
 from hpack import Decoder, Encoder
 
-from serving import h2c
-from serving.errors import ServingError
-from serving.h2c import GrpcLimits, GrpcListener
+from servedmodel.serving import h2c
+from servedmodel.serving.errors import ServingError
+from servedmodel.serving.h2c import GrpcLimits, GrpcListener
 
 ECHO, BIG, SLOW, STREAM, PROBE = "/t.S/Echo", "/t.S/Big", "/t.S/Slow", "/t.S/Stream", "/t.S/Probe"
 
