@@ -49,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
 
         model = OnnxModel(manifest, settings)
         model.load()
+        from .app import create_app
+
+        app = create_app(settings, model, manifest)     # opens the audit log
     except StartupError as e:
         print(f"serving: {e}", file=sys.stderr, flush=True)
         return 2 if str(e).startswith("invalid settings") else 1
 
-    from .app import create_app
     from .server import serve
 
-    app = create_app(settings, model, manifest)
     print(json.dumps({"event": "starting", "model": manifest.name, "version": manifest.version,
                       "providers": model.providers, "intra_op_threads": settings.intra_op_threads,
                       "served_name": app.service.model_name,

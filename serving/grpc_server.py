@@ -15,13 +15,14 @@ from dataclasses import replace
 
 from google.protobuf.message import DecodeError
 
+from .auth import ANONYMOUS, AuthError
 from .batcher import Arrival
 from .errors import ServingError, StartupError
 from .grpc_health import (NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest,
                           HealthCheckResponse)
 from .h2c import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
-                  RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP, UNAUTHENTICATED,
-                  UNAVAILABLE, UNIMPLEMENTED, Call, GrpcLimits, GrpcListener)
+                  PERMISSION_DENIED, RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP,
+                  UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, Call, GrpcLimits, GrpcListener)
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
@@ -41,7 +42,7 @@ WATCH_SECONDS = 0.1
 #: A gRPC status -> the HTTP-like status the metrics and access log count it as.
 HTTP_OF_STATUS = {CANCELLED: 400, INVALID_ARGUMENT: 400, DEADLINE_EXCEEDED: 408, NOT_FOUND: 404,
                   RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 400, INTERNAL: 400, UNAVAILABLE: 503,
-                  UNAUTHENTICATED: 401}
+                  UNAUTHENTICATED: 401, PERMISSION_DENIED: 403}
 #: The calls a connection taken from the reserve over the connection cap may make.
 PROBE_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
                            SERVICE + "ServerReady"})
@@ -147,9 +148,11 @@ class _Inference:
         svc = self.service
         t0 = time.perf_counter()
         status, reason, extra, data, cancelled = 200, None, None, b"", None
+        identity = None
         try:
-            if auth and svc.auth_required:
-                svc.authorize(call.header(b"authorization"))
+            if auth:
+                identity = (await svc.auth.authenticate_async(call.header(b"authorization"))
+                            if svc.auth.enabled else ANONYMOUS)
             try:
                 request = message.FromString(call.message)
             except DecodeError:
@@ -171,6 +174,8 @@ class _Inference:
         except ServingError as e:
             status, reason, message_text = e.status, e.reason, e.message
             code = STATUS_OF_HTTP.get(e.status, INTERNAL)
+            if isinstance(e, AuthError):
+                identity = e.identity
         except Exception as e:  # a bug: answer INTERNAL with a message, keep serving
             status, reason, code = 500, "internal", INTERNAL
             message_text = f"internal error: {type(e).__name__}"
@@ -178,7 +183,16 @@ class _Inference:
         record = _log_record(SERVICE + rpc, status, code if status != 200 else None)
         if extra:
             record.update(extra)
-        svc.record("grpc", infer, status, reason, time.perf_counter() - t0, record)
+        seconds = time.perf_counter() - t0
+        svc.record("grpc", infer, status, reason, seconds, record)
+        if auth and svc.audit.enabled:      # ServerLive/ServerReady are probes: not audited
+            svc.audit.add(protocol="grpc", method="POST", path=SERVICE + rpc, status=status,
+                          seconds=seconds, identity=identity, reason=reason,
+                          grpc_code=STATUS_NAMES[code] if status != 200 else "OK",
+                          traceparent=call.header(b"traceparent"),
+                          rows=extra.get("rows") if extra else None,
+                          bytes_in=extra.get("bytes_in") if extra else len(call.message),
+                          bytes_out=len(data) if status == 200 else 0)
         if cancelled is not None:
             raise cancelled
         if status != 200:
@@ -190,8 +204,13 @@ class _Inference:
     def refused(self, call: Call, code: int, message: str, reason: str) -> None:
         """A call the connection layer answered itself (a limit, a malformed call)."""
         status = HTTP_OF_STATUS.get(code, 400)
-        self.service.record("grpc", call.method == INFER_METHOD, status, reason, 0.0,
-                            _log_record(call.method[:256], status, code))
+        svc = self.service
+        svc.record("grpc", call.method == INFER_METHOD, status, reason, 0.0,
+                   _log_record(call.method[:256], status, code))
+        if svc.audit.enabled and call.method not in PROBE_METHODS:
+            svc.audit.add(protocol="grpc", method="POST", path=call.method, status=status,
+                          seconds=0.0, identity=None, reason=reason, grpc_code=STATUS_NAMES[code],
+                          traceparent=call.header(b"traceparent"), bytes_out=0)
 
     # -- health and metadata ----------------------------------------------------------------
     async def server_live(self, request, call):

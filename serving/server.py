@@ -90,7 +90,7 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
     # loop decodes requests it would wait up to the 5 ms default switch interval each time.
     sys.setswitchinterval(0.001)
     limits = ensure_descriptors(ConnectionLimits.from_settings(app.settings))
-    guard = ConnectionGuard(limits, app.service.metrics)
+    guard = ConnectionGuard(limits, app.service.metrics, app.service.audit)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
                             http=protocol_factory(guard), lifespan="on", access_log=False,
                             server_header=False, date_header=False, log_level=log_level,
@@ -98,6 +98,8 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
     server = _Server(config, app, drain_seconds, guard)
     app.on_fatal = server.fatal
     server.run()
+    # Anything recorded after the app's shutdown (connections closed last) is written too.
+    app.service.audit.close()
     if not server.started and server.exit_code == 0:
         return 1
     return server.exit_code
