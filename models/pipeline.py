@@ -20,6 +20,7 @@ from typing import Any, Callable
 from . import cache as cache_mod
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
 from .package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
+from .seal import Encryption
 from .spec import COMPRESSIONS, PRUNED
 
 Progress = Callable[[str], None]
@@ -44,6 +45,8 @@ class BuildResult:
     exported: bool = False  # True only when this call ran the exporter
     seconds: float = 0.0  # wall time of this call
     cache_repaired: list[str] = field(default_factory=list)  # damaged cache entries this call rebuilt, and why
+    encryption: dict[str, Any] | None = None
+    """The manifest's `encryption` block (algorithm, key provider and id, ...) when --encrypt was given."""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what `--json` prints)."""
@@ -52,7 +55,7 @@ class BuildResult:
                 "cache_hit": self.cache_hit, "exported": self.exported, "cache_repaired": self.cache_repaired,
                 "seconds": round(self.seconds, 3),
                 "sizes": self.sizes, "steps": self.steps, "startup": self.startup, "parity": self.manifest.get("parity"),
-                "evaluation": self.manifest.get("evaluation"),
+                "evaluation": self.manifest.get("evaluation"), "encryption": _encryption_summary(self.encryption),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
 
 
@@ -77,13 +80,25 @@ def _producer(opset: int) -> dict[str, Any]:
             "onnxscript": v("onnxscript"), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)"}
 
 
+def _encryption_summary(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What --json shows of the encryption block: no wrapped key, nonce or hash."""
+    if not block:
+        return None
+    key = block["key"]
+    return {"algorithm": block["algorithm"], "file": block["file"], "provider": key["provider"],
+            "key_id": key["key_id"], "encryption_context": key["encryption_context"]}
+
+
 def build(model: str, compression: str = "none", out_dir: Path | str = Path("build/local"),
           device: str = "cpu", cache_dir: Path | str | None = None, *, use_cache: bool = True,
-          progress: Progress | None = None, max_metric_drop: float | None = None) -> BuildResult:
+          progress: Progress | None = None, max_metric_drop: float | None = None,
+          encryption: Encryption | None = None) -> BuildResult:
     """Build the context for `model` at `out_dir`. Raises models.BuildError.
 
     max_metric_drop: the allowed drop of the task metric for this build (every evaluation of the
-    spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them."""
+    spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them.
+    encryption: encrypt the model in the context written to `out_dir` (models/seal.py); the
+    cached context, the version and the tag stay those of the plaintext."""
     from .evaluate import check_max_drop
     from .loader import load_spec, parse_ref
 
@@ -105,6 +120,10 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     except FileNotFoundError as e:
         raise BuildError(model, "package", str(e)) from None
 
+    if encryption is not None and encryption.mode == "local":
+        from .seal import local_key
+        local_key(model, encryption.key_file)    # made (or refused) now, not after the export
+
     root = cache_mod.cache_root(cache_dir)
     key = cache_mod.cache_key(mref, compression, device, max_metric_drop=max_metric_drop)
     repaired: list[str] = []
@@ -122,20 +141,26 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         hit = checked(cache_mod.lookup, "context", key)
         if hit is not None:
             ctx, record = hit
-            copy_context(model, ctx, out)
+            if encryption is None:
+                copy_context(model, ctx, out)
             manifest = record["manifest"]
             startup, sizes = record.get("startup"), dict(record["sizes"])
             if not startup or "model_layer_gzip_bytes" not in sizes:
                 # an entry cached before these were measured: measure them now
                 from .startup import measure, model_layer_bytes
                 with _quiet():
-                    startup = startup or measure(out / "model" / manifest["model_file"], manifest)
-                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
+                    startup = startup or measure(ctx / "model" / manifest["model_file"], manifest)
+                sizes["model_layer_gzip_bytes"] = model_layer_bytes(ctx)
                 cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
+            block = None
+            if encryption is not None:
+                manifest, startup, sizes = _sealed(model, ctx, out, encryption, root, startup, sizes, say)
+                block = manifest["encryption"]
             say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
             return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
                                model=model, compression=compression, device=device, steps=record["steps"],
-                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
+                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start,
+                               encryption=block)
 
     steps: dict[str, float] = {}
     ran_export = False
@@ -161,6 +186,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     from .package import make_manifest, write_context
     from .verify import check_rows_independent, reference, verify
 
+    plain_dir: Path | None = None      # an encrypted build's plaintext context, removed at the end
     try:
         with step("load", "importing the factory and building the ModelSpec"):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -229,24 +255,55 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                     outputs=tensor_infos(graph.output), compression=compression,
                     compression_details=details, parity=parity, producer=_producer(exported.opset),
                     evaluation=evaluation)
-                manifest = write_context(model, out, device, model_bytes, manifest)
+                # Encrypted builds: the plaintext context goes to a private folder (the cache is
+                # filled from it), and only the sealed one to --out.
+                plain = out
+                if encryption is not None:
+                    plain_dir = Path(tempfile.mkdtemp(prefix="servedmodel-plain-"))
+                    plain = plain_dir / "context"
+                manifest = write_context(model, plain, device, model_bytes, manifest)
             with step("startup", "timing model load + warm-up with onnxruntime"):
                 from .startup import measure, model_layer_bytes
-                startup = measure(out / "model" / manifest["model_file"], manifest)
-                layer_bytes = model_layer_bytes(out)
+                startup = measure(plain / "model" / manifest["model_file"], manifest)
+                layer_bytes = model_layer_bytes(plain)
+        sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
+                 "model_layer_gzip_bytes": layer_bytes}
+        record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
+        if use_cache:
+            cache_mod.store(root, key, plain, record)
+        block = None
+        if encryption is not None:
+            manifest, startup, sizes = _sealed(model, plain, out, encryption, root if use_cache else None,
+                                               startup, sizes, say)
+            block = manifest["encryption"]
     except BuildError as e:
         if e.model != model:  # name the reference the user gave
             raise BuildError(model, e.step, e.detail, e.exit_code) from None
         raise
-    sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
-             "model_layer_gzip_bytes": layer_bytes}
-    record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
-    if use_cache:
-        cache_mod.store(root, key, out, record)
+    finally:
+        if plain_dir is not None:
+            shutil.rmtree(plain_dir, ignore_errors=True)
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
                        startup=startup, exported=ran_export, seconds=time.perf_counter() - t_start,
-                       cache_repaired=repaired)
+                       cache_repaired=repaired, encryption=block)
+
+
+def _sealed(model: str, plain: Path, out: Path, encryption: Encryption, root: Path | None, startup: dict,
+            sizes: dict, say: Progress) -> tuple[dict, dict, dict]:
+    """Publish the encrypted context of `plain` at `out`: (its manifest, the start-up figures
+    with `decrypt_seconds` added, the sizes with the sealed model layer's)."""
+    from .seal import publish_sealed
+
+    t = time.perf_counter()
+    done = publish_sealed(model, plain, out, encryption, root)
+    key = done["manifest"]["encryption"]["key"]
+    say(f"[{model}] encrypt: {key['provider']} key {key['key_id']}"
+        f"{' (sealed context reused from the cache)' if done['sealed_cache_hit'] else ''}: done in "
+        f"{time.perf_counter() - t:.2f} s")
+    startup = {**startup, "decrypt_seconds": done["decrypt_seconds"]}
+    sizes = {**sizes, "model_layer_gzip_bytes": done["model_layer_gzip_bytes"]}
+    return done["manifest"], startup, sizes
 
 
 def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[str, Any]]:

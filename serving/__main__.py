@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
                       "served_name": app.service.model_name,
                       "max_batch_size": settings.batching.max_batch_size, "host": settings.host,
                       "port": settings.port, "grpc_port": settings.grpc_port,
-                      "max_connections": settings.max_connections}), flush=True)
+                      "max_connections": settings.max_connections,
+                      "encrypted": "encryption" in manifest.raw,
+                      "decrypt_ms": round(model.decrypt_seconds * 1000, 1),
+                      "clients": len(settings.auth.clients),
+                      "oidc_issuer": settings.auth.oidc.issuer if settings.auth.oidc else None,
+                      "audit_log": settings.audit_log}), flush=True)
     return serve(app, settings.host, settings.port, settings.drain_seconds, settings.log_level)
 
 

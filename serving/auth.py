@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import contract
 from .errors import ServingError, StartupError
 
 REALM = "servedmodel"
@@ -139,7 +140,7 @@ def load_clients(path: str) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
             problems.append(f"client name {name[:64]!r} is not letters, digits, '_.@-' "
                             f"(at most 64, starting with a letter or digit)")
             continue
-        if not isinstance(digests, list) or not 1 <= len(digests) <= 2:
+        if not isinstance(digests, list) or not 1 <= len(digests) <= contract.TOKENS_PER_CLIENT:
             problems.append(f"client {name!r}: a list of 1 or 2 token digests (the current and "
                             f"the next during a rotation)")
             continue
