@@ -181,6 +181,20 @@ def _container(env) -> Credentials:
                                         f"{status} without credentials") from None
 
 
+def _error_document(data: bytes) -> dict:
+    """KMS answers JSON (`__type`, `message`); a signature or IAM refusal in front of it may
+    come as an XML ErrorResponse (`Code`, `Message`)."""
+    try:
+        doc = json.loads(data) if data else {}
+        return doc if isinstance(doc, dict) else {}
+    except ValueError:
+        pass
+    try:
+        return {el.tag.rsplit("}", 1)[-1]: (el.text or "") for el in ET.fromstring(data).iter()}
+    except ET.ParseError:
+        return {}
+
+
 def _local_host(host: str) -> bool:
     if host in _CONTAINER_HOSTS or host == "localhost":
         return True
@@ -213,14 +227,11 @@ def kms_decrypt(key_arn: str, ciphertext: bytes, context: dict[str, str], env=No
         except AwsError as e:
             error = e
         else:
-            try:
-                doc = json.loads(data) if data else {}
-            except ValueError:
-                doc = {}
+            doc = _error_document(data)
             if status == 200 and isinstance(doc.get("Plaintext"), str):
                 return base64.b64decode(doc["Plaintext"])
-            code = str(doc.get("__type") or f"HTTP{status}").rsplit("#", 1)[-1]
-            error = AwsError(code, str(doc.get("message") or doc.get("Message") or status))
+            code = str(doc.get("__type") or doc.get("Code") or f"HTTP{status}").rsplit("#", 1)[-1]
+            error = AwsError(code, str(doc.get("message") or doc.get("Message") or status)[:300])
             if code not in _RETRY_CODES and status < 500:
                 break
         time.sleep(0.2 * 2 ** attempt)
