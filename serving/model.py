@@ -77,8 +77,6 @@ class OnnxModel:
     def load(self) -> None:
         """Check the file and its sha256, create the session with an explicit providers list and
         check that the session matches the manifest. Raises StartupError with one clear line."""
-        import onnxruntime as ort
-
         m, s = self.manifest, self.settings
         for t in m.inputs + m.outputs:
             if V2_TO_NUMPY[t.datatype] is None:
@@ -102,6 +100,10 @@ class OnnxModel:
                 raise StartupError(f"sha256 mismatch for {path}: manifest says {m.sha256}, "
                                    f"file is {digest}")
             self._source = str(path)
+        # Only now: onnxruntime may say things on stderr when it loads (telemetry on a read-only
+        # root), and a refused model must stop with its one line alone.
+        import onnxruntime as ort
+
         if s.device == "cuda":
             if CUDA not in ort.get_available_providers():
                 raise StartupError(f"device=cuda but onnxruntime has no {CUDA} (available: "
