@@ -159,7 +159,8 @@ def load_clients(path: str) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
             out.append(bytes.fromhex(d))
         clients.append((name, tuple(out)))
     if problems:
-        raise StartupError(f"{where} is invalid: " + "; ".join(problems) + f". Accepted: {accepted}")
+        raise StartupError(f"{where} is invalid: " + "; ".join(problems)
+                           + f". Accepted: {accepted}")
     return tuple(clients)
 
 

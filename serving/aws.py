@@ -127,11 +127,12 @@ def credentials(env, region: str) -> Credentials:
 
 
 def _web_identity(env, region: str) -> Credentials:
+    path = env["AWS_WEB_IDENTITY_TOKEN_FILE"]
     try:
-        token = open(env["AWS_WEB_IDENTITY_TOKEN_FILE"]).read().strip()
+        token = open(path).read().strip()
     except OSError as e:
-        raise AwsError("NoCredentials", f"AWS_WEB_IDENTITY_TOKEN_FILE "
-                                        f"{env['AWS_WEB_IDENTITY_TOKEN_FILE']}: {e.strerror}") from None
+        raise AwsError("NoCredentials", f"AWS_WEB_IDENTITY_TOKEN_FILE {path}: "
+                                        f"{e.strerror}") from None
     form = urllib.parse.urlencode({
         "Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15",
         "RoleArn": env["AWS_ROLE_ARN"],

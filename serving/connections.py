@@ -245,7 +245,8 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._in_head and response:
             # A head the app never saw (a request whose body was being read is the app's to
             # audit): the status is the response's, the path what was parsed of the URL.
-            path = bytes(getattr(self, "url", b"")).split(b"?", 1)[0].decode("latin-1")[:256] or None
+            url = bytes(getattr(self, "url", b""))
+            path = url.split(b"?", 1)[0].decode("latin-1")[:256] or None
             self.guard.audited(int(response[9:12]), reason, None, path)
         self.guard.waiting.pop(self, None)
         self._pending = b""
