@@ -107,8 +107,7 @@ class _Health:
                            f"{', '.join(repr(s) for s in READINESS_SERVICES)}, "
                            f"{LIVENESS_SERVICE!r}")
             return
-        call.send_message(HealthCheckResponse(status=status).SerializeToString())
-        call.finish()
+        call.reply(HealthCheckResponse(status=status).SerializeToString())
 
     async def watch(self, call: Call) -> None:
         request = self._request(call)
@@ -200,8 +199,7 @@ class _Inference:
         if status != 200:
             call.finish(code, message_text, RETRY if status == 503 else ())
             return
-        call.send_message(data)
-        call.finish()
+        call.reply(data)
 
     def refused(self, call: Call, code: int, message: str, reason: str) -> None:
         """A call the connection layer answered itself (a limit, a malformed call)."""

@@ -27,6 +27,8 @@ class Budget:
 
 
 Handler = Callable[["Call"], Awaitable[None]]
+_OK_TRAILERS = status_block(OK)
+_COPY_BELOW = 16384
 
 #: Which call-slot counter a running handler holds.
 NO_SLOT, UNARY_SLOT, STREAMING_SLOT = range(3)
@@ -91,10 +93,25 @@ class Call:
         """Queue one response message (a streaming call may send several)."""
         if self.done or self.status is not None:
             return
-        self.pending.append(message_prefix(payload))
-        if payload:
-            self.pending.append(payload)
+        self._queue(payload)
         self.conn.flush(self)
+
+    def reply(self, payload: bytes) -> None:
+        """A unary call's answer: its one message and status OK, written at once."""
+        if self.done or self.status is not None:
+            return
+        self._queue(payload)
+        self.status = _OK_TRAILERS
+        self.conn.flush(self)
+
+    def _queue(self, payload: bytes) -> None:
+        # A small message goes out with its prefix in one DATA frame (one copy of a few KB);
+        # a large one is not copied (the prefix is a frame of its own).
+        if len(payload) <= _COPY_BELOW:
+            self.pending.append(message_prefix(payload) + payload)
+        else:
+            self.pending.append(message_prefix(payload))
+            self.pending.append(payload)
 
     def finish(self, code: int = OK, message: str = "",
                trailers: tuple[tuple[bytes, bytes], ...] = ()) -> None:

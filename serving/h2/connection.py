@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ..errors import ServingError
@@ -35,7 +34,7 @@ from .call import NO_SLOT, STREAMING_SLOT, UNARY_SLOT, Call, Handler
 from .flow import ReceiveWindow, SendWindow
 from .frames import (ACK, CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,
                      ENHANCE_YOUR_CALM, FRAME_HEAD, FRAME_SIZE_ERROR, GOAWAY, HEAD, HEADERS,
-                     INTERNAL_ERROR, MAX_FRAME, NO_ERROR, PING, PREFACE, PRIORITY,
+                     INTERNAL_ERROR, MAX_FRAME, NO_ERROR, PADDED, PING, PREFACE, PRIORITY,
                      PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM,
                      S_INITIAL_WINDOW_SIZE, S_MAX_CONCURRENT_STREAMS, S_MAX_FRAME_SIZE,
                      S_MAX_HEADER_LIST_SIZE, SETTINGS, SETTINGS_ACK, WINDOW_UPDATE, H2Error,
@@ -70,7 +69,8 @@ SETTINGS_PER_IDLE_FRAME = 16
 CLOSED_MEMORY = 256
 #: Seconds between a connection's checks of its timers.
 TICK = 0.25
-_OPENING = (st.OPEN_CALL, st.OPEN_CALL_ENDED)
+_TABLE_GET = st.TABLE.get
+_RESPONSE_HEAD_LENGTH = len(RESPONSE_HEAD) << 8
 
 
 class GrpcConnection(asyncio.Protocol):
@@ -88,7 +88,7 @@ class GrpcConnection(asyncio.Protocol):
                                    max_decoded_bytes=2 * limits.max_header_bytes)
         self.max_block_bytes = limits.max_header_bytes + 4096
         self.calls: dict[int, Call] = {}  # streams not yet forgotten (live, or a handler runs)
-        self.closed_streams: OrderedDict[int, int] = OrderedDict()   # sid -> closed state
+        self.closed_streams: dict[int, int] = {}   # sid -> closed state, oldest first
         self.open_streams = 0             # streams open or half-closed (RFC 9113, 5.1.2)
         self.active = 0                   # calls not yet forgotten
         self.last_sid = 0
@@ -410,8 +410,12 @@ class GrpcConnection(asyncio.Protocol):
     def _transition(self, sid: int, event: int) -> tuple[str, Call | None]:
         """The table's action for `event` on stream `sid` (its state moved on); an H2Error
         where the table has none."""
-        state, call = self._state_of(sid)
-        entry = st.TABLE.get((state, event))
+        call = self.calls.get(sid)
+        if call is not None:
+            state = call.state
+        else:
+            state = self._state_of(sid)[0]
+        entry = _TABLE_GET((state, event))
         if entry is None:
             on_stream, code, why = st.error_for(state, event)
             raise H2Error(code, why, "stream_state", sid if on_stream else 0)
@@ -433,8 +437,8 @@ class GrpcConnection(asyncio.Protocol):
     def _remember(self, sid: int, state: int) -> None:
         closed = self.closed_streams
         closed[sid] = state
-        if len(closed) > CLOSED_MEMORY:
-            closed.popitem(last=False)
+        if len(closed) > 2 * CLOSED_MEMORY:        # keep the newest (amortized O(1))
+            self.closed_streams = dict(list(closed.items())[-CLOSED_MEMORY:])
 
     def _stream_error(self, error: H2Error) -> None:
         """Reset the stream the error names (RFC 9113, 5.4.2)."""
@@ -451,23 +455,25 @@ class GrpcConnection(asyncio.Protocol):
         if sid == 0:
             raise connection_error(PROTOCOL_ERROR, "DATA on stream 0", "bad_stream_id")
         size = len(payload)
-        self.recv_window.consume(size)
-        increment = self.recv_window.release(size)    # held against the budget instead
+        window = self.recv_window
+        window.consume(size)
+        increment = window.release(size)    # the bytes are held against the budget instead
         if increment:
             self.out.append(window_update(0, increment))
-        data = strip_padding(flags, payload)
+        data = strip_padding(flags, payload) if flags & PADDED else payload
         end = flags & END_STREAM
         action, call = self._transition(sid, st.RECV_DATA_END if end else st.RECV_DATA)
         if action is st.DISCARD:
             return self._idle()
         call.recv_window.consume(size)
         received = call.received = call.received + len(data)
-        if 0 <= call.content_length < received or (
-                end and 0 <= call.content_length != received):
+        if call.content_length >= 0 and (call.content_length < received or (
+                end and call.content_length != received)):
             raise H2Error(PROTOCOL_ERROR, "DATA does not add up to content-length",
                           "content_length", sid)
         if data:
-            self._worked()
+            if self.idle_frames_left < IDLE_FRAME_BURST:
+                self.idle_frames_left += 1
             call.last_data = self.last_active = self.loop.time()
             if call.http_status is None and call.status is None:
                 self._take(call, data)
@@ -766,8 +772,9 @@ class GrpcConnection(asyncio.Protocol):
 
     # -- writing ------------------------------------------------------------------------
     def _send(self) -> None:
-        if self.out and not self.processing:
-            out, self.out = self.out, []
+        out = self.out
+        if out and not self.processing:
+            self.out = []
             if not self.transport.is_closing():
                 self.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
@@ -775,15 +782,30 @@ class GrpcConnection(asyncio.Protocol):
         """Write what the call has queued, as far as the flow-control windows allow."""
         if self.closed or call.done:
             return
-        out, sid = self.out, call.sid
+        out, sid, pending = self.out, call.sid, call.pending
         if not call.head_sent:
             call.head_sent = True
+            if call.status is not None and call.head is None and len(pending) == 1:
+                # A unary answer that fits the windows: three frames, one write.
+                chunk = pending[0]
+                n = len(chunk)
+                stream_window, conn_window = call.send_window, self.send_window
+                if n <= stream_window.size and n <= conn_window.size and n <= self.peer_max_frame:
+                    pending.clear()
+                    stream_window.size -= n
+                    conn_window.size -= n
+                    out.append(HEAD.pack(_RESPONSE_HEAD_LENGTH | HEADERS, END_HEADERS, sid)
+                               + RESPONSE_HEAD + HEAD.pack(n << 8 | DATA, 0, sid))
+                    out.append(chunk)
+                    out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid, call.status))
+                    self._end_stream(call)
+                    return self._send()
             if call.head is None and not call.pending and call.status is not None:
                 out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid,
                                  RESPONSE_HEAD + call.status))     # trailers-only
-                return self._end_stream(call)
+                self._end_stream(call)
+                return self._send()
             out.append(frame(HEADERS, END_HEADERS, sid, call.head or RESPONSE_HEAD))
-        pending = call.pending
         if pending:
             stream_window, conn_window = call.send_window, self.send_window
             max_frame = self.peer_max_frame
@@ -805,14 +827,13 @@ class GrpcConnection(asyncio.Protocol):
                 out.append(chunk)
                 stream_window.size -= n
                 conn_window.size -= n
-                self._worked()      # the client may well answer it with a WINDOW_UPDATE
         if not pending:
             if call.blocked_since is not None:
                 call.blocked_since = None
                 self.blocked.pop(call, None)
             if call.status is not None:
                 out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid, call.status))
-                return self._end_stream(call)
+                self._end_stream(call)
         self._send()
 
     def _flush_blocked(self) -> None:
@@ -827,9 +848,10 @@ class GrpcConnection(asyncio.Protocol):
             self.out.append(rst_stream(call.sid, NO_ERROR))
         self._move(call.sid, call, call.state, after)
         call.done = True
-        self.resets_left = min(RESET_BURST, self.resets_left + 1)
-        self._send()
-        self._settle(call)
+        if self.resets_left < RESET_BURST:
+            self.resets_left += 1
+        if call.task is None:
+            self._settle(call)
 
     def _settle(self, call: Call) -> None:
         """Forget the call once its stream is closed and its handler has ended."""
