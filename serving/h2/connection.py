@@ -516,6 +516,9 @@ class GrpcConnection(asyncio.Protocol):
                                     "supported; send with grpc-encoding identity",
                                     "unsupported_media_type",
                                     ((b"grpc-accept-encoding", b"identity"),))
+            # The stream is granted what the message needs, no more: a peer that sends past
+            # it has overrun its window (FLOW_CONTROL_ERROR).
+            call.recv_window.limit = max(call.recv_window.granted, call.expected + 5)
             limit = self.limits.max_message_bytes
             if call.expected > limit:
                 return self._refuse(call, RESOURCE_EXHAUSTED,
@@ -673,8 +676,8 @@ class GrpcConnection(asyncio.Protocol):
         values = parse_settings(flags, sid, payload)
         if values is None:          # an ACK
             return self._idle()
-        if self.settled:
-            self._idle(1 + len(values) // SETTINGS_PER_IDLE_FRAME)
+        if self.settled:        # (the entries, not the distinct ones: each is parsed)
+            self._idle(1 + len(payload) // 6 // SETTINGS_PER_IDLE_FRAME)
         window = values.get(S_INITIAL_WINDOW_SIZE)
         if window is not None and window != self.peer_initial_window:
             delta, self.peer_initial_window = window - self.peer_initial_window, window

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from .frames import FLOW_CONTROL_ERROR, MAX_WINDOW, H2Error
 
+#: What a window may grant in all when nothing bounds it (a connection's).
+MAX_GRANTED = 1 << 62
+
 
 class SendWindow:
     """How much we may send; the peer grows it (WINDOW_UPDATE, SETTINGS_INITIAL_WINDOW_SIZE)."""
@@ -32,17 +35,20 @@ class SendWindow:
 
 
 class ReceiveWindow:
-    """How much the peer may send us: `size` advertised, `used` received and not yet given
-    back. `consume` raises when a DATA frame is larger than what is left (the peer ignored
-    the window); `release` returns the WINDOW_UPDATE increment to send, once half the window
-    has been used (fewer, larger updates)."""
+    """How much the peer may send us: `left` of what we granted (the advertised size, then
+    our WINDOW_UPDATEs). `consume` raises when a DATA frame is larger than what is left (the
+    peer ignored the window); `release` returns the WINDOW_UPDATE increment to send once half
+    the window has been used (fewer, larger updates), never granting past `limit` in all
+    (a stream whose message is known to be n bytes is granted n, not more)."""
 
-    __slots__ = ("size", "left", "unacked")
+    __slots__ = ("size", "left", "unacked", "granted", "limit")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.left = size
         self.unacked = 0
+        self.granted = size
+        self.limit = MAX_GRANTED
 
     def consume(self, n: int) -> None:
         """(An overrun of a stream's window is a connection error too, as python-hyper h2
@@ -56,9 +62,13 @@ class ReceiveWindow:
     def release(self, n: int) -> int:
         """`n` bytes handed on (or dropped): the increment to announce now, or 0."""
         unacked = self.unacked + n
-        if unacked >= self.size >> 1:
-            self.unacked = 0
-            self.left += unacked
-            return unacked
-        self.unacked = unacked
-        return 0
+        if unacked < self.size >> 1:
+            self.unacked = unacked
+            return 0
+        increment = min(unacked, self.limit - self.granted)
+        self.unacked = 0
+        if increment <= 0:
+            return 0
+        self.granted += increment
+        self.left += increment
+        return increment
