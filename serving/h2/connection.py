@@ -95,6 +95,7 @@ class GrpcConnection(asyncio.Protocol):
         self.block: bytearray | None = None   # a field block awaiting CONTINUATION
         self.block_sid = 0
         self.block_end = False
+        self.block_depends = -1           # the block's HEADERS priority dependency, if any
         self.block_started = 0.0
         self.send_window = SendWindow(65535)
         self.recv_window = ReceiveWindow(CONNECTION_WINDOW)
@@ -418,7 +419,8 @@ class GrpcConnection(asyncio.Protocol):
         entry = _TABLE_GET((state, event))
         if entry is None:
             on_stream, code, why = st.error_for(state, event)
-            raise H2Error(code, why, "stream_state", sid if on_stream else 0)
+            raise H2Error(code, f"{st.EVENT_NAMES[event]}: {why}", "stream_state",
+                          sid if on_stream else 0)
         action, after = entry
         if after != state:
             self._move(sid, call, state, after)
@@ -550,7 +552,7 @@ class GrpcConnection(asyncio.Protocol):
     def _on_headers(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise connection_error(PROTOCOL_ERROR, "HEADERS on stream 0", "bad_stream_id")
-        fragment = header_fragment(flags, sid, payload)
+        fragment, self.block_depends = header_fragment(flags, payload)
         self.block_sid, self.block_end = sid, flags & END_STREAM
         if flags & END_HEADERS:
             return self._on_block(fragment)
@@ -585,6 +587,11 @@ class GrpcConnection(asyncio.Protocol):
             if on_stream:
                 self.blocks.decode(block)     # the dynamic table is the connection's
             raise H2Error(code, why, "stream_state", sid if on_stream else 0)
+        if self.block_depends == sid:
+            # (RFC 9113, 5.3.1 names a stream error; as python-hyper h2, the connection's:
+            # a stream that never opened cannot be reset)
+            raise connection_error(PROTOCOL_ERROR, "a stream cannot depend on itself",
+                                   "self_dependency")
         action = entry[0]
         if action is st.DISCARD:
             self.blocks.decode(block)
@@ -701,10 +708,10 @@ class GrpcConnection(asyncio.Protocol):
                 return self._flush_blocked()
             return self._idle()
         action, call = self._transition(sid, st.RECV_WINDOW_UPDATE)
+        if increment == 0:          # (malformed whatever the stream's state, but idle)
+            raise H2Error(PROTOCOL_ERROR, "WINDOW_UPDATE of 0", "window_update_0", sid)
         if action is not st.WINDOW:
             return self._idle()
-        if increment == 0:
-            raise H2Error(PROTOCOL_ERROR, "WINDOW_UPDATE of 0", "window_update_0", sid)
         call.send_window.grow(increment, sid)
         if call in self.blocked:
             self.flush(call)

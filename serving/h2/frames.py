@@ -89,21 +89,18 @@ def strip_padding(flags: int, payload: bytes) -> bytes:
     return payload
 
 
-def header_fragment(flags: int, sid: int, payload: bytes) -> bytes:
-    """A HEADERS payload's field block fragment: padding and priority fields taken off. A
-    stream that depends on itself is a connection error here (RFC 9113, 5.3.1 names a stream
-    error; python-hyper h2 ends the connection, and so do we: a field block is never
-    half-processed)."""
+def header_fragment(flags: int, payload: bytes) -> tuple[bytes, int]:
+    """A HEADERS payload's field block fragment, with padding and priority fields taken off,
+    and the stream its priority fields say it depends on (-1 without them). A stream that
+    depends on itself is an error its caller raises once the stream's state has been
+    checked (python-hyper h2's order)."""
     payload = strip_padding(flags, payload)
     if flags & PRIORITY_FLAG:
         if len(payload) < 5:
             raise connection_error(FRAME_SIZE_ERROR, "HEADERS priority fields cut short",
                                    "frame_size")
-        if U32.unpack_from(payload)[0] & 0x7FFFFFFF == sid:
-            raise connection_error(PROTOCOL_ERROR, "a stream cannot depend on itself",
-                                   "self_dependency")
-        payload = payload[5:]
-    return payload
+        return payload[5:], U32.unpack_from(payload)[0] & 0x7FFFFFFF
+    return payload, -1
 
 
 def check_priority(sid: int, payload: bytes) -> None:
@@ -165,16 +162,15 @@ def parse_settings(flags: int, sid: int, payload: bytes) -> dict[int, int] | Non
         raise connection_error(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6",
                                "frame_size")
     values = dict(SETTING.iter_unpack(payload))
-    push = values.get(S_ENABLE_PUSH)
-    if push is not None and push > 1:
-        raise connection_error(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH other than 0 or 1",
-                               "bad_setting")
-    window = values.get(S_INITIAL_WINDOW_SIZE)
-    if window is not None and window > MAX_WINDOW:
-        raise connection_error(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1",
-                               "bad_setting")
-    size = values.get(S_MAX_FRAME_SIZE)
-    if size is not None and not MAX_FRAME <= size <= 16777215:
-        raise connection_error(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range",
-                               "bad_setting")
+    if S_ENABLE_PUSH in values or S_INITIAL_WINDOW_SIZE in values or S_MAX_FRAME_SIZE in values:
+        for key, value in values.items():     # (each identifier once, where it first came)
+            if key == S_ENABLE_PUSH and value > 1:
+                raise connection_error(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH other than 0 or 1",
+                                       "bad_setting")
+            if key == S_INITIAL_WINDOW_SIZE and value > MAX_WINDOW:
+                raise connection_error(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over "
+                                       "2^31-1", "bad_setting")
+            if key == S_MAX_FRAME_SIZE and not MAX_FRAME <= value <= 16777215:
+                raise connection_error(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range",
+                                       "bad_setting")
     return values
