@@ -236,7 +236,8 @@ class GrpcConnection(asyncio.Protocol):
                     now - call.blocked_since > limits.body_timeout:
                 # The client's window has held the answer back for the body timeout.
                 self.front.count("write_timeout")
-                self._reset(call, CANCEL, "blocked_answer")
+                self.front.protocol_error("blocked_answer", CANCEL)
+                self._reset(call, CANCEL)
         self._send()
         if self.active == 0 and now - self.last_active > limits.keep_alive:
             self.goaway(NO_ERROR)
@@ -447,7 +448,7 @@ class GrpcConnection(asyncio.Protocol):
         self.front.protocol_error(error.kind, error.code)
         call = self.calls.get(error.stream)
         if call is not None and call.state in (st.OPEN, st.HALF_CLOSED_REMOTE):
-            self._reset(call, error.code, error.kind)
+            self._reset(call, error.code)
             return
         self._idle()            # a reset of a closed stream costs us a write, not a stream
         self.out.append(rst_stream(error.stream, error.code))
@@ -900,7 +901,7 @@ class GrpcConnection(asyncio.Protocol):
         call.status = status_block(UNIMPLEMENTED, message)
         self.flush(call)
 
-    def _reset(self, call: Call, code: int, kind: str) -> None:
+    def _reset(self, call: Call, code: int) -> None:
         """Our RST_STREAM: counted in the reset budget; the handler is stopped."""
         self.out.append(rst_stream(call.sid, code))
         self._abandon(call, st.RESET_BY_US)

@@ -250,3 +250,9 @@ def test_a_protocol_error_never_escapes_and_is_counted():
         assert errors_in(transport.written) == [("goaway", 0, fr.PROTOCOL_ERROR)]
         assert front.metrics.protocol_errors == {("bad_stream_id", "PROTOCOL_ERROR"): 1}
     run(main())
+
+
+def test_the_documented_table_is_the_table():
+    from serverkit import ROOT
+    assert st.describe() in (ROOT / "docs" / "protocol.md").read_text(), \
+        "docs/protocol.md's stream table is stale: paste serving.h2.streams.describe()"
