@@ -12,13 +12,13 @@ fixed number of calls at c=32, one stream a connection. The server's CPU is read
 (the main thread, which runs the event loop) before and after each round; the figure is the
 median of the rounds.
 
-    .venv/bin/python bench/grpc_cpu.py --label "after (this tree)"
-    .venv/bin/python bench/grpc_cpu.py --label "before" --server-root /tmp/old-tree
+    .venv/bin/python bench/grpc_cpu.py --label "this tree"
+    .venv/bin/python bench/grpc_cpu.py --label "after" --compare /tmp/old-tree "before"
 
-`--server-root` runs `python -m serving` from another tree (e.g. `git archive <commit>
-serving | tar -x -C DIR`), so two versions are measured by one script on one machine. Each run
-replaces its own row (by label) in the `grpc-cpu` section of docs/benchmarks.md and keeps the
-others.
+`--compare DIR LABEL` also runs `python -m serving` from another tree (e.g. `git archive
+<commit> serving | tar -x -C DIR`): both servers run side by side and their rounds alternate,
+so two versions meet the same load from the rest of the machine. Each row replaces the row of
+the same label in the `grpc-cpu` section of docs/benchmarks.md; the others are kept.
 """
 from __future__ import annotations
 
@@ -88,8 +88,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", required=True, help="the row's name in the table")
-    ap.add_argument("--server-root", type=Path, default=ROOT,
-                    help="the tree whose serving/ runs (default: this one)")
+    ap.add_argument("--compare", nargs=2, metavar=("DIR", "LABEL"),
+                    help="also measure the serving/ of another tree, rounds alternating")
     ap.add_argument("--calls", type=int, default=10_000, help="calls a round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=32)
@@ -104,54 +104,66 @@ def main() -> int:
     feeds = example_inputs(manifest, 1, np.random.default_rng(1))
     rest_body, _, header_len = request_bodies(manifest, feeds)["binary"]
     message = grpc_message(manifest["name"], feeds)
-    per_call: dict[str, list[tuple[float, float]]] = {"grpc": [], "rest": []}
+    servers = [(args.label, ROOT)] + ([(args.compare[1], Path(args.compare[0]).resolve())]
+                                      if args.compare else [])
+    per_call = {label: {"grpc": [], "rest": []} for label, _ in servers}
     loads = []
     with tempfile.TemporaryDirectory() as tmp:
         frame, body = Path(tmp) / "grpc.bin", Path(tmp) / "rest.bin"
         frame.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
         body.write_bytes(rest_body)
-        proc, port, grpc_port = start(context, args.server_root.resolve(), Path(tmp) / "log")
-        kinds = {
-            "grpc": ["-H", "content-type: application/grpc", "-H", "te: trailers",
-                     "-d", str(frame), f"http://127.0.0.1:{grpc_port}{GRPC_METHOD}"],
-            "rest": ["--h1", "-H", "content-type: application/octet-stream",
-                     "-H", f"inference-header-content-length: {header_len}", "-d", str(body),
-                     f"http://127.0.0.1:{port}/v2/models/{manifest['name']}/infer"],
-        }
+        running = []
         try:
-            for kind in kinds.values():          # warm both paths up
-                h2load(kind, 2000, args.concurrency)
+            for label, root in servers:
+                proc, port, grpc_port = start(context, root, Path(tmp) / f"log-{len(running)}")
+                kinds = {
+                    "grpc": ["-H", "content-type: application/grpc", "-H", "te: trailers",
+                             "-d", str(frame), f"http://127.0.0.1:{grpc_port}{GRPC_METHOD}"],
+                    "rest": ["--h1", "-H", "content-type: application/octet-stream",
+                             "-H", f"inference-header-content-length: {header_len}",
+                             "-d", str(body),
+                             f"http://127.0.0.1:{port}/v2/models/{manifest['name']}/infer"],
+                }
+                running.append((label, proc, kinds))
+            for _, _, kinds in running:            # warm both paths of every server up
+                for kind in kinds.values():
+                    h2load(kind, 2000, args.concurrency)
             for _ in range(args.rounds):
-                for name, kind in kinds.items():    # interleaved: drift hits both alike
-                    proc_path = f"/proc/{proc.pid}/stat"
-                    loop_path = f"/proc/{proc.pid}/task/{proc.pid}/stat"
-                    p0, l0 = cpu_seconds(proc_path), cpu_seconds(loop_path)
-                    h2load(kind, args.calls, args.concurrency)
-                    p1, l1 = cpu_seconds(proc_path), cpu_seconds(loop_path)
-                    per_call[name].append(((p1 - p0) / args.calls * 1000,
-                                           (l1 - l0) / args.calls * 1000))
+                for name in ("grpc", "rest"):     # interleaved: drift hits all alike
+                    for label, proc, kinds in running:
+                        proc_path = f"/proc/{proc.pid}/stat"
+                        loop_path = f"/proc/{proc.pid}/task/{proc.pid}/stat"
+                        p0, l0 = cpu_seconds(proc_path), cpu_seconds(loop_path)
+                        h2load(kinds[name], args.calls, args.concurrency)
+                        p1, l1 = cpu_seconds(proc_path), cpu_seconds(loop_path)
+                        per_call[label][name].append(((p1 - p0) / args.calls * 1000,
+                                                      (l1 - l0) / args.calls * 1000))
                 loads.append(os.getloadavg()[0])
         finally:
-            stop_server(proc)
+            for _, proc, _ in running:
+                stop_server(proc)
 
-    def median(name: str, i: int) -> float:
-        return statistics.median(x[i] for x in per_call[name])
+    rows = []
+    for label, _ in servers:
+        def median(name: str, i: int) -> float:
+            return statistics.median(x[i] for x in per_call[label][name])
 
-    row = (f"| {args.label} | {median('grpc', 0):.3f} | {median('grpc', 1):.3f} | "
-           f"{median('rest', 0):.3f} | {median('rest', 1):.3f} | {args.rounds} | "
-           f"{min(loads):.1f}-{max(loads):.1f} |")
-    for name in ("grpc", "rest"):
-        print(name, "process ms/call", [round(x[0], 4) for x in per_call[name]],
-              "loop ms/call", [round(x[1], 4) for x in per_call[name]])
-    print(row)
+        rows.append(f"| {label} | {median('grpc', 0):.3f} | {median('grpc', 1):.3f} | "
+                    f"{median('rest', 0):.3f} | {median('rest', 1):.3f} | {args.rounds} | "
+                    f"{min(loads):.1f}-{max(loads):.1f} |")
+        for name in ("grpc", "rest"):
+            print(label, name, "process ms/call",
+                  [round(x[0], 4) for x in per_call[label][name]],
+                  "loop ms/call", [round(x[1], 4) for x in per_call[label][name]])
+    print("\n".join(rows))
     if not args.no_write:
-        write_section(SECTION, markdown(row, args))
+        write_section(SECTION, markdown(rows, [label for label, _ in servers], args))
         print(f"wrote the {SECTION} section of {BENCHMARKS_MD}")
     return 0
 
 
-def _kept_rows(label: str) -> list[str]:
-    """The table rows of the existing section, other than `label`'s."""
+def _kept_rows(labels: list[str]) -> list[str]:
+    """The table rows of the existing section, other than those of `labels`."""
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else ""
     start, end = f"<!-- bench:{SECTION}:start -->", f"<!-- bench:{SECTION}:end -->"
     if start not in text:
@@ -159,11 +171,11 @@ def _kept_rows(label: str) -> list[str]:
     section = text.split(start, 1)[1].split(end, 1)[0]
     rows = [line for line in section.splitlines()
             if line.startswith("| ") and not line.startswith("| label")]
-    return [r for r in rows if r.split("|")[1].strip() != label]
+    return [r for r in rows if r.split("|")[1].strip() not in labels]
 
 
-def markdown(row: str, args) -> str:
-    rows = _kept_rows(args.label) + [row]
+def markdown(new_rows: list[str], labels: list[str], args) -> str:
+    rows = _kept_rows(labels) + new_rows
     return "\n".join([
         "## gRPC per-call CPU (`bench/grpc_cpu.py`)",
         "",
@@ -174,8 +186,9 @@ def markdown(row: str, args) -> str:
         f"round, after 2,000 warm-up calls each. \"process\": the server's CPU seconds (all "
         f"threads, model runs included) divided by the calls; \"loop thread\": the main "
         f"thread's alone (the event loop: the connection layers, decoding, batching). Median "
-        f"of the rounds; each row is one run, measured one after the other on the same "
-        f"machine.",
+        f"of the rounds. Rows measured in one run (`--compare`) come from servers running "
+        f"side by side, their rounds alternating, so the rest of the machine's load hits "
+        f"them alike; compare rows of one run only.",
         "",
         TABLE_HEAD,
         *rows,
