@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .args import MonitoringArgs
+from .args.monitoring import MonitoringArgs
 from .specs import INFLIGHT_METRIC
 
 

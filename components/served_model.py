@@ -8,7 +8,9 @@ from typing import Any, Optional
 import pulumi
 
 from . import coldstart, karpenter, keda, specs
-from .args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
+from .args import ServedModelArgs
+from .gpus import IMAGE_GPU_FAMILIES, instance_families
+from .karpenter import gpu_limit_needed
 from .elastic import KarpenterGpuPool, KedaScaling
 from .timeouts import ReadinessTimeouts, readiness_timeouts
 from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs

@@ -1,9 +1,12 @@
 """Run the real __main__.py under Pulumi's unit-test mocks and record the resource graph.
 
 Only Pulumi's engine and providers are replaced (pulumi.runtime.set_mocks): the config is the
-stack file merged over Pulumi.yaml's defaults (as the CLI merges them), models.build runs for
-real, and the mocks answer with realistic values (auto-names with suffixes, ECR URLs, sha256
-digests, a load balancer hostname) so the program's apply code sees what it would see live.
+stack file merged over Pulumi.yaml's defaults (as the CLI merges them) and reaches the program
+the way the CLI passes it (PULUMI_CONFIG and PULUMI_CONFIG_SECRET_KEYS in the environment, loaded
+into the runtime as the language host's exec shim loads them), models.build runs for real, and
+the mocks answer with realistic values (auto-names with suffixes, ECR URLs, sha256 digests, a
+load balancer hostname, certificate ARNs known only after a preview) so the program's apply code
+sees what it would see live.
 """
 from __future__ import annotations
 
@@ -173,6 +176,11 @@ class RealisticMocks(pulumi.runtime.Mocks):
             state |= {"nodeGroupName": group, "status": "ACTIVE",
                       "arn": f"arn:aws:eks:{REGION}:{ACCOUNT}:nodegroup/{state.get('clusterName')}/{group}"}
             return f"{state.get('clusterName')}:{group}", state
+        if t == "aws:acm/certificate:Certificate":
+            # Computed by ACM on create: unknown during a preview, as the provider leaves it.
+            if not pulumi.runtime.is_dry_run():
+                state["arn"] = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/{_short_hash(name)[:8]}-0000-4000-8000-{_short_hash(name)[8:20]}"
+            return f"{name}-{suffix}", state
         if t == "docker:index/container:Container":
             state.setdefault("name", f"{name}-{suffix}")
             return _short_hash(name, state.get("image")), state
@@ -351,11 +359,28 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview)
 
 
+CONFIG_ENV = ("PULUMI_CONFIG", "PULUMI_CONFIG_SECRET_KEYS")
+
+
 def run_file(program: Path, project: str, stack: str, config: dict[str, str], secret_keys: set[str],
              preview: bool = False) -> Run:
     """Run any Pulumi program file under the mocks, in its own directory (as the CLI does)."""
     model_cache_dir()
-    pulumi.runtime.set_all_config(config, list(secret_keys))
+    saved = {name: os.environ.get(name) for name in CONFIG_ENV}
+    # What the CLI's language host gives the program: the whole config as JSON text values.
+    os.environ["PULUMI_CONFIG"] = json.dumps(config)
+    os.environ["PULUMI_CONFIG_SECRET_KEYS"] = json.dumps(sorted(secret_keys))
+    try:
+        return _run_file(program, project, stack, preview)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_file(program: Path, project: str, stack: str, preview: bool) -> Run:
     mocks = RealisticMocks()
     monitor = RecordingMonitor(mocks)
     logs: list[str] = []
@@ -367,7 +392,8 @@ def run_file(program: Path, project: str, stack: str, config: dict[str, str], se
     pulumi.runtime.settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=logger)
-    pulumi.runtime.set_all_config(config, list(secret_keys))
+    # As the exec shim (pulumi-language-python-exec) loads the environment into the runtime.
+    pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
 
     def main() -> None:
         runpy.run_path(str(program), run_name="__main__")
