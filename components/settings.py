@@ -251,12 +251,13 @@ class _StackValues:
         if obj is not None and d.name in obj:
             value, in_group = obj[d.name], True
             if flat:
-                given, _ = _decode(d, self.raw[d.key], False)
+                given, bad = _decode(d, self.raw[d.key], False)
                 default, _ = _decode(d, d.stack_default, False)
-                if given != default:
+                if bad or given != default:  # (one at its Pulumi.yaml default may be unset: it yields)
+                    shown = self.raw[d.key] if bad else given
                     self.problems.append(
-                        f"{NAMESPACE}:{d.key} = {self.raw[d.key]!r} and {NAMESPACE}:{d.group_key}.{d.name} = "
-                        f"{value!r}: the same setting given twice; keep one (the group's)")
+                        f"{NAMESPACE}:{d.key} = {shown!r} and {NAMESPACE}:{d.group_key}.{d.name} = {value!r}: "
+                        "the same setting given twice; keep one of them")
                     self.failed.add(d.path)
                     return
         elif flat:

@@ -28,7 +28,7 @@ def test_prod_rollout_is_a_canary_gated_by_its_analysis_template(stack_runs):
     prod = stack_file("prod")
     rollout, template = run.one(ROLLOUT), run.one(TEMPLATE)
     strategy = rollout.inputs["spec"]["strategy"]["canary"]
-    assert strategy["steps"] == [canary.parse_step(s) for s in prod["servedmodel:canarySteps"]]
+    assert strategy["steps"] == [canary.parse_step(s) for s in prod["servedmodel:rollout"]["steps"]]
     assert strategy["analysis"]["templates"] == [{"templateName": template.state["metadata"]["name"]}]
     assert strategy["analysis"]["args"] == [{"name": canary.CANARY_HASH_ARG,
                                              "valueFrom": {"podTemplateHashValue": "Latest"}}]
