@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-from .args import Declared
-from .gpus import UNSUPPORTED_GPU_FAMILIES
-from .settings import AMI_TYPES, GPUS_PER_INSTANCE, NAMESPACE, ROLLOUT_SURGE, SCHEMA, SECRET_KEYS
+from .args import AMI_TYPES, ZOO, Declared
+from .gpus import GPUS_PER_INSTANCE, UNSUPPORTED_GPU_FAMILIES
+from .settings import NAMESPACE, SCHEMA, SECRET_KEYS
+from .specs import ROLLOUT_SURGE
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_MARK = "config:\n"
@@ -172,8 +173,6 @@ def _type(d: Declared) -> str:
 
 def render() -> str:
     """docs/config.md."""
-    from .args import ZOO
-
     group_rows = []
     for key in SCHEMA.groups:
         short = SCHEMA.shorthand(key)

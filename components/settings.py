@@ -28,10 +28,11 @@ from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 
-from .args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES, TARGETS, ZOO,
-                   ArgsError, AutoscalingArgs, Declared, ElasticArgs, ModelArgs, MonitoringArgs, NetworkArgs,
-                   NodePoolArgs, REQUIRED, RegistryArgs, ResourcesArgs, RolloutArgs, Schema, ServedModelArgs,
-                   ServerArgs, cross_group_problems, setting)
+from .args import (AMI_TYPES, AUTOSCALE_METRICS, REQUIRED, SERVICE_TYPES, TARGETS, ZOO, ArgsError, AutoscalingArgs,
+                   Declared, ElasticArgs, ModelArgs, MonitoringArgs, NetworkArgs, NodePoolArgs, RegistryArgs,
+                   ResourcesArgs, RolloutArgs, Schema, ServedModelArgs, ServerArgs, cross_group_problems, setting)
+from .gpus import GPUS_PER_INSTANCE
+from .specs import ROLLOUT_SURGE
 from servedmodel.models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
@@ -208,11 +209,12 @@ class _StackValues:
         if key not in self.raw:
             return
         value = self.raw[key]
-        if isinstance(value, str) and value.lstrip().startswith("{"):
+        if isinstance(value, str):  # the engine passes an object (or any non-string) as JSON text
             try:
-                value = json.loads(value)
+                parsed = json.loads(value)
             except json.JSONDecodeError:
-                pass
+                parsed = value
+            value = parsed if not isinstance(parsed, str) else value
         if isinstance(value, dict):
             self.objects[key] = value
             members = {d.name: d for d in SCHEMA.members(key)}
@@ -254,7 +256,7 @@ class _StackValues:
                 given, bad = _decode(d, self.raw[d.key], False)
                 default, _ = _decode(d, d.stack_default, False)
                 if bad or given != default:  # (one at its Pulumi.yaml default may be unset: it yields)
-                    shown = self.raw[d.key] if bad else given
+                    shown = self.raw[d.key] if bad else list(given) if isinstance(given, tuple) else given
                     self.problems.append(
                         f"{NAMESPACE}:{d.key} = {shown!r} and {NAMESPACE}:{d.group_key}.{d.name} = {value!r}: "
                         "the same setting given twice; keep one of them")
