@@ -64,10 +64,12 @@ config:
 ```
 
 Problems name a setting the way the stack wrote it (`servedmodel:autoscaling.maxReplicas` above).
-Setting one value both ways is an error naming both keys; only a flat key that still holds its
-Pulumi.yaml default yields to the group without one (the engine merges every Pulumi.yaml default
-into the stack's config, so such a key cannot be told from one left unset). An unknown key, flat or
-inside a group, is an error naming the nearest known key.
+Giving one setting both ways is an error naming both keys, except where the flat key holds its
+Pulumi.yaml default: the engine merges every Pulumi.yaml default into the stack's config, so such a
+key cannot be told from one left unset, and the group's value holds. An unknown key, flat or inside
+a group, is an error naming the nearest known key. `servedmodel:rollout` and `servedmodel:monitoring`
+are group keys with a shorthand (a plain value, as before, sets the strategy or the mode), so
+Pulumi.yaml, which cannot declare a key that may hold an object, does not declare them.
 
 | group key | shorthand (a plain value sets) | its settings (name in the group = flat key) |
 | --- | --- | --- |
@@ -186,7 +188,7 @@ def render() -> str:
     for key in SCHEMA.groups:
         short = SCHEMA.shorthand(key)
         kind = "object" + (f" or {_type(short)}" if short else "")
-        also = (f"; a plain value sets `{short.name}` (the flat key `{NAMESPACE}:{key}` it replaces)" if short else "")
+        also = (f"; a plain value sets `{short.name}` (`{NAMESPACE}:{key}: {short.stack_default}`)" if short else "")
         groups.append(f"| `{NAMESPACE}:{key}` | {kind} | The {key} group: any of "
                       + ", ".join(f"`{d.name}`" for d in SCHEMA.members(key)) + f" (see the table above){also}. |")
     for d in SCHEMA.settings:

@@ -28,9 +28,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 
-from .args import (AMI_TYPES, AUTOSCALE_METRICS, REQUIRED, SERVICE_TYPES, TARGETS, ZOO, ArgsError, AutoscalingArgs,
-                   Declared, ElasticArgs, ModelArgs, MonitoringArgs, NetworkArgs, NodePoolArgs, RegistryArgs,
-                   ResourcesArgs, RolloutArgs, Schema, ServedModelArgs, ServerArgs, cross_group_problems, setting)
+from .args import (AMI_TYPES, AUTOSCALE_METRICS, GROUP_TYPES, REQUIRED, SERVICE_TYPES, TARGETS, ZOO, ArgsError,
+                   Declared, ModelArgs, NodePoolArgs, Schema, ServedModelArgs, cross_group_problems, setting)
 from .gpus import GPUS_PER_INSTANCE
 from .specs import ROLLOUT_SURGE
 from servedmodel.models.spec import COMPRESSIONS
@@ -77,8 +76,7 @@ class Settings:
 
 # Every setting of the stack, in the order docs/config.md and Pulumi.yaml list them. One Prometheus
 # serves both KEDA's triggers and the canary analysis: the rollout's address takes its value.
-SCHEMA = Schema((ServedModelArgs, ModelArgs, ResourcesArgs, AutoscalingArgs, NetworkArgs, ServerArgs, NodePoolArgs,
-                 RegistryArgs, RolloutArgs, MonitoringArgs, ElasticArgs, Settings),
+SCHEMA = Schema((ServedModelArgs, *GROUP_TYPES.values(), Settings),
                 derived={"rollout.prometheus_address": "elastic.prometheus_url"})
 # Several models in one stack: a list of {name, model, compression} (components/settings.py
 # reads it; each entry's keys are ModelArgs' settings).
@@ -330,9 +328,8 @@ def _build(cls: type, kwargs: dict[str, Any], name_of: Callable[[str], str], pro
         return None
 
 
-_GROUP_CLASSES = (("resources", ResourcesArgs), ("autoscaling", AutoscalingArgs), ("network", NetworkArgs),
-                  ("server", ServerArgs), ("registry", RegistryArgs), ("rollout", RolloutArgs),
-                  ("monitoring", MonitoringArgs), ("elastic", ElasticArgs))
+# The groups every model shares (each model has its own ModelArgs; the node pool only with GPUs).
+_GROUP_CLASSES = tuple((name, cls) for name, cls in GROUP_TYPES.items() if name not in ("model", "node_pool"))
 
 
 def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[str]] | None = None,

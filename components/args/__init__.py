@@ -18,7 +18,8 @@ Adding a stack setting is one declaration, on the args field that carries the va
                                        "settings as @{group.field}.", check=integer(1))
 
 then, when it relates to other fields, its rule (`rules()` of the group, or a `@rule(...)` in
-rules.py when it spans groups), and `python -m servedmodel.components.config_doc` to regenerate
+rules.py when it spans groups; a new group is a module like the others plus a field of its type on
+ServedModelArgs), and `python -m servedmodel.components.config_doc` to regenerate
 Pulumi.yaml's `config:` block and docs/config.md (tests/components/test_docs.py fails until
 they match). The annotation is its type, the default its default everywhere; the flat key
 (`servedmodel:timeoutSeconds`) and its name in the group's structured key

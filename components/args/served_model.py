@@ -1,12 +1,13 @@
 """ServedModelArgs: everything one ServedModel needs, grouped; never the whole stack config."""
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
 from .autoscaling import AutoscalingArgs
-from .checking import ArgsError, Checker, one_of
+from .checking import ArgsError, ArgsGroup, Checker, one_of
 from .elastic import ElasticArgs
 from .model import ModelArgs
 from .monitoring import MonitoringArgs
@@ -20,10 +21,6 @@ from .server import ServerArgs
 from .setting import setting
 
 TARGETS = ("docker", "kubernetes")
-# ServedModelArgs field -> its group's class (node_pool may be None).
-GROUP_TYPES = {"model": ModelArgs, "resources": ResourcesArgs, "autoscaling": AutoscalingArgs,
-               "network": NetworkArgs, "server": ServerArgs, "registry": RegistryArgs, "node_pool": NodePoolArgs,
-               "rollout": RolloutArgs, "monitoring": MonitoringArgs, "elastic": ElasticArgs}
 
 
 @dataclass(frozen=True)
@@ -80,3 +77,17 @@ class ServedModelArgs:
     @property
     def kubernetes(self) -> bool:
         return self.target == "kubernetes"
+
+
+def _group_types() -> dict[str, type]:
+    """ServedModelArgs field -> its group's class (node_pool may be None), from the annotations."""
+    hints = typing.get_type_hints(ServedModelArgs)
+    out = {}
+    for f in fields(ServedModelArgs):
+        tp = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
+        if isinstance(tp, type) and issubclass(tp, ArgsGroup):
+            out[f.name] = tp
+    return out
+
+
+GROUP_TYPES = _group_types()
