@@ -30,6 +30,7 @@ import pulumi
 
 from .args import (AMI_TYPES, AUTOSCALE_METRICS, GROUP_TYPES, REQUIRED, SERVICE_TYPES, TARGETS, ZOO, ArgsError,
                    Declared, ModelArgs, NodePoolArgs, Schema, ServedModelArgs, cross_group_problems, setting)
+from .args.setting import camel
 from .gpus import GPUS_PER_INSTANCE
 from .specs import ROLLOUT_SURGE
 from servedmodel.models.spec import COMPRESSIONS
@@ -219,12 +220,14 @@ class _StackValues:
             for name in value:
                 if name in members:
                     continue
-                elsewhere = next((d for d in SCHEMA.settings if d.owner is SCHEMA.groups[key]
-                                  and name in (d.key, d.setting.name or d.field)), None)
+                # A setting kept out of this group (a secret, a stack-wide value) or of another group.
+                elsewhere = next((d for d in SCHEMA.settings if d.group_key != key or d.name is None
+                                  if name in (d.key, d.name, camel(d.field))), None)
                 if elsewhere is not None:
                     how = " (a secret: pulumi config set --secret)" if elsewhere.secret else ""
+                    there = f" or as {NAMESPACE}:{elsewhere.group_key}.{elsewhere.name}" if elsewhere.name else ""
                     self.problems.append(f"{NAMESPACE}:{key}.{name}: not set in {NAMESPACE}:{key}; "
-                                         f"set it as {NAMESPACE}:{elsewhere.key}{how}")
+                                         f"set it as {NAMESPACE}:{elsewhere.key}{there}{how}")
                     continue
                 nearest = _nearest(name, members)
                 self.problems.append(f"{NAMESPACE}:{key}.{name}: unknown key in {NAMESPACE}:{key}; "

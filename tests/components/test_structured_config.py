@@ -168,3 +168,9 @@ def test_the_program_reads_every_key_from_the_environment_the_cli_sets(monkeypat
     finally:
         pulumi.runtime.config.CONFIG.reset(token)
     assert raw == {"replcias": "3", "authToken": "s3cret"} and secret_keys == {"authToken"}
+
+
+def test_a_setting_of_another_group_is_pointed_to_its_place():
+    found = problems("local", {"servedmodel:rollout": {"strategy": "rolling", "prometheusUrl": "http://p:9090"}})
+    assert found == ["servedmodel:rollout.prometheusUrl: not set in servedmodel:rollout; set it as "
+                     "servedmodel:prometheusUrl or as servedmodel:elastic.prometheusUrl"], found
