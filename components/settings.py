@@ -178,11 +178,11 @@ class _StackValues:
             self._group_object(key)
         for d in SCHEMA.settings:
             self._read(d)
-        derived, source = next(iter(SCHEMA.derived.items()))
-        src = SCHEMA.by_path[source]
-        if src.field in self.kwargs.get(src.owner.GROUP, {}):
-            group, _, name = derived.rpartition(".")
-            self.kwargs.setdefault(group, {})[name] = self.kwargs[src.owner.GROUP][src.field]
+        for derived, source in SCHEMA.derived.items():  # an args field no key sets takes another's value
+            src = SCHEMA.by_path[source]
+            if src.field in self.kwargs.get(src.owner.GROUP, {}):
+                group, _, name = derived.rpartition(".")
+                self.kwargs.setdefault(group, {})[name] = self.kwargs[src.owner.GROUP][src.field]
 
     def name_of(self, path: str) -> str:
         """An args path -> the stack key that sets it, as the stack writes it."""
