@@ -4,7 +4,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import ServedModel, cluster, load_settings
+from servedmodel.components import ServedModel, cluster, load_settings
 
 settings = load_settings()
 

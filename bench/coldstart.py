@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components import coldstart  # noqa: E402
-from components.timeouts import readiness_timeouts  # noqa: E402
+from servedmodel.components import coldstart  # noqa: E402
+from servedmodel.components.timeouts import readiness_timeouts  # noqa: E402
 
 ZOO = ["mnist-mlp", "lenet", "resnet-tiny", "minilm"]
 
@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--compression", default="fp16")
     ap.add_argument("--bandwidth", type=int, default=50, help="pull MB/s (servedmodel:pullBandwidthMBps)")
     opts = ap.parse_args()
-    import models
+    import servedmodel.models as models
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-coldstart-") as work:

@@ -204,7 +204,7 @@ def torch_wheel() -> Path:
 
 def torch_context(model: str, out: Path) -> Path:
     import torch
-    from models.zoo import ZOO as ZOO_FACTORIES
+    from servedmodel.models.zoo import ZOO as ZOO_FACTORIES
     import importlib
 
     mod, fn = ZOO_FACTORIES[model][0].split(":")
@@ -269,7 +269,7 @@ LAYERS_FILE = ROOT / "components" / "image_layers.json"
 def runtime_layers(device: str, work: Path) -> dict:
     """Build mnist-mlp for `device`, push it, and sum the compressed sizes of every layer but the
     last (the model layer: `COPY model/` comes last) from the registry's manifest."""
-    import models
+    import servedmodel.models as models
 
     r = models.build(model="mnist-mlp", compression="none", out_dir=work / f"layers-{device}", device=device)
     repo = f"servedmodel-bench/layers-{device}"
@@ -314,7 +314,7 @@ def main() -> int:
         return 2
     if opts.layers:
         return write_layers(opts.no_gpu)
-    import models
+    import servedmodel.models as models
 
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_start = os.getloadavg()[0]

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import models  # noqa: E402
+import servedmodel.models as models  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
-from models.spec import COMPRESSIONS, PRUNED  # noqa: E402 - the one list of compressions
+from servedmodel.models.spec import COMPRESSIONS, PRUNED  # noqa: E402 - the one list of compressions
 
 LABEL = {c: ("fp32" if c == "none" else c) for c in COMPRESSIONS}
 
@@ -76,7 +76,7 @@ def session(path: Path, threads: int):
 def batch_inputs(model: str, manifest: dict, batch: int) -> dict:
     """Realistic inputs: tokenised sentences for minilm, pixels/features in [0, 1) otherwise."""
     if model == "minilm":
-        from models.zoo.minilm import load_tokenizer, tokenize
+        from servedmodel.models.zoo.minilm import load_tokenizer, tokenize
 
         ids, mask = tokenize(load_tokenizer(), (SENTENCES * 4)[:batch])
         return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
@@ -106,7 +106,7 @@ def latencies_ms(sessions: dict, feed: dict, budget_s: float = 3.0, min_rounds: 
 
 
 def minilm_cosines(fp32_path: Path, int8_path: Path, threads: int) -> np.ndarray:
-    from models.zoo.minilm import load_tokenizer, tokenize
+    from servedmodel.models.zoo.minilm import load_tokenizer, tokenize
 
     tok = load_tokenizer()
     a_s, b_s = session(fp32_path, threads), session(int8_path, threads)

@@ -110,12 +110,12 @@ def wait_until_idle(port: int, timeout: float = 120.0) -> None:
 
 
 def cpu_limit() -> int:
-    from serving.settings import cgroup_cpu_limit
+    from servedmodel.serving.settings import cgroup_cpu_limit
     return cgroup_cpu_limit()
 
 
 def build(model: str, compression: str, out: Path) -> Path:
-    import models
+    import servedmodel.models as models
     return models.build(model=model, compression=compression, out_dir=out / f"{model}-{compression}").context_dir
 
 
@@ -153,8 +153,8 @@ GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 def grpc_message(model_name: str, feeds) -> bytes:
     """One serialized ModelInferRequest with raw_input_contents (what tritonclient.grpc sends)."""
-    from serving.v2grpc import grpc_predict_v2_pb2 as pb
-    from serving.codec import NUMPY_TO_V2
+    from servedmodel.serving.v2grpc import grpc_predict_v2_pb2 as pb
+    from servedmodel.serving.codec import NUMPY_TO_V2
 
     req = pb.ModelInferRequest(model_name=model_name)
     for name, arr in feeds.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from components import specs
+from . import specs
 
 
 def eks_kubeconfig(cluster_name: str, aws_profile: str = "") -> pulumi.Output[str]:

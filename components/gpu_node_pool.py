@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_aws as aws
 
-from components import specs
+from . import specs
 
 
 @dataclass

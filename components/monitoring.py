@@ -20,10 +20,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pulumi
 import yaml
 
-from components.args import MonitoringArgs
-from components.specs import INFLIGHT_METRIC
+from .args.monitoring import MonitoringArgs
+from .specs import INFLIGHT_METRIC
 
 
 # The server's metrics (docs/protocol.md); every series has the label `model`.
@@ -82,8 +83,9 @@ class Scope:
 
     served_name: str
     """The served name: the `model` label of every series (SERVEDMODEL_MODEL_NAME)."""
-    namespace: str
-    """The model's namespace (the `namespace` target label)."""
+    namespace: pulumi.Input[str]
+    """The model's namespace (the `namespace` target label). The builders here need it known:
+    ModelMonitoring resolves one given as an Output before calling them."""
     gpu: bool = False
     """The pods use NVIDIA GPUs: the DCGM exporter's XID alert applies."""
 

@@ -7,16 +7,19 @@ from typing import Any, Optional
 
 import pulumi
 
-from components import coldstart, karpenter, keda, specs
-from components.args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
-from components.elastic import KarpenterGpuPool, KedaScaling
-from components.timeouts import ReadinessTimeouts, readiness_timeouts
-from components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
-from components.local_service import LocalService, LocalServiceArgs
-from components.model_image import ModelImage, ModelImageArgs
-from components.model_monitoring import ModelMonitoring, ModelMonitoringArgs
-from components.model_service import ModelService, ModelServiceArgs
-from components.monitoring import Scope
+from . import coldstart, karpenter, keda, specs
+from .args import ServedModelArgs
+from .gpus import IMAGE_GPU_FAMILIES, instance_families
+from .inputs import given, lift
+from .karpenter import gpu_limit_needed
+from .elastic import KarpenterGpuPool, KedaScaling
+from .timeouts import ReadinessTimeouts, readiness_timeouts
+from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
+from .local_service import LocalService, LocalServiceArgs
+from .model_image import ModelImage, ModelImageArgs
+from .model_monitoring import ModelMonitoring, ModelMonitoringArgs
+from .model_service import ModelService, ModelServiceArgs
+from .monitoring import Scope
 
 
 def _portable(path: Path) -> str:
@@ -65,7 +68,7 @@ class ServedModel(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ServedModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ServedModel", name, None, opts)
-        import models  # the offline world; imported here so `components` loads without torch
+        import servedmodel.models as models  # the offline world; imported here so `components` loads without torch
 
         entry, res = args.model, args.resources
         try:
@@ -82,8 +85,9 @@ class ServedModel(pulumi.ComponentResource):
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
             local_repository=f"servedmodel/{entry.served_name}",
-            # A given registry is a prefix: each model gets its own repository under it.
-            registry=f"{reg.url.rstrip('/')}/{entry.served_name}" if reg.url else "",
+            # A given registry is a prefix: each model gets its own repository under it (an Output
+            # counts as given: whether to create an ECR repository is decided now).
+            registry=lift(lambda url: f"{url.rstrip('/')}/{entry.served_name}", reg.url) if given(reg.url) else "",
             registry_username=reg.username,
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
         ), opts=child)

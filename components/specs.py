@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from models import contract  # the server's contract values, read as data from serving/contract.py
+from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
@@ -156,7 +156,7 @@ def topology_spread(served_name: str, revision_label: str = "pod-template-hash")
 
 
 # Extra pods a rollout starts before stopping old ones; GPU capacity checks count it
-# (components/args.py capacity_problems).
+# (components/args/rules.py capacity_problems).
 ROLLOUT_SURGE = 1
 
 

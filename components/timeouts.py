@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from components.specs import ROLLOUT_SURGE, STARTUP_PROBE_PERIOD
+from .specs import ROLLOUT_SURGE, STARTUP_PROBE_PERIOD
 
 # Measured on the build machine: production hardware, a cold page cache and CUDA's context
 # creation can be slower, so the budget is this many times the measurement, never below a floor.

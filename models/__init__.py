@@ -1,19 +1,19 @@
 """ServedModel's offline world: the model zoo and the preparation pipeline.
 
-    from models import ModelSpec, BuildResult, BuildError, build
+    from servedmodel.models import ModelSpec, BuildResult, BuildError, build
 
 `build()` exports a ModelSpec to ONNX, verifies it against eager torch, optionally compresses
 it (fp16, int8) and verifies again, then writes a content-addressed Docker build context
 (docs/architecture.md). torch, onnx and onnxruntime are imported only when a build needs them,
 so a cached rebuild stays fast. This package never imports pulumi or serving/.
 """
-from models.errors import BuildError
-from models.evaluate import DEFAULT_MAX_DROP, METRICS, Evaluation
-from models.pipeline import BuildResult, build
-from models.prune import PRUNE, FineTune, PruneOptions
-from models.spec import (COMPRESSIONS, DEFAULT_TOLERANCES, FP16_TOLERANCE, FP32_TOLERANCE, INT8_TOLERANCE, ModelSpec,
-                         SpecError, Tolerance)
-from models.zoo import ZOO
+from .errors import BuildError
+from .evaluate import DEFAULT_MAX_DROP, METRICS, Evaluation
+from .pipeline import BuildResult, build
+from .prune import PRUNE, FineTune, PruneOptions
+from .spec import (COMPRESSIONS, DEFAULT_TOLERANCES, FP16_TOLERANCE, FP32_TOLERANCE, INT8_TOLERANCE, ModelSpec,
+                   SpecError, Tolerance)
+from .zoo import ZOO
 
 __all__ = ["BuildError", "BuildResult", "build", "ModelSpec", "SpecError", "Tolerance", "DEFAULT_TOLERANCES",
            "FP32_TOLERANCE", "FP16_TOLERANCE", "INT8_TOLERANCE", "ZOO", "COMPRESSIONS", "Evaluation", "METRICS",

@@ -20,8 +20,15 @@ import sys
 import traceback
 from pathlib import Path
 
-from models.errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
-from models.spec import COMPRESSIONS
+if __package__ == "models":
+    # `python -m models` in a checkout: run the CLI as `servedmodel.models`, the name user
+    # factories import ModelSpec from, so one copy of its classes exists in the process.
+    _root = str(Path(__file__).resolve().parent.parent)
+    os.execve(sys.executable, [sys.executable, "-m", "servedmodel.models", *sys.argv[1:]],
+              {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_root, os.environ.get("PYTHONPATH", "")) if p)})
+
+from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
+from .spec import COMPRESSIONS
 
 # Set by the supervisor for its worker only: the file descriptor the worker reports on.
 WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
@@ -29,7 +36,7 @@ WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
-        sys.stderr.write(f"error: {message} (see python -m models {self.prog.split()[-1]} --help)\n")
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -104,7 +111,7 @@ def _table(result) -> str:
 
 
 def _list() -> int:
-    from models.zoo import ZOO
+    from .zoo import ZOO
 
     width = max(map(len, ZOO))
     for name, (_, description) in ZOO.items():
@@ -115,7 +122,7 @@ def _list() -> int:
 def _build(args, progress) -> tuple[int, str]:
     """Run the build; print a failure's one line on stderr. Returns (exit code, stdout text)."""
     try:
-        from models.pipeline import build
+        from .pipeline import build
 
         result = build(args.model, compression=args.compression, out_dir=args.out, device=args.device,
                        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress,
@@ -185,8 +192,9 @@ def _supervise(args, argv: list[str]) -> int:
 
     read_fd, write_fd = os.pipe()
     env = {**os.environ, WORKER_ENV: str(write_fd)}
-    repo = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    # The folder that holds the `servedmodel` package (a checkout's root, or site-packages).
+    home = str(Path(sys.modules["servedmodel"].__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (home, os.environ.get("PYTHONPATH", "")) if p)
     state: dict = {"worker": None, "interrupted": False}
 
     def forward(signum, frame) -> None:
@@ -202,7 +210,7 @@ def _supervise(args, argv: list[str]) -> int:
     try:
         try:
             # The worker's stdout is our stderr (fd 2): stdout carries only the result printed below.
-            state["worker"] = subprocess.Popen([sys.executable, "-m", "models", *argv], env=env,
+            state["worker"] = subprocess.Popen([sys.executable, "-m", __package__, *argv], env=env,
                                                pass_fds=(write_fd,), stdout=2)
         finally:
             os.close(write_fd)
@@ -240,11 +248,29 @@ def _supervise(args, argv: list[str]) -> int:
     return error["exit_code"]
 
 
+# What a build imports; a Python without them cannot build, whatever the model.
+BUILD_TOOLS = ("torch", "onnx", "onnxruntime")
+
+
+def missing_build_tools() -> list[str]:
+    import importlib.util
+
+    return [name for name in BUILD_TOOLS if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list()
+    missing = missing_build_tools()
+    if missing:
+        sys.stderr.write(
+            f"error: {sys.executable} has no {', '.join(missing)}: the build needs torch, onnx and onnxruntime. "
+            "In a checkout, use the project's virtual environment (`make serve` or `make test` creates .venv: "
+            "`.venv/bin/python -m models build ...`, or `. .venv/bin/activate` first); elsewhere "
+            "`pip install servedmodel` into the Python that runs the build.\n")
+        return EXIT_USAGE
     fd = os.environ.get(WORKER_ENV)
     return _work(args, int(fd)) if fd else _supervise(args, argv)
 

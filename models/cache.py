@@ -27,8 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator
 
-from models.loader import ModelRef
-from models.package import MODELS_DIR, REPO, SERVING_DIR, manifest_bytes, pause_for_tests, version_from_hashes
+from .loader import ModelRef
+from .package import MODELS_DIR, REPO, SERVING_DIR, manifest_bytes, pause_for_tests, version_from_hashes
 
 CACHE_FORMAT = "servedmodel-cache-1"
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "protobuf", "transformers",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import BuildError
+from .errors import BuildError
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def topological_sort(graph) -> None:
 def _finish(model, out_path: Path) -> int:
     import onnx
 
-    from models.export import strip_metadata
+    from .export import strip_metadata
 
     strip_metadata(model)
     topological_sort(model.graph)

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from models.errors import EXIT_QUALITY, BuildError
+from .errors import EXIT_QUALITY, BuildError
 
 # Built-in metrics, all "higher is better", all in [-1, 1]:
 #   accuracy              share of rows whose argmax over the last dim equals the integer label
@@ -68,7 +68,7 @@ class Evaluation:
     top_k: int = 1
 
     def __post_init__(self) -> None:
-        from models.spec import COMPRESSIONS, SpecError
+        from .spec import COMPRESSIONS, SpecError
 
         problems = []
         if isinstance(self.metric, str):
@@ -125,7 +125,7 @@ class Evaluation:
 
 def check_max_drop(model: str, value: Any) -> float | None:
     """Validate a --max-metric-drop / build(max_metric_drop=...) value (exit code 2 if bad)."""
-    from models.errors import EXIT_USAGE
+    from .errors import EXIT_USAGE
 
     if value is None:
         return None
@@ -227,7 +227,7 @@ class Measured:
 
 def reference(spec, fp32_path) -> tuple[Measured, ...]:
     """Measure every evaluation of `spec` on the fp32 ONNX export."""
-    from models.verify import session
+    from .verify import session
 
     sess = session(fp32_path)
     measured = []
@@ -260,7 +260,7 @@ def gate(spec, compression: str, model_path, measured: tuple[Measured, ...],
 
     The record describes the spec's first evaluation; further ones are listed under "others"
     with the same fields. None when the spec has no evaluation."""
-    from models.verify import session
+    from .verify import session
 
     if not measured:
         return None

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.contract import DATATYPES
-from models.errors import BuildError
+from .contract import DATATYPES
+from .errors import BuildError
 
 # ONNX tensor element types -> the V2 protocol's datatype names.
 V2_DATATYPES = {

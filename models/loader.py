@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import EXIT_USAGE, BuildError
-from models.zoo import ZOO
+from .errors import EXIT_USAGE, BuildError
+from .zoo import ZOO
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,11 @@ def _import_file(mref: ModelRef):
 def load_spec(mref: ModelRef):
     """Import the factory and call it. Exit code 2 when the factory is missing, 3 when it
     raises or returns something that is not a valid ModelSpec."""
-    from models.spec import ModelSpec, SpecError
+    from .spec import ModelSpec, SpecError
 
     if mref.kind == "zoo":
         mod_name, func_name = mref.factory.split(":")
-        module = importlib.import_module(mod_name)
+        module = importlib.import_module(mod_name, package=f"{__package__}.zoo")
     else:
         module, func_name = _import_file(mref), mref.factory
     factory = getattr(module, func_name, None)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from models.errors import BuildError
+from .errors import BuildError
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "models"

@@ -17,10 +17,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from models import cache as cache_mod
-from models.errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
-from models.package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
-from models.spec import COMPRESSIONS, PRUNED
+from . import cache as cache_mod
+from .errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
+from .package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
+from .spec import COMPRESSIONS, PRUNED
 
 Progress = Callable[[str], None]
 
@@ -84,8 +84,8 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
 
     max_metric_drop: the allowed drop of the task metric for this build (every evaluation of the
     spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them."""
-    from models.evaluate import check_max_drop
-    from models.loader import load_spec, parse_ref
+    from .evaluate import check_max_drop
+    from .loader import load_spec, parse_ref
 
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -127,7 +127,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             startup, sizes = record.get("startup"), dict(record["sizes"])
             if not startup or "model_layer_gzip_bytes" not in sizes:
                 # an entry cached before these were measured: measure them now
-                from models.startup import measure, model_layer_bytes
+                from .startup import measure, model_layer_bytes
                 with _quiet():
                     startup = startup or measure(out / "model" / manifest["model_file"], manifest)
                 sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
@@ -155,11 +155,11 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         steps[name] = round(time.perf_counter() - t, 3)
         say(f"[{model}] {name}: done in {steps[name]:.2f} s")
 
-    from models import evaluate as evaluate_mod
-    from models.compress import compress
-    from models.export import ExportResult, export
-    from models.package import make_manifest, write_context
-    from models.verify import check_rows_independent, reference, verify
+    from . import evaluate as evaluate_mod
+    from .compress import compress
+    from .export import ExportResult, export
+    from .package import make_manifest, write_context
+    from .verify import check_rows_independent, reference, verify
 
     try:
         with step("load", "importing the factory and building the ModelSpec"):
@@ -221,7 +221,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             with step("package", f"writing the build context to {out}"):
                 import onnx
 
-                from models.export import tensor_infos
+                from .export import tensor_infos
 
                 graph = onnx.load_model_from_string(model_bytes).graph
                 manifest = make_manifest(
@@ -231,7 +231,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                     evaluation=evaluation)
                 manifest = write_context(model, out, device, model_bytes, manifest)
             with step("startup", "timing model load + warm-up with onnxruntime"):
-                from models.startup import measure, model_layer_bytes
+                from .startup import measure, model_layer_bytes
                 startup = measure(out / "model" / manifest["model_file"], manifest)
                 layer_bytes = model_layer_bytes(out)
     except BuildError as e:
@@ -255,10 +255,10 @@ def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[st
     (reported, not required: pruning changes outputs by design; the task metric judges it)."""
     import dataclasses
 
-    from models.compress import compress
-    from models.export import export
-    from models.prune import PRUNE, prune
-    from models.verify import verify
+    from .compress import compress
+    from .export import export
+    from .prune import PRUNE, prune
+    from .verify import verify
 
     options = spec.prune or PRUNE
     with step("prune", f"torch-pruning, {options.ratio:.0%} of the channels of each coupled group"

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable
 
-from models.errors import BuildError
+from .errors import BuildError
 
 IMPORTANCES = ("l1", "l2")
-from models.train import LOSSES
+from .train import LOSSES
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class PruneOptions:
     round_to: int | None = None
 
     def __post_init__(self) -> None:
-        from models.spec import SpecError
+        from .spec import SpecError
 
         problems = []
         if not (isinstance(self.ratio, (int, float)) and not isinstance(self.ratio, bool) and 0 < self.ratio < 1):
@@ -87,7 +87,7 @@ class FineTune:
     def __post_init__(self) -> None:
         import torch
 
-        from models.spec import SpecError
+        from .spec import SpecError
 
         problems = []
         inputs = (self.inputs,) if isinstance(self.inputs, torch.Tensor) else self.inputs
@@ -119,7 +119,7 @@ def output_layers(module, example_inputs: tuple) -> list[str]:
     Conv that runs, and any whose output tensor is returned as it is."""
     import torch
 
-    from models.export import flatten_outputs
+    from .export import flatten_outputs
 
     ran: list[tuple[str, Any]] = []
     hooks = [m.register_forward_hook(lambda mod, _i, out, name=name: ran.append((name, out)))
@@ -147,7 +147,7 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
     import torch
     import torch_pruning as tp
 
-    from models.export import flatten_outputs
+    from .export import flatten_outputs
 
     options = spec.prune or PRUNE
     ft = spec.finetune
@@ -194,7 +194,7 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
         "params_before": params_before, "params_after": params_after, "finetune": None,
     }
     if ft is not None:
-        from models.train import train
+        from .train import train
 
         history = train(module, ft.inputs, ft.targets if teacher is None else teacher, loss=ft.loss, epochs=ft.epochs, lr=ft.lr,
                         batch_size=ft.batch_size, seed=ft.seed)

@@ -310,8 +310,8 @@ class ModelSpec:
         return tuple(batches)
 
     def _check_quality(self, problems: list[str], torch: Any) -> None:
-        from models.evaluate import Evaluation
-        from models.prune import FineTune, PruneOptions
+        from .evaluate import Evaluation
+        from .prune import FineTune, PruneOptions
 
         evs = self.evaluation
         if evs is None:

@@ -27,7 +27,7 @@ def _numpy_dtypes() -> dict[str, Any]:
     element-type -> numpy mapping."""
     import onnx.helper
 
-    from models.export import V2_DATATYPES
+    from .export import V2_DATATYPES
 
     out = {}
     for elem_type, name in V2_DATATYPES.items():

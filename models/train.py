@@ -35,7 +35,7 @@ def train(module, inputs: tuple, targets, *, loss: str | Callable, epochs: int, 
     """Adam on shuffled mini-batches, deterministically. Returns the mean loss of each epoch."""
     import torch
 
-    from models.export import flatten_outputs
+    from .export import flatten_outputs
 
     def loss_of(out, y):
         if callable(loss):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import BuildError
+from .errors import BuildError
 
 
 def batch_sizes_to_verify(max_batch_size: int) -> tuple[int, ...]:
@@ -70,7 +70,7 @@ def reference(spec) -> Reference:
     """Run the eager fp32 module on every verification batch."""
     import torch
 
-    from models.export import flatten_outputs
+    from .export import flatten_outputs
 
     batches = verification_batches(spec)
     outs = []
@@ -125,8 +125,8 @@ def check_rows_independent(spec, ref: Reference) -> None:
     give the same rows within the fp32 tolerance. Raises BuildError (verify, exit code 5)."""
     import torch
 
-    from models.export import flatten_outputs
-    from models.spec import FP32_TOLERANCE
+    from .export import flatten_outputs
+    from .spec import FP32_TOLERANCE
 
     sized = [(b, o) for b, o in zip(ref.batches, ref.outputs) if b.label.startswith("batch-")]
     if spec.max_batch_size < 2 or not sized:

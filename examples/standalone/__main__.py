@@ -7,17 +7,13 @@ for a cluster, brings its own Kubernetes provider, as any consumer of the compon
     pulumi config set target kubernetes
     pulumi config set --secret kubeconfig "$(cat ~/.kube/config)" && pulumi up   # on that cluster
 """
-import sys
 from pathlib import Path
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-# The components live at the repository root; a packaged install would not need this line.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from components import (AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs,  # noqa: E402
-                        ServedModel, ServedModelArgs)
+from servedmodel.components import (AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs, ServedModel,
+                                    ServedModelArgs)
 
 config = pulumi.Config()
 on_cluster = config.require("target") == "kubernetes"

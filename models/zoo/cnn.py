@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.spec import ModelSpec
-from models.zoo._seed import seeded, uniform
+from ..spec import ModelSpec
+from ._seed import seeded, uniform
 
 DIGITS = tuple(str(d) for d in range(10))
 CLASSES = tuple(f"class_{i}" for i in range(10))

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.evaluate import Evaluation
-from models.prune import FineTune
-from models.spec import ModelSpec
+from ..evaluate import Evaluation
+from ..prune import FineTune
+from ..spec import ModelSpec
 
 DIGITS = tuple(str(d) for d in range(10))
 SPLIT_SEED = 0
@@ -75,8 +75,8 @@ def training_key() -> str:
 
 def trained_module() -> DigitsCnn:
     """The trained CNN: from the build cache, or trained now (and cached)."""
-    from models.cache import cached_bytes
-    from models.train import train
+    from ..cache import cached_bytes
+    from ..train import train
 
     def make() -> bytes:
         x_tr, y_tr, _, _ = dataset()

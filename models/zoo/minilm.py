@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.evaluate import Evaluation
-from models.prune import FineTune, PruneOptions
-from models.spec import ModelSpec
+from ..evaluate import Evaluation
+from ..prune import FineTune, PruneOptions
+from ..spec import ModelSpec
 
 PAIRS_FILE = Path(__file__).with_name("sts_pairs.tsv")
 DISTILL_FILE = Path(__file__).with_name("minilm_distill.tsv")

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.spec import ModelSpec
-from models.zoo._seed import seeded
+from ..spec import ModelSpec
+from ._seed import seeded
 
 DIGITS = tuple(str(d) for d in range(10))
 

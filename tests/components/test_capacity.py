@@ -6,7 +6,7 @@ import pulumi
 import pytest
 
 import pulumi_harness
-from components import ArgsError, NodePoolArgs, gpus
+from servedmodel.components import ArgsError, NodePoolArgs, gpus
 from pulumi_harness import TEST_SECRET, run_program
 from test_settings import problems
 
@@ -45,7 +45,7 @@ def test_node_pool_args_refuse_a_volta_type_naming_the_field():
     ({"servedmodel:gpu": 2, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 6}, True),
 ])
 def test_a_gpu_rollout_must_fit_the_pool_maximum(overrides, fits):
-    from components.settings import parse_settings
+    from servedmodel.components.settings import parse_settings
     from test_settings import raw_for
 
     config = {"servedmodel:nodeMin": 1, "servedmodel:nodeDesired": 1, **overrides}
@@ -69,7 +69,7 @@ def test_given_subnets_are_used_as_they_are(model_cache):
 
 
 def test_a_cluster_without_private_subnets_stops_with_what_to_do():
-    from components.gpu_node_pool import require_private_subnets
+    from servedmodel.components.gpu_node_pool import require_private_subnets
 
     assert require_private_subnets("c", ["subnet-b", "subnet-a"]) == ["subnet-a", "subnet-b"]
     with pytest.raises(pulumi.RunError) as err:

@@ -5,9 +5,9 @@ import ast
 
 import yaml
 
-from components import args as component_args
-from components import specs
-from models import contract, loader, spec as model_spec
+from servedmodel.components import args as component_args
+from servedmodel.components import specs
+from servedmodel.models import contract, loader, spec as model_spec
 from pulumi_harness import ROOT
 
 
@@ -30,7 +30,7 @@ def test_a_non_literal_in_the_contract_is_refused(tmp_path):
 
 
 def test_the_server_uses_the_same_defaults_and_datatypes():
-    from serving import codec, settings as server_settings
+    from servedmodel.serving import codec, settings as server_settings
 
     assert tuple(codec.V2_TO_NUMPY) == contract.DATATYPES
     defaults = server_settings.Settings()
@@ -51,7 +51,7 @@ def test_the_components_and_the_stack_defaults_use_the_contract():
 
 
 def test_compressions_and_the_model_reference_grammar_come_from_models():
-    from components import settings
+    from servedmodel.components import settings
 
     assert settings.COMPRESSIONS is model_spec.COMPRESSIONS
     assert component_args.is_model_ref is loader.is_model_ref

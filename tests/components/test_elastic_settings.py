@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
-from components.settings import _FIELDS, parse_settings
+from servedmodel.components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
+from servedmodel.components.settings import SCHEMA, parse_settings
 from pulumi_harness import project_config
 from test_settings import problems, raw_for
 
 
 def test_every_elastic_key_is_declared_and_read():
     declared = {k.split(":", 1)[1] for k in project_config()}
-    elastic_keys = {k for k, (path, _) in _FIELDS.items() if path.startswith("elastic.")}
+    elastic_keys = {d.key for d in SCHEMA.settings if d.path.startswith("elastic.")}
     assert len(elastic_keys) == 19 and elastic_keys <= declared
 
 
@@ -90,8 +90,8 @@ def test_karpenter_defaults_are_stated_once():
 
     import yaml
 
-    from components.args import KARPENTER_DEFAULTS, ElasticArgs
-    from components.karpenter import KarpenterPoolArgs
+    from servedmodel.components.args import KARPENTER_DEFAULTS, ElasticArgs
+    from servedmodel.components.karpenter import KarpenterPoolArgs
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())
     config = schema["config"]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from components import coldstart, karpenter, keda, specs
+from servedmodel.components import coldstart, karpenter, keda, specs
 from tests.crds.validate import validate_custom_resource
 
 SUPPORTED = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
@@ -139,7 +139,7 @@ def test_inflight_trigger_queries_the_servers_own_metric_per_pod():
 
 
 def test_metric_names_in_the_queries_are_the_ones_the_server_exports():
-    from serving.metrics import Metrics
+    from servedmodel.serving.metrics import Metrics
 
     exported = Metrics("m", "v1").render(inflight=0, queue_depth=0, ready=True).decode()
     for args in (keda_args(), keda_args(metric="queue")):
@@ -203,7 +203,7 @@ def test_cold_start_budget_adds_node_pull_and_start():
 
 
 def test_readiness_timeouts_take_the_budgets_pull_and_node_parts():
-    from components.timeouts import STARTUP_PROBE_PERIOD, readiness_timeouts
+    from servedmodel.components.timeouts import STARTUP_PROBE_PERIOD, readiness_timeouts
 
     big = coldstart.ColdStart(node_seconds=240, pull_seconds=30, start_seconds=100)
     t = readiness_timeouts(big.start_seconds, "cuda", 4, pull_seconds=big.pull_seconds, node_seconds=big.node_seconds)

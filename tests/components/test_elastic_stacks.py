@@ -8,7 +8,7 @@ import json
 import kubernetes_validate
 import pytest
 
-from components import coldstart, specs
+from servedmodel.components import coldstart, specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, kubernetes_manifest, run_program
 from tests.crds.validate import validate_custom_resource
 
@@ -103,7 +103,7 @@ def test_burst_scales_to_zero_behind_the_interceptor(stack_runs):
 
 
 def test_probe_deadline_and_wait_derive_from_the_cold_start_output(stack_runs):
-    from components.timeouts import readiness_timeouts
+    from servedmodel.components.timeouts import readiness_timeouts
 
     for stack in ("burst", "prod", "dev"):
         run = stack_runs[stack]

@@ -61,7 +61,7 @@ def test_the_example_on_a_cluster_brings_its_own_provider_and_valid_objects(mode
 
 
 def test_a_bad_group_is_refused_when_it_is_created_naming_every_field():
-    from components import ArgsError, AutoscalingArgs
+    from servedmodel.components import ArgsError, AutoscalingArgs
 
     with pytest.raises(ArgsError) as err:
         AutoscalingArgs(replicas=5, max_replicas=2, metric="gpu", target_cpu_percent=150)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from components import ArgsError, NetworkArgs, ServerArgs, specs
-from components.settings import ConfigError, parse_settings
-from models.contract import GRPC_HEALTH_SERVICE, GRPC_LIVENESS_SERVICE
+from servedmodel.components import ArgsError, NetworkArgs, ServerArgs, specs
+from servedmodel.components.settings import ConfigError, parse_settings
+from servedmodel.models.contract import GRPC_HEALTH_SERVICE, GRPC_LIVENESS_SERVICE
 from pulumi_harness import KUBERNETES_VERSION, TEST_SECRET, kubernetes_manifest, run_program
 from test_settings import problems, raw_for
 

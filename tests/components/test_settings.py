@@ -6,8 +6,8 @@ import json
 import pulumi
 import pytest
 
-from components.args import ArgsError, ModelArgs
-from components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
+from servedmodel.components.args import ArgsError, ModelArgs
+from servedmodel.components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
 from pulumi_harness import STACKS, merged_config, project_config
 
 
@@ -53,7 +53,7 @@ def test_local_stack_serves_mnist_on_docker_cpu():
     s = parse_settings(*raw_for("local"))
     [a] = s.served
     assert (s.target, a.resources.gpu, a.resources.device) == ("docker", 0, "cpu")
-    assert s.models == (ModelArgs(served_name="model", model="mnist-mlp", compression="none"),)
+    assert s.models == (ModelArgs(served_name="mnist-mlp", model="mnist-mlp", compression="none"),)
 
 
 def test_prod_stack_is_gpu_with_hpa_2_to_10_and_a_protected_pool():
@@ -187,9 +187,11 @@ PUBLIC_NEEDS = ("servedmodel:serviceType = 'LoadBalancer': a public endpoint nee
 
 
 def test_a_public_endpoint_without_token_or_tls_is_one_error_naming_both_keys():
-    # prod without its token secret: refused, and the message names both keys.
+    # prod without its token secret: refused, and the message names both keys, as prod writes
+    # them (its network settings in the servedmodel:network group; the secret on its own).
     found = problems("prod")
-    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]
+    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS.replace("servedmodel:serviceType", "servedmodel:network.serviceType")
+                                             .replace("servedmodel:tlsCertificateArn", "servedmodel:network.tlsCertificateArn"))]
     assert msg.endswith("missing: servedmodel:authToken")
     found = problems("prod", {"servedmodel:tlsCertificateArn": ""}, secrets={"servedmodel:authToken": "t0ken"})
     [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]

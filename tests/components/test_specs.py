@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from components import specs
+from servedmodel.components import specs
 
 
 def test_gpu_limit_equals_request_and_cpu_pods_get_no_gpu():

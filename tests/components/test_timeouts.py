@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from components import timeouts
-from components.timeouts import readiness_timeouts
+from servedmodel.components import timeouts
+from servedmodel.components.timeouts import readiness_timeouts
 
 
 def minutes(text: str) -> int:

@@ -102,7 +102,7 @@ class Images:
     def get(self, model: str, compression: str = "none") -> Built:
         key = (model, compression)
         if key not in self._built:
-            import models  # here, not at import: the image tests collect without torch too
+            import servedmodel.models as models  # here, not at import: the image tests collect without torch too
 
             result = models.build(model=model, compression=compression,
                                   out_dir=self.root / f"{model}-{compression}", device="cpu")

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components import specs  # noqa: E402  (the reference the workload is given)
+from servedmodel.components import specs  # noqa: E402  (the reference the workload is given)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

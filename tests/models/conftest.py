@@ -22,7 +22,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def build_once(tmp_path_factory, cache_dir):
     """build_once(model, compression) -> BuildResult, built (or cache-hit) once per session."""
-    import models
+    import servedmodel.models as models
 
     built: dict = {}
 

@@ -63,8 +63,8 @@ def test_request_bounds_reach_the_manifest(build_once):
     spec without them gets none of these keys."""
     import json
 
-    from models.package import sha256_bytes, version_from_hashes
-    from serving.manifest import load_manifest
+    from servedmodel.models.package import sha256_bytes, version_from_hashes
+    from servedmodel.serving.manifest import load_manifest
 
     r = build_once(ref("bounded"), "none")
     m = r.manifest

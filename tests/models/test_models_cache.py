@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-import models
-import models.export
-import models.pipeline
+import servedmodel.models as models
+import servedmodel.models.export
+import servedmodel.models.pipeline
 from conftest import FACTORIES, cli_json, run_cli
 
 
@@ -93,8 +93,8 @@ def test_no_cache_writes_nothing(tmp_path):
 
 def test_damaged_cache_entry_is_rebuilt(cache_dir, tmp_path):
     a = models.build(f"{FACTORIES}:multi_io", "fp16", tmp_path / "a", cache_dir=cache_dir)
-    from models.cache import cache_key, entry_dir
-    from models.loader import parse_ref
+    from servedmodel.models.cache import cache_key, entry_dir
+    from servedmodel.models.loader import parse_ref
 
     entry = entry_dir(cache_dir, cache_key(parse_ref(f"{FACTORIES}:multi_io"), "fp16", "cpu"))
     (entry / "context/model/model.onnx").write_bytes(b"truncated")
@@ -104,7 +104,7 @@ def test_damaged_cache_entry_is_rebuilt(cache_dir, tmp_path):
 
 
 def test_unexpected_errors_are_build_errors(cache_dir, tmp_path, monkeypatch):
-    import models.verify
+    import servedmodel.models.verify
 
     def broken(*a, **k):
         raise ValueError("boom")
@@ -118,8 +118,8 @@ def test_unexpected_errors_are_build_errors(cache_dir, tmp_path, monkeypatch):
 
 def test_export_key_ignores_the_serving_side(monkeypatch, tmp_path):
     """A change to serving/ makes a new context (new version) but reuses the fp32 export."""
-    import models.cache as cache
-    from models.loader import parse_ref
+    import servedmodel.models.cache as cache
+    from servedmodel.models.loader import parse_ref
 
     mref = parse_ref("mnist-mlp")
     build_key, export_key = cache.cache_key(mref, "none", "cpu"), cache.cache_key(mref, "export", "any", export_only=True)

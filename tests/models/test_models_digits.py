@@ -10,7 +10,7 @@ import pytest
 def onnx_accuracy(context_dir) -> float:
     """Accuracy of a built context on the fixed test split, measured here, independently of
     the pipeline's own record."""
-    from models.zoo.digits import dataset
+    from servedmodel.models.zoo.digits import dataset
 
     _, _, x_te, y_te = dataset()
     sess = ort.InferenceSession(str(context_dir / "model/model.onnx"), providers=["CPUExecutionProvider"])
@@ -19,7 +19,7 @@ def onnx_accuracy(context_dir) -> float:
 
 
 def test_fixed_split_from_the_bundled_data():
-    from models.zoo.digits import dataset
+    from servedmodel.models.zoo.digits import dataset
 
     x_tr, y_tr, x_te, y_te = dataset()
     assert x_tr.shape == (1347, 1, 8, 8) and x_te.shape == (450, 1, 8, 8)
@@ -52,8 +52,8 @@ def test_training_is_cached_with_the_build(build_once, cache_dir):
     them, and a factory call inside a cached build gets them without training."""
     import time
 
-    import models.cache as cache_mod
-    from models.zoo.digits import trained_module, training_key
+    import servedmodel.models.cache as cache_mod
+    from servedmodel.models.zoo.digits import trained_module, training_key
 
     build_once("digits-cnn", "none")
     entries = list((cache_dir / "trained").iterdir())
@@ -75,7 +75,7 @@ def test_training_is_deterministic(build_once, cache_dir):
 
     import torch
 
-    from models.zoo.digits import trained_module, training_key
+    from servedmodel.models.zoo.digits import trained_module, training_key
 
     build_once("digits-cnn", "none")
     entry = next((cache_dir / "trained").iterdir())

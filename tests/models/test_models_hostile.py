@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import models
+import servedmodel.models as models
 from conftest import ROOT, cli_json, run_cli
 
 HOSTILE = Path(__file__).resolve().parent / "factories" / "hostile.py"
@@ -18,7 +18,7 @@ def ref(factory: str) -> str:
 
 
 def test_batch_sizes_to_verify_reach_the_max():
-    from models.verify import batch_sizes_to_verify
+    from servedmodel.models.verify import batch_sizes_to_verify
 
     assert batch_sizes_to_verify(32) == (1, 2, 4, 8, 16, 32)
     assert batch_sizes_to_verify(20) == (1, 2, 4, 8, 16, 20)
@@ -65,8 +65,8 @@ def test_rows_alone_and_reordered_must_agree(monkeypatch, module, probes, couple
 
     import torch
 
-    import models.verify
-    from models.verify import check_rows_independent, reference
+    import servedmodel.models.verify
+    from servedmodel.models.verify import check_rows_independent, reference
 
     monkeypatch.setattr(models.verify, "ROW_PROBES", probes)
     spec_ = importlib.util.spec_from_file_location("hostile_factories", HOSTILE)
@@ -86,8 +86,8 @@ def test_rows_alone_and_reordered_must_agree(monkeypatch, module, probes, couple
 # ---- cache integrity (item 9) -------------------------------------------------------------
 
 def _entry(cache, factory: str, compression: str = "none") -> Path:
-    from models.cache import cache_key, entry_dir
-    from models.loader import parse_ref
+    from servedmodel.models.cache import cache_key, entry_dir
+    from servedmodel.models.loader import parse_ref
 
     return entry_dir(cache, cache_key(parse_ref(ref(factory)), compression, "cpu"))
 
@@ -153,8 +153,8 @@ def test_file_added_to_a_cache_entry_is_detected(tiny_cache, tmp_path):
 
 
 def test_flipped_byte_in_the_cached_export_is_exported_again(tiny_cache, tmp_path):
-    from models.cache import cache_key, export_dir
-    from models.loader import parse_ref
+    from servedmodel.models.cache import cache_key, export_dir
+    from servedmodel.models.loader import parse_ref
 
     cache, _, _ = tiny_cache
     exported = export_dir(cache, cache_key(parse_ref(ref("tiny_a")), "export", "any", export_only=True)) / "model.onnx"
@@ -324,7 +324,7 @@ def test_infinities_that_torch_does_not_have_are_refused():
     or a NaN where torch has none fail (verify reports them per output)."""
     import numpy as np
 
-    from models.verify import _nonfinite_disagree
+    from servedmodel.models.verify import _nonfinite_disagree
 
     torch_out = np.array([1.0, np.inf, -np.inf, np.nan])
     assert not _nonfinite_disagree(torch_out.copy(), torch_out).any()

@@ -60,9 +60,9 @@ def test_digits_prune_really_shrinks_and_keeps_accuracy(build_once):
 
 def test_refused_prune_leaves_nothing(build_once, cache_dir, tmp_path):
     """(The CLI's exit code 9 is tested in test_models_quality; here the API, in-process.)"""
-    import models
-    import models.cache as cache_mod
-    from models.loader import parse_ref
+    import servedmodel.models as models
+    import servedmodel.models.cache as cache_mod
+    from servedmodel.models.loader import parse_ref
 
     build_once("digits-cnn", "none")  # training and export cached
     out = tmp_path / "ctx"
@@ -97,8 +97,8 @@ def test_prune_needs_an_evaluation(cache_dir, tmp_path):
 def test_residual_blocks_stay_consistent():
     """resnet-tiny's residual adds couple the channels of both branches: the dependency graph
     prunes them together, so the pruned network runs and keeps its output."""
-    from models.prune import prune
-    from models.zoo.cnn import resnet_tiny
+    from servedmodel.models.prune import prune
+    from servedmodel.models.zoo.cnn import resnet_tiny
 
     spec = resnet_tiny()
     module, details = prune(spec)
@@ -115,7 +115,7 @@ def test_residual_blocks_stay_consistent():
 
 
 def test_keep_and_options_are_checked():
-    from models import ModelSpec, PruneOptions, SpecError
+    from servedmodel.models import ModelSpec, PruneOptions, SpecError
 
     with pytest.raises(SpecError) as e:
         PruneOptions(ratio=1.0, importance="taylor", round_to=0)
@@ -127,9 +127,9 @@ def test_keep_and_options_are_checked():
 
 
 def test_keep_names_layers_to_leave_whole():
-    from models import PruneOptions
-    from models.prune import prune
-    from models.zoo.cnn import lenet
+    from servedmodel.models import PruneOptions
+    from servedmodel.models.prune import prune
+    from servedmodel.models.zoo.cnn import lenet
 
     spec = lenet()
     spec.prune = PruneOptions(ratio=0.5, keep=("features.0",))
@@ -144,8 +144,8 @@ def test_finetune_by_distillation_brings_the_pruned_model_back():
     import importlib.util
     from pathlib import Path
 
-    from models import FineTune, SpecError
-    from models.prune import prune
+    from servedmodel.models import FineTune, SpecError
+    from servedmodel.models.prune import prune
 
     path = Path(__file__).resolve().parent / "factories" / "quality.py"
     spec_mod = importlib.util.spec_from_file_location("quality_factories", path)
@@ -174,7 +174,7 @@ def test_pruned_build_is_byte_identical_without_the_cache(build_once, tmp_path):
     digits-cnn trains again) gives the same bytes and version."""
     import filecmp
 
-    import models
+    import servedmodel.models as models
 
     first = build_once("digits-cnn", "prune")
     again = models.build("digits-cnn", "prune", tmp_path / "again", use_cache=False)

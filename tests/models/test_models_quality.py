@@ -31,8 +31,8 @@ def test_variant_within_the_allowance_records_its_evaluation(build_once):
 
 
 def test_refused_variant_exits_9_and_leaves_nothing(build_once, cache_dir, tmp_path):
-    import models.cache as cache_mod
-    from models.loader import parse_ref
+    import servedmodel.models.cache as cache_mod
+    from servedmodel.models.loader import parse_ref
 
     build_once(REGRESSOR, "fp16")  # the export is cached: this test only pays for the gate
     out = tmp_path / "ctx"
@@ -85,8 +85,8 @@ def test_bad_max_metric_drop_is_a_usage_error(cache_dir, tmp_path, value):
 
 
 def test_the_allowance_is_part_of_the_cache_key():
-    import models.cache as cache_mod
-    from models.loader import parse_ref
+    import servedmodel.models.cache as cache_mod
+    from servedmodel.models.loader import parse_ref
 
     ref = parse_ref("mnist-mlp")
     keys = {cache_mod.cache_key(ref, "int8", "cpu", max_metric_drop=d) for d in (None, 0.0, 0.01)}
@@ -96,7 +96,7 @@ def test_the_allowance_is_part_of_the_cache_key():
 
 def test_build_takes_the_override(build_once, cache_dir, tmp_path):
     """models.build(max_metric_drop=...) is what components pass from the stack config."""
-    import models
+    import servedmodel.models as models
 
     build_once(REGRESSOR, "fp16")
     with pytest.raises(models.BuildError) as e:
@@ -111,7 +111,7 @@ def test_build_takes_the_override(build_once, cache_dir, tmp_path):
 def test_spearman_matches_scipy_with_ties():
     from scipy.stats import spearmanr
 
-    from models.evaluate import spearman
+    from servedmodel.models.evaluate import spearman
 
     rng = np.random.default_rng(0)
     a = rng.integers(0, 5, size=40).astype(float)  # ties
@@ -124,8 +124,8 @@ def test_spearman_matches_scipy_with_ties():
 def test_builtin_metrics():
     import torch
 
-    from models import Evaluation
-    from models.evaluate import measure
+    from servedmodel.models import Evaluation
+    from servedmodel.models.evaluate import measure
 
     x = [(torch.zeros(3, 2),)]
     logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
@@ -144,7 +144,7 @@ def test_builtin_metrics():
 def test_evaluation_is_checked_on_creation():
     import torch
 
-    from models import Evaluation, ModelSpec, SpecError
+    from servedmodel.models import Evaluation, ModelSpec, SpecError
 
     x = [(torch.zeros(2, 3),)]
     with pytest.raises(SpecError) as e:
@@ -173,7 +173,7 @@ def test_manifest_evaluation_is_tolerated_by_the_server(build_once):
     """serving/ reads manifests with the new key (it must ignore what it does not use)."""
     import sys
     sys.path.insert(0, str(ROOT))
-    from serving.manifest import load_manifest  # noqa: PLC0415
+    from servedmodel.serving.manifest import load_manifest  # noqa: PLC0415
 
     ctx = build_once(REGRESSOR, "fp16").context_dir
     m = load_manifest(ctx)

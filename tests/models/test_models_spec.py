@@ -6,9 +6,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from models import ModelSpec, SpecError, Tolerance
-from models.compress import Int8Options, topological_sort
-from models.export import ExportOptions, rename_io
+from servedmodel.models import ModelSpec, SpecError, Tolerance
+from servedmodel.models.compress import Int8Options, topological_sort
+from servedmodel.models.export import ExportOptions, rename_io
 
 
 def spec(**kw):

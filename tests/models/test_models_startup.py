@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-import models
-from models import startup
+import servedmodel.models as models
+from servedmodel.models import startup
 
 
 def test_build_records_measured_load_and_warmup_outside_the_manifest(build_once):
@@ -36,8 +36,8 @@ def test_a_cache_hit_reports_the_figures_measured_with_the_context(build_once, c
 def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp_path):
     import json
 
-    from models import cache as cache_mod
-    from models.loader import parse_ref
+    from servedmodel.models import cache as cache_mod
+    from servedmodel.models.loader import parse_ref
 
     models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
     key = cache_mod.cache_key(parse_ref("lenet"), "none", "cpu")

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models.zoo import ZOO
+from servedmodel.models.zoo import ZOO
 
 ORT_TYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(int32)": "INT32"}
 EVALUATED = {"digits-cnn": "accuracy", "minilm": "spearman"}
@@ -105,7 +105,7 @@ def test_minilm_is_the_real_sentence_transformer(build_once):
     """The exported minilm gives sentence-transformers' own embeddings of all-MiniLM-L6-v2."""
     from sentence_transformers import SentenceTransformer
 
-    from models.zoo.minilm import load_tokenizer, model_path, tokenize
+    from servedmodel.models.zoo.minilm import load_tokenizer, model_path, tokenize
 
     sentences = ["A cat sits on the mat.", "Inference servers batch requests dynamically."]
     expected = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True).encode(sentences)
@@ -119,7 +119,7 @@ def test_minilm_is_the_real_sentence_transformer(build_once):
 
 
 def test_minilm_sentence_pairs_are_well_formed():
-    from models.zoo.minilm import sts_pairs
+    from servedmodel.models.zoo.minilm import sts_pairs
 
     pairs = sts_pairs()
     assert len(pairs) >= 30 and len({(a, b) for _, a, b in pairs}) == len(pairs)
@@ -134,7 +134,7 @@ def test_minilm_evaluation_means_something(build_once):
     embeddings and the hand-assigned scores (scipy), and it is high for the real model."""
     from scipy.stats import spearmanr
 
-    from models.zoo.minilm import load_tokenizer, sts_pairs, tokenize
+    from servedmodel.models.zoo.minilm import load_tokenizer, sts_pairs, tokenize
 
     r = build_once("minilm", "none")
     ev = r.manifest["evaluation"]
@@ -172,7 +172,7 @@ def test_minilm_server_refuses_what_the_model_cannot_take(build_once, tmp_path):
 
     import httpx
 
-    from models.zoo.minilm import load_tokenizer, tokenize
+    from servedmodel.models.zoo.minilm import load_tokenizer, tokenize
 
     ctx = build_once("minilm", "none").context_dir
     m = build_once("minilm", "none").manifest

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import monitoring
-from components.monitoring import MonitoringArgs, Scope
+from servedmodel.components import monitoring
+from servedmodel.components.monitoring import MonitoringArgs, Scope
 from promkit import ROOT, run_promtool
 
 NS, MODEL, WORKLOAD = "servedmodel", "classifier", "classifier-deploy-1a2b3c"

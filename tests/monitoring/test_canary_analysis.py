@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from components import canary, monitoring
-from components.canary import CANARY_HASH_ARG, RolloutArgs
-from components.monitoring import MonitoringArgs, Scope
+from servedmodel.components import canary, monitoring
+from servedmodel.components.canary import CANARY_HASH_ARG, RolloutArgs
+from servedmodel.components.monitoring import MonitoringArgs, Scope
 from promkit import Prometheus
 from contexts import write_context  # tests/serving/contexts.py
 from serverkit import ServerProcess  # tests/serving/serverkit.py

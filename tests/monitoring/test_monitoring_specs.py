@@ -8,10 +8,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components import canary, monitoring, specs
-from components.args import ArgsError
-from components.canary import RolloutArgs, RolloutSpec
-from components.monitoring import MonitoringArgs, Scope
+from servedmodel.components import canary, monitoring, specs
+from servedmodel.components.args import ArgsError
+from servedmodel.components.canary import RolloutArgs, RolloutSpec
+from servedmodel.components.monitoring import MonitoringArgs, Scope
 from promkit import run_promtool
 from tests.crds.validate import validate_custom_resource
 

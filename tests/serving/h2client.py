@@ -8,7 +8,7 @@ import time
 
 from hpack import Decoder, Encoder
 
-from serving.h2 import frames as fr
+from servedmodel.serving.h2 import frames as fr
 
 
 def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from serving.h2 import GrpcConnection, GrpcLimits, GrpcListener
-from serving.h2 import frames as fr
-from serving.h2.call import Call
+from servedmodel.serving.h2 import GrpcConnection, GrpcLimits, GrpcListener
+from servedmodel.serving.h2 import frames as fr
+from servedmodel.serving.h2.call import Call
 
 
 class FakeTransport(asyncio.Transport):
@@ -47,7 +47,7 @@ class CountingBudget:
         self.held, self.limit, self.mine = held, limit, 0
 
     def hold(self, n: int) -> None:
-        from serving.errors import ServingError
+        from servedmodel.serving.errors import ServingError
         if self.held[0] + n > self.limit:
             raise ServingError(503, "over the test budget", reason="buffer_full")
         self.held[0] += n

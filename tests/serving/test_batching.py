@@ -14,9 +14,9 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from contexts import write_context
-from serving.errors import StartupError
-from serving.manifest import load_manifest
-from serving.settings import Batching, load_settings
+from servedmodel.serving.errors import StartupError
+from servedmodel.serving.manifest import load_manifest
+from servedmodel.serving.settings import Batching, load_settings
 from test_startup import _refuses, run_server
 
 

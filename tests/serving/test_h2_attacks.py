@@ -17,9 +17,9 @@ import pytest
 from hpack import Encoder
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.h2 import connection as h2connection
-from serving.h2 import frames as fr
-from serving.h2 import grpc as g
+from servedmodel.serving.h2 import connection as h2connection
+from servedmodel.serving.h2 import frames as fr
+from servedmodel.serving.h2 import grpc as g
 
 from h2client import RawClient, frame, message
 from serverkit import metric_sum

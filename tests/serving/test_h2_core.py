@@ -12,12 +12,12 @@ import sys
 import pytest
 from hpack import Encoder
 
-from serving.h2 import connection as h2connection
-from serving.h2 import frames as fr
-from serving.h2 import streams as st
-from serving.h2.flow import ReceiveWindow, SendWindow
-from serving.h2.frames import H2Error, parse_settings
-from serving.h2.headers import HeaderBlocks, Malformed, request_head, scan
+from servedmodel.serving.h2 import connection as h2connection
+from servedmodel.serving.h2 import frames as fr
+from servedmodel.serving.h2 import streams as st
+from servedmodel.serving.h2.flow import ReceiveWindow, SendWindow
+from servedmodel.serving.h2.frames import H2Error, parse_settings
+from servedmodel.serving.h2.headers import HeaderBlocks, Malformed, request_head, scan
 
 from h2client import frame, message
 from h2harness import connect, errors_in, frames, listener

@@ -25,7 +25,7 @@ from hpack import Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
 
-from serving.h2 import frames as fr
+from servedmodel.serving.h2 import frames as fr
 
 from h2harness import connect, errors_in, listener
 

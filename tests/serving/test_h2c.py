@@ -14,10 +14,10 @@ import time
 import grpc
 import pytest
 
-from serving.errors import ServingError
-from serving.h2 import Call, GrpcLimits, GrpcListener, connection
-from serving.h2 import frames as fr
-from serving.h2 import grpc as g
+from servedmodel.serving.errors import ServingError
+from servedmodel.serving.h2 import Call, GrpcLimits, GrpcListener, connection
+from servedmodel.serving.h2 import frames as fr
+from servedmodel.serving.h2 import grpc as g
 
 from h2client import RawClient, frame as _frame, message as _message
 

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import ROOT
 from contexts import write_context
-from serving.errors import StartupError
-from serving.manifest import load_manifest
+from servedmodel.serving.errors import StartupError
+from servedmodel.serving.manifest import load_manifest
 
 INFER = "/v2/models/test-mlp/infer"
 

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serving import large_json
+from servedmodel.serving import large_json
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 
 from inprocess import InProcessServer, SlowModel
 from serverkit import metric_sum
-from serving import create_app
-from serving.manifest import load_manifest
-from serving.settings import Batching, Settings
+from servedmodel.serving import create_app
+from servedmodel.serving.manifest import load_manifest
+from servedmodel.serving.settings import Batching, Settings
 
 INFER = "/v2/models/test-mlp/infer"
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from serving import codec
-from serving.errors import ServingError, StartupError
-from serving.manifest import load_manifest
-from serving.model import SPIN_MIN_ITEM_SECONDS
-from serving.settings import cgroup_cpu_limit, load_settings
+from servedmodel.serving import codec
+from servedmodel.serving.errors import ServingError, StartupError
+from servedmodel.serving.manifest import load_manifest
+from servedmodel.serving.model import SPIN_MIN_ITEM_SECONDS
+from servedmodel.serving.settings import cgroup_cpu_limit, load_settings
 
 
 def test_codec_table_and_inverse_round_trip():
@@ -96,7 +96,7 @@ def test_warm_up_picks_preferred_batch_and_inline_mode(tmp_path):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).parent))
     from contexts import write_context
-    from serving.model import OnnxModel
+    from servedmodel.serving.model import OnnxModel
 
     def warmed(kind, **kw):
         ctx = write_context(tmp_path / kind, kind, **kw)
@@ -155,7 +155,7 @@ def test_warm_up_times_sizes_in_interleaved_rounds(tmp_path):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).parent))
     from contexts import write_context
-    from serving import model as model_module
+    from servedmodel.serving import model as model_module
 
     ctx = write_context(tmp_path / "c", "mlp", max_batch_size=32, warmup=(1, 8, 32))
     manifest = load_manifest(ctx)
@@ -179,9 +179,9 @@ def test_warm_up_times_sizes_in_interleaved_rounds(tmp_path):
 def test_wait_estimate_uses_batch_times_per_size():
     """The queue-time estimate packs queued rows into batches of the preferred size at the
     time measured for each size (interpolated between sizes, proportional past the largest)."""
-    from serving.batcher import Batcher
-    from serving.metrics import Metrics
-    from serving.settings import Batching
+    from servedmodel.serving.batcher import Batcher
+    from servedmodel.serving.metrics import Metrics
+    from servedmodel.serving.settings import Batching
 
     b = Batcher(object(), Batching(max_batch_size=32, queue_timeout_ms=1000.0), Metrics("m", "v"))
     try:
@@ -225,9 +225,9 @@ def test_a_batch_waits_briefly_for_the_clients_of_the_last_one():
     client back starts a batch alone and the clients split into two batches that take turns."""
     import asyncio
 
-    from serving.batcher import Batcher
-    from serving.metrics import Metrics
-    from serving.settings import Batching
+    from servedmodel.serving.batcher import Batcher
+    from servedmodel.serving.metrics import Metrics
+    from servedmodel.serving.settings import Batching
 
     async def main():
         model = _PacedModel(0.06)
@@ -255,9 +255,9 @@ def test_a_batch_waits_briefly_for_the_clients_of_the_last_one():
 def test_the_wait_for_returning_clients_is_bounded():
     """No wait once as many rows came as the last batch had (a lone client never waits), and
     never past RETURN_WAIT_SHARE of the last batch's run time or the queue delay."""
-    from serving.batcher import RETURN_WAIT_SHARE, Batcher
-    from serving.metrics import Metrics
-    from serving.settings import Batching
+    from servedmodel.serving.batcher import RETURN_WAIT_SHARE, Batcher
+    from servedmodel.serving.metrics import Metrics
+    from servedmodel.serving.settings import Batching
 
     batcher = Batcher(_RecordingModel(), Batching(max_batch_size=32, max_queue_delay_ms=2.0),
                       Metrics("m", "v"))
@@ -279,8 +279,8 @@ def test_a_run_larger_than_the_warm_up_gives_its_memory_back(tmp_path):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).parent))
     from contexts import write_context
-    from serving.hooks import PeakMemory
-    from serving.model import OnnxModel
+    from servedmodel.serving.hooks import PeakMemory
+    from servedmodel.serving.model import OnnxModel
 
     def rss_mib() -> float:
         with open("/proc/self/statm") as f:

@@ -144,9 +144,9 @@ def test_docs_openapi_is_generated_from_the_mnist_manifest(mnist_context):
     version (which changes with every serving/ edit) may differ."""
     from pathlib import Path
 
-    from serving.manifest import load_manifest
-    from serving.openapi import build_openapi
-    from serving.settings import load_settings
+    from servedmodel.serving.manifest import load_manifest
+    from servedmodel.serving.openapi import build_openapi
+    from servedmodel.serving.settings import load_settings
 
     kept = json.loads((Path(__file__).resolve().parents[2] / "docs" / "openapi.json").read_text())
     manifest = load_manifest(mnist_context)

@@ -5,7 +5,7 @@ Each factory is what a user would write: a module, example inputs, names.
 import torch
 from torch import nn
 
-from models import ModelSpec, Tolerance
+from servedmodel.models import ModelSpec, Tolerance
 
 
 def _g(seed):

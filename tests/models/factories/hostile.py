@@ -7,7 +7,7 @@ import sys
 import torch
 from torch import nn
 
-from models import ModelSpec
+from servedmodel.models import ModelSpec
 
 
 def _g(seed):

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import Evaluation, ModelSpec
+from servedmodel.models import Evaluation, ModelSpec
 
 
 def _g(seed):
