@@ -299,7 +299,10 @@ class GrpcConnection(asyncio.Protocol):
             self.processing = False
         if self.closed:
             return
-        self._start_ready()
+        if not more:
+            # Handlers start once all that was read is processed: a call opened and reset
+            # within one read (however many turns it takes) never starts one.
+            self._start_ready()
         self._send()
         if more:
             if not self.turn_pending:
@@ -534,8 +537,8 @@ class GrpcConnection(asyncio.Protocol):
                                 "bad_request")
 
     def _request_complete(self, call: Call) -> None:
-        """The client's half is whole (END_STREAM): check it, then start its handler at the
-        end of this turn (a call reset within the same read never starts one)."""
+        """The client's half is whole (END_STREAM): check it, then start its handler once
+        the read is processed (a call reset within the same read never starts one)."""
         if call.done or call.status is not None:
             return
         if call.http_status is not None:
