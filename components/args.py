@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import pulumi
 
-from .specs import ROLLOUT_SURGE
-from .gpus import GPUS_PER_INSTANCE, instance_family, unsupported_reason
+from .specs import NLB_DEREGISTRATION_LAG_SECONDS, REVISION_HISTORY_LIMIT, ROLLOUT_SURGE
+from .gpus import SUPPORTED_GPU_FAMILIES, instance_family, unsupported_reason
 from servedmodel.models.contract import DRAIN_SECONDS, PORT as SERVER_PORT
 from servedmodel.models.loader import is_model_ref
 from servedmodel.models.spec import COMPRESSIONS
@@ -225,6 +225,18 @@ class NetworkArgs:
     grpc_port: int = 0
     """The server's gRPC port (SERVEDMODEL_GRPC_PORT): a container port, a Service port named
     `grpc` (appProtocol grpc), gRPC probes and the NetworkPolicy rule. 0: gRPC off. Default 0."""
+    hostname: str = ""
+    """The endpoint's public DNS name (e.g. classifier.example.com): the `url` is
+    https://<hostname>, the TLS certificate must cover it, and with a LoadBalancer a Route53
+    alias record in `dns_zone_id` points it at the NLB. Required with a LoadBalancer. With
+    ClusterIP it names what your ingress (or the KEDA HTTP interceptor) serves. Default ""."""
+    dns_zone_id: str = ""
+    """The Route53 hosted zone (Z...) that holds `hostname`; required with a LoadBalancer.
+    Default ""."""
+    load_balancer_subnet_ids: tuple[str, ...] = ()
+    """Subnets of the public NLB (one per availability zone); () = the cluster VPC's subnets tagged
+    kubernetes.io/role/elb=1, one per zone. Pinned on the Service, and their CIDRs are what the
+    NetworkPolicy admits for the NLB's forwarded connections and health checks. Default ()."""
 
     def __post_init__(self) -> None:
         c = _Checker("network", self)
@@ -260,6 +272,7 @@ class NetworkArgs:
                 ipaddress.ip_network(cidr)
             except (TypeError, ValueError):
                 c.bad("ingress_cidrs", "each entry must be a CIDR block such as 10.0.0.0/16", value=cidr)
+        self._check_edge(c, public)
         c.integer("local_port", 1024, 65535)
         if c.integer("grpc_port", 0, 65535) and self.grpc_port:
             if self.grpc_port < 1024:
@@ -267,6 +280,45 @@ class NetworkArgs:
             elif self.grpc_port in (SERVER_PORT, self.local_port):
                 c.bad("grpc_port", f"must differ from the server's HTTP port ({SERVER_PORT}) and from @{{network.local_port}}")
         c.raise_if_any("NetworkArgs")
+
+    def _check_edge(self, c: "_Checker", public: bool) -> None:
+        """The public name and the NLB's subnets (issue 18, findings 7 and 12)."""
+        if self.hostname and not is_hostname(self.hostname):
+            c.bad("hostname", "a DNS name such as classifier.example.com (lowercase, no wildcard)")
+        elif self.hostname and self.hostname.endswith(AMAZON_OWNED_SUFFIXES):
+            c.bad("hostname", "a name in a zone you own: ACM issues no certificate for Amazon-owned "
+                              "domains such as *.amazonaws.com")
+        if self.dns_zone_id and not _ZONE_ID.match(str(self.dns_zone_id)):
+            c.bad("dns_zone_id", "a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ")
+        if public:
+            missing = [ref for ref, given in (("@{network.hostname}", bool(self.hostname)),
+                                              ("@{network.dns_zone_id}", bool(self.dns_zone_id))) if not given]
+            if missing:
+                c.bad("service_type", "a public endpoint with TLS needs a name its certificate covers: "
+                                      "@{network.hostname} (the url becomes https://<hostname>) and "
+                                      "@{network.dns_zone_id} (the Route53 zone whose alias record points it at "
+                                      f"the NLB); missing: {', '.join(missing)}")
+        elif self.dns_zone_id:
+            c.bad("dns_zone_id", "the alias record points at the load balancer: only with @{network.service_type} "
+                                 "LoadBalancer (leave it empty for ClusterIP)")
+        wrong = [i for i in self.load_balancer_subnet_ids or () if not _AWS_ID["subnet"].match(str(i))]
+        if wrong:
+            c.bad("load_balancer_subnet_ids", "subnet ids such as subnet-0123abcd, one per availability zone; "
+                                              "empty = the cluster VPC's subnets tagged kubernetes.io/role/elb=1",
+                  value=wrong)
+        elif self.load_balancer_subnet_ids and not public:
+            c.bad("load_balancer_subnet_ids", "the NLB's subnets: only with @{network.service_type} LoadBalancer")
+
+
+# A DNS name of lowercase labels (RFC 1123), at least two of them.
+_HOSTNAME = re.compile(r"^(?=.{4,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_ZONE_ID = re.compile(r"^Z[A-Z0-9]{1,32}$")
+# ACM refuses certificates for Amazon-owned domains (ACM user guide, troubleshooting-requests.html).
+AMAZON_OWNED_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".cloudfront.net", ".elasticbeanstalk.com")
+
+
+def is_hostname(value: Any) -> bool:
+    return isinstance(value, str) and bool(_HOSTNAME.match(value))
 
 
 @dataclass(frozen=True)
@@ -312,7 +364,8 @@ class NodePoolArgs:
     cluster_name: str
     """The existing EKS cluster the nodes join. Required."""
     instance_types: tuple[str, ...] = ("g5.xlarge",)
-    """GPU instance types (keys of GPUS_PER_INSTANCE). Default ("g5.xlarge",)."""
+    """GPU instance types of the families the image supports (gpus.SUPPORTED_GPU_FAMILIES); what each
+    has (vCPUs, memory, GPUs) is read from EC2 (components/capacity.py). Default ("g5.xlarge",)."""
     ami_type: str = "BOTTLEROCKET_x86_64_NVIDIA"
     """EKS AMI type. Default BOTTLEROCKET_x86_64_NVIDIA (ships the device plugin)."""
     min_size: int = 1
@@ -323,6 +376,12 @@ class NodePoolArgs:
     """Maximum nodes. Default 2."""
     subnet_ids: Optional[pulumi.Input[Sequence[str]]] = field(default=None, compare=False)
     """Subnets of the nodes; None uses the cluster's. Default None."""
+    daemon_set_cpu: str = "250m"
+    """CPU every pool node keeps for DaemonSet pods (VPC CNI, kube-proxy, CSI, exporters), on top
+    of the kubelet's reservation; a replica must fit in what remains (components/capacity.py).
+    Default "250m"."""
+    daemon_set_memory: str = "256Mi"
+    """Memory every pool node keeps for DaemonSet pods. Default "256Mi"."""
 
     def __post_init__(self) -> None:
         c = _Checker("node_pool", self)
@@ -332,11 +391,17 @@ class NodePoolArgs:
         for t in types:
             if unsupported_reason(t):
                 c.bad("instance_types", f"{t}: {unsupported_reason(t)}; use a Turing or newer NVIDIA type "
-                                        "(g4dn, g5, g6, g6e, p4d, p5)", value=t)
-        unknown = [t for t in types if t not in GPUS_PER_INSTANCE and not unsupported_reason(t)]
+                                        f"({', '.join(SUPPORTED_GPU_FAMILIES)})", value=t)
+        unknown = [t for t in types if not _INSTANCE_TYPE.match(str(t))
+                   or (instance_family(t) not in SUPPORTED_GPU_FAMILIES and not unsupported_reason(t))]
         if not types or unknown:
-            c.bad("instance_types", f"GPU instance types only; accepted: {', '.join(GPUS_PER_INSTANCE)}",
+            c.bad("instance_types", "EC2 GPU instance types (family.size, e.g. g5.xlarge) of the families the "
+                                    f"serving image supports: {', '.join(SUPPORTED_GPU_FAMILIES)}",
                   value=list(types))
+        for name in ("daemon_set_cpu", "daemon_set_memory"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _QUANTITY.match(value):
+                c.bad(name, "must be a Kubernetes quantity such as 250m or 256Mi")
         c.choice("ami_type", AMI_TYPES)
         sizes = [c.integer(name, 0) for name in ("min_size", "desired_size", "max_size")]
         if all(sizes) and (self.max_size < 1 or not self.min_size <= self.desired_size <= self.max_size):
@@ -345,10 +410,8 @@ class NodePoolArgs:
                                   f"@{{node_pool.max_size}} >= 1")
         c.raise_if_any("NodePoolArgs")
 
-    @property
-    def gpus_per_node(self) -> int:
-        """GPUs the smallest of the pool's instance types has (the pool may get any of them)."""
-        return min(GPUS_PER_INSTANCE[t] for t in self.instance_types)
+
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 
 
 @dataclass(frozen=True)
@@ -362,14 +425,27 @@ class RegistryArgs:
     password: Optional[pulumi.Input[str]] = field(default=None, repr=False, compare=False)
     """Password for `url`, a Pulumi secret. Default None."""
     keep_versions: int = 10
-    """Image versions the ECR lifecycle policy keeps (the rollback window). Default 10."""
+    """Image versions the ECR lifecycle policy keeps (the rollback window), counted in pushes; at
+    least KEEP_VERSIONS_FLOOR (what one workload may pin at once). Default 10."""
+    retain: bool = False
+    """What `pulumi destroy` (or a served-name rename) does with the ECR repository: True leaves it
+    and its images in the account (retain_on_delete; prod: the rollback source and audit trail),
+    False deletes it with its images (force_delete; dev and ephemeral stacks). Default False."""
 
     def __post_init__(self) -> None:
         c = _Checker("registry", self)
         if self.username and self.password is None:
             c.bad("username", "needs the secret @{registry.password} (pulumi config set --secret)")
-        c.integer("keep_versions", 1)
+        c.integer("keep_versions", KEEP_VERSIONS_FLOOR)
+        if not isinstance(self.retain, bool):
+            c.bad("retain", "must be true or false")
         c.raise_if_any("RegistryArgs")
+
+
+# The versions one workload may pin at once: the ReplicaSets its rollout history keeps
+# (revisionHistoryLimit, `kubectl rollout undo` targets), the current one and a canary. ECR's
+# count rule keeps the newest pushes, so fewer kept versions could expire what still runs.
+KEEP_VERSIONS_FLOOR = REVISION_HISTORY_LIMIT + 2
 
 
 # --- how a new version reaches traffic, and how the model is watched ---------------------------
@@ -564,6 +640,9 @@ class ServedModelArgs:
     """Karpenter / KEDA / scale to zero and the cold-start budget's inputs. Default: managed nodes, HPA."""
     protect: bool = False
     """Protect the registry and the node pool from deletion (prod). Default False."""
+    cluster_name: str = ""
+    """The existing EKS cluster (kubernetes target): its VPC holds the public load balancer's
+    subnets. "" = the node pool's cluster_name. Default ""."""
     cache_dir: Optional[Path] = None
     """models.build cache; None uses $SERVEDMODEL_CACHE or ~/.cache/servedmodel. Default None."""
 
@@ -581,6 +660,7 @@ class ServedModelArgs:
         problems += elastic_problems(self.target, self.resources, self.autoscaling, self.network, self.node_pool,
                                      self.elastic)
         problems += canary_scaling_problems(self.rollout, self.elastic)
+        problems += draining_problems(self.network, self.server)
         if problems:
             raise ArgsError("ServedModelArgs", problems)
 
@@ -602,10 +682,8 @@ def cross_group_problems(target: Any, resources: Optional[ResourcesArgs], autosc
         out.append(Problem("resources.gpu", gpu, "GPUs are served on the kubernetes target only; use 0 on the docker target"))
     if target == "kubernetes" and gpu and node_pool is None:
         out.append(Problem("node_pool", None, "GPU replicas on the kubernetes target need a node pool (NodePoolArgs)"))
-    # With Karpenter the node group's max_size does not bound the pool (its GPU limit does, elastic_problems).
-    karpenter = elastic is not None and elastic.karpenter
-    if target == "kubernetes" and gpu and node_pool is not None and autoscaling is not None and not karpenter:
-        out += capacity_problems(gpu, autoscaling.max_replicas, node_pool)
+    # Whether the replicas (and the rollout surge) fit the pool's nodes needs EC2's figures of
+    # each instance type: components/capacity.py checks it with them.
     return out
 
 
@@ -638,30 +716,11 @@ def delivery_problems(target: Any, rollout: Optional[RolloutArgs], monitoring: O
     return out
 
 
-def capacity_problems(gpu: int, max_replicas: int, pool: NodePoolArgs) -> list[Problem]:
-    """A rollout at max_replicas must schedule: max_replicas + surge pods of `gpu` GPUs each on
-    at most `pool.max_size` nodes (pods cannot span nodes: count whole replicas per node)."""
-    per_node = pool.gpus_per_node
-    if per_node < gpu:
-        return [Problem("node_pool.instance_types", list(pool.instance_types),
-                        f"each node must hold one replica's {gpu} GPU(s) (@{{resources.gpu}}); the smallest type has {per_node}")]
-    per_node_replicas = per_node // gpu
-    fit = pool.max_size * per_node_replicas
-    need = max_replicas + ROLLOUT_SURGE
-    if fit >= need:
-        return []
-    return [Problem("node_pool.max_size", pool.max_size,
-                    f"{pool.max_size} node(s) fit {fit} replica(s) of {gpu} GPU(s); @{{autoscaling.max_replicas}} "
-                    f"({max_replicas}) + {ROLLOUT_SURGE} rollout surge (maxUnavailable 0) need {need}; "
-                    f"raise @{{node_pool.max_size}} to at least {-(-need // per_node_replicas)}")]
-
-
 # ---- Elastic GPU capacity (issue 11): Karpenter nodes, KEDA pods, scale to zero ----
 
-# GPU instance families the serving image can run: those of the known instance types
-# (components/gpus.py, the one list the node group's validation uses). The Karpenter pool admits
-# only these.
-IMAGE_GPU_FAMILIES = tuple(sorted({instance_family(t) for t in GPUS_PER_INSTANCE}))
+# GPU instance families the serving image can run (components/gpus.py, the one list the node
+# group's validation uses). The Karpenter pool admits only these.
+IMAGE_GPU_FAMILIES = tuple(sorted(SUPPORTED_GPU_FAMILIES))
 NODE_PROVISIONERS = ("managed", "karpenter")
 AUTOSCALERS = ("hpa", "keda")
 KEDA_METRICS = ("inflight", "queue")
@@ -837,3 +896,20 @@ def elastic_problems(target: Any, resources: Optional[ResourcesArgs], autoscalin
                                    f"+ {ROLLOUT_SURGE} rollout surge) x @{{resources.gpu}} ({gpu}) = {need} GPUs; "
                                    f"raise it to at least {need} or use 0"))
     return out
+
+
+# ---- Draining behind the public NLB (issue 18, finding 8) ----
+
+def draining_problems(network: Optional[NetworkArgs], server: Optional[ServerArgs]) -> list[Problem]:
+    """A pod behind the NLB (pod IP targets) keeps receiving new connections for about two minutes
+    after its target starts deregistering (specs.NLB_DEREGISTRATION_LAG_SECONDS): its preStop
+    sleep must outlast that, or a rollout and every scale-down drop requests."""
+    if network is None or server is None or network.service_type != "LoadBalancer":
+        return []
+    lag = NLB_DEREGISTRATION_LAG_SECONDS
+    if isinstance(server.pre_stop_seconds, int) and server.pre_stop_seconds < lag:
+        return [Problem("server.pre_stop_seconds", server.pre_stop_seconds,
+                        f"behind the public NLB (@{{network.service_type}} LoadBalancer) must be {lag} or more: "
+                        f"the NLB sends new connections to a deregistering pod for about {lag} s, and a pod "
+                        "that stops serving before that drops them (docs/deploy.md, Draining)")]
+    return []

@@ -16,11 +16,12 @@ from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 
-from .args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURGE, SERVICE_TYPES,
+from . import capacity
+from .args import (AMI_TYPES, AUTOSCALE_METRICS, ROLLOUT_SURGE, SERVICE_TYPES,
                              TARGETS, ZOO, ArgsError, AutoscalingArgs, ElasticArgs, ModelArgs, MonitoringArgs,
                              NetworkArgs, NodePoolArgs, Problem, RegistryArgs, ResourcesArgs, RolloutArgs,
                              ServedModelArgs, ServerArgs, canary_scaling_problems, cross_group_problems,
-                             delivery_problems, elastic_problems)
+                             delivery_problems, draining_problems, elastic_problems)
 from servedmodel.models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
@@ -28,7 +29,7 @@ NAMESPACE = "servedmodel"
 # Settings that hold credentials: accepted only as Pulumi secrets (`pulumi config set --secret`).
 SECRET_KEYS = ("authToken", "registryPassword", "kubeconfig")
 
-__all__ = ["AMI_TYPES", "AUTOSCALE_METRICS", "COMPRESSIONS", "ConfigError", "GPUS_PER_INSTANCE", "NAMESPACE",
+__all__ = ["AMI_TYPES", "AUTOSCALE_METRICS", "COMPRESSIONS", "ConfigError", "NAMESPACE",
            "PROJECT_KEYS", "ROLLOUT_SURGE", "SECRET_KEYS", "SERVICE_TYPES", "STACK_ONLY_KEYS", "Settings", "TARGETS",
            "ZOO", "load_settings", "parse_settings"]
 
@@ -88,6 +89,10 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "localPort": ("network.local_port", "int"),
     "tlsCertificateArn": ("network.tls_certificate_arn", "str"),
     "grpcPort": ("network.grpc_port", "int"),
+    # The public name and the NLB's subnets (issue 18, findings 7 and 12).
+    "hostname": ("network.hostname", "str"),
+    "dnsZoneId": ("network.dns_zone_id", "str"),
+    "loadBalancerSubnetIds": ("network.load_balancer_subnet_ids", "list"),
     "drainSeconds": ("server.drain_seconds", "int"),
     "preStopSeconds": ("server.pre_stop_seconds", "int"),
     "maxBatchSize": ("server.max_batch_size", "int"),
@@ -101,9 +106,14 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "nodeDesired": ("node_pool.desired_size", "int"),
     "nodeMax": ("node_pool.max_size", "int"),
     "nodeSubnetIds": ("node_pool.subnet_ids", "list"),
+    # DaemonSet headroom on every GPU node (issue 18, finding 1: components/capacity.py).
+    "daemonSetCpu": ("node_pool.daemon_set_cpu", "str"),
+    "daemonSetMemory": ("node_pool.daemon_set_memory", "str"),
     "registry": ("registry.url", "str"),
     "registryUsername": ("registry.username", "str"),
     "keepVersions": ("registry.keep_versions", "int"),
+    # What destroy does with the ECR repository (issue 18, finding 2).
+    "retainRegistry": ("registry.retain", "bool"),
     "protect": ("protect", "bool"),
     "rollout": ("rollout.strategy", "str"),
     "canarySteps": ("rollout.steps", "list"),
@@ -147,6 +157,8 @@ _FIELDS: dict[str, tuple[str, str]] = {
 _ZERO_IS_UNSET = ("maxBatchSize", "maxQueueDelayMs", "maxQueueSize", "queueTimeoutMs")
 # One Prometheus serves both KEDA's triggers and the canary analysis: one key, two args fields.
 _SHARED_PROMETHEUS = ("elastic.prometheus_url", "rollout.prometheus_address")
+# Secrets the program itself must read while it decides what to declare (a registry lookup).
+_READ_BY_PROGRAM = ("registryPassword",)
 # Secrets become args fields too (their values come from the secret config, never from `raw`).
 _SECRET_FIELDS = {"authToken": "network.auth_token", "registryPassword": "registry.password"}
 # Read to build each ModelArgs (see _model_entries), not groups of their own.
@@ -323,6 +335,7 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
         problems.extend(p.render(stack_names) for p in canary_scaling_problems(
             built["rollout"], built["elastic"], groups.get("rollout", {}).get("strategy"),
             groups.get("elastic", {}).get("autoscaler")))
+        problems.extend(p.render(stack_names) for p in draining_problems(built["network"], built["server"]))
 
     served: list[ServedModelArgs] = []
     for index, (kwargs, model_key) in enumerate(entries):
@@ -335,7 +348,8 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
                                           grpc_port=network.grpc_port + index if network.grpc_port else 0)
         args = _build(ServedModelArgs, dict(
             model=model, out_dir=build_root / model.served_name, target=target, node_pool=node_pool,
-            protect=top.get("protect", False), **(built | {"network": network})), stack_names, problems)
+            protect=top.get("protect", False), cluster_name=cluster_name if kubernetes else "",
+            **(built | {"network": network})), stack_names, problems)
         if args is not None:
             served.append(args)
     names = [m.served_name for m in (a.model for a in served)]
@@ -383,13 +397,31 @@ def _read_raw(cfg: pulumi.Config) -> tuple[dict[str, Any], set[str]]:
     return raw, secret_keys
 
 
+def capacity_problems(settings: Settings) -> list[str]:
+    """Whether each GPU model's replicas fit its pool, with EC2's figures of each instance type
+    (components/capacity.py; aws.ec2.get_instance_type invokes, which run at preview too), as
+    problems naming the stack keys. The stack's models share their resources and pool: the same
+    problem is reported once."""
+    names = _namer(lambda field: field)
+    found: list[str] = []
+    for args in settings.served:
+        found += [p.render(names) for p in capacity.check(args)]
+    return list(dict.fromkeys(found))
+
+
 def load_settings(cfg: Optional[pulumi.Config] = None) -> Settings:
     """Read and validate the stack config; a bad config stops the program with one RunError."""
     cfg = cfg or pulumi.Config(NAMESPACE)
     try:
         raw, secret_keys = _read_raw(cfg)
-        secrets = {key: cfg.require_secret(key) for key in secret_keys}
+        # The registry password stays a plain string here: the program asks the registry which
+        # versions it holds before it declares the build (components/model_image.py), and an
+        # Output cannot be read then. The component marks it secret wherever it is stored.
+        secrets = {key: cfg.require(key) if key in _READ_BY_PROGRAM else cfg.require_secret(key) for key in secret_keys}
         settings = parse_settings(raw, secrets, build_root=Path("build") / "stacks" / pulumi.get_stack())
+        problems = capacity_problems(settings)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
     return dataclasses.replace(settings, aws_profile=pulumi.Config("aws").get("profile") or "")

@@ -25,8 +25,13 @@ Three parts, each rule citing the source it was read from:
 3. Registry and host facts that live outside the state, where an `up` can fail although the
    plan is valid: `Registry` (an ECR repository with IMMUTABLE tags refuses a push of an existing
    tag with another digest: ECR API reference, PutImage, ImageTagAlreadyExistsException; image
-   builds are not bit-reproducible, so a rebuild always has another digest) and `HostPorts` (the
-   Docker engine refuses a container whose published host port another container holds).
+   builds are not bit-reproducible, so a rebuild always has another digest; ECR refuses to delete
+   a repository that holds images unless the delete forces it: ECR API reference,
+   DeleteRepository, RepositoryNotEmptyException, and hashicorp/terraform-provider-aws
+   internal/service/ecr/repository.go resourceRepositoryDelete sends `force_delete` from the
+   state as `Force`) and `HostPorts` (the Docker engine refuses a container whose published host
+   port another container holds). The registry's tags also feed the next program run
+   (`Registry.holding`: what aws:ecr/getImages lists), as the real registry does.
 """
 from __future__ import annotations
 
@@ -108,6 +113,26 @@ PROVIDER_RULES: dict[str, ProviderRule] = {
                "DeleteLifecyclePolicy on the repository, so a create-before-delete replacement "
                "would delete the policy it just put",
         replace_on=("policy", "repository"),
+    ),
+    "aws:ec2/launchTemplate:LaunchTemplate": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/ec2/ec2_launch_template.go: name and "
+               "name_prefix are ForceNew; any other change creates a new template version "
+               "(CreateLaunchTemplateVersion) and moves latest_version, which a node group then rolls to",
+        replace_on=("name", "namePrefix"),
+    ),
+    "aws:route53/record:Record": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/route53/record.go (resourceRecord): name "
+               "and zone_id are ForceNew; alias, type and the rest are UPSERTed in place "
+               "(resourceRecordUpdate); a create uses CREATE, which fails where the name already has a "
+               "record of the type unless allow_overwrite",
+        replace_on=("name", "zoneId"),
+    ),
+    "kubernetes:core/v1:NamespacePatch": ProviderRule(
+        source="pulumi/pulumi-kubernetes provider/pkg/provider/provider.go (Patch resources, server-side "
+               "apply under the resource's own field manager): a changed name or namespace targets "
+               "another object (replace); a changed field is re-applied in place; a delete gives up the "
+               "fields the manager owns (a label another manager also applies stays)",
+        replace_on=K8S_META,
     ),
     "aws:iam/role:Role": ProviderRule(
         source="hashicorp/terraform-provider-aws internal/service/iam/role.go: name, name_prefix and "
@@ -223,6 +248,12 @@ class Plan:
 
 
 def changed_paths(a: Any, b: Any, path: str = "") -> list[str]:
+    # A nested block that appears or goes reports its leaves (a launch template added to a node
+    # group changes launchTemplate.id, which is what the provider's ForceNew is on).
+    if isinstance(a, dict) and b is None:
+        b = {}
+    if isinstance(b, dict) and a is None:
+        a = {}
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for key in sorted(set(a) | set(b)):
@@ -314,10 +345,17 @@ def plan(before: Optional[Run], after: Run) -> Plan:
 
 class Registry:
     """The image registry, which outlives the state: tags pushed by earlier `up`s stay there
-    even when the state does not record them (a push that landed before the run failed)."""
+    even when the state does not record them (a push that landed before the run failed).
+
+    `tags` maps a repository URL to its tags and the digest each names. A push moves its tags to
+    the build's digest; a repository deleted with force loses its images."""
 
     def __init__(self) -> None:
-        self.tags: dict[str, set[str]] = {}
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def holding(self) -> dict[str, dict[str, str]]:
+        """What the next program run finds in the registries (pulumi_harness RealisticMocks)."""
+        return {repo: dict(tags) for repo, tags in self.tags.items() if tags}
 
     def publish(self, run: Run, steps: Iterable[Step]) -> list[str]:
         """Apply the pushes of `steps`; returns the tags pushed. Raises PlanError where the
@@ -331,12 +369,27 @@ class Registry:
                 continue
             for tag in image.inputs["tags"]:
                 repo, version = tag.rsplit(":", 1)
-                if version in self.tags.get(repo, set()) and self.mutability(run, repo) == "IMMUTABLE":
+                if version in self.tags.get(repo, {}) and self.mutability(run, repo) == "IMMUTABLE":
                     raise PlanError(f"{step}: {tag} already exists in an IMMUTABLE repository and this build "
                                     "has another digest (ImageTagAlreadyExistsException)")
-                self.tags.setdefault(repo, set()).add(version)
+                self.tags.setdefault(repo, {})[version] = image.state["digest"]
                 pushed.append(tag)
         return pushed
+
+    def delete_repositories(self, before: Optional[Run], steps: Iterable[Step]) -> None:
+        """Apply the deletes of ECR repositories in `steps`: a retained one stays (state only), a
+        forced one goes with its images, any other one that holds images is refused."""
+        for step in steps:
+            if step.type != "aws:ecr/repository:Repository" or step.op not in ("delete", "delete-replaced"):
+                continue
+            if step.retain:
+                continue
+            repo = before.by_urn(step.urn)
+            url = repo.state.get("repositoryUrl")
+            if self.tags.get(url) and not repo.inputs.get("forceDelete"):
+                raise PlanError(f"{step}: ECR Repository ({repo.state.get('name')}) not empty, consider using "
+                                "force_delete (RepositoryNotEmptyException)")
+            self.tags.pop(url, None)
 
     @staticmethod
     def mutability(run: Run, repo: str) -> str:
