@@ -661,6 +661,11 @@ class ServedModelArgs:
                                      self.elastic)
         problems += canary_scaling_problems(self.rollout, self.elastic)
         problems += draining_problems(self.network, self.server)
+        if (self.kubernetes and self.network.service_type == "LoadBalancer" and not self.cluster_name
+                and self.node_pool is None and not self.network.load_balancer_subnet_ids):
+            problems.append(Problem("cluster_name", self.cluster_name,
+                                    "a public load balancer's subnets are found in the cluster's VPC: name the "
+                                    "cluster, or list @{network.load_balancer_subnet_ids}"))
         if problems:
             raise ArgsError("ServedModelArgs", problems)
 

@@ -160,3 +160,18 @@ def test_karpenter_nodes_state_the_same_metadata_options(stack_runs):
     node_class = stack_runs["burst"].one("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass")
     assert node_class.inputs["spec"]["metadataOptions"] == {"httpEndpoint": "enabled", "httpTokens": "required",
                                                            "httpPutResponseHopLimit": 1}
+
+
+def test_a_component_user_names_where_the_nlb_lives():
+    """ServedModelArgs (programs other than ours): the NLB's subnets come from the cluster's VPC."""
+    from pathlib import Path
+
+    from servedmodel.components.args import ModelArgs, ServedModelArgs, ServerArgs
+
+    network = NetworkArgs(**PUBLIC, hostname="a.example.com", dns_zone_id="Z1")
+    common = dict(model=ModelArgs(served_name="m", model="mnist-mlp"), out_dir=Path("build/m"), target="kubernetes",
+                  network=network, server=ServerArgs(pre_stop_seconds=120))
+    with pytest.raises(ArgsError) as err:
+        ServedModelArgs(**common)
+    assert "cluster_name = '': a public load balancer's subnets are found in the cluster's VPC" in str(err.value)
+    ServedModelArgs(**common, cluster_name="c")
