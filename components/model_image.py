@@ -93,11 +93,11 @@ class ModelImage(pulumi.ComponentResource):
             repo = aws.ecr.Repository(
                 f"{name}-repo",
                 # MUTABLE, and every workload pinned by digest: a build is not bit-reproducible,
-                # so a revert (A -> B -> A), a retry after a push that landed but was not
-                # recorded, or a model swap pushes an existing version tag again with a new
-                # digest, which an IMMUTABLE repository refuses. The version is a content hash of
-                # what is served, so every build under one tag serves the same model.
-                # docs/deploy.md "Images and registries" gives the whole argument.
+                # and a retry after a push that landed but was not recorded (or a version
+                # re-deployed after a reuse, _published) pushes an existing version tag again with
+                # a new digest, which an IMMUTABLE repository refuses; the build marker tag moves on
+                # every build. The version is a content hash of what is served, so every build
+                # under one tag serves the same model. docs/deploy.md "Images and registries".
                 image_tag_mutability="MUTABLE",
                 image_scanning_configuration={"scan_on_push": True},
                 # Fixed at creation: ECR has no call that changes a repository's encryption, so the
@@ -132,7 +132,7 @@ class ModelImage(pulumi.ComponentResource):
         if existing is not None:
             pulumi.log.info(f"version {args.version} is in the registry ({existing}) and this stack's build holds "
                             "another: deploying that image, without a build or a push", resource=self)
-            ref = pulumi.Output.concat(tag, "@", existing)
+            ref = tag.apply(lambda t: specs.pinned_reference(t, existing))
             self.ref, self.tag, self.repository_url = ref, tag, repository_url
             self.register_outputs({"ref": ref, "tag": tag, "repository_url": repository_url})
             return
