@@ -1,12 +1,14 @@
 """The EC2 GPU instance families the serving image can use: one list, shared by every node source.
 
-The managed node group (components/args.py validates `nodeInstanceTypes` with it) and Karpenter
-(its NodePool admits only these families) read the same choice from here. What an instance type
-has (vCPUs, memory, GPUs) comes from EC2 itself (components/capacity.py).
+The managed node group (components/args/node_pool.py validates `nodeInstanceTypes` with it),
+the Karpenter pool (its `instance-family In` requirement admits IMAGE_GPU_FAMILIES) and the
+cold-start budget (a family's node start) read the same choice, and the instance-family helpers,
+from here. What an instance type has (vCPUs, memory, GPUs) comes from EC2 itself
+(components/capacity.py).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 # The GPU instance families the serving image supports: our choice, not a cloud fact. x86-64
 # NVIDIA families of Turing or newer (CUDA 13, below) that we run: g4dn (T4), g5 (A10G), g6 (L4),
@@ -34,6 +36,11 @@ def instance_family(instance_type: str) -> str:
     return instance_type.split(".", 1)[0]
 
 
+def instance_families(instance_types: Sequence[str]) -> tuple[str, ...]:
+    """`("g5.xlarge", "g5.2xlarge", "g6.xlarge")` -> `("g5", "g6")`."""
+    return tuple(sorted({instance_family(t) for t in instance_types}))
+
+
 def unsupported_reason(instance_type: str) -> Optional[str]:
     """Why the image cannot run on this instance type, or None when its family is not refused."""
     return UNSUPPORTED_GPU_FAMILIES.get(instance_family(instance_type))
@@ -45,3 +52,7 @@ def unsupported_families() -> tuple[str, ...]:
 
 
 assert not set(SUPPORTED_GPU_FAMILIES) & set(UNSUPPORTED_GPU_FAMILIES), "a refused family is listed as usable"
+
+# GPU instance families the serving image can run (the one list the node group's validation
+# uses). The Karpenter pool admits only these.
+IMAGE_GPU_FAMILIES = tuple(sorted(SUPPORTED_GPU_FAMILIES))

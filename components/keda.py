@@ -18,8 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import pulumi
+
 from . import specs
-from .args import KEDA_METRICS as METRICS
+from .inputs import check_input
 
 API_SCALEDOBJECT = "keda.sh/v1alpha1"
 API_HTTPSCALEDOBJECT = "http.keda.sh/v1alpha1"
@@ -32,6 +34,9 @@ EXTERNAL_SCALER_PORT = 9090
 INTERCEPTOR_SERVICE = "keda-add-ons-http-interceptor-proxy"
 INTERCEPTOR_PORT = 8080
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The server's own metrics KEDA can scale on (read from Prometheus; no prometheus-adapter). The
+# stack's autoscaling metric must be one of them with autoscaler keda (components/args/rules.py).
+METRICS = ("inflight", "queue")
 # The window of the queue-time rate: long enough to hold several scrapes.
 QUEUE_WINDOW = "1m"
 
@@ -40,8 +45,9 @@ QUEUE_WINDOW = "1m"
 class KedaArgs:
     """KEDA autoscaling of one model's Deployment. Validates itself (ValueError listing every problem)."""
 
-    namespace: str
-    """The model's namespace (the Prometheus query selects its pods there). Required."""
+    namespace: pulumi.Input[str]
+    """The model's namespace (the Prometheus query selects its pods there; another resource's
+    output too). Required."""
     prometheus_url: str
     """Prometheus the KEDA operator queries (http://...:9090). Required."""
     min_replicas: int
@@ -87,10 +93,19 @@ class KedaArgs:
         if not self.prometheus_url.startswith(("http://", "https://")):
             problems.append(f"prometheus_url {self.prometheus_url!r}: an http(s):// URL")
         for name in ("namespace", "keda_namespace"):
-            if not _DNS_LABEL.match(getattr(self, name)):
-                problems.append(f"{name} {getattr(self, name)!r}: a namespace name")
+            kept, problem = check_input(
+                getattr(self, name),
+                lambda v, name=name: None if isinstance(v, str) and _DNS_LABEL.match(v) else f"{name} {v!r}: a namespace name",
+                lambda _, text: pulumi.RunError(_problems_text([text])))
+            object.__setattr__(self, name, kept)
+            if problem:
+                problems.append(problem)
         if problems:
-            raise ValueError(f"invalid KEDA autoscaling ({len(problems)} problem(s)): " + "; ".join(problems))
+            raise ValueError(_problems_text(problems))
+
+
+def _problems_text(problems: list[str]) -> str:
+    return f"invalid KEDA autoscaling ({len(problems)} problem(s)): " + "; ".join(problems)
 
 
 def pods_selector(namespace: str, deployment_name: str) -> str:

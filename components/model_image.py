@@ -9,6 +9,7 @@ import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
 from . import registry, specs
+from .inputs import given, is_plain, lift
 
 # The tag each build of a stack also pushes, besides the version: which version the stack's own
 # build resource last pushed (components/model_image.py, ModelImage._published). One per stack, so
@@ -27,10 +28,11 @@ class ModelImageArgs:
     """True (kubernetes target): push to the registry. False (docker target): load into the local engine."""
     local_repository: str = "servedmodel"
     """Repository name of the locally loaded image (push False). Default "servedmodel"."""
-    registry: str = ""
-    """An existing repository (host/path) to push to; "" creates an ECR repository. Default ""."""
-    registry_username: str = ""
-    """User for `registry`; "" pushes without logging in. Default ""."""
+    registry: pulumi.Input[str] = ""
+    """An existing repository (host/path) to push to, or another resource's output (which counts
+    as given); "" creates an ECR repository. Default ""."""
+    registry_username: pulumi.Input[str] = ""
+    """User for `registry` (another resource's output too); "" pushes without logging in. Default ""."""
     registry_password: Optional[pulumi.Input[str]] = None
     """Password for `registry`, kept secret in the state. A plain str also lets the program ask the
     registry which versions it already holds (an Output cannot be read while the program decides
@@ -82,11 +84,11 @@ class ModelImage(pulumi.ComponentResource):
 
         if not args.push:
             repository_url: pulumi.Output[str] = pulumi.Output.from_input(args.local_repository)
-        elif args.registry:
+        elif given(args.registry):
             repository_url = pulumi.Output.from_input(args.registry)
-            if args.registry_username:
+            if given(args.registry_username):
                 registries.append(docker_build.RegistryArgs(
-                    address=specs.registry_host(args.registry), username=args.registry_username,
+                    address=lift(specs.registry_host, args.registry), username=args.registry_username,
                     password=pulumi.Output.secret(args.registry_password)))
             in_registry = self._registry_tags(args, marker)
         else:
@@ -200,9 +202,10 @@ class ModelImage(pulumi.ComponentResource):
     @staticmethod
     def _registry_tags(args: ModelImageArgs, marker: str) -> Optional[dict[str, str]]:
         """The version's and the marker's digests in a given registry (HTTP API v2); None when the
-        password is an Output the program cannot read now (the build is declared, as before)."""
+        registry, its user or its password is an Output the program cannot read while it decides
+        what to declare (the build is declared, as before)."""
         password = args.registry_password if args.registry_username else ""
-        if not isinstance(password, (str, type(None))):
+        if not all(is_plain(v) for v in (args.registry, args.registry_username, password)):
             return None
         try:
             return registry.tag_digests(args.registry, [args.version, marker], args.registry_username,

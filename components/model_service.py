@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 
 from . import canary, specs
 from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from .inputs import lift
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
 
@@ -61,6 +62,7 @@ class ModelService(pulumi.ComponentResource):
 
     Every object is auto-named (a replacement creates the new object before deleting the old),
     selects on stable labels only, and takes its provider from the consumer (opts.providers).
+    The namespace, certificate ARN and hostname may be other resources' outputs.
     Outputs: `url` (in-cluster DNS name, or https://<hostname> of the public endpoint),
     `deployment_name` (the Deployment's or the Rollout's: the workload), `service_name`,
     `load_balancer_hostname` (the NLB's own name; "" without one).
@@ -227,7 +229,9 @@ class ModelService(pulumi.ComponentResource):
             opts=child)
 
         if public:
-            url = pulumi.Output.from_input(f"https://{net.hostname}")  # TLS ends at the NLB, under our name
+            # The public name (its certificate covers it; required with a LoadBalancer), never the
+            # NLB's own: known once the load balancer is.
+            url = pulumi.Output.all(service.status, net.hostname).apply(lambda v: f"https://{v[1]}")
             lb_hostname = service.status.apply(_load_balancer_hostname)
         else:
             url = pulumi.Output.concat("http://", service.metadata.name, ".", net.namespace, ".svc.cluster.local")
@@ -252,7 +256,7 @@ class ModelService(pulumi.ComponentResource):
         rollout, namespace = args.rollout, args.network.namespace
         analysis = k8s.apiextensions.CustomResource(
             f"{name}-analysis", api_version=canary.ROLLOUT_API_VERSION, kind="AnalysisTemplate",
-            metadata=meta(), spec=canary.analysis_template_spec(rollout, namespace), opts=child)
+            metadata=meta(), spec=lift(lambda ns: canary.analysis_template_spec(rollout, ns), namespace), opts=child)
         base = canary.RolloutSpec(selector=selector, template=template,
                                   replicas=None if autoscaled else args.autoscaling.replicas,
                                   progress_deadline_seconds=waits.progress_deadline_seconds)

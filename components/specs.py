@@ -198,7 +198,7 @@ def topology_spread(served_name: str, revision_label: str = "pod-template-hash")
 # (components/capacity.py fit_problems).
 ROLLOUT_SURGE = 1
 # Old ReplicaSets a Deployment keeps (rollback targets of `kubectl rollout undo`): each pins an
-# image digest the registry must keep (components/args.py KEEP_VERSIONS_FLOOR).
+# image digest the registry must keep (components/args/registry.py KEEP_VERSIONS_FLOOR).
 REVISION_HISTORY_LIMIT = 5
 
 

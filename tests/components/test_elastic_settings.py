@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from servedmodel.components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
-from servedmodel.components.settings import _FIELDS, parse_settings
+from servedmodel.components.settings import SCHEMA, parse_settings
 from pulumi_harness import project_config
 from test_settings import problems, raw_for
 
 
 def test_every_elastic_key_is_declared_and_read():
     declared = {k.split(":", 1)[1] for k in project_config()}
-    elastic_keys = {k for k, (path, _) in _FIELDS.items() if path.startswith("elastic.")}
+    elastic_keys = {d.key for d in SCHEMA.settings if d.path.startswith("elastic.")}
     assert len(elastic_keys) == 19 and elastic_keys <= declared
 
 
