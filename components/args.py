@@ -225,6 +225,10 @@ class NetworkArgs:
     grpc_port: int = 0
     """The server's gRPC port (SERVEDMODEL_GRPC_PORT): a container port, a Service port named
     `grpc` (appProtocol grpc), gRPC probes and the NetworkPolicy rule. 0: gRPC off. Default 0."""
+    hostname: str = ""
+    """The endpoint's public DNS name; with scale to zero the KEDA interceptor routes it (the
+    HTTPScaledObject's hosts). "": none. Default "". (Issue 18: the full setting, DNS record
+    and url, is NetworkArgs' `hostname` of the endpoint-name change; this field is its stub.)"""
 
     def __post_init__(self) -> None:
         c = _Checker("network", self)
@@ -376,7 +380,9 @@ class RegistryArgs:
 # (components/canary.py and components/monitoring.py build the objects from these groups)
 
 ROLLOUT_STRATEGIES = ("rolling", "canary")
-DEFAULT_STEPS = ("setWeight:20", "pause:2m", "setWeight:50", "pause:2m")
+# 2 x 3m: the default analysis (5 measurements a minute apart after a first minute) fits in the
+# pauses from its starting step, as RolloutArgs requires (issue 18).
+DEFAULT_STEPS = ("setWeight:20", "pause:3m", "setWeight:50", "pause:3m")
 MONITORING_MODES = ("prometheus-operator", "annotations", "none")
 _LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
@@ -423,7 +429,10 @@ class RolloutArgs:
     strategy: str = "rolling"
     """rolling | canary. Default "rolling"."""
     steps: tuple[str, ...] = DEFAULT_STEPS
-    """Canary steps: setWeight:N, pause:D, pause (indefinite). Default 20% 2m, 50% 2m."""
+    """Canary steps: setWeight:N, pause:D, pause (indefinite). Default 20% 3m, 50% 3m. With
+    `canary`, the timed pauses from the analysis' starting step must outlast the analysis
+    ((analysis_count + 1) x analysis_interval): Argo promotes when the steps end, whatever the
+    background analysis has not yet measured."""
     prometheus_address: str = ""
     """Prometheus HTTP address the Argo Rollouts controller queries (canary: required), e.g.
     http://prometheus-operated.monitoring.svc:9090. Default ""."""
@@ -477,7 +486,29 @@ class RolloutArgs:
                 c.bad(name, "a share between 0 and 1, such as 0.01")
         c.integer("max_p99_latency_ms", 1)
         c.integer("query_timeout_seconds", 1, 300)
+        if self.strategy == "canary" and not c.problems:
+            self._check_analysis_fits_the_pauses(c)
         c.raise_if_any("RolloutArgs")
+
+    def _check_analysis_fits_the_pauses(self, c: "_Checker") -> None:
+        """A background analysis does not hold promotion: Argo promotes once the last step is
+        done, and a run it then terminates counts as Successful whatever it had not measured yet
+        (argoproj/argo-rollouts v1.9.1 rollout/canary.go and rollout/sync.go shouldFullPromote;
+        analysis/analysis.go, a terminated run). So the timed pauses from the analysis' starting
+        step must last as long as the analysis: its first measurement after one interval, then
+        `analysis_count` of them one interval apart, plus one interval for the last query."""
+        after = self.steps[self.analysis_starting_step:]
+        if "pause" in after:
+            return  # an indefinite pause waits for a person, and the analysis goes on meanwhile
+        paused = sum(duration_seconds(s.split(":", 1)[1]) for s in after if s.startswith("pause:"))
+        need = duration_seconds(self.analysis_interval) * (self.analysis_count + 1)
+        if paused < need:
+            c.bad("steps", f"the timed pauses from the analysis' first step (step {self.analysis_starting_step}) "
+                           f"last {paused}s, less than the analysis needs ({need}s: @{{rollout.analysis_count}} "
+                           f"{self.analysis_count} measurements every @{{rollout.analysis_interval}} "
+                           f"{self.analysis_interval}, after a first wait of one interval); Argo Rollouts promotes "
+                           "when the steps end, unjudged: lengthen the pauses or lower the count",
+                  value=list(self.steps))
 
     @property
     def canary(self) -> bool:
@@ -566,6 +597,11 @@ class ServedModelArgs:
     """Protect the registry and the node pool from deletion (prod). Default False."""
     cache_dir: Optional[Path] = None
     """models.build cache; None uses $SERVEDMODEL_CACHE or ~/.cache/servedmodel. Default None."""
+    kubeconfig: Optional[pulumi.Input[str]] = field(default=None, repr=False, compare=False)
+    """The cluster's kubeconfig (a secret), for the canary's RolloutWait, which reads the Rollout
+    itself (components/rollout_wait.py); the program passes the one its Kubernetes provider
+    uses. None: the Kubernetes client's own lookup (KUBECONFIG, ~/.kube/config, in-cluster).
+    Default None."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -581,6 +617,7 @@ class ServedModelArgs:
         problems += elastic_problems(self.target, self.resources, self.autoscaling, self.network, self.node_pool,
                                      self.elastic)
         problems += canary_scaling_problems(self.rollout, self.elastic)
+        problems += scaling_source_problems(self.elastic, self.monitoring, self.network)
         if problems:
             raise ArgsError("ServedModelArgs", problems)
 
@@ -620,6 +657,38 @@ def canary_scaling_problems(rollout: Optional[RolloutArgs], elastic: Optional["E
         return [Problem("rollout", strategy, "a canary (Argo Rollouts) cannot be combined with autoscaler keda yet; "
                         "use rollout rolling with keda, or autoscaler hpa with a canary")]
     return []
+
+
+def scaling_source_problems(elastic: Optional["ElasticArgs"], monitoring: Optional[MonitoringArgs],
+                            network: Optional[NetworkArgs], autoscaler: Any = None, mode: Any = None,
+                            keda_http: Any = None, grpc_port: Any = None) -> list[Problem]:
+    """What KEDA needs from the rest of the stack (issue 18). A group that could not be built is
+    None; its raw value still gets the rule.
+
+    - KEDA's Prometheus trigger reads the server's metrics from a Prometheus that scrapes the
+      pods. `monitoring: none` declares no scrape (and promises none): the query then reads
+      nothing, and with scale to zero (where an empty result must read as idle,
+      `ignoreNullValues: true`) the model would never scale above one replica, silently.
+    - The HTTP add-on's interceptor routes HTTP/1.1 (and h2c only to a Service port with
+      `appProtocol: kubernetes.io/h2c`: kedacore/http-add-on v0.15.0
+      interceptor/handler/upstream.go); our gRPC port is a separate Service port the
+      interceptor never sees, so at zero replicas a gRPC call finds nothing to answer it."""
+    autoscaler = elastic.autoscaler if elastic is not None else autoscaler
+    keda_http = elastic.keda_http if elastic is not None else keda_http
+    mode = monitoring.mode if monitoring is not None else mode
+    grpc_port = network.grpc_port if network is not None else grpc_port
+    out: list[Problem] = []
+    if autoscaler == "keda" and mode == "none":
+        out.append(Problem("monitoring.mode", mode,
+                           "@{elastic.autoscaler} keda scales on the server's metrics in Prometheus: declare how they are "
+                           "scraped, prometheus-operator (a PodMonitor) or annotations (your Prometheus scrapes the "
+                           "annotated pods); with none KEDA's query reads nothing"))
+    if keda_http is True and isinstance(grpc_port, int) and grpc_port:
+        out.append(Problem("network.grpc_port", grpc_port,
+                           "gRPC does not pass the KEDA HTTP add-on's interceptor (@{elastic.keda_http}): at zero "
+                           "replicas a gRPC call would find no pod; use 0 with keda_http, or keep a replica "
+                           "(@{elastic.min_replicas} 1, without keda_http)"))
+    return out
 
 
 def delivery_problems(target: Any, rollout: Optional[RolloutArgs], monitoring: Optional[MonitoringArgs],

@@ -20,7 +20,7 @@ from .args import (AMI_TYPES, AUTOSCALE_METRICS, GPUS_PER_INSTANCE, ROLLOUT_SURG
                              TARGETS, ZOO, ArgsError, AutoscalingArgs, ElasticArgs, ModelArgs, MonitoringArgs,
                              NetworkArgs, NodePoolArgs, Problem, RegistryArgs, ResourcesArgs, RolloutArgs,
                              ServedModelArgs, ServerArgs, canary_scaling_problems, cross_group_problems,
-                             delivery_problems, elastic_problems)
+                             delivery_problems, elastic_problems, scaling_source_problems)
 from servedmodel.models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
@@ -323,6 +323,10 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
         problems.extend(p.render(stack_names) for p in canary_scaling_problems(
             built["rollout"], built["elastic"], groups.get("rollout", {}).get("strategy"),
             groups.get("elastic", {}).get("autoscaler")))
+        problems.extend(p.render(stack_names) for p in scaling_source_problems(
+            built["elastic"], built["monitoring"], built["network"], groups.get("elastic", {}).get("autoscaler"),
+            groups.get("monitoring", {}).get("mode"), groups.get("elastic", {}).get("keda_http"),
+            groups.get("network", {}).get("grpc_port")))
 
     served: list[ServedModelArgs] = []
     for index, (kwargs, model_key) in enumerate(entries):
