@@ -577,8 +577,6 @@ def canary_up(run: Run, states: list[dict[str, Any]]) -> UpOutcome:
     the Rollout in `states`, in order (the first one read right after the update). The Rollout
     step ends when the provider's await is satisfied (PK_AWAIT); a RolloutWait depending on it
     then reads the states from there on (ARGO_VIEW)."""
-    from servedmodel.components.rollout_wait import DONE, FAILED, rollout_verdict
-
     rollout = run.one(ROLLOUT)
     at = _provider_await(rollout, states)
     if at is None:
@@ -586,6 +584,7 @@ def canary_up(run: Run, states: list[dict[str, Any]]) -> UpOutcome:
     waits = [w for w in run.of_type(ROLLOUT_WAIT) if rollout.urn in w.dependencies]
     if not waits:
         return UpOutcome(True, at)
+    from servedmodel.components.rollout_wait import DONE, FAILED, rollout_verdict
     for i in range(at, len(states)):
         verdict = rollout_verdict(states[i])
         if verdict.state == DONE:

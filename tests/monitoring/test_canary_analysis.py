@@ -112,6 +112,8 @@ def analysis_phase(phases_by_metric: dict[str, list[str]], template: dict) -> st
 # utils/defaults/defaults.go: a metric without limits has failureLimit 0, inconclusiveLimit 0,
 # consecutiveErrorLimit 4.
 ARGO_DEFAULT_LIMITS = {"failureLimit": 0, "inconclusiveLimit": 0, "consecutiveErrorLimit": 4}
+# analysis/analysis.go DefaultErrorRetryInterval: a measurement that errored is retried after 10 s.
+ARGO_ERROR_RETRY_SECONDS = 10
 
 
 def assess_metric(metric: dict, phases: list[str]) -> str:
@@ -323,7 +325,7 @@ def test_an_idle_window_and_a_prometheus_outage_do_not_stall_or_abort_the_canary
         timeline.append(measure(prom.url, template, CANARY_HASH))
         # Prometheus goes away for two minutes: every retry (each 10 s) is an Error.
         dead = f"http://127.0.0.1:{free_port()}"
-        outage = [measure(dead, template, CANARY_HASH)] * (120 // canary.ARGO_ERROR_RETRY_SECONDS)
+        outage = [measure(dead, template, CANARY_HASH)] * (120 // ARGO_ERROR_RETRY_SECONDS)
         stop.clear()
         threads = drive(server.url, STABLE_MODEL, 784, 2, stop, statuses)
         time.sleep(window)                                          # back, with traffic
