@@ -1,12 +1,12 @@
 """The EC2 GPU instance types the serving image can use: one list, shared by every node source.
 
-The managed node group (components/args.py validates `nodeInstanceTypes` with it) and any other
-provisioner (issue 11's Karpenter requirements: `karpenter.k8s.aws/instance-family NotIn
-unsupported_families()`) read the same facts from here.
+The managed node group (components/args/node_pool.py validates `nodeInstanceTypes` with it), the
+Karpenter pool (its `instance-family In` requirement admits IMAGE_GPU_FAMILIES) and the cold-start
+budget (a family's node start) read the same facts, and the instance-family helpers, from here.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 # NVIDIA GPUs per EC2 instance type, for the node pool capacity check. A type not listed is
 # rejected rather than guessed: a wrong count would let a rollout wait forever for a GPU.
@@ -42,6 +42,11 @@ def instance_family(instance_type: str) -> str:
     return instance_type.split(".", 1)[0]
 
 
+def instance_families(instance_types: Sequence[str]) -> tuple[str, ...]:
+    """`("g5.xlarge", "g5.2xlarge", "g6.xlarge")` -> `("g5", "g6")`."""
+    return tuple(sorted({instance_family(t) for t in instance_types}))
+
+
 def unsupported_reason(instance_type: str) -> Optional[str]:
     """Why the image cannot run on this instance type, or None when its family is not refused."""
     return UNSUPPORTED_GPU_FAMILIES.get(instance_family(instance_type))
@@ -53,3 +58,7 @@ def unsupported_families() -> tuple[str, ...]:
 
 
 assert not [t for t in GPUS_PER_INSTANCE if unsupported_reason(t)], "a refused family is listed as usable"
+
+# GPU instance families the serving image can run: those of the known instance types (the one
+# list the node group's validation uses). The Karpenter pool admits only these.
+IMAGE_GPU_FAMILIES = instance_families(tuple(GPUS_PER_INSTANCE))

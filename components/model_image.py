@@ -9,6 +9,7 @@ import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
 from . import specs
+from .inputs import given, lift
 
 
 @dataclass
@@ -22,10 +23,11 @@ class ModelImageArgs:
     """True (kubernetes target): push to the registry. False (docker target): load into the local engine."""
     local_repository: str = "servedmodel"
     """Repository name of the locally loaded image (push False). Default "servedmodel"."""
-    registry: str = ""
-    """An existing repository (host/path) to push to; "" creates an ECR repository. Default ""."""
-    registry_username: str = ""
-    """User for `registry`; "" pushes without logging in. Default ""."""
+    registry: pulumi.Input[str] = ""
+    """An existing repository (host/path) to push to, or another resource's output (which counts
+    as given); "" creates an ECR repository. Default ""."""
+    registry_username: pulumi.Input[str] = ""
+    """User for `registry` (another resource's output too); "" pushes without logging in. Default ""."""
     registry_password: Optional[pulumi.Input[str]] = None
     """Password for `registry`, a secret. Default None."""
     keep_versions: int = 10
@@ -59,11 +61,11 @@ class ModelImage(pulumi.ComponentResource):
 
         if not args.push:
             repository_url: pulumi.Output[str] = pulumi.Output.from_input(args.local_repository)
-        elif args.registry:
+        elif given(args.registry):
             repository_url = pulumi.Output.from_input(args.registry)
-            if args.registry_username:
+            if given(args.registry_username):
                 registries.append(docker_build.RegistryArgs(
-                    address=specs.registry_host(args.registry), username=args.registry_username,
+                    address=lift(specs.registry_host, args.registry), username=args.registry_username,
                     password=pulumi.Output.secret(args.registry_password)))
         else:
             repo = aws.ecr.Repository(

@@ -9,6 +9,7 @@ import pulumi_kubernetes as k8s
 
 from . import canary, specs
 from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from .inputs import given, lift
 from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
@@ -63,7 +64,8 @@ class ModelService(pulumi.ComponentResource):
 
     Every object is auto-named (a replacement creates the new object before deleting the old),
     selects on stable labels only, and takes its provider from the consumer (opts.providers).
-    Outputs: `url` (in-cluster DNS name, or the load balancer's address), `deployment_name`
+    The namespace, certificate ARN and hostname may be other resources' outputs.
+    Outputs: `url` (in-cluster DNS name, the load balancer's address, or `https://<hostname>`), `deployment_name`
     (the Deployment's or the Rollout's: the workload), `service_name`.
     """
 
@@ -210,7 +212,10 @@ class ModelService(pulumi.ComponentResource):
                   "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs, net.grpc_port)},
             opts=child)
 
-        if net.service_type == "LoadBalancer":
+        if net.service_type == "LoadBalancer" and given(net.hostname):
+            # The public name (its certificate covers it): known once the load balancer is.
+            url = pulumi.Output.all(service.status, net.hostname).apply(lambda v: f"https://{v[1]}")
+        elif net.service_type == "LoadBalancer":
             url = service.status.apply(_load_balancer_url)
         else:
             url = pulumi.Output.concat("http://", service.metadata.name, ".", net.namespace, ".svc.cluster.local")
@@ -234,7 +239,7 @@ class ModelService(pulumi.ComponentResource):
         rollout, namespace = args.rollout, args.network.namespace
         analysis = k8s.apiextensions.CustomResource(
             f"{name}-analysis", api_version=canary.ROLLOUT_API_VERSION, kind="AnalysisTemplate",
-            metadata=meta(), spec=canary.analysis_template_spec(rollout, namespace), opts=child)
+            metadata=meta(), spec=lift(lambda ns: canary.analysis_template_spec(rollout, ns), namespace), opts=child)
         base = canary.RolloutSpec(selector=selector, template=template,
                                   replicas=None if autoscaled else args.autoscaling.replicas,
                                   progress_deadline_seconds=waits.progress_deadline_seconds)

@@ -20,9 +20,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pulumi
 import yaml
 
-from .args import MonitoringArgs
+from .args.monitoring import MonitoringArgs
 from .specs import INFLIGHT_METRIC
 
 
@@ -82,8 +83,9 @@ class Scope:
 
     served_name: str
     """The served name: the `model` label of every series (SERVEDMODEL_MODEL_NAME)."""
-    namespace: str
-    """The model's namespace (the `namespace` target label)."""
+    namespace: pulumi.Input[str]
+    """The model's namespace (the `namespace` target label). The builders here need it known:
+    ModelMonitoring resolves one given as an Output before calling them."""
     gpu: bool = False
     """The pods use NVIDIA GPUs: the DCGM exporter's XID alert applies."""
 

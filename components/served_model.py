@@ -8,7 +8,10 @@ from typing import Any, Optional
 import pulumi
 
 from . import coldstart, karpenter, keda, specs
-from .args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
+from .args import ServedModelArgs
+from .gpus import IMAGE_GPU_FAMILIES, instance_families
+from .inputs import given, lift
+from .karpenter import gpu_limit_needed
 from .elastic import KarpenterGpuPool, KedaScaling
 from .timeouts import ReadinessTimeouts, readiness_timeouts
 from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
@@ -82,8 +85,9 @@ class ServedModel(pulumi.ComponentResource):
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
             local_repository=f"servedmodel/{entry.served_name}",
-            # A given registry is a prefix: each model gets its own repository under it.
-            registry=f"{reg.url.rstrip('/')}/{entry.served_name}" if reg.url else "",
+            # A given registry is a prefix: each model gets its own repository under it (an Output
+            # counts as given: whether to create an ECR repository is decided now).
+            registry=lift(lambda url: f"{url.rstrip('/')}/{entry.served_name}", reg.url) if given(reg.url) else "",
             registry_username=reg.username,
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
         ), opts=child)

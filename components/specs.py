@@ -156,7 +156,7 @@ def topology_spread(served_name: str, revision_label: str = "pod-template-hash")
 
 
 # Extra pods a rollout starts before stopping old ones; GPU capacity checks count it
-# (components/args.py capacity_problems).
+# (components/args/rules.py capacity_problems).
 ROLLOUT_SURGE = 1
 
 

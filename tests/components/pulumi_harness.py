@@ -1,9 +1,12 @@
 """Run the real __main__.py under Pulumi's unit-test mocks and record the resource graph.
 
 Only Pulumi's engine and providers are replaced (pulumi.runtime.set_mocks): the config is the
-stack file merged over Pulumi.yaml's defaults (as the CLI merges them), models.build runs for
-real, and the mocks answer with realistic values (auto-names with suffixes, ECR URLs, sha256
-digests, a load balancer hostname) so the program's apply code sees what it would see live.
+stack file merged over Pulumi.yaml's defaults (as the CLI merges them) and reaches the program
+the way the CLI passes it (PULUMI_CONFIG and PULUMI_CONFIG_SECRET_KEYS in the environment, loaded
+into the runtime as the language host's exec shim loads them), models.build runs for real, and
+the mocks answer with realistic values (auto-names with suffixes, ECR URLs, sha256 digests, a
+load balancer hostname, certificate ARNs known only after a preview) so the program's apply code
+sees what it would see live.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import yaml
@@ -61,19 +64,43 @@ def _as_config_string(value: Any) -> str:
     return str(value)
 
 
+def flat_stack(config: dict[str, Any]) -> dict[str, Any]:
+    """A stack file's config with every group written as its flat keys (the same settings:
+    components/settings.py reads both forms alike; tests/components/test_structured_config.py
+    holds the two to give identical settings and resources)."""
+    from servedmodel.components.settings import SCHEMA
+
+    out: dict[str, Any] = {}
+    for full, value in config.items():
+        ns, _, key = full.partition(":")
+        if ns == PROJECT and key in SCHEMA.groups and isinstance(value, dict):
+            for name, item in value.items():
+                out[f"{PROJECT}:{SCHEMA.in_group[(key, name)].key}"] = item
+        else:
+            out[full] = value
+    return out
+
+
 def merged_config(stack: str, overrides: Optional[dict[str, Any]] = None,
-                  secrets: Optional[dict[str, str]] = None) -> tuple[dict[str, str], set[str]]:
+                  secrets: Optional[dict[str, str]] = None,
+                  stack_values: Optional[dict[str, Any]] = None) -> tuple[dict[str, str], set[str]]:
     """Pulumi.yaml defaults, then the stack file, then overrides; `secrets` set as secret values.
 
     A `{secure: ...}` value in a stack file stands for a ciphertext the CLI would decrypt: the
-    fixture puts a test value there and marks the key secret, as the CLI does.
+    fixture puts a test value there and marks the key secret, as the CLI does. Overrides name
+    flat keys: with overrides, the stack file's groups are written flat first (`flat_stack`), so
+    an override replaces the setting wherever the file wrote it (in a group it would be a second
+    value of the same setting). `stack_values` stands in for the stack file.
     """
     values: dict[str, Any] = {}
     for key, decl in project_config().items():
         if isinstance(decl, dict) and "default" in decl:
             values[key] = decl["default"]
     secret_keys: set[str] = set()
-    for key, value in {**stack_file(stack), **(overrides or {})}.items():
+    written = stack_file(stack) if stack_values is None else stack_values
+    if overrides:
+        written = flat_stack(written)
+    for key, value in {**written, **(overrides or {})}.items():
         if isinstance(value, dict) and set(value) == {"secure"}:
             value = TEST_SECRET
             secret_keys.add(key)
@@ -129,6 +156,23 @@ def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
     return value
 
 
+_UNKNOWN = object()
+
+
+def _known(value: Any) -> Any:
+    """The inputs without the values unknown during a preview: a provider echoes an input it does
+    not know yet as an unknown output (missing here, so the runtime resolves it unknown)."""
+    if isinstance(value, pulumi.output.Unknown):
+        return _UNKNOWN
+    if isinstance(value, dict):
+        kept = {k: _known(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not _UNKNOWN}
+    if isinstance(value, list):
+        kept = [_known(v) for v in value]
+        return _UNKNOWN if any(v is _UNKNOWN for v in kept) else kept
+    return value
+
+
 def _short_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -137,7 +181,7 @@ class RealisticMocks(pulumi.runtime.Mocks):
     """Answers like the providers do, deterministically (same inputs, same ids and names)."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
-        state = json.loads(json.dumps(_unwrap(args.inputs, "", []), default=str))
+        state = json.loads(json.dumps(_known(_unwrap(args.inputs, "", [])), default=str))
         t, name = args.typ, args.name
         suffix = _short_hash(name)[:7]
         if t.startswith("kubernetes:") and not t.startswith("pulumi:providers"):
@@ -173,6 +217,11 @@ class RealisticMocks(pulumi.runtime.Mocks):
             state |= {"nodeGroupName": group, "status": "ACTIVE",
                       "arn": f"arn:aws:eks:{REGION}:{ACCOUNT}:nodegroup/{state.get('clusterName')}/{group}"}
             return f"{state.get('clusterName')}:{group}", state
+        if t == "aws:acm/certificate:Certificate":
+            # Computed by ACM on create: unknown during a preview, as the provider leaves it.
+            if not pulumi.runtime.is_dry_run():
+                state["arn"] = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/{_short_hash(name)[:8]}-0000-4000-8000-{_short_hash(name)[8:20]}"
+            return f"{name}-{suffix}", state
         if t == "docker:index/container:Container":
             state.setdefault("name", f"{name}-{suffix}")
             return _short_hash(name, state.get("image")), state
@@ -345,17 +394,45 @@ def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None) -> "Run"
 
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
-                secrets: Optional[dict[str, str]] = None, preview: bool = False) -> Run:
-    """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises."""
-    config, secret_keys = merged_config(stack, overrides, secrets)
+                secrets: Optional[dict[str, str]] = None, preview: bool = False,
+                stack_values: Optional[dict[str, Any]] = None) -> Run:
+    """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises.
+    `stack_values` stands in for the stack file's config."""
+    config, secret_keys = merged_config(stack, overrides, secrets, stack_values)
     return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview)
+
+
+CONFIG_ENV = ("PULUMI_CONFIG", "PULUMI_CONFIG_SECRET_KEYS")
 
 
 def run_file(program: Path, project: str, stack: str, config: dict[str, str], secret_keys: set[str],
              preview: bool = False) -> Run:
     """Run any Pulumi program file under the mocks, in its own directory (as the CLI does)."""
+    def main() -> None:
+        runpy.run_path(str(program), run_name="__main__")
+
+    return run_callable(main, project, stack, config, secret_keys, preview=preview, cwd=program.parent)
+
+
+def run_callable(main: Callable[[], None], project: str, stack: str, config: Optional[dict[str, str]] = None,
+                 secret_keys: Optional[set[str]] = None, preview: bool = False, cwd: Path = ROOT) -> Run:
+    """Run `main` as a Pulumi program under the mocks, with `config` as the CLI would pass it."""
     model_cache_dir()
-    pulumi.runtime.set_all_config(config, list(secret_keys))
+    saved = {name: os.environ.get(name) for name in CONFIG_ENV}
+    # What the CLI's language host gives the program: the whole config as JSON text values.
+    os.environ["PULUMI_CONFIG"] = json.dumps(config or {})
+    os.environ["PULUMI_CONFIG_SECRET_KEYS"] = json.dumps(sorted(secret_keys or ()))
+    try:
+        return _run(main, project, stack, preview, cwd)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd: Path) -> Run:
     mocks = RealisticMocks()
     monitor = RecordingMonitor(mocks)
     logs: list[str] = []
@@ -367,18 +444,16 @@ def run_file(program: Path, project: str, stack: str, config: dict[str, str], se
     pulumi.runtime.settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=logger)
-    pulumi.runtime.set_all_config(config, list(secret_keys))
-
-    def main() -> None:
-        runpy.run_path(str(program), run_name="__main__")
+    # As the exec shim (pulumi-language-python-exec) loads the environment into the runtime.
+    pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
 
     # The CLI runs the program in the project directory.
-    cwd = os.getcwd()
-    os.chdir(program.parent)
+    before = os.getcwd()
+    os.chdir(cwd)
     try:
         _sync_await(run_pulumi_func(main))
     finally:
-        os.chdir(cwd)
+        os.chdir(before)
     root = get_root_resource()
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()

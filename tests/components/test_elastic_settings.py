@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from servedmodel.components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
-from servedmodel.components.settings import _FIELDS, parse_settings
+from servedmodel.components.settings import SCHEMA, parse_settings
 from pulumi_harness import project_config
 from test_settings import problems, raw_for
 
 
 def test_every_elastic_key_is_declared_and_read():
     declared = {k.split(":", 1)[1] for k in project_config()}
-    elastic_keys = {k for k, (path, _) in _FIELDS.items() if path.startswith("elastic.")}
+    elastic_keys = {d.key for d in SCHEMA.settings if d.path.startswith("elastic.")}
     assert len(elastic_keys) == 19 and elastic_keys <= declared
 
 
@@ -128,3 +128,18 @@ def test_keda_with_a_declared_scrape_and_grpc_with_a_replica_are_accepted():
                       {"servedmodel:grpcPort": 9000, "servedmodel:kedaHttp": False, "servedmodel:minReplicas": 1}):
         [a] = parse_settings(*raw_for("burst", overrides, {"servedmodel:authToken": "t" * 24})).served
         assert a.elastic.keda, overrides
+
+
+def test_a_hostname_names_the_load_balancer_or_the_interceptor():
+    """Issue 18, finding 11: behind scale to zero the public name is routed by the interceptor
+    (a ClusterIP Service); elsewhere a hostname still needs the LoadBalancer."""
+    from servedmodel.components.args import ElasticArgs, NetworkArgs
+    from servedmodel.components.args.rules import cross_group_problems
+
+    named = NetworkArgs(hostname="classifier.models.example.com")
+    keda_http = ElasticArgs(autoscaler="keda", min_replicas=0, keda_http=True)
+    assert not [p for p in cross_group_problems({"network": named, "elastic": keda_http})
+                if p.field == "network.hostname"]
+    [problem] = [p for p in cross_group_problems({"network": named, "elastic": ElasticArgs()})
+                 if p.field == "network.hostname"]
+    assert "LoadBalancer" in problem.accepted and "@{elastic.keda_http}" in problem.accepted

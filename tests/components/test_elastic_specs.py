@@ -263,6 +263,8 @@ def test_deleting_the_scaled_object_restores_the_workloads_replicas(kw):
 def test_the_interceptor_routes_the_public_name_too():
     """The interceptor answers 404 to a Host it has no route for (kedacore/http-add-on v0.15.0
     pkg/routing/table.go, interceptor/middleware/routing.go): the public name is listed."""
-    with pytest.raises(ValueError, match="hostname 'Models_example'"):
-        keda_args(hostname="Models_example")
+    from servedmodel.components.args import ArgsError, NetworkArgs
+
+    with pytest.raises(ArgsError, match="network.hostname"):  # the name is checked where it is set
+        NetworkArgs(hostname="Models_example")
     assert keda_args(hostname="classifier.models.example.com").hostname == "classifier.models.example.com"
