@@ -105,7 +105,8 @@ class NetworkArgs(ArgsGroup):
         "", "The endpoint's public DNS name (e.g. classifier.example.com), covered by @{network.tls_certificate_arn}. "
             "Required with @{network.service_type} LoadBalancer - the url and inferUrl outputs become "
             "https://<hostname> and a Route53 alias record in @{network.dns_zone_id} points it at the NLB. With "
-            "ClusterIP it names what your ingress (or the KEDA HTTP interceptor) serves.", check=_hostname)
+            "ClusterIP and @{elastic.keda_http} it is the public name the interceptor routes, behind your "
+            "ingress.", check=_hostname)
     dns_zone_id: pulumi.Input[str] = setting(
         "", "Route53 hosted zone id (Z...) holding @{network.hostname}; the program declares the alias record "
             "there. Required with @{network.service_type} LoadBalancer.", check=_zone_id)
@@ -132,7 +133,8 @@ class NetworkArgs(ArgsGroup):
             c.bad("tls_certificate_arn", "TLS terminates at the load balancer: only with @{network.service_type} "
                                          "LoadBalancer (leave it empty for ClusterIP)")
         # Issue 18, finding 7: an endpoint with TLS needs a name its certificate can cover, and a
-        # record that resolves it (components/edge.py); ClusterIP may name what an ingress serves.
+        # record that resolves it (components/edge.py). A hostname without a LoadBalancer: only as the
+        # scale-to-zero interceptor's public name (components/args/rules.py, _hostname_names_a_public_entry).
         if public:
             missing = [ref for ref, ok in (("@{network.hostname}", given(self.hostname)),
                                            ("@{network.dns_zone_id}", given(self.dns_zone_id))) if not ok]
