@@ -21,7 +21,7 @@ and the DNS record:
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -79,10 +79,3 @@ def dns_record(name: str, hostname: str, zone_id: str, load_balancer_hostname: p
         aliases=[{"name": load_balancer_hostname, "zone_id": zone.id, "evaluate_target_health": True}],
         opts=pulumi.ResourceOptions(parent=parent))
 
-
-def https_url(hostname: str) -> str:
-    return f"https://{hostname}"
-
-
-def optional_cidrs(subnets: Optional[Sequence[dict[str, str]]]) -> list[str]:
-    return sorted({s["cidr"] for s in subnets or ()})
