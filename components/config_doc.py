@@ -15,9 +15,10 @@ from typing import Any
 import yaml
 
 from .args import AMI_TYPES, ZOO, Declared
-from .gpus import GPUS_PER_INSTANCE, UNSUPPORTED_GPU_FAMILIES
+from .args import KEEP_VERSIONS_FLOOR
+from .gpus import SUPPORTED_GPU_FAMILIES, UNSUPPORTED_GPU_FAMILIES
 from .settings import NAMESPACE, SCHEMA, SECRET_KEYS
-from .specs import ROLLOUT_SURGE
+from .specs import NLB_DEREGISTRATION_LAG_SECONDS, REVISION_HISTORY_LIMIT, ROLLOUT_SURGE
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_MARK = "config:\n"
@@ -97,16 +98,25 @@ profile as the AWS calls.
 - `serviceType` LoadBalancer is public: it needs `allowLoadBalancer: true`, and both the secret
   `authToken` and `tlsCertificateArn` (one error names both keys when either is missing); TLS
   terminates at an NLB of the AWS Load Balancer Controller. `tlsCertificateArn` is for a
+  LoadBalancer only. It also needs `hostname` (a DNS name the certificate covers, not under
+  amazonaws.com: the `url` is `https://<hostname>`) and `dnsZoneId` (the Route53 zone of its alias
+  record), and `preStopSeconds` >= {nlb_lag} (the NLB keeps sending new connections to a
+  deregistering pod for about {nlb_lag} s). `dnsZoneId` and `loadBalancerSubnetIds` are for a
   LoadBalancer only.
 - `grpcPort` is 0 (off) or 1024-65535, not 8080 nor `localPort`; `maxBatchSize`, `maxQueueDelayMs`
   (up to 10000), `maxQueueSize` and `queueTimeoutMs` are 0 (the server's or the manifest's
   default) or positive.
-- With GPUs on kubernetes, the node pool must fit `maxReplicas` + {surge} surge pod (rolling
-  updates use `maxUnavailable: 0`): `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where
-  replicas per node = GPUs of the smallest instance type // `gpu`. Known GPU instance types:
-  {types}. AMI types: {amis}.
+- With GPUs on kubernetes, one replica's `cpu`, `memory` and `gpu` must fit every instance type of
+  the pool: the node's allocatable (vCPUs, memory and GPUs from EC2, `aws.ec2.get_instance_type`,
+  less the kubelet reservation and VM overhead as EKS and Karpenter compute them) less the
+  DaemonSet headroom (`daemonSetCpu`, `daemonSetMemory`); docs/deploy.md, "Capacity". The managed
+  pool must also fit `maxReplicas` + {surge} surge pod (rolling updates use `maxUnavailable: 0`):
+  `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where replicas per node is what the
+  scarcest of GPU, CPU and memory allows on the smallest type. These checks read EC2, so they run
+  when the program runs (preview or up). GPU instance families the image supports: {types}. AMI
+  types: {amis}.
 - Elastic capacity (docs/deploy.md, "Elastic GPU capacity"): `nodeProvisioner: karpenter` needs the
-  kubernetes target and `gpu` > 0, and admits only the GPU families the image can run (those of the known types above);
+  kubernetes target and `gpu` > 0, and admits only the GPU families the image can run (those above);
   its `gpuLimit` must be 0 or at least (`maxReplicas` + {surge}) x `gpu`, and the managed pool's
   `nodeMax` rule does not apply. `autoscaler: keda` needs the kubernetes target and `autoscaleMetric`
   inflight or queue. `minReplicas: 0` (scale to zero) needs `autoscaler: keda` and `kedaHttp: true`;
@@ -117,6 +127,8 @@ profile as the AWS calls.
 - Without `nodeSubnetIds` the GPU nodes go to the cluster's private subnets only: those tagged
   `kubernetes.io/role/internal-elb=1` (none tagged stops the program with that message).
 - Secrets ({secret_keys}) are accepted only as Pulumi secrets.
+- `keepVersions` is at least {keep_floor}: the versions one workload may pin at once (the
+  Deployment's {history} old ReplicaSets, the current one and a canary).
 - `rollout` canary and `monitoring` other than none need the kubernetes target; canary needs
   `prometheusUrl` (an http(s):// URL) and at least one `setWeight:N` step;
   `analysisFailureLimit` < `analysisCount`; the ratios (`analysisMaxFailureRatio`,
@@ -196,13 +208,14 @@ def render() -> str:
             groups.append(f"| `{NAMESPACE}:{d.key}` as a plain value | {_type(d)}, default {_cell(d.stack_default)} | "
                           f"{description(d)} |")
     secrets = [f"| `{NAMESPACE}:{d.key}` | secret string | {description(d)} |" for d in SCHEMA.settings if d.secret]
-    types = ", ".join(f"{t} ({n})" for t, n in GPUS_PER_INSTANCE.items())
+    types = ", ".join(SUPPORTED_GPU_FAMILIES)
     project = ("\n## Project keys (typed and defaulted in Pulumi.yaml)\n\n"
                "| key | in its group | type | default | description |\n| --- | --- | --- | --- | --- |\n")
     return (HEADER.format(zoo=", ".join(ZOO)) + "\n".join(group_rows) + "\n" + project + "\n".join(rows) + "\n"
             + STACK_ONLY.format(
                 groups="\n".join(groups), secrets="\n".join(secrets), surge=ROLLOUT_SURGE, types=types,
                 amis=", ".join(AMI_TYPES), secret_keys=", ".join(f"`{k}`" for k in SECRET_KEYS),
+                nlb_lag=NLB_DEREGISTRATION_LAG_SECONDS, keep_floor=KEEP_VERSIONS_FLOOR, history=REVISION_HISTORY_LIMIT,
                 refused="\n".join(f"  - `{family}`: {why}"
                                   for family, why in sorted(UNSUPPORTED_GPU_FAMILIES.items()))))
 

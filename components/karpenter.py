@@ -166,6 +166,9 @@ def node_class_spec(args: KarpenterPoolArgs) -> dict[str, Any]:
         "role": args.node_role,
         "subnetSelectorTerms": _selector_terms(args.subnet_ids, args.cluster_name),
         "securityGroupSelectorTerms": _selector_terms(args.security_group_ids, args.cluster_name),
+        # IMDSv2 only, hop limit 1: pods cannot reach the node role through IMDS. Karpenter's own
+        # default (aws/karpenter-provider-aws v1.14.1 pkg/apis/v1/ec2nodeclass.go L139-L153:
+        # httpTokens required, httpPutResponseHopLimit 1), stated so a changed default cannot widen it.
         "metadataOptions": {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1},
         "blockDeviceMappings": [{"deviceName": "/dev/xvdb", "ebs": {
             "volumeSize": f"{args.data_volume_gib}Gi", "volumeType": "gp3", "encrypted": True,

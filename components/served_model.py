@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import pulumi
 
-from . import coldstart, karpenter, keda, specs
-from .args import ServedModelArgs
+from . import capacity, coldstart, edge, karpenter, keda, specs
+from .args import ArgsError, ServedModelArgs
 from .gpus import IMAGE_GPU_FAMILIES, instance_families
 from .inputs import given, lift
 from .karpenter import gpu_limit_needed
@@ -71,6 +71,11 @@ class ServedModel(pulumi.ComponentResource):
         import servedmodel.models as models  # the offline world; imported here so `components` loads without torch
 
         entry, res = args.model, args.resources
+        # Before anything is built: replicas that cannot fit a node of their pool never schedule
+        # (EC2's figures of each instance type; the invokes run at preview too).
+        misfits = capacity.check(args, parent=self)
+        if misfits:
+            raise pulumi.RunError(f"model {entry.served_name!r}: {ArgsError('ServedModelArgs', misfits)}")
         try:
             build = models.build(model=entry.model, compression=entry.compression, out_dir=args.out_dir,
                                  device=res.device, cache_dir=args.cache_dir,
@@ -90,6 +95,7 @@ class ServedModel(pulumi.ComponentResource):
             registry=lift(lambda url: f"{url.rstrip('/')}/{entry.served_name}", reg.url) if given(reg.url) else "",
             registry_username=reg.username,
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
+            retain_repository=reg.retain,
         ), opts=child)
 
         elastic = args.elastic
@@ -125,6 +131,10 @@ class ServedModel(pulumi.ComponentResource):
                     ), opts=child)
                 pool_label = pool_resource.pool_label
             network = args.network
+            subnets = None
+            if network.service_type == "LoadBalancer":
+                cluster_name = args.cluster_name or (args.node_pool.cluster_name if args.node_pool else "")
+                subnets = edge.load_balancer_subnets(cluster_name, network.load_balancer_subnet_ids, self)
             if elastic.keda_http and elastic.keda_namespace not in network.ingress_namespaces:
                 # The interceptor (in KEDA's namespace) forwards the held requests to the pods.
                 network = dataclasses.replace(
@@ -135,8 +145,11 @@ class ServedModel(pulumi.ComponentResource):
                 rollout=args.rollout, pool_label=pool_label, startup_seconds=startup,
                 node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
                 pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds,
-                external_autoscaler=elastic.keda,
+                external_autoscaler=elastic.keda, kubeconfig=args.kubeconfig, load_balancer_subnets=subnets,
             ), opts=child)
+            if network.service_type == "LoadBalancer":
+                # The name the certificate covers, pointed at the NLB (components/edge.py).
+                edge.dns_record(name, network.hostname, network.dns_zone_id, service.load_balancer_hostname, self)
             if args.monitoring.mode != "none":
                 ModelMonitoring(f"{name}", ModelMonitoringArgs(
                     monitoring=args.monitoring, workload_name=service.deployment_name,
@@ -151,6 +164,7 @@ class ServedModel(pulumi.ComponentResource):
                     target_inflight=scale.target_inflight, target_queue_ms=scale.target_queue_ms,
                     polling_seconds=elastic.keda_polling_seconds, cooldown_seconds=elastic.keda_cooldown_seconds,
                     http=elastic.keda_http, keda_namespace=elastic.keda_namespace,
+                    hostname=network.hostname,
                     # As long as one pod may take to be ready (node, pull, startup probe budget).
                     wait_seconds=service.pod_seconds if elastic.keda_http else 0,
                 ), deployment_name=service.deployment_name, service_name=service.service_name,

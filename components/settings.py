@@ -30,14 +30,14 @@ import pulumi
 
 from .args import (AMI_TYPES, AUTOSCALE_METRICS, GROUP_TYPES, REQUIRED, SERVICE_TYPES, TARGETS, ZOO, ArgsError,
                    Declared, ModelArgs, NodePoolArgs, Schema, ServedModelArgs, cross_group_problems, setting)
+from . import capacity
 from .args.setting import camel
-from .gpus import GPUS_PER_INSTANCE
 from .specs import ROLLOUT_SURGE
 from servedmodel.models.spec import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
 
-__all__ = ["AMI_TYPES", "AUTOSCALE_METRICS", "COMPRESSIONS", "ConfigError", "GPUS_PER_INSTANCE", "MODELS_KEY",
+__all__ = ["AMI_TYPES", "AUTOSCALE_METRICS", "COMPRESSIONS", "ConfigError", "MODELS_KEY",
            "NAMESPACE", "PROJECT_KEYS", "ROLLOUT_SURGE", "SCHEMA", "SECRET_KEYS", "SERVICE_TYPES", "STACK_ONLY_KEYS",
            "Settings", "TARGETS", "ZOO", "load_settings", "parse_settings", "read_config"]
 
@@ -86,6 +86,12 @@ MODEL_ENTRY_FIELDS = ("served_name", "model", "compression")
 SECRET_KEYS = tuple(d.key for d in SCHEMA.settings if d.secret)
 PROJECT_KEYS = tuple(d.key for d in SCHEMA.project_settings())
 STACK_ONLY_KEYS = (MODELS_KEY,) + tuple(SCHEMA.groups) + SECRET_KEYS
+
+
+# Secrets the program itself must read while it decides what to declare (a registry lookup).
+_READ_BY_PROGRAM = ("registryPassword",)
+# Instance type names -> EC2's figures of each (components/capacity.py).
+Describe = Callable[[tuple[str, ...]], Mapping[str, "capacity.InstanceType"]]
 
 
 def _problem(key: str, value: Any, accepted: str) -> str:
@@ -336,13 +342,15 @@ _GROUP_CLASSES = tuple((name, cls) for name, cls in GROUP_TYPES.items() if name 
 
 
 def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[str]] | None = None,
-                   build_root: Path = Path("build")) -> Settings:
+                   build_root: Path = Path("build"), ec2: Optional[Describe] = None) -> Settings:
     """Validate raw config values (defaults already merged) into Settings, or raise ConfigError.
 
     `raw` maps keys without the namespace (e.g. "maxReplicas", "autoscaling") to their values,
     as the engine passes them (text) or already typed; a secret key present in `raw` was given
     (its value there is a marker); `secrets` holds the values of the keys given as secrets. Each
-    model's build context goes to `build_root/<served name>`.
+    model's build context goes to `build_root/<served name>`. With `ec2` (instance type names ->
+    EC2's figures: capacity.describe in the program, recorded figures in tests) every GPU model's
+    replicas are also checked against its pool's nodes (components/capacity.py).
     """
     secrets = dict(secrets or {})
     values = _StackValues(raw, secrets)
@@ -398,9 +406,12 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
                                           grpc_port=network.grpc_port + index if network.grpc_port else 0)
         args = _build(ServedModelArgs, dict(
             model=model, out_dir=build_root / model.served_name, target=target, node_pool=node_pool,
-            protect=top.get("protect", False), **(built | {"network": network})), name_of, problems)
+            protect=top.get("protect", False), cluster_name=cluster_name if kubernetes else "",
+            **(built | {"network": network})), name_of, problems)
         if args is not None:
             served.append(args)
+            if ec2 is not None and args.node_pool is not None and args.resources.gpu > 0 and args.kubernetes:
+                problems.extend(p.render(name_of) for p in capacity.fit_problems(args, ec2(args.node_pool.instance_types)))
     names = [m.served_name for m in (a.model for a in served)]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(_problem(MODELS_KEY, dup, "each served name must be unique"))
@@ -446,13 +457,20 @@ def load_settings() -> Settings:
     """Read and validate the stack config; a bad config stops the program with one RunError."""
     raw, secret_keys = read_config()
     cfg = pulumi.Config(NAMESPACE)
-    # Secrets reach parse_settings as secret Outputs only; their text is replaced by a marker.
-    secrets = {key: cfg.require_secret(key) for key in SECRET_KEYS if key in secret_keys}
+    # Secrets reach parse_settings as secret Outputs, their text replaced by a marker; the
+    # registry password stays plain text here: the program asks the registry which versions it
+    # holds before it declares a build (components/model_image.py), and an Output cannot be read
+    # then. The component marks it secret wherever it is stored.
+    secrets = {key: cfg.require(key) if key in _READ_BY_PROGRAM else cfg.require_secret(key)
+               for key in SECRET_KEYS if key in secret_keys}
     for key in SECRET_KEYS:
         if key in raw:
             raw[key] = "[secret]" if key in secrets else "[plain]"
     try:
-        settings = parse_settings(raw, secrets, build_root=Path("build") / "stacks" / pulumi.get_stack())
+        # EC2's figures of each GPU instance type (aws.ec2.get_instance_type invokes, which run at
+        # preview too): replicas that cannot fit their nodes are config errors like any other.
+        settings = parse_settings(raw, secrets, build_root=Path("build") / "stacks" / pulumi.get_stack(),
+                                  ec2=capacity.describe)
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
     return dataclasses.replace(settings, aws_profile=pulumi.Config("aws").get("profile") or "")

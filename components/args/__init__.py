@@ -38,28 +38,28 @@ from .model import MAX_NAME, ZOO, ModelArgs
 from .monitoring import MONITORING_MODES, MonitoringArgs
 from .network import SERVICE_TYPES, NetworkArgs
 from .node_pool import AMI_TYPES, NodePoolArgs
-from .registry import RegistryArgs
+from .registry import KEEP_VERSIONS_FLOOR, RegistryArgs
 from .resources import ResourcesArgs
 from .rollout import DEFAULT_STEPS, ROLLOUT_STRATEGIES, RolloutArgs, duration_seconds, parse_step
-from .rules import RULES, capacity_problems, cross_group_problems, rule
+from .rules import RULES, cross_group_problems, draining_problems, rule
 from .served_model import GROUP_TYPES, TARGETS, ServedModelArgs
 from .server import BATCHING_SETTINGS, ServerArgs
 from .setting import REQUIRED, Declared, Schema, Setting, setting, settings_of
 
 # Helpers that live with their concepts now (gpus.py, karpenter.py, keda.py, specs.py), still
 # importable from here as before.
-from ..gpus import GPUS_PER_INSTANCE, IMAGE_GPU_FAMILIES, instance_families  # noqa: E402
+from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families  # noqa: E402
 from ..karpenter import CAPACITY_TYPES, CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS, gpu_limit_needed  # noqa: E402
 from ..keda import METRICS as KEDA_METRICS  # noqa: E402
 from ..specs import ROLLOUT_SURGE  # noqa: E402
 
 __all__ = [
     "AMI_TYPES", "AUTOSCALERS", "AUTOSCALE_METRICS", "BATCHING_SETTINGS", "CAPACITY_TYPES", "CONSOLIDATION_POLICIES",
-    "DEFAULT_STEPS", "GPUS_PER_INSTANCE", "GROUP_TYPES", "IMAGE_GPU_FAMILIES", "KARPENTER_DEFAULTS", "KEDA_METRICS",
+    "DEFAULT_STEPS", "GROUP_TYPES", "IMAGE_GPU_FAMILIES", "KARPENTER_DEFAULTS", "KEDA_METRICS", "KEEP_VERSIONS_FLOOR",
     "MAX_NAME", "MONITORING_MODES", "NODE_PROVISIONERS", "REQUIRED", "ROLLOUT_STRATEGIES", "ROLLOUT_SURGE", "RULES",
-    "SERVICE_TYPES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker", "Declared",
+    "SERVICE_TYPES", "SUPPORTED_GPU_FAMILIES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker", "Declared",
     "ElasticArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs",
-    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "capacity_problems",
-    "cross_group_problems", "duration_seconds", "gpu_limit_needed", "instance_families", "is_dns_label",
+    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting",
+    "cross_group_problems", "draining_problems", "duration_seconds", "gpu_limit_needed", "instance_families", "is_dns_label",
     "is_model_ref", "parse_step", "rule", "setting", "settings_of",
 ]

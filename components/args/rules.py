@@ -18,7 +18,7 @@ from ..gpus import IMAGE_GPU_FAMILIES, instance_families
 from ..inputs import given
 from ..karpenter import gpu_limit_needed
 from ..keda import METRICS as KEDA_METRICS
-from ..specs import ROLLOUT_SURGE
+from ..specs import NLB_DEREGISTRATION_LAG_SECONDS, ROLLOUT_SURGE
 from .autoscaling import AutoscalingArgs
 from .checking import Problem
 from .elastic import ElasticArgs
@@ -27,8 +27,9 @@ from .network import NetworkArgs
 from .node_pool import NodePoolArgs
 from .resources import ResourcesArgs
 from .rollout import RolloutArgs
+from .server import ServerArgs
 
-__all__ = ["RULES", "Rule", "capacity_problems", "cross_group_problems", "rule"]
+__all__ = ["RULES", "Rule", "cross_group_problems", "draining_problems", "rule"]
 
 
 @dataclass(frozen=True)
@@ -74,31 +75,8 @@ def _gpus_need_a_pool(target: str, resources: ResourcesArgs, node_pool: Optional
     return []
 
 
-@rule("target", "resources", "autoscaling", "node_pool", "elastic")
-def _managed_pool_holds_the_rollout(target: str, resources: ResourcesArgs, autoscaling: AutoscalingArgs,
-                                    node_pool: Optional[NodePoolArgs], elastic: ElasticArgs) -> list[Problem]:
-    # With Karpenter the node group's max_size does not bound the pool (its GPU limit does).
-    if target == "kubernetes" and resources.gpu and node_pool is not None and not elastic.karpenter:
-        return capacity_problems(resources.gpu, autoscaling.max_replicas, node_pool)
-    return []
-
-
-def capacity_problems(gpu: int, max_replicas: int, pool: NodePoolArgs) -> list[Problem]:
-    """A rollout at max_replicas must schedule: max_replicas + surge pods of `gpu` GPUs each on
-    at most `pool.max_size` nodes (pods cannot span nodes: count whole replicas per node)."""
-    per_node = pool.gpus_per_node
-    if per_node < gpu:
-        return [Problem("node_pool.instance_types", list(pool.instance_types),
-                        f"each node must hold one replica's {gpu} GPU(s) (@{{resources.gpu}}); the smallest type has {per_node}")]
-    per_node_replicas = per_node // gpu
-    fit = pool.max_size * per_node_replicas
-    need = max_replicas + ROLLOUT_SURGE
-    if fit >= need:
-        return []
-    return [Problem("node_pool.max_size", pool.max_size,
-                    f"{pool.max_size} node(s) fit {fit} replica(s) of {gpu} GPU(s); @{{autoscaling.max_replicas}} "
-                    f"({max_replicas}) + {ROLLOUT_SURGE} rollout surge (maxUnavailable 0) need {need}; "
-                    f"raise @{{node_pool.max_size}} to at least {-(-need // per_node_replicas)}")]
+# Whether a replica, and the rollout at max replicas, fit the pool's nodes needs EC2's figures of
+# each instance type: components/capacity.py checks it with them (the program's invokes).
 
 
 @rule("target", "network")
@@ -106,6 +84,21 @@ def _hostname_needs_kubernetes(target: str, network: NetworkArgs) -> list[Proble
     if target != "kubernetes" and given(network.hostname):
         return [Problem("network.hostname", network.hostname,
                         "names a public load balancer: the kubernetes target only (leave it empty on docker)")]
+    return []
+
+
+@rule("network", "server")
+def draining_problems(network: NetworkArgs, server: ServerArgs) -> list[Problem]:
+    """Issue 18, finding 8: a pod behind the NLB (pod IP targets) keeps receiving new connections
+    for about two minutes after its target starts deregistering
+    (specs.NLB_DEREGISTRATION_LAG_SECONDS): its preStop sleep must outlast that, or a rollout and
+    every scale-down drop requests."""
+    lag = NLB_DEREGISTRATION_LAG_SECONDS
+    if network.service_type == "LoadBalancer" and server.pre_stop_seconds < lag:
+        return [Problem("server.pre_stop_seconds", server.pre_stop_seconds,
+                        f"behind the public NLB (@{{network.service_type}} LoadBalancer) must be {lag} or more: "
+                        f"the NLB sends new connections to a deregistering pod for about {lag} s, and a pod "
+                        "that stops serving before that drops them (docs/deploy.md, Draining)")]
     return []
 
 
@@ -166,6 +159,47 @@ def _keda_metric_and_bounds(autoscaling: AutoscalingArgs, elastic: ElasticArgs) 
         out.append(Problem("elastic.min_replicas", elastic.min_replicas,
                            f"must not exceed @{{autoscaling.max_replicas}} ({autoscaling.max_replicas})"))
     return out
+
+
+@rule("elastic", "monitoring")
+def _keda_needs_a_scrape(elastic: ElasticArgs, monitoring: MonitoringArgs) -> list[Problem]:
+    """KEDA's Prometheus trigger reads the server's metrics from a Prometheus that scrapes the
+    pods. `monitoring: none` declares no scrape (and promises none): the query then reads
+    nothing, and with scale to zero (where an empty result must read as idle,
+    `ignoreNullValues: true`) the model would never scale above one replica, silently."""
+    if elastic.keda and monitoring.mode == "none":
+        return [Problem("monitoring.mode", monitoring.mode,
+                        "@{elastic.autoscaler} keda scales on the server's metrics in Prometheus: declare how they are "
+                        "scraped, prometheus-operator (a PodMonitor) or annotations (your Prometheus scrapes the "
+                        "annotated pods); with none KEDA's query reads nothing")]
+    return []
+
+
+@rule("network", "elastic")
+def _grpc_does_not_pass_the_interceptor(network: NetworkArgs, elastic: ElasticArgs) -> list[Problem]:
+    """The HTTP add-on's interceptor routes HTTP/1.1 (and h2c only to a Service port with
+    `appProtocol: kubernetes.io/h2c`: kedacore/http-add-on v0.15.0 interceptor/handler/upstream.go);
+    our gRPC port is a separate Service port the interceptor never sees, so at zero replicas a
+    gRPC call finds nothing to answer it."""
+    if elastic.keda_http is True and isinstance(network.grpc_port, int) and network.grpc_port:
+        return [Problem("network.grpc_port", network.grpc_port,
+                        "gRPC does not pass the KEDA HTTP add-on's interceptor (@{elastic.keda_http}): at zero "
+                        "replicas a gRPC call would find no pod; use 0 with keda_http, or keep a replica "
+                        "(@{elastic.min_replicas} 1, without keda_http)")]
+    return []
+
+
+@rule("network", "elastic")
+def _hostname_names_a_public_entry(network: NetworkArgs, elastic: ElasticArgs) -> list[Problem]:
+    """A hostname names the public entry: the load balancer (https, TLS at the NLB), or with scale
+    to zero the KEDA HTTP add-on's interceptor, which routes by Host and must list the public
+    name (kedacore/http-add-on v0.15.0 pkg/routing/table.go; issue 18 finding 11) behind the
+    ingress that sends it there."""
+    if given(network.hostname) and network.service_type != "LoadBalancer" and elastic.keda_http is not True:
+        return [Problem("network.hostname", network.hostname,
+                        "names the public endpoint: only with @{network.service_type} LoadBalancer (https at the "
+                        "load balancer), or with @{elastic.keda_http} (the interceptor routes it behind your ingress)")]
+    return []
 
 
 @rule("network", "elastic")

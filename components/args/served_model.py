@@ -4,10 +4,10 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .autoscaling import AutoscalingArgs
-from .checking import ArgsError, ArgsGroup, Checker, one_of
+from .checking import ArgsError, ArgsGroup, Checker, Problem, one_of
 from .elastic import ElasticArgs
 from .model import ModelArgs
 from .monitoring import MonitoringArgs
@@ -56,8 +56,18 @@ class ServedModelArgs:
     elastic: ElasticArgs = field(default_factory=ElasticArgs)
     """Karpenter / KEDA / scale to zero and the cold-start budget's inputs. Default: managed nodes, HPA."""
     protect: bool = setting(False, "Protect the registry and the GPU node pool from deletion (set on prod).")
+    cluster_name: str = ""
+    """The existing EKS cluster (kubernetes target): its VPC holds the public load balancer's
+    subnets (components/edge.py). "" = the node pool's cluster_name. Default ""."""
     cache_dir: Optional[Path] = None
     """models.build cache; None uses $SERVEDMODEL_CACHE or ~/.cache/servedmodel. Default None."""
+    # A pulumi.Input[str]; annotated Any because GROUP_TYPES reads these hints with
+    # typing.get_type_hints, which cannot resolve pulumi.Input's forward reference.
+    kubeconfig: Optional[Any] = field(default=None, repr=False, compare=False)
+    """The cluster's kubeconfig (a pulumi.Input[str], a secret), for the canary's RolloutWait, which reads the Rollout
+    itself (components/rollout_wait.py); the program passes the one its Kubernetes provider
+    uses. None: the Kubernetes client's own lookup (KUBECONFIG, ~/.kube/config, in-cluster).
+    Default None."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -71,6 +81,11 @@ class ServedModelArgs:
         if c.ok("target"):
             groups["target"] = self.target
         problems = c.problems + cross_group_problems(groups)
+        if (self.kubernetes and self.network.service_type == "LoadBalancer" and not self.cluster_name
+                and self.node_pool is None and not self.network.load_balancer_subnet_ids):
+            problems.append(Problem("cluster_name", self.cluster_name,
+                                    "a public load balancer's subnets are found in the cluster's VPC: name the "
+                                    "cluster, or list @{network.load_balancer_subnet_ids}"))
         if problems:
             raise ArgsError("ServedModelArgs", problems)
 

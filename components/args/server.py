@@ -29,8 +29,11 @@ class ServerArgs(ArgsGroup):
         DRAIN_SECONDS, "Graceful drain after SIGTERM (SERVEDMODEL_DRAIN_SECONDS); the pod's grace period is longer "
                        "than preStop + drain.", check=integer(0))
     pre_stop_seconds: int = setting(
-        5, "Seconds the preStop hook waits so endpoints stop routing to a terminating pod before the drain starts.",
-        check=integer(0))
+        5, "Seconds the preStop hook waits so endpoints (and, behind the public NLB, its target group) stop sending "
+           "new connections to a terminating pod before the drain starts. At least 120 with "
+           "@{network.service_type} LoadBalancer (the NLB keeps sending new connections for about 2 minutes after "
+           "deregistration starts); the NLB's deregistration delay is preStop + drain and the grace period "
+           "preStop + drain + 10.", check=integer(0))
     max_batch_size: Optional[int] = setting(
         None, "SERVEDMODEL_MAX_BATCH_SIZE, the dynamic batching cap (rows). 0 leaves it to the model's manifest.",
         unset=0, check=integer(1))

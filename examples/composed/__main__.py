@@ -1,20 +1,21 @@
 """ServedModel composed with resources of the same program.
 
-The namespace the model runs in and the certificate its public endpoint terminates TLS with are
-created here, and their outputs go straight into the args: the engine creates them first, and the
-args' checks of those values run when they are known (a preview, where they are not yet, skips
-nothing that the update will not check).
+The namespace the model runs in, the certificate its public endpoint terminates TLS with and the
+Route53 zone its name lives in come from this program, and their outputs go straight into the
+args: the engine creates (or reads) them first, and the args' checks of those values run when they
+are known (a preview, where they are not yet, skips nothing that the update will not check).
 
     cd examples/composed
     pulumi config set --secret kubeconfig "$(cat ~/.kube/config)"
     pulumi config set --secret authToken "$(openssl rand -hex 24)"
-    pulumi config set domain example.com            # a zone you control
+    pulumi config set domain example.com            # a Route53 zone you control
+    pulumi config set clusterName my-eks-cluster    # its VPC holds the load balancer's subnets
     pulumi up
 
 ACM issues the certificate once its DNS validation record exists in that zone (the record is
 listed in the certificate's `domainValidationOptions`); the load balancer is created with the
-issued certificate (`CertificateValidation` waits for it). A record that points
-digits.<domain> at the load balancer is not created here.
+issued certificate (`CertificateValidation` waits for it), and ServedModel points digits.<domain>
+at it with a Route53 alias record in the zone.
 """
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from servedmodel.components import (AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs, ServedModel,
-                                    ServedModelArgs)
+                                    ServedModelArgs, ServerArgs)
 
 config = pulumi.Config()
 hostname = f"digits.{config.require('domain')}"
@@ -33,6 +34,7 @@ namespace = k8s.core.v1.Namespace("models", metadata={"labels": {"team": "ml"}},
                                   opts=pulumi.ResourceOptions(provider=cluster))
 certificate = aws.acm.Certificate("digits", domain_name=hostname, validation_method="DNS")
 issued = aws.acm.CertificateValidation("digits", certificate_arn=certificate.arn)
+zone = aws.route53.get_zone_output(name=config.require("domain"), private_zone=False)
 
 digits = ServedModel("digits", ServedModelArgs(
     model=ModelArgs(served_name="digits", model="lenet", compression="int8"),
@@ -44,10 +46,12 @@ digits = ServedModel("digits", ServedModelArgs(
         namespace=namespace.metadata.name,             # an Output: the model waits for its namespace
         service_type="LoadBalancer", allow_load_balancer=True,
         tls_certificate_arn=issued.certificate_arn,    # an Output: checked once known
-        hostname=hostname,
+        hostname=hostname, dns_zone_id=zone.zone_id,   # the alias record goes into this zone
         auth_token=config.require_secret("authToken"),
-        ingress_cidrs=("10.0.0.0/16",),
     ),
+    # Behind the NLB a deleted pod keeps serving while its target deregisters (docs/deploy.md).
+    server=ServerArgs(pre_stop_seconds=120),
+    cluster_name=config.require("clusterName"),
 ), opts=pulumi.ResourceOptions(providers={"kubernetes": cluster}))
 
 pulumi.export("url", digits.url)

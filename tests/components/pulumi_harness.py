@@ -44,7 +44,28 @@ SUBNETS: dict[str, dict[str, str]] = {
     "subnet-0a1b2c3d4e5f60002": {"kubernetes.io/role/internal-elb": "1"},
     "subnet-0a1b2c3d4e5f60003": {"kubernetes.io/role/elb": "1"},
     "subnet-0a1b2c3d4e5f60004": {"kubernetes.io/role/elb": "1"},
+    # A second public subnet in zone a: the load balancer gets one per zone (the lowest id).
+    "subnet-0a1b2c3d4e5f60005": {"kubernetes.io/role/elb": "1"},
 }
+VPC_ID = "vpc-0a1b2c3d4e5f6000"
+VPC_CIDR = "10.0.0.0/16"
+# Each subnet's zone and CIDR (aws:ec2/getSubnet): private /19s for the pods, public /24s.
+SUBNET_NETWORKS: dict[str, tuple[str, str]] = {
+    "subnet-0a1b2c3d4e5f60001": (f"{REGION}a", "10.0.0.0/19"),
+    "subnet-0a1b2c3d4e5f60002": (f"{REGION}b", "10.0.32.0/19"),
+    "subnet-0a1b2c3d4e5f60003": (f"{REGION}a", "10.0.96.0/24"),
+    "subnet-0a1b2c3d4e5f60004": (f"{REGION}b", "10.0.97.0/24"),
+    "subnet-0a1b2c3d4e5f60005": (f"{REGION}a", "10.0.98.0/24"),
+}
+# The canonical hosted zone of Network Load Balancers in eu-west-1 (what aws:lb/getHostedZoneId
+# answers for load_balancer_type "network"; kubernetes-sigs/external-dns v0.22.0
+# provider/aws/aws.go keeps the same table of NLB zones).
+NLB_ZONE_ID = "Z2IFOLAFXWLO4F"
+# The public hosted zone aws:route53/getZone finds for any domain (examples/composed).
+EXAMPLE_ZONE_ID = "Z0EXAMPLE00000000000"
+# EC2 DescribeInstanceTypes figures answering aws:ec2/getInstanceType (source in the file).
+EC2_INSTANCE_TYPES: dict[str, dict[str, Any]] = json.loads(
+    (Path(__file__).with_name("ec2_instance_types.json")).read_text())["instanceTypes"]
 
 
 def project_config() -> dict[str, dict[str, Any]]:
@@ -177,8 +198,21 @@ def _short_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def ecr_repository_url(repository_name: str) -> str:
+    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repository_name}"
+
+
 class RealisticMocks(pulumi.runtime.Mocks):
-    """Answers like the providers do, deterministically (same inputs, same ids and names)."""
+    """Answers like the providers do, deterministically (same inputs, same ids and names).
+
+    `registry` holds the images already in the registries, repository URL -> {tag: digest}
+    (what aws:ecr/getImages lists): empty, every version is new.
+    """
+
+    def __init__(self, registry: Optional[dict[str, dict[str, str]]] = None):
+        super().__init__()
+        self.registry = registry or {}
+        self.invokes: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
         state = json.loads(json.dumps(_known(_unwrap(args.inputs, "", [])), default=str))
@@ -225,16 +259,24 @@ class RealisticMocks(pulumi.runtime.Mocks):
         if t == "docker:index/container:Container":
             state.setdefault("name", f"{name}-{suffix}")
             return _short_hash(name, state.get("image")), state
+        if t == "aws:ec2/launchTemplate:LaunchTemplate":
+            state |= {"arn": f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-{suffix}",
+                      "latestVersion": 1, "defaultVersion": 1, "name": f"{name}-{suffix}"}
+            return f"lt-0{suffix}", state
+        if t == "aws:route53/record:Record":
+            state |= {"fqdn": state.get("name")}
+            return f"{state.get('zoneId')}_{state.get('name')}_{state.get('type')}", state
         return f"{name}-{suffix}", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list]]:
         token = args.token
+        self.invokes.append((token, dict(args.args)))
         if token == "aws:eks/getCluster:getCluster":
             cluster = args.args.get("name")
             return {"name": cluster, "endpoint": f"https://{_short_hash(cluster)[:32].upper()}.gr7.{REGION}.eks.amazonaws.com",
                     "certificateAuthorities": [{"data": "LS0tLS1CRUdJTi1DRVJUSUZJQ0FURS0tLS0t"}],
-                    "vpcConfig": {"subnetIds": sorted(SUBNETS),
-                                  "vpcId": "vpc-0a1b2c3d4e5f6000"},
+                    "vpcConfig": {"subnetIds": sorted(SUBNETS)[:4],
+                                  "vpcId": VPC_ID},
                     "version": KUBERNETES_VERSION.rsplit(".", 1)[0]}, []
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
@@ -250,11 +292,36 @@ class RealisticMocks(pulumi.runtime.Mocks):
                 name, values = f["name"], set(f["values"])
                 if name == "subnet-id":
                     ids &= values
+                elif name == "vpc-id":
+                    ids = ids if VPC_ID in values else set()
                 elif name.startswith("tag:"):
                     ids = {i for i in ids if SUBNETS[i].get(name[4:]) in values}
                 else:
                     raise AssertionError(f"unexpected subnet filter {name}")
             return {"ids": sorted(ids), "id": REGION}, []
+        if token == "aws:ec2/getSubnet:getSubnet":
+            subnet = args.args.get("id")
+            if subnet not in SUBNET_NETWORKS:
+                raise Exception(f"InvalidSubnetID.NotFound: The subnet ID '{subnet}' does not exist")
+            zone, cidr = SUBNET_NETWORKS[subnet]
+            return {"id": subnet, "availabilityZone": zone, "cidrBlock": cidr, "vpcId": VPC_ID,
+                    "tags": SUBNETS[subnet]}, []
+        if token == "aws:ec2/getInstanceType:getInstanceType":
+            name = args.args.get("instanceType")
+            if name not in EC2_INSTANCE_TYPES:
+                raise Exception(f"InvalidInstanceType: The following supplied instance types do not exist: [{name}]")
+            return dict(EC2_INSTANCE_TYPES[name]["describeInstanceTypes"], id=name), []
+        if token == "aws:route53/getZone:getZone":
+            name = args.args.get("name")
+            return {"name": name, "zoneId": EXAMPLE_ZONE_ID, "id": EXAMPLE_ZONE_ID, "privateZone": False}, []
+        if token == "aws:lb/getHostedZoneId:getHostedZoneId":
+            assert args.args.get("loadBalancerType") == "network", args.args
+            return {"id": NLB_ZONE_ID, "loadBalancerType": "network", "region": REGION}, []
+        if token == "aws:ecr/getImages:getImages":
+            images = self.registry.get(ecr_repository_url(args.args["repositoryName"]), {})
+            return {"imageIds": [{"imageTag": tag, "imageDigest": digest} for tag, digest in sorted(images.items())],
+                    "repositoryName": args.args["repositoryName"], "registryId": ACCOUNT, "region": REGION,
+                    "id": args.args["repositoryName"]}, []
         raise AssertionError(f"the program called an unexpected function: {token}")
 
 
@@ -300,6 +367,8 @@ class Run:
     outputs: dict[str, Any]
     secret_outputs: set[str]
     logs: list[str] = field(default_factory=list)
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """The provider functions the program called (token, arguments), in order."""
 
     def of_type(self, type_: str) -> list[Res]:
         return [r for r in self.resources if r.type == type_]
@@ -384,38 +453,45 @@ def stack_run(stack: str) -> "Run":
 _VARIANTS: dict[str, "Run"] = {}
 
 
-def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None) -> "Run":
-    """A fresh run of `stack` with `overrides` (auth token given as a secret), once per test
-    process: the lifecycle and change-safety tests share them. `{}` is an unchanged rerun."""
-    key = json.dumps([stack, overrides or {}], sort_keys=True)
+def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None,
+                registry: Optional[dict[str, dict[str, str]]] = None) -> "Run":
+    """A fresh run of `stack` with `overrides` (auth token given as a secret) against the images
+    already in `registry` (repository URL -> {tag: digest}), once per test process: the lifecycle
+    and change-safety tests share them. `{}` is an unchanged rerun."""
+    key = json.dumps([stack, overrides or {}, registry or {}], sort_keys=True)
     if key not in _VARIANTS:
-        _VARIANTS[key] = run_program(stack, overrides, secrets={"servedmodel:authToken": TEST_SECRET})
+        _VARIANTS[key] = run_program(stack, overrides, secrets={"servedmodel:authToken": TEST_SECRET},
+                                     registry=registry)
     return _VARIANTS[key]
 
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secrets: Optional[dict[str, str]] = None, preview: bool = False,
-                stack_values: Optional[dict[str, Any]] = None) -> Run:
+                stack_values: Optional[dict[str, Any]] = None,
+                registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
     """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises.
-    `stack_values` stands in for the stack file's config."""
+    `stack_values` stands in for the stack file's config; `registry` holds the images already in
+    the registries (RealisticMocks)."""
     config, secret_keys = merged_config(stack, overrides, secrets, stack_values)
-    return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview)
+    return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview, registry=registry)
 
 
 CONFIG_ENV = ("PULUMI_CONFIG", "PULUMI_CONFIG_SECRET_KEYS")
 
 
 def run_file(program: Path, project: str, stack: str, config: dict[str, str], secret_keys: set[str],
-             preview: bool = False) -> Run:
+             preview: bool = False, registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
     """Run any Pulumi program file under the mocks, in its own directory (as the CLI does)."""
     def main() -> None:
         runpy.run_path(str(program), run_name="__main__")
 
-    return run_callable(main, project, stack, config, secret_keys, preview=preview, cwd=program.parent)
+    return run_callable(main, project, stack, config, secret_keys, preview=preview, cwd=program.parent,
+                        registry=registry)
 
 
 def run_callable(main: Callable[[], None], project: str, stack: str, config: Optional[dict[str, str]] = None,
-                 secret_keys: Optional[set[str]] = None, preview: bool = False, cwd: Path = ROOT) -> Run:
+                 secret_keys: Optional[set[str]] = None, preview: bool = False, cwd: Path = ROOT,
+                 registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
     """Run `main` as a Pulumi program under the mocks, with `config` as the CLI would pass it."""
     model_cache_dir()
     saved = {name: os.environ.get(name) for name in CONFIG_ENV}
@@ -423,7 +499,7 @@ def run_callable(main: Callable[[], None], project: str, stack: str, config: Opt
     os.environ["PULUMI_CONFIG"] = json.dumps(config or {})
     os.environ["PULUMI_CONFIG_SECRET_KEYS"] = json.dumps(sorted(secret_keys or ()))
     try:
-        return _run(main, project, stack, preview, cwd)
+        return _run(main, project, stack, preview, cwd, registry)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -432,8 +508,9 @@ def run_callable(main: Callable[[], None], project: str, stack: str, config: Opt
                 os.environ[name] = value
 
 
-def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd: Path) -> Run:
-    mocks = RealisticMocks()
+def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd: Path,
+         registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
+    mocks = RealisticMocks(registry)
     monitor = RecordingMonitor(mocks)
     logs: list[str] = []
     logger = logging.getLogger(f"servedmodel-mocks-{len(_RUNS)}-{stack}")
@@ -462,7 +539,8 @@ def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd:
         outputs[key] = _sync_await(out.future())
         if _sync_await(out.is_secret()):
             secret_outputs.add(key)
-    return Run(stack=stack, resources=monitor.records, outputs=outputs, secret_outputs=secret_outputs, logs=logs)
+    return Run(stack=stack, resources=monitor.records, outputs=outputs, secret_outputs=secret_outputs, logs=logs,
+               invokes=mocks.invokes)
 
 
 def kubernetes_manifest(res: Res) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pulumi_harness import KUBERNETES_VERSION, ROOT, TEST_SECRET, kubernetes_man
 
 PROGRAM = ROOT / "examples" / "composed" / "__main__.py"
 CONFIG = {"served-composed:kubeconfig": "apiVersion: v1\nkind: Config\n", "served-composed:authToken": TEST_SECRET,
-          "served-composed:domain": "example.com"}
+          "served-composed:domain": "example.com", "served-composed:clusterName": "servedmodel-dev"}
 SECRETS = {"served-composed:kubeconfig", "served-composed:authToken"}
 
 
@@ -71,11 +71,13 @@ def test_a_preview_with_the_certificate_not_yet_known_declares_the_same_resource
 # ---- every checked field that accepts another resource's output --------------------------------
 
 LOAD_BALANCER = dict(service_type="LoadBalancer", allow_load_balancer=True, auth_token="t", tls_certificate_arn=
-                     "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d")
+                     "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d", hostname="m.example.com",
+                     dns_zone_id="Z0123456789ABCDEFGHIJ")
 CASES = {
     "network.namespace": (NetworkArgs, "namespace", "Bad_NS", {}),
     "network.tls_certificate_arn": (NetworkArgs, "tls_certificate_arn", "my-cert", LOAD_BALANCER),
     "network.hostname": (NetworkArgs, "hostname", "Not A Host", LOAD_BALANCER),
+    "network.dns_zone_id": (NetworkArgs, "dns_zone_id", "zone-1", LOAD_BALANCER),
     "node_pool.subnet_ids": (NodePoolArgs, "subnet_ids", ["subnet_1"], {"cluster_name": "c"}),
     "elastic.karpenter_subnet_ids": (ElasticArgs, "karpenter_subnet_ids", ["subnet_1"], {}),
     "elastic.karpenter_security_group_ids": (ElasticArgs, "karpenter_security_group_ids", ["group-1"], {}),

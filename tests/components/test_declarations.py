@@ -87,7 +87,9 @@ def test_every_setting_belongs_to_one_field_and_every_field_of_a_group_is_declar
     # another setting, and the ones no stack key sets yet.
     not_settings = {"model", "out_dir", "resources", "autoscaling", "network", "server", "registry", "node_pool",
                     "rollout", "monitoring", "elastic", "cache_dir", "rollout.prometheus_address",
-                    "rollout.query_timeout_seconds", "network.hostname"}
+                    "rollout.query_timeout_seconds",
+                    # The cluster (Settings.cluster_name, from node_pool.cluster_name's key) given to each model.
+                    "cluster_name"}
     for cls in [ServedModelArgs, *{d.owner for d in SCHEMA.settings if d.owner is not ServedModelArgs}]:
         group = getattr(cls, "GROUP", "")
         for f in fields(cls):
