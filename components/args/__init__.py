@@ -34,6 +34,7 @@ from servedmodel.models.loader import is_model_ref
 from .autoscaling import AUTOSCALE_METRICS, AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, is_dns_label
 from .elastic import AUTOSCALERS, NODE_PROVISIONERS, ElasticArgs
+from .mapping import args_from_mapping
 from .model import MAX_NAME, ZOO, ModelArgs
 from .monitoring import MONITORING_MODES, MonitoringArgs
 from .network import SERVICE_TYPES, NetworkArgs
@@ -59,7 +60,7 @@ __all__ = [
     "MAX_NAME", "MONITORING_MODES", "NODE_PROVISIONERS", "REQUIRED", "ROLLOUT_STRATEGIES", "ROLLOUT_SURGE", "RULES",
     "SERVICE_TYPES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker", "Declared",
     "ElasticArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs",
-    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "capacity_problems",
+    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "args_from_mapping", "capacity_problems",
     "cross_group_problems", "duration_seconds", "gpu_limit_needed", "instance_families", "is_dns_label",
     "is_model_ref", "parse_step", "rule", "setting", "settings_of",
 ]
