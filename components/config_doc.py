@@ -211,7 +211,9 @@ def main() -> None:
     pulumi_yaml = ROOT / "Pulumi.yaml"
     pulumi_yaml.write_text(render_pulumi_yaml(pulumi_yaml.read_text()))
     (ROOT / "docs" / "config.md").write_text(render())
-    sys.stdout.write("wrote Pulumi.yaml (config:) and docs/config.md\n")
+    from .provider import SCHEMA_FILE, schema_text  # the component provider's schema: the same declarations
+    SCHEMA_FILE.write_text(schema_text())
+    sys.stdout.write("wrote Pulumi.yaml (config:), docs/config.md and provider/schema.json\n")
 
 
 if __name__ == "__main__":

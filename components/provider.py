@@ -44,7 +44,8 @@ from .args.mapping import field_types
 from .args.setting import REF, camel
 from .served_model import ServedModel
 
-__all__ = ["PACKAGE", "SCHEMA_FILE", "UP_NEEDS", "ArgsAnalyzer", "ServedModelProvider", "main", "package_schema"]
+__all__ = ["PACKAGE", "SCHEMA_FILE", "UP_NEEDS", "ArgsAnalyzer", "ServedModelProvider", "input_error", "main",
+           "package_schema", "schema_text"]
 
 PACKAGE = "servedmodel"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "provider" / "schema.json"
@@ -247,6 +248,12 @@ def package_schema(version: str = __version__) -> dict[str, Any]:
     return schema
 
 
+def schema_text() -> str:
+    """provider/schema.json as written (`python -m servedmodel.components.config_doc` writes it with
+    the other files derived from the declarations)."""
+    return json.dumps(package_schema(), indent=2, sort_keys=True) + "\n"
+
+
 class ServedModelProvider(ComponentProvider):
     """The SDK's component provider with this package's analyzer, and inputs turned into
     ServedModelArgs before the component is constructed (a bad input is an input error naming the
@@ -313,7 +320,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Serve the provider to the engine (provider/__main__.py); `--schema` prints the schema instead."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--schema"]:
-        print(json.dumps(package_schema(), indent=2, sort_keys=True))
+        sys.stdout.write(schema_text())
         return
     serve(ServedModelProvider(), args)
 
