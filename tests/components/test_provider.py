@@ -269,3 +269,10 @@ def test_the_plugin_runs_the_installed_package_with_python():
     # The language host runs pip in the plugin folder: `..` is this repository's package.
     assert ".." in lines and (plugin / ".." / "pyproject.toml").resolve() == ROOT / "pyproject.toml"
     assert "-c ../requirements.txt" in lines
+
+
+def test_the_docs_say_what_up_needs_as_the_schema_does(schema):
+    packages = (ROOT / "docs" / "packages.md").read_text()
+    assert UP_NEEDS in packages and UP_NEEDS in schema["description"]
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install" in readme and "pulumi package add" in readme and "docs/packages.md" in readme
