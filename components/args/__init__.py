@@ -60,7 +60,7 @@ __all__ = [
     "MAX_NAME", "MONITORING_MODES", "NODE_PROVISIONERS", "REQUIRED", "ROLLOUT_STRATEGIES", "ROLLOUT_SURGE", "RULES",
     "SERVICE_TYPES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker", "Declared",
     "ElasticArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs",
-    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "args_from_mapping", "capacity_problems",
-    "cross_group_problems", "duration_seconds", "gpu_limit_needed", "instance_families", "is_dns_label",
+    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "args_from_mapping",
+    "capacity_problems", "cross_group_problems", "duration_seconds", "gpu_limit_needed", "instance_families", "is_dns_label",
     "is_model_ref", "parse_step", "rule", "setting", "settings_of",
 ]

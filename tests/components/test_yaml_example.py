@@ -123,7 +123,8 @@ def test_the_checks_refuse_what_the_runtime_would(program, schema):
                                                                    f"digits.{k}")]
     assert sorted(found) == sorted([
         "digits.autoscaling.maxReplica: no such property", "digits.resources.cpu: 1 is not a string",
-        "digits.model.model: required", "digits.target: another resource's output where the schema takes a plain value"])
+        "digits.model.model: required",
+        "digits.target: another resource's output where the schema takes a plain value"])
 
 
 def _evaluate(value: Any, config: dict[str, Any], made: dict[str, Any]) -> Any:
