@@ -2,8 +2,9 @@
 
 Each setting is declared once, with `setting(...)` on the args field it sets (components/args/);
 components/settings.py `SCHEMA` indexes them. `python -m servedmodel.components.config_doc`
-rewrites both files from it; tests/components/test_docs.py fails when a committed file differs
-from a fresh rendering.
+rewrites both files from it, and the component provider's provider/schema.json (inferred from the
+same declarations by components/provider.py); tests/components/test_docs.py and test_provider.py
+fail when a committed file differs from a fresh rendering.
 """
 from __future__ import annotations
 

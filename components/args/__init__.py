@@ -20,8 +20,8 @@ Adding a stack setting is one declaration, on the args field that carries the va
 then, when it relates to other fields, its rule (`rules()` of the group, or a `@rule(...)` in
 rules.py when it spans groups; a new group is a module like the others plus a field of its type on
 ServedModelArgs), and `python -m servedmodel.components.config_doc` to regenerate
-Pulumi.yaml's `config:` block and docs/config.md (tests/components/test_docs.py fails until
-they match). The annotation is its type, the default its default everywhere; the flat key
+Pulumi.yaml's `config:` block, docs/config.md and the component provider's provider/schema.json
+(tests/components/test_docs.py and test_provider.py fail until they match). The annotation is its type, the default its default everywhere; the flat key
 (`servedmodel:timeoutSeconds`) and its name in the group's structured key
 (`servedmodel:<group>: {timeoutSeconds: 30}`) are the field name in camelCase unless `key=` /
 `name=` say otherwise. A secret is `secret=True` (stack-only, `pulumi config set --secret`); an
