@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from . import karpenter, keda
-from .inputs import is_plain
+from .inputs import given, is_plain
 
 
 class KarpenterGpuPool(pulumi.ComponentResource):
@@ -72,6 +72,11 @@ class KedaScaling(pulumi.ComponentResource):
             fqdn = pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc.cluster.local")
             hosts = [fqdn, pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc"),
                      pulumi.Output.concat(hold.metadata.name, ".", args.namespace)]
+            if given(args.hostname):
+                # The interceptor routes by Host and answers 404 to a name it has no route for
+                # (kedacore/http-add-on v0.15.0 pkg/routing/table.go, interceptor/middleware/routing.go):
+                # the public name an ingress sends here must be listed too.
+                hosts.insert(0, args.hostname)
             hso = k8s.apiextensions.CustomResource(
                 f"{name}-http", api_version=keda.API_HTTPSCALEDOBJECT, kind="HTTPScaledObject",
                 metadata=meta | {"annotations": {keda.SKIP_SCALEDOBJECT_ANNOTATION: "true"}},

@@ -71,6 +71,10 @@ class KedaArgs:
     wait_seconds: int = 0
     """Interceptor's conditionWait: how long a request is held for the first ready pod; derived
     from the cold-start budget. Required (> 0) with `http`. Default 0."""
+    hostname: pulumi.Input[str] = ""
+    """The endpoint's public name (NetworkArgs.hostname, which checks it): with `http` the
+    interceptor routes it too (it answers 404 to a Host it has no route for). "": in-cluster
+    names only. Default ""."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -130,7 +134,17 @@ def prometheus_trigger(args: KedaArgs, deployment_name: str) -> dict[str, Any]:
     return {"type": "prometheus", "name": f"servedmodel-{args.metric}", "metricType": metric_type,
             "metadata": {"serverAddress": args.prometheus_url, "query": query, "threshold": threshold,
                          # Activation (0 -> 1) is the interceptor's job; the query only sizes.
-                         "activationThreshold": "0", "ignoreNullValues": "true"}}
+                         "activationThreshold": "0", "ignoreNullValues": ignore_null_values(args)}}
+
+
+def ignore_null_values(args: KedaArgs) -> str:
+    """KEDA reads an empty result (or NaN) as 0 when true, as an error when false (kedacore/keda
+    v2.20.2 pkg/scalers/prometheus_scaler.go; default true). While a replica always runs, an
+    empty result means the scrape is lost (a renamed label, no PodMonitor): false makes that an
+    error on the ScaledObject (KEDA keeps the replica count) instead of a silent "no load".
+    At zero replicas there is no series at all, which must read as idle: true there (the
+    settings refuse keda without a declared scrape, components/args/rules.py)."""
+    return "true" if args.min_replicas == 0 else "false"
 
 
 def external_push_trigger(args: KedaArgs, http_scaled_object_name: str) -> dict[str, Any]:
@@ -152,7 +166,17 @@ def scaled_object_spec(args: KedaArgs, deployment_name: Any, http_scaled_object_
         "pollingInterval": args.polling_seconds,
         "cooldownPeriod": args.cooldown_seconds,
         # The same scale-up-fast, scale-down-slowly behaviour as the plain HPA path.
-        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": specs.hpa_behavior()}},
+        "advanced": {
+            # The same scale-up-fast, scale-down-slowly behaviour as the plain HPA path.
+            "horizontalPodAutoscalerConfig": {"behavior": specs.hpa_behavior()},
+            # On the ScaledObject's delete KEDA's finalizer scales the workload back to the count
+            # it had when KEDA took it over (status.originalReplicaCount), only with this set
+            # (kedacore/keda v2.20.2 controllers/keda/scaledobject_finalizer.go). Without it a
+            # switch `autoscaler: keda -> hpa` of a model scaled to zero leaves it at 0, where an
+            # HPA never acts ("ScalingDisabled": kubernetes/kubernetes
+            # pkg/controller/podautoscaler/horizontal.go).
+            "restoreToOriginalReplicaCount": True,
+        },
         "triggers": triggers,
     }
     return spec

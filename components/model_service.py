@@ -10,7 +10,12 @@ import pulumi_kubernetes as k8s
 from . import canary, specs
 from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
 from .inputs import given, lift
+from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
+
+# Read only by KEDA's ScaledObject admission webhook (kedacore/keda v2.20.2
+# apis/keda/v1alpha1/scaledobject_types.go ValidationsHpaOwnershipAnnotation).
+KEDA_HPA_OWNERSHIP_ANNOTATION = "validations.keda.sh/hpa-ownership"
 
 
 @dataclass
@@ -46,6 +51,9 @@ class ModelServiceArgs:
     """Another controller (KEDA) owns the replica count: no HPA, `replicas` left unset. Default False."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More labels on every object. Default {}."""
+    kubeconfig: Optional[pulumi.Input[str]] = field(default=None, repr=False)
+    """The cluster's kubeconfig, for the canary's RolloutWait; None: the Kubernetes client's own
+    lookup. Default None."""
 
 
 class ModelService(pulumi.ComponentResource):
@@ -91,10 +99,16 @@ class ModelService(pulumi.ComponentResource):
 
         priority_class_name = None
         if res.priority > 0:
+            # `value` and `preemptionPolicy` are immutable in the API server
+            # (kubernetes/kubernetes pkg/apis/scheduling/validation/validation.go,
+            # ValidatePriorityClassUpdate) and pulumi-kubernetes does not replace on them
+            # (provider/pkg/provider/diff.go): a changed priority replaces the (auto-named) class,
+            # the pods then roll to the new name.
             pc = k8s.scheduling.v1.PriorityClass(
                 f"{name}-priority", metadata={"labels": obj_labels}, value=res.priority,
                 global_default=False, preemption_policy="PreemptLowerPriority",
-                description=f"servedmodel {args.served_name}", opts=child)
+                description=f"servedmodel {args.served_name}",
+                opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["value", "preemptionPolicy"]))
             priority_class_name = pc.metadata.name
 
         lifecycle, grace = specs.termination(srv.pre_stop_seconds, srv.drain_seconds)
@@ -174,7 +188,12 @@ class ModelService(pulumi.ComponentResource):
 
         if autoscaled:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                f"{name}-hpa", metadata=meta(),
+                # KEDA's admission webhook refuses a ScaledObject for a workload an HPA scales,
+                # unless the HPA carries this annotation (kedacore/keda v2.20.2
+                # apis/keda/v1alpha1/scaledobject_webhook.go verifyHpas): Pulumi creates the new
+                # ScaledObject before it deletes this HPA, so `autoscaler: hpa -> keda` works in
+                # one `up` only with it. Nothing else reads it.
+                f"{name}-hpa", metadata=meta(annotations={KEDA_HPA_OWNERSHIP_ANNOTATION: "false"}),
                 spec={"scaleTargetRef": scale_target | {"name": workload_name},
                       "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
                       "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
@@ -213,9 +232,10 @@ class ModelService(pulumi.ComponentResource):
     def _canary(name: str, args: ModelServiceArgs, meta: Any, selector: dict[str, str], template: dict[str, Any],
                 autoscaled: bool, waits: ReadinessTimeouts,
                 child: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
-        """The AnalysisTemplate and the Rollout (full pod template, not a workloadRef: one owner
-        of the pods; docs/deploy.md). The Rollout carries the await annotations, so `pulumi up`
-        waits for the canary's outcome."""
+        """The AnalysisTemplate, the Rollout (full pod template, not a workloadRef: one owner of
+        the pods; docs/deploy.md) and, when the steps end on their own, the RolloutWait that
+        makes `pulumi up` return when the new revision is fully promoted and fail when the
+        canary aborts (the Rollout itself is not awaited: components/rollout_wait.py)."""
         rollout, namespace = args.rollout, args.network.namespace
         analysis = k8s.apiextensions.CustomResource(
             f"{name}-analysis", api_version=canary.ROLLOUT_API_VERSION, kind="AnalysisTemplate",
@@ -223,18 +243,18 @@ class ModelService(pulumi.ComponentResource):
         base = canary.RolloutSpec(selector=selector, template=template,
                                   replicas=None if autoscaled else args.autoscaling.replicas,
                                   progress_deadline_seconds=waits.progress_deadline_seconds)
-        pods_seconds = minutes_to_seconds(waits.deployment)
-        annotations = canary.rollout_annotations(rollout, base.progress_deadline_seconds, pods_seconds=pods_seconds)
-        opts = child
-        if canary.TIMEOUT_ANNOTATION in annotations:
-            # The same bound as the provider's await (the annotation), for the engine too.
-            wait = f"{-(-int(annotations[canary.TIMEOUT_ANNOTATION]) // 60)}m"
-            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)))
-        return k8s.apiextensions.CustomResource(
+        workload = k8s.apiextensions.CustomResource(
             f"{name}-rollout", api_version=canary.ROLLOUT_API_VERSION, kind="Rollout",
-            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | annotations),
-            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=opts)
+            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | canary.rollout_annotations()),
+            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=child)
+        if canary.awaitable(rollout):
+            timeout = canary.rollout_timeout_seconds(rollout, base.progress_deadline_seconds,
+                                                     pods_seconds=minutes_to_seconds(waits.deployment))
+            RolloutWait(f"{name}-rollout-wait", RolloutWaitArgs(
+                namespace=namespace, name=_name_of(workload), spec=workload.spec, timeout_seconds=timeout,
+                kubeconfig=args.kubeconfig),
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[workload])))
+        return workload
 
 
 def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:

@@ -166,7 +166,7 @@ class ServedModel(pulumi.ComponentResource):
                 rollout=args.rollout, pool_label=pool_label, startup_seconds=startup,
                 node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
                 pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds,
-                external_autoscaler=elastic.keda,
+                external_autoscaler=elastic.keda, kubeconfig=args.kubeconfig,
             ), opts=child)
             if args.monitoring.mode != "none":
                 ModelMonitoring(f"{name}", ModelMonitoringArgs(
@@ -182,6 +182,7 @@ class ServedModel(pulumi.ComponentResource):
                     target_inflight=scale.target_inflight, target_queue_ms=scale.target_queue_ms,
                     polling_seconds=elastic.keda_polling_seconds, cooldown_seconds=elastic.keda_cooldown_seconds,
                     http=elastic.keda_http, keda_namespace=elastic.keda_namespace,
+                    hostname=network.hostname,
                     # As long as one pod may take to be ready (node, pull, startup probe budget).
                     wait_seconds=service.pod_seconds if elastic.keda_http else 0,
                 ), deployment_name=service.deployment_name, service_name=service.service_name,

@@ -75,7 +75,8 @@ class ElasticArgs(ArgsGroup):
     keda_http: bool = setting(
         False, "Put the KEDA HTTP add-on's interceptor in front of the model (an HTTPScaledObject and an ExternalName "
                "Service, the model's url becomes the held route) so a request to an idle model waits for the first "
-               "pod instead of failing. Needs @{elastic.autoscaler} keda and a ClusterIP Service.")
+               "pod instead of failing. Needs @{elastic.autoscaler} keda and a ClusterIP Service; refused with "
+               "@{network.grpc_port} (gRPC does not pass the interceptor).")
     capacity_types: tuple[str, ...] = setting(
         KARPENTER_DEFAULTS.capacity_types, "Karpenter capacity types the GPU pool may launch - \"on-demand\" and/or "
                                            "\"spot\".", check=_capacity_types)

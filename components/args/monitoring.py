@@ -44,7 +44,8 @@ class MonitoringArgs(ArgsGroup):
     mode: str = setting(
         "none", "Monitoring objects per model (kubernetes target) - \"prometheus-operator\" (PodMonitor, PrometheusRule "
                 "with recording rules and alerts, Grafana dashboard ConfigMap), \"annotations\" (the rules as a "
-                "rule-file ConfigMap and the dashboard, for annotation-driven scraping) or \"none\". See "
+                "rule-file ConfigMap and the dashboard, for annotation-driven scraping) or \"none\". "
+                "@{elastic.autoscaler} keda needs one other than none (KEDA reads the scraped metrics). See "
                 "docs/operations.md.", key="monitoring", check=one_of(MONITORING_MODES))
     labels: tuple[str, ...] = setting(
         (), "key=value labels on the PodMonitor and PrometheusRule so the Prometheus's podMonitorSelector and "

@@ -97,9 +97,8 @@ class NetworkArgs(ArgsGroup):
         if given(self.tls_certificate_arn) and c.ok("tls_certificate_arn") and not public:
             c.bad("tls_certificate_arn", "TLS terminates at the load balancer: only with @{network.service_type} "
                                          "LoadBalancer (leave it empty for ClusterIP)")
-        if given(self.hostname) and c.ok("hostname") and not public:
-            c.bad("hostname", "names the public endpoint (https at the load balancer): only with "
-                              "@{network.service_type} LoadBalancer")
+        # hostname without a LoadBalancer: only as the scale-to-zero interceptor's public name
+        # (components/args/rules.py, _hostname_names_a_public_entry).
         if c.ok("grpc_port") and self.grpc_port:
             if self.grpc_port < 1024:
                 c.bad("grpc_port", "must be 0 (gRPC off) or a port between 1024 and 65535")

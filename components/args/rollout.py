@@ -13,7 +13,9 @@ from .checking import ArgsGroup, Checker, integer, matching, one_of
 from .setting import setting
 
 ROLLOUT_STRATEGIES = ("rolling", "canary")
-DEFAULT_STEPS = ("setWeight:20", "pause:2m", "setWeight:50", "pause:2m")
+# 2 x 3m: the default analysis (5 measurements a minute apart after a first minute) fits in the
+# pauses from its starting step, as RolloutArgs requires (issue 18).
+DEFAULT_STEPS = ("setWeight:20", "pause:3m", "setWeight:50", "pause:3m")
 # Argo's durations as this package accepts them: a whole number of s, m or h ("90s", "2m").
 DURATION = re.compile(r"^([1-9][0-9]*)(s|m|h)$")
 _ADDRESS = re.compile(r"^https?://[^\s/]+(/\S*)?$")
@@ -89,7 +91,9 @@ class RolloutArgs(ArgsGroup):
     steps: tuple[str, ...] = setting(
         DEFAULT_STEPS, "Canary steps (rollout canary) - \"setWeight:N\" (N percent of the replicas run the new "
                        "version), \"pause:D\" (D such as 90s, 2m, 1h) or \"pause\" (wait for `kubectl argo rollouts "
-                       "promote`). After the last step the new version takes 100%.",
+                       "promote`). After the last step the new version takes 100%. The timed pauses from the analysis' first "
+                       "step must last (@{rollout.analysis_count} + 1) x @{rollout.analysis_interval} - Argo promotes "
+                       "when the steps end, whatever the analysis has not yet measured.",
         key="canarySteps", check=_steps)
     prometheus_address: str = ""
     """Prometheus HTTP address the Argo Rollouts controller queries (canary: required), e.g.
@@ -123,6 +127,28 @@ class RolloutArgs(ArgsGroup):
             c.bad("analysis_failure_limit", f"must be below @{{rollout.analysis_count}} ({self.analysis_count}): "
                                             "a higher limit can never abort")
         c.check("query_timeout_seconds", integer(1, 300))
+        if self.strategy == "canary" and c.ok("strategy", "steps", "analysis_interval", "analysis_count"):
+            self._check_analysis_fits_the_pauses(c)
+
+    def _check_analysis_fits_the_pauses(self, c: Checker) -> None:
+        """A background analysis does not hold promotion: Argo promotes once the last step is
+        done, and a run it then terminates counts as Successful whatever it had not measured yet
+        (argoproj/argo-rollouts v1.9.1 rollout/canary.go and rollout/sync.go shouldFullPromote;
+        analysis/analysis.go, a terminated run). So the timed pauses from the analysis' starting
+        step must last as long as the analysis: its first measurement after one interval, then
+        `analysis_count` of them one interval apart, plus one interval for the last query."""
+        after = self.steps[self.analysis_starting_step:]
+        if "pause" in after:
+            return  # an indefinite pause waits for a person, and the analysis goes on meanwhile
+        paused = sum(duration_seconds(s.split(":", 1)[1]) for s in after if s.startswith("pause:"))
+        need = duration_seconds(self.analysis_interval) * (self.analysis_count + 1)
+        if paused < need:
+            c.bad("steps", f"the timed pauses from the analysis' first step (step {self.analysis_starting_step}) "
+                           f"last {paused}s, less than the analysis needs ({need}s: @{{rollout.analysis_count}} "
+                           f"{self.analysis_count} measurements every @{{rollout.analysis_interval}} "
+                           f"{self.analysis_interval}, after a first wait of one interval); Argo Rollouts promotes "
+                           "when the steps end, unjudged: lengthen the pauses or lower the count",
+                  value=list(self.steps))
 
     @property
     def canary(self) -> bool:

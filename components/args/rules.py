@@ -168,6 +168,47 @@ def _keda_metric_and_bounds(autoscaling: AutoscalingArgs, elastic: ElasticArgs) 
     return out
 
 
+@rule("elastic", "monitoring")
+def _keda_needs_a_scrape(elastic: ElasticArgs, monitoring: MonitoringArgs) -> list[Problem]:
+    """KEDA's Prometheus trigger reads the server's metrics from a Prometheus that scrapes the
+    pods. `monitoring: none` declares no scrape (and promises none): the query then reads
+    nothing, and with scale to zero (where an empty result must read as idle,
+    `ignoreNullValues: true`) the model would never scale above one replica, silently."""
+    if elastic.keda and monitoring.mode == "none":
+        return [Problem("monitoring.mode", monitoring.mode,
+                        "@{elastic.autoscaler} keda scales on the server's metrics in Prometheus: declare how they are "
+                        "scraped, prometheus-operator (a PodMonitor) or annotations (your Prometheus scrapes the "
+                        "annotated pods); with none KEDA's query reads nothing")]
+    return []
+
+
+@rule("network", "elastic")
+def _grpc_does_not_pass_the_interceptor(network: NetworkArgs, elastic: ElasticArgs) -> list[Problem]:
+    """The HTTP add-on's interceptor routes HTTP/1.1 (and h2c only to a Service port with
+    `appProtocol: kubernetes.io/h2c`: kedacore/http-add-on v0.15.0 interceptor/handler/upstream.go);
+    our gRPC port is a separate Service port the interceptor never sees, so at zero replicas a
+    gRPC call finds nothing to answer it."""
+    if elastic.keda_http is True and isinstance(network.grpc_port, int) and network.grpc_port:
+        return [Problem("network.grpc_port", network.grpc_port,
+                        "gRPC does not pass the KEDA HTTP add-on's interceptor (@{elastic.keda_http}): at zero "
+                        "replicas a gRPC call would find no pod; use 0 with keda_http, or keep a replica "
+                        "(@{elastic.min_replicas} 1, without keda_http)")]
+    return []
+
+
+@rule("network", "elastic")
+def _hostname_names_a_public_entry(network: NetworkArgs, elastic: ElasticArgs) -> list[Problem]:
+    """A hostname names the public entry: the load balancer (https, TLS at the NLB), or with scale
+    to zero the KEDA HTTP add-on's interceptor, which routes by Host and must list the public
+    name (kedacore/http-add-on v0.15.0 pkg/routing/table.go; issue 18 finding 11) behind the
+    ingress that sends it there."""
+    if given(network.hostname) and network.service_type != "LoadBalancer" and elastic.keda_http is not True:
+        return [Problem("network.hostname", network.hostname,
+                        "names the public endpoint: only with @{network.service_type} LoadBalancer (https at the "
+                        "load balancer), or with @{elastic.keda_http} (the interceptor routes it behind your ingress)")]
+    return []
+
+
 @rule("network", "elastic")
 def _interceptor_needs_cluster_ip(network: NetworkArgs, elastic: ElasticArgs) -> list[Problem]:
     if elastic.keda_http and network.service_type == "LoadBalancer":

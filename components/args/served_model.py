@@ -4,7 +4,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .autoscaling import AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, one_of
@@ -58,6 +58,13 @@ class ServedModelArgs:
     protect: bool = setting(False, "Protect the registry and the GPU node pool from deletion (set on prod).")
     cache_dir: Optional[Path] = None
     """models.build cache; None uses $SERVEDMODEL_CACHE or ~/.cache/servedmodel. Default None."""
+    # A pulumi.Input[str]; annotated Any because GROUP_TYPES reads these hints with
+    # typing.get_type_hints, which cannot resolve pulumi.Input's forward reference.
+    kubeconfig: Optional[Any] = field(default=None, repr=False, compare=False)
+    """The cluster's kubeconfig (a pulumi.Input[str], a secret), for the canary's RolloutWait, which reads the Rollout
+    itself (components/rollout_wait.py); the program passes the one its Kubernetes provider
+    uses. None: the Kubernetes client's own lookup (KUBECONFIG, ~/.kube/config, in-cluster).
+    Default None."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -41,10 +41,15 @@ def test_prod_rollout_is_a_canary_gated_by_its_analysis_template(stack_runs):
         assert 'namespace="servedmodel"' in m["provider"]["prometheus"]["query"]
     assert metrics[canary.METRIC_LATENCY_P99]["successCondition"].endswith("<= 250.0")
     assert metrics[canary.METRIC_FAILURE_RATIO]["successCondition"].endswith("<= 0.005")
-    # `pulumi up` waits for the outcome: Healthy, within the pauses + the progress deadline.
-    ann = rollout.inputs["metadata"]["annotations"]
-    assert ann[canary.WAIT_FOR_ANNOTATION] == canary.WAIT_FOR_HEALTHY
-    assert int(ann[canary.TIMEOUT_ANNOTATION]) >= 10 * 60 + rollout.inputs["spec"]["progressDeadlineSeconds"]
+    # `pulumi up` waits for the outcome on Argo's own view (a RolloutWait, issue 18), not on the
+    # provider's await of the Rollout: tests/components/test_rollout_wait.py.
+    assert rollout.inputs["metadata"]["annotations"][canary.SKIP_AWAIT_ANNOTATION] == "true"
+    wait = run.one("pulumi-python:dynamic/servedmodel:RolloutWait")
+    assert wait.waits_for(rollout)
+    assert wait.inputs["timeoutSeconds"] >= 10 * 60 + rollout.inputs["spec"]["progressDeadlineSeconds"]
+    # Idle windows and a short Prometheus outage do not stall or abort it (issue 18, finding 5).
+    for m in metrics.values():
+        assert m["inconclusiveLimit"] == 7 and m["consecutiveErrorLimit"] == 18
     # Scaled by the HPA through the Rollout's scale subresource.
     hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert hpa.inputs["spec"]["scaleTargetRef"] == {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout",

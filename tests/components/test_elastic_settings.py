@@ -108,3 +108,38 @@ def test_karpenter_defaults_are_stated_once():
         assert elastic[elastic_name] == value and pool[name] == value, name
         stated = config[f"servedmodel:{key}"]["default"]
         assert (tuple(stated) if isinstance(stated, list) else stated) == value, key
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    # KEDA's trigger reads a scrape that nothing declares (issue 18).
+    ({"servedmodel:monitoring": "none"}, ["servedmodel:monitoring = 'none'", "servedmodel:autoscaler keda",
+                                          "prometheus-operator", "annotations"]),
+    # gRPC would bypass the interceptor and find no pod at zero (issue 18).
+    ({"servedmodel:grpcPort": 9000}, ["servedmodel:grpcPort = 9000", "servedmodel:kedaHttp"]),
+])
+def test_keda_needs_a_scrape_and_the_interceptor_no_grpc(overrides, needles):
+    text = "\n".join(problems("burst", overrides, {"servedmodel:authToken": "t" * 24}))
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def test_keda_with_a_declared_scrape_and_grpc_with_a_replica_are_accepted():
+    for overrides in ({"servedmodel:monitoring": "annotations"},
+                      {"servedmodel:grpcPort": 9000, "servedmodel:kedaHttp": False, "servedmodel:minReplicas": 1}):
+        [a] = parse_settings(*raw_for("burst", overrides, {"servedmodel:authToken": "t" * 24})).served
+        assert a.elastic.keda, overrides
+
+
+def test_a_hostname_names_the_load_balancer_or_the_interceptor():
+    """Issue 18, finding 11: behind scale to zero the public name is routed by the interceptor
+    (a ClusterIP Service); elsewhere a hostname still needs the LoadBalancer."""
+    from servedmodel.components.args import ElasticArgs, NetworkArgs
+    from servedmodel.components.args.rules import cross_group_problems
+
+    named = NetworkArgs(hostname="classifier.models.example.com")
+    keda_http = ElasticArgs(autoscaler="keda", min_replicas=0, keda_http=True)
+    assert not [p for p in cross_group_problems({"network": named, "elastic": keda_http})
+                if p.field == "network.hostname"]
+    [problem] = [p for p in cross_group_problems({"network": named, "elastic": ElasticArgs()})
+                 if p.field == "network.hostname"]
+    assert "LoadBalancer" in problem.accepted and "@{elastic.keda_http}" in problem.accepted

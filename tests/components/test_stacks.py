@@ -62,12 +62,14 @@ def test_expected_kinds_and_counts(stack_runs):
         "pulumi:providers:kubernetes": 1, "kubernetes:apps/v1:Deployment": 2,
         "servedmodel:index:ModelMonitoring": 2, "kubernetes:core/v1:ConfigMap": 4}
     # prod: one model, GPU pool (role + 3 policy attachments + node group), PDB, PriorityClass;
-    # a canary Rollout with its AnalysisTemplate; PodMonitor, PrometheusRule, dashboard.
+    # a canary Rollout with its AnalysisTemplate and the RolloutWait that `up` waits on;
+    # PodMonitor, PrometheusRule, dashboard.
     assert stack_runs["prod"].counts() == per_model | {
         "pulumi:providers:kubernetes": 1, "servedmodel:index:GpuNodePool": 1, "aws:iam/role:Role": 1,
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 3, "aws:eks/nodeGroup:NodeGroup": 1,
         "kubernetes:policy/v1:PodDisruptionBudget": 1, "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1,
         "kubernetes:argoproj.io/v1alpha1:Rollout": 1, "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate": 1,
+        "pulumi-python:dynamic/servedmodel:RolloutWait": 1,
         "servedmodel:index:ModelMonitoring": 1, "kubernetes:monitoring.coreos.com/v1:PodMonitor": 1,
         "kubernetes:monitoring.coreos.com/v1:PrometheusRule": 1, "kubernetes:core/v1:ConfigMap": 1}
 
