@@ -117,7 +117,8 @@ class ArgsAnalyzer(Analyzer):
     - `tuple[X, ...]` is an array of X, `Path` a string;
     - descriptions: a setting's declared description, else the attribute's docstring (the SDK's
       source parsing); a type's, its class docstring;
-    - a secret setting is `secret`; a plain default is the schema's `default`.
+    - a secret setting (or a field whose metadata says `secret`) is `secret`; a plain default is
+      the schema's `default`.
     """
 
     def __init__(self, name: str):
@@ -219,7 +220,7 @@ class ArgsAnalyzer(Analyzer):
     def _extra(f: dataclasses.Field) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         declared = f.metadata.get("setting")
-        if declared is not None and declared.secret:
+        if (declared is not None and declared.secret) or f.metadata.get("secret"):
             extra["secret"] = True
         if type(f.default) in (str, int, float, bool):
             extra["default"] = f.default
