@@ -1,9 +1,9 @@
 """The Open Inference Protocol (KServe V2) gRPC front end: `inference.GRPCInferenceService`
-and the standard `grpc.health.v1.Health`, on our HTTP/2 layer (`h2c.py`) in the same event
+and the standard `grpc.health.v1.Health`, on our HTTP/2 layer (`h2/`) in the same event
 loop as REST, so both share one `InferenceService` (batcher, limits, auth, metrics, access
 log, drain).
 
-Errors map to status codes as Triton's do (`h2c.STATUS_OF_HTTP`); message sizes are limited
+Errors map to status codes as Triton's do (`h2.grpc.STATUS_OF_HTTP`); message sizes are limited
 explicitly (SERVEDMODEL_MAX_BODY_BYTES both ways: RESOURCE_EXHAUSTED above it).
 """
 from __future__ import annotations
@@ -15,14 +15,15 @@ from dataclasses import replace
 
 from google.protobuf.message import DecodeError
 
-from .auth import ANONYMOUS, AuthError
+from .auth import ANONYMOUS, AuthError, UnknownKey
 from .batcher import Arrival
 from .errors import ServingError, StartupError
 from .grpc_health import (NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest,
                           HealthCheckResponse)
-from .h2c import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
-                  PERMISSION_DENIED, RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP,
-                  UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, Call, GrpcLimits, GrpcListener)
+from .h2 import Call, GrpcLimits, GrpcListener
+from .h2.grpc import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
+                      PERMISSION_DENIED, RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP,
+                      UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED)
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
@@ -43,15 +44,30 @@ WATCH_SECONDS = 0.1
 HTTP_OF_STATUS = {CANCELLED: 400, INVALID_ARGUMENT: 400, DEADLINE_EXCEEDED: 408, NOT_FOUND: 404,
                   RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 400, INTERNAL: 400, UNAVAILABLE: 503,
                   UNAUTHENTICATED: 401, PERMISSION_DENIED: 403}
-#: The calls a connection taken from the reserve over the connection cap may make.
-PROBE_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
-                           SERVICE + "ServerReady"})
+#: The calls a connection taken from the reserve over the connection cap may make: the
+#: probes' (a Watch lasts, so it may not hold the reserve).
+PROBE_METHODS = frozenset({HEALTH + "Check", SERVICE + "ServerLive", SERVICE + "ServerReady"})
+#: Calls that last: counted apart from unary calls (SERVEDMODEL_MAX_STREAMING_CALLS).
+STREAMING_METHODS = frozenset({HEALTH + "Watch"})
+#: Calls that need no token (the probes' and the health service).
+OPEN_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
+                          SERVICE + "ServerReady"})
 
 
-def grpc_limits(s: Settings, max_message_bytes: int) -> GrpcLimits:
-    """The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits")."""
+#: `Call.identity` of a call whose token names a key the issuer's set is being refreshed for:
+#: judged when the call runs (`Authenticator.authenticate_async` waits for the refresh).
+PENDING = object()
+
+
+def grpc_limits(s: Settings, max_message_bytes: int,
+                max_connections: int | None = None) -> GrpcLimits:
+    """The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits");
+    `max_connections`: the cap as the descriptor budget left it (`ensure_descriptors`)."""
     return replace(GrpcLimits.from_settings(s), max_message_bytes=max_message_bytes,
-                   max_calls=s.max_connections)
+                   max_calls=s.max_connections,
+                   max_connections=max_connections or s.max_connections,
+                   max_streaming_calls=s.max_streaming_calls,
+                   request_timeout=s.request_timeout_seconds)
 
 
 def _log_record(path: str, status: int, code: int | None) -> dict:
@@ -97,8 +113,7 @@ class _Health:
                            f"{', '.join(repr(s) for s in READINESS_SERVICES)}, "
                            f"{LIVENESS_SERVICE!r}")
             return
-        call.send_message(HealthCheckResponse(status=status).SerializeToString())
-        call.finish()
+        call.reply(HealthCheckResponse(status=status).SerializeToString())
 
     async def watch(self, call: Call) -> None:
         request = self._request(call)
@@ -128,31 +143,53 @@ class _Inference:
         self.max_message_bytes = max_message_bytes
 
     def handlers(self) -> dict:
-        def rpc(name: str, message, handler, *, auth: bool = True, infer: bool = False):
+        def rpc(name: str, message, handler, *, infer: bool = False):
             async def run(call: Call) -> None:
-                await self._call(name, call, message, handler, auth=auth, infer=infer)
+                await self._call(name, call, message, handler, infer=infer)
             return SERVICE + name, run
         return dict((
-            rpc("ServerLive", pb.ServerLiveRequest, self.server_live, auth=False),
-            rpc("ServerReady", pb.ServerReadyRequest, self.server_ready, auth=False),
+            rpc("ServerLive", pb.ServerLiveRequest, self.server_live),
+            rpc("ServerReady", pb.ServerReadyRequest, self.server_ready),
             rpc("ModelReady", pb.ModelReadyRequest, self.model_ready),
             rpc("ServerMetadata", pb.ServerMetadataRequest, self.server_metadata),
             rpc("ModelMetadata", pb.ModelMetadataRequest, self.model_metadata),
             rpc("ModelInfer", pb.ModelInferRequest, self.model_infer, infer=True),
         ))
 
-    async def _call(self, rpc: str, call: Call, message, handler, *, auth: bool,
-                    infer: bool) -> None:
-        """Run one RPC: auth, the handler, metrics and the access log; a ServingError becomes
-        the mapped status code with its message."""
+    def authorize(self, call: Call) -> None:
+        """The call's token, checked on its HEADERS (the connection layer calls this before
+        it keeps any of the request's bytes) with the same `Authenticator` as REST: every
+        method but `OPEN_METHODS` needs one, unknown methods included. The caller goes on the
+        call (`call.identity`) for its audit record. A JWT signed with a key the issuer has
+        just published (a refresh of its key set is under way) is judged when the call runs,
+        after the refresh, so a key rotation does not fail the first calls."""
+        auth = self.service.auth
+        if call.method in OPEN_METHODS:
+            return
+        if not auth.enabled:
+            call.identity = ANONYMOUS
+            return
+        try:
+            call.identity = auth.authenticate(call.header(b"authorization"))
+        except UnknownKey:
+            if not auth.keys.refreshing:
+                raise
+            call.identity = PENDING
+        except AuthError as e:
+            call.identity = e.identity            # a 403 names whom it refused
+            raise
+
+    async def _call(self, rpc: str, call: Call, message, handler, *, infer: bool) -> None:
+        """Run one RPC: the handler, metrics and the access log (auth ran on the call's
+        HEADERS, `authorize`); a ServingError becomes the mapped status code with its
+        message."""
         svc = self.service
         t0 = time.perf_counter()
         status, reason, extra, data, cancelled = 200, None, None, b"", None
-        identity = None
         try:
-            if auth:
-                identity = (await svc.auth.authenticate_async(call.header(b"authorization"))
-                            if svc.auth.enabled else ANONYMOUS)
+            if call.identity is PENDING:
+                call.identity = None
+                call.identity = await svc.auth.authenticate_async(call.header(b"authorization"))
             try:
                 request = message.FromString(call.message)
             except DecodeError:
@@ -175,7 +212,7 @@ class _Inference:
             status, reason, message_text = e.status, e.reason, e.message
             code = STATUS_OF_HTTP.get(e.status, INTERNAL)
             if isinstance(e, AuthError):
-                identity = e.identity
+                call.identity = e.identity
         except Exception as e:  # a bug: answer INTERNAL with a message, keep serving
             status, reason, code = 500, "internal", INTERNAL
             message_text = f"internal error: {type(e).__name__}"
@@ -185,9 +222,9 @@ class _Inference:
             record.update(extra)
         seconds = time.perf_counter() - t0
         svc.record("grpc", infer, status, reason, seconds, record)
-        if auth and svc.audit.enabled:      # ServerLive/ServerReady are probes: not audited
+        if svc.audit.enabled and call.method not in OPEN_METHODS:    # probes: not audited
             svc.audit.add(protocol="grpc", method="POST", path=SERVICE + rpc, status=status,
-                          seconds=seconds, identity=identity, reason=reason,
+                          seconds=seconds, identity=call.identity, reason=reason,
                           grpc_code=STATUS_NAMES[code] if status != 200 else "OK",
                           traceparent=call.header(b"traceparent"),
                           rows=extra.get("rows") if extra else None,
@@ -198,8 +235,7 @@ class _Inference:
         if status != 200:
             call.finish(code, message_text, RETRY if status == 503 else ())
             return
-        call.send_message(data)
-        call.finish()
+        call.reply(data)
 
     def refused(self, call: Call, code: int, message: str, reason: str) -> None:
         """A call the connection layer answered itself (a limit, a malformed call)."""
@@ -207,10 +243,12 @@ class _Inference:
         svc = self.service
         svc.record("grpc", call.method == INFER_METHOD, status, reason, 0.0,
                    _log_record(call.method[:256], status, code))
-        if svc.audit.enabled and call.method not in PROBE_METHODS:
+        if svc.audit.enabled and call.method not in OPEN_METHODS:
+            identity = call.identity if call.identity is not PENDING else None
             svc.audit.add(protocol="grpc", method="POST", path=call.method, status=status,
-                          seconds=0.0, identity=None, reason=reason, grpc_code=STATUS_NAMES[code],
-                          traceparent=call.header(b"traceparent"), bytes_out=0)
+                          seconds=0.0, identity=identity, reason=reason,
+                          grpc_code=STATUS_NAMES[code], traceparent=call.header(b"traceparent"),
+                          bytes_out=0)
 
     # -- health and metadata ----------------------------------------------------------------
     async def server_live(self, request, call):
@@ -264,6 +302,8 @@ class GrpcFrontEnd:
         self.service = service
         self.host, self.port = host, port
         self.max_message_bytes = max_message_bytes
+        #: the connection cap, once the descriptor budget has set it (`server.serve`)
+        self.max_connections: int | None = None
         self.listener: GrpcListener | None = None
         self.bound_port: int | None = None
 
@@ -293,10 +333,12 @@ class GrpcFrontEnd:
         handlers = inference.handlers()
         handlers[HEALTH + "Check"] = health.check
         handlers[HEALTH + "Watch"] = health.watch
-        self.listener = GrpcListener(grpc_limits(svc.settings, self.max_message_bytes),
-                                     handlers, metrics=svc.metrics, budget=svc.body_budget,
+        limits = grpc_limits(svc.settings, self.max_message_bytes, self.max_connections)
+        self.listener = GrpcListener(limits, handlers, metrics=svc.metrics,
+                                     budget=svc.body_budget, authorize=inference.authorize,
                                      arriving=self._arriving, refused=inference.refused,
-                                     probe_methods=PROBE_METHODS)
+                                     probe_methods=PROBE_METHODS,
+                                     streaming_methods=STREAMING_METHODS)
         address = f"{self.host}:{self.port}"
         try:
             self.bound_port = await self.listener.start(self.host, self.port)

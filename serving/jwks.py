@@ -33,7 +33,7 @@ REFRESH_SECONDS = 600.0
 #: Retry while no set has been loaded yet.
 RETRY_SECONDS = 5.0
 #: At most one refresh for unknown key ids this often.
-MIN_REFRESH_SECONDS = 30.0
+MIN_REFRESH_SECONDS = 10.0
 #: Key type (and curve) -> the one algorithm a key of that type may verify.
 ALGORITHM_OF = {("RSA", None): "RS256", ("EC", "P-256"): "ES256"}
 
@@ -98,6 +98,11 @@ class KeySet:
         self._refresh: asyncio.Task | None = None
         self._background: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jwks")
+
+    @property
+    def refreshing(self) -> bool:
+        """A refresh for an unknown key id is under way."""
+        return self._refresh is not None and not self._refresh.done()
 
     @property
     def kids(self) -> frozenset:

@@ -374,6 +374,34 @@ def test_oidc_on_rest_and_grpc(contexts, start_server, tmp_path):
         iss.close()
 
 
+def test_grpc_picks_up_a_rotated_key_on_its_first_call(contexts, start_server):
+    """gRPC checks tokens on the call's HEADERS (no await there): a JWT signed with a key the
+    issuer published after the server loaded its set is held until the one refresh it starts,
+    then served; a made-up key id right after is refused (the refresh's rate limit)."""
+    from servedmodel.serving.jwks import MIN_REFRESH_SECONDS
+
+    iss = Issuer()
+    try:
+        iss.add_key("old")
+        server = start_server(contexts["mlp"], {"SERVEDMODEL_OIDC_ISSUER": iss.url,
+                                                "SERVEDMODEL_OIDC_AUDIENCE": AUDIENCE}, grpc=True)
+        loaded = time.monotonic()
+        iss.add_key("new")
+        fetches = iss.jwks_fetches
+        time.sleep(max(0.0, MIN_REFRESH_SECONDS + 0.5 - (time.monotonic() - loaded)))
+        grpc = tg.InferenceServerClient(server.grpc_url)
+        ginp = tg.InferInput("input", [1, 784], "FP32")
+        ginp.set_data_from_numpy(X)
+        res = grpc.infer("test-mlp", [ginp], headers={"authorization": f"Bearer {iss.token('new')}"})
+        assert res.as_numpy("logits").shape == (1, 10) and iss.jwks_fetches == fetches + 1
+        iss.add_key("ghost", publish=False)
+        with pytest.raises(InferenceServerException) as e:
+            grpc.infer("test-mlp", [ginp], headers={"authorization": f"Bearer {iss.token('ghost')}"})
+        assert e.value.status() == "StatusCode.UNAUTHENTICATED" and iss.jwks_fetches == fetches + 1
+    finally:
+        iss.close()
+
+
 def test_oidc_server_is_not_ready_until_the_keys_load(contexts, start_server):
     """An issuer that does not answer: the server is live, not ready, and says why."""
     from authkit import free_port
