@@ -37,7 +37,7 @@ from .elastic import AUTOSCALERS, NODE_PROVISIONERS, ElasticArgs
 from .model import MAX_NAME, ZOO, ModelArgs
 from .monitoring import MONITORING_MODES, MonitoringArgs
 from .network import SERVICE_TYPES, NetworkArgs
-from .node_pool import AMI_TYPES, NodePoolArgs
+from .node_pool import AMI_TYPES, NodePoolArgs  # AMI_TYPES: components/platforms.py
 from .registry import KEEP_VERSIONS_FLOOR, RegistryArgs
 from .resources import ResourcesArgs
 from .rollout import DEFAULT_STEPS, ROLLOUT_STRATEGIES, RolloutArgs, duration_seconds, parse_step
