@@ -18,7 +18,8 @@ import math
 from typing import Optional, Sequence
 
 # The GPU instance families the serving image supports: our choice, not a cloud fact. x86-64
-# NVIDIA families of Turing or newer (CUDA 13, below) that we run: g4dn (T4), g5 (A10G), g6 (L4),
+# (EC2 says so: components/capacity.py checks each type's architecture) NVIDIA families of Turing
+# or newer (CUDA 13, below) that we run: g4dn (T4), g5 (A10G), g6 (L4),
 # g6e (L40S), p4d (A100), p5 (H100). How many GPUs, vCPUs and how much memory a type of these
 # families has is EC2's to say (aws.ec2.get_instance_type, components/capacity.py), never listed here.
 SUPPORTED_GPU_FAMILIES: tuple[str, ...] = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
@@ -61,8 +62,9 @@ def unsupported_families() -> tuple[str, ...]:
 
 assert not set(SUPPORTED_GPU_FAMILIES) & set(UNSUPPORTED_GPU_FAMILIES), "a refused family is listed as usable"
 
-# GPU instance families the serving image can run (the one list the node group's validation
-# uses). The Karpenter pool admits only these.
+# GPU instance families the serving image can run. The Karpenter pool admits only these (it
+# launches any size of a family it admits); a managed pool's types are judged by EC2's figures
+# (an NVIDIA GPU, an amd64 processor) and UNSUPPORTED_GPU_FAMILIES.
 IMAGE_GPU_FAMILIES = tuple(sorted(SUPPORTED_GPU_FAMILIES))
 
 

@@ -155,7 +155,7 @@ class KarpenterPoolArgs:
         if not self.capacity_types or any(c not in CAPACITY_TYPES for c in self.capacity_types) or \
                 len(set(self.capacity_types)) != len(self.capacity_types):
             problems.append(f"capacity_types {list(self.capacity_types)}: one or both of {', '.join(CAPACITY_TYPES)}")
-        if self.gpu_limit < 1:
+        if self.gpu and self.gpu_limit < 1:
             problems.append(f"gpu_limit {self.gpu_limit}: must be 1 or more")
         if self.consolidation_policy not in CONSOLIDATION_POLICIES:
             problems.append(f"consolidation_policy {self.consolidation_policy!r}: one of {', '.join(CONSOLIDATION_POLICIES)}")

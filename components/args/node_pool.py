@@ -49,9 +49,9 @@ class NodePoolArgs(ArgsGroup):
                   "kubeconfig unless @{kubeconfig} is set; the model's node pool joins it.",
         key="clusterName", stack_default="", flat_only=True, check=_cluster_name)
     instance_types: tuple[str, ...] = setting(
-        (), "EC2 instance types of the model's node pool. A GPU model: types of the families the image supports "
-            "(g4dn, g5, g6, g6e, p4d, p5; see docs/config.md for the refused families, such as p3/Volta); empty = "
-            "g5.xlarge. A CPU model: any types of one architecture (c7g.xlarge for Graviton, m6i.large...) give it a "
+        (), "EC2 instance types of the model's node pool. A GPU model: NVIDIA GPU types (g4dn, g5, g6, g6e, p4d, "
+            "p5; see docs/config.md for the refused families, such as p3/Volta; with Karpenter only these families); "
+            "empty = g5.xlarge. A CPU model: any types of one architecture (c7g.xlarge for Graviton, m6i.large...) give it a "
             "pool of its own; empty = no pool, its pods run on the cluster's nodes. Every type's architecture (EC2's "
             "supported_architectures) must be one the image is built for and @{resources.arch}; one replica's "
             "@{resources.cpu}, @{resources.memory} and @{resources.gpu} must fit each type's allocatable as EC2 "

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families, instance_family, unsupported_reason
+from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families, unsupported_reason
 from ..inputs import given
 from ..karpenter import gpu_limit_needed
 from ..keda import METRICS as KEDA_METRICS
@@ -78,19 +78,14 @@ def _gpus_need_a_pool(target: str, resources: ResourcesArgs, node_pool: Optional
 
 @rule("resources", "node_pool")
 def _gpu_pool_families(resources: ResourcesArgs, node_pool: Optional[NodePoolArgs]) -> list[Problem]:
-    """Which GPU families the image runs on is our choice (gpus.py); refused ones say why."""
+    """GPU families whose GPUs the image's CUDA cannot use are refused, saying why (gpus.py).
+    Everything else about a type is EC2's to say (components/capacity.py): whether it has an
+    NVIDIA GPU at all, and its architecture (a Graviton g5g is refused because EC2 says arm64)."""
     if node_pool is None or resources.gpu <= 0:
         return []
-    out: list[Problem] = []
-    for t in node_pool.instance_types:
-        if unsupported_reason(t):
-            out.append(Problem("node_pool.instance_types", t, f"{unsupported_reason(t)}; use a Turing or newer "
-                                                              f"NVIDIA type ({', '.join(SUPPORTED_GPU_FAMILIES)})"))
-        elif instance_family(t) not in SUPPORTED_GPU_FAMILIES:
-            out.append(Problem("node_pool.instance_types", t,
-                               "with @{resources.gpu} > 0: an EC2 GPU instance type of the families the serving "
-                               f"image supports: {', '.join(SUPPORTED_GPU_FAMILIES)}"))
-    return out
+    return [Problem("node_pool.instance_types", t, f"{unsupported_reason(t)}; use a Turing or newer NVIDIA type "
+                                                   f"({', '.join(SUPPORTED_GPU_FAMILIES)})")
+            for t in node_pool.instance_types if unsupported_reason(t)]
 
 
 @rule("resources", "node_pool")
