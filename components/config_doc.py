@@ -2,8 +2,9 @@
 
 Each setting is declared once, with `setting(...)` on the args field it sets (components/args/);
 components/settings.py `SCHEMA` indexes them. `python -m servedmodel.components.config_doc`
-rewrites both files from it; tests/components/test_docs.py fails when a committed file differs
-from a fresh rendering.
+rewrites both files from it, and the component provider's provider/schema.json (inferred from the
+same declarations by components/provider.py); tests/components/test_docs.py and test_provider.py
+fail when a committed file differs from a fresh rendering.
 """
 from __future__ import annotations
 
@@ -224,7 +225,9 @@ def main() -> None:
     pulumi_yaml = ROOT / "Pulumi.yaml"
     pulumi_yaml.write_text(render_pulumi_yaml(pulumi_yaml.read_text()))
     (ROOT / "docs" / "config.md").write_text(render())
-    sys.stdout.write("wrote Pulumi.yaml (config:) and docs/config.md\n")
+    from .provider import SCHEMA_FILE, schema_text  # the component provider's schema: the same declarations
+    SCHEMA_FILE.write_text(schema_text())
+    sys.stdout.write("wrote Pulumi.yaml (config:), docs/config.md and provider/schema.json\n")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, TypedDict, Union
 
 import pulumi
 
 from . import capacity, coldstart, edge, gpus, karpenter, keda, platforms, specs
-from .args import ArgsError, ServedModelArgs
+from .args import ArgsError, ServedModelArgs, args_from_mapping
+from .coldstart import ColdStartBudget
 from .gpus import IMAGE_GPU_FAMILIES, instance_families
 from .inputs import given, lift
 from .karpenter import gpu_limit_needed
@@ -22,6 +23,26 @@ from .model_service import ModelService, ModelServiceArgs
 from .monitoring import Scope
 
 
+class Tensor(TypedDict):
+    """One input or output tensor of the model, as the server's metadata route names it."""
+
+    name: str
+    """The tensor's name in infer requests and responses."""
+    datatype: str
+    """Its KServe V2 datatype (FP32, INT64, BYTES, ...)."""
+    shape: list[int]
+    """Its shape; -1 marks a dimension of any size (the batch)."""
+
+
+class Signature(TypedDict):
+    """The model's input/output signature, from its manifest."""
+
+    inputs: list[Tensor]
+    """The tensors an infer request sends."""
+    outputs: list[Tensor]
+    """The tensors an infer response returns."""
+
+
 def _portable(path: Path) -> str:
     """The context path relative to the project directory (Pulumi's working directory) when it
     lies inside it: an absolute path would differ between checkouts (CI vs. a laptop) and show
@@ -32,7 +53,7 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
-def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
+def signature_of(manifest: dict[str, Any]) -> Signature:
     """The model's input/output signature as apps read it from the stack outputs."""
     return {"inputs": manifest["inputs"], "outputs": manifest["outputs"]}
 
@@ -48,25 +69,35 @@ def infer_url(url: str, served_name: str) -> str:
 
 
 class ServedModel(pulumi.ComponentResource):
-    """Runs models.build (cached on its inputs, so an unchanged model does no export), then
-    ModelImage, GpuNodePool (kubernetes + gpu), ModelService and ModelMonitoring (kubernetes,
-    monitoring not none), or LocalService (docker).
-
-    Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
-    swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
-    `model_version`, `signature`, `cold_start`
-    ({nodeSeconds, pullSeconds, startSeconds, totalSeconds}: components/coldstart.py).
+    """One model from source to endpoint. Runs models.build (export, verify, compress, package;
+    cached on its inputs, so an unchanged model does no export), then ModelImage (the image, tagged
+    with the model version), and on the kubernetes target GpuNodePool or KarpenterGpuPool (with
+    GPUs), ModelService (Deployment, Service, autoscaler; a canary as configured), ModelMonitoring
+    and KedaScaling as configured; on the docker target a LocalService (a local container).
     """
 
     url: pulumi.Output[str]
+    """The endpoint's base URL (https://<hostname> with a hostname; through the KEDA HTTP
+    interceptor when it holds requests)."""
     infer_url: pulumi.Output[str]
+    """The V2 infer route under the served name; a model swap keeps it."""
     model_name: pulumi.Output[str]
+    """The served name the server answers under."""
     image: pulumi.Output[str]
+    """The serving image as ref@digest."""
     model_version: pulumi.Output[str]
-    signature: pulumi.Output[dict]
-    cold_start: pulumi.Output[dict]
+    """The model version: a content hash of everything that changes what is served; the image tag."""
+    signature: pulumi.Output[Signature]
+    """The model's input and output tensors."""
+    cold_start: pulumi.Output[ColdStartBudget]
+    """What the first request to an idle model waits for, in seconds (components/coldstart.py)."""
 
-    def __init__(self, name: str, args: ServedModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: Union[ServedModelArgs, Mapping[str, Any]],
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        # A mapping of the field names (the component provider's inputs, from any Pulumi language)
+        # gets the same checks and messages as the args it is turned into.
+        if not isinstance(args, ServedModelArgs):
+            args = args_from_mapping(args)
         super().__init__("servedmodel:index:ServedModel", name, None, opts)
         import servedmodel.models as models  # the offline world; imported here so `components` loads without torch
 

@@ -20,8 +20,8 @@ Adding a stack setting is one declaration, on the args field that carries the va
 then, when it relates to other fields, its rule (`rules()` of the group, or a `@rule(...)` in
 rules.py when it spans groups; a new group is a module like the others plus a field of its type on
 ServedModelArgs), and `python -m servedmodel.components.config_doc` to regenerate
-Pulumi.yaml's `config:` block and docs/config.md (tests/components/test_docs.py fails until
-they match). The annotation is its type, the default its default everywhere; the flat key
+Pulumi.yaml's `config:` block, docs/config.md and the component provider's provider/schema.json
+(tests/components/test_docs.py and test_provider.py fail until they match). The annotation is its type, the default its default everywhere; the flat key
 (`servedmodel:timeoutSeconds`) and its name in the group's structured key
 (`servedmodel:<group>: {timeoutSeconds: 30}`) are the field name in camelCase unless `key=` /
 `name=` say otherwise. A secret is `secret=True` (stack-only, `pulumi config set --secret`); an
@@ -34,6 +34,7 @@ from servedmodel.models.loader import is_model_ref
 from .autoscaling import AUTOSCALE_METRICS, AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, is_dns_label
 from .elastic import AUTOSCALERS, NODE_PROVISIONERS, ElasticArgs
+from .mapping import args_from_mapping
 from .model import MAX_NAME, ZOO, ModelArgs
 from .monitoring import MONITORING_MODES, MonitoringArgs
 from .network import SERVICE_TYPES, NetworkArgs
@@ -59,7 +60,8 @@ __all__ = [
     "MAX_NAME", "MONITORING_MODES", "NODE_PROVISIONERS", "REQUIRED", "ROLLOUT_STRATEGIES", "ROLLOUT_SURGE", "RULES",
     "SERVICE_TYPES", "SUPPORTED_GPU_FAMILIES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker", "Declared",
     "ElasticArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs",
-    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting",
-    "cross_group_problems", "draining_problems", "duration_seconds", "gpu_limit_needed", "instance_families", "is_dns_label",
+    "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "args_from_mapping",
+    "cross_group_problems", "draining_problems", "duration_seconds", "gpu_limit_needed", "instance_families",
+    "is_dns_label",
     "is_model_ref", "parse_step", "rule", "setting", "settings_of",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+import pulumi
 
 from ..gpus import DEFAULT_GPU_INSTANCE_TYPES
 from .autoscaling import AutoscalingArgs
@@ -63,10 +65,9 @@ class ServedModelArgs:
     subnets (components/edge.py). "" = the node pool's cluster_name. Default ""."""
     cache_dir: Optional[Path] = None
     """models.build cache; None uses $SERVEDMODEL_CACHE or ~/.cache/servedmodel. Default None."""
-    # A pulumi.Input[str]; annotated Any because GROUP_TYPES reads these hints with
-    # typing.get_type_hints, which cannot resolve pulumi.Input's forward reference.
-    kubeconfig: Optional[Any] = field(default=None, repr=False, compare=False)
-    """The cluster's kubeconfig (a pulumi.Input[str], a secret), for the canary's RolloutWait, which reads the Rollout
+    kubeconfig: Optional[pulumi.Input[str]] = field(default=None, repr=False, compare=False,
+                                                    metadata={"secret": True})
+    """The cluster's kubeconfig (a secret), for the canary's RolloutWait, which reads the Rollout
     itself (components/rollout_wait.py); the program passes the one its Kubernetes provider
     uses. None: the Kubernetes client's own lookup (KUBECONFIG, ~/.kube/config, in-cluster).
     Default None."""
@@ -113,7 +114,8 @@ class ServedModelArgs:
 
 def _group_types() -> dict[str, type]:
     """ServedModelArgs field -> its group's class (node_pool may be None), from the annotations."""
-    hints = typing.get_type_hints(ServedModelArgs)
+    # pulumi.Input names Output[T] by a forward reference: resolving it needs both names.
+    hints = typing.get_type_hints(ServedModelArgs, localns={"Output": pulumi.Output, "T": typing.TypeVar("T")})
     out = {}
     for f in fields(ServedModelArgs):
         tp = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])

@@ -18,13 +18,14 @@ from servedmodel.components.args import ElasticArgs, NodePoolArgs, RegistryArgs
 from pulumi_harness import KUBERNETES_VERSION, ROOT, TEST_SECRET, kubernetes_manifest, run_callable, run_file
 
 PROGRAM = ROOT / "examples" / "composed" / "__main__.py"
+PROJECT = "served-composed"
 CONFIG = {"served-composed:kubeconfig": "apiVersion: v1\nkind: Config\n", "served-composed:authToken": TEST_SECRET,
           "served-composed:domain": "example.com", "served-composed:clusterName": "servedmodel-dev"}
 SECRETS = {"served-composed:kubeconfig", "served-composed:authToken"}
 
 
 def run_example(preview: bool = False):
-    return run_file(PROGRAM, "served-composed", "example", CONFIG, SECRETS, preview=preview)
+    return run_file(PROGRAM, PROJECT, "example", CONFIG, SECRETS, preview=preview)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,10 @@ def composed(model_cache):
 
 
 def test_the_model_runs_in_the_namespace_the_program_created(composed):
+    check_namespace(composed)
+
+
+def check_namespace(composed) -> None:
     ns = composed.one("kubernetes:core/v1:Namespace")
     name = ns.state["metadata"]["name"]
     for kind in ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service", "kubernetes:core/v1:Secret",
@@ -45,6 +50,10 @@ def test_the_model_runs_in_the_namespace_the_program_created(composed):
 
 
 def test_the_load_balancer_terminates_tls_with_the_programs_certificate(composed):
+    check_tls(composed)
+
+
+def check_tls(composed) -> None:
     certificate = composed.one("aws:acm/certificate:Certificate")
     issued = composed.one("aws:acm/certificateValidation:CertificateValidation")
     service = composed.one("kubernetes:core/v1:Service")
@@ -56,6 +65,10 @@ def test_the_load_balancer_terminates_tls_with_the_programs_certificate(composed
 
 
 def test_the_composed_objects_are_valid_and_use_the_programs_provider(composed):
+    check_objects(composed)
+
+
+def check_objects(composed) -> None:
     provider = composed.one("pulumi:providers:kubernetes")
     for r in composed.resources:
         if r.type.startswith("kubernetes:"):
