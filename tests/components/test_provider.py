@@ -254,7 +254,7 @@ def test_input_errors_render_python_paths_in_schema_names():
     with pytest.raises(ArgsError) as err:
         NetworkArgs(service_type="LoadBalancer", allow_load_balancer=False)
     error = input_error(err.value)
-    assert [e["property_path"] for e in error.errors or []] == ["network.serviceType", "network.serviceType"]
+    assert [e["property_path"] for e in error.errors or []] == ["network.serviceType"] * 3
     assert "network.allowLoadBalancer" in error.message and "allow_load_balancer" not in error.message
 
 
