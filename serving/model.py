@@ -44,6 +44,14 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def cuda_providers(gpu_mem_limit: int | None) -> list:
+    """The providers list of a cuda session: CUDA (its memory arena capped at
+    SERVEDMODEL_GPU_MEM_LIMIT bytes when set: replicas sharing one GPU), then CPU."""
+    if gpu_mem_limit is None:
+        return [CUDA, CPU]
+    return [(CUDA, {"gpu_mem_limit": str(gpu_mem_limit)}), CPU]
+
+
 class OnnxModel:
     """One ONNX model served from a build context."""
 
@@ -109,7 +117,7 @@ class OnnxModel:
                 raise StartupError(f"device=cuda but onnxruntime has no {CUDA} (available: "
                                    f"{', '.join(ort.get_available_providers())}); install "
                                    f"onnxruntime-gpu or set SERVEDMODEL_DEVICE=cpu")
-            providers = [CUDA, CPU]
+            providers = cuda_providers(s.gpu_mem_limit)
         else:
             providers = [CPU]
         self._path, self._providers_wanted = path, providers

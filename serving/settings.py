@@ -59,6 +59,8 @@ class Settings:
     max_body_bytes: int = contract.MAX_BODY_BYTES
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
+    #: bytes the CUDA provider's memory arena may hold (a replica sharing a GPU); None: no cap
+    gpu_mem_limit: int | None = None
     drain_seconds: float = float(contract.DRAIN_SECONDS)
     # The connection layer (serving/connections.py, docs/protocol.md "Limits").
     max_header_bytes: int = 64 * 1024
@@ -291,6 +293,8 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                               lambda v: v >= 1, "an integer >= 1"),
         intra_op_spinning=pick("intra_op_spinning", None, auto_boolean, lambda v: True,
                                "'auto', 1 or 0"),
+        gpu_mem_limit=pick("gpu_mem_limit", None, integer, lambda v: v >= 1,
+                           "an integer number of bytes >= 1 (the CUDA provider's memory cap)"),
         drain_seconds=pick("drain_seconds", float(contract.DRAIN_SECONDS), float, lambda v: v >= 0,
                            "a number of seconds >= 0"),
         max_header_bytes=pick("max_header_bytes", Settings.max_header_bytes, integer,
