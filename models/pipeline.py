@@ -15,10 +15,11 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import cache as cache_mod
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
+from .fingerprint import spec_fingerprint
 from .package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
 from .spec import COMPRESSIONS, PRUNED
 
@@ -70,6 +71,18 @@ def _quiet():
             logging.disable(previous)
 
 
+@contextlib.contextmanager
+def _naming(model: str) -> Iterator[None]:
+    """A BuildError raised inside names the model reference the user gave (a step may name the
+    spec's own name)."""
+    try:
+        yield
+    except BuildError as e:
+        if e.model != model:
+            raise BuildError(model, e.step, e.detail, e.exit_code) from None
+        raise
+
+
 def _producer(opset: int) -> dict[str, Any]:
     def v(name: str) -> str:
         return metadata.version(name).split("+")[0]
@@ -106,8 +119,9 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         raise BuildError(model, "package", str(e)) from None
 
     root = cache_mod.cache_root(cache_dir)
-    key = cache_mod.cache_key(mref, compression, device, max_metric_drop=max_metric_drop)
     repaired: list[str] = []
+    steps: dict[str, float] = {}
+    ran_export = False
 
     def checked(lookup: Callable, what: str, entry_key: str):
         """A cache lookup whose damaged entry counts as a miss, said in progress and the result."""
@@ -117,28 +131,6 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             repaired.append(f"{what} {entry_key[:12]}: {e}")
             say(f"[{model}] cache: the {what} entry {entry_key[:12]} is damaged ({e}); building it again")
             return None
-
-    if use_cache:
-        hit = checked(cache_mod.lookup, "context", key)
-        if hit is not None:
-            ctx, record = hit
-            copy_context(model, ctx, out)
-            manifest = record["manifest"]
-            startup, sizes = record.get("startup"), dict(record["sizes"])
-            if not startup or "model_layer_gzip_bytes" not in sizes:
-                # an entry cached before these were measured: measure them now
-                from .startup import measure, model_layer_bytes
-                with _quiet():
-                    startup = startup or measure(out / "model" / manifest["model_file"], manifest)
-                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
-                cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
-            say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
-            return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
-                               model=model, compression=compression, device=device, steps=record["steps"],
-                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
-
-    steps: dict[str, float] = {}
-    ran_export = False
 
     @contextlib.contextmanager
     def step(name: str, what: str):
@@ -155,27 +147,59 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         steps[name] = round(time.perf_counter() - t, 3)
         say(f"[{model}] {name}: done in {steps[name]:.2f} s")
 
+    # The factory runs on every build, cached or not: what it returns (weights it loads from a
+    # file, data it reads) is part of the cache key, so a retrained model is never served from
+    # the cache under its old version (docs/pipeline.md, "What the version covers").
+    with _naming(model), step("load", "importing the factory and building the ModelSpec"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        with cache_mod.building_with(root if use_cache else None):
+            spec = load_spec(mref)
+        fingerprint = spec_fingerprint(spec) if use_cache else None
+    if compression in PRUNED and not spec.evaluations:
+        # Parity cannot judge a pruned model (its outputs change by design): without a task
+        # metric nothing would stand between a broken model and the image.
+        raise BuildError(model, "compression", f"{compression} needs a task metric to judge the pruned model: "
+                         "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
+
+    key = export_key = None
+    if fingerprint is not None:
+        key = cache_mod.cache_key(mref, compression, device, spec_digest=fingerprint.digest,
+                                  max_metric_drop=max_metric_drop)
+        export_key = cache_mod.cache_key(mref, "export", "any", spec_digest=fingerprint.digest, export_only=True)
+        hit = checked(cache_mod.lookup, "context", key)
+        if hit is not None:
+            ctx, record = hit
+            copy_context(model, ctx, out)
+            manifest = record["manifest"]
+            startup, sizes = record.get("startup"), dict(record["sizes"])
+            if not startup or "model_layer_gzip_bytes" not in sizes:
+                # an entry cached before these were measured: measure them now
+                from .startup import measure, model_layer_bytes
+                with _quiet():
+                    startup = startup or measure(out / "model" / manifest["model_file"], manifest)
+                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
+                cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
+            cache_mod.remember_spec(root, mref, fingerprint.parts)
+            say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
+            return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
+                               model=model, compression=compression, device=device, steps=record["steps"],
+                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
+        changed = fingerprint.changed_parts(cache_mod.last_spec(root, mref) or fingerprint.parts)
+        if changed:
+            say(f"[{model}] cache: the factory returned another spec than in the last build of {model} "
+                f"(changed: {', '.join(changed)}); building")
+
     from . import evaluate as evaluate_mod
     from .compress import compress
     from .export import ExportResult, export
     from .package import make_manifest, write_context
     from .verify import check_rows_independent, reference, verify
 
-    try:
-        with step("load", "importing the factory and building the ModelSpec"):
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            with cache_mod.building_with(root if use_cache else None):
-                spec = load_spec(mref)
-        if compression in PRUNED and not spec.evaluations:
-            # Parity cannot judge a pruned model (its outputs change by design): without a task
-            # metric nothing would stand between a broken model and the image.
-            raise BuildError(model, "compression", f"{compression} needs a task metric to judge the pruned model: "
-                             "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
+    with _naming(model):
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
-            export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)
-            cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if use_cache else None
+            cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if export_key else None
             if cached_export is not None:
                 shutil.copyfile(cached_export[0], fp32)
                 exported = ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
@@ -185,7 +209,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 with step("export", "torch.onnx.export(dynamo=True), onnx.checker, shape inference"):
                     exported = export(spec, fp32)
                 ran_export = True
-                if use_cache:
+                if export_key:
                     cache_mod.store_export(root, export_key, fp32, {"opset": exported.opset,
                                                                     "size_bytes": exported.size_bytes})
             with step("verify", "onnxruntime fp32 vs eager torch"):
@@ -234,15 +258,12 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 from .startup import measure, model_layer_bytes
                 startup = measure(out / "model" / manifest["model_file"], manifest)
                 layer_bytes = model_layer_bytes(out)
-    except BuildError as e:
-        if e.model != model:  # name the reference the user gave
-            raise BuildError(model, e.step, e.detail, e.exit_code) from None
-        raise
     sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
              "model_layer_gzip_bytes": layer_bytes}
     record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
-    if use_cache:
-        cache_mod.store(root, key, out, record)
+    if key is not None and fingerprint is not None:
+        cache_mod.store(root, key, out, {**record, "spec_parts": fingerprint.parts})
+        cache_mod.remember_spec(root, mref, fingerprint.parts)
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
                        startup=startup, exported=ran_export, seconds=time.perf_counter() - t_start,
