@@ -3,6 +3,10 @@ data, or new model code next to it make a new version with the new outputs, neve
 the old ones; an unchanged rebuild stays a cache hit with the same version."""
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +16,15 @@ import torch
 
 import servedmodel.models as models
 import servedmodel.models.export
-from conftest import cli_json, run_cli
+from conftest import ROOT, cli_json, run_cli
 
 # The bring-your-own shape of docs/pipeline.md: weights (scorer.pt) and data (data.npz) are files
 # next to the factory, read every time it runs; the model class lives in a module next to it.
 FACTORY = '''
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +191,40 @@ def test_new_model_code_next_to_the_factory_makes_a_new_version(scorer, cache_di
     sess = ort.InferenceSession(str(tmp_path / "new/model/model.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(["scores"], {"x": PROBE})[0], expected(weights(1), PROBE, "tanh"),
                                rtol=1e-4, atol=1e-4)
+
+
+TAGGER = ROOT / "examples" / "tagger"
+
+
+def test_the_docs_show_the_example_factory_as_it_is():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "pipeline.md").read_text(), re.S)
+    assert (TAGGER / "my_model.py").read_text() in blocks
+
+
+@pytest.mark.slow
+def test_the_docs_tagger_example_trains_builds_and_retrains(tmp_path):
+    """docs/pipeline.md, "Bring your own model", followed as written: train, build, retrain,
+    build again (a new version), and once more (a cache hit)."""
+    folder = tmp_path / "tagger"
+    shutil.copytree(TAGGER, folder, ignore=shutil.ignore_patterns("tagger.pt", "__pycache__"))
+    cache = tmp_path / "cache"
+
+    def train(*args: str) -> None:
+        proc = subprocess.run([sys.executable, str(folder / "train_tagger.py"), *args], capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0 and "wrote" in proc.stdout, proc.stderr
+
+    def build(out: str) -> dict:
+        proc = run_cli("build", "--model", f"{folder / 'my_model.py'}:make_spec", "--compression", "int8",
+                       "--out", str(tmp_path / out), "--json", cache_dir=cache)
+        assert proc.returncode == 0, proc.stderr
+        return cli_json(proc) | {"stderr": proc.stderr}
+
+    train()
+    first = build("first")
+    train("--seed", "1")
+    retrained = build("retrained")
+    assert retrained["cache_hit"] is False and retrained["exported"] is True
+    assert retrained["version"] != first["version"] and "(changed: module)" in retrained["stderr"]
+    again = build("again")
+    assert again["cache_hit"] is True and again["version"] == retrained["version"]
