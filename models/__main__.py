@@ -28,7 +28,9 @@ if __package__ == "models":
               {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_root, os.environ.get("PYTHONPATH", "")) if p)})
 
 from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
-from .spec import COMPRESSIONS
+from .constants import COMPRESSIONS
+from .pipeline import build
+from .zoo import ZOO
 
 # Set by the supervisor for its worker only: the file descriptor the worker reports on.
 WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
@@ -111,8 +113,6 @@ def _table(result) -> str:
 
 
 def _list() -> int:
-    from .zoo import ZOO
-
     width = max(map(len, ZOO))
     for name, (_, description) in ZOO.items():
         print(f"{name:<{width}}  {description}")
@@ -122,8 +122,6 @@ def _list() -> int:
 def _build(args, progress) -> tuple[int, str]:
     """Run the build; print a failure's one line on stderr. Returns (exit code, stdout text)."""
     try:
-        from .pipeline import build
-
         result = build(args.model, compression=args.compression, out_dir=args.out, device=args.device,
                        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress,
                        max_metric_drop=args.max_metric_drop)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BuildError
+from .export import strip_metadata
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,6 @@ def topological_sort(graph) -> None:
 
 def _finish(model, out_path: Path) -> int:
     import onnx
-
-    from .export import strip_metadata
 
     strip_metadata(model)
     topological_sort(model.graph)

@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import cache as cache_mod
+from . import evaluate as evaluate_mod
+from . import export as exporter  # as a module: tests replace exporter.export to prove it did not run
+from .constants import COMPRESSIONS, PRUNED
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
 from .fingerprint import spec_fingerprint
-from .package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
-from .spec import COMPRESSIONS, PRUNED
+from .loader import load_spec, parse_ref
+from .package import DEVICES, check_out_dir, check_writable, copy_context, make_manifest, runtime_files, write_context
+from .prune import PRUNE, prune
+from .startup import measure, model_layer_bytes
 
 Progress = Callable[[str], None]
 
@@ -97,9 +102,6 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
 
     max_metric_drop: the allowed drop of the task metric for this build (every evaluation of the
     spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them."""
-    from .evaluate import check_max_drop
-    from .loader import load_spec, parse_ref
-
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
     if compression not in COMPRESSIONS:
@@ -108,7 +110,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     if device not in DEVICES:
         raise BuildError(str(model), "usage", f"unsupported device {device!r}; choose one of {', '.join(DEVICES)}",
                          EXIT_USAGE)
-    max_metric_drop = check_max_drop(model, max_metric_drop)
+    max_metric_drop = evaluate_mod.check_max_drop(model, max_metric_drop)
     out = Path(out_dir).expanduser().absolute()
     mref = parse_ref(model)
     check_out_dir(model, out)
@@ -175,7 +177,6 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             startup, sizes = record.get("startup"), dict(record["sizes"])
             if not startup or "model_layer_gzip_bytes" not in sizes:
                 # an entry cached before these were measured: measure them now
-                from .startup import measure, model_layer_bytes
                 with _quiet():
                     startup = startup or measure(out / "model" / manifest["model_file"], manifest)
                 sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
@@ -190,10 +191,9 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             say(f"[{model}] cache: the factory returned another spec than in the last build of {model} "
                 f"(changed: {', '.join(changed)}); building")
 
-    from . import evaluate as evaluate_mod
+    # Imported here, not at the top: both load numpy (and compress onnx's tools), which a cache
+    # hit does not need.
     from .compress import compress
-    from .export import ExportResult, export
-    from .package import make_manifest, write_context
     from .verify import check_rows_independent, reference, verify
 
     with _naming(model):
@@ -202,12 +202,12 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if export_key else None
             if cached_export is not None:
                 shutil.copyfile(cached_export[0], fp32)
-                exported = ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
+                exported = exporter.ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
                                         size_bytes=cached_export[1]["size_bytes"])
                 say(f"[{model}] export: reusing the cached fp32 export ({export_key[:12]})")
             else:
                 with step("export", "torch.onnx.export(dynamo=True), onnx.checker, shape inference"):
-                    exported = export(spec, fp32)
+                    exported = exporter.export(spec, fp32)
                 ran_export = True
                 if export_key:
                     cache_mod.store_export(root, export_key, fp32, {"opset": exported.opset,
@@ -243,19 +243,16 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 say(f"[{model}] evaluate: no task metric measured (the spec has no evaluation)")
             model_bytes = final.read_bytes()
             with step("package", f"writing the build context to {out}"):
-                import onnx
-
-                from .export import tensor_infos
+                import onnx  # heavy: only a build that packages loads it
 
                 graph = onnx.load_model_from_string(model_bytes).graph
                 manifest = make_manifest(
-                    spec=spec, device=device, model_bytes=model_bytes, inputs=tensor_infos(graph.input),
-                    outputs=tensor_infos(graph.output), compression=compression,
+                    spec=spec, device=device, model_bytes=model_bytes, inputs=exporter.tensor_infos(graph.input),
+                    outputs=exporter.tensor_infos(graph.output), compression=compression,
                     compression_details=details, parity=parity, producer=_producer(exported.opset),
                     evaluation=evaluation)
                 manifest = write_context(model, out, device, model_bytes, manifest)
             with step("startup", "timing model load + warm-up with onnxruntime"):
-                from .startup import measure, model_layer_bytes
                 startup = measure(out / "model" / manifest["model_file"], manifest)
                 layer_bytes = model_layer_bytes(out)
     sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
@@ -276,10 +273,8 @@ def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[st
     (reported, not required: pruning changes outputs by design; the task metric judges it)."""
     import dataclasses
 
-    from .compress import compress
-    from .export import export
-    from .prune import PRUNE, prune
-    from .verify import verify
+    from .compress import compress  # numpy and onnx's tools, as in build()
+    from .verify import verify  # numpy, as in build()
 
     options = spec.prune or PRUNE
     with step("prune", f"torch-pruning, {options.ratio:.0%} of the channels of each coupled group"
@@ -288,7 +283,7 @@ def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[st
         pruned_spec = dataclasses.replace(spec, module=module)
     path = tmp / "model.pruned.onnx"
     with step("export-pruned", "torch.onnx.export of the pruned module, onnx.checker, shape inference"):
-        export(pruned_spec, path)
+        exporter.export(pruned_spec, path)
     details: dict[str, Any] = {"prune": prune_details}
     if compression == "prune-int8":
         with step("compress", f"int8 ({pruned_spec.resolved_int8_method()} quantization) of the pruned model"):

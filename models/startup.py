@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .export import V2_DATATYPES
+
 # Rows of every dynamic non-batch dimension during warm-up (serving/model.py does the same).
 WARMUP_DIM = 1
 
@@ -26,8 +28,6 @@ def _numpy_dtypes() -> dict[str, Any]:
     """V2 datatype name -> numpy dtype, from the one V2 table (models/export.py) and onnx's own
     element-type -> numpy mapping."""
     import onnx.helper
-
-    from .export import V2_DATATYPES
 
     out = {}
     for elem_type, name in V2_DATATYPES.items():
