@@ -252,15 +252,19 @@ def building_with(root: Path | None) -> Iterator[None]:
 def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes, bool]:
     """Bytes computed once per key (`make()`), kept under <cache>/<kind>/ for later builds.
 
-    Returns (data, reused). Outside a cached build `make()` runs every time. A damaged entry is
-    made again; entries are published atomically (a folder renamed into place)."""
+    Returns (data, reused). Outside a cached build `make()` runs every time. An entry whose bytes
+    are not the ones stored (their sha256 is recorded) is made again: what a factory reads from
+    here becomes the model, and its fingerprint the version, so a damaged artifact must not be
+    served as a new model. Entries are published atomically (a folder renamed into place)."""
     root = _BUILD_ROOT.get()
     if root is None:
         return make(), False
     d = root / kind / key[:32]
     try:
         if (d / "key").read_text() == key:
-            return (d / "artifact").read_bytes(), True
+            data = (d / "artifact").read_bytes()
+            if (d / "sha256").read_text() == hashlib.sha256(data).hexdigest():
+                return data, True
     except OSError:
         pass
     data = make()
@@ -268,6 +272,7 @@ def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes,
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
         (tmp / "artifact").write_bytes(data)
+        (tmp / "sha256").write_text(hashlib.sha256(data).hexdigest())
         (tmp / "key").write_text(key)
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)

@@ -129,3 +129,23 @@ def test_export_key_ignores_the_serving_side(monkeypatch, tmp_path):
     monkeypatch.setattr(cache, "SERVING_DIR", serving)
     assert cache.cache_key(mref, "none", "cpu", spec_digest=spec) != build_key
     assert cache.cache_key(mref, "export", "any", spec_digest=spec, export_only=True) == export_key
+
+
+def test_a_damaged_cached_artifact_is_made_again(tmp_path):
+    """What a factory keeps with cached_bytes (digits-cnn's trained weights) becomes the model:
+    bytes that are not the stored ones are made again, never served."""
+    from servedmodel.models.cache import building_with, cached_bytes
+
+    made: list[bytes] = []
+
+    def make() -> bytes:
+        made.append(b"weights-%d" % len(made))
+        return made[-1]
+
+    with building_with(tmp_path):
+        first, reused = cached_bytes("trained", "k" * 40, make)
+        assert not reused and cached_bytes("trained", "k" * 40, make) == (first, True)
+        (artifact,) = (tmp_path / "trained").glob("*/artifact")
+        artifact.write_bytes(b"weights-X")  # a flipped byte on disk
+        again, reused = cached_bytes("trained", "k" * 40, make)
+    assert not reused and again == b"weights-1" and len(made) == 2
