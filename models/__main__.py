@@ -38,7 +38,7 @@ WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
-        sys.stderr.write(f"error: {message} (see python -m models {self.prog.split()[-1]} --help)\n")
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -246,11 +246,29 @@ def _supervise(args, argv: list[str]) -> int:
     return error["exit_code"]
 
 
+# What a build imports; a Python without them cannot build, whatever the model.
+BUILD_TOOLS = ("torch", "onnx", "onnxruntime")
+
+
+def missing_build_tools() -> list[str]:
+    import importlib.util
+
+    return [name for name in BUILD_TOOLS if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list()
+    missing = missing_build_tools()
+    if missing:
+        sys.stderr.write(
+            f"error: {sys.executable} has no {', '.join(missing)}: the build needs torch, onnx and onnxruntime. "
+            "In a checkout, use the project's virtual environment (`make serve` or `make test` creates .venv: "
+            "`.venv/bin/python -m models build ...`, or `. .venv/bin/activate` first); elsewhere "
+            "`pip install servedmodel` into the Python that runs the build.\n")
+        return EXIT_USAGE
     fd = os.environ.get(WORKER_ENV)
     return _work(args, int(fd)) if fd else _supervise(args, argv)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -280,3 +281,24 @@ def test_requirements_are_pinned() -> None:
             line = line.split("#")[0].strip()
             if line and not line.startswith("-r"):
                 assert "==" in line, f"{name}: {line!r} is not pinned"
+
+
+def test_make_serve_takes_its_port_from_port_or_the_environment() -> None:
+    def serve_line(*args: str, env: dict[str, str] | None = None) -> str:
+        out = subprocess.run(["make", "-n", "serve", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PORT"}).stdout
+        return next(line for line in out.splitlines() if "-m serving" in line)
+
+    assert serve_line().endswith("--port 8080")
+    assert serve_line("PORT=9000").endswith("--port 9000")
+    assert serve_line(env={"SERVEDMODEL_PORT": "9100"}).endswith("--port 9100")
+
+
+def test_the_readme_requests_reach_the_model_that_make_serve_and_make_up_serve() -> None:
+    """`make serve` answers under the model's own name, `make up` under the local stack's
+    served name: the README's requests must reach both."""
+    readme = (ROOT / "README.md").read_text()
+    asked = set(re.findall(r"/v2/models/([A-Za-z0-9_.-]+)", readme))
+    makefile_model = re.search(r"^MODEL \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    local = yaml.safe_load((ROOT / "stacks" / "Pulumi.local.yaml").read_text())["config"]
+    assert asked == {makefile_model} == {local["servedmodel:name"]}

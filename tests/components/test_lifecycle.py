@@ -104,8 +104,8 @@ def test_a_model_change_on_the_local_target_replaces_the_container_delete_first(
     a, b = stack_runs["local"], variant_run("local", {"servedmodel:model": "lenet"})
     ports = HostPorts(a)
     steps = up(a, b, ports=ports)
-    assert steps.summary() == ["update model-image", "delete-replaced port-8080", "create-replacement port-8080"]
-    assert steps.precedes(steps.find("update", "model-image"), steps.find("create-replacement", "port-8080"))
+    assert steps.summary() == ["update mnist-mlp-image", "delete-replaced port-8080", "create-replacement port-8080"]
+    assert steps.precedes(steps.find("update", "mnist-mlp-image"), steps.find("create-replacement", "port-8080"))
 
 
 def test_revert_a_b_a_pushes_an_existing_version_again_and_succeeds(stack_runs):
@@ -178,8 +178,8 @@ def test_a_served_name_rename_on_the_local_target_frees_the_port_first(stack_run
     # New image (the old one is retained in the engine), the container on the same port replaced
     # delete-first (it keeps its URN: named after the port), then the old image leaves the state.
     assert steps.summary() == ["create digits-image", "delete-replaced port-8080",
-                               "create-replacement port-8080", "delete model-image"]
-    assert step_named(steps, "delete", "model-image").retain
+                               "create-replacement port-8080", "delete mnist-mlp-image"]
+    assert step_named(steps, "delete", "mnist-mlp-image").retain
 
 
 def test_a_served_name_rename_on_kubernetes_replaces_every_child_new_before_old(stack_runs):

@@ -53,7 +53,7 @@ def test_local_stack_serves_mnist_on_docker_cpu():
     s = parse_settings(*raw_for("local"))
     [a] = s.served
     assert (s.target, a.resources.gpu, a.resources.device) == ("docker", 0, "cpu")
-    assert s.models == (ModelArgs(served_name="model", model="mnist-mlp", compression="none"),)
+    assert s.models == (ModelArgs(served_name="mnist-mlp", model="mnist-mlp", compression="none"),)
 
 
 def test_prod_stack_is_gpu_with_hpa_2_to_10_and_a_protected_pool():

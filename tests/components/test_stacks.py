@@ -309,7 +309,7 @@ def test_local_container(stack_runs):
 
 def test_outputs_per_model(stack_runs):
     local = stack_runs["local"].outputs
-    assert local["url"] == {"model": "http://127.0.0.1:8080"}
+    assert local["url"] == {"mnist-mlp": "http://127.0.0.1:8080"}
     assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
     for stack, run in stack_runs.items():
         out = run.outputs
@@ -351,9 +351,9 @@ def test_a_given_kubeconfig_secret_is_used_as_is(model_cache):
 
 def test_an_unchanged_model_is_not_exported_again_even_in_a_preview(stack_runs):
     first = stack_runs["local"]
-    assert any("model: model version" in line for line in first.logs), first.logs
+    assert any("mnist-mlp: model version" in line for line in first.logs), first.logs
     again = run_program_preview("local")
-    [line] = [line for line in again.logs if "model: model version" in line]
+    [line] = [line for line in again.logs if "mnist-mlp: model version" in line]
     assert line.endswith("(cached build)"), line
     assert again.outputs["modelVersion"] == first.outputs["modelVersion"]
 
@@ -386,7 +386,7 @@ def test_a_failing_model_build_stops_the_program_naming_the_model(model_cache, t
 
     with pytest.raises(pulumi.RunError) as err:
         run_program("local", {"servedmodel:model": "does/not/exist.py:make"})
-    assert str(err.value).startswith("model 'model': ") and "does/not/exist.py" in str(err.value)
+    assert str(err.value).startswith("model 'mnist-mlp': ") and "does/not/exist.py" in str(err.value)
 
 
 def test_the_stack_metric_allowance_reaches_models_build(model_cache, monkeypatch):
