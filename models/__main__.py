@@ -27,8 +27,8 @@ if __package__ == "models":
     os.execve(sys.executable, [sys.executable, "-m", "servedmodel.models", *sys.argv[1:]],
               {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_root, os.environ.get("PYTHONPATH", "")) if p)})
 
-from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
 from .constants import COMPRESSIONS
+from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
 from .pipeline import build
 from .zoo import ZOO
 
