@@ -167,3 +167,33 @@ def test_the_model_class_code_is_covered(tmp_path):
         finally:
             sys.modules.pop(f"fingerprint_test_{name}")
     assert digests["relu_a"] == digests["relu_b"] != digests["tanh"]
+
+
+ENV_FACTORY = """
+import os
+
+import torch
+from torch import nn
+
+from servedmodel.models import ModelSpec
+
+
+def make_spec():
+    torch.manual_seed(0)
+    width = int(os.environ.get("FINGERPRINT_TEST_WIDTH", "8"))  # a setting from the environment
+    module = nn.Sequential(nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2))
+    return ModelSpec(name="env", module=module, example_inputs=(torch.ones(2, 4),), input_names=["x"],
+                     output_names=["y"])
+"""
+
+
+def test_a_factory_reading_the_environment_is_fingerprinted_by_what_it_returns(tmp_path, monkeypatch):
+    from servedmodel.models.loader import load_spec, parse_ref
+
+    (tmp_path / "env_factory.py").write_text(ENV_FACTORY)
+    ref = parse_ref(f"{tmp_path / 'env_factory.py'}:make_spec")
+    default = spec_fingerprint(load_spec(ref))
+    assert spec_fingerprint(load_spec(ref)).digest == default.digest
+    monkeypatch.setenv("FINGERPRINT_TEST_WIDTH", "16")
+    wider = spec_fingerprint(load_spec(ref))
+    assert wider.changed_parts(default.parts) == ["module"]
