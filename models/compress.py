@@ -9,6 +9,9 @@ gets no shape and raises TypeError). The exporter already writes complete shapes
 symbolic dims, and ONNX shape inference completes them, so pre-processing runs with
 `skip_symbolic_shape=True` and keeps ONNX shape inference and onnxruntime's graph optimisation
 (Conv+BatchNorm folding etc.), which is what the quantizer needs.
+
+onnx, onnxruntime's tools and torch are imported inside the functions that use them: only a
+build that compresses needs them.
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ is exported.
 
 Pruning changes outputs by design: the pipeline reports parity for a pruned variant but
 judges it by the task metric (models/evaluate.py).
+
+torch and torch-pruning are imported inside the functions: only a pruning build needs them,
+and `import models` must not load torch.
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ part of the content-addressed context (same inputs -> byte-identical context -> 
 same image digest). A timing inside it would turn every rebuild into a new image and a rollout.
 So the measurement lives beside the context: in the build cache's record (a cached build reports
 the figures measured when the context was made) and in BuildResult.startup / `--json`.
+
+onnx and onnxruntime are imported inside the functions: a cache hit that already has its
+figures never needs them, and `import models` must not load them.
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 The trained weights become the model's bytes and hence its version, so training must give the
 same weights in every run: seeded, deterministic kernels, one thread.
+
+torch is imported inside the functions: `import models` must not load it.
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 The same batches and the same torch reference serve the fp32 check and the check after
 compression. Every output is measured; every failing output is reported at once (a parity
 failure is an error, never a warning), and the record goes into the manifest.
+
+torch is imported inside the functions that run the module: `import models` must not load it.
 """
 from __future__ import annotations
 
