@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypedDict
 
 
 IMAGE_LAYERS_FILE = Path(__file__).resolve().parent / "image_layers.json"
@@ -43,6 +43,19 @@ MANAGED_EXTRA_SECONDS = 30.0
 # docker run -> ready for mnist-mlp is 0.29 s on 2 cores, docs/benchmarks.md, so 2 s is
 # generous), plus the CUDA context and cuDNN/cuBLAS loading on GPU (an estimate).
 PROCESS_SECONDS: dict[str, float] = {"cpu": 2.0, "cuda": 15.0}
+class ColdStartBudget(TypedDict):
+    """What the first request to an idle model waits for, in seconds (the stack output `coldStart`)."""
+
+    nodeSeconds: float
+    """A new GPU node becoming Ready (0 when the replica needs no new node)."""
+    pullSeconds: float
+    """Pulling the image's model layer at the node's pull rate (0 on the docker target)."""
+    startSeconds: float
+    """The server's start: process, measured model load and warm-up."""
+    totalSeconds: float
+    """The sum: the cold-start budget."""
+
+
 @dataclass(frozen=True)
 class ColdStart:
     """The budget, in seconds; `as_output()` is the stack output `coldStart`."""
@@ -55,7 +68,7 @@ class ColdStart:
     def total_seconds(self) -> float:
         return self.node_seconds + self.pull_seconds + self.start_seconds
 
-    def as_output(self) -> dict[str, float]:
+    def as_output(self) -> ColdStartBudget:
         return {"nodeSeconds": round(self.node_seconds, 1), "pullSeconds": round(self.pull_seconds, 1),
                 "startSeconds": round(self.start_seconds, 1), "totalSeconds": round(self.total_seconds, 1)}
 

@@ -1,5 +1,5 @@
 """Elastic GPU capacity: the components that declare Karpenter's GPU pool and KEDA's scaling as
-custom resources (the settings are components/args.py ElasticArgs).
+custom resources (the settings are components/args/elastic.py ElasticArgs).
 
 - `KarpenterGpuPool` declares an EC2NodeClass + NodePool (components/karpenter.py specs).
 - `KedaScaling` declares a ScaledObject and, for scale to zero, an HTTPScaledObject and the
@@ -7,12 +7,14 @@ custom resources (the settings are components/args.py ElasticArgs).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from . import karpenter, keda
+from .inputs import given, is_plain
 
 
 class KarpenterGpuPool(pulumi.ComponentResource):
@@ -70,6 +72,11 @@ class KedaScaling(pulumi.ComponentResource):
             fqdn = pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc.cluster.local")
             hosts = [fqdn, pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc"),
                      pulumi.Output.concat(hold.metadata.name, ".", args.namespace)]
+            if given(args.hostname):
+                # The interceptor routes by Host and answers 404 to a name it has no route for
+                # (kedacore/http-add-on v0.15.0 pkg/routing/table.go, interceptor/middleware/routing.go):
+                # the public name an ingress sends here must be listed too.
+                hosts.insert(0, args.hostname)
             hso = k8s.apiextensions.CustomResource(
                 f"{name}-http", api_version=keda.API_HTTPSCALEDOBJECT, kind="HTTPScaledObject",
                 metadata=meta | {"annotations": {keda.SKIP_SCALEDOBJECT_ANNOTATION: "true"}},
@@ -77,9 +84,15 @@ class KedaScaling(pulumi.ComponentResource):
             http_name = hso.metadata["name"]
             self.url = pulumi.Output.concat("http://", fqdn, f":{keda.INTERCEPTOR_PORT}")
         deployment = pulumi.Output.from_input(deployment_name)
+        # The queries name the namespace: one given as an Output is resolved with the names.
         k8s.apiextensions.CustomResource(
             f"{name}-scaler", api_version=keda.API_SCALEDOBJECT, kind="ScaledObject", metadata=meta,
-            spec=pulumi.Output.all(deployment, http_name).apply(
-                lambda names: keda.scaled_object_spec(args, names[0], names[1])),
+            spec=pulumi.Output.all(deployment, http_name, args.namespace).apply(
+                lambda v: keda.scaled_object_spec(_with_namespace(args, v[2]), v[0], v[1])),
             opts=child)
         self.register_outputs({"url": self.url})
+
+
+def _with_namespace(args: keda.KedaArgs, namespace: str) -> keda.KedaArgs:
+    """`args` with its namespace known (the builders write it into PromQL)."""
+    return args if is_plain(args.namespace) else dataclasses.replace(args, namespace=namespace)

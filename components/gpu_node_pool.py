@@ -67,8 +67,22 @@ def require_private_subnets(cluster_name: str, ids: Sequence[str]) -> list[str]:
     return sorted(ids)
 
 
+# Instance metadata for the nodes: IMDSv2 only, and a response hop limit of 1, so a pod (one hop
+# further, behind its network namespace) cannot read the node role's credentials from IMDS. A
+# managed node group without a launch template gets hop limit 2 (EKS user guide,
+# launch-templates.adoc: "this value is automatically set for the node group in the default launch
+# template"). Host-network pods (aws-node, kube-proxy) still reach IMDS; our pods need no AWS
+# credentials of the node's.
+METADATA_OPTIONS = {"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1}
+
+
 class GpuNodePool(pulumi.ComponentResource):
-    """Managed GPU nodes, tainted `nvidia.com/gpu=true:NoSchedule` so only GPU pods land there.
+    """Managed GPU nodes, tainted `nvidia.com/gpu=true:NoSchedule` so only GPU pods land there,
+    launched from a template that holds only the instance metadata options (METADATA_OPTIONS): the
+    AMI type, instance types, subnets and role stay on the node group, as EKS requires of a
+    template without a custom AMI (EKS user guide, launch-templates.adoc). Adding the template to
+    a group created without one replaces the group (its launch_template id is ForceNew;
+    docs/deploy.md says how to move a protected group).
 
     Outputs: `node_group_name`, `pool_label` (what pods put in their nodeSelector), `role_arn`.
     """
@@ -91,9 +105,15 @@ class GpuNodePool(pulumi.ComponentResource):
         subnet_ids = args.subnet_ids
         if subnet_ids is None:
             subnet_ids = private_cluster_subnets(args.cluster_name, self)
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-lt", description=f"servedmodel GPU pool {args.pool_label}: IMDSv2, hop limit 1",
+            metadata_options=METADATA_OPTIONS, opts=child)
         group = aws.eks.NodeGroup(
             f"{name}-nodes",
             cluster_name=args.cluster_name,
+            # The template's version number, never "$Latest": EKS records the number and the
+            # provider would diff "$Latest" against it on every preview.
+            launch_template={"id": template.id, "version": template.latest_version.apply(str)},
             node_role_arn=role.arn,
             subnet_ids=subnet_ids,
             ami_type=args.ami_type,

@@ -1,26 +1,20 @@
-"""The EC2 GPU instance types the serving image can use: one list, shared by every node source.
+"""The EC2 GPU instance families the serving image can use: one list, shared by every node source.
 
-The managed node group (components/args.py validates `nodeInstanceTypes` with it) and any other
-provisioner (issue 11's Karpenter requirements: `karpenter.k8s.aws/instance-family NotIn
-unsupported_families()`) read the same facts from here.
+The managed node group (components/args/node_pool.py validates `nodeInstanceTypes` with it),
+the Karpenter pool (its `instance-family In` requirement admits IMAGE_GPU_FAMILIES) and the
+cold-start budget (a family's node start) read the same choice, and the instance-family helpers,
+from here. What an instance type has (vCPUs, memory, GPUs) comes from EC2 itself
+(components/capacity.py).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
-# NVIDIA GPUs per EC2 instance type, for the node pool capacity check. A type not listed is
-# rejected rather than guessed: a wrong count would let a rollout wait forever for a GPU.
-GPUS_PER_INSTANCE: dict[str, int] = {
-    "g4dn.xlarge": 1, "g4dn.2xlarge": 1, "g4dn.4xlarge": 1, "g4dn.8xlarge": 1,
-    "g4dn.16xlarge": 1, "g4dn.12xlarge": 4, "g4dn.metal": 8,
-    "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
-    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8,
-    "g6.xlarge": 1, "g6.2xlarge": 1, "g6.4xlarge": 1, "g6.8xlarge": 1, "g6.16xlarge": 1,
-    "g6.12xlarge": 4, "g6.24xlarge": 4, "g6.48xlarge": 8,
-    "g6e.xlarge": 1, "g6e.2xlarge": 1, "g6e.4xlarge": 1, "g6e.8xlarge": 1,
-    "g6e.16xlarge": 1, "g6e.12xlarge": 4, "g6e.24xlarge": 4, "g6e.48xlarge": 8,
-    "p4d.24xlarge": 8, "p5.48xlarge": 8,
-}
+# The GPU instance families the serving image supports: our choice, not a cloud fact. x86-64
+# NVIDIA families of Turing or newer (CUDA 13, below) that we run: g4dn (T4), g5 (A10G), g6 (L4),
+# g6e (L40S), p4d (A100), p5 (H100). How many GPUs, vCPUs and how much memory a type of these
+# families has is EC2's to say (aws.ec2.get_instance_type, components/capacity.py), never listed here.
+SUPPORTED_GPU_FAMILIES: tuple[str, ...] = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
 
 # Instance families with a GPU the GPU image cannot use, and why. The image runs onnxruntime-gpu
 # on NVIDIA's CUDA 13 wheels (serving/requirements-cuda.txt); CUDA 13 builds for compute
@@ -42,6 +36,11 @@ def instance_family(instance_type: str) -> str:
     return instance_type.split(".", 1)[0]
 
 
+def instance_families(instance_types: Sequence[str]) -> tuple[str, ...]:
+    """`("g5.xlarge", "g5.2xlarge", "g6.xlarge")` -> `("g5", "g6")`."""
+    return tuple(sorted({instance_family(t) for t in instance_types}))
+
+
 def unsupported_reason(instance_type: str) -> Optional[str]:
     """Why the image cannot run on this instance type, or None when its family is not refused."""
     return UNSUPPORTED_GPU_FAMILIES.get(instance_family(instance_type))
@@ -52,4 +51,8 @@ def unsupported_families() -> tuple[str, ...]:
     return tuple(sorted(UNSUPPORTED_GPU_FAMILIES))
 
 
-assert not [t for t in GPUS_PER_INSTANCE if unsupported_reason(t)], "a refused family is listed as usable"
+assert not set(SUPPORTED_GPU_FAMILIES) & set(UNSUPPORTED_GPU_FAMILIES), "a refused family is listed as usable"
+
+# GPU instance families the serving image can run (the one list the node group's validation
+# uses). The Karpenter pool admits only these.
+IMAGE_GPU_FAMILIES = tuple(sorted(SUPPORTED_GPU_FAMILIES))

@@ -6,21 +6,62 @@ validate every object strictly against that release's CRD schemas (tests/crds/).
 The pool admits only the GPU instance families the serving image can run, carries the same
 label and taint as the managed node group (pods select and tolerate it the same way either
 way), caps `nvidia.com/gpu` with `limits`, and lets Karpenter remove empty nodes (scale to zero).
+
+Karpenter's grammar (durations, budgets, AMI aliases, capacity types, AWS ids) and its pool
+defaults are stated here once: the stack's elastic group (components/args/elastic.py) checks its
+values with them, and so does `KarpenterPoolArgs`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
+
+import pulumi
 
 from . import specs
-from .args import (_AMI_ALIAS, _AWS_ID, _BUDGET_NODES, _KARPENTER_DURATION, CAPACITY_TYPES,
-                             CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS)
+from .inputs import check_input, lift
+from .specs import ROLLOUT_SURGE
 
 API_NODEPOOL = "karpenter.sh/v1"
 API_NODECLASS = "karpenter.k8s.aws/v1"
 # Karpenter's own discovery tag: the subnets and security groups the cluster's Karpenter
 # installation tags for its nodes (Karpenter's getting-started guide tags them this way).
 DISCOVERY_TAG = "karpenter.sh/discovery"
+
+
+CAPACITY_TYPES = ("on-demand", "spot")
+CONSOLIDATION_POLICIES = ("WhenEmpty", "WhenEmptyOrUnderutilized")
+DURATION = re.compile(r"^(([0-9]+(s|m|h))+|Never)$")
+BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
+AMI_ALIAS = re.compile(r"^bottlerocket@(latest|v[0-9]+\.[0-9]+\.[0-9]+)$")
+AWS_ID = {"subnet": re.compile(r"^subnet-[0-9a-z]+$"), "sg": re.compile(r"^sg-[0-9a-z]+$")}
+# An IAM role name (what an EC2NodeClass's `role` takes; an ARN is refused by Karpenter).
+ROLE_NAME = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class KarpenterDefaults:
+    """The Karpenter pool defaults, stated once: the stack's elastic group (ElasticArgs) and the
+    component's own args (KarpenterPoolArgs) both take them from here."""
+    capacity_types: tuple[str, ...] = ("on-demand",)
+    consolidation_policy: str = "WhenEmpty"
+    consolidate_after: str = "5m"
+    disruption_budget_nodes: str = "1"
+    ami_alias: str = "bottlerocket@latest"
+
+
+KARPENTER_DEFAULTS = KarpenterDefaults()
+
+
+def gpu_limit_needed(gpu: int, max_replicas: int) -> int:
+    """GPUs a Karpenter pool must be allowed to hold: every replica at the maximum plus the surge."""
+    return gpu * (max_replicas + ROLLOUT_SURGE)
+
+
+def wrong_ids(kind: str, ids: Sequence[Any]) -> list[Any]:
+    """The entries of `ids` that are not AWS ids of `kind` (subnet-..., sg-...)."""
+    return [i for i in ids or () if not AWS_ID[kind].match(str(i))]
 
 
 def _problems_text(what: str, problems: list[str]) -> str:
@@ -39,7 +80,7 @@ class KarpenterPoolArgs:
     """GPU instance families admitted (e.g. ("g5", "g6")); each must be one the image runs. Required."""
     supported_families: tuple[str, ...]
     """The families the serving image can run (the one shared list). Required."""
-    node_role: str
+    node_role: pulumi.Input[str]
     """IAM role name of Karpenter's nodes (the installation's KarpenterNodeRole-...). Required."""
     capacity_types: tuple[str, ...] = KARPENTER_DEFAULTS.capacity_types
     """on-demand and/or spot. Default ("on-demand",)."""
@@ -57,10 +98,12 @@ class KarpenterPoolArgs:
     """EC2NodeClass AMI alias: Bottlerocket, whose NVIDIA variant Karpenter picks for GPU types
     (it ships the driver and the device plugin). Pin a version (bottlerocket@v1.x.y) for
     repeatable nodes. Default "bottlerocket@latest"."""
-    subnet_ids: tuple[str, ...] = ()
-    """Subnets by id; empty = those tagged karpenter.sh/discovery=<cluster_name>. Default ()."""
-    security_group_ids: tuple[str, ...] = ()
-    """Security groups by id; empty = those tagged karpenter.sh/discovery=<cluster_name>. Default ()."""
+    subnet_ids: pulumi.Input[Sequence[pulumi.Input[str]]] = ()
+    """Subnets by id (another resource's outputs too); empty = those tagged
+    karpenter.sh/discovery=<cluster_name>. Default ()."""
+    security_group_ids: pulumi.Input[Sequence[pulumi.Input[str]]] = ()
+    """Security groups by id (another resource's outputs too); empty = those tagged
+    karpenter.sh/discovery=<cluster_name>. Default ()."""
     data_volume_gib: int = 80
     """Bottlerocket's data volume (/dev/xvdb: container images; a CUDA image is ~2.7 GB). Default 80."""
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -85,26 +128,34 @@ class KarpenterPoolArgs:
         if self.consolidation_policy not in CONSOLIDATION_POLICIES:
             problems.append(f"consolidation_policy {self.consolidation_policy!r}: one of {', '.join(CONSOLIDATION_POLICIES)}")
         for name in ("consolidate_after", "expire_after"):
-            if not _KARPENTER_DURATION.match(getattr(self, name)):
+            if not DURATION.match(getattr(self, name)):
                 problems.append(f"{name} {getattr(self, name)!r}: a duration such as 30s, 5m, 1h30m or Never")
-        if not _BUDGET_NODES.match(self.disruption_budget_nodes):
+        if not BUDGET_NODES.match(self.disruption_budget_nodes):
             problems.append(f"disruption_budget_nodes {self.disruption_budget_nodes!r}: a count (1) or a percentage (10%)")
-        if not _AMI_ALIAS.match(self.ami_alias):
+        if not AMI_ALIAS.match(self.ami_alias):
             problems.append(f"ami_alias {self.ami_alias!r}: bottlerocket@latest or bottlerocket@vX.Y.Z")
-        for ids, kind in ((self.subnet_ids, "subnet"), (self.security_group_ids, "sg")):
-            bad_ids = [i for i in ids if not _AWS_ID[kind].match(i)]
-            if bad_ids:
-                problems.append(f"{kind} ids {bad_ids}: must look like {kind}-0123abcd")
+        for name, kind in (("subnet_ids", "subnet"), ("security_group_ids", "sg")):
+            def bad(ids: Any, kind: str = kind) -> Any:
+                wrong = wrong_ids(kind, ids)
+                return f"{kind} ids {wrong}: must look like {kind}-0123abcd" if wrong else None
+            kept, problem = check_input(getattr(self, name), bad,
+                                        lambda _, text: pulumi.RunError(_problems_text("Karpenter pool", [text])))
+            object.__setattr__(self, name, kept)
+            if problem:
+                problems.append(problem)
         if self.data_volume_gib < 20:
             problems.append(f"data_volume_gib {self.data_volume_gib}: at least 20")
         if problems:
             raise ValueError(_problems_text("Karpenter pool", problems))
 
 
-def _selector_terms(ids: tuple[str, ...], cluster_name: str) -> list[dict[str, Any]]:
-    if ids:
-        return [{"id": i} for i in ids]
-    return [{"tags": {DISCOVERY_TAG: cluster_name}}]
+def _selector_terms(ids: Any, cluster_name: str) -> Any:
+    """By id when ids are given (an Output of ids: once known), else by the discovery tag."""
+    def terms(known: Sequence[str]) -> list[dict[str, Any]]:
+        if known:
+            return [{"id": i} for i in known]
+        return [{"tags": {DISCOVERY_TAG: cluster_name}}]
+    return lift(terms, ids)
 
 
 def node_class_spec(args: KarpenterPoolArgs) -> dict[str, Any]:
@@ -115,6 +166,9 @@ def node_class_spec(args: KarpenterPoolArgs) -> dict[str, Any]:
         "role": args.node_role,
         "subnetSelectorTerms": _selector_terms(args.subnet_ids, args.cluster_name),
         "securityGroupSelectorTerms": _selector_terms(args.security_group_ids, args.cluster_name),
+        # IMDSv2 only, hop limit 1: pods cannot reach the node role through IMDS. Karpenter's own
+        # default (aws/karpenter-provider-aws v1.14.1 pkg/apis/v1/ec2nodeclass.go L139-L153:
+        # httpTokens required, httpPutResponseHopLimit 1), stated so a changed default cannot widen it.
         "metadataOptions": {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1},
         "blockDeviceMappings": [{"deviceName": "/dev/xvdb", "ebs": {
             "volumeSize": f"{args.data_volume_gib}Gi", "volumeType": "gp3", "encrypted": True,

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, TypedDict, Union
 
 import pulumi
 
-from . import coldstart, karpenter, keda, specs
-from .args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
+from . import capacity, coldstart, edge, karpenter, keda, specs
+from .args import ArgsError, ServedModelArgs, args_from_mapping
+from .coldstart import ColdStartBudget
+from .gpus import IMAGE_GPU_FAMILIES, instance_families
+from .inputs import given, lift
+from .karpenter import gpu_limit_needed
 from .elastic import KarpenterGpuPool, KedaScaling
 from .timeouts import ReadinessTimeouts, readiness_timeouts
 from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
@@ -17,6 +21,26 @@ from .model_image import ModelImage, ModelImageArgs
 from .model_monitoring import ModelMonitoring, ModelMonitoringArgs
 from .model_service import ModelService, ModelServiceArgs
 from .monitoring import Scope
+
+
+class Tensor(TypedDict):
+    """One input or output tensor of the model, as the server's metadata route names it."""
+
+    name: str
+    """The tensor's name in infer requests and responses."""
+    datatype: str
+    """Its KServe V2 datatype (FP32, INT64, BYTES, ...)."""
+    shape: list[int]
+    """Its shape; -1 marks a dimension of any size (the batch)."""
+
+
+class Signature(TypedDict):
+    """The model's input/output signature, from its manifest."""
+
+    inputs: list[Tensor]
+    """The tensors an infer request sends."""
+    outputs: list[Tensor]
+    """The tensors an infer response returns."""
 
 
 def _portable(path: Path) -> str:
@@ -29,7 +53,7 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
-def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
+def signature_of(manifest: dict[str, Any]) -> Signature:
     """The model's input/output signature as apps read it from the stack outputs."""
     return {"inputs": manifest["inputs"], "outputs": manifest["outputs"]}
 
@@ -45,29 +69,44 @@ def infer_url(url: str, served_name: str) -> str:
 
 
 class ServedModel(pulumi.ComponentResource):
-    """Runs models.build (cached on its inputs, so an unchanged model does no export), then
-    ModelImage, GpuNodePool (kubernetes + gpu), ModelService and ModelMonitoring (kubernetes,
-    monitoring not none), or LocalService (docker).
-
-    Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
-    swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
-    `model_version`, `signature`, `cold_start`
-    ({nodeSeconds, pullSeconds, startSeconds, totalSeconds}: components/coldstart.py).
+    """One model from source to endpoint. Runs models.build (export, verify, compress, package;
+    cached on its inputs, so an unchanged model does no export), then ModelImage (the image, tagged
+    with the model version), and on the kubernetes target GpuNodePool or KarpenterGpuPool (with
+    GPUs), ModelService (Deployment, Service, autoscaler; a canary as configured), ModelMonitoring
+    and KedaScaling as configured; on the docker target a LocalService (a local container).
     """
 
     url: pulumi.Output[str]
+    """The endpoint's base URL (https://<hostname> with a hostname; through the KEDA HTTP
+    interceptor when it holds requests)."""
     infer_url: pulumi.Output[str]
+    """The V2 infer route under the served name; a model swap keeps it."""
     model_name: pulumi.Output[str]
+    """The served name the server answers under."""
     image: pulumi.Output[str]
+    """The serving image as ref@digest."""
     model_version: pulumi.Output[str]
-    signature: pulumi.Output[dict]
-    cold_start: pulumi.Output[dict]
+    """The model version: a content hash of everything that changes what is served; the image tag."""
+    signature: pulumi.Output[Signature]
+    """The model's input and output tensors."""
+    cold_start: pulumi.Output[ColdStartBudget]
+    """What the first request to an idle model waits for, in seconds (components/coldstart.py)."""
 
-    def __init__(self, name: str, args: ServedModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: Union[ServedModelArgs, Mapping[str, Any]],
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        # A mapping of the field names (the component provider's inputs, from any Pulumi language)
+        # gets the same checks and messages as the args it is turned into.
+        if not isinstance(args, ServedModelArgs):
+            args = args_from_mapping(args)
         super().__init__("servedmodel:index:ServedModel", name, None, opts)
         import servedmodel.models as models  # the offline world; imported here so `components` loads without torch
 
         entry, res = args.model, args.resources
+        # Before anything is built: replicas that cannot fit a node of their pool never schedule
+        # (EC2's figures of each instance type; the invokes run at preview too).
+        misfits = capacity.check(args, parent=self)
+        if misfits:
+            raise pulumi.RunError(f"model {entry.served_name!r}: {ArgsError('ServedModelArgs', misfits)}")
         try:
             build = models.build(model=entry.model, compression=entry.compression, out_dir=args.out_dir,
                                  device=res.device, cache_dir=args.cache_dir,
@@ -82,10 +121,12 @@ class ServedModel(pulumi.ComponentResource):
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
             local_repository=f"servedmodel/{entry.served_name}",
-            # A given registry is a prefix: each model gets its own repository under it.
-            registry=f"{reg.url.rstrip('/')}/{entry.served_name}" if reg.url else "",
+            # A given registry is a prefix: each model gets its own repository under it (an Output
+            # counts as given: whether to create an ECR repository is decided now).
+            registry=lift(lambda url: f"{url.rstrip('/')}/{entry.served_name}", reg.url) if given(reg.url) else "",
             registry_username=reg.username,
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
+            retain_repository=reg.retain,
         ), opts=child)
 
         elastic = args.elastic
@@ -121,6 +162,10 @@ class ServedModel(pulumi.ComponentResource):
                     ), opts=child)
                 pool_label = pool_resource.pool_label
             network = args.network
+            subnets = None
+            if network.service_type == "LoadBalancer":
+                cluster_name = args.cluster_name or (args.node_pool.cluster_name if args.node_pool else "")
+                subnets = edge.load_balancer_subnets(cluster_name, network.load_balancer_subnet_ids, self)
             if elastic.keda_http and elastic.keda_namespace not in network.ingress_namespaces:
                 # The interceptor (in KEDA's namespace) forwards the held requests to the pods.
                 network = dataclasses.replace(
@@ -131,8 +176,11 @@ class ServedModel(pulumi.ComponentResource):
                 rollout=args.rollout, pool_label=pool_label, startup_seconds=startup,
                 node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
                 pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds,
-                external_autoscaler=elastic.keda,
+                external_autoscaler=elastic.keda, kubeconfig=args.kubeconfig, load_balancer_subnets=subnets,
             ), opts=child)
+            if network.service_type == "LoadBalancer":
+                # The name the certificate covers, pointed at the NLB (components/edge.py).
+                edge.dns_record(name, network.hostname, network.dns_zone_id, service.load_balancer_hostname, self)
             if args.monitoring.mode != "none":
                 ModelMonitoring(f"{name}", ModelMonitoringArgs(
                     monitoring=args.monitoring, workload_name=service.deployment_name,
@@ -147,6 +195,7 @@ class ServedModel(pulumi.ComponentResource):
                     target_inflight=scale.target_inflight, target_queue_ms=scale.target_queue_ms,
                     polling_seconds=elastic.keda_polling_seconds, cooldown_seconds=elastic.keda_cooldown_seconds,
                     http=elastic.keda_http, keda_namespace=elastic.keda_namespace,
+                    hostname=network.hostname,
                     # As long as one pod may take to be ready (node, pull, startup probe budget).
                     wait_seconds=service.pod_seconds if elastic.keda_http else 0,
                 ), deployment_name=service.deployment_name, service_name=service.service_name,

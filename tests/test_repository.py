@@ -25,7 +25,7 @@ FORBIDDEN_IMPORTS = {
 }
 WORLDS = ("models", "serving", "components")
 # Python sources outside the packages that use them: the program, examples, tests, benchmarks.
-USERS = ("__main__.py", "examples", "tests", "bench", "policy")
+USERS = ("__main__.py", "examples", "provider", "tests", "bench", "policy")
 
 
 def _python_sources(*names: str) -> list[Path]:
