@@ -1,12 +1,19 @@
-"""Does one replica fit a node of its GPU pool, and does the rollout fit the pool? From EC2's figures.
+"""Does one replica fit a node of its pool, and does the rollout fit the pool? Is every node of an
+architecture the image is built for? From EC2's figures.
 
 A pod is scheduled against a node's *allocatable*: its capacity minus what the kubelet reserves,
 the eviction threshold and (before Karpenter has seen a node of the type) the VM's overhead. A
 request above it never schedules: the pod stays Pending until the rollout's wait runs out. So
-every GPU workload's CPU, memory and GPU requests are checked against the allocatable of each
+every pool's (GPU or CPU) CPU, memory and GPU requests are checked against the allocatable of each
 instance type its pool may launch, less a stated headroom for DaemonSet pods (VPC CNI,
 kube-proxy, CSI node plugin, exporters), and the rollout (max replicas + surge) against the
-managed pool's maximum.
+managed pool's maximum. A GPU time-sliced into `gpuShare` replicas offers that many
+`nvidia.com/gpu` per GPU, and its memory (EC2's figure per GPU) must hold every share's cap plus
+its CUDA context (components/gpus.py), because time-slicing isolates no memory.
+
+A pool has one architecture (one AMI; a Karpenter requirement): each type's EC2
+`supported_architectures` must include it, and it must be one the image is built for
+(components/platforms.py); it is `servedmodel:arch` when given, else the one the types share.
 
 Where the figures come from:
 
@@ -38,6 +45,7 @@ from typing import Any, Mapping, Optional, Sequence
 import pulumi
 import pulumi_aws as aws
 
+from . import gpus, platforms
 from .args import Problem, ResourcesArgs, ServedModelArgs
 from .specs import ROLLOUT_SURGE
 
@@ -151,28 +159,113 @@ def allocatable(t: InstanceType) -> Allocatable:
                        vm_overhead_mib=overhead)
 
 
+def gpu_slots(t: InstanceType, resources: ResourcesArgs) -> int:
+    """`nvidia.com/gpu` a node of `t` advertises: its GPUs, each time-sliced into `gpu_share`."""
+    return t.gpus * resources.gpu_share
+
+
 def replicas_per_node(t: InstanceType, resources: ResourcesArgs, headroom_cpu: int, headroom_memory: int) -> int:
     """Whole replicas one node of `t` holds (pods cannot span nodes): the scarcest resource decides."""
     a = allocatable(t)
     fits = [(a.cpu_millis - headroom_cpu) // cpu_millis(resources.cpu),
             (a.memory_mib - headroom_memory) // memory_mib(resources.memory)]
     if resources.gpu > 0:
-        fits.append(a.gpus // resources.gpu)
+        fits.append(gpu_slots(t, resources) // resources.gpu)
     return max(0, min(fits))
 
 
-def fit_problems(args: ServedModelArgs, types: Mapping[str, InstanceType]) -> list[Problem]:
-    """Every way one replica, or the rollout at max replicas, does not fit the pool. `types`
-    holds EC2's figures for each of the pool's instance types."""
+def gpu_memory_problems(args: ServedModelArgs, types: Mapping[str, InstanceType],
+                        gpu_memory_bytes: Optional[int]) -> list[Problem]:
+    """A capped replica's memory against one GPU of each type: `gpu_share` caps, each with its
+    CUDA context (gpus.CUDA_CONTEXT_MIB), must fit the GPU's memory as EC2 gives it (22888 MiB
+    for an A10G or L4). Time-slicing isolates no memory: a share past it fails another model's
+    allocations, so the check holds every model on a GPU sliced into N to 1/N of it."""
+    res = args.resources
+    if gpu_memory_bytes is None or res.gpu <= 0 or not args.has_pool:
+        return []
+    cap_mib = math.ceil(gpu_memory_bytes / gpus.MIB)
+    share = res.gpu_share
+    out: list[Problem] = []
+    for name in args.pool_instance_types:
+        t = types[name]
+        if not t.gpu_memory_mib:
+            continue  # no NVIDIA GPU: fit_problems says so
+        need = share * (cap_mib + gpus.CUDA_CONTEXT_MIB)
+        if need > t.gpu_memory_mib:
+            most = t.gpu_memory_mib // share - gpus.CUDA_CONTEXT_MIB
+            shown = args.resources.gpu_memory or f"{cap_mib}Mi (derived from the measured peak)"
+            out.append(Problem("resources.gpu_memory", shown, (
+                f"{share} share(s) per GPU (@{{resources.gpu_share}}) x ({cap_mib}Mi cap + {gpus.CUDA_CONTEXT_MIB}Mi "
+                f"CUDA context) = {need}Mi does not fit one GPU of {name} ({t.gpu_memory_mib}Mi, EC2's figure); "
+                + (f"cap each replica at {most}Mi or less, or lower @{{resources.gpu_share}}" if most > 0
+                   else "lower @{resources.gpu_share}"))))
+    return out
+
+
+def pool_arch(args: ServedModelArgs, types: Mapping[str, InstanceType]) -> Optional[str]:
+    """The architecture of the model's nodes: `arch` when given; else the one every pool type
+    supports that the image is built for (amd64 first); None without a pool of its own (and no
+    `arch`: any node of the cluster, the image being multi-arch) or when there is none."""
+    res = args.resources
+    if res.arch or not args.has_pool:
+        return res.arch or None
+    common = [a for a in platforms.image_arches(res.device)
+              if all(a in platforms.ec2_arches(types[n].architectures) for n in args.pool_instance_types)]
+    return common[0] if common else None
+
+
+def architecture_problems(args: ServedModelArgs, types: Mapping[str, InstanceType]) -> list[Problem]:
+    """Every pool type whose architecture (EC2's supported_architectures) the image or `arch`
+    lacks, a pool whose types share no architecture, and an AMI type of another architecture."""
+    res, pool = args.resources, args.node_pool
+    if not args.has_pool or pool is None:
+        return []
+    image = platforms.image_arches(res.device, res.arch)
+    out: list[Problem] = []
+    for name in args.pool_instance_types:
+        ec2 = types[name].architectures
+        arches = platforms.ec2_arches(ec2)
+        if not set(arches) & set(image):
+            what = (f"the {'GPU' if res.gpu else 'CPU'} image is built for {', '.join(image)}"
+                    + (" (@{resources.arch})" if res.arch else "")
+                    + (" only (onnxruntime-gpu has no aarch64 wheels)" if res.gpu and not res.arch else ""))
+            out.append(Problem("node_pool.instance_types", name, (
+                f"EC2 gives {name} the architecture {', '.join(ec2) or 'none'} "
+                f"({', '.join(arches) or 'no node architecture'}); {what}; choose types of "
+                f"{' or '.join(image)}")))
+    if out:
+        return out
+    arch = pool_arch(args, types)
+    if arch is None:
+        by_arch = {n: "/".join(platforms.ec2_arches(types[n].architectures)) for n in args.pool_instance_types}
+        out.append(Problem("node_pool.instance_types", list(args.pool_instance_types), (
+            f"the types share no architecture ({', '.join(f'{n}: {a}' for n, a in by_arch.items())}, from EC2): a "
+            "pool runs one AMI of one architecture; list types of one architecture, or one model per architecture")))
+    elif pool.ami_type and platforms.ami_arch(pool.ami_type) != arch:
+        out.append(Problem("node_pool.ami_type", pool.ami_type, (
+            f"runs {platforms.ami_arch(pool.ami_type)} nodes, but the pool's types are {arch} (EC2's "
+            "supported_architectures); leave it empty for the Bottlerocket AMI of the pool's architecture")))
+    return out
+
+
+def fit_problems(args: ServedModelArgs, types: Mapping[str, InstanceType],
+                 gpu_memory_bytes: Optional[int] = None) -> list[Problem]:
+    """Every way one replica, or the rollout at max replicas, does not fit the pool (a GPU pool or a
+    CPU pool of the model's own). `types` holds EC2's figures for each of the pool's instance
+    types; with `gpu_memory_bytes` (a replica's GPU memory cap) its shares must fit a GPU too."""
     pool, res = args.node_pool, args.resources
-    if pool is None or res.gpu <= 0 or not args.kubernetes:
+    if pool is None or not args.has_pool:
         return []
     cpu_room, mem_room = cpu_millis(pool.daemon_set_cpu), memory_mib(pool.daemon_set_memory)
     out: list[Problem] = []
-    for name in pool.instance_types:
+    for name in args.pool_instance_types:
         t = types[name]
         a = allocatable(t)
-        if t.gpus < res.gpu:
+        if res.gpu == 0 and t.gpus:
+            out.append(Problem("node_pool.instance_types", name, (
+                f"EC2 gives {name} {t.gpus} NVIDIA GPU(s): a CPU model (@{{resources.gpu}} 0) on it pays for GPUs it "
+                "never uses; choose CPU types (c7g, m7g, c6i...), or set @{resources.gpu}")))
+        if res.gpu > 0 and gpu_slots(t, res) < res.gpu:
             what = "no NVIDIA GPU" if not t.gpus else f"{t.gpus} NVIDIA GPU(s)"
             out.append(Problem("resources.gpu", res.gpu, f"does not fit {name}: EC2 gives it {what}; "
                                                          "choose a larger type in @{node_pool.instance_types}"))
@@ -189,10 +282,11 @@ def fit_problems(args: ServedModelArgs, types: Mapping[str, InstanceType]) -> li
                 f"overhead - {a.kube_reserved_memory_mib}Mi kubelet reservation for {t.max_pods} pods - "
                 f"{EVICTION_MEMORY_MIB}Mi eviction threshold) - {mem_room}Mi DaemonSet headroom "
                 f"(@{{node_pool.daemon_set_memory}}) = {mem_left}Mi; request at most {mem_left}Mi, or choose a larger type")))
+    out += gpu_memory_problems(args, types, gpu_memory_bytes)
     if out or args.elastic.karpenter:
-        # With Karpenter the node group's max_size does not bound the pool (its GPU limit does).
+        # With Karpenter the node group's max_size does not bound the pool (its limits do).
         return out
-    smallest = min(pool.instance_types, key=lambda n: replicas_per_node(types[n], res, cpu_room, mem_room))
+    smallest = min(args.pool_instance_types, key=lambda n: replicas_per_node(types[n], res, cpu_room, mem_room))
     per_node = replicas_per_node(types[smallest], res, cpu_room, mem_room)
     need = args.autoscaling.max_replicas + ROLLOUT_SURGE
     if pool.max_size * per_node < need:
@@ -211,8 +305,12 @@ def describe(instance_types: Sequence[str], parent: Optional[pulumi.Resource] = 
             for name in dict.fromkeys(instance_types)}
 
 
-def check(args: ServedModelArgs, parent: Optional[pulumi.Resource] = None) -> list[Problem]:
-    """fit_problems with EC2's figures for the pool's types ([] when there is no GPU pool)."""
-    if args.node_pool is None or args.resources.gpu <= 0 or not args.kubernetes:
-        return []
-    return fit_problems(args, describe(args.node_pool.instance_types, parent))
+def pool_types(args: ServedModelArgs, parent: Optional[pulumi.Resource] = None) -> dict[str, InstanceType]:
+    """EC2's figures of the model's pool types ({} without a pool of its own)."""
+    return describe(args.pool_instance_types, parent) if args.has_pool else {}
+
+
+def check(args: ServedModelArgs, types: Mapping[str, InstanceType]) -> list[Problem]:
+    """architecture_problems and fit_problems (with the configured GPU memory cap, if any) over
+    EC2's figures of the pool's types ([] when the model has no pool of its own)."""
+    return architecture_problems(args, types) + fit_problems(args, types, args.resources.gpu_memory_bytes)

@@ -18,12 +18,16 @@ from .inputs import given, is_plain
 
 
 class KarpenterGpuPool(pulumi.ComponentResource):
-    """EC2NodeClass + NodePool for one model's GPU pool (cluster-scoped custom resources).
+    """EC2NodeClass + NodePool for one model's pool (cluster-scoped custom resources): GPU nodes, or
+    CPU nodes of one architecture (`gpu` False in the args; the name and token predate CPU pools
+    and stay, the token being part of every child's URN).
 
-    Outputs: `pool_label` (what pods select), `node_pool_name`.
+    Outputs: `pool_label` (the pool's own label), `node_labels` (every label its nodes carry, as
+    outputs of the NodePool), `node_pool_name`.
     """
 
     pool_label: pulumi.Output[str]
+    node_labels: pulumi.Output[dict]
     node_pool_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: karpenter.KarpenterPoolArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -41,8 +45,10 @@ class KarpenterGpuPool(pulumi.ComponentResource):
         # The label as an output of the NodePool: a pod spec that selects it depends on the pool,
         # so the engine declares the capacity before the Deployment that needs it.
         self.pool_label = pool.metadata.apply(lambda _: args.pool_label)
+        self.node_labels = pool.metadata.apply(lambda _: karpenter.node_labels(args))
         self.node_pool_name = pool.metadata["name"]
-        self.register_outputs({"pool_label": self.pool_label, "node_pool_name": self.node_pool_name})
+        self.register_outputs({"pool_label": self.pool_label, "node_labels": self.node_labels,
+                               "node_pool_name": self.node_pool_name})
 
 
 class KedaScaling(pulumi.ComponentResource):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -41,8 +41,11 @@ class ModelImageArgs:
     """Image versions the ECR lifecycle policy keeps (rollback window). Default 10."""
     protect: bool = False
     """Protect the ECR repository from deletion (prod). Default False."""
-    platform: str = "linux/amd64"
-    """Target platform of a pushed build (EKS nodes are x86_64). Default linux/amd64."""
+    platforms: Sequence[str] = ("linux/amd64",)
+    """Platforms the image is built for (docker-build `platforms`). Pushed with two or more, the
+    registry gets one image index (a manifest list) and `digest` is the index's, so the
+    workload's `tag@digest` pulls each node's own architecture. Loaded (push False): one, the
+    host's (a multi-platform image cannot be loaded into the engine). Default ("linux/amd64",)."""
     retain_repository: bool = False
     """What a delete of the ECR repository does (destroy, a served-name rename): True removes it
     from the state only (retain_on_delete: the repository and its images stay); False deletes it
@@ -144,12 +147,17 @@ class ModelImage(pulumi.ComponentResource):
             context={"location": args.context_dir},
             # The marker tag records that this build resource pushed this version (_published).
             tags=[tag, pulumi.Output.concat(repository_url, ":", marker)] if args.push else [tag],
-            # The cluster's nodes are x86_64; the local engine builds for its own platform.
-            platforms=[args.platform] if args.push else None,
+            # Kubernetes: amd64 and arm64 by default (one index; BuildKit runs the other
+            # architecture's RUN steps under QEMU, docs/image.md); the local engine: its own.
+            platforms=list(args.platforms),
             push=args.push,
             # Local target: load into the engine the containers run from; nothing is pushed.
             load=None if args.push else True,
             registries=registries or None,
+            # Kept on with two platforms: a PR whose image no longer builds for one architecture (a
+            # dependency without an aarch64 wheel) fails its preview, not its merge. It costs an
+            # emulated arm64 build per preview of a changed model only (an unchanged context has
+            # no diff and is not built).
             build_on_preview=True,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
         )

@@ -27,7 +27,7 @@ class ModelServiceArgs:
     version: str
     """Model version (label/annotation: a model change is a visible rollout). Required."""
     resources: ResourcesArgs = ResourcesArgs()
-    """Requests == limits, GPUs (> 0 adds the toleration and pool nodeSelector), priority."""
+    """Requests == limits, GPUs (> 0 adds the toleration), priority."""
     autoscaling: AutoscalingArgs = AutoscalingArgs()
     """Replica bounds and the HPA's metric."""
     network: NetworkArgs = NetworkArgs()
@@ -36,8 +36,11 @@ class ModelServiceArgs:
     """Drain and preStop (and the server's SERVEDMODEL_* settings)."""
     rollout: RolloutArgs = RolloutArgs()
     """rolling: a Deployment; canary: an Argo Rollouts Rollout gated by an AnalysisTemplate."""
-    pool_label: Optional[pulumi.Input[str]] = None
-    """GPU pool label value to select (from GpuNodePool). Default None."""
+    node_selector: Optional[pulumi.Input[dict]] = None
+    """The pods' nodeSelector: the labels of the model's pool (from its component's outputs, so the
+    pods wait for their capacity) and the nodes' architecture; None: any node. Default None."""
+    gpu_mem_limit: Optional[int] = None
+    """Bytes the server's CUDA provider may hold (SERVEDMODEL_GPU_MEM_LIMIT); None: no cap. Default None."""
     startup_seconds: Optional[float] = None
     """The model's measured start-up (manifest `startup`); sizes the timeouts. None: unknown. Default None."""
     node_max: int = 0
@@ -126,7 +129,7 @@ class ModelService(pulumi.ComponentResource):
             "ports": specs.container_ports(net.grpc_port),
             "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name is not None,
                                     model_name=args.served_name, grpc_port=net.grpc_port,
-                                    settings=srv.batching_env()),
+                                    settings=srv.batching_env(), gpu_mem_limit=args.gpu_mem_limit),
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}]
@@ -149,7 +152,8 @@ class ModelService(pulumi.ComponentResource):
         }
         if res.gpu > 0:
             pod_spec["tolerations"] = specs.gpu_tolerations(res.gpu)
-            pod_spec["nodeSelector"] = {specs.POOL_LABEL: args.pool_label}
+        if args.node_selector is not None:
+            pod_spec["nodeSelector"] = args.node_selector
         if priority_class_name is not None:
             pod_spec["priorityClassName"] = priority_class_name
 

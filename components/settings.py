@@ -370,7 +370,9 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
 
     pool_kwargs = groups.pop("node_pool", {})
     cluster_name = pool_kwargs.get("cluster_name", "")
-    if kubernetes and not cluster_name and not gpu:
+    # The model's own pool: a GPU model always, a CPU model when it lists instance types (Graviton...).
+    wants_pool = kubernetes and bool(gpu or pool_kwargs.get("instance_types"))
+    if kubernetes and not cluster_name and not wants_pool:
         problems.append(f"{name_of('node_pool.cluster_name')} = {cluster_name!r}: the kubernetes target needs the "
                         "name of an existing EKS cluster")
     net = groups.get("network", {})
@@ -387,9 +389,9 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
 
     # Build every group; one that fails reports its own problems, and the rules that need it skip.
     built = {name: _build(cls, groups.get(name, {}), name_of, problems) for name, cls in _GROUP_CLASSES}
-    node_pool = _build(NodePoolArgs, pool_kwargs, name_of, problems) if kubernetes and gpu else None
+    node_pool = _build(NodePoolArgs, pool_kwargs, name_of, problems) if wants_pool else None
     ready: dict[str, Any] = {name: group for name, group in built.items() if group is not None}
-    if not (kubernetes and gpu) or node_pool is not None:
+    if not wants_pool or node_pool is not None:
         ready["node_pool"] = node_pool
     if target_ok:
         ready["target"] = target
@@ -410,8 +412,11 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
             **(built | {"network": network})), name_of, problems)
         if args is not None:
             served.append(args)
-            if ec2 is not None and args.node_pool is not None and args.resources.gpu > 0 and args.kubernetes:
-                problems.extend(p.render(name_of) for p in capacity.fit_problems(args, ec2(args.node_pool.instance_types)))
+            if ec2 is not None and args.has_pool:
+                # The pool's architecture and fit, from EC2's figures of each of its instance types.
+                types = ec2(args.pool_instance_types)
+                problems.extend(p.render(name_of) for p in capacity.architecture_problems(args, types)
+                                + capacity.fit_problems(args, types, args.resources.gpu_memory_bytes))
     names = [m.served_name for m in (a.model for a in served)]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(_problem(MODELS_KEY, dup, "each served name must be unique"))
@@ -467,8 +472,9 @@ def load_settings() -> Settings:
         if key in raw:
             raw[key] = "[secret]" if key in secrets else "[plain]"
     try:
-        # EC2's figures of each GPU instance type (aws.ec2.get_instance_type invokes, which run at
-        # preview too): replicas that cannot fit their nodes are config errors like any other.
+        # EC2's figures of each pool instance type (aws.ec2.get_instance_type invokes, which run at
+        # preview too): replicas that cannot fit their nodes, or a type whose architecture the image
+        # lacks, are config errors like any other.
         settings = parse_settings(raw, secrets, build_root=Path("build") / "stacks" / pulumi.get_stack(),
                                   ec2=capacity.describe)
     except ConfigError as exc:

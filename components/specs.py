@@ -11,6 +11,7 @@ import json
 from typing import Any, Optional, Sequence
 
 from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
+from servedmodel.components.platforms import ARCH_LABEL
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
@@ -70,6 +71,15 @@ def gpu_tolerations(gpu: int) -> list[dict[str, str]]:
 
 def node_selector(pool_label: Optional[str]) -> dict[str, str]:
     return {POOL_LABEL: pool_label} if pool_label else {}
+
+
+def pod_node_selector(pool_labels: Optional[dict[str, str]], select: Sequence[str], arch: Optional[str]) -> dict[str, str]:
+    """The pods' nodeSelector: the `select`ed labels of the pool's nodes (its own label, or a shared
+    GPU's labels, which any pool sliced alike carries) and the nodes' architecture when known."""
+    out = {key: (pool_labels or {})[key] for key in select}
+    if arch:
+        out[ARCH_LABEL] = arch
+    return out
 
 
 def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str, dict[str, Any]]:
@@ -139,7 +149,8 @@ def container_security_context() -> dict[str, Any]:
 
 
 def server_env(device: str, drain_seconds: int, auth_token_file: bool = False, *, model_name: Optional[str] = None,
-               grpc_port: int = 0, settings: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
+               grpc_port: int = 0, settings: Optional[dict[str, str]] = None,
+               gpu_mem_limit: Optional[int] = None) -> list[dict[str, Any]]:
     """SERVEDMODEL_* variables of docs/architecture.md section 3.
 
     `model_name` is the served name the server answers under (a model swap keeps the route);
@@ -148,6 +159,8 @@ def server_env(device: str, drain_seconds: int, auth_token_file: bool = False, *
     server reads its bearer token from the file the auth Secret's volume mounts
     (SERVEDMODEL_AUTH_TOKEN_FILE, AUTH_TOKEN_PATH): never from an environment value, which
     `kubectl describe`, crash dumps and every process in the container can read.
+    `gpu_mem_limit` (bytes) caps the CUDA provider's memory arena (SERVEDMODEL_GPU_MEM_LIMIT): set
+    on a time-sliced GPU, where nothing else keeps one model from another's memory.
     """
     env: list[dict[str, Any]] = [
         {"name": contract.env_name("host"), "value": "0.0.0.0"},
@@ -159,6 +172,8 @@ def server_env(device: str, drain_seconds: int, auth_token_file: bool = False, *
         env.append({"name": contract.env_name("model_name"), "value": model_name})
     if grpc_port:
         env.append({"name": contract.env_name("grpc_port"), "value": str(grpc_port)})
+    if gpu_mem_limit is not None:
+        env.append({"name": contract.env_name("gpu_mem_limit"), "value": str(gpu_mem_limit)})
     env += [{"name": contract.env_name(name), "value": value} for name, value in (settings or {}).items()]
     if auth_token_file:
         env.append({"name": contract.env_name("auth_token_file"), "value": AUTH_TOKEN_PATH})

@@ -38,7 +38,7 @@ from .mapping import args_from_mapping
 from .model import MAX_NAME, ZOO, ModelArgs
 from .monitoring import MONITORING_MODES, MonitoringArgs
 from .network import SERVICE_TYPES, NetworkArgs
-from .node_pool import AMI_TYPES, NodePoolArgs
+from .node_pool import AMI_TYPES, NodePoolArgs  # AMI_TYPES: components/platforms.py
 from .registry import KEEP_VERSIONS_FLOOR, RegistryArgs
 from .resources import ResourcesArgs
 from .rollout import DEFAULT_STEPS, ROLLOUT_STRATEGIES, RolloutArgs, duration_seconds, parse_step

@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
-from ..gpus import IMAGE_GPU_FAMILIES, instance_families
+from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families, unsupported_reason
 from ..inputs import given
 from ..karpenter import gpu_limit_needed
 from ..keda import METRICS as KEDA_METRICS
+from ..platforms import ami_arch, ami_device
 from ..specs import NLB_DEREGISTRATION_LAG_SECONDS, ROLLOUT_SURGE
 from .autoscaling import AutoscalingArgs
 from .checking import Problem
@@ -75,8 +76,58 @@ def _gpus_need_a_pool(target: str, resources: ResourcesArgs, node_pool: Optional
     return []
 
 
-# Whether a replica, and the rollout at max replicas, fit the pool's nodes needs EC2's figures of
-# each instance type: components/capacity.py checks it with them (the program's invokes).
+@rule("resources", "node_pool")
+def _gpu_pool_families(resources: ResourcesArgs, node_pool: Optional[NodePoolArgs]) -> list[Problem]:
+    """GPU families whose GPUs the image's CUDA cannot use are refused, saying why (gpus.py).
+    Everything else about a type is EC2's to say (components/capacity.py): whether it has an
+    NVIDIA GPU at all, and its architecture (a Graviton g5g is refused because EC2 says arm64)."""
+    if node_pool is None or resources.gpu <= 0:
+        return []
+    return [Problem("node_pool.instance_types", t, f"{unsupported_reason(t)}; use a Turing or newer NVIDIA type "
+                                                   f"({', '.join(SUPPORTED_GPU_FAMILIES)})")
+            for t in node_pool.instance_types if unsupported_reason(t)]
+
+
+@rule("resources", "node_pool")
+def _cpu_pool_needs_types(resources: ResourcesArgs, node_pool: Optional[NodePoolArgs]) -> list[Problem]:
+    if node_pool is not None and resources.gpu == 0 and not node_pool.instance_types:
+        return [Problem("node_pool.instance_types", [], "a CPU model's own pool needs its instance types (such as "
+                                                        "c7g.xlarge); without a pool its pods run on the cluster's "
+                                                        "nodes (pass no NodePoolArgs)")]
+    return []
+
+
+@rule("resources", "node_pool")
+def _ami_type_matches_the_model(resources: ResourcesArgs, node_pool: Optional[NodePoolArgs]) -> list[Problem]:
+    """An AMI type runs one device kind on one architecture (platforms.AMI_TYPES_FOR); the one
+    the stack names must be the model's. What EC2 says of the types is checked with EC2's figures
+    (components/capacity.py)."""
+    if node_pool is None or not node_pool.ami_type:
+        return []
+    ami, out = node_pool.ami_type, []
+    if ami_device(ami) != resources.device:
+        out.append(Problem("node_pool.ami_type", ami, (
+            f"an AMI for {'GPU' if ami_device(ami) == 'cuda' else 'CPU'} nodes, but the model "
+            f"{'has' if resources.gpu else 'has no'} GPUs (@{{resources.gpu}} {resources.gpu}); leave it empty for "
+            "the Bottlerocket AMI of the model's device and architecture")))
+    elif resources.arch and ami_arch(ami) != resources.arch:
+        out.append(Problem("node_pool.ami_type", ami, f"runs {ami_arch(ami)} nodes, but @{{resources.arch}} is "
+                                                      f"{resources.arch}; leave it empty for the Bottlerocket AMI of "
+                                                      "that architecture"))
+    return out
+
+
+@rule("target", "resources")
+def _arch_is_for_kubernetes(target: str, resources: ResourcesArgs) -> list[Problem]:
+    if target == "docker" and resources.arch:
+        return [Problem("resources.arch", resources.arch, "the docker target builds and runs the image for the "
+                                                          "host's architecture: leave it empty there")]
+    return []
+
+
+# Whether a replica, and the rollout at max replicas, fit the pool's nodes, and whether each
+# instance type's architecture is the image's, needs EC2's figures of each instance type:
+# components/capacity.py checks it with them (the program's invokes).
 
 
 @rule("target", "network")
@@ -133,11 +184,14 @@ def _canary_not_with_keda(rollout: RolloutArgs, elastic: ElasticArgs) -> list[Pr
 
 # ---- elastic GPU capacity (issue 11): Karpenter nodes, KEDA pods, scale to zero --------------------
 
-@rule("target", "resources", "elastic")
-def _karpenter_needs_gpus_on_kubernetes(target: str, resources: ResourcesArgs, elastic: ElasticArgs) -> list[Problem]:
-    if elastic.karpenter and not (target == "kubernetes" and resources.gpu > 0):
+@rule("target", "resources", "node_pool", "elastic")
+def _karpenter_needs_a_pool_on_kubernetes(target: str, resources: ResourcesArgs, node_pool: Optional[NodePoolArgs],
+                                          elastic: ElasticArgs) -> list[Problem]:
+    pool = resources.gpu > 0 or (node_pool is not None and bool(node_pool.instance_types))
+    if elastic.karpenter and not (target == "kubernetes" and pool):
         return [Problem("elastic.node_provisioner", elastic.node_provisioner,
-                        "karpenter provisions GPU nodes: it needs @{target} kubernetes and @{resources.gpu} > 0")]
+                        "karpenter provisions the model's node pool: it needs @{target} kubernetes and "
+                        "@{resources.gpu} > 0 or @{node_pool.instance_types} (a CPU pool)")]
     return []
 
 

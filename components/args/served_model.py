@@ -8,6 +8,7 @@ from typing import Optional
 
 import pulumi
 
+from ..gpus import DEFAULT_GPU_INSTANCE_TYPES
 from .autoscaling import AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, one_of
 from .elastic import ElasticArgs
@@ -50,7 +51,8 @@ class ServedModelArgs:
     registry: RegistryArgs = RegistryArgs()
     """Where the image is pushed. Default: an ECR repository per model (kubernetes target)."""
     node_pool: Optional[NodePoolArgs] = None
-    """The GPU node pool (kubernetes target with resources.gpu > 0). Default None."""
+    """The model's own node pool (kubernetes target): required with resources.gpu > 0; a CPU model
+    with one (and its instance types) gets CPU nodes of its own, e.g. Graviton. Default None."""
     rollout: RolloutArgs = RolloutArgs()
     """rolling (default) or a metric-gated canary with Argo Rollouts (kubernetes target)."""
     monitoring: MonitoringArgs = MonitoringArgs()
@@ -93,6 +95,21 @@ class ServedModelArgs:
     @property
     def kubernetes(self) -> bool:
         return self.target == "kubernetes"
+
+    @property
+    def pool_instance_types(self) -> tuple[str, ...]:
+        """The instance types of the model's own pool (a GPU model's default when it lists none);
+        () when it has no pool."""
+        if not self.kubernetes or self.node_pool is None:
+            return ()
+        if self.node_pool.instance_types:
+            return self.node_pool.instance_types
+        return DEFAULT_GPU_INSTANCE_TYPES if self.resources.gpu > 0 else ()
+
+    @property
+    def has_pool(self) -> bool:
+        """The model declares a node pool of its own (managed node group or Karpenter)."""
+        return bool(self.pool_instance_types)
 
 
 def _group_types() -> dict[str, type]:

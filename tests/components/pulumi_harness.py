@@ -32,7 +32,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "servedmodel"
-STACKS = ("local", "dev", "prod", "burst")
+STACKS = ("local", "dev", "prod", "burst", "graviton")
 # EKS's Kubernetes version the objects are validated against (kubernetes-validate, strict).
 KUBERNETES_VERSION = "1.33.0"
 ACCOUNT = "123456789012"

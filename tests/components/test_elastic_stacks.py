@@ -68,9 +68,13 @@ def test_burst_declares_karpenter_keda_and_the_held_route_instead_of_node_group_
     assert pool["limits"] == {"nvidia.com/gpu": 5}  # (maxReplicas 4 + 1 surge) x 1 GPU
     families = next(r for r in pool["template"]["spec"]["requirements"] if r["key"].endswith("instance-family"))
     assert families["values"] == ["g5", "g6"]
-    # Pods select the pool by label and tolerate its taint (as with the managed node group).
+    # Pods select the pool by label and its nodes' architecture (EC2 says x86_64 for g5 and g6;
+    # the NodePool requires it) and tolerate its taint (as with the managed node group).
     pod = deploy.inputs["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {specs.POOL_LABEL: pool["template"]["metadata"]["labels"][specs.POOL_LABEL]}
+    arch = next(r for r in pool["template"]["spec"]["requirements"] if r["key"] == "kubernetes.io/arch")
+    assert arch["values"] == ["amd64"]
+    assert pod["nodeSelector"] == {specs.POOL_LABEL: pool["template"]["metadata"]["labels"][specs.POOL_LABEL],
+                                   "kubernetes.io/arch": "amd64"}
     assert pool["template"]["spec"]["taints"] == [specs.GPU_TAINT]
     assert {(t["key"], t["value"], t["effect"]) for t in pod["tolerations"]} == {
         (specs.GPU_TAINT["key"], specs.GPU_TAINT["value"], specs.GPU_TAINT["effect"])}

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ROOT / "components"
-LEAVES = {"gpus", "karpenter", "keda", "specs", "inputs"}
+LEAVES = {"gpus", "karpenter", "keda", "specs", "inputs", "platforms"}
 # Helpers that live with their concepts (the args package re-exports them for old importers only).
 MOVED = {"gpu_limit_needed": "karpenter", "instance_families": "gpus", "IMAGE_GPU_FAMILIES": "gpus",
          "KARPENTER_DEFAULTS": "karpenter", "KEDA_METRICS": "keda", "CAPACITY_TYPES": "karpenter",

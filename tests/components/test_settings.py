@@ -110,14 +110,18 @@ def test_a_secret_given_as_a_secret_is_accepted():
     parse_settings(raw, secret_keys)
 
 
-def test_an_instance_type_outside_the_supported_gpu_families_is_rejected_naming_them():
-    # Whether a type has GPUs is EC2's to say (test_capacity.py); which families the image runs
-    # on is our choice, checked without the cloud.
-    found = problems("prod", {"servedmodel:nodeInstanceTypes": ["m5.large"]})
-    assert any(p.startswith("servedmodel:nodeInstanceTypes") and "g4dn, g5, g6, g6e, p4d, p5" in p
-               for p in found), found
+def test_an_instance_type_without_an_nvidia_gpu_is_rejected_from_ec2():
+    # Whether a type has GPUs (and which architecture) is EC2's to say; the families whose GPUs the
+    # image's CUDA cannot use are refused without the cloud (test_capacity.py).
+    from test_platforms import recorded
+    raw, secrets = raw_for("prod", {"servedmodel:nodeInstanceTypes": ["m5.large"]}, TOKEN)
+    parse_settings(raw, secrets)  # without EC2's figures nothing says m5.large has no GPU
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, secrets, ec2=recorded)
+    assert any(p.startswith("servedmodel:gpu = 1: does not fit m5.large: EC2 gives it no NVIDIA GPU")
+               for p in err.value.problems), err.value.problems
     found = problems("prod", {"servedmodel:nodeInstanceTypes": ["g5xlarge"]})
-    assert any(p.startswith("servedmodel:nodeInstanceTypes") for p in found), found
+    assert any(p.startswith("servedmodel:nodeInstanceTypes = 'g5xlarge': an EC2 instance type") for p in found), found
 
 
 def test_all_problems_are_reported_together():

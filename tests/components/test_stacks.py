@@ -174,7 +174,10 @@ def test_prod_deployment(stack_runs):
     assert c["resources"]["limits"] == c["resources"]["requests"]
     assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
     group = run.one("aws:eks/nodeGroup:NodeGroup")
-    assert pod["nodeSelector"] == {specs.POOL_LABEL: group.inputs["labels"][specs.POOL_LABEL]}
+    # Its own pool's label, and the architecture EC2 gives g5.xlarge (x86_64) and its AMI runs.
+    assert pod["nodeSelector"] == {specs.POOL_LABEL: group.inputs["labels"][specs.POOL_LABEL],
+                                   "kubernetes.io/arch": "amd64"}
+    assert group.inputs["amiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"

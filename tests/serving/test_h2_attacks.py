@@ -86,7 +86,9 @@ class Honest:
               + (f"; failures: {sorted(set(self.failures))[:3]}" if self.failures else ""))
         assert total >= min_calls, f"the honest client made only {total} calls"
         assert rate >= 0.95, self.failures[:3]
-        assert p99 < 2000
+        # A liveness bound, not a speed target (bench/ measures speed): an honest call still
+        # answers well inside its 5 s deadline while the attack runs, on a loaded 2-core machine too.
+        assert p99 < 4000
 
 
 def metrics(server) -> str:
