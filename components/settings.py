@@ -33,7 +33,7 @@ from .args import (AMI_TYPES, AUTOSCALE_METRICS, GROUP_TYPES, REQUIRED, SERVICE_
 from . import capacity
 from .args.setting import camel
 from .specs import ROLLOUT_SURGE
-from servedmodel.models.spec import COMPRESSIONS
+from servedmodel.models.constants import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
 

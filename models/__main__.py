@@ -27,8 +27,11 @@ if __package__ == "models":
     os.execve(sys.executable, [sys.executable, "-m", "servedmodel.models", *sys.argv[1:]],
               {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_root, os.environ.get("PYTHONPATH", "")) if p)})
 
+from .constants import COMPRESSIONS
 from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
-from .spec import COMPRESSIONS
+from .pipeline import build
+from .seal import Encryption
+from .zoo import ZOO
 
 # Set by the supervisor for its worker only: the file descriptor the worker reports on.
 WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
@@ -125,8 +128,6 @@ def _table(result) -> str:
 
 
 def _list() -> int:
-    from .zoo import ZOO
-
     width = max(map(len, ZOO))
     for name, (_, description) in ZOO.items():
         print(f"{name:<{width}}  {description}")
@@ -136,9 +137,6 @@ def _list() -> int:
 def _build(args, progress) -> tuple[int, str]:
     """Run the build; print a failure's one line on stderr. Returns (exit code, stdout text)."""
     try:
-        from .pipeline import build
-        from .seal import Encryption
-
         encryption = None
         if args.encrypt or args.key_file or args.kms_key:
             try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from servedmodel.models.constants import COMPRESSIONS
 from servedmodel.models.loader import is_model_ref
-from servedmodel.models.spec import COMPRESSIONS
 from servedmodel.models.zoo import ZOO as _MODEL_ZOO  # name -> factory; importing it loads no torch
 
 from .checking import ArgsGroup, dns_label, one_of

@@ -7,6 +7,7 @@ status codes, not the V2 protocol (`grpc_server.py`).
 - `streams`: a stream's life as one table, (state, event) -> (action, next state);
 - `flow`: flow-control windows;
 - `grpc`: gRPC's status codes, trailers, grpc-timeout and message prefix;
+- `limits`: what connections and their listener are held to;
 - `call`: one call, as its handler sees it;
 - `connection`: one connection (reading, the table applied, limits, timers, budgets, writing);
 - `listener`: what the connections share (admission, call slots, counters, hooks).
@@ -15,6 +16,7 @@ docs/protocol.md ("The HTTP/2 layer") describes the whole, the table included.
 """
 from .call import Budget, Call, Handler
 from .connection import GrpcConnection
-from .listener import GrpcLimits, GrpcListener
+from .limits import GrpcLimits
+from .listener import GrpcListener
 
 __all__ = ["Budget", "Call", "GrpcConnection", "GrpcLimits", "GrpcListener", "Handler"]

@@ -6,14 +6,22 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .flow import ReceiveWindow, SendWindow
 from .grpc import OK, message_prefix, status_block
 from .headers import RequestHead
 
-if TYPE_CHECKING:
-    from .connection import GrpcConnection
+
+class CallOwner(Protocol):
+    """What a call needs from the connection it is a stream of (`connection.GrpcConnection`).
+    Named here, not imported: the connection imports this module, and imports go one way."""
+
+    closed: bool
+
+    def flush(self, call: Call) -> None: ...
+
+    def handler_done(self, call: Call, task: asyncio.Task) -> None: ...
 
 
 class Budget:
@@ -43,7 +51,7 @@ class Call:
                  "done", "settled", "deadline", "opened_at", "last_data", "blocked_since",
                  "arrival", "probe_only", "http_status", "identity")
 
-    def __init__(self, conn: "GrpcConnection", sid: int, head: RequestHead, state: int,
+    def __init__(self, conn: CallOwner, sid: int, head: RequestHead, state: int,
                  budget: Budget, send_window: int, recv_window: int, now: float) -> None:
         self.conn, self.sid, self.state = conn, sid, state
         self.method = head.path

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..errors import ServingError
 from . import streams as st
-from .call import NO_SLOT, STREAMING_SLOT, UNARY_SLOT, Call, Handler
+from .call import NO_SLOT, STREAMING_SLOT, UNARY_SLOT, Budget, Call, Handler
 from .flow import ReceiveWindow, SendWindow
 from .frames import (ACK, CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,
                      ENHANCE_YOUR_CALM, FRAME_HEAD, FRAME_SIZE_ERROR, GOAWAY, HEAD, HEADERS,
@@ -45,9 +46,7 @@ from .grpc import (DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, RESPONSE_HEA
                    STATUS_OF_HTTP, UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, http_head,
                    parse_timeout, read_prefix, status_block)
 from .headers import HeaderBlocks, Malformed
-
-if TYPE_CHECKING:
-    from .listener import GrpcListener
+from .limits import GrpcLimits
 
 #: Bytes one call may send ahead of our reading (SETTINGS_INITIAL_WINDOW_SIZE).
 STREAM_WINDOW = 1 << 20
@@ -73,10 +72,40 @@ _TABLE_GET = st.TABLE.get
 _RESPONSE_HEAD_LENGTH = len(RESPONSE_HEAD) << 8
 
 
+class Front(Protocol):
+    """What a connection needs from what all connections share (`listener.GrpcListener`, which
+    documents each member). Named here, not imported: the listener imports this module, and
+    imports go one way."""
+
+    limits: GrpcLimits
+    handlers: dict[str, Handler]
+    probe_methods: frozenset[str]
+    streaming_methods: frozenset[str]
+    metrics: Any
+    running: int
+    streaming: int
+    budget: Callable[[], Budget]
+    authorize: Callable[[Call], None]
+    arriving: Callable[[Call], Callable[[], None] | None]
+    refused: Callable[[Call, int, str, str], None]
+
+    def count(self, reason: str) -> None: ...
+
+    def protocol_error(self, kind: str, code: int) -> None: ...
+
+    def admit(self, conn: GrpcConnection) -> str: ...
+
+    def busy(self, conn: GrpcConnection) -> None: ...
+
+    def idle(self, conn: GrpcConnection) -> None: ...
+
+    def closed(self, conn: GrpcConnection) -> None: ...
+
+
 class GrpcConnection(asyncio.Protocol):
     """One client connection. `front` holds what all connections share."""
 
-    def __init__(self, front: "GrpcListener") -> None:
+    def __init__(self, front: Front) -> None:
         self.front = front
         self.limits = limits = front.limits
         self.loop = asyncio.get_running_loop()

@@ -8,25 +8,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..connections import ConnectionLimits
-from ..settings import Settings
 from .call import Budget, Call, Handler
 from .connection import GrpcConnection
 from .frames import ERROR_NAMES, NO_ERROR, goaway
-
-
-@dataclass(frozen=True)
-class GrpcLimits(ConnectionLimits):
-    """The REST connection layer's limits (`keep_alive`: an idle connection's GOAWAY) and
-    gRPC's own: the message size, `max_streams` concurrent calls a connection may make,
-    `max_calls` unary calls running in all, `max_streaming_calls` streaming ones (Watch)
-    apart from them, and `request_timeout` for a request message to arrive whole. The
-    defaults are the server settings' (stated there)."""
-    max_message_bytes: int = Settings.max_body_bytes
-    max_streams: int = 100
-    max_calls: int = Settings.max_connections
-    max_streaming_calls: int = Settings.max_streaming_calls
-    request_timeout: float = Settings.request_timeout_seconds
+from .limits import GrpcLimits
 
 
 @dataclass

@@ -40,7 +40,7 @@ def test_stack_files_use_only_known_keys():
 
 def test_model_and_compression_descriptions_name_every_choice():
     """The reference lists what the loader accepts: every zoo model, every compression."""
-    from servedmodel.models.spec import COMPRESSIONS
+    from servedmodel.models.constants import COMPRESSIONS
     from servedmodel.models.zoo import ZOO
 
     config = project_config()
