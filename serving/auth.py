@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import contract
 from .errors import ServingError, StartupError
+from .jwks import KeySet
 
 REALM = "servedmodel"
 #: Signature algorithms a token may use: what OIDC issuers sign with. Never none or HS*.
@@ -168,22 +169,6 @@ def _no_constant(token: str):
     raise ValueError(f"{token} is not JSON")
 
 
-def check_url(variable: str, url: str) -> str | None:
-    """A problem with an issuer or JWKS URL, or None: https, or http on the loopback only
-    (a token's keys must not come over a network in clear)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
-        return f"{variable}={url!r} must be an https:// URL"
-    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        return f"{variable}={url!r} must be https:// (http:// only on the loopback, for tests)"
-    return None
-
-
 # -- the authenticator ------------------------------------------------------------------------
 class Authenticator:
     """One instance per server, shared by REST and gRPC. `authenticate(value)` is the whole
@@ -200,8 +185,6 @@ class Authenticator:
         #: the JWKS cache (jwks.KeySet) when OIDC is on
         self.keys = keys
         if self.oidc is not None and keys is None:
-            from .jwks import KeySet
-
             self.keys = KeySet(self.oidc.issuer, self.oidc.jwks_url)
         self._verified: dict[bytes, tuple[Identity | AuthError, float]] = {}
 

@@ -42,6 +42,22 @@ class KeySetError(Exception):
     pass
 
 
+def check_url(variable: str, url: str) -> str | None:
+    """A problem with an issuer or JWKS URL, or None: https, or http on the loopback only
+    (a token's keys must not come over a network in clear)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
+        return f"{variable}={url!r} must be an https:// URL"
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return f"{variable}={url!r} must be https:// (http:// only on the loopback, for tests)"
+    return None
+
+
 def fetch_json(url: str) -> dict:
     """GET `url` as JSON, in the calling thread; KeySetError with one line on any failure."""
     request = urllib.request.Request(url, headers={"Accept": "application/json",
@@ -127,8 +143,6 @@ class KeySet:
             url = discovery.get("jwks_uri")
             if not isinstance(url, str):
                 raise KeySetError("the issuer's discovery document has no jwks_uri")
-            from .auth import check_url
-
             problem = check_url("jwks_uri", url)
             if problem:
                 raise KeySetError(problem)

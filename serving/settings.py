@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Mapping
 
 from . import contract
-from .auth import AuthSettings, OidcSettings, check_url, load_clients
+from .auth import AuthSettings, OidcSettings, load_clients
 from .errors import StartupError
+from .jwks import check_url
 from .manifest import Manifest
 from .routes import valid_model_name
 
