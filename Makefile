@@ -13,6 +13,8 @@ POLICY_STAMP := policy/venv/.installed-stamp
 MODEL ?= mnist-mlp
 COMPRESSION ?= none
 SERVE_DIR := build/local
+# make serve PORT=9000; SERVEDMODEL_PORT in the environment is honoured too.
+PORT ?= $(or $(SERVEDMODEL_PORT),8080)
 # make up: the local stack with a file state backend (no account); PULUMI/DOCKER name the tools.
 PULUMI ?= pulumi
 DOCKER ?= docker
@@ -34,7 +36,7 @@ $(POLICY_STAMP): policy/requirements.txt
 
 serve: $(STAMP)
 	$(PY) -m models build --model $(MODEL) --compression $(COMPRESSION) --out $(SERVE_DIR)
-	$(PY) -m serving --context $(SERVE_DIR) --host 127.0.0.1 --port 8080
+	$(PY) -m serving --context $(SERVE_DIR) --host 127.0.0.1 --port $(PORT)
 
 test: $(STAMP) $(POLICY_STAMP)
 	$(PY) -m pytest

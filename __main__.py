@@ -1,6 +1,8 @@
 """The Pulumi program: read the stack's settings, serve each model, export its outputs."""
 from __future__ import annotations
 
+import dataclasses
+
 import pulumi
 import pulumi_kubernetes as k8s
 
@@ -9,14 +11,17 @@ from servedmodel.components import ServedModel, cluster, load_settings
 settings = load_settings()
 
 opts = None
+served_args = settings.served
 if settings.target == "kubernetes":
     # The one Kubernetes provider; components take it from opts.providers.
     kubeconfig = settings.kubeconfig
     if kubeconfig is None:
         kubeconfig = cluster.eks_kubeconfig(settings.cluster_name, settings.aws_profile)
     opts = pulumi.ResourceOptions(providers={"kubernetes": k8s.Provider("k8s", kubeconfig=kubeconfig)})
+    # The same cluster for what reads it itself (a canary's RolloutWait).
+    served_args = tuple(dataclasses.replace(args, kubeconfig=kubeconfig) for args in served_args)
 
-served = {args.model.served_name: ServedModel(args.model.served_name, args, opts=opts) for args in settings.served}
+served = {args.model.served_name: ServedModel(args.model.served_name, args, opts=opts) for args in served_args}
 
 # Per model, keyed by served name (a stack may serve several models).
 pulumi.export("url", {name: m.url for name, m in served.items()})

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import servedmodel.models as models  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
-from servedmodel.models.spec import COMPRESSIONS, PRUNED  # noqa: E402 - the one list of compressions
+from servedmodel.models.constants import COMPRESSIONS, PRUNED  # noqa: E402 - the one list of compressions
 
 LABEL = {c: ("fp32" if c == "none" else c) for c in COMPRESSIONS}
 

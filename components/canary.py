@@ -17,15 +17,17 @@ from typing import Any, Optional
 
 import pulumi
 
-from .args import (DEFAULT_STEPS, ROLLOUT_STRATEGIES, ArgsError, RolloutArgs, duration_seconds,
-                             parse_step)
+from .args import ArgsError
+from .args.rollout import DEFAULT_STEPS, ROLLOUT_STRATEGIES, RolloutArgs, duration_seconds, parse_step
 from .monitoring import (FAILURES, HASH_LABEL, HASH_POD_LABEL, REQUEST_DURATION, REQUESTS,
-                                   SERVER_FAILURE_REASONS, SHED_REASONS, promql_selector)
+                         SERVER_FAILURE_REASONS, SHED_REASONS, promql_selector)
 from .specs import ROLLOUT_SURGE
+from .timeouts import rollout_wait_seconds
 
 __all__ = ["CANARY_HASH_ARG", "DEFAULT_STEPS", "HASH_POD_LABEL", "ROLLOUT_STRATEGIES", "ArgsError", "RolloutArgs", "RolloutSpec",
-           "analysis_queries", "analysis_template_spec", "canary_strategy", "duration_seconds", "parse_step",
-           "rollout_annotations", "rollout_spec"]
+           "analysis_queries", "analysis_seconds", "analysis_template_spec", "awaitable", "canary_strategy",
+           "duration_seconds", "parse_step", "pause_seconds", "rollout_annotations", "rollout_spec",
+           "rollout_timeout_seconds"]
 
 ROLLOUT_API_VERSION = "argoproj.io/v1alpha1"
 # The AnalysisTemplate argument Argo Rollouts fills with the canary ReplicaSet's pod-template
@@ -63,13 +65,37 @@ def analysis_queries(args: RolloutArgs, namespace: str,
     }
 
 
+# Argo Rollouts retries a measurement that errored (Prometheus unreachable, a query timeout)
+# after DefaultErrorRetryInterval = 10 s, not after the metric's interval
+# (argoproj/argo-rollouts v1.9.1 analysis/analysis.go), and a metric whose consecutive errors
+# exceed consecutiveErrorLimit (default 4: utils/defaults/defaults.go) is Error, which ABORTS
+# the rollout like a failure (rollout/analysis.go). With the default, ~50 s of Prometheus
+# restart aborts a good canary; the limit below rides out this long an outage (a wrong address
+# still aborts, after it).
+ARGO_ERROR_RETRY_SECONDS = 10
+PROMETHEUS_OUTAGE_SECONDS = 180
+CONSECUTIVE_ERROR_LIMIT = -(-PROMETHEUS_OUTAGE_SECONDS // ARGO_ERROR_RETRY_SECONDS)
+
+
+def inconclusive_limit(args: RolloutArgs) -> int:
+    """Idle measurements a metric tolerates: all but one. A window without canary traffic reads
+    Inconclusive (below); Argo's default inconclusiveLimit is 0, so ONE quiet minute would pause
+    the rollout for a person (argo-rollouts v1.9.1 analysis/analysis.go,
+    assessMetricFailureInconclusiveOrError; rollout/analysis.go: Inconclusive -> pause condition
+    InconclusiveAnalysisRun). With count - 1 a metric that reaches its count is Successful once
+    one window was judged and none failed past failureLimit; only a canary nobody used during
+    the whole analysis still stops for a person (and RolloutWait reports that at once)."""
+    return args.analysis_count - 1
+
+
 def _conditions(threshold: float) -> tuple[str, str]:
     """(successCondition, failureCondition) for "at most `threshold`".
 
     The result is the vector of one sample (or none). Both conditions require exactly one
     sample, and NaN fails every comparison: with no traffic to judge (no sample, or 0/0 = NaN)
-    neither holds and Argo records the measurement Inconclusive — the rollout pauses for a
-    person instead of promoting a version nobody has used, or aborting a good one.
+    neither holds and Argo records the measurement Inconclusive, never Successful (a version
+    nobody used is not judged good) nor Failed (nor Error: `result[0]` on an empty result would
+    be an evaluation error). How many such windows a metric tolerates: inconclusive_limit.
     """
     t = repr(float(threshold))
     return f"len(result) == 1 && result[0] <= {t}", f"len(result) == 1 && result[0] > {t}"
@@ -89,6 +115,8 @@ def analysis_template_spec(args: RolloutArgs, namespace: str) -> dict[str, Any]:
             "initialDelay": args.analysis_interval,
             "count": args.analysis_count,
             "failureLimit": args.analysis_failure_limit,
+            "inconclusiveLimit": inconclusive_limit(args),
+            "consecutiveErrorLimit": CONSECUTIVE_ERROR_LIMIT,
             "successCondition": success,
             "failureCondition": failure,
             "provider": {"prometheus": {"address": args.prometheus_address, "query": query,
@@ -142,32 +170,40 @@ def rollout_spec(base: RolloutSpec, canary: RolloutArgs, template_name: pulumi.I
     return spec | base.extra
 
 
-# pulumi-kubernetes (>= 4.18) awaits a custom resource only when told how: with this
-# annotation `pulumi up` waits until the Rollout reports Healthy (every step done, the analysis
-# passed, the new version stable). An aborted rollout stays Degraded, so the wait times out and
-# `pulumi up` fails on the Rollout — the outcome is reported, not hidden.
-WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
-WAIT_FOR_HEALTHY = "jsonpath={.status.phase}=Healthy"
-TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
+# The Rollout itself is not awaited by pulumi-kubernetes: a `pulumi.com/waitFor` jsonpath on
+# `.status.phase` can match the PREVIOUS revision's Healthy (the provider's generation guard reads
+# status.observedGeneration as an int64, Argo writes it as a string: pulumi/pulumi-kubernetes
+# provider/pkg/await/condition/jsonpath.go; argoproj/argo-rollouts v1.9.1
+# pkg/apis/rollouts/v1alpha1/types.go, ObservedGeneration string). The program declares a
+# RolloutWait (components/rollout_wait.py) instead, which reads the Rollout's own view:
+# observedGeneration == metadata.generation, stableRS == currentPodHash, phase Healthy.
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+
+
+def rollout_annotations() -> dict[str, str]:
+    """The Rollout's own await: none (RolloutWait judges the outcome, see above)."""
+    return {SKIP_AWAIT_ANNOTATION: "true"}
+
+
+def awaitable(canary: RolloutArgs) -> bool:
+    """A canary whose steps all end on their own: one `pulumi up` can wait for its outcome. With
+    an indefinite `pause` a person promotes it (`kubectl argo rollouts promote`), so no waiter."""
+    return "pause" not in canary.steps
+
+
+def pause_seconds(canary: RolloutArgs, start: int = 0) -> int:
+    """The timed pauses of the steps from index `start` on."""
+    return sum(duration_seconds(s.split(":", 1)[1]) for s in canary.steps[start:] if s.startswith("pause:"))
+
+
+def analysis_seconds(canary: RolloutArgs) -> int:
+    """The background analysis from its start to its last measurement, plus one interval: the
+    first measurement waits one interval (initialDelay), then one every interval, `count` times."""
+    return duration_seconds(canary.analysis_interval) * (canary.analysis_count + 1)
 
 
 def rollout_timeout_seconds(canary: RolloutArgs, progress_deadline_seconds: int = 600,
                             pods_seconds: int = 0) -> int:
-    """How long `pulumi up` waits for the Rollout: the longer of the timed pauses and the whole
-    analysis (initial delay + count intervals), plus the longer of the progress deadline and
-    `pods_seconds` (bringing every pod of the new version up: components/timeouts.py)."""
-    pauses = sum(duration_seconds(s.split(":", 1)[1]) for s in canary.steps
-                 if s.startswith("pause:"))
-    interval = duration_seconds(canary.analysis_interval)
-    analysis = interval * (canary.analysis_count + 1)
-    return max(pauses, analysis) + max(progress_deadline_seconds, pods_seconds)
-
-
-def rollout_annotations(canary: RolloutArgs, progress_deadline_seconds: int = 600,
-                        pods_seconds: int = 0) -> dict[str, str]:
-    """The await annotations; without a timed end (an indefinite `pause`) there is nothing to
-    wait for in one `pulumi up`: no waitFor, the Rollout's status is read with the plugin."""
-    if any(s == "pause" for s in canary.steps):
-        return {}
-    return {WAIT_FOR_ANNOTATION: WAIT_FOR_HEALTHY,
-            TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(canary, progress_deadline_seconds, pods_seconds))}
+    """How long `pulumi up` waits for the canary's outcome (components/timeouts.py)."""
+    return rollout_wait_seconds(pause_seconds(canary), analysis_seconds(canary), pods_seconds,
+                                progress_deadline_seconds)

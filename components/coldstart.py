@@ -13,7 +13,10 @@ comes from (docs/deploy.md, "Cold-start budget"):
   --layers`, which says there whether a figure is measured or derived); the model layer's
   compressed bytes are computed by the build from the real model file (BuildResult.sizes).
 - startSeconds: a fixed process start per device (interpreter + imports, plus the CUDA context
-  on GPU: estimates) + model load + warm-up as the build measured them (models/startup.py).
+  on GPU: estimates) + model load + warm-up as the build measured them (models/startup.py). On
+  a GPU time-sliced into N shares (`servedmodel:gpuShare`) the warm-up's kernels take turns with
+  up to N - 1 other servers' (the device plugin's time-slicing gives each context the whole GPU
+  in turn): the warm-up is counted N times.
 The startup probe, the Deployment's progress deadline (and the engine's customTimeouts) and the
 KEDA HTTP interceptor's wait are all derived from this budget, never hand-set:
 components/timeouts.py takes its start, pull and node parts.
@@ -24,7 +27,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, TypedDict
 
 
 IMAGE_LAYERS_FILE = Path(__file__).resolve().parent / "image_layers.json"
@@ -36,6 +39,9 @@ NODE_SECONDS: dict[str, float] = {
     "g4dn": 120.0, "g5": 110.0, "g6": 110.0, "g6e": 120.0, "gr6": 110.0,
     "p4d": 240.0, "p4de": 240.0, "p5": 300.0, "p5e": 300.0,
 }
+# A CPU node of the model's own pool (any family: no GPU driver, no device plugin to wait for):
+# EC2 launch + Bottlerocket boot + kubelet join. An estimate, not measured here (no cloud).
+CPU_NODE_SECONDS = 75.0
 # A managed node group scales through the cluster autoscaler, which first notices the pending
 # pod (its scan interval) and then asks the Auto Scaling group: later than Karpenter.
 MANAGED_EXTRA_SECONDS = 30.0
@@ -43,6 +49,19 @@ MANAGED_EXTRA_SECONDS = 30.0
 # docker run -> ready for mnist-mlp is 0.29 s on 2 cores, docs/benchmarks.md, so 2 s is
 # generous), plus the CUDA context and cuDNN/cuBLAS loading on GPU (an estimate).
 PROCESS_SECONDS: dict[str, float] = {"cpu": 2.0, "cuda": 15.0}
+class ColdStartBudget(TypedDict):
+    """What the first request to an idle model waits for, in seconds (the stack output `coldStart`)."""
+
+    nodeSeconds: float
+    """A new GPU node becoming Ready (0 when the replica needs no new node)."""
+    pullSeconds: float
+    """Pulling the image's model layer at the node's pull rate (0 on the docker target)."""
+    startSeconds: float
+    """The server's start: process, measured model load and warm-up."""
+    totalSeconds: float
+    """The sum: the cold-start budget."""
+
+
 @dataclass(frozen=True)
 class ColdStart:
     """The budget, in seconds; `as_output()` is the stack output `coldStart`."""
@@ -55,22 +74,26 @@ class ColdStart:
     def total_seconds(self) -> float:
         return self.node_seconds + self.pull_seconds + self.start_seconds
 
-    def as_output(self) -> dict[str, float]:
+    def as_output(self) -> ColdStartBudget:
         return {"nodeSeconds": round(self.node_seconds, 1), "pullSeconds": round(self.pull_seconds, 1),
                 "startSeconds": round(self.start_seconds, 1), "totalSeconds": round(self.total_seconds, 1)}
 
 
-def node_seconds(families: tuple[str, ...], provisioner: str, override: Optional[float] = None) -> float:
-    """The slowest family of the pool (any of them may be launched); `override` wins when given.
+def node_seconds(families: tuple[str, ...], provisioner: str, override: Optional[float] = None,
+                 device: str = "cuda") -> float:
+    """The slowest family of the pool (any of them may be launched); `override` wins when given; a
+    CPU pool's node takes CPU_NODE_SECONDS whatever its family.
 
-    Raises ValueError for a family the table does not know (no guess)."""
+    Raises ValueError for a GPU family the table does not know (no guess)."""
     if override is not None:
         return float(override)
+    extra = MANAGED_EXTRA_SECONDS if provisioner == "managed" else 0.0
+    if device == "cpu":
+        return CPU_NODE_SECONDS + extra
     unknown = [f for f in families if f not in NODE_SECONDS]
     if unknown or not families:
         raise ValueError(f"no node provisioning time for instance families {unknown or '[]'}; known: "
                          f"{', '.join(sorted(NODE_SECONDS))} (or set servedmodel:nodeProvisionSeconds)")
-    extra = MANAGED_EXTRA_SECONDS if provisioner == "managed" else 0.0
     return max(NODE_SECONDS[f] for f in families) + extra
 
 
@@ -90,10 +113,12 @@ def pull_seconds(compressed_bytes: int, bandwidth_mb_per_s: float) -> float:
     return compressed_bytes / (bandwidth_mb_per_s * 1e6)
 
 
-def start_seconds(device: str, startup: Mapping[str, Any]) -> float:
-    """Process start + the build's measured model load and warm-up."""
+def start_seconds(device: str, startup: Mapping[str, Any], gpu_share: int = 1) -> float:
+    """Process start + the build's measured model load and warm-up (the warm-up `gpu_share` times
+    on a time-sliced GPU: the worst case, every other share busy)."""
     try:
-        return PROCESS_SECONDS[device] + float(startup["load_seconds"]) + float(startup["warmup_seconds"])
+        return (PROCESS_SECONDS[device] + float(startup["load_seconds"])
+                + float(startup["warmup_seconds"]) * (gpu_share if device == "cuda" else 1))
     except KeyError as e:
         raise ValueError(f"start-up measurement lacks {e} (models/startup.py records load_seconds and "
                          "warmup_seconds)") from None
@@ -102,11 +127,11 @@ def start_seconds(device: str, startup: Mapping[str, Any]) -> float:
 def budget(*, device: str, startup: Mapping[str, Any], model_layer_bytes: int, bandwidth_mb_per_s: float,
            needs_node: bool, families: tuple[str, ...] = (), provisioner: str = "managed",
            node_override: Optional[float] = None, layers_table: Optional[Mapping[str, Any]] = None,
-           pulled: bool = True) -> ColdStart:
+           pulled: bool = True, gpu_share: int = 1) -> ColdStart:
     """The cold-start budget of one replica started from nothing (no warm node when `needs_node`;
     `pulled` False when the image is built where it runs). Raises ValueError for what it does not know."""
-    node = node_seconds(families, provisioner, node_override) if needs_node else 0.0
+    node = node_seconds(families, provisioner, node_override, device) if needs_node else 0.0
     pull = pull_seconds(runtime_layer_bytes(device, layers_table) + model_layer_bytes, bandwidth_mb_per_s) \
         if pulled else 0.0
-    return ColdStart(node_seconds=node, pull_seconds=pull, start_seconds=start_seconds(device, startup))
+    return ColdStart(node_seconds=node, pull_seconds=pull, start_seconds=start_seconds(device, startup, gpu_share))
 

@@ -1,5 +1,5 @@
 """Elastic GPU capacity: the components that declare Karpenter's GPU pool and KEDA's scaling as
-custom resources (the settings are components/args.py ElasticArgs).
+custom resources (the settings are components/args/elastic.py ElasticArgs).
 
 - `KarpenterGpuPool` declares an EC2NodeClass + NodePool (components/karpenter.py specs).
 - `KedaScaling` declares a ScaledObject and, for scale to zero, an HTTPScaledObject and the
@@ -7,21 +7,27 @@ custom resources (the settings are components/args.py ElasticArgs).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from . import karpenter, keda
+from .inputs import given, is_plain
 
 
 class KarpenterGpuPool(pulumi.ComponentResource):
-    """EC2NodeClass + NodePool for one model's GPU pool (cluster-scoped custom resources).
+    """EC2NodeClass + NodePool for one model's pool (cluster-scoped custom resources): GPU nodes, or
+    CPU nodes of one architecture (`gpu` False in the args; the name and token predate CPU pools
+    and stay, the token being part of every child's URN).
 
-    Outputs: `pool_label` (what pods select), `node_pool_name`.
+    Outputs: `pool_label` (the pool's own label), `node_labels` (every label its nodes carry, as
+    outputs of the NodePool), `node_pool_name`.
     """
 
     pool_label: pulumi.Output[str]
+    node_labels: pulumi.Output[dict]
     node_pool_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: karpenter.KarpenterPoolArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -39,8 +45,10 @@ class KarpenterGpuPool(pulumi.ComponentResource):
         # The label as an output of the NodePool: a pod spec that selects it depends on the pool,
         # so the engine declares the capacity before the Deployment that needs it.
         self.pool_label = pool.metadata.apply(lambda _: args.pool_label)
+        self.node_labels = pool.metadata.apply(lambda _: karpenter.node_labels(args))
         self.node_pool_name = pool.metadata["name"]
-        self.register_outputs({"pool_label": self.pool_label, "node_pool_name": self.node_pool_name})
+        self.register_outputs({"pool_label": self.pool_label, "node_labels": self.node_labels,
+                               "node_pool_name": self.node_pool_name})
 
 
 class KedaScaling(pulumi.ComponentResource):
@@ -70,6 +78,11 @@ class KedaScaling(pulumi.ComponentResource):
             fqdn = pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc.cluster.local")
             hosts = [fqdn, pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc"),
                      pulumi.Output.concat(hold.metadata.name, ".", args.namespace)]
+            if given(args.hostname):
+                # The interceptor routes by Host and answers 404 to a name it has no route for
+                # (kedacore/http-add-on v0.15.0 pkg/routing/table.go, interceptor/middleware/routing.go):
+                # the public name an ingress sends here must be listed too.
+                hosts.insert(0, args.hostname)
             hso = k8s.apiextensions.CustomResource(
                 f"{name}-http", api_version=keda.API_HTTPSCALEDOBJECT, kind="HTTPScaledObject",
                 metadata=meta | {"annotations": {keda.SKIP_SCALEDOBJECT_ANNOTATION: "true"}},
@@ -77,9 +90,15 @@ class KedaScaling(pulumi.ComponentResource):
             http_name = hso.metadata["name"]
             self.url = pulumi.Output.concat("http://", fqdn, f":{keda.INTERCEPTOR_PORT}")
         deployment = pulumi.Output.from_input(deployment_name)
+        # The queries name the namespace: one given as an Output is resolved with the names.
         k8s.apiextensions.CustomResource(
             f"{name}-scaler", api_version=keda.API_SCALEDOBJECT, kind="ScaledObject", metadata=meta,
-            spec=pulumi.Output.all(deployment, http_name).apply(
-                lambda names: keda.scaled_object_spec(args, names[0], names[1])),
+            spec=pulumi.Output.all(deployment, http_name, args.namespace).apply(
+                lambda v: keda.scaled_object_spec(_with_namespace(args, v[2]), v[0], v[1])),
             opts=child)
         self.register_outputs({"url": self.url})
+
+
+def _with_namespace(args: keda.KedaArgs, namespace: str) -> keda.KedaArgs:
+    """`args` with its namespace known (the builders write it into PromQL)."""
+    return args if is_plain(args.namespace) else dataclasses.replace(args, namespace=namespace)

@@ -1,26 +1,30 @@
-"""The EC2 GPU instance types the serving image can use: one list, shared by every node source.
+"""The EC2 GPU instance families the serving image can use, and how a GPU is shared.
 
-The managed node group (components/args.py validates `nodeInstanceTypes` with it) and any other
-provisioner (issue 11's Karpenter requirements: `karpenter.k8s.aws/instance-family NotIn
-unsupported_families()`) read the same facts from here.
+The managed node group (components/args/node_pool.py validates `nodeInstanceTypes` with it),
+the Karpenter pool (its `instance-family In` requirement admits IMAGE_GPU_FAMILIES) and the
+cold-start budget (a family's node start) read the same choice, and the instance-family helpers,
+from here. What an instance type has (vCPUs, memory, GPUs, its architecture) comes from EC2
+itself (components/capacity.py): a Graviton GPU type (g5g) is refused because EC2 says arm64 and
+the GPU image is amd64 only (components/platforms.py), not because a list here names it.
+
+GPU sharing (`servedmodel:gpuShare`): the NVIDIA device plugin time-slices each GPU of a node into
+N replicas of `nvidia.com/gpu` and GPU feature discovery labels the node with N; the names and
+values are the plugin's, read at NVIDIA/k8s-device-plugin v0.20.0 (docs/deploy.md, "Sharing a
+GPU").
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
-# NVIDIA GPUs per EC2 instance type, for the node pool capacity check. A type not listed is
-# rejected rather than guessed: a wrong count would let a rollout wait forever for a GPU.
-GPUS_PER_INSTANCE: dict[str, int] = {
-    "g4dn.xlarge": 1, "g4dn.2xlarge": 1, "g4dn.4xlarge": 1, "g4dn.8xlarge": 1,
-    "g4dn.16xlarge": 1, "g4dn.12xlarge": 4, "g4dn.metal": 8,
-    "g5.xlarge": 1, "g5.2xlarge": 1, "g5.4xlarge": 1, "g5.8xlarge": 1, "g5.16xlarge": 1,
-    "g5.12xlarge": 4, "g5.24xlarge": 4, "g5.48xlarge": 8,
-    "g6.xlarge": 1, "g6.2xlarge": 1, "g6.4xlarge": 1, "g6.8xlarge": 1, "g6.16xlarge": 1,
-    "g6.12xlarge": 4, "g6.24xlarge": 4, "g6.48xlarge": 8,
-    "g6e.xlarge": 1, "g6e.2xlarge": 1, "g6e.4xlarge": 1, "g6e.8xlarge": 1,
-    "g6e.16xlarge": 1, "g6e.12xlarge": 4, "g6e.24xlarge": 4, "g6e.48xlarge": 8,
-    "p4d.24xlarge": 8, "p5.48xlarge": 8,
-}
+# The GPU instance families the serving image supports: our choice, not a cloud fact. x86-64
+# (EC2 says so: components/capacity.py checks each type's architecture) NVIDIA families of Turing
+# or newer (CUDA 13, below) that we run: g4dn (T4), g5 (A10G), g6 (L4),
+# g6e (L40S), p4d (A100), p5 (H100). How many GPUs, vCPUs and how much memory a type of these
+# families has is EC2's to say (aws.ec2.get_instance_type, components/capacity.py), never listed here.
+SUPPORTED_GPU_FAMILIES: tuple[str, ...] = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
+# A GPU model's pool when the stack lists no instance types.
+DEFAULT_GPU_INSTANCE_TYPES: tuple[str, ...] = ("g5.xlarge",)
 
 # Instance families with a GPU the GPU image cannot use, and why. The image runs onnxruntime-gpu
 # on NVIDIA's CUDA 13 wheels (serving/requirements-cuda.txt); CUDA 13 builds for compute
@@ -33,13 +37,17 @@ UNSUPPORTED_GPU_FAMILIES: dict[str, str] = {
     "g3s": "NVIDIA M60 (Maxwell, compute capability 5.2): not supported by CUDA 13",
     "g2": "NVIDIA GRID K520 (Kepler, compute capability 3.0): not supported by CUDA 13",
     "g4ad": "AMD Radeon Pro V520: not an NVIDIA GPU (no CUDA)",
-    "g5g": "NVIDIA T4G on Graviton (arm64): the image is built for linux/amd64",
 }
 
 
 def instance_family(instance_type: str) -> str:
     """`p3.2xlarge` -> `p3`."""
     return instance_type.split(".", 1)[0]
+
+
+def instance_families(instance_types: Sequence[str]) -> tuple[str, ...]:
+    """`("g5.xlarge", "g5.2xlarge", "g6.xlarge")` -> `("g5", "g6")`."""
+    return tuple(sorted({instance_family(t) for t in instance_types}))
 
 
 def unsupported_reason(instance_type: str) -> Optional[str]:
@@ -52,4 +60,77 @@ def unsupported_families() -> tuple[str, ...]:
     return tuple(sorted(UNSUPPORTED_GPU_FAMILIES))
 
 
-assert not [t for t in GPUS_PER_INSTANCE if unsupported_reason(t)], "a refused family is listed as usable"
+assert not set(SUPPORTED_GPU_FAMILIES) & set(UNSUPPORTED_GPU_FAMILIES), "a refused family is listed as usable"
+
+# GPU instance families the serving image can run. The Karpenter pool admits only these (it
+# launches any size of a family it admits); a managed pool's types are judged by EC2's figures
+# (an NVIDIA GPU, an amd64 processor) and UNSUPPORTED_GPU_FAMILIES.
+IMAGE_GPU_FAMILIES = tuple(sorted(SUPPORTED_GPU_FAMILIES))
+
+
+# ---- sharing a GPU by time-slicing --------------------------------------------------------------
+
+# NVIDIA/k8s-device-plugin v0.20.0 api/config/v1/sharing.go (SharingStrategyTimeSlicing).
+SHARING_STRATEGY = "time-slicing"
+# The labels GPU feature discovery writes for a shared resource (internal/lm/resource.go
+# baseLabeler: `<resource>.replicas` and `<resource>.sharing-strategy`; README.md "Catalog of
+# Labels"). A shared pool carries them from its first node, so the pods' selector is met before
+# GFD runs and Karpenter (which reads a NodePool's template labels) knows the pool provides them.
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+SHARING_STRATEGY_LABEL = "nvidia.com/gpu.sharing-strategy"
+# The label the plugin's config manager reads to pick a named config from its ConfigMap
+# (cmd/config-manager/main.go DefaultConfigLabel): the AL2023 pools name `time-slicing-<N>`.
+DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
+
+# Every process on a GPU holds a CUDA context and the cuDNN/cuBLAS handles outside onnxruntime's
+# arena (the arena is what SERVEDMODEL_GPU_MEM_LIMIT caps). An estimate, not measured here (no
+# GPU): a few hundred MiB with CUDA's lazy module loading; counted per replica on a shared GPU.
+CUDA_CONTEXT_MIB = 512
+# The default cap from the build's measured peak (models/startup.py `peak_memory_bytes`, the CPU
+# provider's resident peak of load + warm-up): this much above it, rounded up to whole steps and
+# never below the floor, for what the CUDA provider's arena allocates beyond the CPU figure
+# (cuDNN workspaces, its own rounding).
+GPU_MEMORY_HEADROOM = 1.5
+GPU_MEMORY_STEP_MIB = 64
+GPU_MEMORY_FLOOR_MIB = 256
+MIB = 2**20
+
+
+def time_slicing_config_name(replicas: int) -> str:
+    """The device plugin config (a key of its ConfigMap) an AL2023 shared pool names."""
+    return f"{SHARING_STRATEGY}-{replicas}"
+
+
+def shared_node_labels(replicas: int) -> dict[str, str]:
+    """The labels of a node whose GPUs are each time-sliced into `replicas`."""
+    return {REPLICAS_LABEL: str(replicas), SHARING_STRATEGY_LABEL: SHARING_STRATEGY,
+            DEVICE_PLUGIN_CONFIG_LABEL: time_slicing_config_name(replicas)}
+
+
+def shared_selector(replicas: int) -> dict[str, str]:
+    """What a shared replica's pod selects: any node time-sliced into the same N, of any pool
+    (another model's, another stack's): that is how small models end up on one GPU."""
+    return {REPLICAS_LABEL: str(replicas), SHARING_STRATEGY_LABEL: SHARING_STRATEGY}
+
+
+def bottlerocket_time_slicing_settings(replicas: int) -> str:
+    """Bottlerocket user data (TOML) that makes its own NVIDIA device plugin time-slice every GPU
+    into `replicas` (bottlerocket-os/bottlerocket-core-kit
+    packages/nvidia-k8s-device-plugin/nvidia-k8s-device-plugin-conf.in: the settings
+    `kubelet-device-plugins.nvidia.device-sharing-strategy` and `.time-slicing.*`; its
+    rename-by-default defaults to true, which would advertise `nvidia.com/gpu.shared`, a resource
+    Karpenter cannot provision for, so it is stated false here). EKS and Karpenter merge it into
+    the settings they write themselves."""
+    return ("[settings.kubelet-device-plugins.nvidia]\n"
+            f'device-sharing-strategy = "{SHARING_STRATEGY}"\n'
+            "\n"
+            "[settings.kubelet-device-plugins.nvidia.time-slicing]\n"
+            f"replicas = {replicas}\n"
+            "rename-by-default = false\n"
+            "fail-requests-greater-than-one = true\n")
+
+
+def default_gpu_memory_bytes(peak_memory_bytes: int) -> int:
+    """The cap a shared replica gets when the stack names none: the measured peak with headroom."""
+    mib = max(GPU_MEMORY_FLOOR_MIB, math.ceil(peak_memory_bytes * GPU_MEMORY_HEADROOM / MIB))
+    return math.ceil(mib / GPU_MEMORY_STEP_MIB) * GPU_MEMORY_STEP_MIB * MIB

@@ -18,8 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import pulumi
+
 from . import specs
-from .args import KEDA_METRICS as METRICS
+from .inputs import check_input
 
 API_SCALEDOBJECT = "keda.sh/v1alpha1"
 API_HTTPSCALEDOBJECT = "http.keda.sh/v1alpha1"
@@ -32,6 +34,9 @@ EXTERNAL_SCALER_PORT = 9090
 INTERCEPTOR_SERVICE = "keda-add-ons-http-interceptor-proxy"
 INTERCEPTOR_PORT = 8080
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# The server's own metrics KEDA can scale on (read from Prometheus; no prometheus-adapter). The
+# stack's autoscaling metric must be one of them with autoscaler keda (components/args/rules.py).
+METRICS = ("inflight", "queue")
 # The window of the queue-time rate: long enough to hold several scrapes.
 QUEUE_WINDOW = "1m"
 
@@ -40,8 +45,9 @@ QUEUE_WINDOW = "1m"
 class KedaArgs:
     """KEDA autoscaling of one model's Deployment. Validates itself (ValueError listing every problem)."""
 
-    namespace: str
-    """The model's namespace (the Prometheus query selects its pods there). Required."""
+    namespace: pulumi.Input[str]
+    """The model's namespace (the Prometheus query selects its pods there; another resource's
+    output too). Required."""
     prometheus_url: str
     """Prometheus the KEDA operator queries (http://...:9090). Required."""
     min_replicas: int
@@ -65,6 +71,10 @@ class KedaArgs:
     wait_seconds: int = 0
     """Interceptor's conditionWait: how long a request is held for the first ready pod; derived
     from the cold-start budget. Required (> 0) with `http`. Default 0."""
+    hostname: pulumi.Input[str] = ""
+    """The endpoint's public name (NetworkArgs.hostname, which checks it): with `http` the
+    interceptor routes it too (it answers 404 to a Host it has no route for). "": in-cluster
+    names only. Default ""."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -87,10 +97,19 @@ class KedaArgs:
         if not self.prometheus_url.startswith(("http://", "https://")):
             problems.append(f"prometheus_url {self.prometheus_url!r}: an http(s):// URL")
         for name in ("namespace", "keda_namespace"):
-            if not _DNS_LABEL.match(getattr(self, name)):
-                problems.append(f"{name} {getattr(self, name)!r}: a namespace name")
+            kept, problem = check_input(
+                getattr(self, name),
+                lambda v, name=name: None if isinstance(v, str) and _DNS_LABEL.match(v) else f"{name} {v!r}: a namespace name",
+                lambda _, text: pulumi.RunError(_problems_text([text])))
+            object.__setattr__(self, name, kept)
+            if problem:
+                problems.append(problem)
         if problems:
-            raise ValueError(f"invalid KEDA autoscaling ({len(problems)} problem(s)): " + "; ".join(problems))
+            raise ValueError(_problems_text(problems))
+
+
+def _problems_text(problems: list[str]) -> str:
+    return f"invalid KEDA autoscaling ({len(problems)} problem(s)): " + "; ".join(problems)
 
 
 def pods_selector(namespace: str, deployment_name: str) -> str:
@@ -115,7 +134,17 @@ def prometheus_trigger(args: KedaArgs, deployment_name: str) -> dict[str, Any]:
     return {"type": "prometheus", "name": f"servedmodel-{args.metric}", "metricType": metric_type,
             "metadata": {"serverAddress": args.prometheus_url, "query": query, "threshold": threshold,
                          # Activation (0 -> 1) is the interceptor's job; the query only sizes.
-                         "activationThreshold": "0", "ignoreNullValues": "true"}}
+                         "activationThreshold": "0", "ignoreNullValues": ignore_null_values(args)}}
+
+
+def ignore_null_values(args: KedaArgs) -> str:
+    """KEDA reads an empty result (or NaN) as 0 when true, as an error when false (kedacore/keda
+    v2.20.2 pkg/scalers/prometheus_scaler.go; default true). While a replica always runs, an
+    empty result means the scrape is lost (a renamed label, no PodMonitor): false makes that an
+    error on the ScaledObject (KEDA keeps the replica count) instead of a silent "no load".
+    At zero replicas there is no series at all, which must read as idle: true there (the
+    settings refuse keda without a declared scrape, components/args/rules.py)."""
+    return "true" if args.min_replicas == 0 else "false"
 
 
 def external_push_trigger(args: KedaArgs, http_scaled_object_name: str) -> dict[str, Any]:
@@ -137,7 +166,17 @@ def scaled_object_spec(args: KedaArgs, deployment_name: Any, http_scaled_object_
         "pollingInterval": args.polling_seconds,
         "cooldownPeriod": args.cooldown_seconds,
         # The same scale-up-fast, scale-down-slowly behaviour as the plain HPA path.
-        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": specs.hpa_behavior()}},
+        "advanced": {
+            # The same scale-up-fast, scale-down-slowly behaviour as the plain HPA path.
+            "horizontalPodAutoscalerConfig": {"behavior": specs.hpa_behavior()},
+            # On the ScaledObject's delete KEDA's finalizer scales the workload back to the count
+            # it had when KEDA took it over (status.originalReplicaCount), only with this set
+            # (kedacore/keda v2.20.2 controllers/keda/scaledobject_finalizer.go). Without it a
+            # switch `autoscaler: keda -> hpa` of a model scaled to zero leaves it at 0, where an
+            # HPA never acts ("ScalingDisabled": kubernetes/kubernetes
+            # pkg/controller/podautoscaler/horizontal.go).
+            "restoreToOriginalReplicaCount": True,
+        },
         "triggers": triggers,
     }
     return spec

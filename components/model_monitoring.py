@@ -1,14 +1,17 @@
 """ModelMonitoring: the monitoring objects of one served model (docs/operations.md)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from . import monitoring, specs
-from .monitoring import MonitoringArgs, Scope
+from .args import MonitoringArgs
+from .inputs import is_plain, lift
+from .monitoring import Scope
 
 MONITORING_API_VERSION = "monitoring.coreos.com/v1"
 
@@ -42,23 +45,32 @@ class ModelMonitoring(pulumi.ComponentResource):
         def meta(extra_labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
             return {"namespace": scope.namespace, "labels": labels | (extra_labels or {})}
 
-        groups = pulumi.Output.from_input(args.workload_name).apply(lambda w: monitoring.rule_groups(m, scope, w))
+        def known(namespace: str) -> Scope:
+            """The scope with its namespace known (the builders write it into queries)."""
+            return scope if is_plain(scope.namespace) else dataclasses.replace(scope, namespace=namespace)
+
+        def scoped(build: Callable[[Scope], Any]) -> Any:
+            return lift(lambda ns: build(known(ns)), scope.namespace)
+
+        groups = pulumi.Output.all(args.workload_name, scope.namespace).apply(
+            lambda v: monitoring.rule_groups(m, known(v[1]), v[0]))
         if m.mode == "prometheus-operator":
             k8s.apiextensions.CustomResource(
                 f"{name}-podmonitor", api_version=MONITORING_API_VERSION, kind="PodMonitor", metadata=meta(),
-                spec=monitoring.pod_monitor_spec(m, scope, specs.selector_labels(scope.served_name)), opts=child)
+                spec=scoped(lambda s: monitoring.pod_monitor_spec(m, s, specs.selector_labels(s.served_name))),
+                opts=child)
             k8s.apiextensions.CustomResource(
                 f"{name}-rules", api_version=MONITORING_API_VERSION, kind="PrometheusRule", metadata=meta(),
                 spec={"groups": groups}, opts=child)
         elif m.mode == "annotations":
             k8s.core.v1.ConfigMap(
                 f"{name}-rules", metadata=meta(),
-                data=pulumi.Output.from_input(args.workload_name).apply(
-                    lambda w: {f"servedmodel-{scope.served_name}.rules.yml": monitoring.rule_file(m, scope, w)}),
+                data=pulumi.Output.all(args.workload_name, scope.namespace).apply(
+                    lambda v: {f"servedmodel-{scope.served_name}.rules.yml": monitoring.rule_file(m, known(v[1]), v[0])}),
                 opts=child)
         if m.mode != "none":
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard", metadata=meta(monitoring.dashboard_labels()),
-                data=monitoring.dashboard_configmap_data(scope), opts=child)
+                data=scoped(monitoring.dashboard_configmap_data), opts=child)
         self.rules = groups if m.mode != "none" else pulumi.Output.from_input([])
         self.register_outputs({"rules": self.rules})

@@ -9,7 +9,13 @@ import pulumi_kubernetes as k8s
 
 from . import canary, specs
 from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from .inputs import given, lift
+from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
+
+# Read only by KEDA's ScaledObject admission webhook (kedacore/keda v2.20.2
+# apis/keda/v1alpha1/scaledobject_types.go ValidationsHpaOwnershipAnnotation).
+KEDA_HPA_OWNERSHIP_ANNOTATION = "validations.keda.sh/hpa-ownership"
 
 
 @dataclass
@@ -21,7 +27,7 @@ class ModelServiceArgs:
     version: str
     """Model version (label/annotation: a model change is a visible rollout). Required."""
     resources: ResourcesArgs = ResourcesArgs()
-    """Requests == limits, GPUs (> 0 adds the toleration and pool nodeSelector), priority."""
+    """Requests == limits, GPUs (> 0 adds the toleration), priority."""
     autoscaling: AutoscalingArgs = AutoscalingArgs()
     """Replica bounds and the HPA's metric."""
     network: NetworkArgs = NetworkArgs()
@@ -30,8 +36,11 @@ class ModelServiceArgs:
     """Drain and preStop (and the server's SERVEDMODEL_* settings)."""
     rollout: RolloutArgs = RolloutArgs()
     """rolling: a Deployment; canary: an Argo Rollouts Rollout gated by an AnalysisTemplate."""
-    pool_label: Optional[pulumi.Input[str]] = None
-    """GPU pool label value to select (from GpuNodePool). Default None."""
+    node_selector: Optional[pulumi.Input[dict]] = None
+    """The pods' nodeSelector: the labels of the model's pool (from its component's outputs, so the
+    pods wait for their capacity) and the nodes' architecture; None: any node. Default None."""
+    gpu_mem_limit: Optional[int] = None
+    """Bytes the server's CUDA provider may hold (SERVEDMODEL_GPU_MEM_LIMIT); None: no cap. Default None."""
     startup_seconds: Optional[float] = None
     """The model's measured start-up (manifest `startup`); sizes the timeouts. None: unknown. Default None."""
     node_max: int = 0
@@ -43,8 +52,14 @@ class ModelServiceArgs:
     """New-node time from the cold-start budget; None: the timeouts' allowance. Default None."""
     external_autoscaler: bool = False
     """Another controller (KEDA) owns the replica count: no HPA, `replicas` left unset. Default False."""
+    load_balancer_subnets: Optional[pulumi.Input[list[dict[str, str]]]] = None
+    """The public NLB's subnets ({id, zone, cidr}: components/edge.py), with a LoadBalancer: pinned
+    on the Service, their CIDRs admitted by the NetworkPolicy. Default None."""
     extra_labels: dict[str, str] = field(default_factory=dict)
     """More labels on every object. Default {}."""
+    kubeconfig: Optional[pulumi.Input[str]] = field(default=None, repr=False)
+    """The cluster's kubeconfig, for the canary's RolloutWait; None: the Kubernetes client's own
+    lookup. Default None."""
 
 
 class ModelService(pulumi.ComponentResource):
@@ -52,16 +67,22 @@ class ModelService(pulumi.ComponentResource):
 
     With `rollout.strategy: canary` the Deployment is an Argo Rollouts `Rollout` with the same
     pod template (and an `AnalysisTemplate` for its background analysis); the HPA scales it.
+    Behind the public NLB the namespace carries the load balancer controller's readiness-gate
+    label (a NamespacePatch: the namespace is the platform's), and the workload waits for it and
+    for the Service, so every pod is created with its target-health gate.
 
     Every object is auto-named (a replacement creates the new object before deleting the old),
     selects on stable labels only, and takes its provider from the consumer (opts.providers).
-    Outputs: `url` (in-cluster DNS name, or the load balancer's address), `deployment_name`
-    (the Deployment's or the Rollout's: the workload), `service_name`.
+    The namespace, certificate ARN and hostname may be other resources' outputs.
+    Outputs: `url` (in-cluster DNS name, or https://<hostname> of the public endpoint),
+    `deployment_name` (the Deployment's or the Rollout's: the workload), `service_name`,
+    `load_balancer_hostname` (the NLB's own name; "" without one).
     """
 
     url: pulumi.Output[str]
     deployment_name: pulumi.Output[str]
     service_name: pulumi.Output[str]
+    load_balancer_hostname: pulumi.Output[str]
 
     def __init__(self, name: str, args: ModelServiceArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
@@ -84,15 +105,21 @@ class ModelService(pulumi.ComponentResource):
                 f"{name}-auth", metadata=meta(), type="Opaque",
                 # Immutable: a new token replaces the Secret (new auto-name), which rolls the pods.
                 immutable=True,
-                string_data={"token": pulumi.Output.secret(net.auth_token)}, opts=child)
+                string_data={specs.AUTH_TOKEN_KEY: pulumi.Output.secret(net.auth_token)}, opts=child)
             auth_secret_name = secret.metadata.name
 
         priority_class_name = None
         if res.priority > 0:
+            # `value` and `preemptionPolicy` are immutable in the API server
+            # (kubernetes/kubernetes pkg/apis/scheduling/validation/validation.go,
+            # ValidatePriorityClassUpdate) and pulumi-kubernetes does not replace on them
+            # (provider/pkg/provider/diff.go): a changed priority replaces the (auto-named) class,
+            # the pods then roll to the new name.
             pc = k8s.scheduling.v1.PriorityClass(
                 f"{name}-priority", metadata={"labels": obj_labels}, value=res.priority,
                 global_default=False, preemption_policy="PreemptLowerPriority",
-                description=f"servedmodel {args.served_name}", opts=child)
+                description=f"servedmodel {args.served_name}",
+                opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["value", "preemptionPolicy"]))
             priority_class_name = pc.metadata.name
 
         lifecycle, grace = specs.termination(srv.pre_stop_seconds, srv.drain_seconds)
@@ -100,11 +127,13 @@ class ModelService(pulumi.ComponentResource):
             "name": "server",
             "image": args.image,
             "ports": specs.container_ports(net.grpc_port),
-            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name, model_name=args.served_name,
-                                    grpc_port=net.grpc_port, settings=srv.batching_env()),
+            "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name is not None,
+                                    model_name=args.served_name, grpc_port=net.grpc_port,
+                                    settings=srv.batching_env(), gpu_mem_limit=args.gpu_mem_limit),
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
-            "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}],
+            "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}]
+            + ([specs.auth_token_mount()] if auth_secret_name is not None else []),
             **specs.probes(net.grpc_port, waits.startup_failure_threshold),
         }
         if lifecycle:
@@ -117,14 +146,46 @@ class ModelService(pulumi.ComponentResource):
             # Spread per revision: Argo labels its pods rollouts-pod-template-hash instead.
             "topologySpreadConstraints": specs.topology_spread(
                 args.served_name, canary.HASH_POD_LABEL if args.rollout.canary else "pod-template-hash"),
-            "volumes": [{"name": specs.TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}],
+            "volumes": [{"name": specs.TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}]
+            + ([specs.auth_token_volume(auth_secret_name)] if auth_secret_name is not None else []),
             "containers": [container],
         }
         if res.gpu > 0:
             pod_spec["tolerations"] = specs.gpu_tolerations(res.gpu)
-            pod_spec["nodeSelector"] = {specs.POOL_LABEL: args.pool_label}
+        if args.node_selector is not None:
+            pod_spec["nodeSelector"] = args.node_selector
         if priority_class_name is not None:
             pod_spec["priorityClassName"] = priority_class_name
+
+        public = net.service_type == "LoadBalancer"
+        subnets = pulumi.Output.from_input(args.load_balancer_subnets or [])
+        if public:
+            def annotations(found: list[dict[str, str]]) -> dict[str, str]:
+                out = specs.public_load_balancer_annotations(
+                    net.tls_certificate_arn, net.grpc_port, pre_stop_seconds=srv.pre_stop_seconds,
+                    drain_seconds=srv.drain_seconds, subnet_ids=[s["id"] for s in found])
+                if net.allow_load_balancer:
+                    out[specs.LOAD_BALANCER_OPT_IN] = "true"
+                return out
+            service_meta: Any = subnets.apply(lambda found: meta(annotations=annotations(found)))
+        else:
+            service_meta = meta()
+        # Declared before the workload: the load balancer controller injects a pod's readiness
+        # gate only when a Service (its target group) already selects the pod at its creation.
+        service = k8s.core.v1.Service(
+            f"{name}-svc", metadata=service_meta,
+            spec={"type": net.service_type, "selector": selector,
+                  "ports": specs.service_ports(net.grpc_port, tls=public)},
+            # A LoadBalancer's await lasts until its NLB has a name (pods, created after it, are
+            # not waited for: an empty Endpoints settles after 10 s).
+            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
+                create=waits.service, update=waits.service)) if public else child)
+        workload_deps: list[pulumi.Resource] = []
+        if public:
+            key, value = specs.READINESS_GATE_LABEL
+            gates = k8s.core.v1.NamespacePatch(
+                f"{name}-readiness-gates", metadata={"name": net.namespace, "labels": {key: value}}, opts=child)
+            workload_deps = [gates, service]
 
         # With KEDA (external_autoscaler) the ScaledObject owns the replica count: no HPA here.
         autoscaled = scale.max_replicas > scale.replicas and not args.external_autoscaler
@@ -135,14 +196,15 @@ class ModelService(pulumi.ComponentResource):
         }
         if args.rollout.canary:
             workload = self._canary(name, args, meta, selector, template, autoscaled or args.external_autoscaler,
-                                    waits, child)
+                                    waits, pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                                        depends_on=workload_deps)))
             workload_name = _name_of(workload)
             scale_target = {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout"}
         else:
             deploy_spec: dict[str, Any] = {
                 "selector": {"matchLabels": selector},
                 "strategy": specs.rolling_update(),
-                "revisionHistoryLimit": 5,
+                "revisionHistoryLimit": specs.REVISION_HISTORY_LIMIT,
                 "progressDeadlineSeconds": waits.progress_deadline_seconds,
                 "template": template,
             }
@@ -151,28 +213,21 @@ class ModelService(pulumi.ComponentResource):
                 deploy_spec["replicas"] = scale.replicas
             workload = k8s.apps.v1.Deployment(
                 f"{name}-deploy", metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version}),
-                spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
-                    create=waits.deployment, update=waits.deployment)))
+                spec=deploy_spec, opts=pulumi.ResourceOptions(parent=self, depends_on=workload_deps,
+                                                              custom_timeouts=pulumi.CustomTimeouts(
+                                                                  create=waits.deployment, update=waits.deployment)))
             workload_name = workload.metadata.name
             scale_target = {"apiVersion": "apps/v1", "kind": "Deployment"}
 
-        public = net.service_type == "LoadBalancer"
-        service_annotations: dict[str, str] = {}
-        if public:
-            service_annotations = specs.public_load_balancer_annotations(net.tls_certificate_arn, net.grpc_port)
-            if net.allow_load_balancer:
-                service_annotations[specs.LOAD_BALANCER_OPT_IN] = "true"
-        service = k8s.core.v1.Service(
-            f"{name}-svc", metadata=meta(annotations=service_annotations) if service_annotations else meta(),
-            spec={"type": net.service_type, "selector": selector,
-                  "ports": specs.service_ports(net.grpc_port, tls=public)},
-            # A LoadBalancer's await covers its NLB and a ready pod behind it.
-            opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
-                create=waits.service, update=waits.service)) if public else child)
 
         if autoscaled:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                f"{name}-hpa", metadata=meta(),
+                # KEDA's admission webhook refuses a ScaledObject for a workload an HPA scales,
+                # unless the HPA carries this annotation (kedacore/keda v2.20.2
+                # apis/keda/v1alpha1/scaledobject_webhook.go verifyHpas): Pulumi creates the new
+                # ScaledObject before it deletes this HPA, so `autoscaler: hpa -> keda` works in
+                # one `up` only with it. Nothing else reads it.
+                f"{name}-hpa", metadata=meta(annotations={KEDA_HPA_OWNERSHIP_ANNOTATION: "false"}),
                 spec={"scaleTargetRef": scale_target | {"name": workload_name},
                       "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
                       "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
@@ -185,51 +240,62 @@ class ModelService(pulumi.ComponentResource):
                 f"{name}-pdb", metadata=meta(),
                 spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}}, opts=child)
 
+        # The NLB's forwarded connections and health checks come from its own subnets (client IP
+        # preservation off): those CIDRs, never the VPC range (components/edge.py).
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=meta(),
-            spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
-                  "ingress": specs.network_policy_ingress(net.ingress_namespaces, net.ingress_cidrs, net.grpc_port)},
+            spec=subnets.apply(lambda found: {
+                "podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
+                "ingress": specs.network_policy_ingress(
+                    net.ingress_namespaces, tuple(dict.fromkeys(net.ingress_cidrs + tuple(sorted(s["cidr"] for s in found)))),
+                    net.grpc_port)}),
             opts=child)
 
-        if net.service_type == "LoadBalancer":
-            url = service.status.apply(_load_balancer_url)
+        if public:
+            # The public name (its certificate covers it; required with a LoadBalancer), never the
+            # NLB's own: known once the load balancer is.
+            url = pulumi.Output.all(service.status, net.hostname).apply(lambda v: f"https://{v[1]}")
+            lb_hostname = service.status.apply(_load_balancer_hostname)
         else:
             url = pulumi.Output.concat("http://", service.metadata.name, ".", net.namespace, ".svc.cluster.local")
+            lb_hostname = pulumi.Output.from_input("")
         self.url = url
+        self.load_balancer_hostname = lb_hostname
         self.deployment_name = workload_name
         self.service_name = service.metadata.name
         # One pod from scheduling to ready (new node, pull, startup probe budget): the KEDA HTTP
         # interceptor holds a request this long for an idle model.
         self.pod_seconds = waits.pod_seconds
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
-                               "service_name": self.service_name})
+                               "service_name": self.service_name, "load_balancer_hostname": lb_hostname})
 
     @staticmethod
     def _canary(name: str, args: ModelServiceArgs, meta: Any, selector: dict[str, str], template: dict[str, Any],
                 autoscaled: bool, waits: ReadinessTimeouts,
                 child: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
-        """The AnalysisTemplate and the Rollout (full pod template, not a workloadRef: one owner
-        of the pods; docs/deploy.md). The Rollout carries the await annotations, so `pulumi up`
-        waits for the canary's outcome."""
+        """The AnalysisTemplate, the Rollout (full pod template, not a workloadRef: one owner of
+        the pods; docs/deploy.md) and, when the steps end on their own, the RolloutWait that
+        makes `pulumi up` return when the new revision is fully promoted and fail when the
+        canary aborts (the Rollout itself is not awaited: components/rollout_wait.py)."""
         rollout, namespace = args.rollout, args.network.namespace
         analysis = k8s.apiextensions.CustomResource(
             f"{name}-analysis", api_version=canary.ROLLOUT_API_VERSION, kind="AnalysisTemplate",
-            metadata=meta(), spec=canary.analysis_template_spec(rollout, namespace), opts=child)
+            metadata=meta(), spec=lift(lambda ns: canary.analysis_template_spec(rollout, ns), namespace), opts=child)
         base = canary.RolloutSpec(selector=selector, template=template,
                                   replicas=None if autoscaled else args.autoscaling.replicas,
                                   progress_deadline_seconds=waits.progress_deadline_seconds)
-        pods_seconds = minutes_to_seconds(waits.deployment)
-        annotations = canary.rollout_annotations(rollout, base.progress_deadline_seconds, pods_seconds=pods_seconds)
-        opts = child
-        if canary.TIMEOUT_ANNOTATION in annotations:
-            # The same bound as the provider's await (the annotation), for the engine too.
-            wait = f"{-(-int(annotations[canary.TIMEOUT_ANNOTATION]) // 60)}m"
-            opts = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
-                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait)))
-        return k8s.apiextensions.CustomResource(
+        workload = k8s.apiextensions.CustomResource(
             f"{name}-rollout", api_version=canary.ROLLOUT_API_VERSION, kind="Rollout",
-            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | annotations),
-            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=opts)
+            metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | canary.rollout_annotations()),
+            spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=child)
+        if canary.awaitable(rollout):
+            timeout = canary.rollout_timeout_seconds(rollout, base.progress_deadline_seconds,
+                                                     pods_seconds=minutes_to_seconds(waits.deployment))
+            RolloutWait(f"{name}-rollout-wait", RolloutWaitArgs(
+                namespace=namespace, name=_name_of(workload), spec=workload.spec, timeout_seconds=timeout,
+                kubeconfig=args.kubeconfig),
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[workload])))
+        return workload
 
 
 def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:
@@ -237,8 +303,9 @@ def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:
     return resource.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
 
 
-def _load_balancer_url(status: Any) -> str:
+def _load_balancer_hostname(status: Any) -> str:
+    """The NLB's DNS name from the Service's status (the alias record's target)."""
     ingress = (status and status.load_balancer and status.load_balancer.ingress) or []
     if not ingress:
         return ""
-    return f"https://{ingress[0].hostname or ingress[0].ip}"  # TLS terminates at the NLB
+    return ingress[0].hostname or ingress[0].ip

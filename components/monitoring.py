@@ -20,9 +20,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pulumi
 import yaml
 
-from .args import MonitoringArgs
+from .args.monitoring import MonitoringArgs
 from .specs import INFLIGHT_METRIC
 
 
@@ -82,8 +83,9 @@ class Scope:
 
     served_name: str
     """The served name: the `model` label of every series (SERVEDMODEL_MODEL_NAME)."""
-    namespace: str
-    """The model's namespace (the `namespace` target label)."""
+    namespace: pulumi.Input[str]
+    """The model's namespace (the `namespace` target label). The builders here need it known:
+    ModelMonitoring resolves one given as an Output before calling them."""
     gpu: bool = False
     """The pods use NVIDIA GPUs: the DCGM exporter's XID alert applies."""
 
@@ -174,11 +176,37 @@ def alert_rules(args: MonitoringArgs, scope: Scope, workload_name: str) -> list[
     ]
     if scope.gpu:
         rules.append(_alert(
-            args, scope, "ServedModelGpuXidErrors", f"max by (namespace, pod) (DCGM_FI_DEV_XID_ERRORS{{{pods}}}) > 0",
+            args, scope, "ServedModelGpuXidErrors", xid_expr(scope.namespace, workload_name),
             "0m", "critical", f"{n}: the GPU of a pod reports an XID error",
             "The GPU of {{ $labels.pod }} in {{ $labels.namespace }} reported an XID error "
-            "(NVIDIA DCGM exporter)."))
+            "(NVIDIA DCGM exporter; DCGM_FI_DEV_XID_ERRORS holds the last XID code, not a count)."))
     return rules
+
+
+# The DCGM exporter's XID gauge: "Value of the last XID error encountered" (NVIDIA/dcgm-exporter
+# etc/default-counters.csv): the last XID *code* of the GPU, not a count, so `> 0` holds from
+# the first XID until the series goes (the pod leaves the GPU).
+XID_METRIC = "DCGM_FI_DEV_XID_ERRORS"
+
+
+def xid_expr(namespace: str, workload_name: str) -> str:
+    """The XID alert's expression, for both label shapes the exporter's series arrive in.
+
+    dcgm-exporter (Kubernetes mode) labels each GPU series with the workload's `namespace` and
+    `pod` (NVIDIA/dcgm-exporter internal/pkg/transformation/kubernetes.go). Its chart's
+    ServiceMonitor scrapes with `honorLabels: false` by default (deployment/values.yaml), so
+    Prometheus keeps the *target's* namespace/pod (the exporter's own) and renames the series'
+    to `exported_namespace`/`exported_pod` (prometheus/prometheus scrape/scrape.go,
+    resolveConflictingExposedLabels; prometheus-operator v0.93.0 promcfg.go writes honorLabels as
+    honor_labels). With `honorLabels: true` they arrive as namespace/pod. The first shape is
+    relabelled back (label_replace) so `by (namespace, pod)` and the annotation name the model's
+    pod either way."""
+    pods = f'=~"{workload_name}-.*"'
+    exported = f'{XID_METRIC}{{exported_namespace="{namespace}",exported_pod{pods}}}'
+    relabelled = (f'label_replace(label_replace({exported}, "namespace", "$1", "exported_namespace", "(.+)"), '
+                  f'"pod", "$1", "exported_pod", "(.+)")')
+    honoured = f'{XID_METRIC}{{namespace="{namespace}",pod{pods}}}'
+    return f"max by (namespace, pod) ({relabelled} or {honoured}) > 0"
 
 
 def rule_groups(args: MonitoringArgs, scope: Scope, workload_name: str) -> list[dict[str, Any]]:

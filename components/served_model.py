@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, TypedDict, Union
 
 import pulumi
 
-from . import coldstart, karpenter, keda, specs
-from .args import IMAGE_GPU_FAMILIES, ServedModelArgs, gpu_limit_needed, instance_families
+from . import capacity, coldstart, edge, gpus, karpenter, keda, platforms, specs
+from .args import ArgsError, ServedModelArgs, args_from_mapping
+from .coldstart import ColdStartBudget
+from .gpus import IMAGE_GPU_FAMILIES, instance_families
+from .inputs import given, lift
+from .karpenter import gpu_limit_needed
 from .elastic import KarpenterGpuPool, KedaScaling
 from .timeouts import ReadinessTimeouts, readiness_timeouts
 from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
@@ -17,6 +21,26 @@ from .model_image import ModelImage, ModelImageArgs
 from .model_monitoring import ModelMonitoring, ModelMonitoringArgs
 from .model_service import ModelService, ModelServiceArgs
 from .monitoring import Scope
+
+
+class Tensor(TypedDict):
+    """One input or output tensor of the model, as the server's metadata route names it."""
+
+    name: str
+    """The tensor's name in infer requests and responses."""
+    datatype: str
+    """Its KServe V2 datatype (FP32, INT64, BYTES, ...)."""
+    shape: list[int]
+    """Its shape; -1 marks a dimension of any size (the batch)."""
+
+
+class Signature(TypedDict):
+    """The model's input/output signature, from its manifest."""
+
+    inputs: list[Tensor]
+    """The tensors an infer request sends."""
+    outputs: list[Tensor]
+    """The tensors an infer response returns."""
 
 
 def _portable(path: Path) -> str:
@@ -29,7 +53,7 @@ def _portable(path: Path) -> str:
         return str(path)
 
 
-def signature_of(manifest: dict[str, Any]) -> dict[str, Any]:
+def signature_of(manifest: dict[str, Any]) -> Signature:
     """The model's input/output signature as apps read it from the stack outputs."""
     return {"inputs": manifest["inputs"], "outputs": manifest["outputs"]}
 
@@ -45,29 +69,48 @@ def infer_url(url: str, served_name: str) -> str:
 
 
 class ServedModel(pulumi.ComponentResource):
-    """Runs models.build (cached on its inputs, so an unchanged model does no export), then
-    ModelImage, GpuNodePool (kubernetes + gpu), ModelService and ModelMonitoring (kubernetes,
-    monitoring not none), or LocalService (docker).
-
-    Outputs: `url`, `infer_url` (the V2 infer route under the served name, stable across model
-    swaps), `model_name` (the served name the server answers under), `image` (ref@digest),
-    `model_version`, `signature`, `cold_start`
-    ({nodeSeconds, pullSeconds, startSeconds, totalSeconds}: components/coldstart.py).
+    """One model from source to endpoint. Runs models.build (export, verify, compress, package;
+    cached on its inputs, so an unchanged model does no export), then ModelImage (the image, tagged
+    with the model version), and on the kubernetes target GpuNodePool or KarpenterGpuPool (with
+    GPUs), ModelService (Deployment, Service, autoscaler; a canary as configured), ModelMonitoring
+    and KedaScaling as configured; on the docker target a LocalService (a local container).
     """
 
     url: pulumi.Output[str]
+    """The endpoint's base URL (https://<hostname> with a hostname; through the KEDA HTTP
+    interceptor when it holds requests)."""
     infer_url: pulumi.Output[str]
+    """The V2 infer route under the served name; a model swap keeps it."""
     model_name: pulumi.Output[str]
+    """The served name the server answers under."""
     image: pulumi.Output[str]
+    """The serving image as ref@digest."""
     model_version: pulumi.Output[str]
-    signature: pulumi.Output[dict]
-    cold_start: pulumi.Output[dict]
+    """The model version: a content hash of everything that changes what is served; the image tag."""
+    signature: pulumi.Output[Signature]
+    """The model's input and output tensors."""
+    cold_start: pulumi.Output[ColdStartBudget]
+    """What the first request to an idle model waits for, in seconds (components/coldstart.py)."""
 
-    def __init__(self, name: str, args: ServedModelArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: Union[ServedModelArgs, Mapping[str, Any]],
+                 opts: Optional[pulumi.ResourceOptions] = None):
+        # A mapping of the field names (the component provider's inputs, from any Pulumi language)
+        # gets the same checks and messages as the args it is turned into.
+        if not isinstance(args, ServedModelArgs):
+            args = args_from_mapping(args)
         super().__init__("servedmodel:index:ServedModel", name, None, opts)
         import servedmodel.models as models  # the offline world; imported here so `components` loads without torch
 
         entry, res = args.model, args.resources
+        # Before anything is built: replicas that cannot fit a node of their pool never schedule,
+        # and a node whose architecture the image lacks cannot run it (EC2's figures of each
+        # instance type; the invokes run at preview too).
+        types = capacity.pool_types(args, parent=self)
+        misfits = capacity.check(args, types)
+        if misfits:
+            raise pulumi.RunError(f"model {entry.served_name!r}: {ArgsError('ServedModelArgs', misfits)}")
+        # The nodes' architecture: `arch`, or the one EC2 gives the pool's types; None: any node.
+        arch = capacity.pool_arch(args, types)
         try:
             build = models.build(model=entry.model, compression=entry.compression, out_dir=args.out_dir,
                                  device=res.device, cache_dir=args.cache_dir,
@@ -76,16 +119,28 @@ class ServedModel(pulumi.ComponentResource):
             raise pulumi.RunError(f"model {entry.served_name!r}: {exc}") from None
         pulumi.log.info(f"{entry.served_name}: model version {build.version}"
                         f"{' (cached build)' if build.cache_hit else ''}", resource=self)
+        gpu_mem_limit = gpu_memory_of(args, build)
+        if res.gpu_memory_bytes is None and gpu_mem_limit is not None:
+            # A cap derived from the build's measured peak: its shares must fit a GPU too.
+            misfits = capacity.gpu_memory_problems(args, types, gpu_mem_limit)
+            if misfits:
+                raise pulumi.RunError(f"model {entry.served_name!r}: {ArgsError('ServedModelArgs', misfits)}")
         child = pulumi.ResourceOptions(parent=self)
         reg = args.registry
 
         image = ModelImage(f"{name}", ModelImageArgs(
             context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
+            # Kubernetes: the architecture `arch` names, or every one the device's runtime has
+            # (one multi-arch index); docker: the host's, which the local engine runs.
+            platforms=platforms.image_platforms(res.device, res.arch) if args.kubernetes
+            else (platforms.platform(platforms.host_arch()),),
             local_repository=f"servedmodel/{entry.served_name}",
-            # A given registry is a prefix: each model gets its own repository under it.
-            registry=f"{reg.url.rstrip('/')}/{entry.served_name}" if reg.url else "",
+            # A given registry is a prefix: each model gets its own repository under it (an Output
+            # counts as given: whether to create an ECR repository is decided now).
+            registry=lift(lambda url: f"{url.rstrip('/')}/{entry.served_name}", reg.url) if given(reg.url) else "",
             registry_username=reg.username,
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
+            retain_repository=reg.retain,
         ), opts=child)
 
         elastic = args.elastic
@@ -94,14 +149,24 @@ class ServedModel(pulumi.ComponentResource):
         startup = cold.start_seconds
         pulumi.log.info(f"{entry.served_name}: cold start {cold.as_output()}", resource=self)
         if args.kubernetes:
-            pool_label = None
-            pool_resource: Optional[pulumi.Resource] = None
-            if res.gpu > 0 and args.node_pool is not None:
-                pool = args.node_pool
+            node_selector: Any = specs.pod_node_selector({}, (), arch) or None
+            if args.has_pool and args.node_pool is not None:
+                pool, gpu = args.node_pool, res.gpu > 0
+                instance_types = args.pool_instance_types
+                pool_label = f"{entry.served_name}-{'gpu' if gpu else 'cpu'}"
+                if arch is None:  # capacity.check reports a pool whose types share no architecture
+                    raise pulumi.RunError(f"model {entry.served_name!r}: the pool's instance types share no "
+                                          "architecture the image is built for")
+                pool_resource: Any
                 if elastic.karpenter:
                     pool_resource = KarpenterGpuPool(f"{name}", karpenter.KarpenterPoolArgs(
-                        cluster_name=pool.cluster_name, pool_label=f"{entry.served_name}-gpu",
-                        families=instance_families(pool.instance_types), supported_families=IMAGE_GPU_FAMILIES,
+                        cluster_name=pool.cluster_name, pool_label=pool_label,
+                        families=instance_families(instance_types) if gpu else (),
+                        supported_families=IMAGE_GPU_FAMILIES, gpu=gpu, arch=arch,
+                        instance_types=() if gpu else instance_types,
+                        cpu_limit=0 if gpu else karpenter.cpu_limit_needed(
+                            args.autoscaling.max_replicas, max(types[t].vcpus for t in instance_types)),
+                        gpu_share=res.gpu_share if gpu else 1,
                         node_role=elastic.node_role(pool.cluster_name), capacity_types=elastic.capacity_types,
                         gpu_limit=elastic.gpu_limit or gpu_limit_needed(res.gpu, args.autoscaling.max_replicas),
                         consolidation_policy=elastic.consolidation_policy, consolidate_after=elastic.consolidate_after,
@@ -112,15 +177,25 @@ class ServedModel(pulumi.ComponentResource):
                 else:
                     pool_resource = GpuNodePool(f"{name}", GpuNodePoolArgs(
                         cluster_name=pool.cluster_name, subnet_ids=pool.subnet_ids,
-                        pool_label=f"{entry.served_name}-gpu", instance_types=pool.instance_types,
-                        ami_type=pool.ami_type, min_size=pool.min_size, desired_size=pool.desired_size,
+                        pool_label=pool_label, instance_types=instance_types,
+                        ami_type=pool.ami_type or platforms.default_ami_type(res.device, arch),
+                        gpu=gpu, gpu_share=res.gpu_share if gpu else 1,
+                        min_size=pool.min_size, desired_size=pool.desired_size,
                         max_size=pool.max_size, protect=args.protect,
                         timeouts=_node_group_timeouts(readiness_timeouts(
                             startup, res.device, args.autoscaling.max_replicas, pool.max_size,
                             pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds)),
                     ), opts=child)
-                pool_label = pool_resource.pool_label
+                # A shared replica selects any node sliced alike (of any model's or stack's pool);
+                # every other one its own pool. Read from the pool's outputs: the pods wait for it.
+                select = tuple(gpus.shared_selector(res.gpu_share)) if res.shared else (specs.POOL_LABEL,)
+                node_selector = pool_resource.node_labels.apply(
+                    lambda labels: specs.pod_node_selector(labels, select, arch))
             network = args.network
+            subnets = None
+            if network.service_type == "LoadBalancer":
+                cluster_name = args.cluster_name or (args.node_pool.cluster_name if args.node_pool else "")
+                subnets = edge.load_balancer_subnets(cluster_name, network.load_balancer_subnet_ids, self)
             if elastic.keda_http and elastic.keda_namespace not in network.ingress_namespaces:
                 # The interceptor (in KEDA's namespace) forwards the held requests to the pods.
                 network = dataclasses.replace(
@@ -128,11 +203,15 @@ class ServedModel(pulumi.ComponentResource):
             service: Any = ModelService(f"{name}", ModelServiceArgs(
                 served_name=entry.served_name, image=image.ref, version=build.version,
                 resources=res, autoscaling=args.autoscaling, network=network, server=args.server,
-                rollout=args.rollout, pool_label=pool_label, startup_seconds=startup,
-                node_max=args.node_pool.max_size if args.node_pool is not None and res.gpu > 0 else 0,
+                rollout=args.rollout, node_selector=node_selector, gpu_mem_limit=gpu_mem_limit,
+                startup_seconds=startup,
+                node_max=args.node_pool.max_size if args.has_pool and args.node_pool is not None else 0,
                 pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds,
-                external_autoscaler=elastic.keda,
+                external_autoscaler=elastic.keda, kubeconfig=args.kubeconfig, load_balancer_subnets=subnets,
             ), opts=child)
+            if network.service_type == "LoadBalancer":
+                # The name the certificate covers, pointed at the NLB (components/edge.py).
+                edge.dns_record(name, network.hostname, network.dns_zone_id, service.load_balancer_hostname, self)
             if args.monitoring.mode != "none":
                 ModelMonitoring(f"{name}", ModelMonitoringArgs(
                     monitoring=args.monitoring, workload_name=service.deployment_name,
@@ -147,6 +226,7 @@ class ServedModel(pulumi.ComponentResource):
                     target_inflight=scale.target_inflight, target_queue_ms=scale.target_queue_ms,
                     polling_seconds=elastic.keda_polling_seconds, cooldown_seconds=elastic.keda_cooldown_seconds,
                     http=elastic.keda_http, keda_namespace=elastic.keda_namespace,
+                    hostname=network.hostname,
                     # As long as one pod may take to be ready (node, pull, startup probe budget).
                     wait_seconds=service.pod_seconds if elastic.keda_http else 0,
                 ), deployment_name=service.deployment_name, service_name=service.service_name,
@@ -185,12 +265,38 @@ def cold_start_of(args: ServedModelArgs, build: Any) -> coldstart.ColdStart:
         raise pulumi.RunError(f"model {args.model.served_name!r}: the build did not record its start-up "
                               "measurement; rebuild with --no-cache")
     e, res = args.elastic, args.resources
-    needs_node = args.kubernetes and res.gpu > 0 and args.node_pool is not None
+    needs_node = args.has_pool
     try:
         return coldstart.budget(
             device=res.device, startup=startup, model_layer_bytes=sizes["model_layer_gzip_bytes"],
             bandwidth_mb_per_s=e.pull_bandwidth_mbps, needs_node=needs_node,
-            families=instance_families(args.node_pool.instance_types) if needs_node else (),
-            provisioner=e.node_provisioner, node_override=e.node_provision_seconds or None, pulled=args.kubernetes)
+            families=instance_families(args.pool_instance_types), provisioner=e.node_provisioner,
+            node_override=e.node_provision_seconds or None, pulled=args.kubernetes,
+            gpu_share=res.gpu_share if res.gpu > 0 else 1)
     except ValueError as exc:
         raise pulumi.RunError(f"model {args.model.served_name!r}: cold-start budget: {exc}") from None
+
+
+# The build's measured memory peak (models/startup.py, BuildResult.startup): what a shared
+# replica's default GPU memory cap is derived from.
+PEAK_MEMORY_FIELD = "peak_memory_bytes"
+
+
+def gpu_memory_of(args: ServedModelArgs, build: Any) -> Optional[int]:
+    """The replica's GPU memory cap in bytes (SERVEDMODEL_GPU_MEM_LIMIT): `gpu_memory` when given;
+    on a shared GPU without one, the build's measured peak with headroom (gpus.py); otherwise
+    None (a whole GPU, uncapped)."""
+    res = args.resources
+    if res.gpu <= 0:
+        return None
+    if res.gpu_memory_bytes is not None:
+        return res.gpu_memory_bytes
+    if not res.shared:
+        return None
+    peak = (build.startup or {}).get(PEAK_MEMORY_FIELD)
+    if not isinstance(peak, int) or isinstance(peak, bool) or peak < 0:
+        raise pulumi.RunError(f"model {args.model.served_name!r}: a shared GPU (servedmodel:gpuShare "
+                              f"{res.gpu_share}) caps each replica's memory, and the build recorded no "
+                              f"{PEAK_MEMORY_FIELD} to derive the cap from: set servedmodel:gpuMemory, or rebuild "
+                              "with a models package that measures it (--no-cache)")
+    return gpus.default_gpu_memory_bytes(peak)

@@ -8,9 +8,10 @@ tests check is exactly what is deployed. The names and numbers of the server's c
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
+from servedmodel.components.platforms import ARCH_LABEL
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
@@ -72,6 +73,15 @@ def node_selector(pool_label: Optional[str]) -> dict[str, str]:
     return {POOL_LABEL: pool_label} if pool_label else {}
 
 
+def pod_node_selector(pool_labels: Optional[dict[str, str]], select: Sequence[str], arch: Optional[str]) -> dict[str, str]:
+    """The pods' nodeSelector: the `select`ed labels of the pool's nodes (its own label, or a shared
+    GPU's labels, which any pool sliced alike carries) and the nodes' architecture when known."""
+    out = {key: (pool_labels or {})[key] for key in select}
+    if arch:
+        out[ARCH_LABEL] = arch
+    return out
+
+
 def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str, dict[str, Any]]:
     """Startup gives the model time to load; readiness and liveness follow the V2 health routes.
 
@@ -98,15 +108,34 @@ def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str,
     }
 
 
-def termination(pre_stop_seconds: int, drain_seconds: int) -> tuple[dict[str, Any], int]:
-    """preStop lifecycle and a grace period longer than preStop + the server's drain.
+# Slack between the end of the server's drain and the kubelet's SIGKILL.
+TERMINATION_SLACK_SECONDS = 10
+# How long an NLB keeps opening new connections to a pod IP target after its deregistration
+# started: about two minutes whatever the deregistration delay, as measured and reported in
+# kubernetes-sigs/aws-load-balancer-controller issues #2366 and #3270 (reports, not AWS
+# documentation; docs/deploy.md "Draining"). A pod behind the public NLB sleeps in preStop at
+# least this long (components/args/rules.py draining_problems).
+NLB_DEREGISTRATION_LAG_SECONDS = 120
 
-    The preStop sleep (the kubelet's own `sleep` action: no shell needed in the image) lets
-    endpoints stop routing to the pod before SIGTERM starts the drain; 10 s of slack keeps the
-    kubelet from SIGKILLing a drain that runs to its end.
+
+def termination(pre_stop_seconds: int, drain_seconds: int) -> tuple[dict[str, Any], int]:
+    """preStop lifecycle and a grace period that covers preStop + the server's drain.
+
+    The preStop sleep (the kubelet's own `sleep` action: no shell needed in the image) keeps the
+    pod serving while endpoints, kube-proxy and (behind the NLB) the target group stop sending it
+    new connections; then SIGTERM starts the server's drain. The grace period is counted from the
+    deletion and includes the preStop hook, so it is preStop + drain + TERMINATION_SLACK_SECONDS:
+    the kubelet never SIGKILLs a drain that runs to its end.
     """
     lifecycle = {"preStop": {"sleep": {"seconds": pre_stop_seconds}}} if pre_stop_seconds > 0 else {}
-    return lifecycle, pre_stop_seconds + drain_seconds + 10
+    return lifecycle, pre_stop_seconds + drain_seconds + TERMINATION_SLACK_SECONDS
+
+
+def deregistration_delay(pre_stop_seconds: int, drain_seconds: int) -> int:
+    """The NLB target group's deregistration delay: as long as the pod serves after its target
+    starts deregistering (preStop, then the drain), so the NLB never cuts a connection the pod is
+    still finishing; with connection termination on, it closes what remains after that."""
+    return pre_stop_seconds + drain_seconds
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -119,13 +148,19 @@ def container_security_context() -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None, *, model_name: Optional[str] = None,
-               grpc_port: int = 0, settings: Optional[dict[str, str]] = None) -> list[dict[str, Any]]:
+def server_env(device: str, drain_seconds: int, auth_token_file: bool = False, *, model_name: Optional[str] = None,
+               grpc_port: int = 0, settings: Optional[dict[str, str]] = None,
+               gpu_mem_limit: Optional[int] = None) -> list[dict[str, Any]]:
     """SERVEDMODEL_* variables of docs/architecture.md section 3.
 
     `model_name` is the served name the server answers under (a model swap keeps the route);
     `settings` are further server settings by name (e.g. the batching ones) that were set: the
-    ones left out keep the server's or the manifest's defaults.
+    ones left out keep the server's or the manifest's defaults. With `auth_token_file` the
+    server reads its bearer token from the file the auth Secret's volume mounts
+    (SERVEDMODEL_AUTH_TOKEN_FILE, AUTH_TOKEN_PATH): never from an environment value, which
+    `kubectl describe`, crash dumps and every process in the container can read.
+    `gpu_mem_limit` (bytes) caps the CUDA provider's memory arena (SERVEDMODEL_GPU_MEM_LIMIT): set
+    on a time-sliced GPU, where nothing else keeps one model from another's memory.
     """
     env: list[dict[str, Any]] = [
         {"name": contract.env_name("host"), "value": "0.0.0.0"},
@@ -137,11 +172,30 @@ def server_env(device: str, drain_seconds: int, auth_secret_name: Any = None, *,
         env.append({"name": contract.env_name("model_name"), "value": model_name})
     if grpc_port:
         env.append({"name": contract.env_name("grpc_port"), "value": str(grpc_port)})
+    if gpu_mem_limit is not None:
+        env.append({"name": contract.env_name("gpu_mem_limit"), "value": str(gpu_mem_limit)})
     env += [{"name": contract.env_name(name), "value": value} for name, value in (settings or {}).items()]
-    if auth_secret_name is not None:
-        env.append({"name": contract.env_name("auth_token"),
-                    "valueFrom": {"secretKeyRef": {"name": auth_secret_name, "key": "token"}}})
+    if auth_token_file:
+        env.append({"name": contract.env_name("auth_token_file"), "value": AUTH_TOKEN_PATH})
     return env
+
+
+# The auth token as a file: the Secret's one key mounted read-only (issue 18, finding 14).
+AUTH_VOLUME = "auth-token"
+AUTH_TOKEN_DIR = "/var/run/secrets/servedmodel.io/auth"
+AUTH_TOKEN_KEY = "token"
+AUTH_TOKEN_PATH = f"{AUTH_TOKEN_DIR}/{AUTH_TOKEN_KEY}"
+
+
+def auth_token_volume(secret_name: Any) -> dict[str, Any]:
+    """The auth Secret as a volume holding only its token, readable by the pod's group (fsGroup
+    RUN_AS owns it; 0440: the server's user reads it, nobody writes it)."""
+    return {"name": AUTH_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o440,
+                                            "items": [{"key": AUTH_TOKEN_KEY, "path": AUTH_TOKEN_KEY}]}}
+
+
+def auth_token_mount() -> dict[str, Any]:
+    return {"name": AUTH_VOLUME, "mountPath": AUTH_TOKEN_DIR, "readOnly": True}
 
 
 def topology_spread(served_name: str, revision_label: str = "pod-template-hash") -> list[dict[str, Any]]:
@@ -156,8 +210,11 @@ def topology_spread(served_name: str, revision_label: str = "pod-template-hash")
 
 
 # Extra pods a rollout starts before stopping old ones; GPU capacity checks count it
-# (components/args.py capacity_problems).
+# (components/capacity.py fit_problems).
 ROLLOUT_SURGE = 1
+# Old ReplicaSets a Deployment keeps (rollback targets of `kubectl rollout undo`): each pins an
+# image digest the registry must keep (components/args/registry.py KEEP_VERSIONS_FLOOR).
+REVISION_HISTORY_LIMIT = 5
 
 
 def rolling_update() -> dict[str, Any]:
@@ -221,19 +278,49 @@ def service_ports(grpc_port: int = 0, tls: bool = False) -> list[dict[str, Any]]
     return ports
 
 
-def public_load_balancer_annotations(certificate_arn: str, grpc_port: int = 0) -> dict[str, str]:
+# ALPN on the NLB's TLS listeners (annotations.md "alpn-policy"; applied to every TLS listener of
+# the Service, pkg/service/model_build_listener.go): HTTP2Optional offers http/1.1, http/1.0 and
+# h2 in that order of preference, so gRPC clients, which offer only h2 (grpcio, grpc-go), get
+# h2, and REST clients offering both keep HTTP/1.1. The default (None) negotiates nothing, and
+# gRPC clients refuse such a handshake.
+ALPN_POLICY = "HTTP2Optional"
+# The LBC's mutating webhook injects a target-health readiness gate into pods created in a
+# namespace with this label (docs/deploy/pod_readiness_gate.md): a new pod is Ready only once the
+# NLB sends it traffic, so a rollout never stops an old pod before its successor takes traffic.
+READINESS_GATE_LABEL = ("elbv2.k8s.aws/pod-readiness-gate-inject", "enabled")
+
+
+def target_group_attributes(pre_stop_seconds: int, drain_seconds: int) -> str:
+    """The NLB target group's attributes (annotations.md "target-group-attributes"): deregistration
+    delay sized by deregistration_delay and connection termination after it; client IP
+    preservation off, stated (the default for IP targets) because the NetworkPolicy admits the
+    NLB's own subnets, which are the source of forwarded traffic only while it is off."""
+    return (f"deregistration_delay.timeout_seconds={deregistration_delay(pre_stop_seconds, drain_seconds)},"
+            "deregistration_delay.connection_termination.enabled=true,"
+            "preserve_client_ip.enabled=false")
+
+
+def public_load_balancer_annotations(certificate_arn: str, grpc_port: int = 0, *, pre_stop_seconds: int = 0,
+                                     drain_seconds: int = 0, subnet_ids: Sequence[str] = ()) -> dict[str, str]:
     """An internet-facing NLB (AWS Load Balancer Controller, pod IPs as targets) whose listeners
-    terminate TLS with the ACM certificate; the NLB forwards plain TCP to the pods inside the VPC.
-    Every Service port is a TLS listener: nothing public travels in clear text."""
-    return {
+    terminate TLS with the ACM certificate and negotiate ALPN (h2 for gRPC); the NLB forwards
+    plain TCP to the pods inside the VPC. Every Service port is a TLS listener: nothing public
+    travels in clear text. The NLB lives in `subnet_ids` (pinned, so the NetworkPolicy can admit
+    exactly their CIDRs) and drains a target as long as the pod serves after it is deleted."""
+    out = {
         LBC + "type": "external",
         LBC + "nlb-target-type": "ip",
         LBC + "scheme": "internet-facing",
         LBC + "ssl-cert": certificate_arn,
         LBC + "ssl-ports": "https,grpc" if grpc_port else "https",
         LBC + "ssl-negotiation-policy": TLS_POLICY,
+        LBC + "alpn-policy": ALPN_POLICY,
         LBC + "backend-protocol": "tcp",
+        LBC + "target-group-attributes": target_group_attributes(pre_stop_seconds, drain_seconds),
     }
+    if subnet_ids:
+        out[LBC + "subnets"] = ",".join(subnet_ids)
+    return out
 
 
 def docker_env(env: list[dict[str, Any]]) -> list[str]:

@@ -3,7 +3,7 @@
 Pure arithmetic over the model's start-up time (tested without mocks in
 tests/components/test_timeouts.py). The Deployment, a LoadBalancer Service (Pulumi's await
 waits for its NLB and for ready endpoints) and the GPU node group get `customTimeouts` from
-here, and the Deployment's progress deadline and startup probe budget come from the same
+here, a canary's RolloutWait its deadline, and the Deployment's progress deadline and startup probe budget come from the same
 per-pod figure, so a slow model fails its rollout for a reason, not for a default.
 
 The program passes the model's cold-start budget (components/coldstart.py): its start (process
@@ -36,6 +36,9 @@ NODE_GROUP_CREATE_SECONDS = 1800
 NODE_REPLACE_SECONDS = 900
 # Never below the provider's own default await (10 minutes).
 MIN_AWAIT_SECONDS = 600
+# A canary's wait (RolloutWait) beyond its steps and pods: Argo's reconcile of the new spec, the
+# analysis' last query and the scale-down of the old ReplicaSet after promotion.
+ROLLOUT_WAIT_MARGIN_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -94,3 +97,19 @@ def readiness_timeouts(startup_seconds: Optional[float], device: str, max_replic
         node_group_create=_minutes(NODE_GROUP_CREATE_SECONDS),
         node_group_update=_minutes(max(1, node_max) * NODE_REPLACE_SECONDS),
     )
+
+
+def rollout_wait_seconds(pause_seconds: int, analysis_seconds: int, pods_seconds: int,
+                         progress_deadline_seconds: int) -> int:
+    """How long `pulumi up` waits for a canary's outcome (components/rollout_wait.py).
+
+    The steps end on their own: the timed pauses (`pause_seconds`) plus bringing every pod of
+    the new version up (`pods_seconds`, the Deployment's rolling time: maxSurge 1, each pod
+    maybe on a new node; never less than one progress deadline, after which Argo aborts the
+    canary anyway with progressDeadlineAbort). The background analysis runs within the pauses
+    (RolloutArgs refuses steps shorter than it, since Argo promotes when the steps end:
+    argoproj/argo-rollouts v1.9.1 rollout/canary.go, rollout/sync.go shouldFullPromote); its
+    length counts too in case it is the longer. An abort, a Degraded rollout or an
+    inconclusive analysis ends the wait at once, so this bounds only the happy path."""
+    return (max(pause_seconds, analysis_seconds) + max(pods_seconds, progress_deadline_seconds)
+            + ROLLOUT_WAIT_MARGIN_SECONDS)

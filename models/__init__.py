@@ -7,12 +7,13 @@ it (fp16, int8) and verifies again, then writes a content-addressed Docker build
 (docs/architecture.md). torch, onnx and onnxruntime are imported only when a build needs them,
 so a cached rebuild stays fast. This package never imports pulumi or serving/.
 """
-from .errors import BuildError
+from .constants import COMPRESSIONS
+from .errors import BuildError, SpecError
 from .evaluate import DEFAULT_MAX_DROP, METRICS, Evaluation
 from .pipeline import BuildResult, build
 from .prune import PRUNE, FineTune, PruneOptions
-from .spec import (COMPRESSIONS, DEFAULT_TOLERANCES, FP16_TOLERANCE, FP32_TOLERANCE, INT8_TOLERANCE, ModelSpec,
-                   SpecError, Tolerance)
+from .spec import ModelSpec
+from .tolerance import DEFAULT_TOLERANCES, FP16_TOLERANCE, FP32_TOLERANCE, INT8_TOLERANCE, Tolerance
 from .zoo import ZOO
 
 __all__ = ["BuildError", "BuildResult", "build", "ModelSpec", "SpecError", "Tolerance", "DEFAULT_TOLERANCES",

@@ -27,8 +27,10 @@ if __package__ == "models":
     os.execve(sys.executable, [sys.executable, "-m", "servedmodel.models", *sys.argv[1:]],
               {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_root, os.environ.get("PYTHONPATH", "")) if p)})
 
+from .constants import COMPRESSIONS
 from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
-from .spec import COMPRESSIONS
+from .pipeline import build
+from .zoo import ZOO
 
 # Set by the supervisor for its worker only: the file descriptor the worker reports on.
 WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
@@ -36,7 +38,7 @@ WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit code 2
-        sys.stderr.write(f"error: {message} (see python -m models {self.prog.split()[-1]} --help)\n")
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -111,8 +113,6 @@ def _table(result) -> str:
 
 
 def _list() -> int:
-    from .zoo import ZOO
-
     width = max(map(len, ZOO))
     for name, (_, description) in ZOO.items():
         print(f"{name:<{width}}  {description}")
@@ -122,8 +122,6 @@ def _list() -> int:
 def _build(args, progress) -> tuple[int, str]:
     """Run the build; print a failure's one line on stderr. Returns (exit code, stdout text)."""
     try:
-        from .pipeline import build
-
         result = build(args.model, compression=args.compression, out_dir=args.out, device=args.device,
                        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress,
                        max_metric_drop=args.max_metric_drop)
@@ -248,11 +246,29 @@ def _supervise(args, argv: list[str]) -> int:
     return error["exit_code"]
 
 
+# What a build imports; a Python without them cannot build, whatever the model.
+BUILD_TOOLS = ("torch", "onnx", "onnxruntime")
+
+
+def missing_build_tools() -> list[str]:
+    import importlib.util
+
+    return [name for name in BUILD_TOOLS if importlib.util.find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list()
+    missing = missing_build_tools()
+    if missing:
+        sys.stderr.write(
+            f"error: {sys.executable} has no {', '.join(missing)}: the build needs torch, onnx and onnxruntime. "
+            "In a checkout, use the project's virtual environment (`make serve` or `make test` creates .venv: "
+            "`.venv/bin/python -m models build ...`, or `. .venv/bin/activate` first); elsewhere "
+            "`pip install servedmodel` into the Python that runs the build.\n")
+        return EXIT_USAGE
     fd = os.environ.get(WORKER_ENV)
     return _work(args, int(fd)) if fd else _supervise(args, argv)
 

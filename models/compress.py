@@ -9,6 +9,9 @@ gets no shape and raises TypeError). The exporter already writes complete shapes
 symbolic dims, and ONNX shape inference completes them, so pre-processing runs with
 `skip_symbolic_shape=True` and keeps ONNX shape inference and onnxruntime's graph optimisation
 (Conv+BatchNorm folding etc.), which is what the quantizer needs.
+
+onnx, onnxruntime's tools and torch are imported inside the functions that use them: only a
+build that compresses needs them.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BuildError
+from .export import strip_metadata
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,6 @@ def topological_sort(graph) -> None:
 
 def _finish(model, out_path: Path) -> int:
     import onnx
-
-    from .export import strip_metadata
 
     strip_metadata(model)
     topological_sort(model.graph)

@@ -1,4 +1,5 @@
-"""`BuildError` and the CLI's exit codes: one per kind of failure, documented in docs/pipeline.md."""
+"""`BuildError`, `SpecError` and the CLI's exit codes (one per kind of failure, documented in
+docs/pipeline.md). A leaf module: every other module of `models/` may import it."""
 from __future__ import annotations
 
 EXIT_OK = 0
@@ -32,3 +33,8 @@ class BuildError(Exception):
         self.exit_code = exit_code if exit_code is not None else EXIT_CODES.get(step, EXIT_INTERNAL)
         one_line = " ".join(str(message).split())
         super().__init__(f"model {model!r}: {step} failed: {one_line}")
+
+
+class SpecError(ValueError):
+    """A ModelSpec (or a Tolerance, Evaluation, FineTune, PruneOptions) is invalid; the message
+    lists every problem."""

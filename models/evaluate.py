@@ -15,7 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import EXIT_QUALITY, BuildError
+from .constants import COMPRESSIONS
+from .errors import EXIT_QUALITY, EXIT_USAGE, BuildError, SpecError
+from .runtime import session
 
 # Built-in metrics, all "higher is better", all in [-1, 1]:
 #   accuracy              share of rows whose argmax over the last dim equals the integer label
@@ -68,8 +70,6 @@ class Evaluation:
     top_k: int = 1
 
     def __post_init__(self) -> None:
-        from .spec import COMPRESSIONS, SpecError
-
         problems = []
         if isinstance(self.metric, str):
             if self.metric not in METRICS:
@@ -125,8 +125,6 @@ class Evaluation:
 
 def check_max_drop(model: str, value: Any) -> float | None:
     """Validate a --max-metric-drop / build(max_metric_drop=...) value (exit code 2 if bad)."""
-    from .errors import EXIT_USAGE
-
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -227,8 +225,6 @@ class Measured:
 
 def reference(spec, fp32_path) -> tuple[Measured, ...]:
     """Measure every evaluation of `spec` on the fp32 ONNX export."""
-    from .verify import session
-
     sess = session(fp32_path)
     measured = []
     for ev in spec.evaluations:
@@ -260,8 +256,6 @@ def gate(spec, compression: str, model_path, measured: tuple[Measured, ...],
 
     The record describes the spec's first evaluation; further ones are listed under "others"
     with the same fields. None when the spec has no evaluation."""
-    from .verify import session
-
     if not measured:
         return None
     sess = session(model_path) if compression != "none" else None

@@ -4,6 +4,9 @@ Uses the pinned torch's own exporter (`torch.onnx.export(dynamo=True)`), every a
 passed explicitly. The result is normalised so that the same model always gives the same
 bytes: exporter metadata (stack traces with file paths, FX node dumps) is stripped and the
 graph's inputs and outputs carry the spec's names.
+
+torch and onnx are imported inside the functions that use them: other modules import this one
+(flatten_outputs, the datatype table) and `import models` must not load them.
 """
 from __future__ import annotations
 

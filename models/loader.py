@@ -7,7 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_USAGE, BuildError
+from .errors import EXIT_USAGE, BuildError, SpecError
+from .spec import ModelSpec
 from .zoo import ZOO
 
 
@@ -81,8 +82,6 @@ def _import_file(mref: ModelRef):
 def load_spec(mref: ModelRef):
     """Import the factory and call it. Exit code 2 when the factory is missing, 3 when it
     raises or returns something that is not a valid ModelSpec."""
-    from .spec import ModelSpec, SpecError
-
     if mref.kind == "zoo":
         mod_name, func_name = mref.factory.split(":")
         module = importlib.import_module(mod_name, package=f"{__package__}.zoo")

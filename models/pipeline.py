@@ -15,12 +15,18 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import cache as cache_mod
+from . import evaluate as evaluate_mod
+from . import export as exporter  # as a module: tests replace exporter.export to prove it did not run
+from .constants import COMPRESSIONS, PRUNED
 from .errors import EXIT_INTERNAL, EXIT_USAGE, BuildError
-from .package import DEVICES, check_out_dir, check_writable, copy_context, runtime_files
-from .spec import COMPRESSIONS, PRUNED
+from .fingerprint import spec_fingerprint
+from .loader import load_spec, parse_ref
+from .package import DEVICES, check_out_dir, check_writable, copy_context, make_manifest, runtime_files, write_context
+from .prune import PRUNE, prune
+from .startup import measure, model_layer_bytes
 
 Progress = Callable[[str], None]
 
@@ -71,6 +77,18 @@ def _quiet():
             logging.disable(previous)
 
 
+@contextlib.contextmanager
+def _naming(model: str) -> Iterator[None]:
+    """A BuildError raised inside names the model reference the user gave (a step may name the
+    spec's own name)."""
+    try:
+        yield
+    except BuildError as e:
+        if e.model != model:
+            raise BuildError(model, e.step, e.detail, e.exit_code) from None
+        raise
+
+
 def _producer(opset: int) -> dict[str, Any]:
     def v(name: str) -> str:
         return metadata.version(name).split("+")[0]
@@ -85,9 +103,6 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
 
     max_metric_drop: the allowed drop of the task metric for this build (every evaluation of the
     spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them."""
-    from .evaluate import check_max_drop
-    from .loader import load_spec, parse_ref
-
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
     if compression not in COMPRESSIONS:
@@ -96,7 +111,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
     if device not in DEVICES:
         raise BuildError(str(model), "usage", f"unsupported device {device!r}; choose one of {', '.join(DEVICES)}",
                          EXIT_USAGE)
-    max_metric_drop = check_max_drop(model, max_metric_drop)
+    max_metric_drop = evaluate_mod.check_max_drop(model, max_metric_drop)
     out = Path(out_dir).expanduser().absolute()
     mref = parse_ref(model)
     check_out_dir(model, out)
@@ -107,8 +122,9 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         raise BuildError(model, "package", str(e)) from None
 
     root = cache_mod.cache_root(cache_dir)
-    key = cache_mod.cache_key(mref, compression, device, max_metric_drop=max_metric_drop)
     repaired: list[str] = []
+    steps: dict[str, float] = {}
+    ran_export = False
 
     def checked(lookup: Callable, what: str, entry_key: str):
         """A cache lookup whose damaged entry counts as a miss, said in progress and the result."""
@@ -118,29 +134,6 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             repaired.append(f"{what} {entry_key[:12]}: {e}")
             say(f"[{model}] cache: the {what} entry {entry_key[:12]} is damaged ({e}); building it again")
             return None
-
-    if use_cache:
-        hit = checked(cache_mod.lookup, "context", key)
-        if hit is not None:
-            ctx, record = hit
-            copy_context(model, ctx, out)
-            manifest = record["manifest"]
-            startup, sizes = record.get("startup"), dict(record["sizes"])
-            if not startup or "peak_memory_bytes" not in startup or "model_layer_gzip_bytes" not in sizes:
-                # an entry cached before these were measured: measure them now
-                from .startup import measure, model_layer_bytes
-                with _quiet():
-                    if not startup or "peak_memory_bytes" not in startup:
-                        startup = measure(out / "model" / manifest["model_file"], manifest)
-                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
-                cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
-            say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
-            return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
-                               model=model, compression=compression, device=device, steps=record["steps"],
-                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
-
-    steps: dict[str, float] = {}
-    ran_export = False
 
     @contextlib.contextmanager
     def step(name: str, what: str):
@@ -157,37 +150,68 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         steps[name] = round(time.perf_counter() - t, 3)
         say(f"[{model}] {name}: done in {steps[name]:.2f} s")
 
-    from . import evaluate as evaluate_mod
+    # The factory runs on every build, cached or not: what it returns (weights it loads from a
+    # file, data it reads) is part of the cache key, so a retrained model is never served from
+    # the cache under its old version (docs/pipeline.md, "What the version covers").
+    with _naming(model), step("load", "importing the factory and building the ModelSpec"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        with cache_mod.building_with(root if use_cache else None):
+            spec = load_spec(mref)
+        fingerprint = spec_fingerprint(spec) if use_cache else None
+    if compression in PRUNED and not spec.evaluations:
+        # Parity cannot judge a pruned model (its outputs change by design): without a task
+        # metric nothing would stand between a broken model and the image.
+        raise BuildError(model, "compression", f"{compression} needs a task metric to judge the pruned model: "
+                         "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
+
+    key = export_key = None
+    if fingerprint is not None:
+        key = cache_mod.cache_key(mref, compression, device, spec_digest=fingerprint.digest,
+                                  max_metric_drop=max_metric_drop)
+        export_key = cache_mod.cache_key(mref, "export", "any", spec_digest=fingerprint.digest, export_only=True)
+        hit = checked(cache_mod.lookup, "context", key)
+        if hit is not None:
+            ctx, record = hit
+            copy_context(model, ctx, out)
+            manifest = record["manifest"]
+            startup, sizes = record.get("startup"), dict(record["sizes"])
+            if not startup or "peak_memory_bytes" not in startup or "model_layer_gzip_bytes" not in sizes:
+                # an entry cached before these were measured: measure them now
+                with _quiet():
+                    if not startup or "peak_memory_bytes" not in startup:
+                        startup = measure(out / "model" / manifest["model_file"], manifest)
+                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
+                cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
+            cache_mod.remember_spec(root, mref, fingerprint.parts)
+            say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
+            return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
+                               model=model, compression=compression, device=device, steps=record["steps"],
+                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
+        changed = fingerprint.changed_parts(cache_mod.last_spec(root, mref) or fingerprint.parts)
+        if changed:
+            say(f"[{model}] cache: the factory returned another spec than in the last build of {model} "
+                f"(changed: {', '.join(changed)}); building")
+
+    # Imported here, not at the top: both load numpy (and compress onnx's tools), which a cache
+    # hit does not need.
     from .compress import compress
-    from .export import ExportResult, export
-    from .package import make_manifest, write_context
     from .verify import check_rows_independent, reference, verify
 
-    try:
-        with step("load", "importing the factory and building the ModelSpec"):
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            with cache_mod.building_with(root if use_cache else None):
-                spec = load_spec(mref)
-        if compression in PRUNED and not spec.evaluations:
-            # Parity cannot judge a pruned model (its outputs change by design): without a task
-            # metric nothing would stand between a broken model and the image.
-            raise BuildError(model, "compression", f"{compression} needs a task metric to judge the pruned model: "
-                             "give the ModelSpec an evaluation (models.Evaluation; see docs/pipeline.md)")
+    with _naming(model):
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
-            export_key = cache_mod.cache_key(mref, "export", "any", export_only=True)
-            cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if use_cache else None
+            cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if export_key else None
             if cached_export is not None:
                 shutil.copyfile(cached_export[0], fp32)
-                exported = ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
+                exported = exporter.ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
                                         size_bytes=cached_export[1]["size_bytes"])
                 say(f"[{model}] export: reusing the cached fp32 export ({export_key[:12]})")
             else:
                 with step("export", "torch.onnx.export(dynamo=True), onnx.checker, shape inference"):
-                    exported = export(spec, fp32)
+                    exported = exporter.export(spec, fp32)
                 ran_export = True
-                if use_cache:
+                if export_key:
                     cache_mod.store_export(root, export_key, fp32, {"opset": exported.opset,
                                                                     "size_bytes": exported.size_bytes})
             with step("verify", "onnxruntime fp32 vs eager torch"):
@@ -221,30 +245,24 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 say(f"[{model}] evaluate: no task metric measured (the spec has no evaluation)")
             model_bytes = final.read_bytes()
             with step("package", f"writing the build context to {out}"):
-                import onnx
-
-                from .export import tensor_infos
+                import onnx  # heavy: only a build that packages loads it
 
                 graph = onnx.load_model_from_string(model_bytes).graph
                 manifest = make_manifest(
-                    spec=spec, device=device, model_bytes=model_bytes, inputs=tensor_infos(graph.input),
-                    outputs=tensor_infos(graph.output), compression=compression,
+                    spec=spec, device=device, model_bytes=model_bytes, inputs=exporter.tensor_infos(graph.input),
+                    outputs=exporter.tensor_infos(graph.output), compression=compression,
                     compression_details=details, parity=parity, producer=_producer(exported.opset),
                     evaluation=evaluation)
                 manifest = write_context(model, out, device, model_bytes, manifest)
             with step("startup", "timing model load + warm-up with onnxruntime"):
-                from .startup import measure, model_layer_bytes
                 startup = measure(out / "model" / manifest["model_file"], manifest)
                 layer_bytes = model_layer_bytes(out)
-    except BuildError as e:
-        if e.model != model:  # name the reference the user gave
-            raise BuildError(model, e.step, e.detail, e.exit_code) from None
-        raise
     sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
              "model_layer_gzip_bytes": layer_bytes}
     record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
-    if use_cache:
-        cache_mod.store(root, key, out, record)
+    if key is not None and fingerprint is not None:
+        cache_mod.store(root, key, out, {**record, "spec_parts": fingerprint.parts})
+        cache_mod.remember_spec(root, mref, fingerprint.parts)
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
                        startup=startup, exported=ran_export, seconds=time.perf_counter() - t_start,
@@ -257,10 +275,8 @@ def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[st
     (reported, not required: pruning changes outputs by design; the task metric judges it)."""
     import dataclasses
 
-    from .compress import compress
-    from .export import export
-    from .prune import PRUNE, prune
-    from .verify import verify
+    from .compress import compress  # numpy and onnx's tools, as in build()
+    from .verify import verify  # numpy, as in build()
 
     options = spec.prune or PRUNE
     with step("prune", f"torch-pruning, {options.ratio:.0%} of the channels of each coupled group"
@@ -269,7 +285,7 @@ def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[st
         pruned_spec = dataclasses.replace(spec, module=module)
     path = tmp / "model.pruned.onnx"
     with step("export-pruned", "torch.onnx.export of the pruned module, onnx.checker, shape inference"):
-        export(pruned_spec, path)
+        exporter.export(pruned_spec, path)
     details: dict[str, Any] = {"prune": prune_details}
     if compression == "prune-int8":
         with step("compress", f"int8 ({pruned_spec.resolved_int8_method()} quantization) of the pruned model"):

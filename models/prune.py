@@ -11,6 +11,9 @@ is exported.
 
 Pruning changes outputs by design: the pipeline reports parity for a pruned variant but
 judges it by the task metric (models/evaluate.py).
+
+torch and torch-pruning are imported inside the functions: only a pruning build needs them,
+and `import models` must not load torch.
 """
 from __future__ import annotations
 
@@ -20,10 +23,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable
 
-from .errors import BuildError
+from .errors import BuildError, SpecError
+from .export import flatten_outputs
+from .train import LOSSES, train
 
 IMPORTANCES = ("l1", "l2")
-from .train import LOSSES
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,6 @@ class PruneOptions:
     round_to: int | None = None
 
     def __post_init__(self) -> None:
-        from .spec import SpecError
-
         problems = []
         if not (isinstance(self.ratio, (int, float)) and not isinstance(self.ratio, bool) and 0 < self.ratio < 1):
             problems.append(f"ratio must be a number in (0, 1), got {self.ratio!r}")
@@ -85,9 +87,7 @@ class FineTune:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        import torch
-
-        from .spec import SpecError
+        import torch  # a FineTune holds tensors: torch is imported already
 
         problems = []
         inputs = (self.inputs,) if isinstance(self.inputs, torch.Tensor) else self.inputs
@@ -119,8 +119,6 @@ def output_layers(module, example_inputs: tuple) -> list[str]:
     Conv that runs, and any whose output tensor is returned as it is."""
     import torch
 
-    from .export import flatten_outputs
-
     ran: list[tuple[str, Any]] = []
     hooks = [m.register_forward_hook(lambda mod, _i, out, name=name: ran.append((name, out)))
              for name, m in module.named_modules()
@@ -146,8 +144,6 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
     the manifest. Raises BuildError(step="compress" or "compression")."""
     import torch
     import torch_pruning as tp
-
-    from .export import flatten_outputs
 
     options = spec.prune or PRUNE
     ft = spec.finetune
@@ -194,8 +190,6 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
         "params_before": params_before, "params_after": params_after, "finetune": None,
     }
     if ft is not None:
-        from .train import train
-
         history = train(module, ft.inputs, ft.targets if teacher is None else teacher, loss=ft.loss, epochs=ft.epochs, lr=ft.lr,
                         batch_size=ft.batch_size, seed=ft.seed)
         details["finetune"] = {"rows": len(ft.inputs[0]), "epochs": ft.epochs, "lr": ft.lr,

@@ -13,6 +13,9 @@ part of the content-addressed context (same inputs -> byte-identical context -> 
 same image digest). A timing inside it would turn every rebuild into a new image and a rollout.
 So the measurement lives beside the context: in the build cache's record (a cached build reports
 the figures measured when the context was made) and in BuildResult.startup / `--json`.
+
+onnx and onnxruntime are imported inside the functions: a cache hit that already has its
+figures never needs them, and `import models` must not load them.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .export import V2_DATATYPES
+
 # Rows of every dynamic non-batch dimension during warm-up (serving/model.py does the same).
 WARMUP_DIM = 1
 
@@ -31,8 +36,6 @@ def _numpy_dtypes() -> dict[str, Any]:
     """V2 datatype name -> numpy dtype, from the one V2 table (models/export.py) and onnx's own
     element-type -> numpy mapping."""
     import onnx.helper
-
-    from .export import V2_DATATYPES
 
     out = {}
     for elem_type, name in V2_DATATYPES.items():

@@ -2,11 +2,15 @@
 
 The trained weights become the model's bytes and hence its version, so training must give the
 same weights in every run: seeded, deterministic kernels, one thread.
+
+torch is imported inside the functions: `import models` must not load it.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Callable
+
+from .export import flatten_outputs
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -34,8 +38,6 @@ def train(module, inputs: tuple, targets, *, loss: str | Callable, epochs: int, 
           seed: int) -> list[float]:
     """Adam on shuffled mini-batches, deterministically. Returns the mean loss of each epoch."""
     import torch
-
-    from .export import flatten_outputs
 
     def loss_of(out, y):
         if callable(loss):

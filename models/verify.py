@@ -3,6 +3,8 @@
 The same batches and the same torch reference serve the fp32 check and the check after
 compression. Every output is measured; every failing output is reported at once (a parity
 failure is an error, never a warning), and the record goes into the manifest.
+
+torch is imported inside the functions that run the module: `import models` must not load it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from typing import Any
 import numpy as np
 
 from .errors import BuildError
+from .export import flatten_outputs
+from .runtime import session
+from .tolerance import FP32_TOLERANCE
 
 
 def batch_sizes_to_verify(max_batch_size: int) -> tuple[int, ...]:
@@ -70,8 +75,6 @@ def reference(spec) -> Reference:
     """Run the eager fp32 module on every verification batch."""
     import torch
 
-    from .export import flatten_outputs
-
     batches = verification_batches(spec)
     outs = []
     module = spec.module.eval()
@@ -125,9 +128,6 @@ def check_rows_independent(spec, ref: Reference) -> None:
     give the same rows within the fp32 tolerance. Raises BuildError (verify, exit code 5)."""
     import torch
 
-    from .export import flatten_outputs
-    from .spec import FP32_TOLERANCE
-
     sized = [(b, o) for b, o in zip(ref.batches, ref.outputs) if b.label.startswith("batch-")]
     if spec.max_batch_size < 2 or not sized:
         return
@@ -165,20 +165,6 @@ def check_rows_independent(spec, ref: Reference) -> None:
         diff = _rows_differ(got, want[order], atol, rtol)
         if diff is not None:
             raise refuse(name, f"the {batch.label} batch run in reverse order differs from its rows reversed", diff)
-
-
-def session(path: Path, threads: int = 1):
-    """A CPU onnxruntime session. One intra-op thread: reductions are then computed in one
-    order, so the recorded errors (part of the manifest, hence of the version) are
-    reproducible."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 4  # failures are reported by us, in one line
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def _sig(x: float) -> float:

@@ -73,13 +73,26 @@ def is_pinned_image(ref: str) -> bool:
     return bool(_VERSION_TAG.match(name.rsplit(":", 1)[1]))
 
 
+# The tag each build of a stack also pushes to record which version its build resource last
+# pushed (components/model_image.py BUILD_MARKER_PREFIX; tests/policy keeps the two equal). It
+# moves by design and nothing runs it: allowed on a build beside the version tag it records.
+BUILD_MARKER_PREFIX = "servedmodel-build-"
+
+
+def _is_build_marker(ref: str) -> bool:
+    name = ref.rsplit("/", 1)[-1]
+    return ":" in name and name.rsplit(":", 1)[1].startswith(BUILD_MARKER_PREFIX)
+
+
 def no_mutable_tags(resource_type: str, props: dict[str, Any]) -> list[str]:
     images: list[tuple[str, Any]] = []
     spec = pod_spec(resource_type, props)
     if spec is not None:
         images = [(where, c.get("image")) for where, c in _containers(spec)]
     elif resource_type == "docker-build:index:Image":
-        images = [("tag", t) for t in props.get("tags") or []]
+        tags = [t for t in props.get("tags") or [] if isinstance(t, str)]
+        versions = [t for t in tags if is_pinned_image(t)]
+        images = [("tag", t) for t in tags if not (versions and _is_build_marker(t))]
     elif resource_type == "docker:index/container:Container":
         images = [("image", props.get("image"))]
     return [f"{where}: image {ref!r} uses a mutable tag; use a digest (@sha256:...) or a version tag"

@@ -11,3 +11,5 @@ Three worlds, three subpackages (docs/architecture.md):
 In a checkout of the repository the subpackages are the top-level folders `models/`, `serving/`
 and `components/` (this folder holds links to them); the wheel holds them here.
 """
+
+__version__ = "0.1.0"

@@ -1,9 +1,9 @@
 """The Open Inference Protocol (KServe V2) gRPC front end: `inference.GRPCInferenceService`
-and the standard `grpc.health.v1.Health`, on our HTTP/2 layer (`h2c.py`) in the same event
+and the standard `grpc.health.v1.Health`, on our HTTP/2 layer (`h2/`) in the same event
 loop as REST, so both share one `InferenceService` (batcher, limits, auth, metrics, access
 log, drain).
 
-Errors map to status codes as Triton's do (`h2c.STATUS_OF_HTTP`); message sizes are limited
+Errors map to status codes as Triton's do (`h2.grpc.STATUS_OF_HTTP`); message sizes are limited
 explicitly (SERVEDMODEL_MAX_BODY_BYTES both ways: RESOURCE_EXHAUSTED above it).
 """
 from __future__ import annotations
@@ -19,9 +19,10 @@ from .batcher import Arrival
 from .errors import ServingError, StartupError
 from .grpc_health import (NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest,
                           HealthCheckResponse)
-from .h2c import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
-                  RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP, UNAUTHENTICATED,
-                  UNAVAILABLE, UNIMPLEMENTED, Call, GrpcLimits, GrpcListener)
+from .h2 import Call, GrpcLimits, GrpcListener
+from .h2.grpc import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
+                      RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP, UNAUTHENTICATED,
+                      UNAVAILABLE, UNIMPLEMENTED)
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
@@ -42,15 +43,25 @@ WATCH_SECONDS = 0.1
 HTTP_OF_STATUS = {CANCELLED: 400, INVALID_ARGUMENT: 400, DEADLINE_EXCEEDED: 408, NOT_FOUND: 404,
                   RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 400, INTERNAL: 400, UNAVAILABLE: 503,
                   UNAUTHENTICATED: 401}
-#: The calls a connection taken from the reserve over the connection cap may make.
-PROBE_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
-                           SERVICE + "ServerReady"})
+#: The calls a connection taken from the reserve over the connection cap may make: the
+#: probes' (a Watch lasts, so it may not hold the reserve).
+PROBE_METHODS = frozenset({HEALTH + "Check", SERVICE + "ServerLive", SERVICE + "ServerReady"})
+#: Calls that last: counted apart from unary calls (SERVEDMODEL_MAX_STREAMING_CALLS).
+STREAMING_METHODS = frozenset({HEALTH + "Watch"})
+#: Calls that need no token (the probes' and the health service).
+OPEN_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
+                          SERVICE + "ServerReady"})
 
 
-def grpc_limits(s: Settings, max_message_bytes: int) -> GrpcLimits:
-    """The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits")."""
+def grpc_limits(s: Settings, max_message_bytes: int,
+                max_connections: int | None = None) -> GrpcLimits:
+    """The REST connection limits, in gRPC's terms (docs/protocol.md, "Limits");
+    `max_connections`: the cap as the descriptor budget left it (`ensure_descriptors`)."""
     return replace(GrpcLimits.from_settings(s), max_message_bytes=max_message_bytes,
-                   max_calls=s.max_connections)
+                   max_calls=s.max_connections,
+                   max_connections=max_connections or s.max_connections,
+                   max_streaming_calls=s.max_streaming_calls,
+                   request_timeout=s.request_timeout_seconds)
 
 
 def _log_record(path: str, status: int, code: int | None) -> dict:
@@ -96,8 +107,7 @@ class _Health:
                            f"{', '.join(repr(s) for s in READINESS_SERVICES)}, "
                            f"{LIVENESS_SERVICE!r}")
             return
-        call.send_message(HealthCheckResponse(status=status).SerializeToString())
-        call.finish()
+        call.reply(HealthCheckResponse(status=status).SerializeToString())
 
     async def watch(self, call: Call) -> None:
         request = self._request(call)
@@ -127,29 +137,34 @@ class _Inference:
         self.max_message_bytes = max_message_bytes
 
     def handlers(self) -> dict:
-        def rpc(name: str, message, handler, *, auth: bool = True, infer: bool = False):
+        def rpc(name: str, message, handler, *, infer: bool = False):
             async def run(call: Call) -> None:
-                await self._call(name, call, message, handler, auth=auth, infer=infer)
+                await self._call(name, call, message, handler, infer=infer)
             return SERVICE + name, run
         return dict((
-            rpc("ServerLive", pb.ServerLiveRequest, self.server_live, auth=False),
-            rpc("ServerReady", pb.ServerReadyRequest, self.server_ready, auth=False),
+            rpc("ServerLive", pb.ServerLiveRequest, self.server_live),
+            rpc("ServerReady", pb.ServerReadyRequest, self.server_ready),
             rpc("ModelReady", pb.ModelReadyRequest, self.model_ready),
             rpc("ServerMetadata", pb.ServerMetadataRequest, self.server_metadata),
             rpc("ModelMetadata", pb.ModelMetadataRequest, self.model_metadata),
             rpc("ModelInfer", pb.ModelInferRequest, self.model_infer, infer=True),
         ))
 
-    async def _call(self, rpc: str, call: Call, message, handler, *, auth: bool,
-                    infer: bool) -> None:
-        """Run one RPC: auth, the handler, metrics and the access log; a ServingError becomes
-        the mapped status code with its message."""
+    def authorize(self, call: Call) -> None:
+        """The call's token, checked on its HEADERS (the connection layer calls this before
+        it keeps any of the request's bytes): every method but `OPEN_METHODS` needs one,
+        unknown methods included."""
+        if self.service.auth_required and call.method not in OPEN_METHODS:
+            self.service.authorize(call.header(b"authorization"))
+
+    async def _call(self, rpc: str, call: Call, message, handler, *, infer: bool) -> None:
+        """Run one RPC: the handler, metrics and the access log (auth ran on the call's
+        HEADERS, `authorize`); a ServingError becomes the mapped status code with its
+        message."""
         svc = self.service
         t0 = time.perf_counter()
         status, reason, extra, data, cancelled = 200, None, None, b"", None
         try:
-            if auth and svc.auth_required:
-                svc.authorize(call.header(b"authorization"))
             try:
                 request = message.FromString(call.message)
             except DecodeError:
@@ -184,8 +199,7 @@ class _Inference:
         if status != 200:
             call.finish(code, message_text, RETRY if status == 503 else ())
             return
-        call.send_message(data)
-        call.finish()
+        call.reply(data)
 
     def refused(self, call: Call, code: int, message: str, reason: str) -> None:
         """A call the connection layer answered itself (a limit, a malformed call)."""
@@ -245,6 +259,8 @@ class GrpcFrontEnd:
         self.service = service
         self.host, self.port = host, port
         self.max_message_bytes = max_message_bytes
+        #: the connection cap, once the descriptor budget has set it (`server.serve`)
+        self.max_connections: int | None = None
         self.listener: GrpcListener | None = None
         self.bound_port: int | None = None
 
@@ -274,10 +290,12 @@ class GrpcFrontEnd:
         handlers = inference.handlers()
         handlers[HEALTH + "Check"] = health.check
         handlers[HEALTH + "Watch"] = health.watch
-        self.listener = GrpcListener(grpc_limits(svc.settings, self.max_message_bytes),
-                                     handlers, metrics=svc.metrics, budget=svc.body_budget,
+        limits = grpc_limits(svc.settings, self.max_message_bytes, self.max_connections)
+        self.listener = GrpcListener(limits, handlers, metrics=svc.metrics,
+                                     budget=svc.body_budget, authorize=inference.authorize,
                                      arriving=self._arriving, refused=inference.refused,
-                                     probe_methods=PROBE_METHODS)
+                                     probe_methods=PROBE_METHODS,
+                                     streaming_methods=STREAMING_METHODS)
         address = f"{self.host}:{self.port}"
         try:
             self.bound_port = await self.listener.start(self.host, self.port)

@@ -53,6 +53,8 @@ class Metrics:
         self.batch_isolations = 0                # failed batches re-run one request at a time
         self.connections = 0                     # open HTTP connections
         self.connection_errors: dict[str, int] = {}   # reason -> connections closed by a limit
+        #: (kind, HTTP/2 error code) -> protocol errors of the gRPC front end's HTTP/2 layer
+        self.protocol_errors: dict[tuple[str, str], int] = {}
         self.buffered_bytes = 0                  # request body bytes held by the server now
         self.received_bytes = 0                  # bytes received on all connections (internal)
         self.connections_total = 0               # connections accepted (internal)
@@ -128,4 +130,11 @@ class Metrics:
         for reason in sorted(self.connection_errors):
             out.append(f'servedmodel_connection_errors_total{{{L},reason="{reason}"}} '
                        f"{self.connection_errors[reason]}")
+        out += ["# HELP servedmodel_http2_protocol_errors_total Protocol errors of the gRPC "
+                "front end's HTTP/2 layer (a stream reset or a connection closed), by kind and "
+                "error code.",
+                "# TYPE servedmodel_http2_protocol_errors_total counter"]
+        for kind, code in sorted(self.protocol_errors):
+            out.append(f'servedmodel_http2_protocol_errors_total{{{L},kind="{kind}",'
+                       f'code="{code}"}} {self.protocol_errors[kind, code]}')
         return ("\n".join(out) + "\n").encode()

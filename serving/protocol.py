@@ -297,6 +297,20 @@ def _check_depth(doc: dict) -> None:
                                 f"{MAX_DEPTH} levels): '{key[:32]}' nests too deep")
 
 
+def _looks_like_binary_tensors(body) -> bool:
+    """A body that failed to parse as JSON and looks like a JSON header followed by raw tensor
+    bytes (it names binary_data_size, or is not UTF-8): what a client that forgot the
+    Inference-Header-Content-Length header sends. Only on the error path."""
+    raw = bytes(body)
+    if b'"binary_data_size"' in raw:
+        return True
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def request_from_rest(body: bytes, header_len: int | None,
                       validator: RequestValidator) -> InferRequest:
     """A REST body (JSON, or a JSON header of `header_len` bytes followed by binary tensor
@@ -314,6 +328,10 @@ def request_from_rest(body: bytes, header_len: int | None,
         try:
             doc = orjson.loads(json_part)
         except orjson.JSONDecodeError as e:
+            if header_len is None and _looks_like_binary_tensors(json_part):
+                raise ServingError(400, "request body is not JSON: a request with binary tensor data needs "
+                                        "the Inference-Header-Content-Length header, the byte length of "
+                                        "its JSON part (the binary tensor extension)") from None
             doc = _loads_with_nonfinite(json_part, e)
     if not isinstance(doc, dict):
         raise ServingError(400, "request must be a JSON object with 'inputs'")

@@ -66,11 +66,12 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-def ensure_descriptors(limits: ConnectionLimits) -> ConnectionLimits:
-    """Raise the soft open-files limit so the connection cap, not the kernel, refuses first.
-    When the hard limit is too low for the cap, the cap is lowered to fit (one line on
+def ensure_descriptors(limits: ConnectionLimits, listeners: int = 1) -> ConnectionLimits:
+    """Raise the soft open-files limit so the connection caps, not the kernel, refuse first.
+    `listeners`: REST alone (1) or REST and gRPC (2), each with its own cap and probe
+    reserve. When the hard limit is too low for them, the cap is lowered to fit (one line on
     stderr says so): running out of descriptors would refuse probes too."""
-    needed = limits.max_connections + limits.probe_connections + FD_MARGIN
+    needed = listeners * (limits.max_connections + limits.probe_connections) + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return limits
@@ -78,7 +79,7 @@ def ensure_descriptors(limits: ConnectionLimits) -> ConnectionLimits:
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     if target >= needed:
         return limits
-    fits = max(1, target - limits.probe_connections - FD_MARGIN)
+    fits = max(1, (target - FD_MARGIN) // listeners - limits.probe_connections)
     print(f"serving: the open-files limit ({hard}) allows {fits} connections; "
           f"SERVEDMODEL_MAX_CONNECTIONS lowered from {limits.max_connections} to {fits}",
           file=sys.stderr, flush=True)
@@ -89,7 +90,10 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
     # The model thread needs the GIL for a moment before and after each batch; while the event
     # loop decodes requests it would wait up to the 5 ms default switch interval each time.
     sys.setswitchinterval(0.001)
-    limits = ensure_descriptors(ConnectionLimits.from_settings(app.settings))
+    limits = ensure_descriptors(ConnectionLimits.from_settings(app.settings),
+                                listeners=2 if app.grpc is not None else 1)
+    if app.grpc is not None:
+        app.grpc.max_connections = limits.max_connections
     guard = ConnectionGuard(limits, app.service.metrics)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
                             http=protocol_factory(guard), lifespan="on", access_log=False,

@@ -67,6 +67,10 @@ class Settings:
     keep_alive_seconds: float = 30.0
     max_connections: int = 1000
     probe_connections: int = 8
+    #: gRPC streaming calls (Health/Watch) at once, apart from unary calls
+    max_streaming_calls: int = 100
+    #: seconds a gRPC request message may take to arrive whole (from its HEADERS)
+    request_timeout_seconds: float = 60.0
     max_buffered_bytes: int = 256 * 1024 * 1024   # 4 x max_body_bytes when not set
     #: tensor elements one request may carry, all inputs together; 0: no limit but the body
     max_request_elements: int = 0                  # the manifest's limits when not set
@@ -228,6 +232,12 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                              lambda v: v >= 1, "an integer >= 1"),
         probe_connections=pick("probe_connections", Settings.probe_connections, integer,
                                lambda v: v >= 1, "an integer >= 1"),
+        max_streaming_calls=pick("max_streaming_calls", Settings.max_streaming_calls, integer,
+                                 lambda v: v >= 0, "an integer >= 0 (0: no streaming calls)"),
+        request_timeout_seconds=pick("request_timeout_seconds",
+                                     Settings.request_timeout_seconds, float,
+                                     lambda v: 0 < v <= 3600,
+                                     "a number of seconds > 0 and <= 3600"),
         max_buffered_bytes=max_buffered,
         max_request_elements=pick("max_request_elements", manifest.max_request_elements or 0,
                                   integer, lambda v: v >= 0, "an integer >= 0 (0: no limit)"),

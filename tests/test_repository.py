@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ FORBIDDEN_IMPORTS = {
 }
 WORLDS = ("models", "serving", "components")
 # Python sources outside the packages that use them: the program, examples, tests, benchmarks.
-USERS = ("__main__.py", "examples", "tests", "bench", "policy")
+USERS = ("__main__.py", "examples", "provider", "tests", "bench", "policy")
 
 
 def _python_sources(*names: str) -> list[Path]:
@@ -94,6 +95,145 @@ def test_folder_never_imports_another_world(folder: str) -> None:
     assert {path: names for path, names in violations.items() if names} == {}
 
 
+def world_modules(root: Path, worlds: tuple[str, ...]) -> dict[str, Path]:
+    """Dotted module name (`models.zoo.digits`, `models.zoo` for its __init__) -> file, for every
+    Python file of the worlds under `root`."""
+    modules = {}
+    for world in worlds:
+        for path in sorted((root / world).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def import_graph(root: Path, worlds: tuple[str, ...] = WORLDS) -> dict[str, dict[str, int]]:
+    """module -> {imported module of the worlds: first line}, built statically from every import
+    statement in the file: at module level, inside functions, under `if TYPE_CHECKING`; relative
+    (`from .spec import X`, `from . import cache`) and absolute (`servedmodel.<world>...`). An
+    import that names a submodule (`from . import cache`) points at it, any other name at the
+    module it is taken from."""
+    modules = world_modules(root, worlds)
+
+    def known(dotted: str) -> str | None:  # the longest prefix that is a module of the worlds
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in modules:
+                return ".".join(parts[:n])
+        return None
+
+    def unprefixed(dotted: str) -> str | None:  # `servedmodel.models.x` -> `models.x`; others: None
+        head, _, rest = dotted.partition(".")
+        return rest if head == "servedmodel" and rest.split(".")[0] in worlds else None
+
+    graph: dict[str, dict[str, int]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: dict[str, int] = {}
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [t for a in node.names if (t := unprefixed(a.name))]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1])
+                    base = f"{base}.{node.module}" if node.module else base
+                elif node.module == "servedmodel":
+                    base = ""
+                else:
+                    base = unprefixed(node.module or "") or ""
+                    if not base:
+                        continue
+                targets = [f"{base}.{a.name}".lstrip(".") if f"{base}.{a.name}".lstrip(".") in modules else base
+                           for a in node.names]
+            for target in targets:
+                module = known(target) if target else None
+                if module is not None and module != name:
+                    edges.setdefault(module, node.lineno)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, dict[str, int]]) -> list[tuple[list[str], list[str]]]:
+    """(cycle, group) per group of modules that import each other (a strongly connected component
+    of the graph): the group's modules, sorted, and one shortest cycle through the first of them
+    (that module repeated at the end)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan; the graphs are small enough for recursion
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for group in sorted(groups):
+        members, start = set(group), group[0]
+        paths = {start: [start]}  # breadth-first, inside the group, back to the start
+        frontier = [start]
+        while frontier and start not in [w for v in frontier for w in graph[v]]:
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v]):
+                    if w in members and w not in paths:
+                        paths[w] = paths[v] + [w]
+                        nxt.append(w)
+            frontier = nxt
+        last = next(v for v in frontier if start in graph[v])
+        cycles.append((paths[last] + [start], group))
+    return cycles
+
+
+def test_import_cycles_are_found_and_named(tmp_path: Path) -> None:
+    """The cycle finder itself: a circle hidden behind a function-level import (relative one way,
+    `servedmodel.<world>` the other) is found and named; a one-way chain is not a cycle."""
+    pkg = tmp_path / "models"
+    (pkg / "zoo").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .spec import Spec\n")
+    (pkg / "errors.py").write_text("")
+    (pkg / "spec.py").write_text("from .errors import E\n\ndef check():\n    from .evaluate import Evaluation\n")
+    (pkg / "evaluate.py").write_text("from . import errors\n\ndef f():\n    import servedmodel.models.verify\n")
+    (pkg / "verify.py").write_text("from servedmodel.models.spec import Spec\n")
+    (pkg / "zoo" / "__init__.py").write_text("")
+    (pkg / "zoo" / "digits.py").write_text("from ..spec import Spec\nfrom .. import errors\n")
+    graph = import_graph(tmp_path, ("models",))
+    assert graph["models.zoo.digits"] == {"models.spec": 1, "models.errors": 2}
+    assert import_cycles(graph) == [(["models.evaluate", "models.verify", "models.spec", "models.evaluate"],
+                                     ["models.evaluate", "models.spec", "models.verify"])]
+    (pkg / "verify.py").write_text("from servedmodel.models.errors import E\n")
+    assert import_cycles(import_graph(tmp_path, ("models",))) == []
+
+
+def test_no_world_imports_in_a_circle() -> None:
+    """Every world imports in one direction (counting imports inside functions too: a circle
+    hidden behind a function-level import is still a circle)."""
+    graph = import_graph(ROOT)
+    assert graph["models.pipeline"] and graph["components.served_model"] and graph["serving.app"]
+    assert [f"{' -> '.join(cycle)} (importing each other: {', '.join(group)})"
+            for cycle, group in import_cycles(graph)] == []
+
+
 def test_serving_runs_without_torch_loaded() -> None:
     """Importing every serving module leaves torch, pulumi and models out of sys.modules."""
     modules = sorted(
@@ -154,3 +294,24 @@ def test_requirements_are_pinned() -> None:
             line = line.split("#")[0].strip()
             if line and not line.startswith("-r"):
                 assert "==" in line, f"{name}: {line!r} is not pinned"
+
+
+def test_make_serve_takes_its_port_from_port_or_the_environment() -> None:
+    def serve_line(*args: str, env: dict[str, str] | None = None) -> str:
+        out = subprocess.run(["make", "-n", "serve", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={k: v for k, v in {**os.environ, **(env or {})}.items() if k != "PORT"}).stdout
+        return next(line for line in out.splitlines() if "-m serving" in line)
+
+    assert serve_line().endswith("--port 8080")
+    assert serve_line("PORT=9000").endswith("--port 9000")
+    assert serve_line(env={"SERVEDMODEL_PORT": "9100"}).endswith("--port 9100")
+
+
+def test_the_readme_requests_reach_the_model_that_make_serve_and_make_up_serve() -> None:
+    """`make serve` answers under the model's own name, `make up` under the local stack's
+    served name: the README's requests must reach both."""
+    readme = (ROOT / "README.md").read_text()
+    asked = set(re.findall(r"/v2/models/([A-Za-z0-9_.-]+)", readme))
+    makefile_model = re.search(r"^MODEL \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    local = yaml.safe_load((ROOT / "stacks" / "Pulumi.local.yaml").read_text())["config"]
+    assert asked == {makefile_model} == {local["servedmodel:name"]}

@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cache import cached_bytes
 from ..evaluate import Evaluation
 from ..prune import FineTune
 from ..spec import ModelSpec
+from ..train import train
 
 DIGITS = tuple(str(d) for d in range(10))
 SPLIT_SEED = 0
@@ -75,9 +77,6 @@ def training_key() -> str:
 
 def trained_module() -> DigitsCnn:
     """The trained CNN: from the build cache, or trained now (and cached)."""
-    from ..cache import cached_bytes
-    from ..train import train
-
     def make() -> bytes:
         x_tr, y_tr, _, _ = dataset()
         with torch.random.fork_rng(devices=[]):

@@ -4,7 +4,7 @@ Never imported by the product. It lets tests/components/test_lifecycle.py play a
 (first up, no-op, model change, revert, retry, rename) under Pulumi's mocks and assert what a real
 engine would do, which the mocks alone cannot show: they accept any order and any state.
 
-Three parts, each rule citing the source it was read from:
+Four parts, each rule citing the source it was read from:
 
 1. PROVIDER_RULES: per resource type, which changed inputs the provider's Diff answers with a
    replacement (everything else updates in place), and whether its replacement deletes first.
@@ -25,8 +25,17 @@ Three parts, each rule citing the source it was read from:
 3. Registry and host facts that live outside the state, where an `up` can fail although the
    plan is valid: `Registry` (an ECR repository with IMMUTABLE tags refuses a push of an existing
    tag with another digest: ECR API reference, PutImage, ImageTagAlreadyExistsException; image
-   builds are not bit-reproducible, so a rebuild always has another digest) and `HostPorts` (the
-   Docker engine refuses a container whose published host port another container holds).
+   builds are not bit-reproducible, so a rebuild always has another digest; ECR refuses to delete
+   a repository that holds images unless the delete forces it: ECR API reference,
+   DeleteRepository, RepositoryNotEmptyException, and hashicorp/terraform-provider-aws
+   internal/service/ecr/repository.go resourceRepositoryDelete sends `force_delete` from the
+   state as `Force`) and `HostPorts` (the Docker engine refuses a container whose published host
+   port another container holds). The registry's tags also feed the next program run
+   (`Registry.holding`: what aws:ecr/getImages lists), as the real registry does.
+4. What the controllers do with the steps (CONTROLLER_RULES): `Cluster` plays KEDA's admission
+   webhook (a ScaledObject for a workload an HPA already scales), its finalizer and the replica
+   count a keda -> hpa switch leaves; `canary_up` plays what `pulumi up` reports for a canary from
+   the Rollout states Argo Rollouts writes (the provider's await, then the RolloutWait).
 """
 from __future__ import annotations
 
@@ -51,6 +60,9 @@ class ProviderRule:
     """What the provider's Diff answers for a replacement."""
     ignored: tuple[str, ...] = ()
     """Inputs the provider's Diff never reports."""
+    immutable: tuple[str, ...] = ()
+    """Inputs the service refuses to change in place although the provider's Diff updates them
+    (an update that touches one fails); a `replaceOnChanges` on them makes it a replacement."""
 
     def replaces(self, path: str) -> bool:
         top = _segments(path)
@@ -60,6 +72,9 @@ class ProviderRule:
 
     def ignores(self, path: str) -> bool:
         return any(_covers(_segments(p), _segments(path)) for p in self.ignored)
+
+    def refuses(self, path: str) -> bool:
+        return any(_covers(_segments(p), _segments(path)) for p in self.immutable)
 
 
 def _segments(path: str) -> list[str]:
@@ -109,6 +124,26 @@ PROVIDER_RULES: dict[str, ProviderRule] = {
                "would delete the policy it just put",
         replace_on=("policy", "repository"),
     ),
+    "aws:ec2/launchTemplate:LaunchTemplate": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/ec2/ec2_launch_template.go: name and "
+               "name_prefix are ForceNew; any other change creates a new template version "
+               "(CreateLaunchTemplateVersion) and moves latest_version, which a node group then rolls to",
+        replace_on=("name", "namePrefix"),
+    ),
+    "aws:route53/record:Record": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/route53/record.go (resourceRecord): name "
+               "and zone_id are ForceNew; alias, type and the rest are UPSERTed in place "
+               "(resourceRecordUpdate); a create uses CREATE, which fails where the name already has a "
+               "record of the type unless allow_overwrite",
+        replace_on=("name", "zoneId"),
+    ),
+    "kubernetes:core/v1:NamespacePatch": ProviderRule(
+        source="pulumi/pulumi-kubernetes provider/pkg/provider/provider.go (Patch resources, server-side "
+               "apply under the resource's own field manager): a changed name or namespace targets "
+               "another object (replace); a changed field is re-applied in place; a delete gives up the "
+               "fields the manager owns (a label another manager also applies stays)",
+        replace_on=K8S_META,
+    ),
     "aws:iam/role:Role": ProviderRule(
         source="hashicorp/terraform-provider-aws internal/service/iam/role.go: name, name_prefix and "
                "path are ForceNew; assume_role_policy and the rest update in place",
@@ -144,8 +179,24 @@ PROVIDER_RULES: dict[str, ProviderRule] = {
     ),
     **{t: ProviderRule(source=K8S_DIFF + f"; {t.split(':')[1]} has no other force-new field", replace_on=K8S_META)
        for t in ("kubernetes:core/v1:ServiceAccount", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
-                 "kubernetes:policy/v1:PodDisruptionBudget", "kubernetes:networking.k8s.io/v1:NetworkPolicy",
-                 "kubernetes:scheduling.k8s.io/v1:PriorityClass")},
+                 "kubernetes:policy/v1:PodDisruptionBudget", "kubernetes:networking.k8s.io/v1:NetworkPolicy")},
+    "kubernetes:scheduling.k8s.io/v1:PriorityClass": ProviderRule(
+        source=K8S_DIFF + "; PriorityClass has no other force-new field in the provider, but the API server "
+                          "refuses to change `value` and `preemptionPolicy` (kubernetes/kubernetes "
+                          "pkg/apis/scheduling/validation/validation.go, ValidatePriorityClassUpdate: "
+                          "\"may not be changed in an update\"): an update of either fails with a 422",
+        replace_on=K8S_META, immutable=("value", "preemptionPolicy"),
+    ),
+    # Our own dynamic provider (components/rollout_wait.py RolloutWaitProvider.diff, served by
+    # pulumi/pulumi sdk/python/lib/pulumi/dynamic/__main__.py Diff): a change of the Rollout it
+    # names or of that Rollout's spec is an update (the wait runs again); the kubeconfig, the
+    # deadline and the poll period are how to wait and never a diff; nothing replaces it.
+    "pulumi-python:dynamic/servedmodel:RolloutWait": ProviderRule(
+        source="components/rollout_wait.py (RolloutWaitProvider.diff: changes only on namespace, name, "
+               "specHash; replaces=[]); pulumi/pulumi sdk/python/lib/pulumi/dynamic/__main__.py (Diff answers "
+               "the provider's DiffResult)",
+        ignored=("__provider", "kubeconfig", "timeoutSeconds", "pollSeconds"),
+    ),
     "kubernetes:core/v1:ConfigMap": ProviderRule(
         source=K8S_DIFF + "; a ConfigMap replaces on .data/.binaryData only when it is immutable, "
                           "and ours (dashboard, rule files) are not",
@@ -223,6 +274,12 @@ class Plan:
 
 
 def changed_paths(a: Any, b: Any, path: str = "") -> list[str]:
+    # A nested block that appears or goes reports its leaves (a launch template added to a node
+    # group changes launchTemplate.id, which is what the provider's ForceNew is on).
+    if isinstance(a, dict) and b is None:
+        b = {}
+    if isinstance(b, dict) and a is None:
+        a = {}
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for key in sorted(set(a) | set(b)):
@@ -268,7 +325,12 @@ def plan(before: Optional[Run], after: Run) -> Plan:
                 continue
             if rule is None:
                 raise AssertionError(f"{res.urn}: provider configuration changed ({paths}); not modelled")
-            replacing = [p for p in paths if rule.replaces(p)]
+            replacing = [p for p in paths if rule.replaces(p)
+                         or any(_covers(_segments(r), _segments(p)) for r in res.replace_on_changes)]
+            refused = [p for p in paths if rule.refuses(p)]
+            if refused and not replacing:
+                raise PlanError(f"{res.urn}: the service refuses to update {refused} in place (immutable); "
+                                f"{rule.source}")
             if not replacing:
                 step = Step("update", res.urn, tuple(paths))
             else:
@@ -314,10 +376,17 @@ def plan(before: Optional[Run], after: Run) -> Plan:
 
 class Registry:
     """The image registry, which outlives the state: tags pushed by earlier `up`s stay there
-    even when the state does not record them (a push that landed before the run failed)."""
+    even when the state does not record them (a push that landed before the run failed).
+
+    `tags` maps a repository URL to its tags and the digest each names. A push moves its tags to
+    the build's digest; a repository deleted with force loses its images."""
 
     def __init__(self) -> None:
-        self.tags: dict[str, set[str]] = {}
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def holding(self) -> dict[str, dict[str, str]]:
+        """What the next program run finds in the registries (pulumi_harness RealisticMocks)."""
+        return {repo: dict(tags) for repo, tags in self.tags.items() if tags}
 
     def publish(self, run: Run, steps: Iterable[Step]) -> list[str]:
         """Apply the pushes of `steps`; returns the tags pushed. Raises PlanError where the
@@ -331,12 +400,27 @@ class Registry:
                 continue
             for tag in image.inputs["tags"]:
                 repo, version = tag.rsplit(":", 1)
-                if version in self.tags.get(repo, set()) and self.mutability(run, repo) == "IMMUTABLE":
+                if version in self.tags.get(repo, {}) and self.mutability(run, repo) == "IMMUTABLE":
                     raise PlanError(f"{step}: {tag} already exists in an IMMUTABLE repository and this build "
                                     "has another digest (ImageTagAlreadyExistsException)")
-                self.tags.setdefault(repo, set()).add(version)
+                self.tags.setdefault(repo, {})[version] = image.state["digest"]
                 pushed.append(tag)
         return pushed
+
+    def delete_repositories(self, before: Optional[Run], steps: Iterable[Step]) -> None:
+        """Apply the deletes of ECR repositories in `steps`: a retained one stays (state only), a
+        forced one goes with its images, any other one that holds images is refused."""
+        for step in steps:
+            if step.type != "aws:ecr/repository:Repository" or step.op not in ("delete", "delete-replaced"):
+                continue
+            if step.retain:
+                continue
+            repo = before.by_urn(step.urn)
+            url = repo.state.get("repositoryUrl")
+            if self.tags.get(url) and not repo.inputs.get("forceDelete"):
+                raise PlanError(f"{step}: ECR Repository ({repo.state.get('name')}) not empty, consider using "
+                                "force_delete (RepositoryNotEmptyException)")
+            self.tags.pop(url, None)
 
     @staticmethod
     def mutability(run: Run, repo: str) -> str:
@@ -374,3 +458,190 @@ class HostPorts:
                         raise PlanError(f"{step}: host port {key[0]}:{key[1]} is still held by "
                                         f"{holder.split('::')[-1]}")
                     self.held[key] = step.urn
+
+
+# --- 4. What the controllers do with the steps (issue 18) ------------------------------------------
+# The engine's plan can be valid and the `up` still fail, or succeed too early, because of what a
+# controller does with the objects as they reach the API server. Each rule below names the
+# upstream source it was read from; docs/deploy.md's controller table says the same in prose.
+
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
+ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
+ROLLOUT_WAIT = "pulumi-python:dynamic/servedmodel:RolloutWait"
+
+KEDA_WEBHOOK = (
+    "kedacore/keda v2.20.2 apis/keda/v1alpha1/scaledobject_webhook.go: on CREATE and UPDATE of a "
+    "ScaledObject (config/webhooks/validation_webhooks.yaml) verifyHpas lists the namespace's HPAs and "
+    "refuses one whose scaleTargetRef has the ScaledObject's group/kind and name, unless the HPA is "
+    "annotated validations.keda.sh/hpa-ownership: \"false\", is owned by this ScaledObject, or the "
+    "ScaledObject carries scaledobject.keda.sh/transfer-hpa-ownership: \"true\" and names the HPA in "
+    "spec.advanced.horizontalPodAutoscalerConfig.name; verifyScaledObjects refuses a second ScaledObject "
+    "for the same workload")
+KEDA_FINALIZER = (
+    "kedacore/keda v2.20.2 controllers/keda/scaledobject_finalizer.go: deleting a ScaledObject stops "
+    "its scale loop and, only with spec.advanced.restoreToOriginalReplicaCount, scales the target back "
+    "to status.originalReplicaCount (recorded once when KEDA first reads the target: "
+    "controllers/keda/scaledobject_controller.go); KEDA's own HPA goes by garbage collection")
+HPA_AT_ZERO = (
+    "kubernetes/kubernetes pkg/controller/podautoscaler/horizontal.go (reconcileAutoscaler): an HPA "
+    "whose target has 0 replicas does nothing (ScalingActive False, reason ScalingDisabled)")
+PK_AWAIT = (
+    "pulumi/pulumi-kubernetes provider/pkg/metadata/overrides.go ReadyCondition: pulumi.com/skipAwait "
+    "\"true\", or a custom resource without pulumi.com/waitFor, is ready at once; "
+    "provider/pkg/await/condition/jsonpath.go Satisfied: an older status is skipped only when "
+    "unstructured.NestedInt64 reads status.observedGeneration, and Argo writes it as a string "
+    "(argoproj/argo-rollouts v1.9.1 pkg/apis/rollouts/v1alpha1/types.go); the match is string equality "
+    "of the first selected value (provider/pkg/jsonpath/jsonpath.go)")
+ARGO_VIEW = (
+    "argoproj/argo-rollouts v1.9.1 utils/rollout/rolloututil.go GetRolloutPhase/IsFullyPromoted: phase "
+    "counts only once status.observedGeneration equals metadata.generation; fully promoted is stableRS == "
+    "currentPodHash; rollout/sync.go and rollout/analysis.go: an abort (status.abort, condition "
+    "RolloutAborted) and an inconclusive analysis (pause condition InconclusiveAnalysisRun) stay until a "
+    "spec change or a person. RolloutWait reads this view (components/rollout_wait.py rollout_verdict)")
+CONTROLLER_RULES = {"keda-webhook": KEDA_WEBHOOK, "keda-finalizer": KEDA_FINALIZER, "hpa-at-zero": HPA_AT_ZERO,
+                    "pulumi-kubernetes-await": PK_AWAIT, "argo-rollouts-view": ARGO_VIEW}
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _group(api_version: str) -> str:
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
+def _target(res: Res) -> tuple[str, str, str, str]:
+    """(namespace, group, kind, name) of an HPA's or ScaledObject's scale target."""
+    ref = _get(res.inputs, "spec", "scaleTargetRef") or {}
+    return (_get(res.inputs, "metadata", "namespace") or "default", _group(ref.get("apiVersion", "apps/v1")),
+            ref.get("kind", "Deployment"), ref.get("name", ""))
+
+
+def _name(res: Res) -> str:
+    return _get(res.state, "metadata", "name") or _get(res.inputs, "metadata", "name") or res.name
+
+
+class Cluster:
+    """The autoscalers of a namespace as KEDA and the HPA controller see them while one `up`'s
+    steps reach the API server: KEDA's admission of a ScaledObject (KEDA_WEBHOOK), its finalizer
+    (KEDA_FINALIZER) and the replica count it leaves, and an HPA left facing 0 replicas
+    (HPA_AT_ZERO). `scaled_to_zero`: the state's scale-to-zero workloads are idle (at 0), the
+    case that matters for keda -> hpa."""
+
+    def __init__(self, run: Optional[Run] = None, scaled_to_zero: bool = True) -> None:
+        self.live: list[Res] = [r for r in _custom(run) if r.type in (HPA, SCALED_OBJECT)]
+        self.replicas: dict[tuple[str, str, str, str], int] = {}
+        self.original: dict[str, int] = {}
+        for r in self.live:
+            key = _target(r)
+            if r.type == SCALED_OBJECT:
+                low = _get(r.inputs, "spec", "minReplicaCount") or 0
+                # KEDA first read a new Deployment created without `replicas`: the API default, 1.
+                self.original[r.urn] = 1
+                self.replicas[key] = 0 if scaled_to_zero and low == 0 else max(1, low)
+            else:
+                self.replicas.setdefault(key, _get(r.inputs, "spec", "minReplicas") or 1)
+
+    def _admit(self, so: Res) -> None:
+        namespace, group, kind, name = _target(so)
+        annotations = _get(so.inputs, "metadata", "annotations") or {}
+        transfer = annotations.get("scaledobject.keda.sh/transfer-hpa-ownership") == "true"
+        named = _get(so.inputs, "spec", "advanced", "horizontalPodAutoscalerConfig", "name")
+        for other in self.live:
+            if other.urn == so.urn or _target(other) != (namespace, group, kind, name):
+                continue
+            if other.type == SCALED_OBJECT:
+                raise PlanError(f"create {so.name}: the workload '{name}' is already managed by the ScaledObject "
+                                f"'{_name(other)}' ({KEDA_WEBHOOK})")
+            if (_get(other.inputs, "metadata", "annotations") or {}).get("validations.keda.sh/hpa-ownership") == "false":
+                continue
+            if transfer and named == _name(other):
+                continue
+            if transfer:
+                raise PlanError(f"create {so.name}: the existing hpa '{_name(other)}' for workload '{name}' must be "
+                                f"specified by name in advanced settings to enable ownership transfer ({KEDA_WEBHOOK})")
+            raise PlanError(f"create {so.name}: the workload '{name}' of type '{kind}.{group}' is already managed by "
+                            f"the hpa '{_name(other)}' ({KEDA_WEBHOOK})")
+
+    def apply(self, before: Optional[Run], after: Run, steps: Iterable[Step]) -> None:
+        """Play the steps in the order the plan lists them (every delete after every create);
+        raises PlanError where a controller refuses or strands the workload."""
+        for step in steps:
+            if step.type not in (HPA, SCALED_OBJECT):
+                continue
+            if step.op in ("create", "update", "create-replacement"):
+                res = after.by_urn(step.urn)
+                if res.type == SCALED_OBJECT:
+                    self._admit(res)
+                    if step.op != "update":
+                        self.original[res.urn] = self.replicas.get(_target(res)) or 1
+                if step.op == "update":
+                    self.live = [r for r in self.live if r.urn != res.urn]
+                self.live.append(res)
+                if res.type == HPA:
+                    key = _target(res)
+                    self.replicas.setdefault(key, _get(res.inputs, "spec", "minReplicas") or 1)
+            else:
+                gone = next(r for r in self.live if r.urn == step.urn)
+                self.live.remove(gone)
+                if gone.type == SCALED_OBJECT and _get(gone.inputs, "spec", "advanced", "restoreToOriginalReplicaCount"):
+                    self.replicas[_target(gone)] = self.original.get(gone.urn, 1)
+        for hpa in (r for r in self.live if r.type == HPA):
+            if self.replicas.get(_target(hpa)) == 0:
+                raise PlanError(f"{hpa.name}: the workload '{_target(hpa)[3]}' is left at 0 replicas and the HPA never "
+                                f"scales it ({HPA_AT_ZERO}; {KEDA_FINALIZER})")
+
+
+@dataclass(frozen=True)
+class UpOutcome:
+    """What `pulumi up` reports for a canary: `ok`, and the index of the Rollout state at which it
+    returned (None: it waited until its timeout)."""
+
+    ok: bool
+    at: Optional[int]
+    message: str = ""
+
+
+def _provider_await(rollout: Res, states: list[dict[str, Any]]) -> Optional[int]:
+    """The index of the state at which pulumi-kubernetes' own await of the Rollout is satisfied
+    (PK_AWAIT); None: never, it times out."""
+    annotations = _get(rollout.inputs, "metadata", "annotations") or {}
+    expr = annotations.get("pulumi.com/waitFor")
+    if annotations.get("pulumi.com/skipAwait") == "true" or expr is None:
+        return 0
+    assert expr.startswith("jsonpath={.") and "}=" in expr, f"waitFor form not modelled: {expr}"
+    path, value = expr[len("jsonpath={."):].split("}=", 1)
+    for i, obj in enumerate(states):
+        observed = _get(obj, "status", "observedGeneration")
+        if isinstance(observed, int) and observed < _get(obj, "metadata", "generation"):
+            continue  # the guard: only for an int64 observedGeneration
+        if str(_get(obj, *path.split("."))) == value:
+            return i
+    return None
+
+
+def canary_up(run: Run, states: list[dict[str, Any]]) -> UpOutcome:
+    """How `pulumi up` ends after it updated the Rollout's pod template, when Argo then leaves
+    the Rollout in `states`, in order (the first one read right after the update). The Rollout
+    step ends when the provider's await is satisfied (PK_AWAIT); a RolloutWait depending on it
+    then reads the states from there on (ARGO_VIEW)."""
+    rollout = run.one(ROLLOUT)
+    at = _provider_await(rollout, states)
+    if at is None:
+        return UpOutcome(False, None, "the Rollout's await timed out")
+    waits = [w for w in run.of_type(ROLLOUT_WAIT) if rollout.urn in w.dependencies]
+    if not waits:
+        return UpOutcome(True, at)
+    from servedmodel.components.rollout_wait import DONE, FAILED, rollout_verdict
+    for i in range(at, len(states)):
+        verdict = rollout_verdict(states[i])
+        if verdict.state == DONE:
+            return UpOutcome(True, i, verdict.message)
+        if verdict.state == FAILED:
+            return UpOutcome(False, i, verdict.message)
+    return UpOutcome(False, None, "RolloutWait timed out")

@@ -1,9 +1,12 @@
 """Run the real __main__.py under Pulumi's unit-test mocks and record the resource graph.
 
 Only Pulumi's engine and providers are replaced (pulumi.runtime.set_mocks): the config is the
-stack file merged over Pulumi.yaml's defaults (as the CLI merges them), models.build runs for
-real, and the mocks answer with realistic values (auto-names with suffixes, ECR URLs, sha256
-digests, a load balancer hostname) so the program's apply code sees what it would see live.
+stack file merged over Pulumi.yaml's defaults (as the CLI merges them) and reaches the program
+the way the CLI passes it (PULUMI_CONFIG and PULUMI_CONFIG_SECRET_KEYS in the environment, loaded
+into the runtime as the language host's exec shim loads them), models.build runs for real, and
+the mocks answer with realistic values (auto-names with suffixes, ECR URLs, sha256 digests, a
+load balancer hostname, certificate ARNs known only after a preview) so the program's apply code
+sees what it would see live.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import yaml
@@ -29,7 +32,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "servedmodel"
-STACKS = ("local", "dev", "prod", "burst")
+STACKS = ("local", "dev", "prod", "burst", "graviton")
 # EKS's Kubernetes version the objects are validated against (kubernetes-validate, strict).
 KUBERNETES_VERSION = "1.33.0"
 ACCOUNT = "123456789012"
@@ -41,7 +44,28 @@ SUBNETS: dict[str, dict[str, str]] = {
     "subnet-0a1b2c3d4e5f60002": {"kubernetes.io/role/internal-elb": "1"},
     "subnet-0a1b2c3d4e5f60003": {"kubernetes.io/role/elb": "1"},
     "subnet-0a1b2c3d4e5f60004": {"kubernetes.io/role/elb": "1"},
+    # A second public subnet in zone a: the load balancer gets one per zone (the lowest id).
+    "subnet-0a1b2c3d4e5f60005": {"kubernetes.io/role/elb": "1"},
 }
+VPC_ID = "vpc-0a1b2c3d4e5f6000"
+VPC_CIDR = "10.0.0.0/16"
+# Each subnet's zone and CIDR (aws:ec2/getSubnet): private /19s for the pods, public /24s.
+SUBNET_NETWORKS: dict[str, tuple[str, str]] = {
+    "subnet-0a1b2c3d4e5f60001": (f"{REGION}a", "10.0.0.0/19"),
+    "subnet-0a1b2c3d4e5f60002": (f"{REGION}b", "10.0.32.0/19"),
+    "subnet-0a1b2c3d4e5f60003": (f"{REGION}a", "10.0.96.0/24"),
+    "subnet-0a1b2c3d4e5f60004": (f"{REGION}b", "10.0.97.0/24"),
+    "subnet-0a1b2c3d4e5f60005": (f"{REGION}a", "10.0.98.0/24"),
+}
+# The canonical hosted zone of Network Load Balancers in eu-west-1 (what aws:lb/getHostedZoneId
+# answers for load_balancer_type "network"; kubernetes-sigs/external-dns v0.22.0
+# provider/aws/aws.go keeps the same table of NLB zones).
+NLB_ZONE_ID = "Z2IFOLAFXWLO4F"
+# The public hosted zone aws:route53/getZone finds for any domain (examples/composed).
+EXAMPLE_ZONE_ID = "Z0EXAMPLE00000000000"
+# EC2 DescribeInstanceTypes figures answering aws:ec2/getInstanceType (source in the file).
+EC2_INSTANCE_TYPES: dict[str, dict[str, Any]] = json.loads(
+    (Path(__file__).with_name("ec2_instance_types.json")).read_text())["instanceTypes"]
 
 
 def project_config() -> dict[str, dict[str, Any]]:
@@ -61,19 +85,43 @@ def _as_config_string(value: Any) -> str:
     return str(value)
 
 
+def flat_stack(config: dict[str, Any]) -> dict[str, Any]:
+    """A stack file's config with every group written as its flat keys (the same settings:
+    components/settings.py reads both forms alike; tests/components/test_structured_config.py
+    holds the two to give identical settings and resources)."""
+    from servedmodel.components.settings import SCHEMA
+
+    out: dict[str, Any] = {}
+    for full, value in config.items():
+        ns, _, key = full.partition(":")
+        if ns == PROJECT and key in SCHEMA.groups and isinstance(value, dict):
+            for name, item in value.items():
+                out[f"{PROJECT}:{SCHEMA.in_group[(key, name)].key}"] = item
+        else:
+            out[full] = value
+    return out
+
+
 def merged_config(stack: str, overrides: Optional[dict[str, Any]] = None,
-                  secrets: Optional[dict[str, str]] = None) -> tuple[dict[str, str], set[str]]:
+                  secrets: Optional[dict[str, str]] = None,
+                  stack_values: Optional[dict[str, Any]] = None) -> tuple[dict[str, str], set[str]]:
     """Pulumi.yaml defaults, then the stack file, then overrides; `secrets` set as secret values.
 
     A `{secure: ...}` value in a stack file stands for a ciphertext the CLI would decrypt: the
-    fixture puts a test value there and marks the key secret, as the CLI does.
+    fixture puts a test value there and marks the key secret, as the CLI does. Overrides name
+    flat keys: with overrides, the stack file's groups are written flat first (`flat_stack`), so
+    an override replaces the setting wherever the file wrote it (in a group it would be a second
+    value of the same setting). `stack_values` stands in for the stack file.
     """
     values: dict[str, Any] = {}
     for key, decl in project_config().items():
         if isinstance(decl, dict) and "default" in decl:
             values[key] = decl["default"]
     secret_keys: set[str] = set()
-    for key, value in {**stack_file(stack), **(overrides or {})}.items():
+    written = stack_file(stack) if stack_values is None else stack_values
+    if overrides:
+        written = flat_stack(written)
+    for key, value in {**written, **(overrides or {})}.items():
         if isinstance(value, dict) and set(value) == {"secure"}:
             value = TEST_SECRET
             secret_keys.add(key)
@@ -129,15 +177,45 @@ def _unwrap(value: Any, path: str, secret_paths: list[str]) -> Any:
     return value
 
 
+_UNKNOWN = object()
+
+
+def _known(value: Any) -> Any:
+    """The inputs without the values unknown during a preview: a provider echoes an input it does
+    not know yet as an unknown output (missing here, so the runtime resolves it unknown)."""
+    if isinstance(value, pulumi.output.Unknown):
+        return _UNKNOWN
+    if isinstance(value, dict):
+        kept = {k: _known(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v is not _UNKNOWN}
+    if isinstance(value, list):
+        kept = [_known(v) for v in value]
+        return _UNKNOWN if any(v is _UNKNOWN for v in kept) else kept
+    return value
+
+
 def _short_hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def ecr_repository_url(repository_name: str) -> str:
+    return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repository_name}"
+
+
 class RealisticMocks(pulumi.runtime.Mocks):
-    """Answers like the providers do, deterministically (same inputs, same ids and names)."""
+    """Answers like the providers do, deterministically (same inputs, same ids and names).
+
+    `registry` holds the images already in the registries, repository URL -> {tag: digest}
+    (what aws:ecr/getImages lists): empty, every version is new.
+    """
+
+    def __init__(self, registry: Optional[dict[str, dict[str, str]]] = None):
+        super().__init__()
+        self.registry = registry or {}
+        self.invokes: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
-        state = json.loads(json.dumps(_unwrap(args.inputs, "", []), default=str))
+        state = json.loads(json.dumps(_known(_unwrap(args.inputs, "", [])), default=str))
         t, name = args.typ, args.name
         suffix = _short_hash(name)[:7]
         if t.startswith("kubernetes:") and not t.startswith("pulumi:providers"):
@@ -173,19 +251,32 @@ class RealisticMocks(pulumi.runtime.Mocks):
             state |= {"nodeGroupName": group, "status": "ACTIVE",
                       "arn": f"arn:aws:eks:{REGION}:{ACCOUNT}:nodegroup/{state.get('clusterName')}/{group}"}
             return f"{state.get('clusterName')}:{group}", state
+        if t == "aws:acm/certificate:Certificate":
+            # Computed by ACM on create: unknown during a preview, as the provider leaves it.
+            if not pulumi.runtime.is_dry_run():
+                state["arn"] = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/{_short_hash(name)[:8]}-0000-4000-8000-{_short_hash(name)[8:20]}"
+            return f"{name}-{suffix}", state
         if t == "docker:index/container:Container":
             state.setdefault("name", f"{name}-{suffix}")
             return _short_hash(name, state.get("image")), state
+        if t == "aws:ec2/launchTemplate:LaunchTemplate":
+            state |= {"arn": f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-{suffix}",
+                      "latestVersion": 1, "defaultVersion": 1, "name": f"{name}-{suffix}"}
+            return f"lt-0{suffix}", state
+        if t == "aws:route53/record:Record":
+            state |= {"fqdn": state.get("name")}
+            return f"{state.get('zoneId')}_{state.get('name')}_{state.get('type')}", state
         return f"{name}-{suffix}", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list]]:
         token = args.token
+        self.invokes.append((token, dict(args.args)))
         if token == "aws:eks/getCluster:getCluster":
             cluster = args.args.get("name")
             return {"name": cluster, "endpoint": f"https://{_short_hash(cluster)[:32].upper()}.gr7.{REGION}.eks.amazonaws.com",
                     "certificateAuthorities": [{"data": "LS0tLS1CRUdJTi1DRVJUSUZJQ0FURS0tLS0t"}],
-                    "vpcConfig": {"subnetIds": sorted(SUBNETS),
-                                  "vpcId": "vpc-0a1b2c3d4e5f6000"},
+                    "vpcConfig": {"subnetIds": sorted(SUBNETS)[:4],
+                                  "vpcId": VPC_ID},
                     "version": KUBERNETES_VERSION.rsplit(".", 1)[0]}, []
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
@@ -201,11 +292,36 @@ class RealisticMocks(pulumi.runtime.Mocks):
                 name, values = f["name"], set(f["values"])
                 if name == "subnet-id":
                     ids &= values
+                elif name == "vpc-id":
+                    ids = ids if VPC_ID in values else set()
                 elif name.startswith("tag:"):
                     ids = {i for i in ids if SUBNETS[i].get(name[4:]) in values}
                 else:
                     raise AssertionError(f"unexpected subnet filter {name}")
             return {"ids": sorted(ids), "id": REGION}, []
+        if token == "aws:ec2/getSubnet:getSubnet":
+            subnet = args.args.get("id")
+            if subnet not in SUBNET_NETWORKS:
+                raise Exception(f"InvalidSubnetID.NotFound: The subnet ID '{subnet}' does not exist")
+            zone, cidr = SUBNET_NETWORKS[subnet]
+            return {"id": subnet, "availabilityZone": zone, "cidrBlock": cidr, "vpcId": VPC_ID,
+                    "tags": SUBNETS[subnet]}, []
+        if token == "aws:ec2/getInstanceType:getInstanceType":
+            name = args.args.get("instanceType")
+            if name not in EC2_INSTANCE_TYPES:
+                raise Exception(f"InvalidInstanceType: The following supplied instance types do not exist: [{name}]")
+            return dict(EC2_INSTANCE_TYPES[name]["describeInstanceTypes"], id=name), []
+        if token == "aws:route53/getZone:getZone":
+            name = args.args.get("name")
+            return {"name": name, "zoneId": EXAMPLE_ZONE_ID, "id": EXAMPLE_ZONE_ID, "privateZone": False}, []
+        if token == "aws:lb/getHostedZoneId:getHostedZoneId":
+            assert args.args.get("loadBalancerType") == "network", args.args
+            return {"id": NLB_ZONE_ID, "loadBalancerType": "network", "region": REGION}, []
+        if token == "aws:ecr/getImages:getImages":
+            images = self.registry.get(ecr_repository_url(args.args["repositoryName"]), {})
+            return {"imageIds": [{"imageTag": tag, "imageDigest": digest} for tag, digest in sorted(images.items())],
+                    "repositoryName": args.args["repositoryName"], "registryId": ACCOUNT, "region": REGION,
+                    "id": args.args["repositoryName"]}, []
         raise AssertionError(f"the program called an unexpected function: {token}")
 
 
@@ -251,6 +367,8 @@ class Run:
     outputs: dict[str, Any]
     secret_outputs: set[str]
     logs: list[str] = field(default_factory=list)
+    invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """The provider functions the program called (token, arguments), in order."""
 
     def of_type(self, type_: str) -> list[Res]:
         return [r for r in self.resources if r.type == type_]
@@ -335,28 +453,64 @@ def stack_run(stack: str) -> "Run":
 _VARIANTS: dict[str, "Run"] = {}
 
 
-def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None) -> "Run":
-    """A fresh run of `stack` with `overrides` (auth token given as a secret), once per test
-    process: the lifecycle and change-safety tests share them. `{}` is an unchanged rerun."""
-    key = json.dumps([stack, overrides or {}], sort_keys=True)
+def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None,
+                registry: Optional[dict[str, dict[str, str]]] = None) -> "Run":
+    """A fresh run of `stack` with `overrides` (auth token given as a secret) against the images
+    already in `registry` (repository URL -> {tag: digest}), once per test process: the lifecycle
+    and change-safety tests share them. `{}` is an unchanged rerun."""
+    key = json.dumps([stack, overrides or {}, registry or {}], sort_keys=True)
     if key not in _VARIANTS:
-        _VARIANTS[key] = run_program(stack, overrides, secrets={"servedmodel:authToken": TEST_SECRET})
+        _VARIANTS[key] = run_program(stack, overrides, secrets={"servedmodel:authToken": TEST_SECRET},
+                                     registry=registry)
     return _VARIANTS[key]
 
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
-                secrets: Optional[dict[str, str]] = None, preview: bool = False) -> Run:
-    """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises."""
-    config, secret_keys = merged_config(stack, overrides, secrets)
-    return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview)
+                secrets: Optional[dict[str, str]] = None, preview: bool = False,
+                stack_values: Optional[dict[str, Any]] = None,
+                registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
+    """Run ROOT/__main__.py for `stack` under the mocks; raises what the program raises.
+    `stack_values` stands in for the stack file's config; `registry` holds the images already in
+    the registries (RealisticMocks)."""
+    config, secret_keys = merged_config(stack, overrides, secrets, stack_values)
+    return run_file(ROOT / "__main__.py", PROJECT, stack, config, secret_keys, preview=preview, registry=registry)
+
+
+CONFIG_ENV = ("PULUMI_CONFIG", "PULUMI_CONFIG_SECRET_KEYS")
 
 
 def run_file(program: Path, project: str, stack: str, config: dict[str, str], secret_keys: set[str],
-             preview: bool = False) -> Run:
+             preview: bool = False, registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
     """Run any Pulumi program file under the mocks, in its own directory (as the CLI does)."""
+    def main() -> None:
+        runpy.run_path(str(program), run_name="__main__")
+
+    return run_callable(main, project, stack, config, secret_keys, preview=preview, cwd=program.parent,
+                        registry=registry)
+
+
+def run_callable(main: Callable[[], None], project: str, stack: str, config: Optional[dict[str, str]] = None,
+                 secret_keys: Optional[set[str]] = None, preview: bool = False, cwd: Path = ROOT,
+                 registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
+    """Run `main` as a Pulumi program under the mocks, with `config` as the CLI would pass it."""
     model_cache_dir()
-    pulumi.runtime.set_all_config(config, list(secret_keys))
-    mocks = RealisticMocks()
+    saved = {name: os.environ.get(name) for name in CONFIG_ENV}
+    # What the CLI's language host gives the program: the whole config as JSON text values.
+    os.environ["PULUMI_CONFIG"] = json.dumps(config or {})
+    os.environ["PULUMI_CONFIG_SECRET_KEYS"] = json.dumps(sorted(secret_keys or ()))
+    try:
+        return _run(main, project, stack, preview, cwd, registry)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd: Path,
+         registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
+    mocks = RealisticMocks(registry)
     monitor = RecordingMonitor(mocks)
     logs: list[str] = []
     logger = logging.getLogger(f"servedmodel-mocks-{len(_RUNS)}-{stack}")
@@ -367,18 +521,16 @@ def run_file(program: Path, project: str, stack: str, config: dict[str, str], se
     pulumi.runtime.settings.ROOT.set(None)
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=logger)
-    pulumi.runtime.set_all_config(config, list(secret_keys))
-
-    def main() -> None:
-        runpy.run_path(str(program), run_name="__main__")
+    # As the exec shim (pulumi-language-python-exec) loads the environment into the runtime.
+    pulumi.runtime.set_all_config(pulumi.runtime.get_config_env(), pulumi.runtime.get_config_secret_keys_env())
 
     # The CLI runs the program in the project directory.
-    cwd = os.getcwd()
-    os.chdir(program.parent)
+    before = os.getcwd()
+    os.chdir(cwd)
     try:
         _sync_await(run_pulumi_func(main))
     finally:
-        os.chdir(cwd)
+        os.chdir(before)
     root = get_root_resource()
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
@@ -387,7 +539,8 @@ def run_file(program: Path, project: str, stack: str, config: dict[str, str], se
         outputs[key] = _sync_await(out.future())
         if _sync_await(out.is_secret()):
             secret_outputs.add(key)
-    return Run(stack=stack, resources=monitor.records, outputs=outputs, secret_outputs=secret_outputs, logs=logs)
+    return Run(stack=stack, resources=monitor.records, outputs=outputs, secret_outputs=secret_outputs, logs=logs,
+               invokes=mocks.invokes)
 
 
 def kubernetes_manifest(res: Res) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servedmodel.components import canary, monitoring, specs
+from servedmodel.components import MonitoringArgs, RolloutArgs, canary, monitoring, specs
+from servedmodel.components.settings import SCHEMA
 from pulumi_harness import TEST_SECRET, kubernetes_manifest, run_program, stack_file
 from test_settings import problems
 
@@ -27,7 +28,7 @@ def test_prod_rollout_is_a_canary_gated_by_its_analysis_template(stack_runs):
     prod = stack_file("prod")
     rollout, template = run.one(ROLLOUT), run.one(TEMPLATE)
     strategy = rollout.inputs["spec"]["strategy"]["canary"]
-    assert strategy["steps"] == [canary.parse_step(s) for s in prod["servedmodel:canarySteps"]]
+    assert strategy["steps"] == [canary.parse_step(s) for s in prod["servedmodel:rollout"]["steps"]]
     assert strategy["analysis"]["templates"] == [{"templateName": template.state["metadata"]["name"]}]
     assert strategy["analysis"]["args"] == [{"name": canary.CANARY_HASH_ARG,
                                              "valueFrom": {"podTemplateHashValue": "Latest"}}]
@@ -40,10 +41,15 @@ def test_prod_rollout_is_a_canary_gated_by_its_analysis_template(stack_runs):
         assert 'namespace="servedmodel"' in m["provider"]["prometheus"]["query"]
     assert metrics[canary.METRIC_LATENCY_P99]["successCondition"].endswith("<= 250.0")
     assert metrics[canary.METRIC_FAILURE_RATIO]["successCondition"].endswith("<= 0.005")
-    # `pulumi up` waits for the outcome: Healthy, within the pauses + the progress deadline.
-    ann = rollout.inputs["metadata"]["annotations"]
-    assert ann[canary.WAIT_FOR_ANNOTATION] == canary.WAIT_FOR_HEALTHY
-    assert int(ann[canary.TIMEOUT_ANNOTATION]) >= 10 * 60 + rollout.inputs["spec"]["progressDeadlineSeconds"]
+    # `pulumi up` waits for the outcome on Argo's own view (a RolloutWait, issue 18), not on the
+    # provider's await of the Rollout: tests/components/test_rollout_wait.py.
+    assert rollout.inputs["metadata"]["annotations"][canary.SKIP_AWAIT_ANNOTATION] == "true"
+    wait = run.one("pulumi-python:dynamic/servedmodel:RolloutWait")
+    assert wait.waits_for(rollout)
+    assert wait.inputs["timeoutSeconds"] >= 10 * 60 + rollout.inputs["spec"]["progressDeadlineSeconds"]
+    # Idle windows and a short Prometheus outage do not stall or abort it (issue 18, finding 5).
+    for m in metrics.values():
+        assert m["inconclusiveLimit"] == 7 and m["consecutiveErrorLimit"] == 18
     # Scaled by the HPA through the Rollout's scale subresource.
     hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert hpa.inputs["spec"]["scaleTargetRef"] == {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout",
@@ -59,9 +65,12 @@ def prod_rolling(model_cache):
 
 
 def test_rolling_is_the_default_and_unchanged(stack_runs, prod_rolling):
-    defaults = yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())["config"]
-    assert defaults["servedmodel:rollout"]["default"] == "rolling"
-    assert defaults["servedmodel:monitoring"]["default"] == "none"
+    # servedmodel:rollout and servedmodel:monitoring are group keys (a plain value, or an object of
+    # the group's settings): stack-only, so their defaults are the declarations' (Pulumi.yaml
+    # cannot declare a key that may hold an object).
+    assert SCHEMA.by_key["rollout"].stack_default == "rolling" == RolloutArgs().strategy
+    assert SCHEMA.by_key["monitoring"].stack_default == "none" == MonitoringArgs().mode
+    assert "servedmodel:rollout" not in yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())["config"]
     kinds = {r.type for r in prod_rolling.resources}
     assert DEPLOYMENT in kinds and not {t for t in kinds if "argoproj" in t or "monitoring.coreos" in t}
     assert "servedmodel:index:ModelMonitoring" not in kinds

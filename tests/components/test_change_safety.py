@@ -56,4 +56,4 @@ def test_swapping_the_model_keeps_the_served_name_and_every_resource(stack_runs)
     before = stack_runs["local"]
     after = variant_run("local", {"servedmodel:model": "lenet"})
     changes = diff(before, after)
-    assert sorted(urn.split("::")[-1] for urn in changes) == ["model-image", "port-8080"]
+    assert sorted(urn.split("::")[-1] for urn in changes) == ["mnist-mlp-image", "port-8080"]

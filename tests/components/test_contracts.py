@@ -46,8 +46,8 @@ def test_the_components_and_the_stack_defaults_use_the_contract():
     # YAML cannot import: the project default is held to the contract here.
     config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     assert config["servedmodel:drainSeconds"]["default"] == contract.DRAIN_SECONDS
-    env = {e["name"] for e in specs.server_env("cpu", 3, "s")}
-    assert env == {contract.env_name(n) for n in ("host", "port", "device", "drain_seconds", "auth_token")}
+    env = {e["name"] for e in specs.server_env("cpu", 3, True)}
+    assert env == {contract.env_name(n) for n in ("host", "port", "device", "drain_seconds", "auth_token_file")}
 
 
 def test_compressions_and_the_model_reference_grammar_come_from_models():

@@ -40,7 +40,7 @@ def test_stack_files_use_only_known_keys():
 
 def test_model_and_compression_descriptions_name_every_choice():
     """The reference lists what the loader accepts: every zoo model, every compression."""
-    from servedmodel.models.spec import COMPRESSIONS
+    from servedmodel.models.constants import COMPRESSIONS
     from servedmodel.models.zoo import ZOO
 
     config = project_config()
@@ -51,9 +51,14 @@ def test_model_and_compression_descriptions_name_every_choice():
         assert not missing, f"servedmodel:{key}'s description does not name {missing}"
 
 
-def test_config_reference_is_generated_from_pulumi_yaml():
+def test_pulumi_yaml_config_and_the_reference_are_generated_from_the_declarations():
+    """Each setting is declared once (`setting(...)` on its args field); Pulumi.yaml's `config:`
+    block and docs/config.md are renderings of those declarations."""
+    pulumi_yaml = (ROOT / "Pulumi.yaml").read_text()
+    assert pulumi_yaml == config_doc.render_pulumi_yaml(pulumi_yaml), \
+        "Pulumi.yaml's config block is stale: run python -m servedmodel.components.config_doc"
     committed = (ROOT / "docs" / "config.md").read_text()
-    assert committed == config_doc.render(), "docs/config.md is stale: run python -m components.config_doc"
+    assert committed == config_doc.render(), "docs/config.md is stale: run python -m servedmodel.components.config_doc"
     for key in STACK_ONLY_KEYS:
         assert f"`servedmodel:{key}`" in committed
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from servedmodel.components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
-from servedmodel.components.settings import _FIELDS, parse_settings
+from servedmodel.components.settings import SCHEMA, parse_settings
 from pulumi_harness import project_config
 from test_settings import problems, raw_for
 
 
 def test_every_elastic_key_is_declared_and_read():
     declared = {k.split(":", 1)[1] for k in project_config()}
-    elastic_keys = {k for k, (path, _) in _FIELDS.items() if path.startswith("elastic.")}
+    elastic_keys = {d.key for d in SCHEMA.settings if d.path.startswith("elastic.")}
     assert len(elastic_keys) == 19 and elastic_keys <= declared
 
 
@@ -43,10 +43,12 @@ def test_the_other_stacks_keep_managed_nodes_and_the_hpa(stack):
                                    "servedmodel:gpu (1) = 5 GPUs"]),
     ({"servedmodel:autoscaleMetric": "cpu"}, ["servedmodel:autoscaleMetric = 'cpu'", "with servedmodel:autoscaler keda"]),
     ({"servedmodel:serviceType": "LoadBalancer", "servedmodel:allowLoadBalancer": True,
-      "servedmodel:tlsCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d"},
+      "servedmodel:tlsCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d",
+      "servedmodel:hostname": "burst.example.com", "servedmodel:dnsZoneId": "Z0123456789ABC"},
      ["servedmodel:kedaHttp = True", "past the interceptor"]),
     ({"servedmodel:minReplicas": 5}, ["servedmodel:minReplicas = 5", "must not exceed servedmodel:maxReplicas (4)"]),
-    ({"servedmodel:gpu": 0}, ["servedmodel:nodeProvisioner = 'karpenter'", "servedmodel:gpu > 0"]),
+    ({"servedmodel:gpu": 0, "servedmodel:nodeInstanceTypes": []},
+     ["servedmodel:nodeProvisioner = 'karpenter'", "servedmodel:gpu > 0 or servedmodel:nodeInstanceTypes"]),
     ({"servedmodel:capacityTypes": ["reserved"]}, ["servedmodel:capacityTypes = ['reserved']"]),
     ({"servedmodel:consolidateAfter": "5 min"}, ["servedmodel:consolidateAfter = '5 min'"]),
     ({"servedmodel:karpenterAmiAlias": "al2023@latest"}, ["servedmodel:karpenterAmiAlias"]),
@@ -68,13 +70,17 @@ def test_min_replicas_other_than_one_with_hpa_is_refused():
 
 def test_karpenter_replaces_the_node_groups_capacity_rule_by_its_gpu_limit():
     # nodeMax 1 fits 1 replica: the managed rule would refuse maxReplicas 4; Karpenter's pool is
-    # bounded by its GPU limit (0 = what the replicas need) instead.
-    [a] = parse_settings(*raw_for("burst", {"servedmodel:nodeMax": 1, "servedmodel:nodeDesired": 1,
-                                            "servedmodel:nodeMin": 0})).served
-    assert a.elastic.karpenter
-    text = "\n".join(problems("burst", {"servedmodel:nodeProvisioner": "managed", "servedmodel:nodeMax": 1,
-                                        "servedmodel:nodeDesired": 1, "servedmodel:nodeMin": 0}))
-    assert "servedmodel:nodeMax = 1" in text
+    # bounded by its GPU limit (0 = what the replicas need) instead. The rule needs EC2's figures
+    # of the instance types (components/capacity.py; the recorded ones in test_capacity.py).
+    from servedmodel.components import capacity
+    from test_capacity import FACTS
+
+    sizes = {"servedmodel:nodeMax": 1, "servedmodel:nodeDesired": 1, "servedmodel:nodeMin": 0}
+    [a] = parse_settings(*raw_for("burst", sizes)).served
+    assert a.elastic.karpenter and capacity.fit_problems(a, FACTS) == []
+    [a] = parse_settings(*raw_for("burst", {"servedmodel:nodeProvisioner": "managed", "servedmodel:autoscaler": "hpa",
+                                            "servedmodel:minReplicas": 1, "servedmodel:kedaHttp": False, **sizes})).served
+    assert [p.field for p in capacity.fit_problems(a, FACTS)] == ["node_pool.max_size"]
 
 
 def test_image_families_and_gpu_limit_arithmetic():
@@ -108,3 +114,38 @@ def test_karpenter_defaults_are_stated_once():
         assert elastic[elastic_name] == value and pool[name] == value, name
         stated = config[f"servedmodel:{key}"]["default"]
         assert (tuple(stated) if isinstance(stated, list) else stated) == value, key
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    # KEDA's trigger reads a scrape that nothing declares (issue 18).
+    ({"servedmodel:monitoring": "none"}, ["servedmodel:monitoring = 'none'", "servedmodel:autoscaler keda",
+                                          "prometheus-operator", "annotations"]),
+    # gRPC would bypass the interceptor and find no pod at zero (issue 18).
+    ({"servedmodel:grpcPort": 9000}, ["servedmodel:grpcPort = 9000", "servedmodel:kedaHttp"]),
+])
+def test_keda_needs_a_scrape_and_the_interceptor_no_grpc(overrides, needles):
+    text = "\n".join(problems("burst", overrides, {"servedmodel:authToken": "t" * 24}))
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def test_keda_with_a_declared_scrape_and_grpc_with_a_replica_are_accepted():
+    for overrides in ({"servedmodel:monitoring": "annotations"},
+                      {"servedmodel:grpcPort": 9000, "servedmodel:kedaHttp": False, "servedmodel:minReplicas": 1}):
+        [a] = parse_settings(*raw_for("burst", overrides, {"servedmodel:authToken": "t" * 24})).served
+        assert a.elastic.keda, overrides
+
+
+def test_a_hostname_names_the_load_balancer_or_the_interceptor():
+    """Issue 18, finding 11: behind scale to zero the public name is routed by the interceptor
+    (a ClusterIP Service); elsewhere a hostname still needs the LoadBalancer."""
+    from servedmodel.components.args import ElasticArgs, NetworkArgs
+    from servedmodel.components.args.rules import cross_group_problems
+
+    named = NetworkArgs(hostname="classifier.models.example.com")
+    keda_http = ElasticArgs(autoscaler="keda", min_replicas=0, keda_http=True)
+    assert not [p for p in cross_group_problems({"network": named, "elastic": keda_http})
+                if p.field == "network.hostname"]
+    [problem] = [p for p in cross_group_problems({"network": named, "elastic": ElasticArgs()})
+                 if p.field == "network.hostname"]
+    assert "LoadBalancer" in problem.accepted and "@{elastic.keda_http}" in problem.accepted

@@ -236,3 +236,35 @@ def test_the_image_layer_table_says_how_each_figure_was_obtained():
         assert entry["runtime_compressed_bytes"] > 10_000_000
         assert entry["how"] in ("measured", "derived")
         assert ("command" in entry) if entry["how"] == "measured" else ("derivation" in entry)
+
+
+# --- issue 18: what KEDA and its HTTP add-on do with these objects ---------------------------------
+
+def test_a_missing_series_is_an_error_while_a_replica_runs_and_idle_at_zero():
+    """KEDA reads an empty result as 0 with ignoreNullValues true (its default), as an error with
+    false (kedacore/keda v2.20.2 pkg/scalers/prometheus_scaler.go). With a replica always running
+    an empty result means the scrape is lost: an error on the ScaledObject, not a silent "no load".
+    At zero replicas there are no series at all, which must read as idle."""
+    assert keda.prometheus_trigger(keda_args(min_replicas=1, http=False, wait_seconds=0), "d")["metadata"][
+        "ignoreNullValues"] == "false"
+    assert keda.prometheus_trigger(keda_args(), "d")["metadata"]["ignoreNullValues"] == "true"
+
+
+@pytest.mark.parametrize("kw", [{}, {"min_replicas": 1, "http": False, "wait_seconds": 0}])
+def test_deleting_the_scaled_object_restores_the_workloads_replicas(kw):
+    """keda -> hpa: KEDA's finalizer scales the workload back to its count before KEDA only with
+    restoreToOriginalReplicaCount (controllers/keda/scaledobject_finalizer.go); an idle model
+    would otherwise stay at 0, where an HPA never acts."""
+    obj = scaled_object(keda_args(**kw))
+    validate_custom_resource(obj)
+    assert obj["spec"]["advanced"]["restoreToOriginalReplicaCount"] is True
+
+
+def test_the_interceptor_routes_the_public_name_too():
+    """The interceptor answers 404 to a Host it has no route for (kedacore/http-add-on v0.15.0
+    pkg/routing/table.go, interceptor/middleware/routing.go): the public name is listed."""
+    from servedmodel.components.args import ArgsError, NetworkArgs
+
+    with pytest.raises(ArgsError, match="network.hostname"):  # the name is checked where it is set
+        NetworkArgs(hostname="Models_example")
+    assert keda_args(hostname="classifier.models.example.com").hostname == "classifier.models.example.com"

@@ -68,9 +68,13 @@ def test_burst_declares_karpenter_keda_and_the_held_route_instead_of_node_group_
     assert pool["limits"] == {"nvidia.com/gpu": 5}  # (maxReplicas 4 + 1 surge) x 1 GPU
     families = next(r for r in pool["template"]["spec"]["requirements"] if r["key"].endswith("instance-family"))
     assert families["values"] == ["g5", "g6"]
-    # Pods select the pool by label and tolerate its taint (as with the managed node group).
+    # Pods select the pool by label and its nodes' architecture (EC2 says x86_64 for g5 and g6;
+    # the NodePool requires it) and tolerate its taint (as with the managed node group).
     pod = deploy.inputs["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {specs.POOL_LABEL: pool["template"]["metadata"]["labels"][specs.POOL_LABEL]}
+    arch = next(r for r in pool["template"]["spec"]["requirements"] if r["key"] == "kubernetes.io/arch")
+    assert arch["values"] == ["amd64"]
+    assert pod["nodeSelector"] == {specs.POOL_LABEL: pool["template"]["metadata"]["labels"][specs.POOL_LABEL],
+                                   "kubernetes.io/arch": "amd64"}
     assert pool["template"]["spec"]["taints"] == [specs.GPU_TAINT]
     assert {(t["key"], t["value"], t["effect"]) for t in pod["tolerations"]} == {
         (specs.GPU_TAINT["key"], specs.GPU_TAINT["value"], specs.GPU_TAINT["effect"])}
@@ -154,3 +158,27 @@ def test_node_part_follows_the_provisioner_and_the_pool(stack_runs):
     # The CUDA image's runtime layers dominate a GPU model's pull; a CPU model's are ~20x smaller.
     cuda_pull = coldstart.runtime_layer_bytes("cuda") / 50e6
     assert prod["pullSeconds"] == pytest.approx(cuda_pull, abs=0.2)
+
+
+def test_the_held_route_lists_the_public_name_with_the_in_cluster_ones(tmp_path, model_cache):
+    """Issue 18, finding 11: with a public hostname the interceptor must route it (it answers 404
+    to a Host it has no route for); the in-cluster names stay."""
+    from pulumi_harness import TEST_SECRET, merged_config, run_file
+
+    # The burst stack's own args with a public name (the key itself comes with the hostname
+    # setting; NetworkArgs.hostname is what the component reads).
+    program = tmp_path / "__main__.py"
+    program.write_text(
+        "import dataclasses\n"
+        "from servedmodel.components import ServedModel, load_settings\n"
+        "for a in load_settings().served:\n"
+        "    net = dataclasses.replace(a.network, hostname='classifier.models.example.com')\n"
+        "    ServedModel(a.model.served_name, dataclasses.replace(a, network=net))\n")
+    config, secret_keys = merged_config("burst", secrets={"servedmodel:authToken": TEST_SECRET})
+    run = run_file(program, "servedmodel", "burst", config, secret_keys)
+    hso = run.one("kubernetes:http.keda.sh/v1alpha1:HTTPScaledObject")
+    [hold] = [r for r in run.of_type("kubernetes:core/v1:Service") if r.inputs["spec"]["type"] == "ExternalName"]
+    fqdn = f"{hold.state['metadata']['name']}.servedmodel.svc.cluster.local"
+    assert hso.inputs["spec"]["hosts"][0] == "classifier.models.example.com"
+    assert fqdn in hso.inputs["spec"]["hosts"]
+    validate_custom_resource(kubernetes_manifest(hso))

@@ -16,11 +16,19 @@ PROGRAM = ROOT / "examples" / "standalone" / "__main__.py"
 KUBECONFIG = "apiVersion: v1\nkind: Config\n"
 
 
-def run_example(kubeconfig: str = ""):
-    if not kubeconfig:
-        return run_file(PROGRAM, "served-digits", "example", {"served-digits:target": "docker"}, set())
-    config = {"served-digits:target": "kubernetes", "served-digits:kubeconfig": kubeconfig}
-    return run_file(PROGRAM, "served-digits", "example", config, {"served-digits:kubeconfig"})
+PROJECT = "served-digits"
+# The two ways the example is run: (config, secret keys). tests/components/test_installed.py runs
+# the same from the installed wheel and checks the runs with the same checks below.
+CONFIGS: dict[str, tuple[dict[str, str], set[str]]] = {
+    "docker": ({"served-digits:target": "docker"}, set()),
+    "kubernetes": ({"served-digits:target": "kubernetes", "served-digits:kubeconfig": KUBECONFIG},
+                   {"served-digits:kubeconfig"}),
+}
+
+
+def run_example(target: str = "docker"):
+    config, secrets = CONFIGS[target]
+    return run_file(PROGRAM, PROJECT, "example", config, secrets)
 
 
 def test_the_example_never_reads_the_stack_settings():
@@ -32,7 +40,10 @@ def test_the_example_never_reads_the_stack_settings():
 
 
 def test_the_example_serves_its_model_in_a_local_container(model_cache):
-    run = run_example()
+    check_local_container(run_example("docker"))
+
+
+def check_local_container(run) -> None:
     [container] = run.of_type("docker:index/container:Container")
     assert container.inputs["ports"] == [{"internal": 8080, "external": 8091, "ip": "127.0.0.1"}]
     image = run.one("docker-build:index:Image")
@@ -43,7 +54,10 @@ def test_the_example_serves_its_model_in_a_local_container(model_cache):
 
 
 def test_the_example_on_a_cluster_brings_its_own_provider_and_valid_objects(model_cache):
-    run = run_example(KUBECONFIG)
+    check_cluster(run_example("kubernetes"))
+
+
+def check_cluster(run) -> None:
     provider = run.one("pulumi:providers:kubernetes")
     assert provider.name == "cluster" and "kubeconfig" in provider.secret_paths
     objects = [r for r in run.resources if r.type.startswith("kubernetes:")]

@@ -102,7 +102,7 @@ def test_local_stack_container_turns_healthy_and_serves(stack_runs):
             assert resp.status == 200
         # The server answers under the served name (SERVEDMODEL_MODEL_NAME), the stable route
         # the `modelName`/`inferUrl` outputs give apps, not under the manifest's model name.
-        served = run.outputs["modelName"]["model"]
+        served = run.outputs["modelName"]["mnist-mlp"]
         model_url = f"http://127.0.0.1:{port}/v2/models/{served}"
         # The stack's auth token (a Pulumi secret) reached the server: model routes need it.
         with pytest.raises(urllib.error.HTTPError) as denied:
@@ -111,7 +111,7 @@ def test_local_stack_container_turns_healthy_and_serves(stack_runs):
         request = urllib.request.Request(model_url, headers={"Authorization": f"Bearer {TEST_SECRET}"})
         with urllib.request.urlopen(request, timeout=5) as resp:
             meta = json.loads(resp.read())
-        assert [i["name"] for i in meta["inputs"]] == [i["name"] for i in run.outputs["signature"]["model"]["inputs"]]
+        assert [i["name"] for i in meta["inputs"]] == [i["name"] for i in run.outputs["signature"]["mnist-mlp"]["inputs"]]
     finally:
         subprocess.run([DOCKER, "rm", "-f", name], capture_output=True)
         subprocess.run([DOCKER, "rmi", tag], capture_output=True)

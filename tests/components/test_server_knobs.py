@@ -132,7 +132,7 @@ def test_pure_builders_for_grpc():
     assert specs.probes(9000)["readinessProbe"]["grpc"] == {"port": 9000, "service": ""}
     assert specs.probes(9000)["livenessProbe"]["grpc"] == {"port": 9000, "service": "live"}
     assert [p["port"] for p in specs.network_policy_ingress((), (), 9000)[0]["ports"]] == [8080, 9000]
-    assert specs.docker_env(specs.server_env("cpu", 3, "secret-name")) == [
+    assert specs.docker_env(specs.server_env("cpu", 3)) == [
         "SERVEDMODEL_HOST=0.0.0.0", "SERVEDMODEL_PORT=8080", "SERVEDMODEL_DEVICE=cpu", "SERVEDMODEL_DRAIN_SECONDS=3"]
 
 

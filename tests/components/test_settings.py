@@ -7,7 +7,7 @@ import pulumi
 import pytest
 
 from servedmodel.components.args import ArgsError, ModelArgs
-from servedmodel.components.settings import (GPUS_PER_INSTANCE, ConfigError, parse_settings)
+from servedmodel.components.settings import ConfigError, parse_settings
 from pulumi_harness import STACKS, merged_config, project_config
 
 
@@ -53,7 +53,7 @@ def test_local_stack_serves_mnist_on_docker_cpu():
     s = parse_settings(*raw_for("local"))
     [a] = s.served
     assert (s.target, a.resources.gpu, a.resources.device) == ("docker", 0, "cpu")
-    assert s.models == (ModelArgs(served_name="model", model="mnist-mlp", compression="none"),)
+    assert s.models == (ModelArgs(served_name="mnist-mlp", model="mnist-mlp", compression="none"),)
 
 
 def test_prod_stack_is_gpu_with_hpa_2_to_10_and_a_protected_pool():
@@ -110,22 +110,18 @@ def test_a_secret_given_as_a_secret_is_accepted():
     parse_settings(raw, secret_keys)
 
 
-def test_gpu_pool_that_cannot_fit_max_replicas_plus_surge_is_rejected():
-    # prod: 1 GPU per replica on g5.xlarge (1 GPU) -> 10 replicas + 1 surge need 11 nodes.
-    found = problems("prod", {"servedmodel:nodeMax": 10})
-    assert any(p.startswith("servedmodel:nodeMax = 10:") and "need 11" in p and "at least 11" in p
-               for p in found), found
-    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 11}, TOKEN)
-    parse_settings(raw, keys)
-    # Bigger nodes hold more replicas: g5.12xlarge has 4 GPUs -> 3 nodes fit 12.
-    raw, keys = raw_for("prod", {"servedmodel:nodeMax": 3, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"]}, TOKEN)
-    parse_settings(raw, keys)
-
-
-def test_unknown_gpu_instance_type_is_rejected_with_the_known_ones():
-    found = problems("prod", {"servedmodel:nodeInstanceTypes": ["m5.large"]})
-    assert any("servedmodel:nodeInstanceTypes" in p and "g5.xlarge" in p for p in found), found
-    assert "m5.large" not in GPUS_PER_INSTANCE
+def test_an_instance_type_without_an_nvidia_gpu_is_rejected_from_ec2():
+    # Whether a type has GPUs (and which architecture) is EC2's to say; the families whose GPUs the
+    # image's CUDA cannot use are refused without the cloud (test_capacity.py).
+    from test_platforms import recorded
+    raw, secrets = raw_for("prod", {"servedmodel:nodeInstanceTypes": ["m5.large"]}, TOKEN)
+    parse_settings(raw, secrets)  # without EC2's figures nothing says m5.large has no GPU
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, secrets, ec2=recorded)
+    assert any(p.startswith("servedmodel:gpu = 1: does not fit m5.large: EC2 gives it no NVIDIA GPU")
+               for p in err.value.problems), err.value.problems
+    found = problems("prod", {"servedmodel:nodeInstanceTypes": ["g5xlarge"]})
+    assert any(p.startswith("servedmodel:nodeInstanceTypes = 'g5xlarge': an EC2 instance type") for p in found), found
 
 
 def test_all_problems_are_reported_together():
@@ -187,9 +183,11 @@ PUBLIC_NEEDS = ("servedmodel:serviceType = 'LoadBalancer': a public endpoint nee
 
 
 def test_a_public_endpoint_without_token_or_tls_is_one_error_naming_both_keys():
-    # prod without its token secret: refused, and the message names both keys.
+    # prod without its token secret: refused, and the message names both keys, as prod writes
+    # them (its network settings in the servedmodel:network group; the secret on its own).
     found = problems("prod")
-    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]
+    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS.replace("servedmodel:serviceType", "servedmodel:network.serviceType")
+                                             .replace("servedmodel:tlsCertificateArn", "servedmodel:network.tlsCertificateArn"))]
     assert msg.endswith("missing: servedmodel:authToken")
     found = problems("prod", {"servedmodel:tlsCertificateArn": ""}, secrets={"servedmodel:authToken": "t0ken"})
     [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]

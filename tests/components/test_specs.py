@@ -6,6 +6,7 @@ import json
 import pytest
 
 from servedmodel.components import specs
+from servedmodel.components.args import ArgsError
 
 
 def test_gpu_limit_equals_request_and_cpu_pods_get_no_gpu():
@@ -62,12 +63,20 @@ def test_hpa_metrics():
     assert cpu == {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
 
 
-def test_server_env_uses_the_contract_names_and_secret_ref():
-    env = {e["name"]: e for e in specs.server_env("cuda", 20, "auth-abc")}
+def test_server_env_uses_the_contract_names_and_reads_the_token_from_a_file():
+    """Issue 18, finding 14: the token reaches the server as a mounted file, never as an
+    environment value (which `kubectl describe`, crash dumps and child processes see)."""
+    env = {e["name"]: e for e in specs.server_env("cuda", 20, True)}
     assert env["SERVEDMODEL_DEVICE"]["value"] == "cuda" and env["SERVEDMODEL_PORT"]["value"] == "8080"
     assert env["SERVEDMODEL_DRAIN_SECONDS"]["value"] == "20"
-    assert env["SERVEDMODEL_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "auth-abc", "key": "token"}
-    assert "SERVEDMODEL_AUTH_TOKEN" not in {e["name"] for e in specs.server_env("cpu", 20)}
+    assert env["SERVEDMODEL_AUTH_TOKEN_FILE"] == {"name": "SERVEDMODEL_AUTH_TOKEN_FILE", "value": specs.AUTH_TOKEN_PATH}
+    assert "SERVEDMODEL_AUTH_TOKEN" not in env
+    assert not {"SERVEDMODEL_AUTH_TOKEN", "SERVEDMODEL_AUTH_TOKEN_FILE"} & {e["name"] for e in specs.server_env("cpu", 20)}
+    volume = specs.auth_token_volume("auth-abc")
+    assert volume["secret"] == {"secretName": "auth-abc", "defaultMode": 0o440,
+                                "items": [{"key": "token", "path": "token"}]}
+    mount = specs.auth_token_mount()
+    assert mount["readOnly"] and f"{mount['mountPath']}/token" == specs.AUTH_TOKEN_PATH
 
 
 def test_network_policy_admits_own_namespace_configured_namespaces_and_cidrs_only():
@@ -117,3 +126,30 @@ def test_kubeconfig_passes_the_aws_profile_to_the_token_command():
     assert exec_["env"] == [{"name": "AWS_PROFILE", "value": "deploy"}]
     plain = json.loads(specs.eks_kubeconfig("c", "https://x", "Q0E=", "eu-west-1"))["users"][0]["user"]["exec"]
     assert "--profile" not in plain["args"] and "env" not in plain
+
+
+def test_retention_keeps_at_least_what_one_workload_may_pin():
+    """ECR's count rule keeps the newest pushes, not what runs: fewer kept versions than one
+    workload may pin at once (its rollout history, the current version, a canary) could expire a
+    digest a ReplicaSet still runs (issue 18, "ECR retention counts pushes")."""
+    from servedmodel.components.args import KEEP_VERSIONS_FLOOR, RegistryArgs
+
+    assert KEEP_VERSIONS_FLOOR == specs.REVISION_HISTORY_LIMIT + 2 == 7
+    RegistryArgs(keep_versions=KEEP_VERSIONS_FLOOR)
+    with pytest.raises(ArgsError) as err:
+        RegistryArgs(keep_versions=KEEP_VERSIONS_FLOOR - 1)
+    assert "registry.keep_versions = 6: must be 7 or more" in str(err.value)
+    policy = json.loads(specs.ecr_lifecycle_policy(KEEP_VERSIONS_FLOOR))
+    assert [r["selection"]["tagStatus"] for r in policy["rules"]] == ["untagged", "tagged"]
+
+
+def test_the_public_load_balancer_drains_as_long_as_the_pod_serves():
+    annotations = specs.public_load_balancer_annotations("arn", 9000, pre_stop_seconds=120, drain_seconds=20,
+                                                         subnet_ids=["subnet-a", "subnet-b"])
+    assert annotations[specs.LBC + "target-group-attributes"] == (
+        "deregistration_delay.timeout_seconds=140,deregistration_delay.connection_termination.enabled=true,"
+        "preserve_client_ip.enabled=false")
+    assert annotations[specs.LBC + "subnets"] == "subnet-a,subnet-b"
+    assert annotations[specs.LBC + "alpn-policy"] == "HTTP2Optional"
+    lifecycle, grace = specs.termination(120, 20)
+    assert lifecycle == {"preStop": {"sleep": {"seconds": 120}}} and grace == 150

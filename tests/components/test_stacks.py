@@ -61,13 +61,18 @@ def test_expected_kinds_and_counts(stack_runs):
     assert stack_runs["dev"].counts() == {k: 2 * v for k, v in per_model.items()} | {
         "pulumi:providers:kubernetes": 1, "kubernetes:apps/v1:Deployment": 2,
         "servedmodel:index:ModelMonitoring": 2, "kubernetes:core/v1:ConfigMap": 4}
-    # prod: one model, GPU pool (role + 3 policy attachments + node group), PDB, PriorityClass;
-    # a canary Rollout with its AnalysisTemplate; PodMonitor, PrometheusRule, dashboard.
+    # prod: one model, GPU pool (role + 3 policy attachments + launch template + node group), PDB,
+    # PriorityClass; a canary Rollout with its AnalysisTemplate and the RolloutWait that `up` waits
+    # on; PodMonitor, PrometheusRule, dashboard; public: the namespace's readiness-gate label and
+    # the DNS name's alias record.
     assert stack_runs["prod"].counts() == per_model | {
         "pulumi:providers:kubernetes": 1, "servedmodel:index:GpuNodePool": 1, "aws:iam/role:Role": 1,
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 3, "aws:eks/nodeGroup:NodeGroup": 1,
+        "aws:ec2/launchTemplate:LaunchTemplate": 1, "kubernetes:core/v1:NamespacePatch": 1,
+        "aws:route53/record:Record": 1,
         "kubernetes:policy/v1:PodDisruptionBudget": 1, "kubernetes:scheduling.k8s.io/v1:PriorityClass": 1,
         "kubernetes:argoproj.io/v1alpha1:Rollout": 1, "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate": 1,
+        "pulumi-python:dynamic/servedmodel:RolloutWait": 1,
         "servedmodel:index:ModelMonitoring": 1, "kubernetes:monitoring.coreos.com/v1:PodMonitor": 1,
         "kubernetes:monitoring.coreos.com/v1:PrometheusRule": 1, "kubernetes:core/v1:ConfigMap": 1}
 
@@ -129,7 +134,11 @@ def test_kubernetes_objects_are_auto_named_and_use_the_consumers_provider(stack_
     run = stack_runs[stack]
     provider = run.one("pulumi:providers:kubernetes")
     for r in k8s_objects(run):
-        assert "name" not in r.inputs.get("metadata", {}), f"{r.type} sets metadata.name (no auto-naming)"
+        if r.type == "kubernetes:core/v1:NamespacePatch":
+            # A patch of the platform's namespace: named, it is the existing object's name.
+            assert r.inputs["metadata"]["name"] == run.one("kubernetes:core/v1:Service").inputs["metadata"]["namespace"]
+        else:
+            assert "name" not in r.inputs.get("metadata", {}), f"{r.type} sets metadata.name (no auto-naming)"
         assert r.provider.startswith(provider.urn + "::"), f"{r.type} does not use the stack's provider"
 
 
@@ -165,7 +174,10 @@ def test_prod_deployment(stack_runs):
     assert c["resources"]["limits"] == c["resources"]["requests"]
     assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod["tolerations"]
     group = run.one("aws:eks/nodeGroup:NodeGroup")
-    assert pod["nodeSelector"] == {specs.POOL_LABEL: group.inputs["labels"][specs.POOL_LABEL]}
+    # Its own pool's label, and the architecture EC2 gives g5.xlarge (x86_64) and its AMI runs.
+    assert pod["nodeSelector"] == {specs.POOL_LABEL: group.inputs["labels"][specs.POOL_LABEL],
+                                   "kubernetes.io/arch": "amd64"}
+    assert group.inputs["amiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
     assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -199,9 +211,15 @@ def test_auth_token_is_a_secret_end_to_end(stack_runs):
             assert secret.inputs["stringData"] == {"token": TEST_SECRET}
             assert "stringData" in secret.secret_paths or "stringData.token" in secret.secret_paths
         d = workloads(run)[0]
-        env = {e["name"]: e for e in pod_spec(run, d)["containers"][0]["env"]}
-        ref = env["SERVEDMODEL_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
-        assert ref["name"] in {s.state["metadata"]["name"] for s in run.of_type("kubernetes:core/v1:Secret")}
+        spec = pod_spec(run, d)
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        # Issue 18, finding 14: a mounted file, never an environment value.
+        assert "SERVEDMODEL_AUTH_TOKEN" not in env
+        assert not any("valueFrom" in e for e in env.values())
+        assert env["SERVEDMODEL_AUTH_TOKEN_FILE"]["value"] == specs.AUTH_TOKEN_PATH
+        [volume] = [v for v in spec["volumes"] if v["name"] == specs.AUTH_VOLUME]
+        assert volume["secret"]["secretName"] in {s.state["metadata"]["name"] for s in run.of_type("kubernetes:core/v1:Secret")}
+        assert specs.auth_token_mount() in spec["containers"][0]["volumeMounts"]
         # Never in a Deployment in plain text, never in the outputs.
         assert TEST_SECRET not in repr([r.inputs for r in workloads(run)])
         assert TEST_SECRET not in repr(run.outputs)
@@ -236,7 +254,48 @@ def test_prod_service_hpa_pdb_and_network_policy(stack_runs):
     assert np["policyTypes"] == ["Ingress"]
     sources = np["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
-    assert {"ipBlock": {"cidr": "10.0.0.0/16"}} in sources
+
+
+def test_the_network_policy_admits_the_nlbs_subnets_not_the_vpc(stack_runs):
+    """Issue 18, finding 12: with the VPC CNI every pod of every namespace has an address in the
+    VPC range; the NLB's forwarded connections and health checks come from its own subnets (client
+    IP preservation off, stated on the target group). The Service pins those subnets, one per zone
+    (the lowest id, as the controller itself chooses), and the policy admits exactly their CIDRs."""
+    import ipaddress
+
+    from pulumi_harness import SUBNET_NETWORKS, VPC_CIDR
+
+    run = stack_runs["prod"]
+    lbc = "service.beta.kubernetes.io/aws-load-balancer-"
+    annotations = run.one("kubernetes:core/v1:Service").inputs["metadata"]["annotations"]
+    pinned = annotations[lbc + "subnets"].split(",")
+    assert pinned == ["subnet-0a1b2c3d4e5f60003", "subnet-0a1b2c3d4e5f60004"]  # public, one per zone
+    assert "preserve_client_ip.enabled=false" in annotations[lbc + "target-group-attributes"]
+    sources = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]["ingress"][0]["from"]
+    blocks = [s["ipBlock"]["cidr"] for s in sources if "ipBlock" in s]
+    assert blocks == [SUBNET_NETWORKS[i][1] for i in pinned]
+    vpc = ipaddress.ip_network(VPC_CIDR)
+    for cidr in blocks:
+        net = ipaddress.ip_network(cidr)
+        assert net != vpc and net.subnet_of(vpc) and net.prefixlen >= 24
+    # No pod subnet is admitted: the private ones hold the pods.
+    private = {c for i, (_, c) in SUBNET_NETWORKS.items() if i not in pinned and c.endswith("/19")}
+    assert private and not private & set(blocks)
+    # The shipped stack no longer lists the VPC range.
+    from pulumi_harness import stack_file
+    assert "servedmodel:ingressCidrs" not in stack_file("prod")
+
+
+def test_given_load_balancer_subnets_are_pinned_and_admitted(model_cache):
+    from pulumi_harness import TEST_SECRET, run_program
+
+    run = run_program("prod", {"servedmodel:loadBalancerSubnetIds": ["subnet-0a1b2c3d4e5f60005"]},
+                      secrets={"servedmodel:authToken": TEST_SECRET})
+    lbc = "service.beta.kubernetes.io/aws-load-balancer-"
+    assert run.one("kubernetes:core/v1:Service").inputs["metadata"]["annotations"][lbc + "subnets"] == \
+        "subnet-0a1b2c3d4e5f60005"
+    sources = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]["ingress"][0]["from"]
+    assert [s["ipBlock"]["cidr"] for s in sources if "ipBlock" in s] == ["10.0.98.0/24"]
 
 
 def test_dev_is_cpu_with_cpu_hpa_and_cluster_ip(stack_runs):
@@ -309,7 +368,7 @@ def test_local_container(stack_runs):
 
 def test_outputs_per_model(stack_runs):
     local = stack_runs["local"].outputs
-    assert local["url"] == {"model": "http://127.0.0.1:8080"}
+    assert local["url"] == {"mnist-mlp": "http://127.0.0.1:8080"}
     assert set(stack_runs["dev"].outputs["url"]) == {"mnist-mlp", "lenet"}
     for stack, run in stack_runs.items():
         out = run.outputs
@@ -327,8 +386,11 @@ def test_outputs_per_model(stack_runs):
             if stack != "local":
                 assert "@sha256:" in out["image"][name]
         assert not run.secret_outputs
-    assert stack_runs["prod"].outputs["url"]["classifier"].startswith("https://")
-    assert stack_runs["prod"].outputs["url"]["classifier"].endswith(".elb.amazonaws.com")
+    # Issue 18, finding 7: the public endpoint is named by the stack's hostname, which the
+    # certificate covers, never the NLB's *.elb.amazonaws.com name (ACM cannot issue for it).
+    assert stack_runs["prod"].outputs["url"]["classifier"] == "https://classifier.models.example.com"
+    assert stack_runs["prod"].outputs["inferUrl"]["classifier"] == \
+        "https://classifier.models.example.com/v2/models/classifier/infer"
     assert stack_runs["dev"].outputs["url"]["lenet"].endswith(".servedmodel.svc.cluster.local")
 
 
@@ -351,9 +413,9 @@ def test_a_given_kubeconfig_secret_is_used_as_is(model_cache):
 
 def test_an_unchanged_model_is_not_exported_again_even_in_a_preview(stack_runs):
     first = stack_runs["local"]
-    assert any("model: model version" in line for line in first.logs), first.logs
+    assert any("mnist-mlp: model version" in line for line in first.logs), first.logs
     again = run_program_preview("local")
-    [line] = [line for line in again.logs if "model: model version" in line]
+    [line] = [line for line in again.logs if "mnist-mlp: model version" in line]
     assert line.endswith("(cached build)"), line
     assert again.outputs["modelVersion"] == first.outputs["modelVersion"]
 
@@ -386,7 +448,7 @@ def test_a_failing_model_build_stops_the_program_naming_the_model(model_cache, t
 
     with pytest.raises(pulumi.RunError) as err:
         run_program("local", {"servedmodel:model": "does/not/exist.py:make"})
-    assert str(err.value).startswith("model 'model': ") and "does/not/exist.py" in str(err.value)
+    assert str(err.value).startswith("model 'mnist-mlp': ") and "does/not/exist.py" in str(err.value)
 
 
 def test_the_stack_metric_allowance_reaches_models_build(model_cache, monkeypatch):
@@ -411,9 +473,13 @@ def test_the_stack_metric_allowance_reaches_models_build(model_cache, monkeypatc
     assert [c["max_metric_drop"] for c in calls] == [None]
 
 
-def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache):
+def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache, monkeypatch):
     from pulumi_harness import run_program
+    from servedmodel.components import registry
 
+    asked = []
+    # The registry holds none of the versions (tests/image/test_image_reuse.py asks a real one).
+    monkeypatch.setattr(registry, "tag_digests", lambda repo, tags, user, password: asked.append((repo, user, password)) or {})
     run = run_program("dev", {"servedmodel:registry": "ghcr.io/acme/models", "servedmodel:registryUsername": "bot"},
                       secrets={"servedmodel:registryPassword": "registry-pass-123"})
     assert not run.of_type("aws:ecr/repository:Repository")
@@ -424,6 +490,8 @@ def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache
         assert (reg["address"], reg["username"], reg["password"]) == ("ghcr.io", "bot", "registry-pass-123")
         assert "registries" in image.secret_paths
     assert "registry-pass-123" not in repr(run.outputs)
+    # The program asked the registry, with the credentials, whether it holds each version.
+    assert sorted(asked) == [(f"ghcr.io/acme/models/{n}", "bot", "registry-pass-123") for n in ("lenet", "mnist-mlp")]
 
 
 def test_the_generated_kubeconfig_honours_aws_profile(model_cache):

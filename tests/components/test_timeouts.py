@@ -57,11 +57,11 @@ def test_the_program_sets_them_on_the_readiness_bound_resources(stack_runs):
     cold = run.outputs["coldStart"]["classifier"]
     expected = readiness_timeouts(cold["startSeconds"], "cuda", max_replicas=10, node_max=11,
                                   pull_seconds=cold["pullSeconds"], node_seconds=cold["nodeSeconds"])
-    # prod rolls out as a canary (issue 12): the Rollout waits for the pods like the Deployment
-    # would, plus the canary's pauses or analysis (components/canary.rollout_timeout_seconds).
+    # prod rolls out as a canary (issue 12): `up` waits on the RolloutWait (issue 18), for the
+    # pods like the Deployment would, plus the canary's pauses (which outlast its analysis).
     rollout = run.one("kubernetes:argoproj.io/v1alpha1:Rollout")
-    for key in ("create", "update"):
-        assert minutes(rollout.custom_timeouts[key]) > minutes(expected.deployment)
+    wait = run.one("pulumi-python:dynamic/servedmodel:RolloutWait")
+    assert wait.inputs["timeoutSeconds"] > minutes(expected.deployment) * 60 + 10 * 60
     assert rollout.inputs["spec"]["progressDeadlineSeconds"] == expected.progress_deadline_seconds
     probe = rollout.inputs["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
     assert probe["failureThreshold"] == expected.startup_failure_threshold

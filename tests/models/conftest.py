@@ -49,3 +49,18 @@ def cli_json(proc: subprocess.CompletedProcess) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1, f"expected one JSON line on stdout, got: {proc.stdout!r}"
     return json.loads(lines[0])
+
+
+def cache_key_of(model: str, compression: str, *, cache_dir: Path, device: str = "cpu", export_only: bool = False,
+                 max_metric_drop: float | None = None) -> str:
+    """The key build() files `model` under: like build(), it calls the factory (with the cache's
+    trained weights) and fingerprints the spec it returns."""
+    from servedmodel.models import cache as cache_mod
+    from servedmodel.models.fingerprint import spec_fingerprint
+    from servedmodel.models.loader import load_spec, parse_ref
+
+    mref = parse_ref(model)
+    with cache_mod.building_with(cache_mod.cache_root(cache_dir)):
+        spec = load_spec(mref)
+    return cache_mod.cache_key(mref, compression, device, spec_digest=spec_fingerprint(spec).digest,
+                               export_only=export_only, max_metric_drop=max_metric_drop)

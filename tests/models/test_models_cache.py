@@ -11,7 +11,7 @@ import pytest
 import servedmodel.models as models
 import servedmodel.models.export
 import servedmodel.models.pipeline
-from conftest import FACTORIES, cli_json, run_cli
+from conftest import FACTORIES, cache_key_of, cli_json, run_cli
 
 
 def tree(path):
@@ -93,10 +93,9 @@ def test_no_cache_writes_nothing(tmp_path):
 
 def test_damaged_cache_entry_is_rebuilt(cache_dir, tmp_path):
     a = models.build(f"{FACTORIES}:multi_io", "fp16", tmp_path / "a", cache_dir=cache_dir)
-    from servedmodel.models.cache import cache_key, entry_dir
-    from servedmodel.models.loader import parse_ref
+    from servedmodel.models.cache import entry_dir
 
-    entry = entry_dir(cache_dir, cache_key(parse_ref(f"{FACTORIES}:multi_io"), "fp16", "cpu"))
+    entry = entry_dir(cache_dir, cache_key_of(f"{FACTORIES}:multi_io", "fp16", cache_dir=cache_dir))
     (entry / "context/model/model.onnx").write_bytes(b"truncated")
     b = models.build(f"{FACTORIES}:multi_io", "fp16", tmp_path / "b", cache_dir=cache_dir)
     assert not b.cache_hit and b.version == a.version
@@ -121,11 +120,32 @@ def test_export_key_ignores_the_serving_side(monkeypatch, tmp_path):
     import servedmodel.models.cache as cache
     from servedmodel.models.loader import parse_ref
 
-    mref = parse_ref("mnist-mlp")
-    build_key, export_key = cache.cache_key(mref, "none", "cpu"), cache.cache_key(mref, "export", "any", export_only=True)
+    mref, spec = parse_ref("mnist-mlp"), "0" * 64  # any spec fingerprint: only serving/ varies
+    build_key = cache.cache_key(mref, "none", "cpu", spec_digest=spec)
+    export_key = cache.cache_key(mref, "export", "any", spec_digest=spec, export_only=True)
     serving = tmp_path / "serving"
     serving.mkdir()
     (serving / "app.py").write_text("# another server\n")
     monkeypatch.setattr(cache, "SERVING_DIR", serving)
-    assert cache.cache_key(mref, "none", "cpu") != build_key
-    assert cache.cache_key(mref, "export", "any", export_only=True) == export_key
+    assert cache.cache_key(mref, "none", "cpu", spec_digest=spec) != build_key
+    assert cache.cache_key(mref, "export", "any", spec_digest=spec, export_only=True) == export_key
+
+
+def test_a_damaged_cached_artifact_is_made_again(tmp_path):
+    """What a factory keeps with cached_bytes (digits-cnn's trained weights) becomes the model:
+    bytes that are not the stored ones are made again, never served."""
+    from servedmodel.models.cache import building_with, cached_bytes
+
+    made: list[bytes] = []
+
+    def make() -> bytes:
+        made.append(b"weights-%d" % len(made))
+        return made[-1]
+
+    with building_with(tmp_path):
+        first, reused = cached_bytes("trained", "k" * 40, make)
+        assert not reused and cached_bytes("trained", "k" * 40, make) == (first, True)
+        (artifact,) = (tmp_path / "trained").glob("*/artifact")
+        artifact.write_bytes(b"weights-X")  # a flipped byte on disk
+        again, reused = cached_bytes("trained", "k" * 40, make)
+    assert not reused and again == b"weights-1" and len(made) == 2

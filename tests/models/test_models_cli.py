@@ -3,6 +3,8 @@ clear line naming the model and the step, and leaves no context at --out."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -57,6 +59,27 @@ def test_failure_exit_code_and_message(cache_dir, tmp_path, model, compression, 
 def test_usage_errors_are_one_line(cache_dir, tmp_path):
     proc = run_cli("build", "--model", "mnist-mlp", cache_dir=cache_dir)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--out" in proc.stderr
+
+
+@pytest.mark.parametrize("args, help_command", [((), "python -m models --help"),
+                                                  (("bogus",), "python -m models --help"),
+                                                  (("build",), "python -m models build --help")])
+def test_usage_errors_point_at_a_help_command_that_exists(cache_dir, args, help_command):
+    proc = run_cli(*args, cache_dir=cache_dir)
+    assert proc.returncode == 2 and f"(see {help_command})" in proc.stderr, proc.stderr
+    assert run_cli(*help_command.split()[3:], cache_dir=cache_dir).returncode == 0
+
+
+def test_a_python_without_torch_is_told_which_environment_builds(tmp_path):
+    """`python -m models build` from a Python that lacks the build tools (the system one, not
+    .venv) names what is missing and how to get it, instead of failing inside the factory."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    proc = subprocess.run([str(bare / "bin" / "python"), "-m", "models", "build", "--model", "mnist-mlp",
+                           "--out", str(tmp_path / "ctx")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "has no torch, onnx, onnxruntime" in proc.stderr and ".venv/bin/python -m models build" in proc.stderr
+    assert not (tmp_path / "ctx").exists()
 
 
 def test_out_that_is_not_a_context_is_not_replaced(build_once, cache_dir, tmp_path):

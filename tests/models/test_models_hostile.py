@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import servedmodel.models as models
-from conftest import ROOT, cli_json, run_cli
+from conftest import ROOT, cache_key_of, cli_json, run_cli
 
 HOSTILE = Path(__file__).resolve().parent / "factories" / "hostile.py"
 
@@ -86,10 +86,9 @@ def test_rows_alone_and_reordered_must_agree(monkeypatch, module, probes, couple
 # ---- cache integrity (item 9) -------------------------------------------------------------
 
 def _entry(cache, factory: str, compression: str = "none") -> Path:
-    from servedmodel.models.cache import cache_key, entry_dir
-    from servedmodel.models.loader import parse_ref
+    from servedmodel.models.cache import entry_dir
 
-    return entry_dir(cache, cache_key(parse_ref(ref(factory)), compression, "cpu"))
+    return entry_dir(cache, cache_key_of(ref(factory), compression, cache_dir=cache))
 
 
 def _flip_byte(path: Path) -> None:
@@ -153,11 +152,11 @@ def test_file_added_to_a_cache_entry_is_detected(tiny_cache, tmp_path):
 
 
 def test_flipped_byte_in_the_cached_export_is_exported_again(tiny_cache, tmp_path):
-    from servedmodel.models.cache import cache_key, export_dir
-    from servedmodel.models.loader import parse_ref
+    from servedmodel.models.cache import export_dir
 
     cache, _, _ = tiny_cache
-    exported = export_dir(cache, cache_key(parse_ref(ref("tiny_a")), "export", "any", export_only=True)) / "model.onnx"
+    exported = export_dir(cache, cache_key_of(ref("tiny_a"), "export", cache_dir=cache, device="any",
+                                              export_only=True)) / "model.onnx"
     _flip_byte(exported)
     r = models.build(ref("tiny_a"), "fp16", tmp_path / "ctx", cache_dir=cache)
     assert r.exported and any(n.startswith("fp32 export") and "content hash mismatch" in n for n in r.cache_repaired)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import run_cli
+from conftest import cache_key_of, run_cli
 from test_models_digits import onnx_accuracy
 
 
@@ -62,7 +62,6 @@ def test_refused_prune_leaves_nothing(build_once, cache_dir, tmp_path):
     """(The CLI's exit code 9 is tested in test_models_quality; here the API, in-process.)"""
     import servedmodel.models as models
     import servedmodel.models.cache as cache_mod
-    from servedmodel.models.loader import parse_ref
 
     build_once("digits-cnn", "none")  # training and export cached
     out = tmp_path / "ctx"
@@ -72,7 +71,7 @@ def test_refused_prune_leaves_nothing(build_once, cache_dir, tmp_path):
     assert "the prune variant is refused: accuracy on 'sklearn-digits-test" in str(e.value)
     assert "exceeds the allowance 0.0001 (--max-metric-drop for prune)" in str(e.value)
     assert list(tmp_path.iterdir()) == []
-    key = cache_mod.cache_key(parse_ref("digits-cnn"), "prune", "cpu", max_metric_drop=0.0001)
+    key = cache_key_of("digits-cnn", "prune", cache_dir=cache_dir, max_metric_drop=0.0001)
     assert not cache_mod.entry_dir(cache_dir, key).exists()
 
 

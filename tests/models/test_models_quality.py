@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli_json, run_cli
+from conftest import ROOT, cache_key_of, cli_json, run_cli
 
 QUALITY = Path(__file__).resolve().parent / "factories" / "quality.py"
 REGRESSOR = f"{QUALITY}:regressor"
@@ -32,7 +32,6 @@ def test_variant_within_the_allowance_records_its_evaluation(build_once):
 
 def test_refused_variant_exits_9_and_leaves_nothing(build_once, cache_dir, tmp_path):
     import servedmodel.models.cache as cache_mod
-    from servedmodel.models.loader import parse_ref
 
     build_once(REGRESSOR, "fp16")  # the export is cached: this test only pays for the gate
     out = tmp_path / "ctx"
@@ -48,7 +47,7 @@ def test_refused_variant_exits_9_and_leaves_nothing(build_once, cache_dir, tmp_p
         assert words in line[0], line[0]
     assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no context, no staging folder
-    key = cache_mod.cache_key(parse_ref(REGRESSOR), "fp16", "cpu", max_metric_drop=0.0)
+    key = cache_key_of(REGRESSOR, "fp16", cache_dir=cache_dir, max_metric_drop=0.0)
     assert cache_mod.lookup(cache_dir, key) is None and not cache_mod.entry_dir(cache_dir, key).exists()
 
 
@@ -88,10 +87,11 @@ def test_the_allowance_is_part_of_the_cache_key():
     import servedmodel.models.cache as cache_mod
     from servedmodel.models.loader import parse_ref
 
-    ref = parse_ref("mnist-mlp")
-    keys = {cache_mod.cache_key(ref, "int8", "cpu", max_metric_drop=d) for d in (None, 0.0, 0.01)}
+    ref, spec = parse_ref("mnist-mlp"), "0" * 64  # any spec fingerprint: only the allowance varies
+    keys = {cache_mod.cache_key(ref, "int8", "cpu", spec_digest=spec, max_metric_drop=d) for d in (None, 0.0, 0.01)}
     assert len(keys) == 3
-    assert cache_mod.cache_key(ref, "int8", "cpu") == cache_mod.cache_key(ref, "int8", "cpu", max_metric_drop=None)
+    assert (cache_mod.cache_key(ref, "int8", "cpu", spec_digest=spec)
+            == cache_mod.cache_key(ref, "int8", "cpu", spec_digest=spec, max_metric_drop=None))
 
 
 def test_build_takes_the_override(build_once, cache_dir, tmp_path):

@@ -19,6 +19,12 @@ ARGS = MonitoringArgs(mode="prometheus-operator", latency_slo_ms=500, alert_fail
 SCOPE = Scope(served_name=MODEL, namespace=NS, gpu=True)
 TARGET = f'namespace="{NS}",model="{MODEL}",job="{NS}/{MODEL}",instance="10.0.0.7:8080"'
 POD = f'namespace="{NS}",pod="{WORKLOAD}-7d9f8-x2x4z"'
+# A DCGM exporter series scraped through its chart's ServiceMonitor: the target labels are the
+# exporter pod's; the GPU's pod/namespace (dcgm-exporter's Kubernetes mode) arrive as exported_*.
+XID_EXPORTER = ('namespace="gpu-operator",pod="nvidia-dcgm-exporter-x7k2p",container="nvidia-dcgm-exporter",'
+                'service="nvidia-dcgm-exporter",endpoint="gpu-metrics",job="nvidia-dcgm-exporter",'
+                'instance="10.0.1.23:9400",gpu="0",UUID="GPU-5b1c2d3e",Hostname="ip-10-0-1-23"')
+XID_OF = f'exported_namespace="{NS}",exported_pod="%s-7d9f8-x2x4z",exported_container="server"'
 
 
 def counter(name: str, labels: str, per_minute: float, minutes: int = 40) -> dict:
@@ -85,10 +91,14 @@ CASES: dict[str, tuple[list[dict], dict[str, str], list[dict]]] = {
         {"namespace": NS, "pod": f"{WORKLOAD}-7d9f8-x2x4z"},
         [{"series": f'kube_pod_container_status_restarts_total{{{POD},container="server"}}', "values": "1x40"}],
     ),
+    # As the dcgm-exporter chart's ServiceMonitor (honorLabels false) delivers it: the target's
+    # namespace/pod are the exporter's, the model pod's are renamed exported_* (issue 18).
     "ServedModelGpuXidErrors": (
-        [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{POD},gpu=\"0\"}}", "values": "0x10 79x30"}],
+        [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{XID_EXPORTER},{XID_OF % WORKLOAD}}}", "values": "0x10 79x30"}],
         {"namespace": NS, "pod": f"{WORKLOAD}-7d9f8-x2x4z"},
-        [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{POD},gpu=\"0\"}}", "values": "0x40"}],
+        [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{XID_EXPORTER},{XID_OF % WORKLOAD}}}", "values": "0x40"},
+         # Another workload's GPU in the namespace: not ours.
+         {"series": f"DCGM_FI_DEV_XID_ERRORS{{{XID_EXPORTER},{XID_OF % 'other-deploy-9'}}}", "values": "79x40"}],
     ),
 }
 
@@ -176,3 +186,37 @@ def test_promtool_unit_test_fails_when_an_alert_stays_quiet(promtool, tmp_path):
             {"eval_time": "30m", "alertname": alert, "exp_alerts": [{"exp_labels": labels}]}]}]}))
     with pytest.raises(AssertionError, match="exited 1"):
         run_promtool(promtool, "test", "rules", "tests.yml", cwd=tmp_path)
+
+
+def _xid_test(series: list[dict], exp_alerts: list[dict]) -> dict:
+    return {"interval": "1m", "input_series": series, "alert_rule_test": [
+        {"eval_time": "30m", "alertname": "ServedModelGpuXidErrors", "exp_alerts": exp_alerts}]}
+
+
+def test_promtool_the_xid_alert_fires_for_both_label_shapes(promtool, tmp_path):
+    """Issue 18, finding 10: with the exporter's ServiceMonitor at honorLabels false (its chart's
+    default) the model pod's labels arrive as exported_namespace/exported_pod; with honorLabels
+    true as namespace/pod. The alert fires for both and names the model's pod either way, and
+    not for the exporter's own namespace/pod."""
+    rules = _write_rules(tmp_path, ARGS)
+    rule = next(r for g in monitoring.rule_groups(ARGS, SCOPE, WORKLOAD) for r in g["rules"]
+                if r.get("alert") == "ServedModelGpuXidErrors")
+    labels = {**rule["labels"], "namespace": NS, "pod": f"{WORKLOAD}-7d9f8-x2x4z"}
+    expected = [{"exp_labels": labels, "exp_annotations": _rendered_annotations(rule, labels)}]
+    renamed = f"DCGM_FI_DEV_XID_ERRORS{{{XID_EXPORTER},{XID_OF % WORKLOAD}}}"
+    honoured = f'DCGM_FI_DEV_XID_ERRORS{{{POD},gpu="0",UUID="GPU-5b1c2d3e",job="nvidia-dcgm-exporter"}}'
+    # The exporter's own pod reporting (it has no exported_* labels when no workload holds the GPU).
+    exporter_only = f"DCGM_FI_DEV_XID_ERRORS{{{XID_EXPORTER}}}"
+    tests = [_xid_test([{"series": renamed, "values": "0x10 79x30"}], expected),
+             _xid_test([{"series": honoured, "values": "0x10 48x30"}], expected),
+             _xid_test([{"series": exporter_only, "values": "79x40"}], [])]
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(
+        {"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests}, sort_keys=False))
+    out = run_promtool(promtool, "test", "rules", "tests.yml", cwd=tmp_path)
+    assert "SUCCESS" in out.stdout
+
+
+def test_the_xid_description_says_the_gauge_is_a_code_not_a_count():
+    rule = next(r for g in monitoring.rule_groups(ARGS, SCOPE, WORKLOAD) for r in g["rules"]
+                if r.get("alert") == "ServedModelGpuXidErrors")
+    assert "last XID code, not a count" in rule["annotations"]["description"]

@@ -22,7 +22,7 @@ import pytest
 from servedmodel.components import canary, monitoring
 from servedmodel.components.canary import CANARY_HASH_ARG, RolloutArgs
 from servedmodel.components.monitoring import MonitoringArgs, Scope
-from promkit import Prometheus
+from promkit import Prometheus, free_port
 from contexts import write_context  # tests/serving/contexts.py
 from serverkit import ServerProcess  # tests/serving/serverkit.py
 
@@ -107,6 +107,42 @@ def analysis_phase(phases_by_metric: dict[str, list[str]], template: dict) -> st
         else:
             verdicts.append("Successful")
     return "Failed" if "Failed" in verdicts else "Inconclusive" if "Inconclusive" in verdicts else "Successful"
+
+
+# utils/defaults/defaults.go: a metric without limits has failureLimit 0, inconclusiveLimit 0,
+# consecutiveErrorLimit 4.
+ARGO_DEFAULT_LIMITS = {"failureLimit": 0, "inconclusiveLimit": 0, "consecutiveErrorLimit": 4}
+# analysis/analysis.go DefaultErrorRetryInterval: a measurement that errored is retried after 10 s.
+ARGO_ERROR_RETRY_SECONDS = 10
+
+
+def assess_metric(metric: dict, phases: list[str]) -> str:
+    """analysis/analysis.go assessMetricStatus + assessMetricFailureInconclusiveOrError, applied
+    after each measurement as the controller does: an Error counts only toward consecutive errors
+    (DefaultErrorRetryInterval 10 s, not toward `count`); failed > failureLimit is Failed,
+    inconclusive > inconclusiveLimit Inconclusive, consecutive errors > consecutiveErrorLimit
+    Error (later checks win); `count` measurements within the limits is Successful."""
+    limits = {k: metric.get(k, v) for k, v in ARGO_DEFAULT_LIMITS.items()}
+    failed = inconclusive = count = consecutive_errors = 0
+    for phase in phases:
+        if phase == "Error":
+            consecutive_errors += 1
+        else:
+            count, consecutive_errors = count + 1, 0
+            failed += phase == "Failed"
+            inconclusive += phase == "Inconclusive"
+        verdict = None
+        if limits["failureLimit"] >= 0 and failed > limits["failureLimit"]:
+            verdict = "Failed"
+        if inconclusive > limits["inconclusiveLimit"]:
+            verdict = "Inconclusive"
+        if consecutive_errors > limits["consecutiveErrorLimit"]:
+            verdict = "Error"
+        if verdict:
+            return verdict
+        if count >= metric["count"]:
+            return "Successful"
+    return "Running"
 
 
 def test_resolve_args_refuses_an_unresolved_argument():
@@ -234,3 +270,87 @@ def test_analysis_passes_stable_and_fails_a_shedding_canary(prometheus_bin, tmp_
         by_model.setdefault(a["labels"].get("model", a["labels"].get("servedmodel")), set()).add(a["labels"]["alertname"])
     assert "ServedModelShedding" in by_model.get(CANARY_MODEL, set()), (alerts, report)
     assert not by_model.get(STABLE_MODEL), (alerts, report)
+
+
+def measure(prom_url: str, template: dict, pod_hash: str) -> dict[str, str]:
+    """One measurement of every metric, as metricproviders/prometheus does it: a query that fails
+    (Prometheus unreachable) is an Error, otherwise the result judged by the conditions."""
+    out = {}
+    for metric in template["metrics"]:
+        resolved = resolve_args(metric, {CANARY_HASH_ARG: pod_hash})
+        query = resolved["provider"]["prometheus"]["query"]
+        try:
+            r = httpx.get(f"{prom_url}/api/v1/query", params={"query": query}, timeout=5)
+            data = r.json()["data"]
+        except httpx.TransportError:
+            out[metric["name"]] = "Error"
+            continue
+        out[metric["name"]] = evaluate_result(resolved, result_of(data))
+    return out
+
+
+def test_an_idle_window_and_a_prometheus_outage_do_not_stall_or_abort_the_canary(prometheus_bin, tmp_path):
+    """Issue 18, finding 5, on a real Prometheus scraping a real server: a window without canary
+    traffic reads Inconclusive (never Successful, never Failed); with Argo's default
+    inconclusiveLimit 0 that one window makes the metric Inconclusive, which pauses the
+    rollout for a person. The template tolerates idle windows (all but one) and a Prometheus
+    outage of minutes (errors are retried every 10 s), so the same measurements end Successful."""
+    ctx = write_context(tmp_path / "canary", "mlp", STABLE_MODEL, warmup=(1,))
+    server = ServerProcess(ctx, {})
+    prom = None
+    stop = threading.Event()
+    try:
+        server.wait_ready(timeout=120)
+        prom = Prometheus(prometheus_bin, tmp_path / "prometheus", {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": f"{NS}/servedmodel", "metrics_path": "/metrics", "static_configs": [
+                {"targets": [f"127.0.0.1:{server.port}"],
+                 "labels": {"namespace": NS, monitoring.HASH_LABEL: CANARY_HASH}}]}],
+        }, {}).wait_ready()
+        args = RolloutArgs(strategy="canary", prometheus_address=prom.url, analysis_interval="5s", analysis_count=4,
+                           analysis_failure_limit=1, max_p99_latency_ms=1000)
+        template = canary.analysis_template_spec(args, NS)
+        window = 6.0  # one analysis window (5 s) and a scrape
+        timeline: list[dict[str, str]] = []
+        time.sleep(window)                                          # idle: no request yet
+        timeline.append(measure(prom.url, template, CANARY_HASH))
+        statuses: list[int] = []
+        threads = drive(server.url, STABLE_MODEL, 784, 2, stop, statuses)
+        time.sleep(window)                                          # traffic
+        timeline.append(measure(prom.url, template, CANARY_HASH))
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+        time.sleep(window)                                          # idle again: counters flat
+        timeline.append(measure(prom.url, template, CANARY_HASH))
+        # Prometheus goes away for two minutes: every retry (each 10 s) is an Error.
+        dead = f"http://127.0.0.1:{free_port()}"
+        outage = [measure(dead, template, CANARY_HASH)] * (120 // ARGO_ERROR_RETRY_SECONDS)
+        stop.clear()
+        threads = drive(server.url, STABLE_MODEL, 784, 2, stop, statuses)
+        time.sleep(window)                                          # back, with traffic
+        timeline.append(measure(prom.url, template, CANARY_HASH))
+    finally:
+        stop.set()
+        if prom is not None:
+            prom.stop()
+        server.stop()
+
+    report = json.dumps({"timeline": timeline, "outage": outage[0], "requests": len(statuses)}, indent=1)
+    assert statuses.count(200) > 20, report
+    names = [m["name"] for m in template["metrics"]]
+    assert all(timeline[0][n] == "Inconclusive" and timeline[2][n] == "Inconclusive" for n in names), report
+    assert all(timeline[1][n] == "Successful" and timeline[3][n] == "Successful" for n in names), report
+    assert all(outage[0][n] == "Error" for n in names), report
+    for metric in template["metrics"]:
+        n = metric["name"]
+        phases = [timeline[0][n], timeline[1][n], timeline[2][n]] + [o[n] for o in outage] + [timeline[3][n]]
+        # The template's limits: two idle windows and the outage, then Successful at `count`.
+        assert assess_metric(metric, phases) == "Successful", (n, report)
+        # Argo's defaults would have stopped at the first idle window, and at the fifth error.
+        defaults = {k: v for k, v in metric.items() if k not in ARGO_DEFAULT_LIMITS}
+        assert assess_metric(defaults, phases) == "Inconclusive", (n, report)
+        assert assess_metric(defaults, [timeline[1][n]] + [o[n] for o in outage]) == "Error", (n, report)
+    # Nobody used it at all: the canary stops for a person (and RolloutWait says so at once).
+    for metric in template["metrics"]:
+        assert assess_metric(metric, ["Inconclusive"] * metric["count"]) == "Inconclusive"

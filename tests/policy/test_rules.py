@@ -61,6 +61,22 @@ def test_no_mutable_tags(image, ok):
     assert (rules.no_mutable_tags("docker-build:index:Image", {"tags": [image]}) == []) is ok
 
 
+def test_a_build_may_also_push_the_stacks_build_marker_beside_its_version():
+    """The marker (components/model_image.py) records which version the stack's build last
+    pushed; it moves by design and no workload runs it."""
+    sys.path.insert(0, str(ROOT))
+    from servedmodel.components.model_image import BUILD_MARKER_PREFIX
+
+    assert rules.BUILD_MARKER_PREFIX == BUILD_MARKER_PREFIX
+    tags = ["repo/m:3f9c0a1b2c4d5e6f", f"repo/m:{BUILD_MARKER_PREFIX}prod"]
+    assert rules.no_mutable_tags("docker-build:index:Image", {"tags": tags}) == []
+    # Alone it is a mutable tag like any other, and a workload may never run it.
+    assert rules.no_mutable_tags("docker-build:index:Image", {"tags": tags[1:]})
+    props = good_deployment()
+    container(props)["image"] = tags[1]
+    assert rules.no_mutable_tags(DEPLOY, props)
+
+
 def test_no_mutable_tags_ignores_values_unknown_during_preview():
     props = good_deployment()
     container(props)["image"] = None

@@ -44,6 +44,12 @@ _fp16_ok_header = {"inputs": [{"name": "h", "shape": [1, 2], "datatype": "FP16",
 # (id, server, method, path, body, headers, status, words the error must contain)
 CASES = [
     ("malformed-json", "mlp", "POST", MLP, b'{"inputs": [', {}, 400, "not valid JSON"),
+    # A binary request whose client forgot the header: the error names the header, not a
+    # UTF-8 decoding detail of the raw tensor bytes.
+    ("binary-without-header-length", "mlp", "POST", MLP, _bin_leftover[0][:-3200] + b"\xff\xfe" * 1568, {}, 400,
+     "needs the Inference-Header-Content-Length header"),
+    ("binary-without-header-length-utf8", "mlp", "POST", MLP, _bin_leftover[0][:-3200] + b"\0" * 3136, {}, 400,
+     "needs the Inference-Header-Content-Length header"),
     ("json-deeper-than-1024", "mlp", "POST", MLP, b"[" * 5000 + b"]" * 5000, {}, 400,
      "deeper than 100"),
     ("parameters-nested-101", "mlp", "POST", MLP,

@@ -1,4 +1,4 @@
-"""The gRPC front end's HTTP/2 layer (serving/h2c.py) on its own: a real listener on 127.0.0.1
+"""The gRPC front end's HTTP/2 layer (serving/h2/) on its own: a real listener on 127.0.0.1
 with small test handlers, called by the real grpcio client and, for what a well-behaved
 client never does, by a raw HTTP/2 client written here (frames by hand, HPACK from hpack).
 The V2 service on top is tested through tritonclient in test_grpc.py."""
@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
+import sys
 import threading
 import time
 
 import grpc
 import pytest
-from hpack import Decoder, Encoder
 
-from servedmodel.serving import h2c
 from servedmodel.serving.errors import ServingError
-from servedmodel.serving.h2c import GrpcLimits, GrpcListener
+from servedmodel.serving.h2 import Call, GrpcLimits, GrpcListener, connection
+from servedmodel.serving.h2 import frames as fr
+from servedmodel.serving.h2 import grpc as g
+
+from h2client import RawClient, frame as _frame, message as _message
 
 ECHO, BIG, SLOW, STREAM, PROBE = "/t.S/Echo", "/t.S/Big", "/t.S/Slow", "/t.S/Stream", "/t.S/Probe"
 
@@ -29,15 +31,15 @@ class Handlers:
         self.cancelled = 0
         self.gone_seen: list[bool] = []
 
-    async def echo(self, call: h2c.Call) -> None:
+    async def echo(self, call: Call) -> None:
         call.send_message(call.message)
         call.finish()
 
-    async def big(self, call: h2c.Call) -> None:
+    async def big(self, call: Call) -> None:
         call.send_message(bytes(range(256)) * (int(call.message) // 256))
         call.finish()
 
-    async def slow(self, call: h2c.Call) -> None:
+    async def slow(self, call: Call) -> None:
         try:
             await asyncio.sleep(float(call.message or b"10"))
         except asyncio.CancelledError:
@@ -47,7 +49,7 @@ class Handlers:
         call.send_message(b"done")
         call.finish()
 
-    async def stream(self, call: h2c.Call) -> None:
+    async def stream(self, call: Call) -> None:
         for i in range(3):
             call.send_message(b"part %d" % i)
             await asyncio.sleep(0)
@@ -76,93 +78,6 @@ def serve(handlers: Handlers | None = None, **kwargs):
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-
-
-def _frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(
-        ">I", sid) + payload
-
-
-def _message(payload: bytes) -> bytes:
-    return b"\0" + struct.pack(">I", len(payload)) + payload
-
-
-class RawClient:
-    """An HTTP/2 client that sends exactly the frames a test gives it."""
-
-    def __init__(self, port: int, settings: bytes = b"", preface: bool = True) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.encoder, self.decoder = Encoder(), Decoder()
-        self.buf = b""
-        if preface:
-            self.sock.sendall(h2c.PREFACE + _frame(h2c.SETTINGS, 0, 0, settings))
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, kind: int, flags: int, sid: int, payload: bytes = b"") -> None:
-        self.sock.sendall(_frame(kind, flags, sid, payload))
-
-    def block(self, method: str, metadata=()) -> bytes:
-        return self.encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", method),
-                                    (":authority", "t"), ("content-type", "application/grpc"),
-                                    ("te", "trailers"), *metadata])
-
-    def call(self, sid: int, method: str, payload: bytes | None = b"", metadata=()) -> None:
-        """HEADERS, then (unless payload is None) one whole message that ends the stream."""
-        self.send(h2c.HEADERS, h2c.END_HEADERS, sid, self.block(method, metadata))
-        if payload is not None:
-            self.send(h2c.DATA, h2c.END_STREAM, sid, _message(payload))
-
-    def frame(self, timeout: float = 10.0):
-        """The next frame (kind, flags, sid, payload; HEADERS decoded), or None when closed."""
-        deadline = time.monotonic() + timeout
-        while len(self.buf) < 9 or len(self.buf) < 9 + int.from_bytes(self.buf[:3], "big"):
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(1 << 16)
-            except (ConnectionResetError, socket.timeout) as e:
-                if isinstance(e, socket.timeout):
-                    raise AssertionError("no frame from the server in time") from None
-                return None
-            if not data:
-                return None
-            self.buf += data
-        n = int.from_bytes(self.buf[:3], "big")
-        kind, flags = self.buf[3], self.buf[4]
-        sid = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
-        payload, self.buf = self.buf[9:9 + n], self.buf[9 + n:]
-        if kind == h2c.HEADERS:
-            payload = {k.decode(): v.decode() for k, v in self.decoder.decode(payload, raw=True)}
-        return kind, flags, sid, payload
-
-    def until(self, want, timeout: float = 10.0) -> list:
-        """Frames up to and including the first for which `want(frame)` holds."""
-        seen = []
-        while True:
-            f = self.frame(timeout)
-            assert f is not None, f"connection closed; frames: {seen}"
-            seen.append(f)
-            if want(f):
-                return seen
-
-    def response(self, sid: int, timeout: float = 10.0) -> tuple[bytes, dict]:
-        """The data and the trailers of call `sid` (other frames skipped)."""
-        frames = self.until(lambda f: f[2] == sid and (
-            (f[0] == h2c.HEADERS and f[1] & h2c.END_STREAM) or f[0] == h2c.RST_STREAM), timeout)
-        last = frames[-1]
-        assert last[0] == h2c.HEADERS, f"call {sid} was reset: {frames}"
-        data = b"".join(f[3] for f in frames if f[0] == h2c.DATA and f[2] == sid)
-        return data, last[3]
-
-    def goaway(self, timeout: float = 10.0) -> int | None:
-        """The error code of the server's GOAWAY; None if it closed without one."""
-        while True:
-            f = self.frame(timeout)
-            if f is None:
-                return None
-            if f[0] == h2c.GOAWAY:
-                return struct.unpack(">I", f[3][4:8])[0]
 
 
 def _channel(port: int) -> grpc.Channel:
@@ -214,7 +129,7 @@ def test_grpcio_client_unary_streaming_large_messages_and_errors():
 
 def test_status_message_is_percent_encoded():
     async def fail(call):
-        call.finish(h2c.INVALID_ARGUMENT, "bad tensor 'x': 100% wrong \u00e9\nline")
+        call.finish(g.INVALID_ARGUMENT, "bad tensor 'x': 100% wrong \u00e9\nline")
 
     handlers = Handlers()
     handlers.table = lambda: {ECHO: fail}
@@ -232,9 +147,9 @@ def test_answers_wait_for_the_clients_window():
     sends WINDOW_UPDATE; the message arrives whole and in order."""
     size = 200_000
     with serve() as (_, port):
-        c = RawClient(port, settings=struct.pack(">HI", h2c.S_INITIAL_WINDOW_SIZE, 1000))
+        c = RawClient(port, settings=struct.pack(">HI", fr.S_INITIAL_WINDOW_SIZE, 1000))
         c.call(1, BIG, b"%d" % size)
-        frames = c.until(lambda f: f[0] == h2c.DATA)
+        frames = c.until(lambda f: f[0] == fr.DATA)
         time.sleep(0.2)         # give the server time to (wrongly) send more
         c.sock.setblocking(False)
         try:
@@ -246,12 +161,12 @@ def test_answers_wait_for_the_clients_window():
         got = frames[-1][3]
         while len(c.buf) >= 9:
             f = c.frame()
-            if f[0] == h2c.DATA:
+            if f[0] == fr.DATA:
                 got += f[3]
         assert len(got) == 1000, len(got)
         # now open the windows (connection and stream) and read the rest
-        c.send(h2c.WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20))
-        c.send(h2c.WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20))
+        c.send(fr.WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20))
+        c.send(fr.WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20))
         data, trailers = c.response(1)
         body = got + data
         assert trailers["grpc-status"] == "0"
@@ -264,19 +179,19 @@ def test_requests_larger_than_the_initial_window_get_window_updates():
     its data arrives: a 3 MB request in 16 KiB frames goes through."""
     with serve() as (_, port):
         # (the client opens its own windows wide: the echo comes back in one go)
-        c = RawClient(port, settings=struct.pack(">HI", h2c.S_INITIAL_WINDOW_SIZE, 1 << 30))
-        c.send(h2c.WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 30))
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 1, c.block(ECHO))
+        c = RawClient(port, settings=struct.pack(">HI", fr.S_INITIAL_WINDOW_SIZE, 1 << 30))
+        c.send(fr.WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 30))
+        c.send(fr.HEADERS, fr.END_HEADERS, 1, c.block(ECHO))
         body = _message(b"\x07" * (3 << 20))
         sent = 0
         while sent < len(body):
             piece = body[sent:sent + 16384]
             sent += len(piece)
-            c.send(h2c.DATA, h2c.END_STREAM if sent == len(body) else 0, 1, piece)
-        frames = c.until(lambda f: f[0] == h2c.HEADERS and f[1] & h2c.END_STREAM, timeout=30)
-        data = b"".join(f[3] for f in frames if f[0] == h2c.DATA)
+            c.send(fr.DATA, fr.END_STREAM if sent == len(body) else 0, 1, piece)
+        frames = c.until(lambda f: f[0] == fr.HEADERS and f[1] & fr.END_STREAM, timeout=30)
+        data = b"".join(f[3] for f in frames if f[0] == fr.DATA)
         assert frames[-1][3]["grpc-status"] == "0" and data == body
-        updates = {f[2]: f for f in frames if f[0] == h2c.WINDOW_UPDATE}
+        updates = {f[2]: f for f in frames if f[0] == fr.WINDOW_UPDATE}
         assert 0 in updates and 1 in updates         # the connection's and the stream's
         c.close()
 
@@ -284,30 +199,30 @@ def test_requests_larger_than_the_initial_window_get_window_updates():
 # -- what a peer must not do -----------------------------------------------------------------
 
 def _bad_hpack(c):
-    c.send(h2c.HEADERS, h2c.END_HEADERS, 1, b"\xff\xff\xff\x7f")     # index far out of range
+    c.send(fr.HEADERS, fr.END_HEADERS, 1, b"\xff\xff\xff\x7f")     # index far out of range
 
 
 PROTOCOL_ERRORS = [
-    ("oversize-frame", lambda c: c.send(h2c.DATA, 0, 1, b"\0" * 20000), h2c.FRAME_SIZE_ERROR),
-    ("even-stream", lambda c: c.send(h2c.HEADERS, h2c.END_HEADERS, 2, c.block(ECHO)),
-     h2c.PROTOCOL_ERROR),
-    ("data-on-idle-stream", lambda c: c.send(h2c.DATA, 0, 7, b"abc"), h2c.PROTOCOL_ERROR),
-    ("continuation-alone", lambda c: c.send(h2c.CONTINUATION, h2c.END_HEADERS, 1, b""),
-     h2c.PROTOCOL_ERROR),
-    ("bad-padding", lambda c: c.send(h2c.HEADERS, h2c.END_HEADERS | h2c.PADDED, 1, b"\x09abc"),
-     h2c.PROTOCOL_ERROR),
-    ("zero-window-update", lambda c: c.send(h2c.WINDOW_UPDATE, 0, 0, b"\0\0\0\0"),
-     h2c.PROTOCOL_ERROR),
-    ("short-ping", lambda c: c.send(h2c.PING, 0, 0, b"1234"), h2c.FRAME_SIZE_ERROR),
-    ("settings-on-stream", lambda c: c.send(h2c.SETTINGS, 0, 1, b""), h2c.PROTOCOL_ERROR),
-    ("bad-settings-length", lambda c: c.send(h2c.SETTINGS, 0, 0, b"\0\0\0"),
-     h2c.FRAME_SIZE_ERROR),
-    ("push-promise", lambda c: c.send(h2c.PUSH_PROMISE, h2c.END_HEADERS, 1, b"\0\0\0\2"),
-     h2c.PROTOCOL_ERROR),
-    ("bad-hpack", _bad_hpack, h2c.COMPRESSION_ERROR),
+    ("oversize-frame", lambda c: c.send(fr.DATA, 0, 1, b"\0" * 20000), fr.FRAME_SIZE_ERROR),
+    ("even-stream", lambda c: c.send(fr.HEADERS, fr.END_HEADERS, 2, c.block(ECHO)),
+     fr.PROTOCOL_ERROR),
+    ("data-on-idle-stream", lambda c: c.send(fr.DATA, 0, 7, b"abc"), fr.PROTOCOL_ERROR),
+    ("continuation-alone", lambda c: c.send(fr.CONTINUATION, fr.END_HEADERS, 1, b""),
+     fr.PROTOCOL_ERROR),
+    ("bad-padding", lambda c: c.send(fr.HEADERS, fr.END_HEADERS | fr.PADDED, 1, b"\x09abc"),
+     fr.PROTOCOL_ERROR),
+    ("zero-window-update", lambda c: c.send(fr.WINDOW_UPDATE, 0, 0, b"\0\0\0\0"),
+     fr.PROTOCOL_ERROR),
+    ("short-ping", lambda c: c.send(fr.PING, 0, 0, b"1234"), fr.FRAME_SIZE_ERROR),
+    ("settings-on-stream", lambda c: c.send(fr.SETTINGS, 0, 1, b""), fr.PROTOCOL_ERROR),
+    ("bad-settings-length", lambda c: c.send(fr.SETTINGS, 0, 0, b"\0\0\0"),
+     fr.FRAME_SIZE_ERROR),
+    ("push-promise", lambda c: c.send(fr.PUSH_PROMISE, fr.END_HEADERS, 1, b"\0\0\0\2"),
+     fr.PROTOCOL_ERROR),
+    ("bad-hpack", _bad_hpack, fr.COMPRESSION_ERROR),
     ("interleaved-headers", lambda c: (
-        c.send(h2c.HEADERS, 0, 1, c.block(ECHO)[:3]), c.send(h2c.DATA, 0, 1, b"x")),
-     h2c.PROTOCOL_ERROR),
+        c.send(fr.HEADERS, 0, 1, c.block(ECHO)[:3]), c.send(fr.DATA, 0, 1, b"x")),
+     fr.PROTOCOL_ERROR),
 ]
 
 
@@ -331,10 +246,10 @@ def test_not_http2_and_silent_connections_are_closed():
     with serve(header_timeout=0.5) as (listener, port):
         c = RawClient(port, preface=False)
         c.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert c.goaway() == h2c.PROTOCOL_ERROR
+        assert c.goaway() == fr.PROTOCOL_ERROR
         silent = RawClient(port, preface=False)
         t0 = time.monotonic()
-        assert silent.goaway(timeout=5) == h2c.PROTOCOL_ERROR     # no preface in 0.5 s
+        assert silent.goaway(timeout=5) == fr.PROTOCOL_ERROR     # no preface in 0.5 s
         assert time.monotonic() - t0 < 3
         _still_serves(port)
         assert listener.metrics.connection_errors["grpc_header_timeout"] == 1
@@ -343,17 +258,17 @@ def test_not_http2_and_silent_connections_are_closed():
 def test_floods_are_cut_off():
     with serve() as (_, port):
         pings = RawClient(port)
-        pings.sock.sendall(_frame(h2c.PING, 0, 0, b"12345678") * (h2c.MAX_IDLE_FRAMES + 10))
-        assert pings.goaway() == h2c.ENHANCE_YOUR_CALM
+        pings.sock.sendall(_frame(fr.PING, 0, 0, b"12345678") * (connection.IDLE_FRAME_BURST + 10))
+        assert pings.goaway() == fr.ENHANCE_YOUR_CALM
         # "rapid reset": calls opened and cancelled at once, over and over
         resets = RawClient(port)
         frames = b""
-        for i in range(h2c.MAX_RESETS_PER_TICK + 50):
+        for i in range(connection.RESET_BURST + 50):
             sid = 2 * i + 1
-            frames += _frame(h2c.HEADERS, h2c.END_HEADERS, sid, resets.block(SLOW))
-            frames += _frame(h2c.RST_STREAM, 0, sid, struct.pack(">I", h2c.CANCEL))
+            frames += _frame(fr.HEADERS, fr.END_HEADERS, sid, resets.block(SLOW))
+            frames += _frame(fr.RST_STREAM, 0, sid, struct.pack(">I", fr.CANCEL))
         resets.sock.sendall(frames)
-        assert resets.goaway() == h2c.ENHANCE_YOUR_CALM
+        assert resets.goaway() == fr.ENHANCE_YOUR_CALM
         _still_serves(port)
 
 
@@ -362,13 +277,13 @@ def test_floods_are_cut_off():
 def test_concurrent_calls_a_connection_may_make():
     with serve(max_streams=2) as (_, port):
         c = RawClient(port)
-        settings = c.until(lambda f: f[0] == h2c.SETTINGS and not f[1] & h2c.ACK)[-1][3]
-        assert struct.pack(">HI", h2c.S_MAX_CONCURRENT_STREAMS, 2) in [
+        settings = c.until(lambda f: f[0] == fr.SETTINGS and not f[1] & fr.ACK)[-1][3]
+        assert struct.pack(">HI", fr.S_MAX_CONCURRENT_STREAMS, 2) in [
             settings[i:i + 6] for i in range(0, len(settings), 6)]
         for sid in (1, 3, 5):
             c.call(sid, SLOW, b"0.5")
-        reset = c.until(lambda f: f[0] == h2c.RST_STREAM)[-1]
-        assert reset[2] == 5 and struct.unpack(">I", reset[3])[0] == h2c.REFUSED_STREAM
+        reset = c.until(lambda f: f[0] == fr.RST_STREAM)[-1]
+        assert reset[2] == 5 and struct.unpack(">I", reset[3])[0] == fr.REFUSED_STREAM
         assert c.response(1)[0] == _message(b"done")
         assert c.response(3)[0] == _message(b"done")
         c.call(7, ECHO, b"next")                 # a finished call frees its place
@@ -380,27 +295,27 @@ def test_metadata_and_message_limits_answer_early():
         c = RawClient(port)
         c.call(1, ECHO, b"x", metadata=[("x-big", "a" * 5000)])
         _, trailers = c.response(1)
-        assert trailers["grpc-status"] == str(h2c.RESOURCE_EXHAUSTED)
+        assert trailers["grpc-status"] == str(g.RESOURCE_EXHAUSTED)
         assert "over the limit of 4096 bytes (SERVEDMODEL_MAX_HEADER_BYTES)" in \
             trailers["grpc-message"].replace("%20", " ").replace("%28", "(")
         c.call(3, ECHO, b"x", metadata=[(f"x-{i}", "a") for i in range(11)])
-        assert c.response(3)[1]["grpc-status"] == str(h2c.RESOURCE_EXHAUSTED)
+        assert c.response(3)[1]["grpc-status"] == str(g.RESOURCE_EXHAUSTED)
         # a 5-byte prefix that declares too much: answered before the rest is sent, and the
         # stream is reset (NO_ERROR: the client may stop sending)
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 5, c.block(ECHO))
-        c.send(h2c.DATA, 0, 5, b"\0" + struct.pack(">I", 5000) + b"abc")
-        frames = c.until(lambda f: f[0] == h2c.RST_STREAM and f[2] == 5)
-        trailers = [f for f in frames if f[0] == h2c.HEADERS and f[2] == 5][0][3]
-        assert trailers["grpc-status"] == str(h2c.RESOURCE_EXHAUSTED)
-        assert struct.unpack(">I", frames[-1][3])[0] == h2c.NO_ERROR
-        c.send(h2c.DATA, h2c.END_STREAM, 5, b"x" * 100)    # late data is dropped, no error
+        c.send(fr.HEADERS, fr.END_HEADERS, 5, c.block(ECHO))
+        c.send(fr.DATA, 0, 5, b"\0" + struct.pack(">I", 5000) + b"abc")
+        frames = c.until(lambda f: f[0] == fr.RST_STREAM and f[2] == 5)
+        trailers = [f for f in frames if f[0] == fr.HEADERS and f[2] == 5][0][3]
+        assert trailers["grpc-status"] == str(g.RESOURCE_EXHAUSTED)
+        assert struct.unpack(">I", frames[-1][3])[0] == fr.NO_ERROR
+        c.send(fr.DATA, fr.END_STREAM, 5, b"x" * 100)    # late data is dropped, no error
         c.call(7, ECHO, b"fine")
         assert c.response(7)[0] == _message(b"fine")
         # compressed messages are refused with what is accepted
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 9, c.block(ECHO))
-        c.send(h2c.DATA, h2c.END_STREAM, 9, b"\1" + struct.pack(">I", 1) + b"x")
+        c.send(fr.HEADERS, fr.END_HEADERS, 9, c.block(ECHO))
+        c.send(fr.DATA, fr.END_STREAM, 9, b"\1" + struct.pack(">I", 1) + b"x")
         trailers = c.response(9)[1]
-        assert trailers["grpc-status"] == str(h2c.UNIMPLEMENTED)
+        assert trailers["grpc-status"] == str(g.UNIMPLEMENTED)
         assert trailers["grpc-accept-encoding"] == "identity"
 
 
@@ -409,43 +324,70 @@ def test_stalled_requests_idle_connections_and_slow_readers():
     with serve(body_timeout=0.5, keep_alive=1.0, refused=lambda call, code, message, reason:
                refusals.append(reason)) as (listener, port):
         c = RawClient(port)
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 1, c.block(ECHO))
-        c.send(h2c.DATA, 0, 1, b"\0\0\0")          # then nothing
+        c.send(fr.HEADERS, fr.END_HEADERS, 1, c.block(ECHO))
+        c.send(fr.DATA, 0, 1, b"\0\0\0")          # then nothing
         t0 = time.monotonic()
         _, trailers = c.response(1)
-        assert trailers["grpc-status"] == str(h2c.DEADLINE_EXCEEDED)
+        assert trailers["grpc-status"] == str(g.DEADLINE_EXCEEDED)
         assert 0.4 < time.monotonic() - t0 < 3
         # then idle: GOAWAY (NO_ERROR) about 1 s after its last call
-        assert c.goaway(timeout=5) == h2c.NO_ERROR
+        assert c.goaway(timeout=5) == fr.NO_ERROR
         assert refusals == ["body_timeout"]
 
 
 def test_connection_cap_keeps_a_reserve_for_probes():
     with serve(max_connections=1, probe_connections=1) as (listener, port):
         first = RawClient(port)
-        first.call(1, ECHO, b"a")
-        assert first.response(1)[0] == _message(b"a")
+        first.call(1, SLOW, b"3")                 # busy: not evictable
+        deadline = time.monotonic() + 5
+        while not listener.running and time.monotonic() < deadline:
+            time.sleep(0.01)
         reserve = RawClient(port)
         reserve.call(1, PROBE, b"p")
         assert reserve.response(1)[0] == _message(b"p")
         reserve.call(3, ECHO, b"e")
         trailers = reserve.response(3)[1]
-        assert trailers["grpc-status"] == str(h2c.UNAVAILABLE)
+        assert trailers["grpc-status"] == str(g.UNAVAILABLE)
         assert trailers["retry-after"] == "1"
+        reserve.send(fr.HEADERS, fr.END_HEADERS, 5, reserve.block(PROBE))   # busy too
+        deadline = time.monotonic() + 5
+        while listener.idle_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
         refused = RawClient(port)
-        assert refused.goaway() == h2c.REFUSED_STREAM
+        assert refused.goaway() == fr.REFUSED_STREAM
         assert listener.metrics.connection_errors["grpc_connection_limit"] == 1
+        assert first.response(1)[0] == _message(b"done")
+
+
+def test_idle_connections_are_evicted_at_the_cap():
+    """At the cap, a new connection takes the place of the oldest one without a call (GOAWAY
+    NO_ERROR), as REST's do: 1,007 idle connections cannot keep everyone else out."""
+    with serve(max_connections=2, probe_connections=1) as (listener, port):
+        idle = RawClient(port)
+        idle.call(1, ECHO, b"a")
+        assert idle.response(1)[0] == _message(b"a")
+        busy = RawClient(port)
+        busy.call(1, SLOW, b"3")
+        newcomer = RawClient(port)
+        assert idle.goaway() == fr.NO_ERROR
+        newcomer.call(1, ECHO, b"n")               # a full connection, not the reserve
+        assert newcomer.response(1)[0] == _message(b"n")
+        assert busy.response(1)[0] == _message(b"done")
+        assert listener.metrics.connection_errors["grpc_evicted"] == 1
 
 
 def test_request_bytes_are_held_against_the_budget():
+    """Request bytes are held as allocated (a bytes object's header included), and given back
+    whatever ends the call: a reset, a closed connection while its handler runs."""
     held = {"bytes": 0}
+    limit = 300
 
     class Budget:
         def __init__(self):
             self.mine = 0
 
         def hold(self, n):
-            if held["bytes"] + n > 100:
+            if held["bytes"] + n > limit:
                 raise ServingError(503, "the server holds too many request bytes",
                                    reason="buffer_full")
             held["bytes"] += n
@@ -459,29 +401,30 @@ def test_request_bytes_are_held_against_the_budget():
     with serve(budget=Budget, refused=lambda call, code, message, reason:
                refusals.append((call.method, code, reason))) as (_, port):
         c = RawClient(port)
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 1, c.block(ECHO))
-        c.send(h2c.DATA, 0, 1, _message(b"x" * 200)[:80])        # 80 bytes held, call open
-        c.call(3, ECHO, b"y" * 50)                                # 80 + 55 > 100
+        c.send(fr.HEADERS, fr.END_HEADERS, 1, c.block(ECHO))
+        c.send(fr.DATA, 0, 1, _message(b"x" * 400)[:150])      # 150 bytes held, call open
+        c.call(3, ECHO, b"y" * 100)                             # 183 + 138 > 300
         _, trailers = c.response(3)
-        assert trailers["grpc-status"] == str(h2c.UNAVAILABLE)
+        assert trailers["grpc-status"] == str(g.UNAVAILABLE)
         assert trailers["retry-after"] == "1"
-        assert refusals == [(ECHO, h2c.UNAVAILABLE, "buffer_full")]
-        c.send(h2c.RST_STREAM, 0, 1, struct.pack(">I", h2c.CANCEL))   # gives its 80 back
-        c.call(5, ECHO, b"z" * 50)
-        assert c.response(5)[0] == _message(b"z" * 50)
+        assert refusals == [(ECHO, g.UNAVAILABLE, "buffer_full")]
+        assert held["bytes"] == sys.getsizeof(b"x" * 150)
+        c.send(fr.RST_STREAM, 0, 1, struct.pack(">I", fr.CANCEL))   # gives its bytes back
+        c.call(5, ECHO, b"z" * 100)
+        assert c.response(5)[0] == _message(b"z" * 100)
         # a call whose handler runs when its connection closes gives its bytes back too
         d = RawClient(port)
         d.call(1, SLOW, b"10")
         deadline = time.monotonic() + 5
-        while held["bytes"] != 7 and time.monotonic() < deadline:
+        while held["bytes"] != sys.getsizeof(b"x" * 7) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert held["bytes"] == 7
+        assert held["bytes"] == sys.getsizeof(b"x" * 7)
         d.close()
         while held["bytes"] and time.monotonic() < deadline:
             time.sleep(0.01)
         assert held["bytes"] == 0
-        c.call(7, ECHO, b"w" * 90)                    # and the whole budget is there again
-        assert c.response(7)[0] == _message(b"w" * 90)
+        c.call(7, ECHO, b"w" * 250)                   # and the whole budget is there again
+        assert c.response(7)[0] == _message(b"w" * 250)
 
 
 # -- the batch window, cancellation, stop ----------------------------------------------------
@@ -511,22 +454,22 @@ def test_arrival_runs_from_headers_to_message():
     handlers.table = lambda: {ECHO: infer}
     with serve(handlers, arriving=begin) as (_, port):
         c = RawClient(port)
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 1, c.block(ECHO))
+        c.send(fr.HEADERS, fr.END_HEADERS, 1, c.block(ECHO))
         deadline = time.monotonic() + 5
         while arriving["n"] != 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert arriving["n"] == 1                      # headers in, message not yet
-        c.send(h2c.DATA, h2c.END_STREAM, 1, _message(b"m"))
+        c.send(fr.DATA, fr.END_STREAM, 1, _message(b"m"))
         assert c.response(1)[0] == _message(b"m")
         assert seen == [1, 0]
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 3, c.block(ECHO))   # reset before its message
-        c.send(h2c.RST_STREAM, 0, 3, struct.pack(">I", h2c.CANCEL))
+        c.send(fr.HEADERS, fr.END_HEADERS, 3, c.block(ECHO))   # reset before its message
+        c.send(fr.RST_STREAM, 0, 3, struct.pack(">I", fr.CANCEL))
         c.call(5, ECHO, b"n")
         assert c.response(5)[0] == _message(b"n")
         assert arriving["n"] == 0
         # a connection closed while its call is on its way in
         d = RawClient(port)
-        d.send(h2c.HEADERS, h2c.END_HEADERS, 1, d.block(ECHO))
+        d.send(fr.HEADERS, fr.END_HEADERS, 1, d.block(ECHO))
         deadline = time.monotonic() + 5
         while arriving["n"] != 1 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -542,7 +485,7 @@ def test_reset_and_closed_connections_stop_their_handlers():
         c = RawClient(port)
         c.call(1, SLOW, b"10")
         time.sleep(0.2)
-        c.send(h2c.RST_STREAM, 0, 1, struct.pack(">I", h2c.CANCEL))
+        c.send(fr.RST_STREAM, 0, 1, struct.pack(">I", fr.CANCEL))
         d = RawClient(port)
         d.call(1, SLOW, b"10")
         time.sleep(0.2)
@@ -564,11 +507,11 @@ def test_stop_lets_running_calls_finish_and_refuses_new_ones():
         time.sleep(0.1)
         loop_box["loop"] = listener.server.get_loop()
         stopping = asyncio.run_coroutine_threadsafe(listener.stop(5), loop_box["loop"])
-        frames = c.until(lambda f: f[0] == h2c.GOAWAY)
+        frames = c.until(lambda f: f[0] == fr.GOAWAY)
         assert struct.unpack(">I", frames[-1][3][:4])[0] == 1        # the last call it serves
         c.call(3, ECHO, b"late")                                     # after GOAWAY
-        reset = c.until(lambda f: f[0] == h2c.RST_STREAM and f[2] == 3)[-1]
-        assert struct.unpack(">I", reset[3])[0] == h2c.REFUSED_STREAM
+        reset = c.until(lambda f: f[0] == fr.RST_STREAM and f[2] == 3)[-1]
+        assert struct.unpack(">I", reset[3])[0] == fr.REFUSED_STREAM
         assert c.response(1)[0] == _message(b"done")
         stopping.result(10)
         assert c.frame(timeout=5) is None
@@ -579,20 +522,24 @@ def test_a_kept_header_block_means_what_the_table_says_now():
     changed: a decoded block is reused only while the table stays as it was."""
     with serve() as (_, port):
         c = RawClient(port)
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 1, c.block(ECHO))   # fills the table
-        c.send(h2c.DATA, h2c.END_STREAM, 1, _message(b"512"))
+        c.send(fr.HEADERS, fr.END_HEADERS, 1, c.block(ECHO))   # fills the table
+        c.send(fr.DATA, fr.END_STREAM, 1, _message(b"512"))
         assert c.response(1)[0] == _message(b"512")
         indexed = c.block(ECHO)                                   # all fields by index now
         assert len(indexed) < 10
         for sid in (3, 5):                                        # decoded, then kept
-            c.send(h2c.HEADERS, h2c.END_HEADERS, sid, indexed)
-            c.send(h2c.DATA, h2c.END_STREAM, sid, _message(b"512"))
+            c.send(fr.HEADERS, fr.END_HEADERS, sid, indexed)
+            c.send(fr.DATA, fr.END_STREAM, sid, _message(b"512"))
             assert c.response(sid)[0] == _message(b"512")
         # a block that adds ":path: /t.S/Big" to the table moves every entry up by one...
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 7, c.block(BIG))
-        c.send(h2c.DATA, h2c.END_STREAM, 7, _message(b"256"))
+        c.send(fr.HEADERS, fr.END_HEADERS, 7, c.block(BIG))
+        c.send(fr.DATA, fr.END_STREAM, 7, _message(b"256"))
         assert c.response(7)[0] == _message(bytes(range(256)))
-        # ...so the kept bytes now name /t.S/Big as their path (index 62, the newest entry)
-        c.send(h2c.HEADERS, h2c.END_HEADERS, 9, indexed)
-        c.send(h2c.DATA, h2c.END_STREAM, 9, _message(b"512"))
-        assert c.response(9)[0] == _message(bytes(range(256)) * 2)
+        # ...so the kept bytes now mean another list: ":path: /t.S/Big" (index 62, the newest
+        # entry) last, after the regular fields, which is malformed (RFC 9113, 8.3): the
+        # stream is reset PROTOCOL_ERROR instead of the kept Echo call being served
+        c.send(fr.HEADERS, fr.END_HEADERS, 9, indexed)
+        c.send(fr.DATA, fr.END_STREAM, 9, _message(b"512"))
+        reset = c.until(lambda f: f[2] == 9)[-1]
+        assert reset[0] == fr.RST_STREAM and struct.unpack(">I", reset[3])[0] == \
+            fr.PROTOCOL_ERROR
