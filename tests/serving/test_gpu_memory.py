@@ -7,6 +7,8 @@ never faked). What is tested without a device: the setting, the providers list, 
 own validation of that list, and the check that the options were really taken."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import onnxruntime as ort
@@ -18,7 +20,22 @@ from servedmodel.serving.errors import StartupError
 from servedmodel.serving.manifest import load_manifest
 from servedmodel.serving.model import CPU, CUDA, execution_providers, options_problem
 from servedmodel.serving.settings import load_settings
-from test_startup import _refuses, run_server
+from serverkit import ROOT
+
+
+def run_server(context, env):
+    cmd = [sys.executable, "-m", "serving", "--context", str(context), "--port", "0"]
+    return subprocess.run(cmd, cwd=ROOT, env={"PATH": "/usr/bin:/bin", **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def _refuses(result, *words):
+    """Exited non-zero with one line on stderr naming every word (as tests/serving/test_startup.py)."""
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
 
 GIB4 = 4 * 1024 ** 3
 
