@@ -55,11 +55,11 @@ def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp
 
 
 def test_an_entry_cached_before_the_memory_peak_was_measured_gets_it_once(cache_dir, tmp_path):
+    from conftest import cache_key_of
     from servedmodel.models import cache as cache_mod
-    from servedmodel.models.loader import parse_ref
 
     models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
-    key = cache_mod.cache_key(parse_ref("lenet"), "none", "cpu")
+    key = cache_key_of("lenet", "none", cache_dir=cache_dir)
     result = cache_mod.entry_dir(cache_mod.cache_root(cache_dir), key) / "result.json"
     record = json.loads(result.read_text())
     record["startup"].pop("peak_memory_bytes")
