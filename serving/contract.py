@@ -54,9 +54,10 @@ SERVER_VARIABLES = ("CONTEXT", "HOST", "PORT", "GRPC_PORT", "DEVICE", "MODEL_NAM
                     "AUTH_TOKEN", "AUTH_TOKEN_FILE", "CLIENTS_FILE", "OIDC_ISSUER",
                     "OIDC_AUDIENCE", "OIDC_SCOPE", "OIDC_JWKS_URL", "AUDIT_LOG",
                     "MODEL_KEY_FILE", "LOG_LEVEL")
-#: SERVEDMODEL_* variables of the pipeline (models/) and the test suites, never read by the
-#: server: a shell that builds and then serves has them set, so the server lets them pass.
-OTHER_TOOLS_VARIABLES = ("CACHE", "DEBUG", "TEST_PAUSE", "BUILD_REPORT_FD", "IT_KUBERNETES")
+#: SERVEDMODEL_* variables of the pipeline (models/), the test suites and the CI scripts (.ci/),
+#: never read by the server: a shell that builds and then serves has them set, so they pass.
+OTHER_TOOLS_VARIABLES = ("CACHE", "DEBUG", "TEST_PAUSE", "BUILD_REPORT_FD", "IT_KUBERNETES",
+                         "BASE_IMAGE", "ARM64_BASE_IMAGE", "CI_STATE", "CI_LOGS")
 #: The client name SERVEDMODEL_AUTH_TOKEN(_FILE) authenticates as (one client among the named).
 DEFAULT_CLIENT = "default"
 #: Tokens a client may have at once: the current one and the next, so a rotation never drops

@@ -54,14 +54,15 @@ class Settings:
     #: the gRPC port; None: no gRPC front end
     grpc_port: int | None = None
     device: str = "cpu"
+    #: bytes the CUDA provider's memory arena may hold (device=cuda only); None: no cap. Set on
+    #: a time-sliced GPU, where nothing else keeps one model from taking another's memory.
+    gpu_mem_limit: int | None = None
     #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
     model_name: str = ""
     batching: Batching = Batching()
     max_body_bytes: int = contract.MAX_BODY_BYTES
     intra_op_threads: int = 1          # the cgroup CPU limit when not set
     intra_op_spinning: bool | None = None   # None: auto (on unless the model runs inline)
-    #: bytes the CUDA provider's memory arena may hold (a replica sharing a GPU); None: no cap
-    gpu_mem_limit: int | None = None
     drain_seconds: float = float(contract.DRAIN_SECONDS)
     # The connection layer (serving/connections.py, docs/protocol.md "Limits").
     max_header_bytes: int = 64 * 1024
@@ -276,6 +277,13 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                         f"an integer number of bytes >= the body limit ({max_body})")
     problems.extend(unknown_variables(env))
     key_file = env.get(PREFIX + "MODEL_KEY_FILE") or None
+    device = pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'")
+    gpu_mem_limit = pick("gpu_mem_limit", None, integer, lambda v: v >= 1,
+                         "a positive integer number of bytes (e.g. 4294967296 for 4Gi)")
+    if gpu_mem_limit is not None and device != "cuda":
+        # A cap on a CPU server caps nothing: the deployment meant something else.
+        problems.append(f"{PREFIX}GPU_MEM_LIMIT={gpu_mem_limit} caps the CUDA provider's memory, "
+                        f"but the device is {device!r} (set {PREFIX}DEVICE=cuda, or unset it)")
     settings = Settings(
         context=context_from(flags, env),
         host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
@@ -284,8 +292,8 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         # 0 reads as "off" too, so a deployment can pass the stack's 0 = off through unchanged.
         grpc_port=pick("grpc_port", 0, integer, lambda v: 0 <= v <= 65535,
                        "a port number 1-65535, or 0/unset for no gRPC") or None,
-        device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
-                    "'cpu' or 'cuda'"),
+        device=device,
+        gpu_mem_limit=gpu_mem_limit,
         model_name=pick("model_name", manifest.name, str, valid_model_name,
                         "a model name of letters, digits, '_', '.' and '-'"),
         batching=resolve_batching(manifest, pick, integer),
@@ -294,8 +302,6 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                               lambda v: v >= 1, "an integer >= 1"),
         intra_op_spinning=pick("intra_op_spinning", None, auto_boolean, lambda v: True,
                                "'auto', 1 or 0"),
-        gpu_mem_limit=pick("gpu_mem_limit", None, integer, lambda v: v >= 1,
-                           "an integer number of bytes >= 1 (the CUDA provider's memory cap)"),
         drain_seconds=pick("drain_seconds", float(contract.DRAIN_SECONDS), float, lambda v: v >= 0,
                            "a number of seconds >= 0"),
         max_header_bytes=pick("max_header_bytes", Settings.max_header_bytes, integer,

@@ -68,7 +68,7 @@ def test_every_servedmodel_variable_in_the_repository_is_known():
         if not path.is_file() or any(p in path.parts for p in (".git", ".venv", "venv", "build",
                                                                  "__pycache__", "node_modules")):
             continue
-        if path.suffix not in (".py", ".md", ".yaml", ".yml", ".json", ".txt", "") \
+        if path.suffix not in (".py", ".md", ".yaml", ".yml", ".json", ".txt", ".sh", "") \
                 and not path.name.startswith("Dockerfile"):
             continue
         try:

@@ -307,21 +307,3 @@ def test_a_run_larger_than_the_warm_up_gives_its_memory_back(tmp_path):
     assert released < 16, f"{released:.0f} MiB kept after release_peak_memory"
     assert after_run > 100 and kept_without > 200, (after_run, kept_without)
 
-
-def test_gpu_mem_limit_caps_the_cuda_provider(tmp_path):
-    """SERVEDMODEL_GPU_MEM_LIMIT (set by the components for a replica sharing a GPU) is a
-    setting of the server, not an unknown variable, and becomes the CUDA provider's cap."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).parent))
-    from contexts import write_context
-    from servedmodel.serving.model import CPU, CUDA, cuda_providers
-
-    m = load_manifest(write_context(tmp_path / "c", "mlp"))
-    assert load_settings(m, {}, {}).gpu_mem_limit is None
-    s = load_settings(m, {}, {"SERVEDMODEL_GPU_MEM_LIMIT": "4294967296"})
-    assert s.gpu_mem_limit == 4294967296
-    assert cuda_providers(s.gpu_mem_limit) == [(CUDA, {"gpu_mem_limit": "4294967296"}), CPU]
-    assert cuda_providers(None) == [CUDA, CPU]
-    with pytest.raises(StartupError, match="SERVEDMODEL_GPU_MEM_LIMIT"):
-        load_settings(m, {}, {"SERVEDMODEL_GPU_MEM_LIMIT": "4Gi"})
