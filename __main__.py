@@ -13,11 +13,15 @@ settings = load_settings()
 opts = None
 served_args = settings.served
 if settings.target == "kubernetes":
-    # The one Kubernetes provider; components take it from opts.providers.
+    # The one Kubernetes provider; components take it from opts.providers. Secrets mutable: a
+    # client token's rotation updates the clients Secret in place (and rolls the pods) instead of
+    # replacing it; an `immutable` Secret (the auth token's) still replaces
+    # (pulumi/pulumi-kubernetes provider/pkg/provider/diff.go).
     kubeconfig = settings.kubeconfig
     if kubeconfig is None:
         kubeconfig = cluster.eks_kubeconfig(settings.cluster_name, settings.aws_profile)
-    opts = pulumi.ResourceOptions(providers={"kubernetes": k8s.Provider("k8s", kubeconfig=kubeconfig)})
+    opts = pulumi.ResourceOptions(providers={"kubernetes": k8s.Provider("k8s", kubeconfig=kubeconfig,
+                                                                        enable_secret_mutable=True)})
     # The same cluster for what reads it itself (a canary's RolloutWait).
     served_args = tuple(dataclasses.replace(args, kubeconfig=kubeconfig) for args in served_args)
 

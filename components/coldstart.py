@@ -13,7 +13,10 @@ comes from (docs/deploy.md, "Cold-start budget"):
   --layers`, which says there whether a figure is measured or derived); the model layer's
   compressed bytes are computed by the build from the real model file (BuildResult.sizes).
 - startSeconds: a fixed process start per device (interpreter + imports, plus the CUDA context
-  on GPU: estimates) + model load + warm-up as the build measured them (models/startup.py). On
+  on GPU: estimates) + model load + warm-up as the build measured them (models/startup.py), and
+  for an encrypted model its opening (decryptSeconds: the AES-256-GCM decryption the build
+  measured, `startup["decrypt_seconds"]`, plus with kms one unwrap through the pod's identity,
+  KMS_UNWRAP_SECONDS). On
   a GPU time-sliced into N shares (`servedmodel:gpuShare`) the warm-up's kernels take turns with
   up to N - 1 other servers' (the device plugin's time-slicing gives each context the whole GPU
   in turn): the warm-up is counted N times.
@@ -49,6 +52,11 @@ MANAGED_EXTRA_SECONDS = 30.0
 # docker run -> ready for mnist-mlp is 0.29 s on 2 cores, docs/benchmarks.md, so 2 s is
 # generous), plus the CUDA context and cuDNN/cuBLAS loading on GPU (an estimate).
 PROCESS_SECONDS: dict[str, float] = {"cpu": 2.0, "cuda": 15.0}
+# A kms-encrypted model's data key is unwrapped once at start: the pod's credentials from the
+# EKS Pod Identity agent on the node, then one KMS Decrypt round trip to the region's endpoint
+# (tens of milliseconds each when warm). An estimate with room for a cold TLS handshake and one
+# of serving/aws.py's retries, not measured here (no cloud).
+KMS_UNWRAP_SECONDS = 1.0
 class ColdStartBudget(TypedDict):
     """What the first request to an idle model waits for, in seconds (the stack output `coldStart`)."""
 
@@ -57,7 +65,10 @@ class ColdStartBudget(TypedDict):
     pullSeconds: float
     """Pulling the image's model layer at the node's pull rate (0 on the docker target)."""
     startSeconds: float
-    """The server's start: process, measured model load and warm-up."""
+    """The server's start: process, measured model load and warm-up, and decryptSeconds."""
+    decryptSeconds: float
+    """Opening an encrypted model (part of startSeconds): the measured decryption, plus the KMS
+    unwrap with kms; 0 for a model in clear."""
     totalSeconds: float
     """The sum: the cold-start budget."""
 
@@ -69,6 +80,8 @@ class ColdStart:
     node_seconds: float
     pull_seconds: float
     start_seconds: float
+    """Includes decrypt_seconds."""
+    decrypt_seconds: float = 0.0
 
     @property
     def total_seconds(self) -> float:
@@ -76,7 +89,8 @@ class ColdStart:
 
     def as_output(self) -> ColdStartBudget:
         return {"nodeSeconds": round(self.node_seconds, 1), "pullSeconds": round(self.pull_seconds, 1),
-                "startSeconds": round(self.start_seconds, 1), "totalSeconds": round(self.total_seconds, 1)}
+                "startSeconds": round(self.start_seconds, 1), "decryptSeconds": round(self.decrypt_seconds, 2),
+                "totalSeconds": round(self.total_seconds, 1)}
 
 
 def node_seconds(families: tuple[str, ...], provisioner: str, override: Optional[float] = None,
@@ -124,14 +138,30 @@ def start_seconds(device: str, startup: Mapping[str, Any], gpu_share: int = 1) -
                          "warmup_seconds)") from None
 
 
+def decrypt_seconds(startup: Mapping[str, Any], encryption: str) -> float:
+    """Opening the model at start: nothing in clear; the build's measured AES-256-GCM decryption
+    (`decrypt_seconds`) for an encrypted one, plus one KMS unwrap with kms."""
+    if encryption == "none":
+        return 0.0
+    try:
+        measured = float(startup["decrypt_seconds"])
+    except KeyError:
+        raise ValueError("the build of an encrypted model recorded no decrypt_seconds (models/seal.py measures "
+                         "it); rebuild with --no-cache") from None
+    return measured + (KMS_UNWRAP_SECONDS if encryption == "kms" else 0.0)
+
+
 def budget(*, device: str, startup: Mapping[str, Any], model_layer_bytes: int, bandwidth_mb_per_s: float,
            needs_node: bool, families: tuple[str, ...] = (), provisioner: str = "managed",
            node_override: Optional[float] = None, layers_table: Optional[Mapping[str, Any]] = None,
-           pulled: bool = True, gpu_share: int = 1) -> ColdStart:
+           pulled: bool = True, gpu_share: int = 1, encryption: str = "none") -> ColdStart:
     """The cold-start budget of one replica started from nothing (no warm node when `needs_node`;
-    `pulled` False when the image is built where it runs). Raises ValueError for what it does not know."""
+    `pulled` False when the image is built where it runs; `encryption` kms, local or none). Raises
+    ValueError for what it does not know."""
     node = node_seconds(families, provisioner, node_override, device) if needs_node else 0.0
     pull = pull_seconds(runtime_layer_bytes(device, layers_table) + model_layer_bytes, bandwidth_mb_per_s) \
         if pulled else 0.0
-    return ColdStart(node_seconds=node, pull_seconds=pull, start_seconds=start_seconds(device, startup, gpu_share))
+    opening = decrypt_seconds(startup, encryption)
+    return ColdStart(node_seconds=node, pull_seconds=pull,
+                     start_seconds=start_seconds(device, startup, gpu_share) + opening, decrypt_seconds=opening)
 

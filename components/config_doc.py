@@ -96,9 +96,9 @@ profile as the AWS calls.
 - `target` docker takes no GPUs (`gpu` 0); `target` kubernetes needs `clusterName`.
 - `replicas` <= `maxReplicas`; above it an HPA owns the replica count (`replicas` is left unset on
   the Deployment). `replicas` > 1 adds a PodDisruptionBudget (`maxUnavailable: 1`).
-- `serviceType` LoadBalancer is public: it needs `allowLoadBalancer: true`, and both the secret
-  `authToken` and `tlsCertificateArn` (one error names both keys when either is missing); TLS
-  terminates at an NLB of the AWS Load Balancer Controller. `tlsCertificateArn` is for a
+- `serviceType` LoadBalancer is public: it needs `allowLoadBalancer: true`, a client identity (the
+  secret `authToken`, the secret `clients` or `oidcIssuer`) and `tlsCertificateArn` (one error names
+  what is missing); TLS terminates at an NLB of the AWS Load Balancer Controller. `tlsCertificateArn` is for a
   LoadBalancer only. It also needs `hostname` (a DNS name the certificate covers, not under
   amazonaws.com: the `url` is `https://<hostname>`) and `dnsZoneId` (the Route53 zone of its alias
   record), and `preStopSeconds` >= {nlb_lag} (the NLB keeps sending new connections to a
@@ -127,7 +127,13 @@ profile as the AWS calls.
 {refused}
 - Without `nodeSubnetIds` the GPU nodes go to the cluster's private subnets only: those tagged
   `kubernetes.io/role/internal-elb=1` (none tagged stops the program with that message).
-- Secrets ({secret_keys}) are accepted only as Pulumi secrets.
+- Secrets ({secret_keys}) are accepted only as Pulumi secrets. `clients`: each client one token
+  (at least 16 characters) or two (a rotation), one client per token, names of letters, digits and
+  `_.@-`; not `default` beside `authToken` (the name the token takes). `oidcIssuer` (an https URL) and
+  `oidcAudience` go together; `oidcScope` needs them.
+- `modelEncryption` (empty: kms on kubernetes, local on docker): kms is for the kubernetes target
+  (the pod's identity unwraps the key: it needs `clusterName`), local for docker; `kmsKeyArn` (a key
+  ARN, not an alias) goes with kms. `auditRetentionDays` is 0 or a retention CloudWatch Logs accepts.
 - `keepVersions` is at least {keep_floor}: the versions one workload may pin at once (the
   Deployment's {history} old ReplicaSets, the current one and a canary).
 - `rollout` canary and `monitoring` other than none need the kubernetes target; canary needs
@@ -208,7 +214,9 @@ def render() -> str:
         if d.key in SCHEMA.groups and not d.secret:  # the shorthand's own row (it is not in Pulumi.yaml)
             groups.append(f"| `{NAMESPACE}:{d.key}` as a plain value | {_type(d)}, default {_cell(d.stack_default)} | "
                           f"{description(d)} |")
-    secrets = [f"| `{NAMESPACE}:{d.key}` | secret string | {description(d)} |" for d in SCHEMA.settings if d.secret]
+    kinds = {"map": "secret map (name -> string or list of strings)"}
+    secrets = [f"| `{NAMESPACE}:{d.key}` | {kinds.get(d.kind, 'secret string')} | {description(d)} |"
+               for d in SCHEMA.settings if d.secret]
     types = ", ".join(SUPPORTED_GPU_FAMILIES)
     project = ("\n## Project keys (typed and defaulted in Pulumi.yaml)\n\n"
                "| key | in its group | type | default | description |\n| --- | --- | --- | --- | --- |\n")

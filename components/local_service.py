@@ -1,7 +1,7 @@
 """LocalService: the model image run as a local container (the docker target)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import pulumi
@@ -25,6 +25,15 @@ class LocalServiceArgs:
     """More `SERVEDMODEL_NAME=value` settings (served name, gRPC port, batching). Default ()."""
     grpc_port: int = 0
     """The server's gRPC port, published on 127.0.0.1 at the same number; 0: off. Default 0."""
+    user: str = str(specs.RUN_AS)
+    """The container's user: the image's (10001), or the uid:gid that owns the mounted files
+    (components/local_files.py). Default "10001"."""
+    mounts: Sequence[tuple[str, str]] = ()
+    """(file on this machine, absolute path; path in the container) pairs, bind-mounted read-only:
+    the model's local key, the clients document. Default ()."""
+    labels: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Container labels; an Output among them (the clients document's checksum) makes the
+    container wait for what produced it, and a change of it replaces the container. Default {}."""
 
 
 class LocalService(pulumi.ComponentResource):
@@ -63,7 +72,10 @@ class LocalService(pulumi.ComponentResource):
             must_run=True,
             wait=True,  # `up` fails unless the container turns healthy
             wait_timeout=120,
-            user=str(specs.RUN_AS),
+            user=args.user,
+            mounts=[{"type": "bind", "source": source, "target": target, "read_only": True}
+                    for source, target in args.mounts] or None,
+            labels=[{"label": k, "value": v} for k, v in sorted(args.labels.items())] or None,
             read_only=True,
             tmpfs={"/tmp": "rw,size=256m"},
             capabilities={"drops": ["ALL"]},

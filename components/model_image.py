@@ -19,9 +19,10 @@ BUILD_MARKER_PREFIX = "servedmodel-build-"
 
 @dataclass
 class ModelImageArgs:
-    context_dir: str
+    context_dir: pulumi.Input[str]
     """The build context written by models.build (Dockerfile at its root), relative to the
-    project directory so the state does not depend on where the repository is checked out. Required."""
+    project directory so the state does not depend on where the repository is checked out; an
+    Output when the context is sealed with a key another resource makes (kms). Required."""
     version: str
     """The model version: the image tag. Required."""
     push: bool
@@ -50,6 +51,10 @@ class ModelImageArgs:
     """What a delete of the ECR repository does (destroy, a served-name rename): True removes it
     from the state only (retain_on_delete: the repository and its images stay); False deletes it
     with its images (force_delete). Default False."""
+    kms_key_arn: Optional[pulumi.Input[str]] = None
+    """The KMS key the ECR repository is encrypted with (the model's own key, kms encryption);
+    None: ECR's AWS-managed key. Fixed at the repository's creation: a change replaces it.
+    Default None."""
     build_marker: str = ""
     """The tag every build also pushes, recording which version the stack's build resource last
     pushed; "" = BUILD_MARKER_PREFIX + the stack name. Default ""."""
@@ -106,8 +111,11 @@ class ModelImage(pulumi.ComponentResource):
                 image_tag_mutability="MUTABLE",
                 image_scanning_configuration={"scan_on_push": True},
                 # Fixed at creation: ECR has no call that changes a repository's encryption, so the
-                # provider replaces the repository when this changes (a new, empty repository).
-                encryption_configurations=[{"encryption_type": "KMS"}],
+                # provider replaces the repository when this changes (a new, empty repository; the
+                # image is pushed to it again and the pods roll to it: docs/deploy.md,
+                # "Encryption"). With kms, the model's own key (the repository waits for it).
+                encryption_configurations=[{"encryption_type": "KMS", "kms_key": args.kms_key_arn}
+                                           if args.kms_key_arn is not None else {"encryption_type": "KMS"}],
                 # A repository that holds images cannot be deleted without `force`
                 # (ECR DeleteRepository: RepositoryNotEmptyException), and every build is retained,
                 # so a destroy or a served-name rename either forces the delete (ephemeral stacks)

@@ -5,10 +5,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from servedmodel.models.contract import DEFAULT_CLIENT
+
 from . import canary, specs
-from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
+from .args import ArgsError, AutoscalingArgs, NetworkArgs, Problem, ResourcesArgs, RolloutArgs, ServerArgs
+from .args.network import client_tokens
 from .inputs import given, lift
 from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
@@ -60,6 +64,18 @@ class ModelServiceArgs:
     kubeconfig: Optional[pulumi.Input[str]] = field(default=None, repr=False)
     """The cluster's kubeconfig, for the canary's RolloutWait; None: the Kubernetes client's own
     lookup. Default None."""
+    encryption: str = "none"
+    """kms or none: how the image's model is encrypted (the pod template says so; the policy pack
+    reads it). Default "none"."""
+    model_key_arn: Optional[pulumi.Input[str]] = None
+    """With kms: the model's KMS key. The pods get their own identity (EKS Pod Identity: an IAM
+    role allowed only kms:Decrypt on this key for this served name's data keys). Default None."""
+    cluster_name: str = ""
+    """The EKS cluster (the Pod Identity association, the audit log group's name). Default ""."""
+    protect: bool = False
+    """Protect the audit log group from deletion (prod). Default False."""
+    retain_audit_log: bool = False
+    """Keep the audit log group (and its records) when the stack deletes it. Default False."""
 
 
 class ModelService(pulumi.ComponentResource):
@@ -98,6 +114,39 @@ class ModelService(pulumi.ComponentResource):
 
         sa = k8s.core.v1.ServiceAccount(
             f"{name}-sa", metadata=meta(), automount_service_account_token=False, opts=child)
+        # What the workload waits for besides its capacity: the pods' AWS identity must exist
+        # before a pod is created (EKS injects the Pod Identity credentials at admission only).
+        identity_deps: list[pulumi.Resource] = []
+        if args.encryption == "kms" and args.model_key_arn is not None:
+            identity_deps = self._pod_identity(name, args, sa)
+        template_annotations: dict[str, Any] = {specs.ENCRYPTION_ANNOTATION: args.encryption}
+        if args.encryption == "kms" and args.model_key_arn is not None:
+            template_annotations[specs.KEY_ANNOTATION] = args.model_key_arn
+
+        clients_secret_name = None
+        if net.clients is not None:
+            document = self._clients_document(net)
+            clients = k8s.core.v1.Secret(
+                f"{name}-clients", metadata=meta(), type="Opaque",
+                # Mutable: a rotation updates it in place (the program's provider enables secret
+                # mutability; pulumi-kubernetes provider/pkg/provider/diff.go); the checksum on the
+                # pod template rolls the pods, which read the file only at start.
+                string_data={specs.CLIENTS_KEY: document}, opts=child)
+            clients_secret_name = clients.metadata.name
+            # The checksum of the digests' document is not secret (it names no token and no
+            # digest); in the clear, a preview shows that the clients changed.
+            template_annotations[specs.CLIENTS_ANNOTATION] = pulumi.Output.unsecret(
+                document.apply(specs.document_checksum))
+
+        if srv.audit and srv.audit_retention_days and args.cluster_name:
+            # The audit records' durable home: the cluster's log shipper (Fluent Bit, the CloudWatch
+            # agent) routes the `"log":"audit"` lines here (docs/deploy.md, "Audit"). Named, so the
+            # shipper can compute it; kept on delete where the stack keeps its registry.
+            aws.cloudwatch.LogGroup(
+                f"{name}-audit",
+                name=lift(lambda ns: specs.audit_log_group_name(args.cluster_name, ns, args.served_name), net.namespace),
+                retention_in_days=srv.audit_retention_days,
+                opts=pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=args.retain_audit_log))
 
         auth_secret_name = None
         if net.auth_token is not None:
@@ -129,11 +178,16 @@ class ModelService(pulumi.ComponentResource):
             "ports": specs.container_ports(net.grpc_port),
             "env": specs.server_env(res.device, srv.drain_seconds, auth_secret_name is not None,
                                     model_name=args.served_name, grpc_port=net.grpc_port,
-                                    settings=srv.batching_env(), gpu_mem_limit=args.gpu_mem_limit),
+                                    settings=srv.batching_env(), gpu_mem_limit=args.gpu_mem_limit,
+                                    identity=specs.Identity(
+                                        clients_file=clients_secret_name is not None,
+                                        oidc_issuer=net.oidc_issuer, oidc_audience=net.oidc_audience,
+                                        oidc_scope=net.oidc_scope, audit=srv.audit)),
             "resources": specs.resources(res.cpu, res.memory, res.gpu),
             "securityContext": specs.container_security_context(),
             "volumeMounts": [{"name": specs.TMP_VOLUME, "mountPath": "/tmp"}]
-            + ([specs.auth_token_mount()] if auth_secret_name is not None else []),
+            + ([specs.auth_token_mount()] if auth_secret_name is not None else [])
+            + ([specs.clients_mount()] if clients_secret_name is not None else []),
             **specs.probes(net.grpc_port, waits.startup_failure_threshold),
         }
         if lifecycle:
@@ -141,13 +195,18 @@ class ModelService(pulumi.ComponentResource):
         pod_spec: dict[str, Any] = {
             "serviceAccountName": sa.metadata.name,
             "automountServiceAccountToken": False,
+            # No SERVEDMODEL_*_SERVICE_HOST/_PORT variables from the namespace's Services: the server
+            # refuses SERVEDMODEL_* variables it does not know (it lets these pass, but a pod of
+            # another tool's Service named servedmodel-... should not depend on that).
+            "enableServiceLinks": False,
             "securityContext": specs.pod_security_context(),
             "terminationGracePeriodSeconds": grace,
             # Spread per revision: Argo labels its pods rollouts-pod-template-hash instead.
             "topologySpreadConstraints": specs.topology_spread(
                 args.served_name, canary.HASH_POD_LABEL if args.rollout.canary else "pod-template-hash"),
             "volumes": [{"name": specs.TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}}]
-            + ([specs.auth_token_volume(auth_secret_name)] if auth_secret_name is not None else []),
+            + ([specs.auth_token_volume(auth_secret_name)] if auth_secret_name is not None else [])
+            + ([specs.clients_volume(clients_secret_name)] if clients_secret_name is not None else []),
             "containers": [container],
         }
         if res.gpu > 0:
@@ -180,18 +239,19 @@ class ModelService(pulumi.ComponentResource):
             # not waited for: an empty Endpoints settles after 10 s).
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
                 create=waits.service, update=waits.service)) if public else child)
-        workload_deps: list[pulumi.Resource] = []
+        workload_deps: list[pulumi.Resource] = list(identity_deps)
         if public:
             key, value = specs.READINESS_GATE_LABEL
             gates = k8s.core.v1.NamespacePatch(
                 f"{name}-readiness-gates", metadata={"name": net.namespace, "labels": {key: value}}, opts=child)
-            workload_deps = [gates, service]
+            workload_deps += [gates, service]
 
         # With KEDA (external_autoscaler) the ScaledObject owns the replica count: no HPA here.
         autoscaled = scale.max_replicas > scale.replicas and not args.external_autoscaler
         template = {
             "metadata": {"labels": specs.labels(args.served_name, args.version) | args.extra_labels,
-                         "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()},
+                         "annotations": {specs.VERSION_ANNOTATION: args.version} | specs.scrape_annotations()
+                         | template_annotations},
             "spec": pod_spec,
         }
         if args.rollout.canary:
@@ -268,6 +328,40 @@ class ModelService(pulumi.ComponentResource):
         self.pod_seconds = waits.pod_seconds
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
                                "service_name": self.service_name, "load_balancer_hostname": lb_hostname})
+
+    def _pod_identity(self, name: str, args: ModelServiceArgs, sa: k8s.core.v1.ServiceAccount) -> list[pulumi.Resource]:
+        """The pods' own AWS identity (EKS Pod Identity; docs/deploy.md, "The pod's identity"): an
+        IAM role that only EKS Pod Identity may assume, for this cluster, namespace and service
+        account; allowed only kms:Decrypt on the model's key for data keys whose encryption
+        context names this served name; associated with the pods' service account."""
+        namespace = args.network.namespace
+        role = aws.iam.Role(
+            f"{name}-pod-role",
+            description=f"servedmodel {args.served_name}: the pods' identity, which unwraps the model's data key",
+            assume_role_policy=pulumi.Output.all(namespace, sa.metadata.name).apply(
+                lambda v: specs.pod_identity_trust_policy(args.cluster_name, v[0], v[1])),
+            opts=pulumi.ResourceOptions(parent=self))
+        decrypt = aws.iam.RolePolicy(
+            f"{name}-pod-decrypt", role=role.id,
+            policy=pulumi.Output.from_input(args.model_key_arn).apply(
+                lambda arn: specs.model_decrypt_policy(arn, args.served_name)),
+            opts=pulumi.ResourceOptions(parent=self))
+        association = aws.eks.PodIdentityAssociation(
+            f"{name}-pod-identity", cluster_name=args.cluster_name, namespace=namespace,
+            service_account=sa.metadata.name, role_arn=role.arn, opts=pulumi.ResourceOptions(parent=self))
+        return [decrypt, association]
+
+    @staticmethod
+    def _clients_document(net: NetworkArgs) -> pulumi.Output[str]:
+        """The clients file (specs.clients_document: digests only), a secret Output. A name the
+        auth token already takes is refused here too when the clients were an Output."""
+        def document(clients: Any) -> str:
+            if net.auth_token is not None and DEFAULT_CLIENT in clients:
+                raise ArgsError("NetworkArgs", [Problem("network.clients", DEFAULT_CLIENT, (
+                    f"the client {DEFAULT_CLIENT!r} is the one @{{network.auth_token}} names: rename it, or move "
+                    "that token into @{network.clients}"))])
+            return specs.clients_document(client_tokens(clients))
+        return pulumi.Output.secret(pulumi.Output.from_input(net.clients).apply(document))
 
     @staticmethod
     def _canary(name: str, args: ModelServiceArgs, meta: Any, selector: dict[str, str], template: dict[str, Any],

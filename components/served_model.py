@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, TypedDict, Union
 
 import pulumi
 
-from . import capacity, coldstart, edge, gpus, karpenter, keda, platforms, specs
+from . import capacity, coldstart, edge, gpus, karpenter, keda, local_files, platforms, specs
 from .args import ArgsError, ServedModelArgs, args_from_mapping
+from .args.network import client_tokens
 from .coldstart import ColdStartBudget
 from .gpus import IMAGE_GPU_FAMILIES, instance_families
 from .inputs import given, lift
@@ -18,6 +20,7 @@ from .timeouts import ReadinessTimeouts, readiness_timeouts
 from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from .local_service import LocalService, LocalServiceArgs
 from .model_image import ModelImage, ModelImageArgs
+from .model_key import ModelKey, ModelKeyArgs
 from .model_monitoring import ModelMonitoring, ModelMonitoringArgs
 from .model_service import ModelService, ModelServiceArgs
 from .monitoring import Scope
@@ -111,25 +114,27 @@ class ServedModel(pulumi.ComponentResource):
             raise pulumi.RunError(f"model {entry.served_name!r}: {ArgsError('ServedModelArgs', misfits)}")
         # The nodes' architecture: `arch`, or the one EC2 gives the pool's types; None: any node.
         arch = capacity.pool_arch(args, types)
-        try:
-            build = models.build(model=entry.model, compression=entry.compression, out_dir=args.out_dir,
-                                 device=res.device, cache_dir=args.cache_dir,
-                                 max_metric_drop=entry.max_metric_drop)
-        except models.BuildError as exc:
-            raise pulumi.RunError(f"model {entry.served_name!r}: {exc}") from None
+        child = pulumi.ResourceOptions(parent=self)
+        reg = args.registry
+        encryption = args.encryption_mode
+        # kms: the model's key first; the build wraps the data key with it, the repository is
+        # encrypted with it and the pods' role may decrypt with it (each takes its ARN: ordered).
+        key = ModelKey(f"{name}", ModelKeyArgs(
+            served_name=entry.served_name, kms_key_arn=args.encryption.kms_key_arn, protect=args.protect,
+            retain=reg.retain), opts=child) if encryption == "kms" else None
+        build, context = _build(models, args, encryption, key)
         pulumi.log.info(f"{entry.served_name}: model version {build.version}"
-                        f"{' (cached build)' if build.cache_hit else ''}", resource=self)
+                        f"{' (cached build)' if build.cache_hit else ''}"
+                        f"{'' if encryption == 'none' else f', encrypted ({encryption})'}", resource=self)
         gpu_mem_limit = gpu_memory_of(args, build)
         if res.gpu_memory_bytes is None and gpu_mem_limit is not None:
             # A cap derived from the build's measured peak: its shares must fit a GPU too.
             misfits = capacity.gpu_memory_problems(args, types, gpu_mem_limit)
             if misfits:
                 raise pulumi.RunError(f"model {entry.served_name!r}: {ArgsError('ServedModelArgs', misfits)}")
-        child = pulumi.ResourceOptions(parent=self)
-        reg = args.registry
 
         image = ModelImage(f"{name}", ModelImageArgs(
-            context_dir=_portable(Path(build.context_dir)), version=build.version, push=args.kubernetes,
+            context_dir=context, version=build.version, push=args.kubernetes,
             # Kubernetes: the architecture `arch` names, or every one the device's runtime has
             # (one multi-arch index); docker: the host's, which the local engine runs.
             platforms=platforms.image_platforms(res.device, res.arch) if args.kubernetes
@@ -140,7 +145,7 @@ class ServedModel(pulumi.ComponentResource):
             registry=lift(lambda url: f"{url.rstrip('/')}/{entry.served_name}", reg.url) if given(reg.url) else "",
             registry_username=reg.username,
             registry_password=reg.password, keep_versions=reg.keep_versions, protect=args.protect,
-            retain_repository=reg.retain,
+            retain_repository=reg.retain, kms_key_arn=key.arn if key is not None else None,
         ), opts=child)
 
         elastic = args.elastic
@@ -208,6 +213,8 @@ class ServedModel(pulumi.ComponentResource):
                 node_max=args.node_pool.max_size if args.has_pool and args.node_pool is not None else 0,
                 pull_seconds=cold.pull_seconds, node_seconds=cold.node_seconds,
                 external_autoscaler=elastic.keda, kubeconfig=args.kubeconfig, load_balancer_subnets=subnets,
+                encryption=encryption, model_key_arn=key.arn if key is not None else None,
+                cluster_name=args.eks_cluster, protect=args.protect, retain_audit_log=reg.retain,
             ), opts=child)
             if network.service_type == "LoadBalancer":
                 # The name the certificate covers, pointed at the NLB (components/edge.py).
@@ -234,12 +241,7 @@ class ServedModel(pulumi.ComponentResource):
                 if scaling.url is not None:
                     url = scaling.url  # clients go through the interceptor, which holds requests
         else:
-            env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,
-                                   grpc_port=args.network.grpc_port, settings=args.server.batching_env())
-            service = LocalService(f"{name}", LocalServiceArgs(
-                image=image.ref, port=args.network.local_port, drain_seconds=args.server.drain_seconds,
-                auth_token=args.network.auth_token, extra_env=specs.docker_env(env), grpc_port=args.network.grpc_port,
-            ), opts=child)
+            service = _local_service(name, args, encryption, image.ref, child)
             url = service.url
 
         self.url = url
@@ -252,6 +254,91 @@ class ServedModel(pulumi.ComponentResource):
         self.register_outputs({"url": self.url, "infer_url": self.infer_url, "model_name": self.model_name,
                                "image": self.image, "model_version": self.model_version,
                                "signature": self.signature, "cold_start": self.cold_start})
+
+
+def _build(models: Any, args: ServedModelArgs, encryption: str, key: Optional[ModelKey]) -> tuple[Any, Any]:
+    """models.build for the model: (the build's result, the context the image is built from).
+
+    none: the plaintext context. local: sealed with the model's local key (components/local_files.py),
+    which the build creates when missing. kms: the version, manifest and start-up figures come from
+    the plaintext build now (into a private temporary folder: every resource is declared from
+    them), and the context the image is built from is sealed once the key's ARN is known, by the
+    same build with the encryption (a cache hit that seals from the cached context; the sealed
+    cache keeps an unchanged model's bytes). The build runs in the key's apply: a computation,
+    no resource; during the preview of a stack that creates its key it does not run and the
+    image's context is unknown."""
+    entry, served = args.model, args.model.served_name
+
+    def run(out_dir: Path, enc: Any = None) -> Any:
+        try:
+            return models.build(model=entry.model, compression=entry.compression, out_dir=out_dir,
+                                device=args.resources.device, cache_dir=args.cache_dir,
+                                max_metric_drop=entry.max_metric_drop, encryption=enc)
+        except (models.BuildError, ValueError) as exc:
+            raise pulumi.RunError(f"model {served!r}: {exc}") from None
+
+    if encryption == "none":
+        build = run(args.out_dir)
+        return build, _portable(Path(build.context_dir))
+    if encryption == "local":
+        key_file = local_files.key_file(args.out_dir, served)
+        build = run(args.out_dir, models.Encryption("local", key_file=key_file, served_name=served))
+        local_files.give_to_container(key_file)
+        return build, _portable(Path(build.context_dir))
+    assert key is not None
+    from servedmodel.models.seal import decrypt_seconds
+
+    with tempfile.TemporaryDirectory(prefix="servedmodel-plain-") as tmp:
+        plain = run(Path(tmp) / "context")
+        model_file = Path(plain.context_dir) / "model" / plain.manifest["model_file"]
+        # What opening this model costs the server: its AES-256-GCM decryption, measured here as
+        # the sealing build measures it (the cold-start budget adds the KMS unwrap).
+        plain = dataclasses.replace(plain, startup={**plain.startup,
+                                                     "decrypt_seconds": decrypt_seconds(model_file.read_bytes())})
+
+    def sealed(arn: str) -> str:
+        done = run(args.out_dir, models.Encryption("kms", kms_key=arn, served_name=served))
+        if done.version != plain.version:
+            raise pulumi.RunError(f"model {served!r}: the sealed build has version {done.version}, the plaintext "
+                                  f"one {plain.version}; rebuild with --no-cache")
+        return _portable(Path(done.context_dir))
+
+    return plain, key.arn.apply(sealed)
+
+
+def _local_service(name: str, args: ServedModelArgs, encryption: str, image_ref: Any,
+                   child: pulumi.ResourceOptions) -> LocalService:
+    """The docker target's container, with the files it reads mounted (components/local_files.py):
+    the local key of a `local`-encrypted model and the clients document."""
+    entry, net = args.model, args.network
+    mounts: list[tuple[str, str]] = []
+    labels: dict[str, Any] = {specs.ENCRYPTION_ANNOTATION: encryption}
+    if encryption == "local":
+        mounts.append((str(local_files.key_file(args.out_dir, entry.served_name).resolve()), specs.LOCAL_KEY_PATH))
+    clients = net.clients is not None
+    if clients:
+        path = local_files.private_dir(local_files.keys_dir(args.out_dir)) / f"{entry.served_name}.clients.json"
+
+        def write(value: Any) -> str:
+            document = specs.clients_document(client_tokens(value))
+            local_files.write_private(path, document)
+            return specs.document_checksum(document)
+
+        # Written once the clients are known; the container waits for it through the label (and
+        # a changed document replaces the container, which reads it only at start).
+        labels[specs.CLIENTS_ANNOTATION] = pulumi.Output.unsecret(pulumi.Output.from_input(net.clients).apply(write))
+        mounts.append((str(path.resolve()), specs.LOCAL_CLIENTS_PATH))
+    identity = specs.Identity(clients_file=clients, clients_path=specs.LOCAL_CLIENTS_PATH,
+                              oidc_issuer=net.oidc_issuer, oidc_audience=net.oidc_audience, oidc_scope=net.oidc_scope,
+                              audit=args.server.audit,
+                              model_key_file=specs.LOCAL_KEY_PATH if encryption == "local" else "")
+    env = specs.server_env("cpu", args.server.drain_seconds, model_name=entry.served_name,
+                           grpc_port=net.grpc_port, settings=args.server.batching_env(), identity=identity)
+    return LocalService(f"{name}", LocalServiceArgs(
+        image=image_ref, port=net.local_port, drain_seconds=args.server.drain_seconds,
+        auth_token=net.auth_token, extra_env=specs.docker_env(env), grpc_port=net.grpc_port,
+        user=local_files.container_user() if mounts else str(specs.RUN_AS), mounts=tuple(mounts), labels=labels,
+    ), opts=child)
 
 
 def cold_start_of(args: ServedModelArgs, build: Any) -> coldstart.ColdStart:
@@ -272,7 +359,7 @@ def cold_start_of(args: ServedModelArgs, build: Any) -> coldstart.ColdStart:
             bandwidth_mb_per_s=e.pull_bandwidth_mbps, needs_node=needs_node,
             families=instance_families(args.pool_instance_types), provisioner=e.node_provisioner,
             node_override=e.node_provision_seconds or None, pulled=args.kubernetes,
-            gpu_share=res.gpu_share if res.gpu > 0 else 1)
+            gpu_share=res.gpu_share if res.gpu > 0 else 1, encryption=args.encryption_mode)
     except ValueError as exc:
         raise pulumi.RunError(f"model {args.model.served_name!r}: cold-start budget: {exc}") from None
 

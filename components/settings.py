@@ -152,6 +152,25 @@ def _decode(d: Declared, value: Any, in_group: bool) -> tuple[Any, Optional[str]
     return None, _TYPE_TEXT[kind]
 
 
+def _json_or_text(text: Any) -> Any:
+    """A structured secret's JSON text as its value; anything else as it came (its check says
+    what is accepted, without echoing it)."""
+    if isinstance(text, str):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def _decode_secret_map(value: Any) -> Any:
+    """The value of a secret map as the engine passes it (JSON text, or an Output of it), decoded;
+    an Output stays an Output (and secret)."""
+    if isinstance(value, pulumi.Output):
+        return value.apply(_json_or_text)
+    return _json_or_text(value)
+
+
 def _is_unset(d: Declared, typed: Any) -> bool:
     """The stack's way of writing None (0, [], "") for an Optional field."""
     if not d.optional or typed is None:
@@ -247,7 +266,10 @@ class _StackValues:
         group = getattr(d.owner, "GROUP", "")
         if d.secret:
             if d.key in self.secrets:
-                self.kwargs.setdefault(group, {})[d.field] = self.secrets[d.key]
+                value = self.secrets[d.key]
+                if d.kind == "map":  # a structured secret: the engine passes its JSON text
+                    value = _decode_secret_map(value)
+                self.kwargs.setdefault(group, {})[d.field] = value
             elif d.key in self.raw:
                 self.problems.append(f"{NAMESPACE}:{d.key} = [given in plain text]: must be a secret; "
                                      f"run `pulumi config set --secret {NAMESPACE}:{d.key} ...`")

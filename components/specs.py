@@ -7,8 +7,10 @@ tests check is exactly what is deployed. The names and numbers of the server's c
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
 
 from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
 from servedmodel.components.platforms import ARCH_LABEL
@@ -148,9 +150,45 @@ def container_security_context() -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who may call the server and what it records (issue 21; docs/protocol.md, "Auth", "Audit").
+
+    `clients_file`: the clients Secret is mounted (SERVEDMODEL_CLIENTS_FILE at `clients_path`);
+    `oidc_*`: SERVEDMODEL_OIDC_* ("" leaves OIDC off); `audit`: SERVEDMODEL_AUDIT_LOG=- (records
+    on stdout); `model_key_file`: where a local key is mounted (SERVEDMODEL_MODEL_KEY_FILE; "":
+    none, a kms model needs the pod's AWS identity instead)."""
+
+    clients_file: bool = False
+    clients_path: str = ""
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_scope: str = ""
+    audit: bool = False
+    model_key_file: str = ""
+
+    def env(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self.clients_file:
+            out.append({"name": contract.env_name("clients_file"), "value": self.clients_path or CLIENTS_PATH})
+        for name, value in (("oidc_issuer", self.oidc_issuer), ("oidc_audience", self.oidc_audience),
+                            ("oidc_scope", self.oidc_scope)):
+            if value:
+                out.append({"name": contract.env_name(name), "value": value})
+        if self.audit:
+            out.append({"name": contract.env_name("audit_log"), "value": AUDIT_TO_STDOUT})
+        if self.model_key_file:
+            out.append({"name": contract.env_name("model_key_file"), "value": self.model_key_file})
+        return out
+
+
+# SERVEDMODEL_AUDIT_LOG's value for "records on stdout, as JSON lines with "log":"audit"".
+AUDIT_TO_STDOUT = "-"
+
+
 def server_env(device: str, drain_seconds: int, auth_token_file: bool = False, *, model_name: Optional[str] = None,
                grpc_port: int = 0, settings: Optional[dict[str, str]] = None,
-               gpu_mem_limit: Optional[int] = None) -> list[dict[str, Any]]:
+               gpu_mem_limit: Optional[int] = None, identity: Optional[Identity] = None) -> list[dict[str, Any]]:
     """SERVEDMODEL_* variables of docs/architecture.md section 3.
 
     `model_name` is the served name the server answers under (a model swap keeps the route);
@@ -161,6 +199,9 @@ def server_env(device: str, drain_seconds: int, auth_token_file: bool = False, *
     `kubectl describe`, crash dumps and every process in the container can read.
     `gpu_mem_limit` (bytes) caps the CUDA provider's memory arena (SERVEDMODEL_GPU_MEM_LIMIT): set
     on a time-sliced GPU, where nothing else keeps one model from another's memory.
+    `identity`: the clients file, OIDC, the audit stream and the local model key (Identity).
+    Every name is one of the server's (contract.SERVER_VARIABLES): the server refuses to start
+    on any other SERVEDMODEL_* variable (tests/components/test_identity.py checks every stack).
     """
     env: list[dict[str, Any]] = [
         {"name": contract.env_name("host"), "value": "0.0.0.0"},
@@ -177,6 +218,8 @@ def server_env(device: str, drain_seconds: int, auth_token_file: bool = False, *
     env += [{"name": contract.env_name(name), "value": value} for name, value in (settings or {}).items()]
     if auth_token_file:
         env.append({"name": contract.env_name("auth_token_file"), "value": AUTH_TOKEN_PATH})
+    if identity is not None:
+        env += identity.env()
     return env
 
 
@@ -196,6 +239,89 @@ def auth_token_volume(secret_name: Any) -> dict[str, Any]:
 
 def auth_token_mount() -> dict[str, Any]:
     return {"name": AUTH_VOLUME, "mountPath": AUTH_TOKEN_DIR, "readOnly": True}
+
+
+# Named clients (issue 21): a Secret holding only the SHA-256 digests of their tokens, mounted
+# read-only; the server reads it at start (SERVEDMODEL_CLIENTS_FILE).
+CLIENTS_VOLUME = "clients"
+CLIENTS_DIR = "/var/run/secrets/servedmodel.io/clients"
+CLIENTS_KEY = "clients.json"
+CLIENTS_PATH = f"{CLIENTS_DIR}/{CLIENTS_KEY}"
+# The pod template's checksum of the clients document: the file is read only at start, so a
+# changed document must roll the pods (the Secret itself is updated in place).
+CLIENTS_ANNOTATION = "servedmodel.io/clients-sha256"
+# What the pods' model is encrypted with, and the key (the policy pack reads them).
+ENCRYPTION_ANNOTATION = "servedmodel.io/model-encryption"
+KEY_ANNOTATION = "servedmodel.io/model-key"
+
+
+def token_digest(token: str) -> str:
+    """Lowercase hex SHA-256 of a token's bytes: what the server compares (serving/auth.py)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def clients_document(clients: Mapping[str, Sequence[str]]) -> str:
+    """The clients file: client name -> the digests of its tokens, canonical JSON (sorted keys,
+    the tokens' order kept: the current one, then the next). Never a token."""
+    return json.dumps({name: [token_digest(t) for t in tokens] for name, tokens in sorted(clients.items())},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def document_checksum(document: str) -> str:
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def clients_volume(secret_name: Any) -> dict[str, Any]:
+    """The clients Secret as a volume holding only its document, readable by the pod's group."""
+    return {"name": CLIENTS_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o440,
+                                               "items": [{"key": CLIENTS_KEY, "path": CLIENTS_KEY}]}}
+
+
+def clients_mount() -> dict[str, Any]:
+    return {"name": CLIENTS_VOLUME, "mountPath": CLIENTS_DIR, "readOnly": True}
+
+
+# EKS Pod Identity (docs/deploy.md, "The pod's identity"): the service principal that assumes a
+# pod's role, and the session tags it sets, which the trust policy pins to this model's pods
+# (EKS user guide, pod-id-role.html and pod-id-abac.html).
+POD_IDENTITY_PRINCIPAL = "pods.eks.amazonaws.com"
+
+
+def pod_identity_trust_policy(cluster_name: str, namespace: str, service_account: str) -> str:
+    """The pod role's trust policy: EKS Pod Identity may assume it (and tag the session) only for
+    this cluster's namespace and service account."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "EksPodIdentityForThisModel", "Effect": "Allow", "Principal": {"Service": POD_IDENTITY_PRINCIPAL},
+        "Action": ["sts:AssumeRole", "sts:TagSession"],
+        "Condition": {"StringEquals": {"aws:RequestTag/eks-cluster-name": cluster_name,
+                                       "aws:RequestTag/kubernetes-namespace": namespace,
+                                       "aws:RequestTag/kubernetes-service-account": service_account}},
+    }]}, sort_keys=True)
+
+
+def model_decrypt_policy(key_arn: str, served_name: str) -> str:
+    """The pod role's one permission: kms:Decrypt with the model's key, for data keys whose
+    encryption context names this served name (models/seal.py binds it; contract
+    ENCRYPTION_CONTEXT_NAME)."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Sid": "DecryptThisModelsDataKey", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_arn,
+        "Condition": {"StringEquals": {f"kms:EncryptionContext:{contract.ENCRYPTION_CONTEXT_NAME}": served_name}},
+    }]}, sort_keys=True)
+
+
+def kms_alias_name(project: str, stack: str, served_name: str) -> str:
+    """alias/<project>/<stack>/<served name>: unique per account and region, as aliases must be."""
+    return f"alias/{project}/{stack}/{served_name}"
+
+
+def audit_log_group_name(cluster_name: str, namespace: str, served_name: str) -> str:
+    """Where the cluster's log shipper sends a model's audit records (docs/deploy.md, "Audit")."""
+    return f"/servedmodel/{cluster_name}/{namespace}/{served_name}/audit"
+
+
+# The local key of a `local`-encrypted model inside the container (read-only bind mount).
+LOCAL_KEY_PATH = "/run/servedmodel/model.key"
+LOCAL_CLIENTS_PATH = "/run/servedmodel/clients.json"
 
 
 def topology_spread(served_name: str, revision_label: str = "pod-template-hash") -> list[dict[str, Any]]:

@@ -44,6 +44,8 @@ QUEUE_DURATION_METRIC: str = _VALUES["QUEUE_DURATION_METRIC"]
 #: Every SERVEDMODEL_* variable the server reads; others stop it at start (fail closed).
 SERVER_VARIABLES: tuple[str, ...] = _VALUES["SERVER_VARIABLES"]
 DEFAULT_CLIENT: str = _VALUES["DEFAULT_CLIENT"]
+#: A client's name (the clients file's keys, servedmodel:clients' keys).
+CLIENT_NAME_PATTERN: str = _VALUES["CLIENT_NAME_PATTERN"]
 TOKENS_PER_CLIENT: int = _VALUES["TOKENS_PER_CLIENT"]
 #: The keys of a model's KMS encryption context (a key policy's conditions name them).
 ENCRYPTION_CONTEXT_NAME: str = _VALUES["ENCRYPTION_CONTEXT_NAME"]

@@ -7,7 +7,8 @@ rejects must never ship.
 import os
 import sys
 
-from pulumi_policy import EnforcementLevel, PolicyPack, ResourceValidationPolicy, StackValidationPolicy
+from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, PolicyPack, ResourceValidationPolicy,
+                           StackValidationPolicy)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rules  # noqa: E402
@@ -22,9 +23,21 @@ def _validator(rule):
 
 def _stack_validator(rule):
     def validate(args, report_violation):
-        for message in rule.check([(r.resource_type, dict(r.props)) for r in args.resources]):
+        # The stack's name is in every resource's URN (urn:pulumi:<stack>::...).
+        stack = next((rules.stack_of(r.urn) for r in args.resources), "")
+        protected = tuple((args.get_config() or {}).get("stacks") or rules.PROTECTED_STACKS)
+        resources = [(r.resource_type, dict(r.props)) for r in args.resources]
+        messages = (rule.check(resources, stack, protected) if rule.check is rules.model_encrypted_in_protected_stacks
+                    else rule.check(resources, stack))
+        for message in messages:
             report_violation(message)
     return validate
+
+
+# Which stacks must serve encrypted models: `pulumi preview --policy-pack policy
+# --policy-pack-config config.json` with {"model-encrypted-in-protected-stacks": {"stacks": [...]}}.
+_STACKS = PolicyConfigSchema(properties={"stacks": {"type": "array", "items": {"type": "string"},
+                                                    "default": list(rules.PROTECTED_STACKS)}})
 
 
 PolicyPack(
@@ -32,6 +45,7 @@ PolicyPack(
     enforcement_level=EnforcementLevel.MANDATORY,
     policies=[ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
               for rule in rules.RULES]
-    + [StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule))
+    + [StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule),
+                             config_schema=_STACKS if rule.check is rules.model_encrypted_in_protected_stacks else None)
        for rule in rules.STACK_RULES],
 )

@@ -14,8 +14,18 @@ GPU = "nvidia.com/gpu"
 LOAD_BALANCER_OPT_IN = "servedmodel.io/allow-load-balancer"
 # The AWS Load Balancer Controller's annotations for TLS at an NLB (components/specs.py sets them).
 LBC = "service.beta.kubernetes.io/aws-load-balancer-"
-# Where the server reads its bearer token (docs/architecture.md, section 3).
-AUTH_ENV = ("SERVEDMODEL_AUTH_TOKEN", "SERVEDMODEL_AUTH_TOKEN_FILE")
+# How the server knows its callers (docs/architecture.md, section 3): a bearer token (the client
+# "default"), the clients file (named clients, digests of their tokens), or OIDC (the issuer).
+AUTH_ENV = ("SERVEDMODEL_AUTH_TOKEN", "SERVEDMODEL_AUTH_TOKEN_FILE", "SERVEDMODEL_CLIENTS_FILE",
+            "SERVEDMODEL_OIDC_ISSUER")
+# What a served model's pods say of its encryption (components/specs.py sets them on the pod
+# template, and as labels on a local container): the mode, and with kms the key's ARN.
+VERSION_ANNOTATION = "servedmodel.io/model-version"
+ENCRYPTION_ANNOTATION = "servedmodel.io/model-encryption"
+KEY_ANNOTATION = "servedmodel.io/model-key"
+ENCRYPTED = ("kms", "local")
+# The stacks where an unencrypted model must never ship (the pack's config `stacks` overrides).
+PROTECTED_STACKS = ("prod",)
 
 # digest-pinned: repo@sha256:<64 hex>; version tags: a content hash (our model versions) or a
 # semantic version. Anything else (latest, main, stable, no tag) can move under a running pod.
@@ -198,10 +208,16 @@ def _selects(selector: dict[str, Any], labels: dict[str, Any]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """Stack rule: every workload a LoadBalancer Service selects requires a bearer token (its
-    server container reads SERVEDMODEL_AUTH_TOKEN or _FILE). Needs the whole stack: the token
-    is on the Deployment, the exposure on the Service."""
+def stack_of(urn: str) -> str:
+    """The stack a resource URN names: `urn:pulumi:<stack>::<project>::<type>::<name>`."""
+    head = urn.split("::", 1)[0]
+    return head.rsplit(":", 1)[-1] if head.startswith("urn:pulumi:") else ""
+
+
+def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]], stack: str = "") -> list[str]:
+    """Stack rule: every workload a LoadBalancer Service selects knows its callers (its server
+    container reads a bearer token, the clients file or an OIDC issuer). Needs the whole stack:
+    the identity is on the Deployment, the exposure on the Service."""
     out = []
     workloads = [(t, props, pod_spec(t, props)) for t, props in resources if pod_spec(t, props) is not None]
     for t, props in resources:
@@ -218,8 +234,56 @@ def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]]) -
             env_names = {e.get("name") for _, c in _containers(spec) for e in c.get("env") or [] if isinstance(e, dict)}
             if not env_names & set(AUTH_ENV):
                 out.append(f"LoadBalancer Service {name!r} exposes {wt.rsplit(':', 1)[-1]} "
-                           f"{_get(wprops, 'metadata', 'name') or '?'!r} without a bearer token "
-                           f"({' or '.join(AUTH_ENV)}; servedmodel:authToken)")
+                           f"{_get(wprops, 'metadata', 'name') or '?'!r} without a client identity "
+                           f"({' or '.join(AUTH_ENV)}; servedmodel:authToken, servedmodel:clients or "
+                           "servedmodel:oidcIssuer)")
+    return out
+
+
+def _labels(props: dict[str, Any]) -> dict[str, Any]:
+    """A docker container's labels ([{label, value}]) as a dict."""
+    return {item.get("label"): item.get("value") for item in props.get("labels") or [] if isinstance(item, dict)}
+
+
+def model_encrypted_in_protected_stacks(resources: list[tuple[str, dict[str, Any]]], stack: str,
+                                        protected: tuple[str, ...] = PROTECTED_STACKS) -> list[str]:
+    """Stack rule (issue 21): in a protected stack (prod), every served model is encrypted (kms,
+    or a local key) and a kms model names its key; every ECR repository is encrypted with a
+    customer-managed key (the model's), not ECR's AWS-managed one. A value unknown during a
+    preview (a key not created yet) is not reported."""
+    if stack not in protected:
+        return []
+    out = []
+    for t, props in resources:
+        name = _get(props, "metadata", "name") or _get(props, "name") or "?"
+        spec = pod_spec(t, props)
+        if spec is not None:
+            annotations = _get(props, "spec", "template", "metadata", "annotations") or {}
+            if not isinstance(annotations, dict) or VERSION_ANNOTATION not in annotations:
+                continue  # not a served model's workload (or unknown)
+            where = f"{t.rsplit(':', 1)[-1]} {name!r}"
+        elif t == "docker:index/container:Container":
+            annotations = _labels(props)
+            if not any(isinstance(e, str) and e.startswith("SERVEDMODEL_") for e in props.get("envs") or []):
+                continue
+            where = f"container {name!r}"
+        elif t == "aws:ecr/repository:Repository":
+            configs = [c for c in props.get("encryptionConfigurations") or [] if isinstance(c, dict)]
+            if not configs:
+                out.append(f"ECR repository {name!r} in stack {stack!r} is not encrypted with a KMS key; "
+                           "servedmodel:modelEncryption kms encrypts it with the model's key")
+            elif configs[0].get("kmsKey") == "" or "kmsKey" not in configs[0]:
+                out.append(f"ECR repository {name!r} in stack {stack!r} uses ECR's AWS-managed key; "
+                           "servedmodel:modelEncryption kms encrypts it with the model's own key")
+            continue
+        else:
+            continue
+        mode = annotations.get(ENCRYPTION_ANNOTATION)
+        if mode not in ENCRYPTED:
+            out.append(f"{where} in stack {stack!r} serves a model in clear ({ENCRYPTION_ANNOTATION}: {mode!r}); "
+                       "set servedmodel:modelEncryption kms")
+        elif mode == "kms" and KEY_ANNOTATION in annotations and annotations[KEY_ANNOTATION] == "":
+            out.append(f"{where} in stack {stack!r} is kms-encrypted but names no key ({KEY_ANNOTATION})")
     return out
 
 
@@ -241,12 +305,16 @@ RULES: tuple[Rule, ...] = (
 class StackRule:
     name: str
     description: str
-    check: Callable[[list[tuple[str, dict[str, Any]]]], list[str]]
+    check: Callable[..., list[str]]
+    """check(resources [(type, props)], stack name[, protected stacks]) -> messages."""
 
 
 STACK_RULES: tuple[StackRule, ...] = (
-    StackRule("public-endpoint-requires-auth", "Workloads behind a LoadBalancer Service require a bearer token.",
-              public_endpoint_requires_auth),
+    StackRule("public-endpoint-requires-auth", "Workloads behind a LoadBalancer Service know their callers: a "
+              "bearer token, named clients or OIDC.", public_endpoint_requires_auth),
+    StackRule("model-encrypted-in-protected-stacks", "In a protected stack (prod; the pack's config `stacks`), every "
+              "served model is encrypted and its ECR repository uses the model's KMS key.",
+              model_encrypted_in_protected_stacks),
 )
 
 

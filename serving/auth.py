@@ -40,7 +40,7 @@ CACHE_SECONDS = 300
 #: Verified tokens kept at once (the oldest goes first).
 CACHE_ENTRIES = 10_000
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_CLIENT_NAME = re.compile(contract.CLIENT_NAME_PATTERN)
 _B64URL = re.compile(rb"^[A-Za-z0-9_-]+$")
 
 

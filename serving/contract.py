@@ -60,6 +60,9 @@ OTHER_TOOLS_VARIABLES = ("CACHE", "DEBUG", "TEST_PAUSE", "BUILD_REPORT_FD", "IT_
                          "BASE_IMAGE", "ARM64_BASE_IMAGE", "CI_STATE", "CI_LOGS")
 #: The client name SERVEDMODEL_AUTH_TOKEN(_FILE) authenticates as (one client among the named).
 DEFAULT_CLIENT = "default"
+#: A client's name in the clients file (and in the stack's servedmodel:clients): letters,
+#: digits, '_.@-', at most 64, starting with a letter or digit.
+CLIENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 #: Tokens a client may have at once: the current one and the next, so a rotation never drops
 #: a request (docs/operations.md, "Rotate a token").
 TOKENS_PER_CLIENT = 2

@@ -6,7 +6,7 @@ and raises one `ArgsError` naming each field, the value and what is accepted; `S
 adds the rules that span groups (components/args/rules.py).
 
 One module per group (model, resources, autoscaling, network, server, node_pool, registry,
-rollout, monitoring, elastic), `checking` (Problem, ArgsError, the Checker and common checks),
+rollout, monitoring, elastic, encryption), `checking` (Problem, ArgsError, the Checker and common checks),
 `setting` (the one declaration of a stack setting), `rules` (rules over fully built groups) and
 `served_model` (ServedModelArgs). The args import only the facts they check against (gpus.py,
 karpenter.py's and keda.py's grammars, specs.py's constants, models.contract): never a component.
@@ -34,6 +34,7 @@ from servedmodel.models.loader import is_model_ref
 from .autoscaling import AUTOSCALE_METRICS, AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, is_dns_label
 from .elastic import AUTOSCALERS, NODE_PROVISIONERS, ElasticArgs
+from .encryption import ENCRYPTION_MODES, EncryptionArgs
 from .mapping import args_from_mapping
 from .model import MAX_NAME, ZOO, ModelArgs
 from .monitoring import MONITORING_MODES, MonitoringArgs
@@ -44,7 +45,7 @@ from .resources import ResourcesArgs
 from .rollout import DEFAULT_STEPS, ROLLOUT_STRATEGIES, RolloutArgs, duration_seconds, parse_step
 from .rules import RULES, cross_group_problems, draining_problems, rule
 from .served_model import GROUP_TYPES, TARGETS, ServedModelArgs
-from .server import BATCHING_SETTINGS, ServerArgs
+from .server import BATCHING_SETTINGS, LOG_RETENTION_DAYS, ServerArgs
 from .setting import REQUIRED, Declared, Schema, Setting, setting, settings_of
 
 # Helpers that live with their concepts now (gpus.py, karpenter.py, keda.py, specs.py), still
@@ -56,10 +57,11 @@ from ..specs import ROLLOUT_SURGE  # noqa: E402
 
 __all__ = [
     "AMI_TYPES", "AUTOSCALERS", "AUTOSCALE_METRICS", "BATCHING_SETTINGS", "CAPACITY_TYPES", "CONSOLIDATION_POLICIES",
-    "DEFAULT_STEPS", "GROUP_TYPES", "IMAGE_GPU_FAMILIES", "KARPENTER_DEFAULTS", "KEDA_METRICS", "KEEP_VERSIONS_FLOOR",
+    "DEFAULT_STEPS", "ENCRYPTION_MODES", "GROUP_TYPES", "IMAGE_GPU_FAMILIES", "KARPENTER_DEFAULTS", "KEDA_METRICS", "KEEP_VERSIONS_FLOOR",
+    "LOG_RETENTION_DAYS",
     "MAX_NAME", "MONITORING_MODES", "NODE_PROVISIONERS", "REQUIRED", "ROLLOUT_STRATEGIES", "ROLLOUT_SURGE", "RULES",
     "SERVICE_TYPES", "SUPPORTED_GPU_FAMILIES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker", "Declared",
-    "ElasticArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs",
+    "ElasticArgs", "EncryptionArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs",
     "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "args_from_mapping",
     "cross_group_problems", "draining_problems", "duration_seconds", "gpu_limit_needed", "instance_families",
     "is_dns_label",

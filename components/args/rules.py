@@ -23,6 +23,7 @@ from ..specs import NLB_DEREGISTRATION_LAG_SECONDS, ROLLOUT_SURGE
 from .autoscaling import AutoscalingArgs
 from .checking import Problem
 from .elastic import ElasticArgs
+from .encryption import EncryptionArgs
 from .monitoring import MONITORING_MODES, MonitoringArgs
 from .network import NetworkArgs
 from .node_pool import NodePoolArgs
@@ -150,6 +151,22 @@ def draining_problems(network: NetworkArgs, server: ServerArgs) -> list[Problem]
                         f"behind the public NLB (@{{network.service_type}} LoadBalancer) must be {lag} or more: "
                         f"the NLB sends new connections to a deregistering pod for about {lag} s, and a pod "
                         "that stops serving before that drops them (docs/deploy.md, Draining)")]
+    return []
+
+
+@rule("target", "encryption")
+def _encryption_fits_the_target(target: str, encryption: EncryptionArgs) -> list[Problem]:
+    """Issue 21: a kms-encrypted model is unwrapped by the pod's own AWS identity (EKS Pod
+    Identity), which a local container has not; a local key is a file on the machine that runs
+    `up`, which a cluster's nodes have not."""
+    if encryption.mode == "kms" and target == "docker":
+        return [Problem("encryption.mode", encryption.mode,
+                        "kms is unwrapped by the pod's own AWS identity on @{target} kubernetes; use local (a key file "
+                        "mounted into the container) or none on docker")]
+    if encryption.mode == "local" and target == "kubernetes":
+        return [Problem("encryption.mode", encryption.mode,
+                        "a local key is a file on this machine, which the cluster's nodes cannot read; use kms (the "
+                        "default on kubernetes) or none")]
     return []
 
 

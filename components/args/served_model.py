@@ -12,6 +12,7 @@ from ..gpus import DEFAULT_GPU_INSTANCE_TYPES
 from .autoscaling import AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, one_of
 from .elastic import ElasticArgs
+from .encryption import EncryptionArgs
 from .model import ModelArgs
 from .monitoring import MonitoringArgs
 from .network import NetworkArgs
@@ -59,6 +60,8 @@ class ServedModelArgs:
     """PodMonitor, rules and alerts, dashboard (kubernetes target). Default: none."""
     elastic: ElasticArgs = field(default_factory=ElasticArgs)
     """Karpenter / KEDA / scale to zero and the cold-start budget's inputs. Default: managed nodes, HPA."""
+    encryption: EncryptionArgs = EncryptionArgs()
+    """The model's encryption in the image and its key. Default: kms on kubernetes, a local key on docker."""
     protect: bool = setting(False, "Protect the registry and the GPU node pool from deletion (set on prod).")
     cluster_name: str = ""
     """The existing EKS cluster (kubernetes target): its VPC holds the public load balancer's
@@ -89,12 +92,26 @@ class ServedModelArgs:
             problems.append(Problem("cluster_name", self.cluster_name,
                                     "a public load balancer's subnets are found in the cluster's VPC: name the "
                                     "cluster, or list @{network.load_balancer_subnet_ids}"))
+        if (self.kubernetes and self.encryption_mode == "kms" and not self.cluster_name and self.node_pool is None):
+            problems.append(Problem("cluster_name", self.cluster_name,
+                                    "a kms-encrypted model is unwrapped by its pods' own identity, an EKS Pod Identity "
+                                    "association in the cluster: name the cluster"))
         if problems:
             raise ArgsError("ServedModelArgs", problems)
 
     @property
     def kubernetes(self) -> bool:
         return self.target == "kubernetes"
+
+    @property
+    def encryption_mode(self) -> str:
+        """kms, local or none: @{encryption.mode}, else the target's default."""
+        return self.encryption.resolved(self.kubernetes)
+
+    @property
+    def eks_cluster(self) -> str:
+        """The EKS cluster the pods run in ("" when not known: the docker target)."""
+        return self.cluster_name or (self.node_pool.cluster_name if self.node_pool is not None else "")
 
     @property
     def pool_instance_types(self) -> tuple[str, ...]:

@@ -11,6 +11,15 @@ from .setting import setting
 
 # ServerArgs fields passed to the server as SERVEDMODEL_<NAME> when set.
 BATCHING_SETTINGS = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "queue_timeout_ms")
+# The retentions CloudWatch Logs accepts (PutRetentionPolicy, retentionInDays), in days.
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                      2922, 3288, 3653)
+
+
+
+def _retention(value: object) -> Optional[str]:
+    return None if value == 0 or value in LOG_RETENTION_DAYS else \
+        f"a retention CloudWatch Logs accepts: one of {', '.join(map(str, LOG_RETENTION_DAYS))} (0: no log group)"
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,18 @@ class ServerArgs(ArgsGroup):
         None, "SERVEDMODEL_QUEUE_TIMEOUT_MS, the queue-time budget - a request that cannot start within it is "
               "refused at once with 503. 0 leaves it to the server (docs/architecture.md section 3).",
         unset=0, check=integer(1))
+
+    audit: bool = setting(
+        True, "One audit record per request (caller, model version, outcome; never a token or tensor data) as JSON "
+              "lines with \"log\":\"audit\" on the server's stdout (`SERVEDMODEL_AUDIT_LOG=-`). On the cluster the "
+              "node's log shipper carries them to @{server.audit_retention_days}'s log group (docs/deploy.md, "
+              "\"Audit\").")
+    audit_retention_days: int = setting(
+        365, "Days CloudWatch Logs keeps the audit records: the stack declares the log group "
+             "/servedmodel/<cluster>/<namespace>/<served name>/audit with this retention (kubernetes target, "
+             "@{server.audit} on; kept when the stack is destroyed), which the cluster's log shipper writes to. One of "
+             f"{', '.join(map(str, LOG_RETENTION_DAYS))}; 0 declares no log group (the platform's own retention "
+             "applies).", check=_retention)
 
     def batching_env(self) -> dict[str, str]:
         """The SERVEDMODEL_* batching variables that are set (the rest stay the server's)."""

@@ -97,7 +97,8 @@ class Declared:
     path: str
     """The args path of the field (`autoscaling.max_replicas`; top-level fields: the field name)."""
     kind: str
-    """string | integer | boolean | number | array (of strings)."""
+    """string | integer | boolean | number | array (of strings) | map (name -> list of strings: a
+    secret's structured value, never in Pulumi.yaml)."""
     optional: bool
     """None is a value (the field is Optional): the stack writes it as `setting.unset`."""
     is_input: bool
@@ -183,6 +184,10 @@ def _kind(annotation: Any) -> tuple[str, bool, bool]:
         items = [a for a in typing.get_args(tp) if a is not Ellipsis]
         if len(items) == 1 and _kind(items[0])[0] == "string":
             return "array", optional, is_input
+    if typing.get_origin(tp) in (dict, collections.abc.Mapping):
+        key, value = typing.get_args(tp)
+        if key is str and _kind(value)[0] == "array":
+            return "map", optional, is_input
     raise TypeError(f"cannot derive a stack type from {annotation!r}")
 
 

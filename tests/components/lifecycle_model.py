@@ -63,6 +63,9 @@ class ProviderRule:
     immutable: tuple[str, ...] = ()
     """Inputs the service refuses to change in place although the provider's Diff updates them
     (an update that touches one fails); a `replaceOnChanges` on them makes it a replacement."""
+    mutable_with: Optional[tuple[str, tuple[str, ...]]] = None
+    """(provider setting, inputs): those of `replace_on` update in place when the resource's
+    provider has the setting true and the resource is not `immutable` (a Secret's data)."""
 
     def replaces(self, path: str) -> bool:
         top = _segments(path)
@@ -173,9 +176,43 @@ PROVIDER_RULES: dict[str, ProviderRule] = {
         replace_on=K8S_META + ("spec.clusterIP",),
     ),
     "kubernetes:core/v1:Secret": ProviderRule(
-        source=K8S_DIFF + "; a Secret (secret mutability is off by default, and ours are immutable) "
-                          "also replaces on .type, .stringData and .data",
+        source=K8S_DIFF + "; a Secret also replaces on .type, and on .stringData and .data unless the "
+                          "provider enables secret mutability (enableSecretMutable, the program's provider "
+                          "sets it) and the Secret is not `immutable` (diff.go forceNewProperties: "
+                          "IsSecret && (!enableSecretMutable || IsImmutable)); provider.go DiffConfig: a "
+                          "changed enableSecretMutable updates the provider, only a changed cluster replaces it",
         replace_on=K8S_META + ("type", "stringData", "data"),
+        mutable_with=("enableSecretMutable", ("stringData", "data")),
+    ),
+    "aws:kms/key:Key": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/kms/key.go: customer_master_key_spec, key_usage, "
+               "multi_region, custom_key_store_id and xks_key_id are ForceNew; description, policy, "
+               "enable_key_rotation, is_enabled and tags update in place (resourceKeyUpdate); "
+               "deletion_window_in_days is read by the delete only (ScheduleKeyDeletion PendingWindowInDays)",
+        replace_on=("customerMasterKeySpec", "keyUsage", "multiRegion", "customKeyStoreId", "xksKeyId"),
+        ignored=("deletionWindowInDays",),
+    ),
+    "aws:kms/alias:Alias": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/kms/alias.go: name and name_prefix are "
+               "ForceNew; target_key_id updates in place (UpdateAlias)",
+        replace_on=("name", "namePrefix"),
+    ),
+    "aws:iam/rolePolicy:RolePolicy": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/iam/role_policy.go: role, name and name_prefix "
+               "are ForceNew; policy updates in place (PutRolePolicy)",
+        replace_on=("role", "name", "namePrefix"),
+    ),
+    "aws:eks/podIdentityAssociation:PodIdentityAssociation": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/eks/pod_identity_association.go (Schema): "
+               "cluster_name, namespace and service_account RequiresReplace; role_arn updates in place "
+               "(UpdatePodIdentityAssociation)",
+        replace_on=("clusterName", "namespace", "serviceAccount"),
+    ),
+    "aws:cloudwatch/logGroup:LogGroup": ProviderRule(
+        source="hashicorp/terraform-provider-aws internal/service/logs/group.go: name, name_prefix and "
+               "log_group_class are ForceNew; retention_in_days (PutRetentionPolicy), kms_key_id and tags "
+               "update in place; a delete is DeleteLogGroup (its records go with it)",
+        replace_on=("name", "namePrefix", "logGroupClass"),
     ),
     **{t: ProviderRule(source=K8S_DIFF + f"; {t.split(':')[1]} has no other force-new field", replace_on=K8S_META)
        for t in ("kubernetes:core/v1:ServiceAccount", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
@@ -303,6 +340,16 @@ def rule_for(res: Res) -> Optional[ProviderRule]:
     return rule
 
 
+def _mutable_paths(rule: ProviderRule, res: Res, run: Run) -> tuple[str, ...]:
+    """The inputs `rule.mutable_with` lets update in place for this resource under its provider."""
+    if rule.mutable_with is None or res.inputs.get("immutable") is True:
+        return ()
+    setting, paths = rule.mutable_with
+    provider_urn = res.provider.split("::")
+    provider = next((r for r in run.resources if r.urn == "::".join(provider_urn[:-1])), None)
+    return paths if provider is not None and provider.inputs.get(setting) in (True, "true") else ()
+
+
 def plan(before: Optional[Run], after: Run) -> Plan:
     """The steps `pulumi up` takes from the state `before` left to the program `after`."""
     old = {r.urn: r for r in _custom(before)}
@@ -325,7 +372,9 @@ def plan(before: Optional[Run], after: Run) -> Plan:
                 continue
             if rule is None:
                 raise AssertionError(f"{res.urn}: provider configuration changed ({paths}); not modelled")
-            replacing = [p for p in paths if rule.replaces(p)
+            mutable = _mutable_paths(rule, res, after)
+            replacing = [p for p in paths if (rule.replaces(p) and not any(_covers(_segments(m), _segments(p))
+                                                                          for m in mutable))
                          or any(_covers(_segments(r), _segments(p)) for r in res.replace_on_changes)]
             refused = [p for p in paths if rule.refuses(p)]
             if refused and not replacing:

@@ -202,6 +202,81 @@ def ecr_repository_url(repository_name: str) -> str:
     return f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repository_name}"
 
 
+class Kms:
+    """AWS KMS for the program's encrypted builds: moto in server mode on 127.0.0.1, one per test
+    process (real HTTP: the pipeline's boto3 GenerateDataKey, as docs/pipeline.md describes).
+
+    A key the program creates (aws:kms/key:Key) is made here once per resource name, with moto's
+    random numbers seeded from that name: every run, in every test process (pytest-xdist workers
+    share the build folders and the build cache), gets the same key id and the same key material
+    for it, as the state would give a live stack, and the sealed build cache keeps an unchanged
+    model's bytes. `given()` makes a key a stack names with servedmodel:kmsKeyArn."""
+
+    _instance: Optional["Kms"] = None
+    # A KMS endpoint another process serves (tests/components/test_installed.py passes its own to
+    # the fresh venv, which has the wheel's dependencies and not moto's).
+    URL_VARIABLE = "HARNESS_KMS_URL"
+
+    def __init__(self, url: str = "") -> None:
+        self.url = url
+        if not url:
+            import socket
+
+            import moto.kms.models
+            from moto.moto_api._internal import mock_random
+            from moto.server import ThreadedMotoServer
+
+            # A key's material from moto's (seeded) random numbers, not os.urandom: see above.
+            moto.kms.models.generate_master_key = lambda: bytes(mock_random.getrandbits(8) for _ in range(32))
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request in the test output
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            atexit.register(server.stop)
+            self.url = f"http://127.0.0.1:{port}"
+        self.keys: dict[str, tuple[str, str]] = {}
+
+    @classmethod
+    def get(cls) -> "Kms":
+        """The test process's KMS, started on first use (a run that makes no key starts none)."""
+        if cls._instance is None:
+            cls._instance = Kms(os.environ.get(cls.URL_VARIABLE, ""))
+        return cls._instance
+
+    def env(self) -> dict[str, str]:
+        """What sends the program's boto3 to this KMS, with static test keys."""
+        return {"AWS_ENDPOINT_URL_KMS": self.url, "AWS_ACCESS_KEY_ID": "AKIATESTTESTTEST",
+                "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("kms", endpoint_url=self.url, region_name=REGION,
+                            aws_access_key_id="AKIATESTTESTTEST", aws_secret_access_key="secret")
+
+    def key(self, name: str) -> tuple[str, str]:
+        """(ARN, key id) of the key the resource `name` stands for."""
+        if name not in self.keys:
+            import urllib.request
+
+            seed = int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)
+            urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/seed?a={seed}", method="POST"),
+                                   timeout=10).close()
+            meta = self.client().create_key(Description=f"test key for {name}")["KeyMetadata"]
+            self.keys[name] = (meta["Arn"], meta["KeyId"])
+        return self.keys[name]
+
+    def given(self, label: str = "given") -> str:
+        """A key that exists before the stack (servedmodel:kmsKeyArn)."""
+        return self.key(f"given:{label}")[0]
+
+    def decrypt(self, blob: bytes, context: dict[str, str]) -> bytes:
+        return self.client().decrypt(CiphertextBlob=blob, EncryptionContext=context)["Plaintext"]
+
+
 class RealisticMocks(pulumi.runtime.Mocks):
     """Answers like the providers do, deterministically (same inputs, same ids and names).
 
@@ -238,10 +313,33 @@ class RealisticMocks(pulumi.runtime.Mocks):
             state["ref"] = f"{tags[0]}@{state['digest']}"
             return state["digest"], state
         if t == "aws:ecr/repository:Repository":
-            repo = f"{name}-{suffix}"
+            # Auto-named: a replacement (its encryption is ForceNew) is a new repository with a new
+            # name and URL, which the image pushes to and the workload then pulls from.
+            repo = f"{name}-{_short_hash(name, state.get('encryptionConfigurations'))[:7]}"
             state |= {"name": repo, "registryId": ACCOUNT, "arn": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repo}",
                       "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{repo}"}
             return repo, state
+        if t == "aws:kms/key:Key":
+            # A new key's ARN is known only once it is created: unknown during a preview.
+            if not pulumi.runtime.is_dry_run():
+                kms = Kms.get()
+                os.environ.update(kms.env())  # the build's GenerateDataKey goes there (_run restores)
+                arn, key_id = kms.key(name)
+                state |= {"arn": arn, "keyId": key_id, "enableKeyRotation": state.get("enableKeyRotation", False)}
+                return key_id, state
+            return f"{name}-{suffix}", state
+        if t == "aws:kms/alias:Alias":
+            state |= {"arn": f"arn:aws:kms:{REGION}:{ACCOUNT}:{state.get('name')}"}
+            return state.get("name"), state
+        if t == "aws:eks/podIdentityAssociation:PodIdentityAssociation":
+            association = f"a-{_short_hash(name)[:17]}"
+            state |= {"associationId": association,
+                      "associationArn": f"arn:aws:eks:{REGION}:{ACCOUNT}:podidentityassociation/"
+                                        f"{state.get('clusterName')}/{association}"}
+            return f"{state.get('clusterName')},{association}", state
+        if t == "aws:cloudwatch/logGroup:LogGroup":
+            state |= {"arn": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{state.get('name')}"}
+            return state.get("name"), state
         if t == "aws:iam/role:Role":
             role = f"{name}-{suffix}"
             state |= {"name": role, "arn": f"arn:aws:iam::{ACCOUNT}:role/{role}"}
@@ -512,6 +610,23 @@ def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd:
          registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
     mocks = RealisticMocks(registry)
     monitor = RecordingMonitor(mocks)
+    # The encrypted builds' AWS calls go to the test KMS (Kms.get, when the program makes or names
+    # a key), never to an account of the machine.
+    aws_env = {name: value for name, value in os.environ.items() if name.startswith("AWS_")}
+    for name in aws_env:
+        del os.environ[name]
+    if Kms._instance is not None:
+        os.environ.update(Kms._instance.env())
+    try:
+        return _run_mocked(main, mocks, monitor, stack, project, preview, cwd)
+    finally:
+        for name in [n for n in os.environ if n.startswith("AWS_")]:
+            del os.environ[name]
+        os.environ.update(aws_env)
+
+
+def _run_mocked(main: Callable[[], None], mocks: "RealisticMocks", monitor: "RecordingMonitor", stack: str,
+                project: str, preview: bool, cwd: Path) -> Run:
     logs: list[str] = []
     logger = logging.getLogger(f"servedmodel-mocks-{len(_RUNS)}-{stack}")
     logger.propagate = False

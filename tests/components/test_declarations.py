@@ -86,7 +86,7 @@ def test_every_setting_belongs_to_one_field_and_every_field_of_a_group_is_declar
     # Fields the stack does not set: ServedModelArgs' groups and paths, values derived from
     # another setting, and the ones no stack key sets yet.
     not_settings = {"model", "out_dir", "resources", "autoscaling", "network", "server", "registry", "node_pool",
-                    "rollout", "monitoring", "elastic", "cache_dir", "rollout.prometheus_address",
+                    "rollout", "monitoring", "elastic", "encryption", "cache_dir", "rollout.prometheus_address",
                     "rollout.query_timeout_seconds",
                     # The cluster (Settings.cluster_name, from node_pool.cluster_name's key) given to each model.
                     "cluster_name"}

@@ -190,7 +190,8 @@ def test_cold_start_budget_adds_node_pull_and_start():
     assert cold.node_seconds == coldstart.NODE_SECONDS["p4d"]  # the slowest admitted family
     assert cold.pull_seconds == pytest.approx(12.0)  # 1.2 GB at 100 MB/s
     assert cold.start_seconds == pytest.approx(coldstart.PROCESS_SECONDS["cuda"] + 1.0)
-    assert cold.as_output() == {"nodeSeconds": 240.0, "pullSeconds": 12.0, "startSeconds": 16.0, "totalSeconds": 268.0}
+    assert cold.as_output() == {"nodeSeconds": 240.0, "pullSeconds": 12.0, "startSeconds": 16.0, "decryptSeconds": 0.0,
+                                "totalSeconds": 268.0}
     managed = coldstart.budget(device="cuda", startup=STARTUP, model_layer_bytes=0, bandwidth_mb_per_s=100,
                                needs_node=True, families=("g5",), provisioner="managed", layers_table=layers)
     assert managed.node_seconds == coldstart.NODE_SECONDS["g5"] + coldstart.MANAGED_EXTRA_SECONDS
@@ -200,6 +201,25 @@ def test_cold_start_budget_adds_node_pull_and_start():
     override = coldstart.budget(device="cuda", startup=STARTUP, model_layer_bytes=0, bandwidth_mb_per_s=100,
                                 needs_node=True, families=("g5",), node_override=45, layers_table=layers)
     assert override.node_seconds == 45
+
+
+def test_an_encrypted_model_adds_its_decryption_and_with_kms_one_unwrap_to_the_start():
+    """Issue 21: the build measures the model's AES-256-GCM decryption (startup["decrypt_seconds"]);
+    a kms model also unwraps its data key through the pod's identity once (KMS_UNWRAP_SECONDS)."""
+    sealed = STARTUP | {"decrypt_seconds": 0.25}
+    plain = coldstart.budget(device="cpu", startup=sealed, model_layer_bytes=0, bandwidth_mb_per_s=50, needs_node=False)
+    local = coldstart.budget(device="cpu", startup=sealed, model_layer_bytes=0, bandwidth_mb_per_s=50,
+                             needs_node=False, encryption="local")
+    kms = coldstart.budget(device="cpu", startup=sealed, model_layer_bytes=0, bandwidth_mb_per_s=50,
+                           needs_node=False, encryption="kms")
+    assert plain.decrypt_seconds == 0 and local.decrypt_seconds == pytest.approx(0.25)
+    assert kms.decrypt_seconds == pytest.approx(0.25 + coldstart.KMS_UNWRAP_SECONDS)
+    assert kms.start_seconds == pytest.approx(plain.start_seconds + 0.25 + coldstart.KMS_UNWRAP_SECONDS)
+    assert kms.as_output()["decryptSeconds"] == pytest.approx(1.25)
+    assert kms.total_seconds == pytest.approx(plain.total_seconds + 1.25)
+    with pytest.raises(ValueError, match="decrypt_seconds"):
+        coldstart.budget(device="cpu", startup=STARTUP, model_layer_bytes=0, bandwidth_mb_per_s=50,
+                         needs_node=False, encryption="kms")
 
 
 def test_readiness_timeouts_take_the_budgets_pull_and_node_parts():

@@ -33,7 +33,7 @@ from packaging.requirements import Requirement
 
 import test_composed
 import test_example
-from pulumi_harness import ROOT, Res, Run
+from pulumi_harness import ROOT, Kms, Res, Run
 
 pytestmark = pytest.mark.slow
 
@@ -180,6 +180,9 @@ def installed(venv, tmp_path_factory) -> dict[str, Any]:
     spec.write_text(json.dumps({"runs": programs, "plugin": str(ROOT / "provider")}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PULUMI_CONFIG", "PULUMI_CONFIG_SECRET_KEYS")}
     env["SERVEDMODEL_CACHE"] = str(tmp_path_factory.mktemp("empty-cache"))
+    # The composed example's model is kms-encrypted: its keys are made on this process's test KMS
+    # (moto in server mode), which the fresh venv reaches over HTTP with boto3, a declared dependency.
+    env[Kms.URL_VARIABLE] = Kms.get().url
     _timed("examples in the fresh venv", str(venv.python), str(Path(__file__).with_name("installed_programs.py")),
            str(spec), str(result), cwd=work, env=env)
     return json.loads(result.read_text())

@@ -70,4 +70,4 @@ def test_specs_stay_pure_builders():
     tree = ast.parse((COMPONENTS / "specs.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "json", "typing", "servedmodel"}, imported
+    assert imported <= {"__future__", "dataclasses", "hashlib", "json", "typing", "servedmodel"}, imported

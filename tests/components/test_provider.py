@@ -10,6 +10,7 @@ args' own words.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,8 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-SCHEMA_TYPES = {"string": "string", "integer": "integer", "boolean": "boolean", "number": "number", "array": "array"}
+SCHEMA_TYPES = {"string": "string", "integer": "integer", "boolean": "boolean", "number": "number", "array": "array",
+                "map": "object"}
 
 
 def test_each_setting_has_the_type_and_description_its_declaration_gives(schema):
@@ -103,6 +105,8 @@ def test_each_setting_has_the_type_and_description_its_declaration_gives(schema)
             assert prop.get("type") == SCHEMA_TYPES[d.kind], d.path
             if d.kind == "array":
                 assert prop["items"]["type"] == "string", d.path
+            if d.kind == "map":  # client name -> list of strings (servedmodel:clients)
+                assert prop["additionalProperties"]["items"]["type"] == "string", d.path
             assert ("plain" in prop) != d.is_input, d.path  # a pulumi.Input is an input, anything else plain
             assert prop.get("secret", False) == d.secret, d.path
             words = [w for w in d.description.split() if "@{" not in w]
@@ -147,7 +151,7 @@ def test_a_construct_through_the_provider_returns_the_components_outputs(model_c
     assert out["modelName"] == "digits" and len(out["modelVersion"]) == 16
     assert out["image"].endswith(out["modelVersion"])
     assert out["signature"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
-    assert set(out["coldStart"]) == {"nodeSeconds", "pullSeconds", "startSeconds", "totalSeconds"}
+    assert set(out["coldStart"]) == {"nodeSeconds", "pullSeconds", "startSeconds", "decryptSeconds", "totalSeconds"}
     assert set(out) == set(package_schema()["resources"][TOKEN]["properties"])
     [component] = run.of_type(TOKEN)
     assert component.name == "digits" and not component.custom
@@ -173,14 +177,19 @@ def test_a_construct_through_the_provider_returns_the_components_outputs(model_c
         assert other.outputs["modelVersion"] == out["modelVersion"]
 
 
+CLIENT_TOKEN = "billing-token-from-another-resource-0123"
+
+
 def test_values_of_other_resources_reach_the_args_as_inputs(model_cache, tmp_path):
     """A program in another language composes: a namespace it creates, a secret token. The engine
     sends them as output values inside the objects; they arrive as Outputs and the args take them."""
     def main() -> None:
         namespace = k8s.core.v1.Namespace("models")
-        inputs = json.loads(json.dumps(INPUTS)) | {"target": "kubernetes"}
+        inputs = json.loads(json.dumps(INPUTS)) | {"target": "kubernetes", "clusterName": "servedmodel-dev"}
         inputs["network"] = {"namespace": namespace.metadata.name, "authToken": pulumi.Output.secret(TEST_SECRET),
-                             "ingressCidrs": ["10.0.0.0/16"]}
+                             "ingressCidrs": ["10.0.0.0/16"],
+                             # Named clients from another resource's output (a secret map): digests only.
+                             "clients": pulumi.Output.secret({"billing": [CLIENT_TOKEN]})}
         result = ServedModelProvider().construct("digits", TOKEN, inputs, None)
         pulumi.export("url", result.state["url"])
         pulumi.export("namespace", namespace.metadata.name)
@@ -190,8 +199,12 @@ def test_values_of_other_resources_reach_the_args_as_inputs(model_cache, tmp_pat
     deployment = run.one("kubernetes:apps/v1:Deployment")
     assert deployment.inputs["metadata"]["namespace"] == run.outputs["namespace"]
     assert deployment.waits_for(ns)
-    secret = run.one("kubernetes:core/v1:Secret")
-    assert secret.secret_paths and TEST_SECRET not in repr(run.outputs)
+    secrets = run.of_type("kubernetes:core/v1:Secret")
+    assert len(secrets) == 2 and all(s.secret_paths for s in secrets) and TEST_SECRET not in repr(run.outputs)
+    [clients] = [s for s in secrets if "clients.json" in s.inputs["stringData"]]
+    assert json.loads(clients.inputs["stringData"]["clients.json"]) == {
+        "billing": [hashlib.sha256(CLIENT_TOKEN.encode()).hexdigest()]}
+    assert CLIENT_TOKEN not in repr([(r.inputs, r.state) for r in run.resources]) + repr(run.outputs)
     for r in run.resources:
         if r.type.startswith("kubernetes:"):
             kubernetes_validate.validate(kubernetes_manifest(r), KUBERNETES_VERSION, strict=True)

@@ -178,24 +178,27 @@ def test_a_non_integer_for_an_integer_key_is_reported_by_the_loader():
     assert "servedmodel:replicas = 'two': must be an integer" in str(err.value)
 
 
-PUBLIC_NEEDS = ("servedmodel:serviceType = 'LoadBalancer': a public endpoint needs both servedmodel:authToken (a secret) "
-                "and servedmodel:tlsCertificateArn")
+PUBLIC_NEEDS = ("servedmodel:serviceType = 'LoadBalancer': a public endpoint needs a client identity (the secret "
+                "servedmodel:authToken, the secret servedmodel:clients or servedmodel:oidcIssuer) and "
+                "servedmodel:tlsCertificateArn")
+IDENTITY = "servedmodel:authToken, servedmodel:clients or servedmodel:oidcIssuer"
+NO_OIDC = {"servedmodel:oidcIssuer": "", "servedmodel:oidcAudience": "", "servedmodel:oidcScope": ""}
 
 
-def test_a_public_endpoint_without_token_or_tls_is_one_error_naming_both_keys():
-    # prod without its token secret: refused, and the message names both keys, as prod writes
-    # them (its network settings in the servedmodel:network group; the secret on its own).
-    found = problems("prod")
-    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS.replace("servedmodel:serviceType", "servedmodel:network.serviceType")
-                                             .replace("servedmodel:tlsCertificateArn", "servedmodel:network.tlsCertificateArn"))]
-    assert msg.endswith("missing: servedmodel:authToken")
-    found = problems("prod", {"servedmodel:tlsCertificateArn": ""}, secrets={"servedmodel:authToken": "t0ken"})
+def test_a_public_endpoint_without_identity_or_tls_is_one_error_naming_the_keys():
+    # prod names its OIDC callers: it deploys without a token secret (issue 21).
+    parse_settings(*raw_for("prod"))
+    # Without OIDC and without a token or clients secret: refused, naming every way to name callers.
+    found = problems("prod", NO_OIDC)
+    [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]
+    assert msg.endswith(f"missing: {IDENTITY}")
+    for secrets in ({"servedmodel:authToken": "t0ken"}, {"servedmodel:clients": json.dumps({"billing": "b" * 32})}):
+        parse_settings(*raw_for("prod", NO_OIDC, secrets=secrets))
+    found = problems("prod", NO_OIDC | {"servedmodel:tlsCertificateArn": ""}, secrets={"servedmodel:authToken": "t0ken"})
     [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]
     assert msg.endswith("missing: servedmodel:tlsCertificateArn")
-    found = problems("prod", {"servedmodel:tlsCertificateArn": ""})
-    assert any(p.endswith("missing: servedmodel:authToken, servedmodel:tlsCertificateArn") for p in found), found
-    # The shipped prod stack deploys once its token secret is set.
-    parse_settings(*raw_for("prod", secrets={"servedmodel:authToken": "t0ken"}))
+    found = problems("prod", NO_OIDC | {"servedmodel:tlsCertificateArn": ""})
+    assert any(p.endswith(f"missing: {IDENTITY}; servedmodel:tlsCertificateArn") for p in found), found
 
 
 def test_the_metric_allowance_is_unset_by_default_and_given_to_every_model():

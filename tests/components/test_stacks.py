@@ -15,7 +15,7 @@ from tests.crds.validate import validate_custom_resource
 
 COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
               "servedmodel:index:ModelService", "servedmodel:index:LocalService", "servedmodel:index:ModelMonitoring",
-              "servedmodel:index:KarpenterGpuPool", "servedmodel:index:KedaScaling"}
+              "servedmodel:index:KarpenterGpuPool", "servedmodel:index:KedaScaling", "servedmodel:index:ModelKey"}
 # The kinds a model's pods come from: rolling -> Deployment, canary -> Argo Rollouts Rollout.
 WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout")
 # Custom resources: validated against their CRD schemas, not the Kubernetes OpenAPI.
@@ -55,7 +55,13 @@ def test_expected_kinds_and_counts(stack_runs):
                  "kubernetes:core/v1:ServiceAccount": 1, "kubernetes:core/v1:Secret": 1,
                  "kubernetes:core/v1:Service": 1,
                  "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": 1,
-                 "kubernetes:networking.k8s.io/v1:NetworkPolicy": 1}
+                 "kubernetes:networking.k8s.io/v1:NetworkPolicy": 1,
+                 # Issue 21: the model's KMS key (kms, the default on kubernetes) and its alias; the
+                 # pods' own identity (an IAM role allowed only kms:Decrypt, associated with their
+                 # ServiceAccount by EKS Pod Identity); the audit records' log group.
+                 "servedmodel:index:ModelKey": 1, "aws:kms/key:Key": 1, "aws:kms/alias:Alias": 1,
+                 "aws:iam/role:Role": 1, "aws:iam/rolePolicy:RolePolicy": 1,
+                 "aws:eks/podIdentityAssociation:PodIdentityAssociation": 1, "aws:cloudwatch/logGroup:LogGroup": 1}
     # dev: two models, 1-2 CPU replicas (HPA, no PDB at one replica), no GPU pool; rolling
     # Deployments; monitoring by annotations (rule-file and dashboard ConfigMaps).
     assert stack_runs["dev"].counts() == {k: 2 * v for k, v in per_model.items()} | {
@@ -66,7 +72,7 @@ def test_expected_kinds_and_counts(stack_runs):
     # on; PodMonitor, PrometheusRule, dashboard; public: the namespace's readiness-gate label and
     # the DNS name's alias record.
     assert stack_runs["prod"].counts() == per_model | {
-        "pulumi:providers:kubernetes": 1, "servedmodel:index:GpuNodePool": 1, "aws:iam/role:Role": 1,
+        "pulumi:providers:kubernetes": 1, "servedmodel:index:GpuNodePool": 1, "aws:iam/role:Role": 2,
         "aws:iam/rolePolicyAttachment:RolePolicyAttachment": 3, "aws:eks/nodeGroup:NodeGroup": 1,
         "aws:ec2/launchTemplate:LaunchTemplate": 1, "kubernetes:core/v1:NamespacePatch": 1,
         "aws:route53/record:Record": 1,
@@ -91,8 +97,17 @@ def test_every_resource_is_parented_in_its_component(stack_runs, stack):
             # Karpenter's pool and KEDA's objects belong to their own components (issue 11).
             assert parent.type in (("servedmodel:index:ModelMonitoring",) if monitoring else (
                 "servedmodel:index:ModelService", "servedmodel:index:KarpenterGpuPool", "servedmodel:index:KedaScaling"))
-        if r.type.startswith("aws:iam") or r.type.startswith("aws:eks"):
+        # The node pool's role and node group are the pool's; the pods' own identity (role, its
+        # policy, the Pod Identity association) and the audit log group are the ModelService's;
+        # the model's key is its own component's.
+        if r.type in ("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:eks/nodeGroup:NodeGroup"):
             assert parent.type == "servedmodel:index:GpuNodePool"
+        elif r.type == "aws:iam/role:Role":
+            assert parent.type in ("servedmodel:index:GpuNodePool", "servedmodel:index:ModelService")
+        elif r.type.startswith(("aws:iam", "aws:eks", "aws:cloudwatch")):
+            assert parent.type == "servedmodel:index:ModelService", r.type
+        if r.type.startswith("aws:kms"):
+            assert parent.type == "servedmodel:index:ModelKey"
         if r.type.startswith("aws:ecr") or r.type.startswith("docker-build"):
             assert parent.type == "servedmodel:index:ModelImage"
     for component in run.resources:
@@ -320,7 +335,7 @@ def test_gpu_node_pool(stack_runs):
     assert i["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
     # The cluster's private subnets only (tagged kubernetes.io/role/internal-elb), never its public ones.
     assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
-    role = run.one("aws:iam/role:Role")
+    [role] = [r for r in run.of_type("aws:iam/role:Role") if run.by_urn(r.parent).type == "servedmodel:index:GpuNodePool"]
     assert i["nodeRoleArn"] == role.state["arn"]
     attached = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
     assert attached == {f"arn:aws:iam::aws:policy/{p}" for p in specs.NODE_POLICIES}
@@ -339,7 +354,9 @@ def test_registry_and_images(stack_runs):
         built = prod.one("docker-build:index:Image")
         assert image == f"{built.inputs['tags'][0]}@{built.state['digest']}"
     assert repo.inputs["imageScanningConfiguration"] == {"scanOnPush": True}
-    assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
+    # Encrypted with the model's own key (issue 21), which ECR uses through a grant.
+    assert repo.inputs["encryptionConfigurations"] == [{"encryptionType": "KMS",
+                                                        "kmsKey": prod.one("aws:kms/key:Key").state["arn"]}]
     assert not stack_runs["dev"].of_type("aws:ecr/repository:Repository")[0].protect
     for stack, run in stack_runs.items():
         for image in run.of_type("docker-build:index:Image"):
@@ -416,7 +433,7 @@ def test_an_unchanged_model_is_not_exported_again_even_in_a_preview(stack_runs):
     assert any("mnist-mlp: model version" in line for line in first.logs), first.logs
     again = run_program_preview("local")
     [line] = [line for line in again.logs if "mnist-mlp: model version" in line]
-    assert line.endswith("(cached build)"), line
+    assert "(cached build)" in line, line
     assert again.outputs["modelVersion"] == first.outputs["modelVersion"]
 
 

@@ -120,7 +120,7 @@ def test_every_group_member_has_a_flat_key_and_a_name_of_its_own():
         names = [d.name for d in SCHEMA.members(key)]
         assert names and len(names) == len(set(names)), key
     assert set(SCHEMA.groups) == {"resources", "autoscaling", "network", "server", "nodePool", "rollout",
-                                  "monitoring", "elastic"}
+                                  "monitoring", "elastic", "encryption"}
 
 
 # ---- a misspelt key is an error (through the real __main__.py under the mocks) ----------------------

@@ -146,7 +146,7 @@ def _evaluate(value: Any, config: dict[str, Any], made: dict[str, Any]) -> Any:
 
 
 def test_the_programs_served_model_constructs_through_the_provider(program, model_cache, tmp_path):
-    config = {"kubeconfig": pulumi.Output.secret(KUBECONFIG)}
+    config = {"kubeconfig": pulumi.Output.secret(KUBECONFIG), "clusterName": "servedmodel-dev"}
 
     def main() -> None:
         made: dict[str, Any] = {}

@@ -200,6 +200,76 @@ def test_a_public_endpoint_requires_a_bearer_token_on_what_it_selects():
     assert rules.public_endpoint_requires_auth(resources) == []
 
 
+@pytest.fixture(scope="module")
+def model_cache_for_policy():
+    sys.path.insert(0, str(ROOT / "tests" / "components"))
+    sys.path.insert(0, str(ROOT))
+    import pulumi_harness
+
+    return pulumi_harness.model_cache_dir()
+
+
+def test_a_public_endpoint_knows_its_callers_by_token_clients_or_oidc():
+    deploy = good_deployment()
+    deploy["metadata"] = {"name": "model"}
+    deploy["spec"]["template"]["metadata"] = {"labels": {"app": "m"}}
+    resources = [("kubernetes:core/v1:Service", public_service()), (DEPLOY, deploy)]
+    [msg] = rules.public_endpoint_requires_auth(resources)
+    assert "without a client identity" in msg and "servedmodel:clients" in msg and "servedmodel:oidcIssuer" in msg
+    for name in ("SERVEDMODEL_CLIENTS_FILE", "SERVEDMODEL_OIDC_ISSUER", "SERVEDMODEL_AUTH_TOKEN_FILE"):
+        container(deploy)["env"] = [{"name": name, "value": "x"}]
+        assert rules.public_endpoint_requires_auth(resources) == [], name
+
+
+def served(mode=None, key=None, **annotations) -> dict:
+    deploy = good_deployment()
+    deploy["metadata"] = {"name": "model"}
+    notes = {rules.VERSION_ANNOTATION: "3f9c0a1b2c4d5e6f"} | annotations
+    if mode is not None:
+        notes[rules.ENCRYPTION_ANNOTATION] = mode
+    if key is not None:
+        notes[rules.KEY_ANNOTATION] = key
+    deploy["spec"]["template"]["metadata"] = {"annotations": notes}
+    return deploy
+
+
+KEY = "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d"
+
+
+def test_an_unencrypted_model_is_refused_in_a_protected_stack_only():
+    check = rules.model_encrypted_in_protected_stacks
+    assert check([(DEPLOY, served("kms", KEY))], "prod") == []
+    assert check([(DEPLOY, served("kms", None))], "prod") == []   # the key unknown during a preview
+    [msg] = check([(DEPLOY, served("none"))], "prod")
+    assert "serves a model in clear" in msg and "'model'" in msg and "servedmodel:modelEncryption kms" in msg
+    assert check([(DEPLOY, served())], "prod")                     # no annotation: not shown encrypted
+    assert check([(DEPLOY, served("kms", ""))], "prod")            # kms naming no key
+    assert check([(DEPLOY, served("none"))], "dev") == []          # not a protected stack
+    assert check([(DEPLOY, served("none"))], "staging", ("prod", "staging"))
+    assert check([(DEPLOY, good_deployment())], "prod") == []      # not a served model (no version annotation)
+    rollout = served("none")
+    assert check([("kubernetes:argoproj.io/v1alpha1:Rollout", rollout)], "prod")
+    # A local container: its labels say it; one that serves no model is not the rule's business.
+    container_props = {"name": "c", "envs": ["SERVEDMODEL_PORT=8080"],
+                       "labels": [{"label": rules.ENCRYPTION_ANNOTATION, "value": "local"}]}
+    assert check([("docker:index/container:Container", container_props)], "prod") == []
+    container_props["labels"] = []
+    assert check([("docker:index/container:Container", container_props)], "prod")
+    assert check([("docker:index/container:Container", {"envs": ["OTHER=1"]})], "prod") == []
+    # The repository: the model's key, not ECR's AWS-managed one (unknown during a preview: passes).
+    repo = "aws:ecr/repository:Repository"
+    assert check([(repo, {"encryptionConfigurations": [{"encryptionType": "KMS", "kmsKey": KEY}]})], "prod") == []
+    assert check([(repo, {"encryptionConfigurations": [{"encryptionType": "KMS", "kmsKey": None}]})], "prod") == []
+    assert check([(repo, {"encryptionConfigurations": [{"encryptionType": "KMS"}]})], "prod")
+    assert check([(repo, {})], "prod")
+
+
+def test_the_stack_is_read_from_the_urn():
+    assert rules.stack_of("urn:pulumi:prod::servedmodel::servedmodel:index:ServedModel$aws:kms/key:Key::c-key") == "prod"
+    assert rules.stack_of("urn:pulumi:dev::p::t::n") == "dev"
+    assert rules.stack_of("not-a-urn") == ""
+
+
 def test_rules_module_does_not_import_pulumi_policy():
     tree = ast.parse((ROOT / "policy" / "rules.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -212,7 +282,7 @@ def test_the_pack_wraps_every_rule():
     assert "EnforcementLevel.MANDATORY" in main and "rules.RULES" in main
     assert len({r.name for r in rules.RULES}) == len(rules.RULES) == 7
     assert "rules.STACK_RULES" in main and "StackValidationPolicy" in main
-    assert [r.name for r in rules.STACK_RULES] == ["public-endpoint-requires-auth"]
+    assert [r.name for r in rules.STACK_RULES] == ["public-endpoint-requires-auth", "model-encrypted-in-protected-stacks"]
 
 
 def test_the_programs_own_resources_pass_every_rule():
@@ -226,8 +296,31 @@ def test_the_programs_own_resources_pass_every_rule():
         for r in run.resources:
             assert rules.violations(r.type, r.inputs) == {}, f"{stack}: {r.type} {r.name}"
         for rule in rules.STACK_RULES:
-            assert rule.check([(r.type, pulumi_harness.kubernetes_manifest(r) if r.type.startswith("kubernetes:")
-                                else r.inputs) for r in run.resources]) == [], f"{stack}: {rule.name}"
+            assert rule.check(_as_the_pack_sees(run), rules.stack_of(run.resources[0].urn)) == [], \
+                f"{stack}: {rule.name}"
+
+
+def _as_the_pack_sees(run) -> list:
+    sys.path.insert(0, str(ROOT / "tests" / "components"))
+    import pulumi_harness
+
+    return [(r.type, pulumi_harness.kubernetes_manifest(r) if r.type.startswith("kubernetes:") else r.inputs)
+            for r in run.resources]
+
+
+def test_prod_served_in_clear_is_refused_by_the_pack(model_cache_for_policy):
+    """The program's own prod stack with servedmodel:modelEncryption none: the workload serves a
+    model in clear and its repository uses ECR's own key; the same objects in dev pass."""
+    import pulumi_harness
+
+    clear = pulumi_harness.run_program("prod", {"servedmodel:modelEncryption": "none"})
+    assert rules.stack_of(clear.resources[0].urn) == "prod"
+    found = rules.model_encrypted_in_protected_stacks(_as_the_pack_sees(clear), "prod")
+    assert any("Rollout" in m and "serves a model in clear" in m for m in found), found
+    assert any("ECR repository" in m and "AWS-managed key" in m for m in found), found
+    assert rules.model_encrypted_in_protected_stacks(_as_the_pack_sees(clear), "dev") == []
+    # prod's identity is OIDC here: the public endpoint's rule is satisfied without a token.
+    assert rules.public_endpoint_requires_auth(_as_the_pack_sees(clear), "prod") == []
 
 
 POLICY_VENV_PYTHON = ROOT / "policy" / "venv" / "bin" / "python"
@@ -250,9 +343,11 @@ def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
         f"runpy.run_path({str(ROOT / 'policy' / '__main__.py')!r}, run_name='__main__')\n"
         "svc = {'metadata': {'name': 's'}, 'spec': {'type': 'LoadBalancer', 'selector': {'app': 'm'},\n"
         "       'ports': [{'name': 'http', 'port': 80}]}}\n"
-        "deploy = {'metadata': {'name': 'd'}, 'spec': {'template': {'metadata': {'labels': {'app': 'm'}},\n"
+        "deploy = {'metadata': {'name': 'd'}, 'spec': {'template': {'metadata': {'labels': {'app': 'm'},\n"
+        "          'annotations': {'servedmodel.io/model-version': '3f9c0a1b2c4d5e6f'}},\n"
         "          'spec': {'containers': [{'name': 'server', 'env': []}]}}}}\n"
-        "resources = [pulumi_policy.PolicyResource(t, p, 'urn:' + t, t, None, None, None, [], {})\n"
+        "resources = [pulumi_policy.PolicyResource(t, p, 'urn:pulumi:prod::servedmodel::' + t + '::n', t, None, None,\n"
+        "                                          None, [], {})\n"
         "             for t, p in [('kubernetes:core/v1:Service', svc), ('kubernetes:apps/v1:Deployment', deploy)]]\n"
         "class Args:\n"
         "    resource_type = 'kubernetes:core/v1:Service'\n"
@@ -262,7 +357,15 @@ def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
         "    args = pulumi_policy.StackValidationArgs(resources) if isinstance(p, pulumi_policy.StackValidationPolicy) else Args()\n"
         "    p.validate(args, lambda m, urn=None, name=p.name: msgs.append(name))\n"
         "print(seen['enforcement_level'].name, len(seen['policies']), sorted(set(msgs)))\n"
+        # The protected stacks come from the policy's config (`--policy-pack-config`), prod by default.
+        "enc = next(p for p in seen['policies'] if p.name == 'model-encrypted-in-protected-stacks')\n"
+        "other = []\n"
+        "enc.validate(pulumi_policy.StackValidationArgs(resources, config={'stacks': ['staging']}),\n"
+        "             lambda m, urn=None: other.append(m))\n"
+        "print(len(other), enc.config_schema.properties['stacks']['default'])\n"
     )
     out = subprocess.run([str(POLICY_VENV_PYTHON), "-c", script], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.strip() == ("MANDATORY 8 ['load-balancer-terminates-tls', 'no-load-balancer-without-opt-in', "
-                                  "'public-endpoint-requires-auth']")
+    assert out.stdout.strip().splitlines() == [
+        "MANDATORY 9 ['load-balancer-terminates-tls', 'model-encrypted-in-protected-stacks', "
+        "'no-load-balancer-without-opt-in', 'public-endpoint-requires-auth']",
+        "0 ['prod']"]
