@@ -56,8 +56,9 @@ UP_NEEDS = (
     "exports the model with torch, verifies and compresses it with onnx and onnxruntime, and builds the "
     "serving image. That machine needs Python 3.11 (the plugin's venv installs the servedmodel package "
     "with torch, onnx and onnxruntime: about 1 GB for torch's CPU build; no GPU is needed to build), a "
-    "Docker engine for the image build, and for the kubernetes target AWS credentials (ECR, EKS) and "
-    "access to the cluster. A model given as 'path/to/file.py:factory' is Python code run there, and "
+    "Docker engine for the image build, and for the kubernetes target AWS credentials (ECR, EKS; with the "
+    "default kms encryption also KMS, IAM and EKS Pod Identity, and kms:GenerateDataKey to seal the model, "
+    "docs/deploy.md) and access to the cluster. A model given as 'path/to/file.py:factory' is Python code run there, and "
     "relative paths (the model file, outDir) are taken from the plugin's working directory: give absolute "
     "ones where that matters."
 )

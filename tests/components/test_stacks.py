@@ -116,7 +116,7 @@ def test_every_resource_is_parented_in_its_component(stack_runs, stack):
 
 
 @pytest.mark.parametrize("version", [MIN_KUBERNETES_VERSION, KUBERNETES_VERSION])
-@pytest.mark.parametrize("stack", ["dev", "prod"])
+@pytest.mark.parametrize("stack", ["dev", "prod", "burst", "graviton"])
 def test_every_kubernetes_object_is_valid_for_the_cluster_version(stack_runs, stack, version):
     objects = k8s_objects(stack_runs[stack])
     assert objects
