@@ -3,7 +3,8 @@
 The shell blocks (```bash, ```sh, ```shell, ```console) and Python blocks (```python) of each
 document run in order, in a fresh copy of the repository's tracked files (what a clone has), with
 the project venv activated the way `source .venv/bin/activate` does it (its `bin/` first on PATH,
-VIRTUAL_ENV set, no PYTHONPATH) and a private, empty SERVEDMODEL_CACHE shared by the documents.
+VIRTUAL_ENV set, no PYTHONPATH), a HOME of its own and a private, empty SERVEDMODEL_CACHE shared by
+the documents.
 A block that cannot run here says so in the Markdown, right before it, with a marker and a reason;
 the grammar is in docsource.py. Nothing is substituted: a block that talks to 127.0.0.1:8080 gets
 a server on 127.0.0.1:8080 (runs of this test on one machine take turns through a lock file).
@@ -161,9 +162,10 @@ def model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("doc-cache")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def port_lock() -> Iterator[None]:
-    """Runs of this test on one machine take turns: the docs name fixed ports."""
+    """Documents run on one machine take turns (other checkouts, xdist workers): the docs name
+    fixed ports."""
     with open(LOCK, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
@@ -323,8 +325,10 @@ def run_document(doc: Path, sandbox: Path, scratch: Path, cache: Path) -> Sessio
     venv = _linked_venv(sandbox)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SERVEDMODEL_", "PYTHON", "VIRTUAL_ENV", "PULUMI_", "CONDA_"))}
+    home = scratch / "home"  # what the docs write under ~ (a key file, caches) stays in the run
+    home.mkdir()
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(venv),
-               SERVEDMODEL_CACHE=str(cache))
+               SERVEDMODEL_CACHE=str(cache), HOME=str(home))
     session = Session(sandbox, scratch, env)
     try:
         for block in command_blocks(doc):
