@@ -46,7 +46,8 @@ class BuildResult:
     steps: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     startup: dict[str, Any] = field(default_factory=dict)
-    """Measured model load + warm-up seconds (models/startup.py): beside the manifest, never in it."""
+    """Measured model load + warm-up seconds and the memory peak of both, `peak_memory_bytes`
+    (models/startup.py): beside the manifest, never in it."""
     exported: bool = False  # True only when this call ran the exporter
     seconds: float = 0.0  # wall time of this call
     cache_repaired: list[str] = field(default_factory=list)  # damaged cache entries this call rebuilt, and why
@@ -175,10 +176,11 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
             copy_context(model, ctx, out)
             manifest = record["manifest"]
             startup, sizes = record.get("startup"), dict(record["sizes"])
-            if not startup or "model_layer_gzip_bytes" not in sizes:
+            if not startup or "peak_memory_bytes" not in startup or "model_layer_gzip_bytes" not in sizes:
                 # an entry cached before these were measured: measure them now
                 with _quiet():
-                    startup = startup or measure(out / "model" / manifest["model_file"], manifest)
+                    if not startup or "peak_memory_bytes" not in startup:
+                        startup = measure(out / "model" / manifest["model_file"], manifest)
                 sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
                 cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
             cache_mod.remember_spec(root, mref, fingerprint.parts)

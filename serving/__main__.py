@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(settings, model, manifest)
     print(json.dumps({"event": "starting", "model": manifest.name, "version": manifest.version,
-                      "providers": model.providers, "intra_op_threads": settings.intra_op_threads,
+                      "providers": model.providers, "gpu_mem_limit": settings.gpu_mem_limit,
+                      "intra_op_threads": settings.intra_op_threads,
                       "served_name": app.service.model_name,
                       "max_batch_size": settings.batching.max_batch_size, "host": settings.host,
                       "port": settings.port, "grpc_port": settings.grpc_port,

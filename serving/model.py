@@ -36,6 +36,39 @@ WARMUP_MAX_ROUNDS = 31
 WARMUP_MAX_SECONDS = 1.5
 
 
+def execution_providers(device: str, gpu_mem_limit: int | None = None) -> list:
+    """The providers list a session is created with, in onnxruntime's form (a name, or a name
+    and its options, the values as strings), most preferred first.
+
+    cuda: the CUDA provider, then the CPU provider for the operators CUDA lacks. With a memory
+    cap, the CUDA provider's arena may hold at most `gpu_mem_limit` bytes and grows by what
+    each allocation asks (`kSameAsRequested`): the default doubling (`kNextPowerOfTwo`) would
+    reach the cap in big steps and hold memory it never uses, which on a time-sliced GPU is
+    memory the other models' servers were promised. The cap bounds the arena (weights,
+    activations, workspaces), not the CUDA context and library handles each process also holds."""
+    if device != "cuda":
+        return [CPU]
+    options: dict[str, str] = {}
+    if gpu_mem_limit is not None:
+        options = {"gpu_mem_limit": str(gpu_mem_limit), "arena_extend_strategy": "kSameAsRequested"}
+    return [(CUDA, options), CPU]
+
+
+def options_problem(wanted: list, in_force: dict[str, dict[str, str]]) -> str | None:
+    """What differs between the options asked for (`execution_providers`) and those a session
+    runs with (`InferenceSession.get_provider_options()`); None when every one is in force."""
+    for provider in wanted:
+        if isinstance(provider, str):
+            continue
+        name, options = provider
+        actual = in_force.get(name, {})
+        wrong = {k: actual.get(k) for k, v in options.items() if actual.get(k) != v}
+        if wrong:
+            return (f"{name} runs with {wrong}, not the {options} asked for "
+                    f"(SERVEDMODEL_GPU_MEM_LIMIT)")
+    return None
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -93,16 +126,19 @@ class OnnxModel:
                 raise StartupError(f"device=cuda but onnxruntime has no {CUDA} (available: "
                                    f"{', '.join(ort.get_available_providers())}); install "
                                    f"onnxruntime-gpu or set SERVEDMODEL_DEVICE=cpu")
-            providers = [CUDA, CPU]
-        else:
-            providers = [CPU]
-        self._path, self._providers_wanted = path, providers
+        self._path = path
+        self._providers_wanted = execution_providers(s.device, s.gpu_mem_limit)
         spinning = s.intra_op_spinning is not False
         session = self._create_session(spinning)
         self._check_signature(session)
         self.providers = session.get_providers()
         if s.device == "cuda" and (not self.providers or self.providers[0] != CUDA):
             raise StartupError(f"device=cuda but the session runs on {self.providers}")
+        if s.device == "cuda":
+            # The options the provider really took (onnxruntime reports every option it runs with).
+            problem = options_problem(self._providers_wanted, session.get_provider_options())
+            if problem:
+                raise StartupError(problem)
         self.session = session
         self.input_dim_names = {
             a.name: tuple(d if isinstance(d, str) and d else None for d in a.shape)

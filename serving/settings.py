@@ -49,6 +49,9 @@ class Settings:
     #: the gRPC port; None: no gRPC front end
     grpc_port: int | None = None
     device: str = "cpu"
+    #: bytes the CUDA provider's memory arena may hold (device=cuda only); None: no cap. Set on
+    #: a time-sliced GPU, where nothing else keeps one model from taking another's memory.
+    gpu_mem_limit: int | None = None
     #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
     model_name: str = ""
     batching: Batching = Batching()
@@ -187,6 +190,13 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         except OSError as e:
             problems.append(f"SERVEDMODEL_AUTH_TOKEN_FILE {token_file} cannot be read: "
                             f"{e.strerror}")
+    device = pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'")
+    gpu_mem_limit = pick("gpu_mem_limit", None, integer, lambda v: v >= 1,
+                         "a positive integer number of bytes (e.g. 4294967296 for 4Gi)")
+    if gpu_mem_limit is not None and device != "cuda":
+        # A cap on a CPU server caps nothing: the deployment meant something else.
+        problems.append(f"{PREFIX}GPU_MEM_LIMIT={gpu_mem_limit} caps the CUDA provider's memory, "
+                        f"but the device is {device!r} (set {PREFIX}DEVICE=cuda, or unset it)")
     settings = Settings(
         context=context_from(flags, env),
         host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
@@ -195,8 +205,8 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         # 0 reads as "off" too, so a deployment can pass the stack's 0 = off through unchanged.
         grpc_port=pick("grpc_port", 0, integer, lambda v: 0 <= v <= 65535,
                        "a port number 1-65535, or 0/unset for no gRPC") or None,
-        device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
-                    "'cpu' or 'cuda'"),
+        device=device,
+        gpu_mem_limit=gpu_mem_limit,
         model_name=pick("model_name", manifest.name, str, valid_model_name,
                         "a model name of letters, digits, '_', '.' and '-'"),
         batching=resolve_batching(manifest, pick, integer),
