@@ -220,7 +220,8 @@ class Session:
         result = subprocess.run(args, cwd=self.sandbox, env=self.env, input=stdin, capture_output=True, text=True,
                                 timeout=BLOCK_TIMEOUT)
         if result.returncode != 0:
-            pytest.fail(f"{block.where}: the ```{block.lang} block failed (exit {result.returncode}):\n"
+            pytest.fail(f"{block.where}: the ```{block.lang} block failed (exit {result.returncode}); fix the "
+                        "docs, or, if it needs what no test machine has, mark it (tests/docs/docsource.py):\n"
                         f"{block.text}\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}")
 
     def script(self, block: Block) -> Path:
