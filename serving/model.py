@@ -101,26 +101,42 @@ class OnnxModel:
         self.run_inline = False
         #: Whether the session's intra-op threads spin between operators (settings, or auto).
         self.spinning = False
+        #: seconds the decryption of an encrypted model took at start (0.0: not encrypted)
+        self.decrypt_seconds = 0.0
+        self._source: bytes | str = ""
         self._output_names = [t.name for t in manifest.outputs]
 
     # -- hooks ------------------------------------------------------------------------------
     def load(self) -> None:
         """Check the file and its sha256, create the session with an explicit providers list and
         check that the session matches the manifest. Raises StartupError with one clear line."""
-        import onnxruntime as ort
-
         m, s = self.manifest, self.settings
         for t in m.inputs + m.outputs:
             if V2_TO_NUMPY[t.datatype] is None:
                 raise StartupError(f"tensor '{t.name}' has datatype {t.datatype}, which this "
                                    f"server does not serve (numeric datatypes except BF16 only)")
         path = Path(s.context) / "model" / m.model_file
-        if not path.is_file():
-            raise StartupError(f"model file not found: {path}")
-        digest = sha256_of(path)
-        if digest != m.sha256:
-            raise StartupError(f"sha256 mismatch for {path}: manifest says {m.sha256}, "
-                               f"file is {digest}")
+        if "encryption" in m.raw:
+            # Decrypted in memory, checked against the manifest's sha256, loaded from bytes:
+            # the plaintext never touches a disk (serving/sealed.py).
+            from .sealed import open_model
+
+            t0 = time.perf_counter()
+            self._source: bytes | str = open_model(s.context, m.raw, s.model_name or m.name,
+                                                   s.model_key_file)
+            self.decrypt_seconds = time.perf_counter() - t0
+        else:
+            if not path.is_file():
+                raise StartupError(f"model file not found: {path}")
+            digest = sha256_of(path)
+            if digest != m.sha256:
+                raise StartupError(f"sha256 mismatch for {path}: manifest says {m.sha256}, "
+                                   f"file is {digest}")
+            self._source = str(path)
+        # Only now: onnxruntime may say things on stderr when it loads (telemetry on a read-only
+        # root), and a refused model must stop with its one line alone.
+        import onnxruntime as ort
+
         if s.device == "cuda":
             if CUDA not in ort.get_available_providers():
                 raise StartupError(f"device=cuda but onnxruntime has no {CUDA} (available: "
@@ -148,6 +164,7 @@ class OnnxModel:
         import onnxruntime as ort
 
         s, path = self.settings, self._path
+        source = self._source        # the file, or an encrypted model's plaintext bytes
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = s.intra_op_threads
         opts.inter_op_num_threads = 1
@@ -168,7 +185,7 @@ class OnnxModel:
         opts.log_severity_level = 4
         self.spinning = spinning
         try:
-            return ort.InferenceSession(str(path), sess_options=opts,
+            return ort.InferenceSession(source, sess_options=opts,
                                         providers=self._providers_wanted)
         except Exception as e:  # onnxruntime raises several types for a corrupt file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -259,6 +276,9 @@ class OnnxModel:
                     self.predict(feeds[b])
         if self.settings.device == "cuda" and self.session.get_providers()[0] != CUDA:
             raise StartupError("device=cuda but CUDAExecutionProvider is not active after warm-up")
+        # No session is made after warm-up: an encrypted model's plaintext is let go (the
+        # session holds the weights it needs).
+        self._source = str(self._path)
         self.warm = True
 
     @property
