@@ -37,7 +37,6 @@ import subprocess
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +64,7 @@ class Block:
     line: int            # 1-based line of the opening fence
     lang: str            # the info string's first word, lowercased ("" when none)
     text: str            # the content, de-indented to the fence's indentation
-    marker: Optional[str]  # the body of the HTML comment on the line before the fence, if any
+    marker: str | None  # the body of the HTML comment on the line before the fence, if any
 
     @property
     def where(self) -> str:
@@ -104,7 +103,7 @@ def blocks(path: Path) -> list[Block]:
 def prose_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, line) of every line outside fenced blocks."""
     out: list[tuple[int, str]] = []
-    fence: Optional[str] = None
+    fence: str | None = None
     for n, line in enumerate(path.read_text().splitlines(), 1):
         m = _FENCE.match(line)
         if fence is None and m:
@@ -137,7 +136,7 @@ class MarkerError(ValueError):
     pass
 
 
-def parse_marker(body: Optional[str]) -> Marker:
+def parse_marker(body: str | None) -> Marker:
     """The marker of a block (None: a plain run). Raises MarkerError naming what is wrong."""
     if body is None:
         return Marker("run")
@@ -169,7 +168,7 @@ def parse_marker(body: Optional[str]) -> Marker:
 
 
 def looks_like_marker(body: str) -> bool:
-    return bool(re.match(r"\s*(not run|run|file)\s*:", body, re.I))
+    return bool(re.match(r"\s*(not run|run|file)\s*:", body, re.IGNORECASE))
 
 
 # --- headings and anchors --------------------------------------------------------------------

@@ -22,7 +22,6 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,15 +31,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
+import docsource
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import docsource  # noqa: E402
-from docsource import ROOT, Block, Marker, MarkerError, parse_marker  # noqa: E402
+from docsource import ROOT, Block, Marker, MarkerError, parse_marker
 
 BLOCK_TIMEOUT = 300       # seconds one block may take (a cold build of the tagger is ~40 s on 2 busy cores)
 READY_TIMEOUT = 240       # seconds a server may take to answer ready (make serve builds first)
@@ -66,9 +63,11 @@ def test_every_command_block_is_run_or_says_why_not() -> None:
             if block.kind == "other":
                 first = block.text.lstrip().split("\n", 1)[0]
                 if block.marker and docsource.looks_like_marker(block.marker):
-                    problems.append(f"{block.where}: a marker on a ```{block.lang or '(unlabelled)'} block, which is never run")
+                    problems.append(f"{block.where}: a marker on a ```{block.lang or '(unlabelled)'} block, "
+                                    "which is never run")
                 if not block.lang and first.startswith(docsource.COMMAND_WORDS):
-                    problems.append(f"{block.where}: an unlabelled block that starts with a command: label it ```bash or ```python")
+                    problems.append(f"{block.where}: an unlabelled block that starts with a command: "
+                                    "label it ```bash or ```python")
                 continue
             try:
                 parse_marker(block.marker)
@@ -176,7 +175,7 @@ class Server:
     process: subprocess.Popen
     log: Path
     addresses: tuple[tuple[str, int], ...]
-    model: Optional[str] = None   # the model it was started for (None: started by a block)
+    model: str | None = None   # the model it was started for (None: started by a block)
 
     def log_lines(self) -> list[str]:
         return self.log.read_text(errors="replace").splitlines()
@@ -216,19 +215,21 @@ class Session:
     ran: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)
 
-    def run(self, args: list[str], block: Block, stdin: Optional[str] = None) -> None:
+    def run(self, args: list[str], block: Block, stdin: str | None = None) -> None:
         result = subprocess.run(args, cwd=self.sandbox, env=self.env, input=stdin, capture_output=True, text=True,
-                                timeout=BLOCK_TIMEOUT)
+                                timeout=BLOCK_TIMEOUT, check=False)
         if result.returncode != 0:
             pytest.fail(f"{block.where}: the ```{block.lang} block failed (exit {result.returncode}); fix the "
                         "docs, or, if it needs what no test machine has, mark it (tests/docs/docsource.py):\n"
-                        f"{block.text}\n--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}")
+                        f"{block.text}\n--- stdout ---\n{result.stdout[-4000:]}\n"
+                        f"--- stderr ---\n{result.stderr[-4000:]}")
 
     def script(self, block: Block) -> Path:
         text = block.text
         if block.lang == "console":  # the commands are the lines after a `$ ` prompt
             text = "".join(line[2:] + "\n" for line in text.splitlines() if line.startswith("$ "))
-        path = self.scratch / f"{docsource.rel(block.path).replace('/', '_')}-{block.line}.{'py' if block.kind == 'python' else 'sh'}"
+        suffix = "py" if block.kind == "python" else "sh"
+        path = self.scratch / f"{docsource.rel(block.path).replace('/', '_')}-{block.line}.{suffix}"
         path.write_text(text)
         return path
 
@@ -253,7 +254,7 @@ class Session:
             time.sleep(0.5)
 
     def start(self, args: list[str], addresses: tuple[tuple[str, int], ...], block: Block,
-              model: Optional[str] = None) -> Server:
+              model: str | None = None) -> Server:
         self.free(addresses)
         log = self.scratch / f"server-{len(list(self.scratch.glob('server-*')))}.log"
         with open(log, "w") as out:
@@ -354,8 +355,9 @@ def run_document(doc: Path, sandbox: Path, scratch: Path, cache: Path) -> Sessio
                 program.parent.mkdir()
                 program.write_text(block.text)
                 result = subprocess.run(["python", "-c", PULUMI_RUNNER, str(program), KUBECONFIG], cwd=sandbox,
-                                        env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
-                assert result.returncode == 0, f"{block.where}: the program failed under the mocks:\n{result.stderr[-4000:]}"
+                                        env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT, check=False)
+                assert result.returncode == 0, \
+                    f"{block.where}: the program failed under the mocks:\n{result.stderr[-4000:]}"
                 counts = json.loads(result.stdout.strip().splitlines()[-1])
                 assert counts.get("servedmodel:index:ServedModel"), f"{block.where} declared no ServedModel: {counts}"
             session.ran.append(block.where)

@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-import docsource  # noqa: E402
-from docsource import ROOT, github_slug, names_a_section, references  # noqa: E402
+import docsource
+from docsource import ROOT, github_slug, names_a_section, references
 
 
 def test_github_slugs() -> None:
     """GitHub's rules (github-slugger), on headings of this repository's kind."""
-    assert github_slug("Sharing a GPU (`servedmodel:gpuShare`, `gpuMemory`)") == "sharing-a-gpu-servedmodelgpushare-gpumemory"
-    assert github_slug("Promoting, aborting and rolling back — by config") == "promoting-aborting-and-rolling-back--by-config"
-    assert github_slug("What `pulumi up` reports") == "what-pulumi-up-reports"
-    assert github_slug("Switching the autoscaler (`hpa` ↔ `keda`) in one `up`") == "switching-the-autoscaler-hpa--keda-in-one-up"
-    assert github_slug("1b. The distribution and the component provider") == "1b-the-distribution-and-the-component-provider"
-    assert github_slug("The [HTTP/2](x.md) layer of **gRPC**") == "the-http2-layer-of-grpc"
-    assert github_slug("snake_case stays") == "snake_case-stays"
+    for heading, anchor in [
+        ("Sharing a GPU (`servedmodel:gpuShare`, `gpuMemory`)", "sharing-a-gpu-servedmodelgpushare-gpumemory"),
+        ("Promoting, aborting and rolling back — by config", "promoting-aborting-and-rolling-back--by-config"),
+        ("What `pulumi up` reports", "what-pulumi-up-reports"),
+        ("Switching the autoscaler (`hpa` ↔ `keda`) in one `up`", "switching-the-autoscaler-hpa--keda-in-one-up"),
+        ("1b. The distribution and the component provider", "1b-the-distribution-and-the-component-provider"),
+        ("The [HTTP/2](x.md) layer of **gRPC**", "the-http2-layer-of-grpc"),
+        ("snake_case stays", "snake_case-stays"),
+    ]:
+        assert github_slug(heading) == anchor
 
 
 def test_repeated_headings_get_numbered_anchors(tmp_path: Path) -> None:
@@ -112,12 +113,14 @@ def test_repository_paths_named_in_documents_and_sources_exist() -> None:
                 continue
             where = f"{docsource.rel(source)}:{text.count(chr(10), 0, m.start()) + 1}"
             named.setdefault(m["path"], []).append(where)
+            definition = rf"^\s*(?:async )?(?:def|class) {m['name']}\b"
             if m["name"] and (ROOT / m["path"]).is_file() and \
-                    not re.search(rf"^\s*(?:async )?(?:def|class) {m['name']}\b", (ROOT / m["path"]).read_text(), re.M):
+                    not re.search(definition, (ROOT / m["path"]).read_text(), re.MULTILINE):
                 named.setdefault(f"{m['path']}::{m['name']}", []).append(where)
     missing = {p: w for p, w in named.items() if "::" in p or not (ROOT / p).exists()}
+    files = "\n".join(p for p in missing if "::" not in p)
     ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, capture_output=True,
-                             text=True, input="\n".join(p for p in missing if "::" not in p)).stdout.split()
+                             check=False, text=True, input=files).stdout.split()
     missing = {p: w for p, w in missing.items() if p not in ignored}
     assert len(named) > 50, "too few paths found: the path parser broke"
     assert missing == {}
