@@ -10,6 +10,10 @@ import pytest
 import servedmodel.models as models
 from servedmodel.models import startup
 
+# At import, while this folder's conftest is the one named `conftest` (inside a test, with
+# xdist, another folder's may be).
+from conftest import cache_key_of
+
 
 def test_build_records_measured_load_and_warmup_outside_the_manifest(build_once):
     r = build_once("lenet", "int8")
@@ -38,7 +42,6 @@ def test_a_cache_hit_reports_the_figures_measured_with_the_context(build_once, c
 def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp_path):
     import json
 
-    from conftest import cache_key_of
     from servedmodel.models import cache as cache_mod
 
     models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
@@ -55,7 +58,6 @@ def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp
 
 
 def test_an_entry_cached_before_the_memory_peak_was_measured_gets_it_once(cache_dir, tmp_path):
-    from conftest import cache_key_of
     from servedmodel.models import cache as cache_mod
 
     models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
