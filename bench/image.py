@@ -31,7 +31,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,9 +137,9 @@ def registry_manifest(repo: str, tag: str) -> dict:
 
 def push_tally(output: str) -> dict[str, int]:
     lines = output.splitlines()
-    return {"pushed": sum(l.endswith(": Pushed") for l in lines),
-            "already there": sum(l.endswith(": Layer already exists") for l in lines),
-            "mounted": sum(": Mounted from " in l for l in lines)}
+    return {"pushed": sum(line.endswith(": Pushed") for line in lines),
+            "already there": sum(line.endswith(": Layer already exists") for line in lines),
+            "mounted": sum(": Mounted from " in line for line in lines)}
 
 
 # --- the seed-style torch image --------------------------------------------------------------
@@ -203,9 +203,11 @@ def torch_wheel() -> Path:
 
 
 def torch_context(model: str, out: Path) -> Path:
-    import torch
-    from servedmodel.models.zoo import ZOO as ZOO_FACTORIES
     import importlib
+
+    import torch
+
+    from servedmodel.models.zoo import ZOO as ZOO_FACTORIES
 
     mod, fn = ZOO_FACTORIES[model][0].split(":")
     spec = getattr(importlib.import_module(mod), fn)()
@@ -279,7 +281,7 @@ def runtime_layers(device: str, work: Path) -> dict:
     layers = [int(layer["size"]) for layer in registry_manifest(repo, r.version)["layers"]]
     return {"runtime_compressed_bytes": sum(layers[:-1]), "layers": len(layers),
             "how": "measured", "base_image": BASE_IMAGE,
-            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python bench/image.py --layers" + ("" if device == "cuda" else " --no-gpu")}
 
 
@@ -316,7 +318,7 @@ def main() -> int:
         return write_layers(opts.no_gpu)
     import servedmodel.models as models
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-image-"))
     run_id = str(int(time.time()))
@@ -346,7 +348,7 @@ def main() -> int:
     print(f"build cold {cold:.1f}s warm {warm:.1f}s model-only {model_only}", flush=True)
 
     # 3. every image (the deps layer is shared), sizes
-    for k, v in built.items():
+    for v in built.values():
         v["build_s"] = model_step_build(v["context"], v["tag"])
         v["size"] = image_size(v["tag"])
         v["model_layer"] = last_layer_size(v["tag"])
@@ -363,14 +365,14 @@ def main() -> int:
         for v in (a, bb):
             docker("tag", v["tag"], f"{REGISTRY}/{repo}:{v['version']}")
             tallies.append(push_tally(docker("push", f"{REGISTRY}/{repo}:{v['version']}").stdout))
-        la = {l["digest"]: l["size"] for l in registry_manifest(repo, a["version"])["layers"]}
+        la = {layer["digest"]: layer["size"] for layer in registry_manifest(repo, a["version"])["layers"]}
         lb = registry_manifest(repo, bb["version"])["layers"]
-        new = [l for l in lb if l["digest"] not in la]
+        new = [layer for layer in lb if layer["digest"] not in la]
         only_model = len(new) == 1 and new[0]["digest"] == lb[-1]["digest"]
-        push_rows.append((m, versions[0][1], versions[1][1], len(lb), len(new), sum(l["size"] for l in new),
+        push_rows.append((m, versions[0][1], versions[1][1], len(lb), len(new), sum(layer["size"] for layer in new),
                           tallies[1], only_model))
         verdicts.append((f"{m}: a model-only change ({versions[0][1]} -> {versions[1][1]}) pushes only the model layer",
-                         only_model, f"{len(new)} new layer(s), {sum(l['size'] for l in new) / MB:.2f} MB"))
+                         only_model, f"{len(new)} new layer(s), {sum(layer['size'] for layer in new) / MB:.2f} MB"))
     print("push done", flush=True)
 
     # 5. cold start, serving images (compression none)
@@ -419,7 +421,7 @@ def main() -> int:
             notes.append(f"GPU image: {str(e).splitlines()[0][:300]}")
 
     # --- report ---------------------------------------------------------------------------------
-    md = [f"## Serving image (`bench/image.py`)", "",
+    md = ["## Serving image (`bench/image.py`)", "",
           f"Measured {started} on {machine_line()}; Docker engine "
           f"{docker('version', '--format', '{{.Server.Version}}').stdout.strip()}, classic builder, "
           f"base `{BASE_IMAGE}` (the Debian stand-in that .ci/prepare-docker.sh builds: "

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import servedmodel.models as models  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
-
 from servedmodel.models.constants import COMPRESSIONS, PRUNED  # noqa: E402 - the one list of compressions
 
 LABEL = {c: ("fp32" if c == "none" else c) for c in COMPRESSIONS}
@@ -121,7 +120,7 @@ def minilm_cosines(fp32_path: Path, int8_path: Path, threads: int) -> np.ndarray
 
 def parity_text(manifest: dict) -> str:
     parts = []
-    for name, o in manifest["parity"]["outputs"].items():
+    for o in manifest["parity"]["outputs"].values():
         s = f"max abs {o['max_abs_err']:.2g}"
         if o.get("top1_agreement") is not None:
             s += f", top-1 {o['top1_agreement']:.3f}"
@@ -250,7 +249,7 @@ def main() -> int:
                          for name in names)
     target_lines = "\n".join(f"| {what} | {value} | {'PASS' if passed else 'FAIL'} |" for what, value, passed in checks)
     md = (f"## prepare: export, compression, onnxruntime latency\n\n"
-          f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}; onnxruntime CPU, "
+          f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_line()}; onnxruntime CPU, "
           f"{args.threads} intra-op threads; latency is the best of >= 20 runs per cell after warm-up, the variants of a model taking turns run by run (so that other load on the machine hits them alike). "
           f"minilm batches are tokenised sentences (padded to the longest); other models get uniform [0, 1) "
           f"inputs. Task metric and drop are the quality gate's record (the manifest's `evaluation`, measured with "

@@ -153,8 +153,8 @@ GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 def grpc_message(model_name: str, feeds) -> bytes:
     """One serialized ModelInferRequest with raw_input_contents (what tritonclient.grpc sends)."""
-    from servedmodel.serving.v2grpc import grpc_predict_v2_pb2 as pb
     from servedmodel.serving.codec import NUMPY_TO_V2
+    from servedmodel.serving.v2grpc import grpc_predict_v2_pb2 as pb
 
     req = pb.ModelInferRequest(model_name=model_name)
     for name, arr in feeds.items():
@@ -195,7 +195,7 @@ def reference_a(context: Path, manifest: dict, seconds: float):
     for b in (1, 8, 32):
         feeds = example_inputs(manifest, b, rng)
         per_call, fastest_session = min(
-            ((timed_loop(lambda: s.run(None, feeds), seconds), s) for s in sessions),
+            ((timed_loop(lambda s=s, feeds=feeds: s.run(None, feeds), seconds), s) for s in sessions),
             key=lambda timed: timed[0])
         per_batch[b], fastest[b] = per_call, (fastest_session, feeds)
     best = max(per_batch, key=lambda b: b / per_batch[b])
@@ -722,8 +722,7 @@ async def _closed_loop(port: int, request: bytes, stop: float, out: list) -> Non
                     close = True
             await reader.readexactly(length)
             status = int(status_line.split()[1]) if status_line else 0
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, IndexError,
-                ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, IndexError, ValueError):
             status, close = 0, True
         out.append((status, time.perf_counter() - t0))
         if close and writer is not None:

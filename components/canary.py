@@ -19,8 +19,16 @@ import pulumi
 
 from .args import ArgsError
 from .args.rollout import DEFAULT_STEPS, ROLLOUT_STRATEGIES, RolloutArgs, duration_seconds, parse_step
-from .monitoring import (FAILURES, HASH_LABEL, HASH_POD_LABEL, REQUEST_DURATION, REQUESTS,
-                         SERVER_FAILURE_REASONS, SHED_REASONS, promql_selector)
+from .monitoring import (
+    FAILURES,
+    HASH_LABEL,
+    HASH_POD_LABEL,
+    REQUEST_DURATION,
+    REQUESTS,
+    SERVER_FAILURE_REASONS,
+    SHED_REASONS,
+    promql_selector,
+)
 from .specs import ROLLOUT_SURGE
 from .timeouts import rollout_wait_seconds
 

@@ -99,7 +99,7 @@ class InstanceType:
     ipv4_per_eni: int
 
     @classmethod
-    def from_ec2(cls, name: str, result: Any) -> "InstanceType":
+    def from_ec2(cls, name: str, result: Any) -> InstanceType:
         """From the invoke's result. `network_cards` is a set upstream (unordered): the default
         card is the one whose index is `default_network_card_index`, never the first listed;
         `maximum_network_interfaces` is the total over every card (60 on a p4d.24xlarge whose

@@ -15,8 +15,7 @@ from typing import Any
 
 import yaml
 
-from .args import AMI_TYPES, ZOO, Declared
-from .args import KEEP_VERSIONS_FLOOR
+from .args import AMI_TYPES, KEEP_VERSIONS_FLOOR, ZOO, Declared
 from .gpus import SUPPORTED_GPU_FAMILIES, UNSUPPORTED_GPU_FAMILIES
 from .settings import NAMESPACE, SCHEMA, SECRET_KEYS
 from .specs import NLB_DEREGISTRATION_LAG_SECONDS, REVISION_HISTORY_LIMIT, ROLLOUT_SURGE

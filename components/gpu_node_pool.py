@@ -4,10 +4,9 @@ lists instance types. The name and type token predate CPU pools and stay: the to
 every child's URN, and renaming it would replace live node groups."""
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
-
-import base64
 
 import pulumi
 import pulumi_aws as aws

@@ -31,7 +31,7 @@ def is_plain(value: Any) -> bool:
 def _plain_items(value: Any) -> Any:
     """A list or tuple whose items are Outputs becomes one Output of the list (checked whole)."""
     if isinstance(value, (list, tuple)) and not all(is_plain(v) for v in value):
-        return pulumi.Output.all(*value).apply(lambda items: type(value)(items))
+        return pulumi.Output.all(*value).apply(type(value))
     return value
 
 

@@ -80,7 +80,6 @@ class ModelImage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ModelImage", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         registries: list[docker_build.RegistryArgs] = []
         marker = args.build_marker or BUILD_MARKER_PREFIX + pulumi.get_stack()
         in_registry: Optional[dict[str, str]] = None  # tag -> digest; None: the registry cannot be asked

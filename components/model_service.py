@@ -9,7 +9,7 @@ import pulumi_kubernetes as k8s
 
 from . import canary, specs
 from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
-from .inputs import given, lift
+from .inputs import lift
 from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 

@@ -26,7 +26,6 @@ import yaml
 from .args.monitoring import MonitoringArgs
 from .specs import INFLIGHT_METRIC
 
-
 # The server's metrics (docs/protocol.md); every series has the label `model`.
 REQUESTS = "servedmodel_requests_total"
 FAILURES = "servedmodel_request_failures_total"

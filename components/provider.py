@@ -30,8 +30,13 @@ import pulumi
 from pulumi.errors import InputPropertiesError, InputPropertyErrorDetails
 from pulumi.provider import ConstructResult
 from pulumi.provider import main as serve
-from pulumi.provider.experimental.analyzer import (Analyzer, ComponentDefinition, PropertyDefinition, PropertyType,
-                                                   TypeDefinition)
+from pulumi.provider.experimental.analyzer import (
+    Analyzer,
+    ComponentDefinition,
+    PropertyDefinition,
+    PropertyType,
+    TypeDefinition,
+)
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.experimental.schema import generate_schema
 from pulumi.provider.server import ComponentInitError

@@ -28,12 +28,28 @@ from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 
-from .args import (AMI_TYPES, AUTOSCALE_METRICS, GROUP_TYPES, REQUIRED, SERVICE_TYPES, TARGETS, ZOO, ArgsError,
-                   Declared, ModelArgs, NodePoolArgs, Schema, ServedModelArgs, cross_group_problems, setting)
+from servedmodel.models.constants import COMPRESSIONS
+
 from . import capacity
+from .args import (
+    AMI_TYPES,
+    AUTOSCALE_METRICS,
+    GROUP_TYPES,
+    REQUIRED,
+    SERVICE_TYPES,
+    TARGETS,
+    ZOO,
+    ArgsError,
+    Declared,
+    ModelArgs,
+    NodePoolArgs,
+    Schema,
+    ServedModelArgs,
+    cross_group_problems,
+    setting,
+)
 from .args.setting import camel
 from .specs import ROLLOUT_SURGE
-from servedmodel.models.constants import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional, Sequence
 
-from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
 from servedmodel.components.platforms import ARCH_LABEL
+from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80

@@ -152,7 +152,7 @@ def check_rows_independent(spec, ref: Reference) -> None:
             "Make rows independent (no reductions, normalisation or branches across dim 0; BatchNorm and "
             "Dropout in eval mode), or set max_batch_size=0 (no batch dimension: batching off)"))
 
-    for i in sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, ROW_PROBES))}):
+    for i in sorted({round(x) for x in np.linspace(0, n - 1, min(n, ROW_PROBES))}):
         alone = run(tuple(a[i:i + 1] for a in batch.inputs))
         for name, got, want in zip(spec.output_names, alone, expected):
             diff = _rows_differ(got, want[i:i + 1], atol, rtol)

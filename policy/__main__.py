@@ -10,7 +10,7 @@ import sys
 from pulumi_policy import EnforcementLevel, PolicyPack, ResourceValidationPolicy, StackValidationPolicy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rules  # noqa: E402
+import rules
 
 
 def _validator(rule):

@@ -49,7 +49,7 @@ class App:
         self.grpc = None
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         if settings.grpc_port:
-            from .grpc_server import GrpcFrontEnd   # protobuf is imported only when used
+            from .grpc_server import GrpcFrontEnd  # protobuf is imported only when used
 
             self.grpc = GrpcFrontEnd(svc, settings.host, settings.grpc_port,
                                      settings.max_body_bytes)

@@ -10,8 +10,8 @@ A count bound (`max_queue_size`) is the backstop for models too fast to estimate
 from __future__ import annotations
 
 import asyncio
-import sys
 import contextlib
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,7 +64,7 @@ class Arrival:
     and cannot bracket both in one block (gRPC: the call is handed over, then its message)."""
     __slots__ = ("_batcher",)
 
-    def __init__(self, batcher: "Batcher") -> None:
+    def __init__(self, batcher: Batcher) -> None:
         self._batcher: Batcher | None = batcher
         batcher.arriving += 1
 
@@ -302,7 +302,7 @@ class Batcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             rows = self._take(batch, rows)
         return rows

@@ -101,7 +101,7 @@ class ConnectionGuard:
         errors = self.metrics.connection_errors
         errors[reason] = errors.get(reason, 0) + 1
 
-    def admit(self, conn: "GuardedProtocol") -> str:
+    def admit(self, conn: GuardedProtocol) -> str:
         """'normal', 'probe' (the reserve: health and metrics only) or 'refuse'."""
         cap = self.limits.max_connections
         if self.open >= cap and self.waiting:
@@ -113,12 +113,12 @@ class ConnectionGuard:
             return "probe"
         return "refuse"
 
-    def opened(self, conn: "GuardedProtocol") -> None:
+    def opened(self, conn: GuardedProtocol) -> None:
         self.open += 1
         self.metrics.connections = self.open
         self.metrics.connections_total += 1
 
-    def closed(self, conn: "GuardedProtocol") -> None:
+    def closed(self, conn: GuardedProtocol) -> None:
         self.open -= 1
         self.metrics.connections = self.open
         self.waiting.pop(conn, None)
@@ -135,7 +135,7 @@ class _Flow(FlowControl):
     has unparsed bytes waiting (its pipeline is full) reading stays paused, else every
     response would let another read of up to 256 KB pile up behind the parser."""
 
-    def __init__(self, transport, conn: "GuardedProtocol") -> None:
+    def __init__(self, transport, conn: GuardedProtocol) -> None:
         super().__init__(transport)
         self._conn = conn
 

@@ -17,12 +17,22 @@ from google.protobuf.message import DecodeError
 
 from .batcher import Arrival
 from .errors import ServingError, StartupError
-from .grpc_health import (NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest,
-                          HealthCheckResponse)
+from .grpc_health import NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest, HealthCheckResponse
 from .h2 import Call, GrpcLimits, GrpcListener
-from .h2.grpc import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
-                      RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP, UNAUTHENTICATED,
-                      UNAVAILABLE, UNIMPLEMENTED)
+from .h2.grpc import (
+    CANCELLED,
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    RESOURCE_EXHAUSTED,
+    RETRY,
+    STATUS_NAMES,
+    STATUS_OF_HTTP,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+)
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService

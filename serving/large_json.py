@@ -19,7 +19,7 @@ import os
 import numpy as np
 import orjson
 
-from .codec import CHUNK_ELEMENTS   # lists and arrays longer than this: freed, written in pieces
+from .codec import CHUNK_ELEMENTS  # lists and arrays longer than this: freed, written in pieces
 
 #: Bodies below this size are parsed whole: one call is short.
 MIN_BYTES = 1024 * 1024

@@ -164,7 +164,7 @@ class OnnxModel:
     def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
         """Inputs for one warm-up run: `batch` rows, other dynamic dimensions WARMUP_DIM."""
         feeds = {}
-        for i, t in enumerate(self.manifest.inputs):
+        for t in self.manifest.inputs:
             shape = [d if d >= 0 else WARMUP_DIM for d in t.shape]
             if self.batching.enabled:
                 shape[0] = batch

@@ -18,8 +18,16 @@ import numpy as np
 import orjson
 
 from . import large_json
-from .codec import (CONTENTS_FIELDS, MAX_DEPTH, V2_TO_NUMPY, decode_binary, decode_contents,
-                    decode_json, element_count, encode_json)
+from .codec import (
+    CONTENTS_FIELDS,
+    MAX_DEPTH,
+    V2_TO_NUMPY,
+    decode_binary,
+    decode_contents,
+    decode_json,
+    element_count,
+    encode_json,
+)
 from .errors import ServingError
 from .manifest import Manifest, TensorSpec
 

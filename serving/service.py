@@ -8,7 +8,6 @@ import gc
 import hmac
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import orjson
@@ -172,7 +171,7 @@ class InferenceService:
         return self.metrics.render(inflight=self.inflight, queue_depth=b.queued if b else 0,
                                    ready=self.ready)
 
-    def body_budget(self) -> "BodyBudget":
+    def body_budget(self) -> BodyBudget:
         return BodyBudget(self.metrics, self.settings.max_buffered_bytes)
 
     # -- auth -------------------------------------------------------------------------------

@@ -31,6 +31,12 @@ docs/architecture.md (section 1a) has the whole path from stack config to resour
 """
 from servedmodel.models.loader import is_model_ref
 
+# Helpers that live with their concepts now (gpus.py, karpenter.py, keda.py, specs.py), still
+# importable from here as before.
+from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families
+from ..karpenter import CAPACITY_TYPES, CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS, gpu_limit_needed
+from ..keda import METRICS as KEDA_METRICS
+from ..specs import ROLLOUT_SURGE
 from .autoscaling import AUTOSCALE_METRICS, AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, is_dns_label
 from .elastic import AUTOSCALERS, NODE_PROVISIONERS, ElasticArgs
@@ -46,13 +52,6 @@ from .rules import RULES, cross_group_problems, draining_problems, rule
 from .served_model import GROUP_TYPES, TARGETS, ServedModelArgs
 from .server import BATCHING_SETTINGS, ServerArgs
 from .setting import REQUIRED, Declared, Schema, Setting, setting, settings_of
-
-# Helpers that live with their concepts now (gpus.py, karpenter.py, keda.py, specs.py), still
-# importable from here as before.
-from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families  # noqa: E402
-from ..karpenter import CAPACITY_TYPES, CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS, gpu_limit_needed  # noqa: E402
-from ..keda import METRICS as KEDA_METRICS  # noqa: E402
-from ..specs import ROLLOUT_SURGE  # noqa: E402
 
 __all__ = [
     "AMI_TYPES", "AUTOSCALERS", "AUTOSCALE_METRICS", "BATCHING_SETTINGS", "CAPACITY_TYPES", "CONSOLIDATION_POLICIES",

@@ -10,8 +10,16 @@ from typing import Any, Optional, Sequence
 
 import pulumi
 
-from ..karpenter import (AMI_ALIAS, BUDGET_NODES, CAPACITY_TYPES, CONSOLIDATION_POLICIES, DURATION,
-                         KARPENTER_DEFAULTS, ROLE_NAME, wrong_ids)
+from ..karpenter import (
+    AMI_ALIAS,
+    BUDGET_NODES,
+    CAPACITY_TYPES,
+    CONSOLIDATION_POLICIES,
+    DURATION,
+    KARPENTER_DEFAULTS,
+    ROLE_NAME,
+    wrong_ids,
+)
 from .checking import ArgsGroup, Checker, dns_label, integer, matching, one_of
 from .setting import setting
 

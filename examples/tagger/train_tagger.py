@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from tagger import CLASSES, VOCAB, Tagger
 
 

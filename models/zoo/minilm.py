@@ -57,7 +57,9 @@ def model_path():
 
 def load_tokenizer():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub
-    from transformers import AutoTokenizer
+    # From its module, not the package root: the same class, and the type checker need not read
+    # the root's import of every model transformers has.
+    from transformers.models.auto.tokenization_auto import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_path()), local_files_only=True)
 
@@ -98,7 +100,7 @@ def evaluations(tokenizer) -> tuple[Evaluation, Evaluation]:
 
 def minilm() -> ModelSpec:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel
+    from transformers.models.auto.modeling_auto import AutoModel  # from its module: see load_tokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress is the pipeline's to report
@@ -145,7 +147,7 @@ def request_bounds(config) -> dict:
     seq = config.max_position_embeddings
     return {
         "input_ranges": {"input_ids": (0, config.vocab_size - 1), "attention_mask": (0, 1)},
-        "input_max_shapes": {n: (-1, seq) for n in INPUTS},
+        "input_max_shapes": dict.fromkeys(INPUTS, (-1, seq)),
         "max_request_elements": MAX_REQUEST_TOKENS * len(INPUTS),
     }
 

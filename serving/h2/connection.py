@@ -33,18 +33,68 @@ from ..errors import ServingError
 from . import streams as st
 from .call import NO_SLOT, STREAMING_SLOT, UNARY_SLOT, Budget, Call, Handler
 from .flow import ReceiveWindow, SendWindow
-from .frames import (ACK, CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,
-                     ENHANCE_YOUR_CALM, FRAME_HEAD, FRAME_SIZE_ERROR, GOAWAY, HEAD, HEADERS,
-                     INTERNAL_ERROR, MAX_FRAME, NO_ERROR, PADDED, PING, PREFACE, PRIORITY,
-                     PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM,
-                     S_INITIAL_WINDOW_SIZE, S_MAX_CONCURRENT_STREAMS, S_MAX_FRAME_SIZE,
-                     S_MAX_HEADER_LIST_SIZE, SETTINGS, SETTINGS_ACK, WINDOW_UPDATE, H2Error,
-                     check_goaway, check_priority, connection_error, frame, frame_head,
-                     goaway, header_fragment, parse_settings, rst_code, rst_stream,
-                     settings, strip_padding, window_increment, window_update)
-from .grpc import (DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, RESPONSE_HEAD, RETRY,
-                   STATUS_OF_HTTP, UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, http_head,
-                   parse_timeout, read_prefix, status_block)
+from .frames import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FRAME_HEAD,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEAD,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_FRAME,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    SETTINGS_ACK,
+    WINDOW_UPDATE,
+    H2Error,
+    check_goaway,
+    check_priority,
+    connection_error,
+    frame,
+    frame_head,
+    goaway,
+    header_fragment,
+    parse_settings,
+    rst_code,
+    rst_stream,
+    settings,
+    strip_padding,
+    window_increment,
+    window_update,
+)
+from .grpc import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    RESOURCE_EXHAUSTED,
+    RESPONSE_HEAD,
+    RETRY,
+    STATUS_OF_HTTP,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    http_head,
+    parse_timeout,
+    read_prefix,
+    status_block,
+)
 from .headers import HeaderBlocks, Malformed
 from .limits import GrpcLimits
 
@@ -649,7 +699,7 @@ class GrpcConnection(asyncio.Protocol):
         self.last_sid = sid
         try:
             head = self.blocks.request(block)
-        except Malformed as e:      # a stream error (RFC 9113, 8.1.1) on a stream never opened
+        except Malformed:      # a stream error (RFC 9113, 8.1.1) on a stream never opened
             self.front.protocol_error("malformed_headers", PROTOCOL_ERROR)
             self._remember(sid, st.RESET_BY_US)
             self.out.append(rst_stream(sid, PROTOCOL_ERROR))

@@ -108,8 +108,8 @@ def scan(block: bytes) -> tuple[int, int]:
 
 
 def _check_field(name: bytes, value: bytes) -> None:
-    if not name or name.translate(None, _NAME_OCTETS) and not (
-            name[0] == 0x3A and not name[1:].translate(None, _NAME_OCTETS)):
+    if not name or (name.translate(None, _NAME_OCTETS) and not (
+            name[0] == 0x3A and not name[1:].translate(None, _NAME_OCTETS))):
         raise Malformed(f"field name {name[:64]!r} is empty or holds uppercase letters, "
                         f"controls, spaces or ':'")
     if value and (b"\0" in value or b"\n" in value or b"\r" in value

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pulumi_harness import TEST_SECRET, kubernetes_manifest, run_program, stack_file
 from servedmodel.components import MonitoringArgs, RolloutArgs, canary, monitoring, specs
 from servedmodel.components.settings import SCHEMA
-from pulumi_harness import TEST_SECRET, kubernetes_manifest, run_program, stack_file
 from test_settings import problems
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monitoring"))
-from promkit import binary, run_promtool  # noqa: E402
+from promkit import binary, run_promtool
 
 ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
 TEMPLATE = "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate"

@@ -9,10 +9,10 @@ import pulumi
 import pytest
 
 import pulumi_harness
-from servedmodel.components import ArgsError, NodePoolArgs, capacity, gpus
+from pulumi_harness import EC2_INSTANCE_TYPES, TEST_SECRET, run_program
+from servedmodel.components import NodePoolArgs, capacity, gpus
 from servedmodel.components.args import ResourcesArgs, cross_group_problems
 from servedmodel.components.settings import parse_settings
-from pulumi_harness import EC2_INSTANCE_TYPES, TEST_SECRET, run_program
 from test_settings import problems, raw_for
 
 SECRETS = {"servedmodel:authToken": TEST_SECRET}
@@ -163,7 +163,7 @@ def test_a_gpu_pool_refuses_a_volta_type_naming_the_field():
 ])
 def test_a_gpu_rollout_must_fit_the_pool_maximum(overrides, fits):
     config = {"servedmodel:nodeMin": 1, "servedmodel:nodeDesired": 1, **overrides}
-    found = [p for p in capacity.fit_problems(served("prod", config), FACTS)]
+    found = list(capacity.fit_problems(served("prod", config), FACTS))
     if fits:
         assert found == []
     else:

@@ -12,12 +12,20 @@ from typing import Optional
 import pulumi
 import pytest
 
-from servedmodel.components.args import (REQUIRED, ArgsError, ArgsGroup, Checker, Schema, ServedModelArgs, setting,
-                                         settings_of)
+from pulumi_harness import project_config as committed_project_config
+from servedmodel.components.args import (
+    REQUIRED,
+    ArgsError,
+    ArgsGroup,
+    Checker,
+    Schema,
+    ServedModelArgs,
+    setting,
+    settings_of,
+)
 from servedmodel.components.args.checking import integer
 from servedmodel.components.config_doc import project_config
 from servedmodel.components.settings import SCHEMA, _decode, _is_unset
-from pulumi_harness import project_config as committed_project_config
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ def test_the_committed_pulumi_yaml_declares_what_the_declarations_say():
     assert committed_project_config() == project_config()
 
 
-@pytest.mark.parametrize("d", [d for d in SCHEMA.project_settings()], ids=lambda d: d.key)
+@pytest.mark.parametrize("d", list(SCHEMA.project_settings()), ids=lambda d: d.key)
 def test_the_stack_default_is_the_python_default(d):
     """Pulumi.yaml's default, read as the stack reads it, is the args field's own default."""
     typed, problem = _decode(d, d.stack_default, in_group=False)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
+from pulumi_harness import STACKS, project_config, stack_file
 from servedmodel.components import config_doc
 from servedmodel.components.settings import PROJECT_KEYS, STACK_ONLY_KEYS
-from pulumi_harness import STACKS, project_config, stack_file
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pulumi_harness import project_config
 from servedmodel.components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
 from servedmodel.components.settings import SCHEMA, parse_settings
-from pulumi_harness import project_config
 from test_settings import problems, raw_for
 
 

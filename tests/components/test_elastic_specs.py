@@ -265,6 +265,6 @@ def test_the_interceptor_routes_the_public_name_too():
     pkg/routing/table.go, interceptor/middleware/routing.go): the public name is listed."""
     from servedmodel.components.args import ArgsError, NetworkArgs
 
-    with pytest.raises(ArgsError, match="network.hostname"):  # the name is checked where it is set
+    with pytest.raises(ArgsError, match=r"network\.hostname"):  # the name is checked where it is set
         NetworkArgs(hostname="Models_example")
     assert keda_args(hostname="classifier.models.example.com").hostname == "classifier.models.example.com"

@@ -3,13 +3,11 @@ CRDs, the burst stack's Karpenter + KEDA + scale-to-zero graph, and the cold-sta
 stack output driving the startup probe, the progress deadline and the interceptor's wait."""
 from __future__ import annotations
 
-import json
-
 import kubernetes_validate
 import pytest
 
-from servedmodel.components import coldstart, specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, kubernetes_manifest, run_program
+from servedmodel.components import coldstart, specs
 from tests.crds.validate import validate_custom_resource
 
 CUSTOM = ("kubernetes:karpenter.sh/", "kubernetes:karpenter.k8s.aws/", "kubernetes:keda.sh/",
@@ -40,7 +38,7 @@ def test_cold_start_output_for_every_model(stack_runs, stack):
     run = stack_runs[stack]
     cold = run.outputs["coldStart"]
     assert set(cold) == set(run.outputs["url"])
-    for name, budget in cold.items():
+    for budget in cold.values():
         assert set(budget) == {"nodeSeconds", "pullSeconds", "startSeconds", "totalSeconds"}
         assert budget["startSeconds"] > 0
         assert budget["totalSeconds"] == pytest.approx(

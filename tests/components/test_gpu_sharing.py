@@ -16,13 +16,20 @@ import pytest
 
 import servedmodel.models as models
 from lifecycle_model import plan
-from pulumi_harness import EC2_INSTANCE_TYPES, KUBERNETES_VERSION, TEST_SECRET, kubernetes_manifest, run_program, variant_run
+from pulumi_harness import (
+    EC2_INSTANCE_TYPES,
+    KUBERNETES_VERSION,
+    TEST_SECRET,
+    kubernetes_manifest,
+    run_program,
+    variant_run,
+)
 from servedmodel.components import capacity, coldstart, gpus, specs
 from servedmodel.components.args import ArgsError, ResourcesArgs
 from servedmodel.components.settings import ConfigError, parse_settings
-from tests.crds.validate import validate_custom_resource
 from test_platforms import recorded
 from test_settings import raw_for
+from tests.crds.validate import validate_custom_resource
 
 SECRETS = {"servedmodel:authToken": TEST_SECRET}
 # prod's resnet on a quarter of a g5.xlarge's A10G: small CPU and memory requests so four fit a node.

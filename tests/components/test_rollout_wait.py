@@ -16,10 +16,19 @@ import pytest
 import yaml
 
 import argo_status as argo
-from servedmodel.components import canary, timeouts
-from servedmodel.components.rollout_wait import (DONE, FAILED, TRIGGERS, WAIT, RolloutWaitError, RolloutWaitProvider,
-                                                 rollout_verdict, spec_hash, wait_for_rollout)
 from pulumi_harness import TEST_SECRET, run_program, variant_run
+from servedmodel.components import canary, timeouts
+from servedmodel.components.rollout_wait import (
+    DONE,
+    FAILED,
+    TRIGGERS,
+    WAIT,
+    RolloutWaitError,
+    RolloutWaitProvider,
+    rollout_verdict,
+    spec_hash,
+    wait_for_rollout,
+)
 
 ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
 WAITER = "pulumi-python:dynamic/servedmodel:RolloutWait"
@@ -199,7 +208,7 @@ def test_the_provider_fails_the_update_when_the_canary_aborts():
 
 def test_the_provider_waits_again_only_for_a_new_spec():
     provider = RolloutWaitProvider()
-    old = {k: "x" for k in TRIGGERS} | {"timeoutSeconds": 600, "verdict": "done"}
+    old = dict.fromkeys(TRIGGERS, "x") | {"timeoutSeconds": 600, "verdict": "done"}
     assert not provider.diff("id", old, old | {"timeoutSeconds": 900, "kubeconfig": "another"}).changes
     assert provider.diff("id", old, old | {"specHash": "y"}).changes
     assert provider.diff("id", old, old | {"name": "y"}).replaces == []

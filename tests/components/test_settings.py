@@ -6,10 +6,9 @@ import json
 import pulumi
 import pytest
 
+from pulumi_harness import STACKS, merged_config, project_config
 from servedmodel.components.args import ArgsError, ModelArgs
 from servedmodel.components.settings import ConfigError, parse_settings
-from pulumi_harness import STACKS, merged_config, project_config
-
 
 # prod is public: it deploys once its token secret is set (as in the tests' stack runs).
 TOKEN = {"servedmodel:authToken": "t0ken"}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from servedmodel.components import specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kubernetes_manifest
+from servedmodel.components import specs
 from tests.crds.validate import validate_custom_resource
 
 COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
@@ -444,6 +444,7 @@ def test_several_models_on_docker_get_consecutive_ports(model_cache):
 
 def test_a_failing_model_build_stops_the_program_naming_the_model(model_cache, tmp_path):
     import pulumi
+
     from pulumi_harness import run_program
 
     with pytest.raises(pulumi.RunError) as err:

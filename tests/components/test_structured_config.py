@@ -12,8 +12,8 @@ import json
 import pulumi
 import pytest
 
+from pulumi_harness import STACKS, TEST_SECRET, flat_stack, merged_config, run_program, stack_file
 from servedmodel.components.settings import SCHEMA, ConfigError, parse_settings, read_config
-from pulumi_harness import (STACKS, TEST_SECRET, flat_stack, merged_config, run_program, stack_file)
 
 TOKEN = {"servedmodel:authToken": TEST_SECRET}
 GROUPED_STACKS = [s for s in STACKS if any(isinstance(v, dict) and "secure" not in v for v in stack_file(s).values())]

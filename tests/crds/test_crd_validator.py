@@ -140,7 +140,7 @@ def test_preserve_unknown_fields_and_additional_properties_allow_free_maps():
 
 
 def test_unknown_kind_is_an_error_naming_the_known_ones():
-    with pytest.raises(AssertionError, match="no CRD schema for apiVersion='keda.sh/v1' kind='ScaledObject'.*keda.sh/v1alpha1/ScaledObject"):
+    with pytest.raises(AssertionError, match=r"no CRD schema for apiVersion='keda.sh/v1' kind='ScaledObject'.*keda.sh/v1alpha1/ScaledObject"):
         validate_custom_resource({"apiVersion": "keda.sh/v1", "kind": "ScaledObject", "metadata": {"name": "x"}})
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def known_kinds() -> list[str]:
     return sorted(p.relative_to(HERE).with_suffix("").as_posix() for p in HERE.glob("*/*/*.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(api_version: str, kind: str) -> dict[str, Any]:
     path = schema_path(api_version, kind)
     if "/" not in api_version or not path.is_file():

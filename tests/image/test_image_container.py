@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from imagekit import REGISTRY, Container, build_image, docker, inspect
+from imagekit import Container, build_image, docker, inspect
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

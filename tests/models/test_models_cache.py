@@ -9,8 +9,6 @@ import time
 import pytest
 
 import servedmodel.models as models
-import servedmodel.models.export
-import servedmodel.models.pipeline
 from conftest import FACTORIES, cache_key_of, cli_json, run_cli
 
 
@@ -103,7 +101,6 @@ def test_damaged_cache_entry_is_rebuilt(cache_dir, tmp_path):
 
 
 def test_unexpected_errors_are_build_errors(cache_dir, tmp_path, monkeypatch):
-    import servedmodel.models.verify
 
     def broken(*a, **k):
         raise ValueError("boom")

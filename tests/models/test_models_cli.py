@@ -128,7 +128,6 @@ def test_list(cache_dir):
 def test_cuda_without_gpu_requirements_fails_clearly(tmp_path, monkeypatch):
     """Before the GPU requirements exist, --device cuda stops at once (exit 8), exporting nothing."""
     import servedmodel.models as models
-    import servedmodel.models.package
 
     serving = tmp_path / "serving"
     serving.mkdir()

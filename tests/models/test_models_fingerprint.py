@@ -15,10 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ROOT
 from servedmodel.models import Evaluation, FineTune, ModelSpec, Tolerance
 from servedmodel.models.fingerprint import spec_fingerprint
-
-from conftest import ROOT
 
 
 class Net(nn.Module):

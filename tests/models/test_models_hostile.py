@@ -65,7 +65,6 @@ def test_rows_alone_and_reordered_must_agree(monkeypatch, module, probes, couple
 
     import torch
 
-    import servedmodel.models.verify
     from servedmodel.models.verify import check_rows_independent, reference
 
     monkeypatch.setattr(models.verify, "ROW_PROBES", probes)

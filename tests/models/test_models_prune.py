@@ -163,7 +163,7 @@ def test_finetune_by_distillation_brings_the_pruned_model_back():
     assert d0["finetune"] is None and d1["finetune"]["targets"] == "distilled from the unpruned module"
     assert distilled[0].out_features == pruned_only[0].out_features == 16 and distilled[2].out_features == 4
     assert err1 < 0.5 * err0
-    with pytest.raises(SpecError, match="targets None .* needs loss 'mse'"):
+    with pytest.raises(SpecError, match=r"targets None .* needs loss 'mse'"):
         FineTune(inputs=(x,), targets=None, loss="cross_entropy")
 
 

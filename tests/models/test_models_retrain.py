@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import servedmodel.models as models
-import servedmodel.models.export
 from conftest import ROOT, cli_json, run_cli
 
 # The bring-your-own shape of docs/pipeline.md: weights (scorer.pt) and data (data.npz) are files

@@ -63,7 +63,7 @@ def test_zoo_model_builds(build_once, model, compression):
     # parity recorded and passed, against the fp32 torch model, on batch 1 and more
     p = m["parity"]
     assert p["passed"] and p["reference"] == "torch-fp32-eager" and 1 in p["batch_sizes"] and max(p["batch_sizes"]) >= 8
-    for name, o in p["outputs"].items():
+    for o in p["outputs"].values():
         assert o["max_abs_err"] is not None and o["max_rel_err"] is not None
         if m["task"] == "classification":
             assert o["top1_agreement"] >= (0.9 if compression == "int8" else 0.99)

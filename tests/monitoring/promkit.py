@@ -68,7 +68,7 @@ class Prometheus:
              f"--web.console.templates={workdir}", f"--web.console.libraries={workdir}"],
             cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 30.0) -> "Prometheus":
+    def wait_ready(self, timeout: float = 30.0) -> Prometheus:
         wait_until_ready(self.proc, self.url + "/-/ready", timeout, "prometheus", self.output)
         return self
 

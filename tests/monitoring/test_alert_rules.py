@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from promkit import ROOT, run_promtool
 from servedmodel.components import monitoring
 from servedmodel.components.monitoring import MonitoringArgs, Scope
-from promkit import ROOT, run_promtool
 
 NS, MODEL, WORKLOAD = "servedmodel", "classifier", "classifier-deploy-1a2b3c"
 ARGS = MonitoringArgs(mode="prometheus-operator", latency_slo_ms=500, alert_failure_ratio=0.01,

@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
+from contexts import write_context  # tests/serving/contexts.py
+from promkit import Prometheus, free_port
 from servedmodel.components import canary, monitoring
 from servedmodel.components.canary import CANARY_HASH_ARG, RolloutArgs
 from servedmodel.components.monitoring import MonitoringArgs, Scope
-from promkit import Prometheus, free_port
-from contexts import write_context  # tests/serving/contexts.py
 from serverkit import ServerProcess  # tests/serving/serverkit.py
 
 pytestmark = pytest.mark.slow

@@ -8,11 +8,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from promkit import run_promtool
 from servedmodel.components import canary, monitoring, specs
 from servedmodel.components.args import ArgsError
 from servedmodel.components.canary import RolloutArgs, RolloutSpec
 from servedmodel.components.monitoring import MonitoringArgs, Scope
-from promkit import run_promtool
 from tests.crds.validate import validate_custom_resource
 
 KUBERNETES_VERSION = "1.33.0"

@@ -54,7 +54,7 @@ class RawClient:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data = self.sock.recv(1 << 16)
-            except (ConnectionResetError, socket.timeout) as e:
+            except (TimeoutError, ConnectionResetError) as e:
                 if isinstance(e, socket.timeout):
                     raise AssertionError("no frame from the server in time") from None
                 return None

@@ -13,12 +13,13 @@ import httpx
 import numpy as np
 import pytest
 
-from contexts import write_context
-from serverkit import metric_sum
 # tritonclient's copy of the V2 messages, as test_grpc.py uses: one process cannot load two
 # copies of the same proto package ("inference").
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from contexts import write_context
+from serverkit import metric_sum
 
 NAME = "test-slower"
 INFER = f"/v2/models/{NAME}/infer"

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 
 import httpx
@@ -60,7 +59,7 @@ def _closed_within(s: socket.socket, seconds: float) -> tuple[float | None, byte
             got += chunk
     except (ConnectionResetError, BrokenPipeError):
         return time.monotonic() - t0, got
-    except socket.timeout:
+    except TimeoutError:
         return None, got
 
 

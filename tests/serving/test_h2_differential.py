@@ -25,9 +25,8 @@ from hpack import Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
 
-from servedmodel.serving.h2 import frames as fr
-
 from h2harness import connect, errors_in, listener
+from servedmodel.serving.h2 import frames as fr
 
 STREAMS = [1, 1, 3, 3, 5, 7, 0, 2]
 PATH = "/t/Wait"

@@ -235,11 +235,12 @@ def test_per_dimension_maxima_and_element_budget(bounded_server):
 def test_grpc_front_end_has_the_same_checks_and_isolation(tmp_path_factory, start_server):
     import grpc
 
-    from conftest import free_port
     # tritonclient's stubs (an independent client; importing ours too would register the
     # same proto package twice in this process)
     from tritonclient.grpc import service_pb2 as pb
     from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    from conftest import free_port
 
     def edit(doc):
         doc["inputs"][0]["range"] = [0, 99]

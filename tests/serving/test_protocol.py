@@ -164,7 +164,7 @@ def test_concurrent_requests_are_batched_and_split_correctly(mlp_server):
 
 def _metric(text: str, name: str) -> str:
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             return line.rsplit(" ", 1)[1]
     raise AssertionError(f"{name} not in /metrics")
 
