@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -229,7 +229,10 @@ def to_int8(spec, src: Path, out_path: Path, options: Int8Options) -> CompressRe
             if not spec.calibration_inputs:
                 raise BuildError(spec.name, "compression", "static int8 needs calibration_inputs in the ModelSpec")
             q.quantize_static(
-                pre, raw, calibration_data_reader=_Calibration(spec), quant_format=q.QuantFormat.QDQ,
+                # _Calibration has the reader's two methods; it does not subclass it, so that this
+                # module loads without onnxruntime.
+                pre, raw, calibration_data_reader=cast(q.CalibrationDataReader, _Calibration(spec)),
+                quant_format=q.QuantFormat.QDQ,
                 op_types_to_quantize=list(options.op_types) if options.op_types else None,
                 per_channel=options.per_channel, reduce_range=options.reduce_range,
                 activation_type=activation_type, weight_type=weight_type,

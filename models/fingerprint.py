@@ -112,7 +112,7 @@ class _Encoder:
             self._class(h, type(obj))
             h.update(f"enum:{obj.name};".encode())
         elif isinstance(obj, _PRIMITIVES):
-            base = next(t for t in type(obj).__mro__ if t in _PRIMITIVES)
+            base: Any = next(t for t in type(obj).__mro__ if t in _PRIMITIVES)
             h.update(f"{type(obj).__qualname__}:{base.__repr__(obj)};".encode())
         elif isinstance(obj, (bytes, bytearray, memoryview)):
             data = bytes(obj)

@@ -200,7 +200,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
             cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if export_key else None
-            if cached_export is not None:
+            if cached_export is not None and export_key:
                 shutil.copyfile(cached_export[0], fp32)
                 exported = exporter.ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
                                         size_bytes=cached_export[1]["size_bytes"])

@@ -161,10 +161,13 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
     params_before = _params(module)
     try:
         pruner = tp.pruner.BasePruner(
-            module, tuple(spec.example_inputs),
+            # torch-pruning annotates one Tensor and int; it takes a tuple of inputs (forward_fn
+            # unpacks it) and None (no rounding).
+            module, tuple(spec.example_inputs),  # pyright: ignore[reportArgumentType]
             importance=tp.importance.GroupMagnitudeImportance(p=2 if options.importance == "l2" else 1),
             global_pruning=False, pruning_ratio=float(options.ratio), iterative_steps=1,
-            ignored_layers=[named[n] for n in kept], round_to=options.round_to,
+            ignored_layers=[named[n] for n in kept],
+            round_to=options.round_to,  # pyright: ignore[reportArgumentType]
             forward_fn=lambda m, x: m(*x))
         pruner.step()
     except Exception as e:  # noqa: BLE001 - the tracer meets models it cannot follow

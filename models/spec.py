@@ -271,8 +271,8 @@ class ModelSpec:
                 if ev.output is not None and isinstance(self.output_names, tuple) and ev.output not in self.output_names:
                     problems.append(f"{where}.output {ev.output!r} is not one of output_names {list(self.output_names)}")
                 if self._inputs_ok():
-                    for i, batch in enumerate(ev.inputs):
-                        batch = (batch,) if isinstance(batch, torch.Tensor) else batch
+                    for i, given in enumerate(ev.inputs):
+                        batch: Any = (given,) if isinstance(given, torch.Tensor) else given  # the user's, any shape
                         if not (isinstance(batch, (list, tuple)) and len(batch) == len(self.example_inputs)
                                 and all(isinstance(t, torch.Tensor) and t.dtype == e.dtype and t.dim() == e.dim()
                                         for t, e in zip(batch, self.example_inputs))):

@@ -136,7 +136,10 @@ def check_rows_independent(spec, ref: Reference) -> None:
     if n < 2:
         return
     tol = spec.tolerance("none")
-    atol, rtol = (tol.atol, tol.rtol) if tol.atol is not None else (FP32_TOLERANCE.atol, FP32_TOLERANCE.rtol)
+    if tol.atol is None:
+        tol = FP32_TOLERANCE
+    atol, rtol = tol.atol, tol.rtol
+    assert atol is not None  # FP32_TOLERANCE has one
     module = spec.module.eval()
 
     def run(inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:

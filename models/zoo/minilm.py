@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from torch import nn
 from ..evaluate import Evaluation
 from ..prune import FineTune, PruneOptions
 from ..spec import ModelSpec
+
+if TYPE_CHECKING:
+    from transformers.models.bert.modeling_bert import BertModel
 
 PAIRS_FILE = Path(__file__).with_name("sts_pairs.tsv")
 DISTILL_FILE = Path(__file__).with_name("minilm_distill.tsv")
@@ -164,7 +168,7 @@ def distill_sentences() -> list[str]:
 PRUNE_RATIO = 0.25
 
 
-def _prune_keep(encoder: nn.Module) -> tuple[str, ...]:
+def _prune_keep(encoder: BertModel) -> tuple[str, ...]:
     """What `--compression prune` must leave whole in BERT: the attention projections (the
     heads' layout is fixed in the attention code), and the layers writing the hidden size (one
     group, tied to the embeddings and the 384-d output, through every residual). The unused
