@@ -175,7 +175,9 @@ class App:
         counted = False
         budget = svc.body_budget()
         try:
-            with svc.batcher.expecting():
+            batcher = svc.batcher
+            assert batcher is not None          # started before the app takes requests
+            with batcher.expecting():
                 body, header_len = await self._read_body(scope, receive, budget)
                 # In flight from here: a client still sending (or stalling) its body is not
                 # work the autoscaler should see.

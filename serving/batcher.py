@@ -52,7 +52,8 @@ class _Item:
 
     def __init__(self, feeds, rows, sig, future, t_enqueued, gone):
         self.feeds, self.rows, self.sig = feeds, rows, sig
-        self.future, self.t_enqueued, self.timer = future, t_enqueued, None
+        self.future, self.t_enqueued = future, t_enqueued
+        self.timer: asyncio.TimerHandle | None = None  # set as it is queued
         self.counted = True        # still counted in Batcher.queued
         #: True once the client is gone (its connection closed), or None if not known
         self.gone: Callable[[], bool] | None = gone
@@ -170,6 +171,7 @@ class Batcher:
 
     def _dequeue(self, item: _Item) -> None:
         """The item leaves the queue (to run, or dropped): no timeout for it any more."""
+        assert item.timer is not None   # queued items have one
         item.timer.cancel()
         self._uncount(item)
 
@@ -205,12 +207,16 @@ class Batcher:
         full = self.batch_time(self.max_rows)
         if full is None:
             return None
+        # (batch_time is None only before anything was measured, and `full` is known)
         left = 0.0
         if self.running_rows:
-            left = max(0.0, self.batch_time(self.running_rows)
-                       - (time.perf_counter() - self._run_started))
+            running = self.batch_time(self.running_rows)
+            assert running is not None
+            left = max(0.0, running - (time.perf_counter() - self._run_started))
         batches, rest = divmod(self.queued_rows, self.max_rows)
-        return left + batches * full + (self.batch_time(rest) if rest else 0.0)
+        last = self.batch_time(rest) if rest else 0.0
+        assert last is not None
+        return left + batches * full + last
 
     def _expire(self, item: _Item) -> None:
         self._uncount(item)
@@ -359,6 +365,7 @@ class Batcher:
         self.running = len(batch)
         self.running_rows = rows
         t0 = self._run_started = time.perf_counter()
+        outputs: dict[str, np.ndarray] = {}     # (set by the run below, or it failed)
         try:
             if self.inline:
                 outputs = self.model.predict(feeds)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, cast
 
 import httptools
 import orjson
@@ -320,7 +321,8 @@ class GuardedProtocol(HttpToolsProtocol):
             piece, self._pending = data[:size], data[size:]
             was_in_head, self._began = self._in_head, False
             try:
-                self.parser.feed_data(piece)
+                # uvicorn sets its parser to None when the connection is lost, after the last feed
+                self.parser.feed_data(piece)  # pyright: ignore[reportOptionalMemberAccess]
             except httptools.HttpParserCallbackError as e:
                 if isinstance(e.__context__, _Refused):
                     self._refuse(e.__context__.response, e.__context__.reason)
@@ -372,7 +374,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.waiting.pop(self, None)
         # Before uvicorn builds the request's cycle from this scope: the app can then drop a
         # queued request whose client has gone (`Batcher.submit`'s `gone`).
-        self.scope.setdefault("extensions", {})[CLIENT_GONE] = self.transport.is_closing
+        # Our own extension holds a callable, where ASGI's typed scope expects a dict.
+        extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
+        extensions[CLIENT_GONE] = self.transport.is_closing
         super().on_headers_complete()
         # A body follows unless the parser already finished the message (no body).
         self._last_body = self.loop.time()

@@ -12,6 +12,7 @@ import asyncio
 import sys
 import time
 from dataclasses import replace
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -99,7 +100,7 @@ class _Health:
         return None
 
     @staticmethod
-    def _request(call: Call):
+    def _request(call: Call) -> Any:  # a HealthCheckRequest, a class built at import: untyped
         try:
             return HealthCheckRequest.FromString(call.message)
         except DecodeError:
@@ -174,6 +175,7 @@ class _Inference:
         svc = self.service
         t0 = time.perf_counter()
         status, reason, extra, data, cancelled = 200, None, None, b"", None
+        code, message_text = INTERNAL, ""  # each failure sets both
         try:
             try:
                 request = message.FromString(call.message)
