@@ -52,8 +52,9 @@ def load_balancer_subnets(cluster_name: str, given: Sequence[str], parent: pulum
         return _describe(list(given), parent)
     invoke = pulumi.InvokeOutputOptions(parent=parent)
     cluster = aws.eks.get_cluster_output(name=cluster_name, opts=invoke)
+    # The output form resolves the Outputs inside its filters; pulumi-aws annotates them plain.
     tagged = aws.ec2.get_subnets_output(filters=[
-        {"name": "vpc-id", "values": [cluster.vpc_config.vpc_id]},
+        {"name": "vpc-id", "values": [cluster.vpc_config.vpc_id]},  # pyright: ignore[reportArgumentType]
         {"name": f"tag:{PUBLIC_SUBNET_TAG}", "values": ["1"]},
     ], opts=invoke)
 
@@ -68,7 +69,7 @@ def load_balancer_subnets(cluster_name: str, given: Sequence[str], parent: pulum
     return tagged.ids.apply(describe)
 
 
-def dns_record(name: str, hostname: str, zone_id: str, load_balancer_hostname: pulumi.Input[str],
+def dns_record(name: str, hostname: pulumi.Input[str], zone_id: pulumi.Input[str], load_balancer_hostname: pulumi.Input[str],
                parent: pulumi.Resource) -> aws.route53.Record:
     """A Route53 alias A record: `hostname` -> the NLB (health of its targets evaluated). It takes
     the load balancer's hostname from the Service's status, so the engine creates it after the

@@ -16,11 +16,13 @@ plain strings and still serve an Output: it calls the builder directly when ever
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar, cast
 
 import pulumi
 
-__all__ = ["check_input", "given", "is_plain", "lift"]
+__all__ = ["check_input", "given", "is_plain", "known", "lift"]
+
+T = TypeVar("T")
 
 
 def is_plain(value: Any) -> bool:
@@ -67,3 +69,11 @@ def lift(build: Callable[..., Any], *values: Any) -> Any:
 def given(value: Optional[Any]) -> bool:
     """A value counts as given when it is an Output (it will be known later) or a non-empty value."""
     return not is_plain(value) or bool(value)
+
+
+def known(value: pulumi.Input[T]) -> T:
+    """`value`, which the caller has made plain (inside an apply, or after `is_plain`), for a
+    builder that writes it into text: an Output there would print as a warning, not a name."""
+    if not is_plain(value):
+        raise TypeError(f"a known value is needed here, got {type(value).__name__}: resolve it in an apply first")
+    return cast(T, value)

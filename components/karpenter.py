@@ -137,9 +137,9 @@ class KarpenterPoolArgs:
         if self.gpu:
             if not self.families:
                 problems.append("families must name at least one GPU instance family")
-            bad = [f for f in self.families if f not in self.supported_families]
-            if bad:
-                problems.append(f"families {bad} cannot run the serving image; accepted: "
+            unsupported = [f for f in self.families if f not in self.supported_families]
+            if unsupported:
+                problems.append(f"families {unsupported} cannot run the serving image; accepted: "
                                 f"{', '.join(self.supported_families)}")
         else:
             if not self.instance_types:

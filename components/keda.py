@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 
 from . import specs
-from .inputs import check_input
+from .inputs import check_input, known
 
 API_SCALEDOBJECT = "keda.sh/v1alpha1"
 API_HTTPSCALEDOBJECT = "http.keda.sh/v1alpha1"
@@ -120,7 +120,7 @@ def pods_selector(namespace: str, deployment_name: str) -> str:
 
 def prometheus_trigger(args: KedaArgs, deployment_name: str) -> dict[str, Any]:
     """The Prometheus trigger on the server's own metrics (docs/protocol.md names them)."""
-    sel = pods_selector(args.namespace, deployment_name)
+    sel = pods_selector(known(args.namespace), deployment_name)  # resolved first (elastic.py)
     if args.metric == "inflight":
         # Total in flight over the Deployment; AverageValue divides it by the replicas.
         query = f"sum({specs.INFLIGHT_METRIC}{{{sel}}})"

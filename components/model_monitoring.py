@@ -42,7 +42,7 @@ class ModelMonitoring(pulumi.ComponentResource):
         m, scope = args.monitoring, args.scope
         labels = specs.labels(scope.served_name) | m.label_map
 
-        def meta(extra_labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
+        def meta(extra_labels: Optional[dict[str, str]] = None) -> specs.Json:
             return {"namespace": scope.namespace, "labels": labels | (extra_labels or {})}
 
         def known(namespace: str) -> Scope:

@@ -24,6 +24,7 @@ import pulumi
 import yaml
 
 from .args.monitoring import MonitoringArgs
+from .inputs import known
 from .specs import INFLIGHT_METRIC
 
 # The server's metrics (docs/protocol.md); every series has the label `model`.
@@ -175,7 +176,7 @@ def alert_rules(args: MonitoringArgs, scope: Scope, workload_name: str) -> list[
     ]
     if scope.gpu:
         rules.append(_alert(
-            args, scope, "ServedModelGpuXidErrors", xid_expr(scope.namespace, workload_name),
+            args, scope, "ServedModelGpuXidErrors", xid_expr(known(scope.namespace), workload_name),
             "0m", "critical", f"{n}: the GPU of a pod reports an XID error",
             "The GPU of {{ $labels.pod }} in {{ $labels.namespace }} reported an XID error "
             "(NVIDIA DCGM exporter; DCGM_FI_DEV_XID_ERRORS holds the last XID code, not a count)."))

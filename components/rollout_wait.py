@@ -29,7 +29,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import pulumi
 import pulumi.dynamic
@@ -183,7 +183,9 @@ def _rollout_reader(kubeconfig: Optional[str], namespace: str, name: str) -> Cal
 
     def fetch() -> Optional[dict[str, Any]]:
         try:
-            return api.get_namespaced_custom_object(ROLLOUT_GROUP, ROLLOUT_VERSION, namespace, ROLLOUT_PLURAL, name)
+            # The Rollout as JSON (the client annotates it `object`).
+            return cast(dict[str, Any], api.get_namespaced_custom_object(
+                ROLLOUT_GROUP, ROLLOUT_VERSION, namespace, ROLLOUT_PLURAL, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -216,8 +218,8 @@ class RolloutWaitProvider(pulumi.dynamic.ResourceProvider):
 
 @dataclass(frozen=True)
 class RolloutWaitArgs:
-    namespace: str
-    """The Rollout's namespace. Required."""
+    namespace: pulumi.Input[str]
+    """The Rollout's namespace (another resource's output too). Required."""
     name: pulumi.Input[str]
     """The Rollout's name (its output, so the engine orders the wait after the Rollout). Required."""
     spec: pulumi.Input[Any]

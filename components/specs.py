@@ -27,6 +27,18 @@ INFLIGHT_METRIC = contract.INFLIGHT_METRIC
 # mean (rate(_sum)/rate(_count)); the rule is in docs/deploy.md.
 QUEUE_METRIC = contract.QUEUE_DURATION_METRIC + "_mean"
 GPU_RESOURCE = "nvidia.com/gpu"
+
+#: A Kubernetes object, or part of one, as the API's camelCase JSON: what these builders return and
+#: what the components hand to pulumi_kubernetes, which accepts it, while its TypedDicts spell the
+#: keys in snake_case. Its shape is checked against the API's OpenAPI schema and the CRDs' schemas
+#: by tests/components (stricter than the TypedDicts, and they know the custom resources); the type
+#: checker takes it as it is.
+Json = Any
+
+
+def as_json(obj: Any) -> Json:
+    """`obj` itself, declared as Kubernetes JSON (`Json`) where it is handed to pulumi_kubernetes."""
+    return obj
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "true", "effect": "NoSchedule"}
 POOL_LABEL = "servedmodel.io/node-pool"
 VERSION_ANNOTATION = "servedmodel.io/model-version"
@@ -300,14 +312,16 @@ def target_group_attributes(pre_stop_seconds: int, drain_seconds: int) -> str:
             "preserve_client_ip.enabled=false")
 
 
-def public_load_balancer_annotations(certificate_arn: str, grpc_port: int = 0, *, pre_stop_seconds: int = 0,
-                                     drain_seconds: int = 0, subnet_ids: Sequence[str] = ()) -> dict[str, str]:
+def public_load_balancer_annotations(certificate_arn: Any, grpc_port: int = 0, *,
+                                     pre_stop_seconds: int = 0, drain_seconds: int = 0,
+                                     subnet_ids: Sequence[str] = ()) -> dict[str, Any]:
     """An internet-facing NLB (AWS Load Balancer Controller, pod IPs as targets) whose listeners
     terminate TLS with the ACM certificate and negotiate ALPN (h2 for gRPC); the NLB forwards
     plain TCP to the pods inside the VPC. Every Service port is a TLS listener: nothing public
     travels in clear text. The NLB lives in `subnet_ids` (pinned, so the NetworkPolicy can admit
-    exactly their CIDRs) and drains a target as long as the pod serves after it is deleted."""
-    out = {
+    exactly their CIDRs) and drains a target as long as the pod serves after it is deleted. The
+    certificate's ARN is a str or another resource's Output (pulumi.Input[str]): only a value here."""
+    out: dict[str, Any] = {
         LBC + "type": "external",
         LBC + "nlb-target-type": "ip",
         LBC + "scheme": "internet-facing",

@@ -28,7 +28,7 @@ AUTOSCALERS = ("hpa", "keda")
 
 
 def _capacity_types(value: Any) -> Optional[list[tuple[Any, str]]]:
-    caps = tuple(value or ())
+    caps: tuple[Any, ...] = tuple(value or ())
     if not caps or any(x not in CAPACITY_TYPES for x in caps) or len(set(caps)) != len(caps):
         return [(list(caps), f"one or both of {', '.join(CAPACITY_TYPES)}")]
     return None

@@ -47,7 +47,7 @@ def parse_step(step: str) -> dict[str, Any]:
 
 
 def _steps(value: Any) -> Optional[list[tuple[Any, str]]]:
-    steps = tuple(value or ())
+    steps: tuple[Any, ...] = tuple(value or ())
     bad = []
     for step in steps:
         try:
