@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import ServingError
-from .hooks import ModelHooks
+from .hooks import Predicts
 from .metrics import Metrics
 from .settings import Batching
 
@@ -76,7 +76,7 @@ class Arrival:
 
 
 class Batcher:
-    def __init__(self, model: ModelHooks, batching: Batching, metrics: Metrics) -> None:
+    def __init__(self, model: Predicts, batching: Batching, metrics: Metrics) -> None:
         self.model = model
         self.max_rows = max(1, batching.max_batch_size)
         self.batching = batching.enabled
