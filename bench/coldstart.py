@@ -25,7 +25,7 @@ ZOO = ["mnist-mlp", "lenet", "resnet-tiny", "minilm"]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--models", nargs="+", default=ZOO)
     ap.add_argument("--compression", default="fp16")
     ap.add_argument("--bandwidth", type=int, default=50, help="pull MB/s (servedmodel:pullBandwidthMBps)")

@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -215,7 +216,8 @@ def torch_context(model: str, out: Path) -> Path:
     example = tuple(spec.example_inputs)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        traced = torch.jit.trace(module, example, strict=False, check_trace=False)
+        # A module traces to a ScriptModule (the annotation also covers tracing a function).
+        traced = cast(torch.jit.ScriptModule, torch.jit.trace(module, example, strict=False, check_trace=False))
     traced.save(str(out / "model.pt"))
     torch.save(example, out / "example.pt")
     (out / "Dockerfile").write_text(TORCH_DOCKERFILE)
@@ -301,7 +303,7 @@ def write_layers(no_gpu: bool) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--layers", action="store_true",
                     help="only measure the runtime layers' compressed bytes into components/image_layers.json")
     ap.add_argument("--models", nargs="+", default=ZOO)

@@ -113,7 +113,7 @@ def minilm_cosines(fp32_path: Path, int8_path: Path, threads: int) -> np.ndarray
     for i in range(0, len(SENTENCES), 8):
         ids, mask = tokenize(tok, SENTENCES[i:i + 8])
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-        a, b = a_s.run(None, feed)[0], b_s.run(None, feed)[0]
+        a, b = np.asarray(a_s.run(None, feed)[0]), np.asarray(b_s.run(None, feed)[0])
         cos.extend((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
     return np.array(cos)
 
@@ -141,7 +141,7 @@ def metric_text(manifest: dict) -> tuple[str, str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--models", default=",".join(models.ZOO), help="comma-separated zoo names")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")

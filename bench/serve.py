@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import orjson
@@ -219,7 +220,7 @@ def reference_b(context: Path, manifest: dict, seconds: float) -> float:
         doc = orjson.loads(body)
         x = {i["name"]: np.array(i["data"], dtype=dtypes[i["datatype"]]).reshape(i["shape"])
              for i in doc["inputs"]}
-        outs = sess.run(names, x)
+        outs = cast("list[np.ndarray]", sess.run(names, x))  # dense outputs
         orjson.dumps({"outputs": [{"name": n, "shape": list(o.shape), "datatype": "FP32",
                                    "data": o.reshape(-1).tolist()} for n, o in zip(names, outs)]})
 
@@ -711,6 +712,7 @@ async def _closed_loop(port: int, request: bytes, stop: float, out: list) -> Non
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert reader is not None               # opened with the writer
             writer.write(request)
             status_line = await asyncio.wait_for(reader.readline(), 30)
             length, close = 0, False
