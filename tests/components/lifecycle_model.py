@@ -416,7 +416,7 @@ class Registry:
             if step.retain:
                 continue
             repo = before.by_urn(step.urn)
-            url = repo.state.get("repositoryUrl")
+            url = repo.state.get("repositoryUrl", "")
             if self.tags.get(url) and not repo.inputs.get("forceDelete"):
                 raise PlanError(f"{step}: ECR Repository ({repo.state.get('name')}) not empty, consider using "
                                 "force_delete (RepositoryNotEmptyException)")

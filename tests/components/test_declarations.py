@@ -70,7 +70,8 @@ def test_adding_a_setting_is_one_declaration():
         ProbeArgs(timeout_seconds=90)
     # A field that does not accept another resource's output refuses one at once.
     with pytest.raises(ArgsError, match="must be a plain value, not another resource's output"):
-        ProbeArgs(timeout_seconds=pulumi.Output.from_input(5))
+        # (the wrong type is the point)
+        ProbeArgs(timeout_seconds=pulumi.Output.from_input(5))  # pyright: ignore[reportArgumentType]
 
 
 def test_the_committed_pulumi_yaml_declares_what_the_declarations_say():

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_pulumi_yaml_runs_python_from_the_repo_venv_with_stacks_dir():
     project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
     assert project["name"] == "servedmodel" and project["stackConfigDir"] == "stacks"
-    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+    assert project["runtime"] == {"name": "python",
+                                  "options": {"toolchain": "pip", "virtualenv": ".venv", "typechecker": "pyright"}}
 
 
 def test_every_project_key_is_typed_defaulted_and_described():

@@ -4,6 +4,7 @@ explicitly, bad args refused with every problem named."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ SUPPORTED = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
 
 
 def pool_args(**kw):
-    base = dict(cluster_name="demo", pool_label="classifier-gpu", families=("g5", "g6"), supported_families=SUPPORTED,
+    base: dict[str, Any] = dict(cluster_name="demo", pool_label="classifier-gpu", families=("g5", "g6"), supported_families=SUPPORTED,
                 node_role="KarpenterNodeRole-demo")
     return karpenter.KarpenterPoolArgs(**(base | kw))
 
@@ -106,7 +107,7 @@ def test_bad_karpenter_args_name_every_problem():
 
 
 def keda_args(**kw):
-    base = dict(namespace="servedmodel", prometheus_url="http://prometheus-operated.monitoring.svc:9090",
+    base: dict[str, Any] = dict(namespace="servedmodel", prometheus_url="http://prometheus-operated.monitoring.svc:9090",
                 min_replicas=0, max_replicas=4, http=True, wait_seconds=420)
     return keda.KedaArgs(**(base | kw))
 

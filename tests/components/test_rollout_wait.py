@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import yaml
@@ -161,7 +162,7 @@ class FakeApiServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *_):
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -192,7 +193,7 @@ def test_the_provider_reads_the_rollout_with_the_stacks_kubeconfig_until_promote
     with FakeApiServer(argo.canary_that_is_promoted(5)) as api:
         result = RolloutWaitProvider().create(props(api.kubeconfig()))
     assert result.id == "servedmodel/classifier-rollout-c2285cb"
-    assert "kubeconfig" not in result.outs, "the secret must not reach the state"
+    assert "kubeconfig" not in (result.outs or {}), "the secret must not reach the state"
     assert argo.CANARY_HASH in result.outs["verdict"]
     path, auth = api.requests[0]
     assert path == "/apis/argoproj.io/v1alpha1/namespaces/servedmodel/rollouts/classifier-rollout-c2285cb"

@@ -274,9 +274,9 @@ def test_the_network_policy_admits_the_nlbs_subnets_not_the_vpc(stack_runs):
     sources = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]["ingress"][0]["from"]
     blocks = [s["ipBlock"]["cidr"] for s in sources if "ipBlock" in s]
     assert blocks == [SUBNET_NETWORKS[i][1] for i in pinned]
-    vpc = ipaddress.ip_network(VPC_CIDR)
+    vpc = ipaddress.IPv4Network(VPC_CIDR)
     for cidr in blocks:
-        net = ipaddress.ip_network(cidr)
+        net = ipaddress.IPv4Network(cidr)
         assert net != vpc and net.subnet_of(vpc) and net.prefixlen >= 24
     # No pod subnet is admitted: the private ones hold the pods.
     private = {c for i, (_, c) in SUBNET_NETWORKS.items() if i not in pinned and c.endswith("/19")}

@@ -74,7 +74,7 @@ def schema_problems(schema: dict[str, Any], program: dict[str, Any], value: Any,
         "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return [] if expected[kind](value) else [f"{path}: {value!r} is not a {kind}"]
+    return [] if expected[str(kind)](value) else [f"{path}: {value!r} is not a {kind}"]
 
 
 def served_models(program: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def docker(*args: str, check: bool = True, timeout: float = 600, **kw) -> subpro
     return proc
 
 
-def inspect(obj: str, fmt: str = "{{json .}}") -> object:
+def inspect(obj: str, fmt: str = "{{json .}}") -> Any:  # the JSON docker prints
     return json.loads(docker("inspect", "--format", fmt, obj).stdout)
 
 

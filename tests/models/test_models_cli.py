@@ -91,7 +91,8 @@ def test_out_that_is_not_a_context_is_not_replaced(build_once, cache_dir, tmp_pa
 
 
 def test_rebuild_replaces_an_old_context_atomically(build_once, cache_dir, tmp_path):
-    build_once("mnist-mlp", "none"), build_once("mnist-mlp", "int8")
+    build_once("mnist-mlp", "none")
+    build_once("mnist-mlp", "int8")
     out = tmp_path / "ctx"
     for compression in ("none", "int8"):
         proc = run_cli("build", "--model", "mnist-mlp", "--compression", compression, "--out", str(out), "--json",
@@ -132,7 +133,7 @@ def test_cuda_without_gpu_requirements_fails_clearly(tmp_path, monkeypatch):
     serving = tmp_path / "serving"
     serving.mkdir()
     (serving / "requirements.txt").write_text("onnxruntime==1.31.1\n")
-    monkeypatch.setattr(models.package, "SERVING_DIR", serving)
+    monkeypatch.setattr("servedmodel.models.package.SERVING_DIR", serving)
     with pytest.raises(models.BuildError) as e:
         models.build("mnist-mlp", "none", tmp_path / "ctx", device="cuda", cache_dir=tmp_path / "cache")
     assert e.value.exit_code == 8 and e.value.step == "package"

@@ -141,6 +141,7 @@ class Small(nn.Module):
 
 def _import(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -160,7 +161,7 @@ def test_the_model_class_code_is_covered(tmp_path):
         try:
             torch.manual_seed(0)
             net = module.Small()
-            spec = ModelSpec(name="small", module=net, example_inputs=batch(1)[0][:, :4], input_names=["x"],
+            spec = ModelSpec(name="small", module=net, example_inputs=(batch(1)[0][:, :4],), input_names=["x"],
                              output_names=["y"])
             digests[name] = spec_fingerprint(spec).parts["module"]
         finally:

@@ -148,6 +148,7 @@ def test_finetune_by_distillation_brings_the_pruned_model_back():
 
     path = Path(__file__).resolve().parent / "factories" / "quality.py"
     spec_mod = importlib.util.spec_from_file_location("quality_factories", path)
+    assert spec_mod is not None and spec_mod.loader is not None
     factories = importlib.util.module_from_spec(spec_mod)
     spec_mod.loader.exec_module(factories)
     spec = factories.regressor()

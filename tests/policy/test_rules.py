@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("servedmodel_policy_rules", ROOT / "policy" / "rules.py")
+assert _spec is not None and _spec.loader is not None
 rules = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = rules
 _spec.loader.exec_module(rules)

@@ -248,6 +248,7 @@ def test_pipelined_flood_closed_unread_leaves_memory_bounded(contexts, start_ser
     before = server.rss_bytes()
     _pipelined_flood(server.port, 20_000)       # ~100 MB of requests (main: RSS +135 MiB)
     deadline = time.monotonic() + 8
+    grown = server.rss_bytes() - before
     while time.monotonic() < deadline:
         time.sleep(0.5)
         grown = server.rss_bytes() - before
@@ -286,6 +287,7 @@ def test_unfinished_large_bodies_are_bounded_and_memory_returns(contexts, start_
     for s in socks:
         s.close()
     deadline = time.monotonic() + 8
+    after = server.rss_bytes() - before
     while time.monotonic() < deadline:
         time.sleep(0.5)
         after = server.rss_bytes() - before

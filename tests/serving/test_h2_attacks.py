@@ -8,19 +8,23 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 from hpack import Encoder
-from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2 as _pb
 
 from h2client import RawClient, frame, message
 from servedmodel.serving.h2 import connection as h2connection
 from servedmodel.serving.h2 import frames as fr
 from servedmodel.serving.h2 import grpc as g
 from serverkit import metric_sum
+
+# tritonclient ships its protobuf modules without type stubs: their classes are made at import.
+pb: Any = _pb
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 LIVE = "/inference.GRPCInferenceService/ServerLive"

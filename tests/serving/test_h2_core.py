@@ -206,7 +206,7 @@ def test_a_read_of_many_frames_is_processed_a_turn_at_a_time():
         data += frame(fr.DATA, fr.END_STREAM, 1, body[-1:])
         conn.data_received(data)
         assert conn.turn_pending and not transport.reading      # yielded, reading paused
-        assert 0 < len(conn.calls[1].body) <= h2connection.TURN_FRAMES
+        assert 0 < len(conn.calls[1].body or b"") <= h2connection.TURN_FRAMES
         turns = 1
         while conn.turn_pending:
             await asyncio.sleep(0)

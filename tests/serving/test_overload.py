@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import socket
 import time
+from typing import cast
 
 import httpx
 import pytest
@@ -49,7 +51,6 @@ def _raw_burst(port: int, n: int, body: bytes, timeout: float = 30.0):
     (status, headers, body, seconds from its send to its full response). Raw sockets and a
     selector keep client overhead out of the timings."""
     import selectors
-    import socket
 
     request = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -67,7 +68,7 @@ def _raw_burst(port: int, n: int, body: bytes, timeout: float = 30.0):
     while len(done) < n and time.monotonic() < deadline:
         for key, _ in sel.select(0.5):
             i = key.data
-            chunk = key.fileobj.recv(65536)
+            chunk = cast(socket.socket, key.fileobj).recv(65536)
             bufs[i] += chunk
             head, sep, rest = bufs[i].partition(b"\r\n\r\n")
             if sep:
