@@ -176,7 +176,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
     def _send(self, code, body=b""):
-        self.send_response(code); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     def do_GET(self):
         self._send(200 if self.path in ("/v2/health/ready", "/v2/health/live") else 404)
     def do_POST(self):
@@ -184,9 +187,11 @@ class Handler(BaseHTTPRequestHandler):
         args = [torch.tensor(i["data"]).reshape(i["shape"]) for i in req["inputs"]]
         out = model(*args)
         outs = out if isinstance(out, (tuple, list)) else [out]
-        self._send(200, json.dumps({"outputs": [{"shape": list(o.shape), "data": o.flatten().tolist()} for o in outs]}).encode())
+        answer = {"outputs": [{"shape": list(o.shape), "data": o.flatten().tolist()} for o in outs]}
+        self._send(200, json.dumps(answer).encode())
 
-ThreadingHTTPServer((os.environ.get("SERVEDMODEL_HOST", "127.0.0.1"), int(os.environ.get("SERVEDMODEL_PORT", "8080"))), Handler).serve_forever()
+address = (os.environ.get("SERVEDMODEL_HOST", "127.0.0.1"), int(os.environ.get("SERVEDMODEL_PORT", "8080")))
+ThreadingHTTPServer(address, Handler).serve_forever()
 """
 
 
@@ -434,7 +439,8 @@ def main() -> int:
     md += [f"| {name} | {'PASS' if ok else 'FAIL'} | {how} |" for name, ok, how in verdicts]
     torch_size = {row[0]: row[1] for row in torch_rows}
     md += ["", "### Image size per model and compression", "",
-           "| model | compression | version | model.onnx | model layer | image | of the torch image | build of the model step |",
+           "| model | compression | version | model.onnx | model layer | image | of the torch image "
+           "| build of the model step |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (m, c), v in built.items():
         ratio = f"{v['size'] / torch_size[m]:.1%}" if m in torch_size else "-"
@@ -443,12 +449,14 @@ def main() -> int:
     md += ["", "### Build time", "",
            f"`{ref[0]}` / `{ref[1]}`: cold (`--no-cache`: venv and wheels from the package index) "
            f"**{cold:.1f} s**; warm (unchanged context, every step cached) **{warm:.1f} s**"
-           + (f"; a model-only change (`{alt[1]}`: everything cached but the model step) **{model_only:.1f} s**." if alt else "."), ""]
+           + (f"; a model-only change (`{alt[1]}`: everything cached but the model step) **{model_only:.1f} s**."
+              if alt else "."), ""]
     if push_rows:
         md += ["### Push of a model-only change", "",
                "Version A pushed, then version B of the same model (another compression): layers of B that the "
                "registry did not have (from the manifests), and what `docker push` reported for B.", "",
-               "| model | A -> B | layers in B | new layers | new bytes (compressed) | push of B | only the model layer |",
+               "| model | A -> B | layers in B | new layers | new bytes (compressed) | push of B "
+               "| only the model layer |",
                "| --- | --- | ---: | ---: | ---: | --- | --- |"]
         for m, ca, cb, n, k, nb, tally, ok in push_rows:
             md.append(f"| {m} | {ca} -> {cb} | {n} | {k} | {nb / MB:.2f} MB | "
@@ -462,9 +470,11 @@ def main() -> int:
     if torch_rows:
         md += ["", "### Beside the seed-style torch image (same run)", "",
                "TorchScript of the same zoo model served by torch (CPU wheel from this machine's disk, "
-               "its dependencies downloaded as wheels into the context beforehand, installed in a first stage) in the same "
-               "base image, with a minimal stdlib HTTP server. Its build is cold (`--no-cache`) from those local wheels.", "",
-               "| model | torch image | serving image | size ratio | torch build (cold) | torch cold start | serving cold start |",
+               "its dependencies downloaded as wheels into the context beforehand, installed in a first stage) "
+               "in the same base image, with a minimal stdlib HTTP server. Its build is cold (`--no-cache`) from "
+               "those local wheels.", "",
+               "| model | torch image | serving image | size ratio | torch build (cold) | torch cold start "
+               "| serving cold start |",
                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for m, size, t, cs, ours, ratio in torch_rows:
             md.append(f"| {m} | {size / MB:.0f} MB | {ours / MB:.0f} MB | {ratio:.1%} | {t:.0f} s | {cs[0]:.2f} s | "
@@ -473,7 +483,8 @@ def main() -> int:
     if gpu:
         tag, size, t, missing, device, refusal = gpu
         md.append(f"`{ref[0]}` built for `cuda` (manifest device `{device}`): **{size / MB:.0f} MB**, cold build "
-                  f"(`--no-cache`: ~1.6 GB of wheels from the package index) **{t:.0f} s**. Libraries of the CUDA provider that do not resolve inside the "
+                  f"(`--no-cache`: ~1.6 GB of wheels from the package index) **{t:.0f} s**. Libraries of the CUDA "
+                  "provider that do not resolve inside the "
                   f"image: {', '.join(f'`{x}`' for x in missing) or 'none'} (libcuda.so.1 is the driver's, mounted "
                   f"by the NVIDIA container runtime). No GPU on this machine: GPU throughput is not measured here. "
                   f"Run here without a GPU, the GPU image {refusal}.")

@@ -189,7 +189,7 @@ def main() -> int:
             metric, drop = metric_text(r.manifest)
             rows[name].append((LABEL[c],
                                f"{fp32.steps.get('export', 0):.1f}" if c == "none" else "",
-                               f"{r.steps.get('compress', 0) + r.steps.get('prune', 0) + r.steps.get('export-pruned', 0):.2f}"
+                               f"{sum(r.steps.get(s, 0) for s in ('compress', 'prune', 'export-pruned')):.2f}"
                                if c != "none" else "",
                                f"{r.sizes['final_bytes']:,}",
                                f"{100 * r.sizes['final_bytes'] / fp32.sizes['fp32_bytes']:.0f}%",
@@ -201,14 +201,16 @@ def main() -> int:
         f32 = results["digits-cnn", "none"]
         pr = results.get(("digits-cnn", "prune"))
         if pr is None:
-            checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01", "refused by the gate", False))
+            checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01", "refused by the gate",
+                           False))
         else:
             ratio, drop = pr.sizes["final_bytes"] / f32.sizes["fp32_bytes"], pr.manifest["evaluation"]["drop"]
             checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01",
                            f"{100 * ratio:.1f}%, drop {drop:.4f}", ratio <= 0.6 and drop <= 0.01))
         i8 = results.get(("digits-cnn", "int8"))
         drop = i8.manifest["evaluation"]["drop"] if i8 is not None else None
-        checks.append(("digits-cnn int8 accuracy drop <= 0.005", "refused by the gate" if drop is None else f"{drop:.4f}",
+        checks.append(("digits-cnn int8 accuracy drop <= 0.005",
+                       "refused by the gate" if drop is None else f"{drop:.4f}",
                        drop is not None and drop <= 0.005))
 
     if "minilm" in names:
@@ -235,7 +237,8 @@ def main() -> int:
     env = {**os.environ, "SERVEDMODEL_CACHE": str(cache)}
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "models", "build", "--model", name, "--compression", "int8",
-                           "--out", str(work / "rebuild-cli"), "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "--out", str(work / "rebuild-cli"), "--json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
     cli = time.perf_counter() - t
     ok = again.cache_hit and not again.exported and proc.returncode == 0 and '"cache_hit": true' in proc.stdout
     checks.append((f"unchanged rebuild < 1 s ({name} int8, cache hit, no export)",
@@ -250,7 +253,8 @@ def main() -> int:
     target_lines = "\n".join(f"| {what} | {value} | {'PASS' if passed else 'FAIL'} |" for what, value, passed in checks)
     md = (f"## prepare: export, compression, onnxruntime latency\n\n"
           f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_line()}; onnxruntime CPU, "
-          f"{args.threads} intra-op threads; latency is the best of >= 20 runs per cell after warm-up, the variants of a model taking turns run by run (so that other load on the machine hits them alike). "
+          f"{args.threads} intra-op threads; latency is the best of >= 20 runs per cell after warm-up, the variants "
+          "of a model taking turns run by run (so that other load on the machine hits them alike). "
           f"minilm batches are tokenised sentences (padded to the longest); other models get uniform [0, 1) "
           f"inputs. Task metric and drop are the quality gate's record (the manifest's `evaluation`, measured with "
           f"onnxruntime on the model's held-out data; drop from the fp32 export, allowance in brackets); "

@@ -59,7 +59,8 @@ local h = os.getenv("BENCH_IHCL")
 if h ~= nil and h ~= "" then wrk.headers["Inference-Header-Content-Length"] = h end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non2xx": %d, "errors": %d}\n',
+  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+                        '"non2xx": %d, "errors": %d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
     e.status, e.connect + e.read + e.write + e.timeout))
 end
@@ -638,7 +639,8 @@ def markdown(points, ratios, refs, preferred, verdicts, ceilings, seconds, ref_s
         f"{ref_seconds:g} s per batch size), measured before each run; \"÷ (a)\" divides each "
         "point's req/s by that best setting timed once more for "
         f"{point_ref_seconds:g} s on the idle server just before the point (the same "
-        "onnxruntime call drifts by 10-20% within a minute on a shared VM); (b) = the Python floor (decode request JSON, run at "
+        "onnxruntime call drifts by 10-20% within a minute on a shared VM); (b) = the Python floor (decode request "
+        "JSON, run at "
         "batch 1, encode response JSON, no HTTP). `grpc` = gRPC with raw tensors "
         "(`raw_input_contents`, as tritonclient.grpc sends them).",
         "",
@@ -651,7 +653,8 @@ def markdown(points, ratios, refs, preferred, verdicts, ceilings, seconds, ref_s
         "compute-bound model near 100% busy is as fast as onnxruntime can be on the CPU left "
         "to it, whatever else runs on the machine.",
         "",
-        "| model | references | encoding | c | req/s | range | p50 ms | p99 ms | ÷ (a) | ÷ (b) | busy | batch | failed |",
+        "| model | references | encoding | c | req/s | range | p50 ms | p99 ms | ÷ (a) | ÷ (b) | busy | batch "
+        "| failed |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (label, enc, c), ps in points.items():

@@ -81,7 +81,9 @@ STACK_ONLY = """
 
 | key | type | description |
 | --- | --- | --- |
-| `servedmodel:models` | list of `{{name, model, compression}}` | Serve several models from one stack. Each entry needs a `name` (a DNS label: resource names, labels, the key of its outputs) and a `model`; `compression` defaults to `servedmodel:compression`. When set, `name`/`model` are ignored. |
+| `servedmodel:models` | list of `{{name, model, compression}}` | Serve several models from one stack. \
+Each entry needs a `name` (a DNS label: resource names, labels, the key of its outputs) and a `model`; \
+`compression` defaults to `servedmodel:compression`. When set, `name`/`model` are ignored. |
 {groups}
 {secrets}
 

@@ -123,7 +123,8 @@ class ModelImage(pulumi.ComponentResource):
                 # A new policy replaces this resource (policy is ForceNew), and its delete removes
                 # the repository's one policy: create-before-delete would delete the new policy.
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
-            token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
+            token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id,
+                                                           opts=pulumi.InvokeOutputOptions(parent=self))
             registries.append(docker_build.RegistryArgs(
                 address=repo.repository_url.apply(specs.registry_host),
                 username=token.user_name, password=pulumi.Output.secret(token.password)))

@@ -247,7 +247,8 @@ class ModelService(pulumi.ComponentResource):
             spec=subnets.apply(lambda found: specs.as_json({
                 "podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
                 "ingress": specs.network_policy_ingress(
-                    net.ingress_namespaces, tuple(dict.fromkeys(net.ingress_cidrs + tuple(sorted(s["cidr"] for s in found)))),
+                    net.ingress_namespaces,
+                    tuple(dict.fromkeys(net.ingress_cidrs + tuple(sorted(s["cidr"] for s in found)))),
                     net.grpc_port)})),
             opts=child)
 

@@ -253,8 +253,10 @@ def dashboard_queries(scope: Scope) -> dict[str, list[tuple[str, str]]]:
         "Shed and failed requests/s by version and reason": [
             ("{{version}} {{reason}}", f"sum by (version, reason) ({versioned(FAILURES)})")],
         "In flight and queued by version": [
-            ("{{version}} in flight", f"sum by (version) ({INFLIGHT}{sel} * on (job, instance) group_left (version) {info})"),
-            ("{{version}} queued", f"sum by (version) ({QUEUE_DEPTH}{sel} * on (job, instance) group_left (version) {info})")],
+            ("{{version}} in flight",
+             f"sum by (version) ({INFLIGHT}{sel} * on (job, instance) group_left (version) {info})"),
+            ("{{version}} queued",
+             f"sum by (version) ({QUEUE_DEPTH}{sel} * on (job, instance) group_left (version) {info})")],
         "Ready replicas by version": [
             ("{{version}}", f"sum by (version) ({MODEL_READY}{sel} * on (job, instance) group_left (version) {info})")],
     }

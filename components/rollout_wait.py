@@ -99,7 +99,8 @@ def rollout_verdict(rollout: dict[str, Any]) -> Verdict:
     if any(p.get("reason") in INCONCLUSIVE_REASONS for p in pauses):
         return Verdict(FAILED, "the canary analysis was inconclusive (no metric judged a single window: the canary "
                                "got no traffic) and Argo Rollouts paused for a person: "
-                               "`kubectl argo rollouts promote <rollout>` to accept, `... abort <rollout>` to roll back")
+                               "`kubectl argo rollouts promote <rollout>` to accept, "
+                               "`... abort <rollout>` to roll back")
     if status.get("controllerPause") and not pauses:
         return Verdict(WAIT, "waiting for the rollout to unpause")
     stable, current = status.get("stableRS"), status.get("currentPodHash")
@@ -146,7 +147,8 @@ def wait_for_rollout(fetch: Callable[[], Optional[dict[str, Any]]], timeout_seco
                 raise RolloutWaitError(last.message)
         if clock() >= deadline:
             raise RolloutWaitError(f"the canary did not finish within {int(timeout_seconds)}s; last state: "
-                                   f"{last.message} (follow it with `kubectl argo rollouts get rollout <name> --watch`)")
+                                   f"{last.message} "
+                                  "(follow it with `kubectl argo rollouts get rollout <name> --watch`)")
         sleep(poll_seconds)
 
 
@@ -198,7 +200,8 @@ class RolloutWaitProvider(pulumi.dynamic.ResourceProvider):
 
     def _wait(self, props: dict[str, Any]) -> dict[str, Any]:
         fetch = _rollout_reader(props.get("kubeconfig"), props["namespace"], props["name"])
-        verdict = wait_for_rollout(fetch, float(props["timeoutSeconds"]), float(props.get("pollSeconds") or POLL_SECONDS))
+        verdict = wait_for_rollout(fetch, float(props["timeoutSeconds"]),
+                                   float(props.get("pollSeconds") or POLL_SECONDS))
         # Never echo the kubeconfig into the outputs (the state).
         return {k: props.get(k) for k in (*TRIGGERS, "timeoutSeconds", "pollSeconds")} | {"verdict": verdict.message}
 

@@ -330,7 +330,8 @@ def _model_entries(values: _StackValues, raw: Mapping[str, Any],
             continue
         unknown = sorted(set(entry) - set(keys))
         if unknown:
-            problems.append(_problem(f"models[{i}]", entry, f"unknown field(s) {unknown}; accepted: name, model, compression"))
+            problems.append(_problem(f"models[{i}]", entry,
+                                     f"unknown field(s) {unknown}; accepted: name, model, compression"))
         kwargs = {field: entry.get(key) for key, field in keys.items() if field != "compression"}
         if "compression" in entry or "compression" in model:
             kwargs["compression"] = entry.get("compression", model.get("compression"))

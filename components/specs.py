@@ -85,7 +85,8 @@ def node_selector(pool_label: Optional[str]) -> dict[str, str]:
     return {POOL_LABEL: pool_label} if pool_label else {}
 
 
-def pod_node_selector(pool_labels: Optional[dict[str, str]], select: Sequence[str], arch: Optional[str]) -> dict[str, str]:
+def pod_node_selector(pool_labels: Optional[dict[str, str]], select: Sequence[str],
+                      arch: Optional[str]) -> dict[str, str]:
     """The pods' nodeSelector: the `select`ed labels of the pool's nodes (its own label, or a shared
     GPU's labels, which any pool sliced alike carries) and the nodes' architecture when known."""
     out = {key: (pool_labels or {})[key] for key in select}
@@ -115,8 +116,10 @@ def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str,
     return {
         "startupProbe": http(READY_PATH) | {"periodSeconds": STARTUP_PROBE_PERIOD, "timeoutSeconds": 2,
                                             "failureThreshold": startup_failure_threshold},
-        "readinessProbe": check(READY_PATH, contract.GRPC_HEALTH_SERVICE) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
-        "livenessProbe": check(LIVE_PATH, contract.GRPC_LIVENESS_SERVICE) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
+        "readinessProbe": check(READY_PATH, contract.GRPC_HEALTH_SERVICE)
+        | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
+        "livenessProbe": check(LIVE_PATH, contract.GRPC_LIVENESS_SERVICE)
+        | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
     }
 
 

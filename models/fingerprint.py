@@ -165,7 +165,8 @@ class _Encoder:
         elif isinstance(obj, types.FunctionType):
             self._function(h, obj, depth)
         elif isinstance(obj, (types.BuiltinFunctionType, types.ModuleType)):
-            h.update(f"builtin:{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', obj.__name__)};".encode())
+            qualname = getattr(obj, '__qualname__', obj.__name__)
+            h.update(f"builtin:{getattr(obj, '__module__', None)}.{qualname};".encode())
         else:
             self._object(h, obj, depth)
 

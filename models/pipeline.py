@@ -57,7 +57,8 @@ class BuildResult:
                 "context_dir": str(self.context_dir), "compression": self.compression, "device": self.device,
                 "cache_hit": self.cache_hit, "exported": self.exported, "cache_repaired": self.cache_repaired,
                 "seconds": round(self.seconds, 3),
-                "sizes": self.sizes, "steps": self.steps, "startup": self.startup, "parity": self.manifest.get("parity"),
+                "sizes": self.sizes, "steps": self.steps, "startup": self.startup,
+                "parity": self.manifest.get("parity"),
                 "evaluation": self.manifest.get("evaluation"),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
 

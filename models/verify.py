@@ -195,7 +195,8 @@ def verify(spec, model_path: Path, ref: Reference, compression: str, *, required
     try:
         sess = session(model_path)
     except Exception as e:  # noqa: BLE001
-        raise BuildError(spec.name, step, f"onnxruntime cannot load the model: {' '.join(str(e).split())[:300]}") from None
+        raise BuildError(spec.name, step,
+                         f"onnxruntime cannot load the model: {' '.join(str(e).split())[:300]}") from None
     names = list(spec.output_names)
     stats = {n: {"max_abs_err": 0.0, "max_rel_err": 0.0, "allclose": True, "agree": 0, "rows": 0,
                  "cos_min": 1.0, "exact": True, "float": True} for n in names}
@@ -241,7 +242,8 @@ def verify(spec, model_path: Path, ref: Reference, compression: str, *, required
             batched = spec.max_batch_size > 0
             s["cos_min"] = min(s["cos_min"], float(_row_cosines(g64, e64, batched).min(initial=1.0)))
             if spec.task == "classification" and name == names[0] and e.ndim >= 1:
-                s["agree"] += int((g.reshape(-1, e.shape[-1]).argmax(-1) == e.reshape(-1, e.shape[-1]).argmax(-1)).sum())
+                top1 = g.reshape(-1, e.shape[-1]).argmax(-1) == e.reshape(-1, e.shape[-1]).argmax(-1)
+                s["agree"] += int(top1.sum())
                 s["rows"] += int(np.prod(e.shape[:-1]))
 
     record: dict[str, Any] = {}

@@ -224,7 +224,8 @@ def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]]) -
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.", no_mutable_tags),
+    Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.",
+         no_mutable_tags),
     Rule("requests-and-limits", "Every container sets CPU and memory requests and limits.", requests_and_limits),
     Rule("gpu-limit-equals-request", "nvidia.com/gpu request equals its limit.", gpu_limit_equals_request),
     Rule("probes-present", "Served containers have readiness and liveness probes.", probes_present),
