@@ -254,7 +254,8 @@ class RealisticMocks(pulumi.runtime.Mocks):
         if t == "aws:acm/certificate:Certificate":
             # Computed by ACM on create: unknown during a preview, as the provider leaves it.
             if not pulumi.runtime.is_dry_run():
-                state["arn"] = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/{_short_hash(name)[:8]}-0000-4000-8000-{_short_hash(name)[8:20]}"
+                digest = _short_hash(name)
+                state["arn"] = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/{digest[:8]}-0000-4000-8000-{digest[8:20]}"
             return f"{name}-{suffix}", state
         if t == "docker:index/container:Container":
             state.setdefault("name", f"{name}-{suffix}")
@@ -350,8 +351,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             dependencies=list(request.dependencies),
             property_dependencies={key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
             delete_before_replace=bool(request.deleteBeforeReplace),
-            custom_timeouts={k: v for k in ("create", "update", "delete")
-                             if (v := getattr(request.customTimeouts, k))} if request.HasField("customTimeouts") else {},
+            custom_timeouts=({k: v for k in ("create", "update", "delete") if (v := getattr(request.customTimeouts, k))}
+                             if request.HasField("customTimeouts") else {}),
             replace_on_changes=list(request.replaceOnChanges),
             state=self.resources[response.urn].state if response.urn in self.resources else {},
         ))

@@ -74,7 +74,8 @@ def test_the_shipped_gpu_stacks_fit_their_smallest_node(stack):
       "(@{node_pool.daemon_set_cpu}) = 3670m"]),
     ({"servedmodel:cpu": "3700m"}, "resources.cpu", ["= 3670m"]),
     ({"servedmodel:memory": "14Gi"}, "resources.memory",
-     ["does not fit g5.xlarge: allocatable 14162Mi (16384Mi - 1229Mi VM overhead - 893Mi kubelet reservation for 58 pods "
+     ["does not fit g5.xlarge: allocatable 14162Mi (16384Mi - 1229Mi VM overhead - 893Mi kubelet reservation "
+      "for 58 pods "
       "- 100Mi eviction threshold) - 256Mi DaemonSet headroom (@{node_pool.daemon_set_memory}) = 13906Mi"]),
     ({"servedmodel:gpu": 2}, "resources.gpu", ["does not fit g5.xlarge: EC2 gives it 1 NVIDIA GPU(s)"]),
     ({"servedmodel:daemonSetCpu": "500m"}, "resources.cpu", ["- 500m DaemonSet headroom", "= 3420m"]),
@@ -115,7 +116,8 @@ def test_karpenter_pools_are_checked_against_their_listed_types(model_cache):
 
 
 def test_each_instance_type_is_read_from_ec2_once_per_check(stack_runs):
-    asked = [a["instanceType"] for t, a in stack_runs["burst"].invokes if t == "aws:ec2/getInstanceType:getInstanceType"]
+    asked = [a["instanceType"] for t, a in stack_runs["burst"].invokes
+             if t == "aws:ec2/getInstanceType:getInstanceType"]
     assert sorted(set(asked)) == ["g5.xlarge", "g6.xlarge"]
     asked = [a["instanceType"] for t, a in stack_runs["dev"].invokes if t == "aws:ec2/getInstanceType:getInstanceType"]
     assert asked == []  # CPU models run on the platform's nodes: nothing to check
@@ -157,7 +159,8 @@ def test_a_gpu_pool_refuses_a_volta_type_naming_the_field():
     ({"servedmodel:maxReplicas": 10, "servedmodel:nodeMax": 11}, True),
     ({"servedmodel:replicas": 2, "servedmodel:maxReplicas": 2, "servedmodel:nodeMax": 2}, False),  # no HPA: 2 + 1
     ({"servedmodel:replicas": 2, "servedmodel:maxReplicas": 2, "servedmodel:nodeMax": 3}, True),
-    ({"servedmodel:gpu": 2, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 5}, False),  # 2/node
+    # 2/node:
+    ({"servedmodel:gpu": 2, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 5}, False),
     ({"servedmodel:gpu": 2, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 6}, True),
     # 4 GPUs per g5.12xlarge, but its 47810m hold only 3 replicas of 15 CPUs: CPU decides.
     ({"servedmodel:cpu": "15", "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 3}, False),
@@ -173,12 +176,14 @@ def test_a_gpu_rollout_must_fit_the_pool_maximum(overrides, fits):
         text = p.render(lambda path: {"node_pool.max_size": "servedmodel:nodeMax",
                                       "autoscaling.max_replicas": "servedmodel:maxReplicas"}.get(path, path))
         assert text.startswith("servedmodel:nodeMax")
-        assert "servedmodel:maxReplicas" in text and "rollout surge" in text and "raise servedmodel:nodeMax to at least" in text
+        assert "servedmodel:maxReplicas" in text and "rollout surge" in text
+        assert "raise servedmodel:nodeMax to at least" in text
 
 
 def test_gpu_nodes_default_to_the_clusters_private_subnets(stack_runs):
     group = stack_runs["prod"].one("aws:eks/nodeGroup:NodeGroup")
-    private = sorted(s for s, tags in pulumi_harness.SUBNETS.items() if tags.get("kubernetes.io/role/internal-elb") == "1")
+    private = sorted(s for s, tags in pulumi_harness.SUBNETS.items()
+                     if tags.get("kubernetes.io/role/internal-elb") == "1")
     assert group.inputs["subnetIds"] == private and len(private) < len(pulumi_harness.SUBNETS)
 
 

@@ -43,7 +43,8 @@ def test_the_server_uses_the_same_defaults_and_datatypes():
 
 
 def test_the_components_and_the_stack_defaults_use_the_contract():
-    assert (specs.SERVER_PORT, specs.READY_PATH, specs.LIVE_PATH) == (contract.PORT, contract.READY_PATH, contract.LIVE_PATH)
+    assert (specs.SERVER_PORT, specs.READY_PATH, specs.LIVE_PATH) == \
+        (contract.PORT, contract.READY_PATH, contract.LIVE_PATH)
     assert component_args.ServerArgs().drain_seconds == contract.DRAIN_SECONDS
     # YAML cannot import: the project default is held to the contract here.
     config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]

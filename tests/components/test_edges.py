@@ -171,7 +171,8 @@ def test_a_component_user_names_where_the_nlb_lives():
     from servedmodel.components.args import ModelArgs, ServedModelArgs, ServerArgs
 
     network = NetworkArgs(**PUBLIC, hostname="a.example.com", dns_zone_id="Z1")
-    common: dict[str, Any] = dict(model=ModelArgs(served_name="m", model="mnist-mlp"), out_dir=Path("build/m"), target="kubernetes",
+    common: dict[str, Any] = dict(model=ModelArgs(served_name="m", model="mnist-mlp"), out_dir=Path("build/m"),
+                                  target="kubernetes",
                   network=network, server=ServerArgs(pre_stop_seconds=120))
     with pytest.raises(ArgsError) as err:
         ServedModelArgs(**common)

@@ -15,7 +15,8 @@ SUPPORTED = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
 
 
 def pool_args(**kw):
-    base: dict[str, Any] = dict(cluster_name="demo", pool_label="classifier-gpu", families=("g5", "g6"), supported_families=SUPPORTED,
+    base: dict[str, Any] = dict(cluster_name="demo", pool_label="classifier-gpu", families=("g5", "g6"),
+                                supported_families=SUPPORTED,
                 node_role="KarpenterNodeRole-demo")
     return karpenter.KarpenterPoolArgs(**(base | kw))
 
@@ -53,7 +54,8 @@ def check_nodeclass_cel(obj):
     for key in ("subnetSelectorTerms", "securityGroupSelectorTerms"):
         assert spec[key] and all(("tags" in t) != ("id" in t) for t in spec[key])
         assert all(k and v for t in spec[key] for k, v in t.get("tags", {}).items())
-    assert all(k and not k.startswith("kubernetes.io/cluster") and k not in ("karpenter.sh/nodepool", "eks:eks-cluster-name")
+    assert all(k and not k.startswith("kubernetes.io/cluster")
+               and k not in ("karpenter.sh/nodepool", "eks:eks-cluster-name")
                for k in spec["tags"])
     assert all("volumeSize" in b["ebs"] or "snapshotID" in b["ebs"] for b in spec["blockDeviceMappings"])
 
@@ -78,10 +80,12 @@ def test_nodepool_admits_only_the_given_gpu_families_and_taints_like_the_managed
     assert spec["template"]["spec"]["taints"] == [specs.GPU_TAINT]
     assert spec["template"]["metadata"]["labels"][specs.POOL_LABEL] == "classifier-gpu"
     assert spec["limits"] == {"nvidia.com/gpu": 4}
-    assert spec["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m", "budgets": [{"nodes": "1"}]}
+    assert spec["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m",
+                                  "budgets": [{"nodes": "1"}]}
     # Pods tolerate exactly this taint (specs.gpu_tolerations is what ModelService uses).
     tol = specs.gpu_tolerations(1)[0]
-    assert (tol["key"], tol["value"], tol["effect"]) == (specs.GPU_TAINT["key"], specs.GPU_TAINT["value"], specs.GPU_TAINT["effect"])
+    taint = specs.GPU_TAINT
+    assert (tol["key"], tol["value"], tol["effect"]) == (taint["key"], taint["value"], taint["effect"])
 
 
 def test_nodeclass_defaults_to_discovery_tags_and_takes_ids_when_given():
@@ -100,7 +104,8 @@ def test_bad_karpenter_args_name_every_problem():
                   consolidate_after="5 minutes", disruption_budget_nodes="lots", ami_alias="al2023@latest",
                   subnet_ids=("my-subnet",), node_role="")
     text = str(raised.value)
-    for needle in ("['p3'] cannot run the serving image", "capacity_types", "gpu_limit 0", "consolidation_policy 'Always'",
+    for needle in ("['p3'] cannot run the serving image", "capacity_types", "gpu_limit 0",
+                   "consolidation_policy 'Always'",
                    "consolidate_after '5 minutes'", "disruption_budget_nodes 'lots'", "ami_alias 'al2023@latest'",
                    "subnet ids ['my-subnet']", "node_role is required"):
         assert needle in text, needle

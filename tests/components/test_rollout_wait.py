@@ -262,4 +262,5 @@ def test_the_deadline_is_sized_from_the_steps_and_the_pods():
     assert canary.rollout_timeout_seconds(args, 600, pods_seconds=1800) == \
         900 + 1800 + timeouts.ROLLOUT_WAIT_MARGIN_SECONDS
     # The progress deadline bounds from below what bringing the pods up may take.
-    assert canary.rollout_timeout_seconds(args, 600, pods_seconds=60) == 900 + 600 + timeouts.ROLLOUT_WAIT_MARGIN_SECONDS
+    assert canary.rollout_timeout_seconds(args, 600, pods_seconds=60) == \
+        900 + 600 + timeouts.ROLLOUT_WAIT_MARGIN_SECONDS

@@ -79,7 +79,8 @@ def test_a_group_sets_the_same_values_as_its_flat_keys():
 
 
 def test_a_group_with_a_shorthand_takes_its_main_settings_plain_value():
-    [a] = parse_settings(*engine_config("local", {"servedmodel:monitoring": "none", "servedmodel:rollout": "rolling"})).served
+    [a] = parse_settings(*engine_config("local", {"servedmodel:monitoring": "none",
+                                                  "servedmodel:rollout": "rolling"})).served
     assert (a.monitoring.mode, a.rollout.strategy) == ("none", "rolling")
     found = problems("local", {"servedmodel:rollout": {"strategy": "canary"}})
     assert any(p.startswith("servedmodel:rollout.strategy = 'canary': a canary needs the kubernetes target")

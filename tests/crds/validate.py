@@ -216,6 +216,7 @@ def validate_custom_resource(obj: dict[str, Any]) -> None:
     """Raise AssertionError listing every problem of `obj` against its upstream CRD schema."""
     found = problems(obj)
     if found:
-        name = obj.get("metadata", {}).get("name") if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) else None
+        has_metadata = isinstance(obj, dict) and isinstance(obj.get("metadata"), dict)
+        name = obj.get("metadata", {}).get("name") if has_metadata else None
         raise AssertionError(f"{obj.get('kind') if isinstance(obj, dict) else '?'} {name!r} is not valid against its "
                              f"CRD schema ({len(found)} problem(s)):\n  " + "\n  ".join(found))

@@ -156,7 +156,8 @@ def test_container_serves_grpc(images):
         got = client.infer(built.manifest["name"], [inp]).as_numpy("logits")
         session = ort.InferenceSession(str(built.context / "model" / "model.onnx"),
                                        providers=["CPUExecutionProvider"])
-        np.testing.assert_allclose(np.asarray(got), np.asarray(session.run(None, {"input": x})[0]), rtol=1e-5, atol=1e-6)
+        want = np.asarray(session.run(None, {"input": x})[0])
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
             health_pb2.HealthCheckResponse.SERVING
@@ -224,7 +225,8 @@ def test_push_pull_by_digest_and_a_new_model_version_pushes_one_layer(images, re
     docker("push", ref)
     digest = next(d.split("@", 1)[1] for d in inspect(ref, "{{json .RepoDigests}}") if d.startswith(repo + "@"))
     req = urllib.request.Request(f"http://{registry}/v2/{name}/manifests/{built.version}",
-                                 method="HEAD", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+                                 method="HEAD",
+                                 headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.headers["Docker-Content-Digest"] == digest
     tags = json.load(urllib.request.urlopen(f"http://{registry}/v2/{name}/tags/list"))

@@ -77,7 +77,8 @@ def test_changed_factory_file_misses_the_cache(cache_dir, tmp_path):
 
 def test_other_compression_reuses_the_fp32_export(build_once, monkeypatch, tmp_path, cache_dir):
     build_once("resnet-tiny", "none")
-    monkeypatch.setattr("servedmodel.models.export.export", lambda *a, **k: (_ for _ in ()).throw(AssertionError("exported")))
+    monkeypatch.setattr("servedmodel.models.export.export",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("exported")))
     r = models.build("resnet-tiny", "fp16", tmp_path / "fp16", cache_dir=cache_dir)
     assert not r.cache_hit and not r.exported and "export" not in r.steps
     assert r.manifest["parity"]["passed"]

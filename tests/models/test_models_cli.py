@@ -123,7 +123,8 @@ def test_cuda_context_packages_the_gpu_runtime(build_once):
 def test_list(cache_dir):
     proc = run_cli("list", cache_dir=cache_dir)
     assert proc.returncode == 0
-    assert [ln.split()[0] for ln in proc.stdout.splitlines()] == ["mnist-mlp", "lenet", "resnet-tiny", "digits-cnn", "minilm"]
+    assert [ln.split()[0] for ln in proc.stdout.splitlines()] == \
+        ["mnist-mlp", "lenet", "resnet-tiny", "digits-cnn", "minilm"]
 
 
 def test_cuda_without_gpu_requirements_fails_clearly(tmp_path, monkeypatch):

@@ -165,8 +165,8 @@ def test_evaluation_is_checked_on_creation():
         Evaluation("spearman", x, targets=[(0, 1)])
     with pytest.raises(SpecError) as e:
         ModelSpec(name="m", module=torch.nn.Linear(3, 2), example_inputs=(torch.zeros(2, 3),), input_names=["x"],
-                  output_names=["y"], evaluation=Evaluation("neighbour-agreement", [(torch.zeros(2, 3, dtype=torch.int64),)],
-                                                            output="z"))
+                  output_names=["y"],
+                 evaluation=Evaluation("neighbour-agreement", [(torch.zeros(2, 3, dtype=torch.int64),)], output="z"))
     assert "evaluation.output 'z' is not one of output_names" in str(e.value)
     assert "evaluation.inputs[0] must be a tuple of 1 tensors matching" in str(e.value)
 

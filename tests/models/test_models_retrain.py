@@ -136,7 +136,8 @@ def test_an_unchanged_rebuild_after_retraining_is_a_cache_hit(scorer, cache_dir,
     assert not retrained.cache_hit
 
     torch.save(weights(2), folder / "scorer.pt")  # saved again, same values: nothing to serve anew
-    monkeypatch.setattr("servedmodel.models.export.export", lambda *a, **k: pytest.fail("export ran on an unchanged rebuild"))
+    monkeypatch.setattr("servedmodel.models.export.export",
+                        lambda *a, **k: pytest.fail("export ran on an unchanged rebuild"))
     again = models.build(ref, "none", tmp_path / "c", cache_dir=cache_dir)
     assert again.cache_hit and not again.exported and again.version == retrained.version
     np.testing.assert_array_equal(onnx_outputs(again), onnx_outputs(retrained))
