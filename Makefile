@@ -45,7 +45,7 @@ serve: $(STAMP)
 # PYRIGHT_PYTHON_IGNORE_WARNINGS: no look-up of pyright's newest version on PyPI at every run.
 lint: $(STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
-	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright --warnings
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright --warnings --threads 2
 
 test: lint
 	$(PY) -m pytest
