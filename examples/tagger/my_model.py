@@ -2,9 +2,9 @@
 from pathlib import Path
 
 import torch
-from tagger import CLASSES, VOCAB, Tagger  # the model's code, in a file next to this one
 
 from servedmodel.models import ModelSpec, Tolerance
+from tagger import CLASSES, VOCAB, Tagger  # the model's code, in a file next to this one
 
 WEIGHTS = Path(__file__).with_name("tagger.pt")  # written by train_tagger.py
 
