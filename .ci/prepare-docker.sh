@@ -8,6 +8,8 @@
 # Idempotent: each step is skipped when it is already done. Fails loudly on any error.
 # CI/test scaffolding only: the product Dockerfile (models/image/) is unchanged by any of it.
 set -euo pipefail
+# shellcheck source=standin.sh
+. "$(dirname "$0")/standin.sh"
 
 STATE_DIR=${SERVEDMODEL_CI_STATE:-/var/lib/servedmodel-ci}
 LOG_DIR=${SERVEDMODEL_CI_LOGS:-/var/log/servedmodel-ci}
@@ -82,38 +84,13 @@ EOF
 fi
 
 # --- 4. the stand-in base image ------------------------------------------------------------
-# The machine's Debian mirror, read from its apt sources (one-line or deb822 format); the
-# first URI that serves the bookworm suite of the main archive.
-debian_mirror() {
-    local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources)
-    local f
-    for f in "${files[@]}"; do
-        [ -f "$f" ] || continue
-        case "$f" in
-        *.sources)
-            awk -v suite="$SUITE" '
-                /^[[:space:]]*$/ { if (uri != "" && suites ~ ("(^| )" suite "( |$)")) { print uri; exit } uri=""; suites=""; next }
-                tolower($1) == "uris:" { uri=$2 }
-                tolower($1) == "suites:" { $1=""; suites=$0; sub(/^ +/, "", suites) }
-                END { if (uri != "" && suites ~ ("(^| )" suite "( |$)")) print uri }
-            ' "$f" | grep -v -- '-security' | head -n1
-            ;;
-        *)
-            awk -v suite="$SUITE" '$1 == "deb" { i=2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ } if ($(i+1) == suite) { print $i; exit } }' "$f" \
-                | grep -v -- '-security' | head -n1
-            ;;
-        esac
-    done | head -n1
-}
-
-standin_label="org.servedmodel.ci.standin"
-current=$(docker image inspect --format "{{ index .Config.Labels \"$standin_label\" }}" "$BASE_IMAGE" 2>/dev/null || true)
+current=$(docker image inspect --format "{{ index .Config.Labels \"$STANDIN_LABEL\" }}" "$BASE_IMAGE" 2>/dev/null || true)
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && [ -z "$current" ]; then
     log "$BASE_IMAGE exists and is not a stand-in (the real upstream image?): leaving it"
 elif [ "$current" = "$STANDIN_RECIPE" ]; then
     log "stand-in $BASE_IMAGE (recipe $STANDIN_RECIPE) already present"
 else
-    mirror=$(debian_mirror)
+    mirror=$(debian_mirror "$SUITE")
     [ -n "$mirror" ] || die "no Debian $SUITE mirror found in the apt sources"
     log "building stand-in $BASE_IMAGE from Debian $SUITE packages (debootstrap minbase)"
     rootfs=$(mktemp -d /var/tmp/servedmodel-standin.XXXXXX)
@@ -121,21 +98,7 @@ else
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
         "$SUITE" "$rootfs" "$mirror" >"$LOG_DIR/debootstrap.log" 2>&1 \
         || { tail -n 30 "$LOG_DIR/debootstrap.log" >&2; die "debootstrap failed"; }
-    # Trust what this machine trusts, so pip inside a build reaches the package index.
-    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
-    # python:3.11-slim has `python`/`python3` in /usr/local/bin; offer the same names.
-    ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python3"
-    ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
-    # Like the upstream slim image: no apt lists, caches, docs or man pages.
-    rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
-        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*
-    tar --numeric-owner -C "$rootfs" -c . | docker import \
-        --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-        --change "ENV LANG=C.UTF-8" \
-        --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" \
-        --change "LABEL $standin_label=$STANDIN_RECIPE" \
-        --change 'CMD ["python3"]' \
-        - "$BASE_IMAGE" >/dev/null
+    standin_import "$rootfs" "$BASE_IMAGE" "$STANDIN_RECIPE"
     rm -rf "$rootfs"
     trap - EXIT
     log "stand-in $BASE_IMAGE built: $(docker run --rm --network host "$BASE_IMAGE" python3 --version)"

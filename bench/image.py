@@ -98,11 +98,14 @@ def last_layer_size(tag: str) -> int:
     return int(rows[0])
 
 
-def cold_start(image: str, port: int, env: dict[str, str] | None = None, timeout: float = 120) -> float:
+def cold_start(image: str, port: int, env: dict[str, str] | None = None, timeout: float = 120,
+               platform: str | None = None) -> float:
     """Seconds from `docker run` to the first 200 from /v2/health/ready."""
     env = {"SERVEDMODEL_HOST": "127.0.0.1", "SERVEDMODEL_PORT": str(port), **(env or {})}
     args = ["run", "--detach", "--network", "host", "--read-only", "--tmpfs", "/tmp",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    if platform is not None:
+        args += ["--platform", platform]
     for k, v in env.items():
         args += ["--env", f"{k}={v}"]
     t0 = time.monotonic()
@@ -124,8 +127,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def median_cold_start(image: str, runs: int, env: dict[str, str] | None = None) -> tuple[float, list[float]]:
-    times = [cold_start(image, free_port(), env) for _ in range(runs)]
+def median_cold_start(image: str, runs: int, env: dict[str, str] | None = None, timeout: float = 120,
+                      platform: str | None = None) -> tuple[float, list[float]]:
+    times = [cold_start(image, free_port(), env, timeout, platform) for _ in range(runs)]
     return statistics.median(times), times
 
 

@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -57,6 +57,8 @@ local f = io.open(os.getenv("BENCH_BODY"), "rb"); wrk.body = f:read("*a"); f:clo
 wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
 local h = os.getenv("BENCH_IHCL")
 if h ~= nil and h ~= "" then wrk.headers["Inference-Header-Content-Length"] = h end
+local a = os.getenv("BENCH_AUTH")
+if a ~= nil and a ~= "" then wrk.headers["Authorization"] = a end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
@@ -234,7 +236,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(context: Path, log: Path):
+def start_server(context: Path, log: Path, extra_env: dict | None = None):
     port, grpc_port = free_port(), free_port()
     # Access logs on (as in production, to a file here: its "ready" line says which batch size
     # the warm-up preferred). The default shedding settings (a 5 s queue-time budget) are kept:
@@ -245,6 +247,7 @@ def start_server(context: Path, log: Path):
     errors = log.with_suffix(".stderr")
     for key in ("SERVEDMODEL_QUEUE_TIMEOUT_MS", "SERVEDMODEL_MAX_QUEUE_SIZE"):
         env.pop(key, None)
+    env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--context", str(context),
                              "--host", "127.0.0.1", "--port", str(port),
                              "--grpc-port", str(grpc_port)], cwd=ROOT, env=env,
@@ -273,12 +276,14 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_wrk(url: str, body: tuple, concurrency: int, seconds: float, workdir: Path) -> Point:
+def run_wrk(url: str, body: tuple, concurrency: int, seconds: float, workdir: Path,
+            authorization: str = "") -> Point:
     data, ctype, ihcl = body
     body_file, lua = workdir / "body.bin", workdir / "post.lua"
     body_file.write_bytes(data)
     lua.write_text(LUA)
-    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CTYPE": ctype, "BENCH_IHCL": ihcl}
+    env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_CTYPE": ctype, "BENCH_IHCL": ihcl,
+           "BENCH_AUTH": authorization}
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                           "-s", str(lua), url], env=env, capture_output=True, text=True,
                          timeout=seconds + 60)
@@ -473,9 +478,14 @@ def main() -> int:
                          "client and a slow-connection flood run")
     ap.add_argument("--abuse-context", type=Path,
                     help="build context for --abuse (default: minilm, built)")
+    ap.add_argument("--auth", action="store_true",
+                    help="only the auth-cost benchmark (issue 21): server CPU per request with no "
+                         "auth, a client token and an OIDC JWT (mnist-mlp, REST binary)")
     args = ap.parse_args()
     if args.abuse:
         return abuse_main(args)
+    if args.auth:
+        return auth_main(args)
     seconds = 2.0 if args.quick else args.duration
     runs = args.runs or (1 if args.quick else 3)
     ref_seconds = 0.5 if args.quick else 3.0
@@ -870,6 +880,122 @@ def abuse_main(args) -> int:
         write_section("serve-abuse", text)
         print("wrote the serve-abuse section of docs/benchmarks.md")
     return 0
+
+
+
+# -- auth cost (issue 21) ------------------------------------------------------------------------
+class _Issuer:
+    """An OIDC issuer on 127.0.0.1 for the benchmark: discovery + JWKS of one RSA key."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from jwt.algorithms import RSAAlgorithm
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update({"kid": "bench", "use": "sig", "alg": "RS256"})
+        docs = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                data = json.dumps(docs.get(self.path, {})).encode()
+                self.send_response(200 if self.path in docs else 404)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        docs["/.well-known/openid-configuration"] = {"issuer": self.url, "jwks_uri": self.url + "/jwks"}
+        docs["/jwks"] = {"keys": [jwk]}
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self) -> str:
+        import jwt
+
+        now = int(time.time())
+        return jwt.encode({"iss": self.url, "aud": "bench", "sub": "bench-user", "azp": "bench-app",
+                           "scope": "models:infer", "iat": now, "exp": now + 3600}, self.key,
+                          algorithm="RS256", headers={"kid": "bench"})
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def auth_main(args) -> int:
+    """Server CPU per request for the same load (mnist-mlp, REST binary, c=8) with no auth, the
+    old single token (client `default`) and an OIDC JWT (RS256, verified once, then cached):
+    three servers up at once, measured in alternation, medians of the rounds."""
+    seconds = 2.0 if args.quick else 5.0
+    rounds = args.runs or (2 if args.quick else 5)
+    if not shutil.which("wrk"):
+        print("auth: needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    context = build("mnist-mlp", "none", args.out)
+    manifest = json.loads((context / "model" / "manifest.json").read_text())
+    name = manifest["name"]
+    body = request_bodies(manifest, example_inputs(manifest, 1, np.random.default_rng(0)))["binary"]
+    issuer = _Issuer()
+    jwt_token = issuer.token()
+    modes = {"none": ({}, ""), "token": ({"SERVEDMODEL_AUTH_TOKEN": "bench-token-0123456789"},
+                                         "Bearer bench-token-0123456789"),
+             "jwt": ({"SERVEDMODEL_OIDC_ISSUER": issuer.url, "SERVEDMODEL_OIDC_AUDIENCE": "bench",
+                      "SERVEDMODEL_OIDC_SCOPE": "models:infer"}, f"Bearer {jwt_token}")}
+    servers, cpu = {}, {m: [] for m in modes}
+    rps = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="bench-auth-") as tmp:
+        try:
+            for mode, (env, _) in modes.items():
+                servers[mode] = start_server(context, Path(tmp) / f"{mode}.log", env)
+            for r in range(rounds + 1):              # round 0 warms every server up
+                for mode, (_, header) in modes.items():
+                    proc, port, _ = servers[mode]
+                    wait_until_idle(port)
+                    before = _cpu_seconds(proc.pid)
+                    p = run_wrk(f"http://127.0.0.1:{port}/v2/models/{name}/infer", body, 8, seconds,
+                                Path(tmp), header)
+                    used = _cpu_seconds(proc.pid) - before
+                    if p.failed:
+                        print(f"auth: {mode}: {p.failed} failed requests", file=sys.stderr)
+                        return 1
+                    if r:
+                        n = p.rps * seconds
+                        cpu[mode].append(used / n * 1e6)
+                        rps[mode].append(p.rps)
+                    print(f"   round {r} {mode}: {p.rps:.0f} req/s, {used / (p.rps * seconds) * 1e6:.0f} us "
+                          f"CPU/request", flush=True)
+        finally:
+            for proc, _, _ in servers.values():
+                stop_server(proc)
+            issuer.server.shutdown()
+    med = {m: _median(v) for m, v in cpu.items()}
+    ratio = med["jwt"] / med["token"]
+    verdict = "PASS" if ratio <= 1.10 else "FAIL"
+    rows = "\n".join(f"| {m} | {med[m]:.0f} ({min(cpu[m]):.0f}-{max(cpu[m]):.0f}) | {_median(rps[m]):.0f} |"
+                      for m in modes)
+    md = (f"## Auth cost (`bench/serve.py --auth`)\n\n"
+          f"{time.strftime('%Y-%m-%d')}, {machine_line()}; mnist-mlp, REST binary, c=8, wrk (1 thread), "
+          f"{rounds} rounds of {seconds:g} s per mode, the three servers measured in alternation. CPU is "
+          f"the server process's (user + system, every thread) divided by the requests answered.\n\n"
+          f"| auth | server CPU per request, us (median, range) | req/s (median) |\n| --- | --- | --- |\n"
+          f"{rows}\n\n"
+          f"Target: a JWT request costs <= 10% more CPU than a token request: **{verdict}** "
+          f"(JWT / token = {ratio:.3f}). A token's signature is verified once (RS256, ~0.1 ms) and the "
+          f"result kept by the token's sha256 until it expires (at most 5 min, 10,000 tokens), so a "
+          f"caller that reuses its token pays a sha256 and a dictionary lookup per request.\n")
+    print(md)
+    if not args.no_write:
+        write_section("auth", md)
+    return 0 if verdict == "PASS" else 1
 
 
 if __name__ == "__main__":

@@ -88,8 +88,10 @@ class ModelService(pulumi.ComponentResource):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         res, scale, net, srv = args.resources, args.autoscaling, args.network, args.server
+        lifecycle, grace = specs.termination(srv.pre_stop_seconds, srv.drain_seconds)
         waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max,
-                                   pull_seconds=args.pull_seconds, node_seconds=args.node_seconds)
+                                   pull_seconds=args.pull_seconds, node_seconds=args.node_seconds,
+                                   termination_seconds=grace)
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
@@ -122,7 +124,6 @@ class ModelService(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["value", "preemptionPolicy"]))
             priority_class_name = pc.metadata.name
 
-        lifecycle, grace = specs.termination(srv.pre_stop_seconds, srv.drain_seconds)
         container: dict[str, Any] = {
             "name": "server",
             "image": args.image,

@@ -12,10 +12,11 @@ from .errors import BuildError, SpecError
 from .evaluate import DEFAULT_MAX_DROP, METRICS, Evaluation
 from .pipeline import BuildResult, build
 from .prune import PRUNE, FineTune, PruneOptions
+from .seal import ENCRYPTIONS, Encryption
 from .spec import ModelSpec
 from .tolerance import DEFAULT_TOLERANCES, FP16_TOLERANCE, FP32_TOLERANCE, INT8_TOLERANCE, Tolerance
 from .zoo import ZOO
 
 __all__ = ["BuildError", "BuildResult", "build", "ModelSpec", "SpecError", "Tolerance", "DEFAULT_TOLERANCES",
            "FP32_TOLERANCE", "FP16_TOLERANCE", "INT8_TOLERANCE", "ZOO", "COMPRESSIONS", "Evaluation", "METRICS",
-           "DEFAULT_MAX_DROP", "FineTune", "PruneOptions", "PRUNE"]
+           "DEFAULT_MAX_DROP", "FineTune", "PruneOptions", "PRUNE", "Encryption", "ENCRYPTIONS"]

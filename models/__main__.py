@@ -31,6 +31,7 @@ if __package__ == "models":
 from .constants import COMPRESSIONS
 from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, BuildError
 from .pipeline import build
+from .seal import Encryption
 from .zoo import ZOO
 
 # Set by the supervisor for its worker only: the file descriptor the worker reports on.
@@ -64,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", type=Path, default=None, help="default $SERVEDMODEL_CACHE or ~/.cache/servedmodel")
     b.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
+    b.add_argument("--encrypt", choices=("local", "kms"), default=None,
+                   help="encrypt the model in the context (AES-256-GCM; docs/pipeline.md): the data key wrapped "
+                        "by --key-file (local) or by AWS KMS --kms-key (kms). Default: not encrypted")
+    b.add_argument("--key-file", type=Path, default=None,
+                   help="--encrypt local: the 32-byte key (raw or base64); created, mode 0600, when missing")
+    b.add_argument("--kms-key", default=None, metavar="ARN", help="--encrypt kms: the KMS key (or alias) ARN")
+    b.add_argument("--served-name", default=None,
+                   help="the name the server will answer under, bound into the encryption context "
+                        "(default: the model's name)")
     sub.add_parser("list", help="list the model zoo")
     return p
 
@@ -107,6 +117,11 @@ def _table(result) -> str:
     if result.startup:
         rows.append(("start-up", f"model load {result.startup['load_seconds']:.3f} s + warm-up "
                      f"{result.startup['warmup_seconds']:.3f} s (onnxruntime CPU, measured at build time)"))
+    if result.encryption:
+        key = result.encryption["key"]
+        rows.append(("encryption", f"{result.encryption['algorithm']}, data key wrapped by {key['provider']} key "
+                     f"{key['key_id']} (context {key['encryption_context']}); decryption "
+                     f"{result.startup.get('decrypt_seconds', 0) * 1000:.0f} ms at start"))
     rows.append(("this run", f"{result.seconds:.2f} s, " + ("cache hit, no export" if result.cache_hit else "built")))
     rows.extend(("cache repaired", note) for note in result.cache_repaired)
     width = max(len(k) for k, _ in rows)
@@ -123,9 +138,16 @@ def _list() -> int:
 def _build(args, progress) -> tuple[int, str]:
     """Run the build; print a failure's one line on stderr. Returns (exit code, stdout text)."""
     try:
+        encryption = None
+        if args.encrypt or args.key_file or args.kms_key:
+            try:
+                encryption = Encryption(args.encrypt or "", key_file=args.key_file, kms_key=args.kms_key,
+                                        served_name=args.served_name)
+            except ValueError as e:
+                raise BuildError(args.model, "usage", str(e), EXIT_USAGE) from None
         result = build(args.model, compression=args.compression, out_dir=args.out, device=args.device,
                        cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=progress,
-                       max_metric_drop=args.max_metric_drop)
+                       max_metric_drop=args.max_metric_drop, encryption=encryption)
     except BuildError as e:
         error = {"ok": False, "model": e.model, "step": e.step, "exit_code": e.exit_code, "error": str(e)}
     except KeyboardInterrupt:

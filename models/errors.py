@@ -12,12 +12,14 @@ EXIT_UNSUPPORTED_COMPRESSION = 6  # compression not one of models.spec.COMPRESSI
 EXIT_COMPRESS = 7        # the fp16 converter or the quantizer failed
 EXIT_PACKAGE = 8         # the context could not be written (runtime files missing, --out not ours)
 EXIT_QUALITY = 9         # the task-quality gate refused a variant: its metric dropped past the allowance
+EXIT_ENCRYPT = 10        # --encrypt: the key file cannot be made or read, KMS refused GenerateDataKey
 EXIT_INTERRUPTED = 130   # SIGINT (Ctrl-C): the build stopped and cleaned up (128 + SIGINT, as shells report)
 
 EXIT_CODES = {
     "usage": EXIT_USAGE, "load": EXIT_USAGE, "factory": EXIT_FACTORY, "export": EXIT_EXPORT,
     "verify": EXIT_PARITY, "verify-compressed": EXIT_PARITY, "compression": EXIT_UNSUPPORTED_COMPRESSION,
     "compress": EXIT_COMPRESS, "package": EXIT_PACKAGE, "evaluate": EXIT_QUALITY, "internal": EXIT_INTERNAL,
+    "encrypt": EXIT_ENCRYPT,
 }
 
 

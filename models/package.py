@@ -234,6 +234,13 @@ def write_context(model: str, out: Path, device: str, model_bytes: bytes, manife
     manifest = dict(manifest)
     manifest["version"] = content_version(files, manifest)
     files["model/manifest.json"] = manifest_bytes(manifest)
+    publish_files(model, out, files)
+    return manifest
+
+
+def publish_files(model: str, out: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (context path -> bytes) as the context at `out`, atomically (an encrypted
+    context too: models/seal.py)."""
 
     def fill(staged: Path) -> None:
         for path, data in sorted(files.items()):
@@ -242,7 +249,6 @@ def write_context(model: str, out: Path, device: str, model_bytes: bytes, manife
             dst.write_bytes(data)
 
     _publish(model, out, fill)
-    return manifest
 
 
 def copy_context(model: str, src: Path, out: Path) -> None:

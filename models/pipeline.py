@@ -26,6 +26,7 @@ from .fingerprint import spec_fingerprint
 from .loader import load_spec, parse_ref
 from .package import DEVICES, check_out_dir, check_writable, copy_context, make_manifest, runtime_files, write_context
 from .prune import PRUNE, prune
+from .seal import Encryption
 from .startup import measure, model_layer_bytes
 
 Progress = Callable[[str], None]
@@ -46,10 +47,13 @@ class BuildResult:
     steps: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     startup: dict[str, Any] = field(default_factory=dict)
-    """Measured model load + warm-up seconds (models/startup.py): beside the manifest, never in it."""
+    """Measured model load + warm-up seconds and the memory peak of both, `peak_memory_bytes`
+    (models/startup.py): beside the manifest, never in it."""
     exported: bool = False  # True only when this call ran the exporter
     seconds: float = 0.0  # wall time of this call
     cache_repaired: list[str] = field(default_factory=list)  # damaged cache entries this call rebuilt, and why
+    encryption: dict[str, Any] | None = None
+    """The manifest's `encryption` block (algorithm, key provider and id, ...) when --encrypt was given."""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what `--json` prints)."""
@@ -59,7 +63,7 @@ class BuildResult:
                 "seconds": round(self.seconds, 3),
                 "sizes": self.sizes, "steps": self.steps, "startup": self.startup,
                 "parity": self.manifest.get("parity"),
-                "evaluation": self.manifest.get("evaluation"),
+                "evaluation": self.manifest.get("evaluation"), "encryption": _encryption_summary(self.encryption),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
 
 
@@ -96,13 +100,25 @@ def _producer(opset: int) -> dict[str, Any]:
             "onnxscript": v("onnxscript"), "opset": opset, "exporter": "torch.onnx.export(dynamo=True)"}
 
 
+def _encryption_summary(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What --json shows of the encryption block: no wrapped key, nonce or hash."""
+    if not block:
+        return None
+    key = block["key"]
+    return {"algorithm": block["algorithm"], "file": block["file"], "provider": key["provider"],
+            "key_id": key["key_id"], "encryption_context": key["encryption_context"]}
+
+
 def build(model: str, compression: str = "none", out_dir: Path | str = Path("build/local"),
           device: str = "cpu", cache_dir: Path | str | None = None, *, use_cache: bool = True,
-          progress: Progress | None = None, max_metric_drop: float | None = None) -> BuildResult:
+          progress: Progress | None = None, max_metric_drop: float | None = None,
+          encryption: Encryption | None = None) -> BuildResult:
     """Build the context for `model` at `out_dir`. Raises models.BuildError.
 
     max_metric_drop: the allowed drop of the task metric for this build (every evaluation of the
-    spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them."""
+    spec), overriding the spec's and the defaults (CLI --max-metric-drop); None keeps them.
+    encryption: encrypt the model in the context written to `out_dir` (models/seal.py); the
+    cached context, the version and the tag stay those of the plaintext."""
     t_start = time.perf_counter()
     say = progress or (lambda _msg: None)
     if compression not in COMPRESSIONS:
@@ -120,6 +136,11 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         runtime_files(device)
     except FileNotFoundError as e:
         raise BuildError(model, "package", str(e)) from None
+
+    if encryption is not None and encryption.mode == "local":
+        from .seal import local_key
+        assert encryption.key_file is not None   # (local mode: checked by Encryption)
+        local_key(model, encryption.key_file)    # made (or refused) now, not after the export
 
     root = cache_mod.cache_root(cache_dir)
     repaired: list[str] = []
@@ -173,20 +194,29 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         hit = checked(cache_mod.lookup, "context", key)
         if hit is not None:
             ctx, record = hit
-            copy_context(model, ctx, out)
+            if encryption is None:
+                copy_context(model, ctx, out)
             manifest = record["manifest"]
             startup, sizes = record.get("startup"), dict(record["sizes"])
-            if not startup or "model_layer_gzip_bytes" not in sizes:
-                # an entry cached before these were measured: measure them now
+            if not startup or "peak_memory_bytes" not in startup or "model_layer_gzip_bytes" not in sizes:
+                # an entry cached before these were measured: measure them now (on the cached
+                # context: --out may hold the encrypted one)
                 with _quiet():
-                    startup = startup or measure(out / "model" / manifest["model_file"], manifest)
-                sizes["model_layer_gzip_bytes"] = model_layer_bytes(out)
+                    if not startup or "peak_memory_bytes" not in startup:
+                        startup = measure(ctx / "model" / manifest["model_file"], manifest)
+                sizes["model_layer_gzip_bytes"] = model_layer_bytes(ctx)
                 cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
             cache_mod.remember_spec(root, mref, fingerprint.parts)
+            block = None
+            if encryption is not None:
+                with _naming(model):
+                    manifest, startup, sizes = _sealed(model, ctx, out, encryption, root, startup, sizes, say)
+                block = manifest["encryption"]
             say(f"[{model}] cache hit ({key[:12]}): no export; context copied to {out}")
             return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=True,
                                model=model, compression=compression, device=device, steps=record["steps"],
-                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start)
+                               sizes=sizes, startup=startup, exported=False, seconds=time.perf_counter() - t_start,
+                               encryption=block)
         changed = fingerprint.changed_parts(cache_mod.last_spec(root, mref) or fingerprint.parts)
         if changed:
             say(f"[{model}] cache: the factory returned another spec than in the last build of {model} "
@@ -252,20 +282,45 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                     outputs=exporter.tensor_infos(graph.output), compression=compression,
                     compression_details=details, parity=parity, producer=_producer(exported.opset),
                     evaluation=evaluation)
-                manifest = write_context(model, out, device, model_bytes, manifest)
+                # An encrypted build writes the plaintext context to the build's private folder
+                # (the cache is filled from it) and only the sealed one to --out.
+                plain = Path(tmp) / "context" if encryption is not None else out
+                manifest = write_context(model, plain, device, model_bytes, manifest)
             with step("startup", "timing model load + warm-up with onnxruntime"):
-                startup = measure(out / "model" / manifest["model_file"], manifest)
-                layer_bytes = model_layer_bytes(out)
-    sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
-             "model_layer_gzip_bytes": layer_bytes}
-    record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
-    if key is not None and fingerprint is not None:
-        cache_mod.store(root, key, out, {**record, "spec_parts": fingerprint.parts})
-        cache_mod.remember_spec(root, mref, fingerprint.parts)
+                startup = measure(plain / "model" / manifest["model_file"], manifest)
+                layer_bytes = model_layer_bytes(plain)
+            sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
+                     "model_layer_gzip_bytes": layer_bytes}
+            record = {"manifest": manifest, "steps": steps, "sizes": sizes, "startup": startup}
+            if key is not None and fingerprint is not None:
+                cache_mod.store(root, key, plain, {**record, "spec_parts": fingerprint.parts})
+                cache_mod.remember_spec(root, mref, fingerprint.parts)
+            block = None
+            if encryption is not None:
+                manifest, startup, sizes = _sealed(model, plain, out, encryption,
+                                                   root if key is not None else None, startup, sizes, say)
+                block = manifest["encryption"]
     return BuildResult(context_dir=out, version=manifest["version"], manifest=manifest, cache_hit=False,
                        model=model, compression=compression, device=device, steps=steps, sizes=sizes,
                        startup=startup, exported=ran_export, seconds=time.perf_counter() - t_start,
-                       cache_repaired=repaired)
+                       cache_repaired=repaired, encryption=block)
+
+
+def _sealed(model: str, plain: Path, out: Path, encryption: Encryption, root: Path | None, startup: dict,
+            sizes: dict, say: Progress) -> tuple[dict, dict, dict]:
+    """Publish the encrypted context of `plain` at `out`: (its manifest, the start-up figures
+    with `decrypt_seconds` added, the sizes with the sealed model layer's)."""
+    from .seal import publish_sealed
+
+    t = time.perf_counter()
+    done = publish_sealed(model, plain, out, encryption, root)
+    key = done["manifest"]["encryption"]["key"]
+    say(f"[{model}] encrypt: {key['provider']} key {key['key_id']}"
+        f"{' (sealed context reused from the cache)' if done['sealed_cache_hit'] else ''}: done in "
+        f"{time.perf_counter() - t:.2f} s")
+    startup = {**startup, "decrypt_seconds": done["decrypt_seconds"]}
+    sizes = {**sizes, "model_layer_gzip_bytes": done["model_layer_gzip_bytes"]}
+    return done["manifest"], startup, sizes
 
 
 def _pruned(spec, compression: str, tmp: Path, step, ref) -> tuple[Path, dict[str, Any]]:

@@ -3,8 +3,10 @@
 The server's start -> ready is mostly two things it does before answering ready: create the
 onnxruntime session (load) and run the model once per warm-up batch shape (warm-up). This step
 does both, the same way, on the build machine with onnxruntime's CPU provider, and returns
-`{"load_seconds", "warmup_seconds", ...}`. The cold-start budget (components/coldstart.py)
-reads it as the measured part of a pod's start.
+`{"load_seconds", "warmup_seconds", "peak_memory_bytes", ...}`. The cold-start budget
+(components/coldstart.py) reads it as the measured part of a pod's start; `peak_memory_bytes` is
+the model's measured memory peak, from which a GPU memory cap can be derived (docs/protocol.md,
+SERVEDMODEL_GPU_MEM_LIMIT).
 
 Why the figures are NOT in model/manifest.json: a timing differs run to run, and the manifest is
 part of the content-addressed context (same inputs -> byte-identical context -> same version ->
@@ -17,6 +19,9 @@ figures never needs them, and `import models` must not load them.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -69,8 +74,60 @@ def warmup_batch_sizes(manifest: dict[str, Any]) -> list[int]:
     return sorted(sizes)
 
 
+#: Run by `peak_memory` in a process of its own: only numpy and onnxruntime are imported, the
+#: inputs are made, the high-water mark of resident memory is reset to the current size
+#: (writing 5 to /proc/self/clear_refs), then the session is created and run once per warm-up
+#: feed. Prints the resident size before the session and the high-water mark after.
+_PEAK_MEMORY_CHILD = """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise SystemExit(f"no {field} in /proc/self/status")
+
+args = json.loads(sys.argv[1])
+runs = [{name: np.full(shape, "a", dtype=object) if dtype == "object" else np.ones(shape, dtype=dtype)
+         for name, shape, dtype in feeds} for feeds in args["feeds"]]
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass   # the mark then includes the imports' own peak: a slight overestimate
+before = status("VmRSS")
+session = ort.InferenceSession(args["model"], providers=["CPUExecutionProvider"])
+for feeds in runs:
+    session.run(None, feeds)
+print(json.dumps({"before": before, "peak": status("VmHWM")}))
+"""
+
+
+def peak_memory(model_path: Path, manifest: dict[str, Any]) -> int:
+    """Bytes of resident memory that loading `model_path` and running its warm-up batches add
+    at their peak (onnxruntime, CPU provider): weights, the graph, the activation arena.
+
+    Measured in a fresh process, because this one holds torch and whatever heap it freed (which
+    onnxruntime would reuse unseen). Linux only (/proc). On a GPU, the CUDA provider's arena
+    holds the same weights and activations; the CUDA context comes on top of it."""
+    runs = [[(name, list(a.shape), "object" if a.dtype == object else a.dtype.str)
+             for name, a in warmup_feeds(manifest, batch).items()]
+            for batch in warmup_batch_sizes(manifest)]
+    proc = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_CHILD,
+                           json.dumps({"model": str(model_path), "feeds": runs})],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring the memory peak failed: {proc.stderr.strip()[-500:]}")
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    return max(0, figures["peak"] - figures["before"])
+
+
 def measure(model_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Load `model_path` with onnxruntime (CPU) and warm it up once per batch shape; seconds each.
+    """Load `model_path` with onnxruntime (CPU) and warm it up once per batch shape; seconds each,
+    and the memory peak of doing so (`peak_memory`).
 
     Raises whatever onnxruntime raises for a model it cannot run (the pipeline's step wrapper turns
     that into a BuildError naming this step)."""
@@ -84,6 +141,7 @@ def measure(model_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         session.run(None, warmup_feeds(manifest, batch))
     warmup = time.perf_counter() - t1
     return {"load_seconds": round(load, 3), "warmup_seconds": round(warmup, 3),
+            "peak_memory_bytes": peak_memory(model_path, manifest),
             "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__,
             "batch_sizes": warmup_batch_sizes(manifest)}
 

@@ -49,20 +49,27 @@ def main(argv: list[str] | None = None) -> int:
 
         model = OnnxModel(manifest, settings)
         model.load()
+        from .app import create_app
+
+        app = create_app(settings, model, manifest)     # opens the audit log
     except StartupError as e:
         print(f"serving: {e}", file=sys.stderr, flush=True)
         return 2 if str(e).startswith("invalid settings") else 1
 
-    from .app import create_app
     from .server import serve
 
-    app = create_app(settings, model, manifest)
     print(json.dumps({"event": "starting", "model": manifest.name, "version": manifest.version,
-                      "providers": model.providers, "intra_op_threads": settings.intra_op_threads,
+                      "providers": model.providers, "gpu_mem_limit": settings.gpu_mem_limit,
+                      "intra_op_threads": settings.intra_op_threads,
                       "served_name": app.service.model_name,
                       "max_batch_size": settings.batching.max_batch_size, "host": settings.host,
                       "port": settings.port, "grpc_port": settings.grpc_port,
-                      "max_connections": settings.max_connections}), flush=True)
+                      "max_connections": settings.max_connections,
+                      "encrypted": "encryption" in manifest.raw,
+                      "decrypt_ms": round(model.decrypt_seconds * 1000, 1),
+                      "clients": len(settings.auth.clients),
+                      "oidc_issuer": settings.auth.oidc.issuer if settings.auth.oidc else None,
+                      "audit_log": settings.audit_log}), flush=True)
     return serve(app, settings.host, settings.port, settings.drain_seconds, settings.log_level)
 
 

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from . import routes
+from .audit import UNAUDITED_PATHS
+from .auth import ANONYMOUS, AuthError
 from .connections import CLIENT_GONE
 from .errors import ServingError
 from .hooks import ModelHooks
@@ -116,10 +118,13 @@ class App:
         is_infer = False
         reason = None
         extra = None
+        identity = None
         try:
             route = self.routes.match(path)
             if route.auth:
-                svc.authorize(_header(scope, b"authorization"))   # before the model name
+                # Before the model name: names cannot be probed without a token.
+                identity = (await svc.auth.authenticate_async(_header(scope, b"authorization"))
+                            if svc.auth.enabled else ANONYMOUS)
             if route is routes.MODEL:
                 route = self.routes.resolve_model(path)
             is_infer = route is routes.MODEL_INFER
@@ -133,6 +138,8 @@ class App:
             body = orjson.dumps({"error": e.message})
             headers = JSON + e.headers
             reason = e.reason
+            if isinstance(e, AuthError):
+                identity = e.identity        # who was refused (403), None when unknown (401)
         except Exception as e:  # a bug: answer 500 with a message rather than dropping the socket
             status = 500
             body = orjson.dumps({"error": f"internal error: {type(e).__name__}"})
@@ -148,7 +155,15 @@ class App:
                   "status": status, "ms": 0.0, "bytes_out": len(body)}
         if extra:
             record.update(extra)
-        svc.record("rest", is_infer, status, reason, time.perf_counter() - t0, record)
+        seconds = time.perf_counter() - t0
+        svc.record("rest", is_infer, status, reason, seconds, record)
+        if svc.audit.enabled and path not in UNAUDITED_PATHS:
+            svc.audit.add(protocol="rest", method=method, path=path, status=status,
+                          seconds=seconds, identity=identity, reason=reason,
+                          traceparent=_header(scope, b"traceparent"),
+                          rows=extra.get("rows") if extra else None,
+                          bytes_in=extra.get("bytes_in") if extra else None,
+                          bytes_out=len(body))
 
     def _get(self, route: routes.Route):
         name = route.name

@@ -88,9 +88,11 @@ class ConnectionGuard:
     """State shared by the connections of one server: the cap, the connections that may be
     evicted, and the counters exported in /metrics."""
 
-    def __init__(self, limits: ConnectionLimits, metrics: Metrics) -> None:
+    def __init__(self, limits: ConnectionLimits, metrics: Metrics, audit=None) -> None:
         self.limits = limits
         self.metrics = metrics
+        #: the server's AuditLog: requests this layer answers itself are audited too
+        self.audit = audit if audit is not None and audit.enabled else None
         self.open = 0
         #: connections waiting for a request head, oldest first (evicted first at the cap)
         self.waiting: OrderedDict[GuardedProtocol, None] = OrderedDict()
@@ -101,6 +103,12 @@ class ConnectionGuard:
     def count(self, reason: str) -> None:
         errors = self.metrics.connection_errors
         errors[reason] = errors.get(reason, 0) + 1
+
+    def audited(self, status: int, reason: str, method: str | None, path: str | None) -> None:
+        """Audit a request this layer refused before the app saw it (no caller is known)."""
+        if self.audit is not None:
+            self.audit.add(protocol="rest", method=method, path=path or "", status=status,
+                           seconds=0.0, identity=None, reason=reason, bytes_out=None)
 
     def admit(self, conn: GuardedProtocol) -> str:
         """'normal', 'probe' (the reserve: health and metrics only) or 'refuse'."""
@@ -145,10 +153,11 @@ class _Flow(FlowControl):
             super().resume_reading()
 
 
-def _probe_only(app):
+def _probe_only(app, guard: ConnectionGuard):
     """The app for a connection taken from the probe reserve: probes pass, the rest is 503."""
     async def guarded(scope, receive, send):
         if scope["type"] == "http" and scope["path"].encode() not in PROBE_PATHS:
+            guard.audited(503, "connection_limit", scope.get("method"), scope["path"])
             body = orjson.dumps({"error": "the server is at its connection limit "
                                           "(SERVEDMODEL_MAX_CONNECTIONS); retry later"})
             await send({"type": "http.response.start", "status": 503, "headers": [
@@ -189,6 +198,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if admission == "refuse":
             self._dead = True
             guard.count("connection_limit")
+            guard.audited(503, "connection_limit", None, None)
             self.connections.discard(self)
             transport.write(_error(503, "Service Unavailable", "the server is at its connection "
                                    "limit (SERVEDMODEL_MAX_CONNECTIONS); retry later",
@@ -197,7 +207,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         guard.opened(self)
         if admission == "probe":
-            self.app = _probe_only(self.app)
+            self.app = _probe_only(self.app, guard)
         self._wait_for_head()
 
     def connection_lost(self, exc) -> None:
@@ -233,6 +243,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, response: bytes, reason: str) -> None:
         self.guard.count(reason)
+        if self._in_head and response:
+            # A head the app never saw (a request whose body was being read is the app's to
+            # audit): the status is the response's, the path what was parsed of the URL.
+            url = bytes(getattr(self, "url", b""))
+            path = url.split(b"?", 1)[0].decode("latin-1")[:256] or None
+            self.guard.audited(int(response[9:12]), reason, None, path)
         self.guard.waiting.pop(self, None)
         self._pending = b""
         if not self.transport.is_closing():

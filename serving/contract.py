@@ -41,3 +41,29 @@ GRPC_LIVENESS_SERVICE = "live"
 #: The metrics the autoscaler reads (docs/protocol.md).
 INFLIGHT_METRIC = "servedmodel_inflight_requests"
 QUEUE_DURATION_METRIC = "servedmodel_queue_duration_seconds"
+#: Every SERVEDMODEL_* variable the server reads (without the prefix). Anything else with the
+#: prefix stops the server at start, naming the nearest of these (a misspelt
+#: SERVEDMODEL_CLIENTS_FIL must not serve everyone): serving/settings.py.
+SERVER_VARIABLES = ("CONTEXT", "HOST", "PORT", "GRPC_PORT", "DEVICE", "MODEL_NAME",
+                    "MAX_BATCH_SIZE", "MAX_QUEUE_DELAY_MS", "MAX_QUEUE_SIZE", "QUEUE_TIMEOUT_MS",
+                    "MAX_BODY_BYTES", "MAX_BUFFERED_BYTES", "MAX_REQUEST_ELEMENTS",
+                    "MAX_HEADER_BYTES", "MAX_HEADERS", "HEADER_TIMEOUT_SECONDS",
+                    "BODY_TIMEOUT_SECONDS", "KEEP_ALIVE_SECONDS", "MAX_CONNECTIONS",
+                    "PROBE_CONNECTIONS", "MAX_STREAMING_CALLS", "REQUEST_TIMEOUT_SECONDS",
+                    "INTRA_OP_THREADS", "INTRA_OP_SPINNING", "GPU_MEM_LIMIT", "DRAIN_SECONDS",
+                    "AUTH_TOKEN", "AUTH_TOKEN_FILE", "CLIENTS_FILE", "OIDC_ISSUER",
+                    "OIDC_AUDIENCE", "OIDC_SCOPE", "OIDC_JWKS_URL", "AUDIT_LOG",
+                    "MODEL_KEY_FILE", "LOG_LEVEL")
+#: SERVEDMODEL_* variables of the pipeline (models/), the test suites and the CI scripts (.ci/),
+#: never read by the server: a shell that builds and then serves has them set, so they pass.
+OTHER_TOOLS_VARIABLES = ("CACHE", "DEBUG", "TEST_PAUSE", "BUILD_REPORT_FD", "IT_KUBERNETES",
+                         "BASE_IMAGE", "ARM64_BASE_IMAGE", "CI_STATE", "CI_LOGS")
+#: The client name SERVEDMODEL_AUTH_TOKEN(_FILE) authenticates as (one client among the named).
+DEFAULT_CLIENT = "default"
+#: Tokens a client may have at once: the current one and the next, so a rotation never drops
+#: a request (docs/operations.md, "Rotate a token").
+TOKENS_PER_CLIENT = 2
+#: The encryption context keys of a model's data key (models/seal.py writes them, the server's
+#: KMS Decrypt and a key policy's kms:EncryptionContext:... conditions name them).
+ENCRYPTION_CONTEXT_NAME = "servedmodel:served-name"
+ENCRYPTION_CONTEXT_VERSION = "servedmodel:version"

@@ -12,10 +12,11 @@ import asyncio
 import sys
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.message import DecodeError
 
+from .auth import ANONYMOUS, AuthError, Identity, UnknownKey
 from .batcher import Arrival
 from .errors import ServingError, StartupError
 from .grpc_health import NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest, HealthCheckResponse
@@ -26,6 +27,7 @@ from .h2.grpc import (
     INTERNAL,
     INVALID_ARGUMENT,
     NOT_FOUND,
+    PERMISSION_DENIED,
     RESOURCE_EXHAUSTED,
     RETRY,
     STATUS_NAMES,
@@ -53,7 +55,7 @@ WATCH_SECONDS = 0.1
 #: A gRPC status -> the HTTP-like status the metrics and access log count it as.
 HTTP_OF_STATUS = {CANCELLED: 400, INVALID_ARGUMENT: 400, DEADLINE_EXCEEDED: 408, NOT_FOUND: 404,
                   RESOURCE_EXHAUSTED: 413, UNIMPLEMENTED: 400, INTERNAL: 400, UNAVAILABLE: 503,
-                  UNAUTHENTICATED: 401}
+                  UNAUTHENTICATED: 401, PERMISSION_DENIED: 403}
 #: The calls a connection taken from the reserve over the connection cap may make: the
 #: probes' (a Watch lasts, so it may not hold the reserve).
 PROBE_METHODS = frozenset({HEALTH + "Check", SERVICE + "ServerLive", SERVICE + "ServerReady"})
@@ -62,6 +64,11 @@ STREAMING_METHODS = frozenset({HEALTH + "Watch"})
 #: Calls that need no token (the probes' and the health service).
 OPEN_METHODS = frozenset({HEALTH + "Check", HEALTH + "Watch", SERVICE + "ServerLive",
                           SERVICE + "ServerReady"})
+
+
+#: `Call.identity` of a call whose token names a key the issuer's set is being refreshed for:
+#: judged when the call runs (`Authenticator.authenticate_async` waits for the refresh).
+PENDING = object()
 
 
 def grpc_limits(s: Settings, max_message_bytes: int,
@@ -163,10 +170,26 @@ class _Inference:
 
     def authorize(self, call: Call) -> None:
         """The call's token, checked on its HEADERS (the connection layer calls this before
-        it keeps any of the request's bytes): every method but `OPEN_METHODS` needs one,
-        unknown methods included."""
-        if self.service.auth_required and call.method not in OPEN_METHODS:
-            self.service.authorize(call.header(b"authorization"))
+        it keeps any of the request's bytes) with the same `Authenticator` as REST: every
+        method but `OPEN_METHODS` needs one, unknown methods included. The caller goes on the
+        call (`call.identity`) for its audit record. A JWT signed with a key the issuer has
+        just published (a refresh of its key set is under way) is judged when the call runs,
+        after the refresh, so a key rotation does not fail the first calls."""
+        auth = self.service.auth
+        if call.method in OPEN_METHODS:
+            return
+        if not auth.enabled:
+            call.identity = ANONYMOUS
+            return
+        try:
+            call.identity = auth.authenticate(call.header(b"authorization"))
+        except UnknownKey:
+            if auth.keys is None or not auth.keys.refreshing:
+                raise
+            call.identity = PENDING
+        except AuthError as e:
+            call.identity = e.identity            # a 403 names whom it refused
+            raise
 
     async def _call(self, rpc: str, call: Call, message, handler, *, infer: bool) -> None:
         """Run one RPC: the handler, metrics and the access log (auth ran on the call's
@@ -177,6 +200,9 @@ class _Inference:
         status, reason, extra, data, cancelled = 200, None, None, b"", None
         code, message_text = INTERNAL, ""  # each failure sets both
         try:
+            if call.identity is PENDING:
+                call.identity = None
+                call.identity = await svc.auth.authenticate_async(call.header(b"authorization"))
             try:
                 request = message.FromString(call.message)
             except DecodeError:
@@ -198,6 +224,8 @@ class _Inference:
         except ServingError as e:
             status, reason, message_text = e.status, e.reason, e.message
             code = STATUS_OF_HTTP.get(e.status, INTERNAL)
+            if isinstance(e, AuthError):
+                call.identity = e.identity
         except Exception as e:  # a bug: answer INTERNAL with a message, keep serving
             status, reason, code = 500, "internal", INTERNAL
             message_text = f"internal error: {type(e).__name__}"
@@ -205,7 +233,16 @@ class _Inference:
         record = _log_record(SERVICE + rpc, status, code if status != 200 else None)
         if extra:
             record.update(extra)
-        svc.record("grpc", infer, status, reason, time.perf_counter() - t0, record)
+        seconds = time.perf_counter() - t0
+        svc.record("grpc", infer, status, reason, seconds, record)
+        if svc.audit.enabled and call.method not in OPEN_METHODS:    # probes: not audited
+            svc.audit.add(protocol="grpc", method="POST", path=SERVICE + rpc, status=status,
+                          seconds=seconds, identity=cast("Identity | None", call.identity), reason=reason,
+                          grpc_code=STATUS_NAMES[code] if status != 200 else "OK",
+                          traceparent=call.header(b"traceparent"),
+                          rows=extra.get("rows") if extra else None,
+                          bytes_in=extra.get("bytes_in") if extra else len(call.message),
+                          bytes_out=len(data) if status == 200 else 0)
         if cancelled is not None:
             raise cancelled
         if status != 200:
@@ -216,8 +253,15 @@ class _Inference:
     def refused(self, call: Call, code: int, message: str, reason: str) -> None:
         """A call the connection layer answered itself (a limit, a malformed call)."""
         status = HTTP_OF_STATUS.get(code, 400)
-        self.service.record("grpc", call.method == INFER_METHOD, status, reason, 0.0,
-                            _log_record(call.method[:256], status, code))
+        svc = self.service
+        svc.record("grpc", call.method == INFER_METHOD, status, reason, 0.0,
+                   _log_record(call.method[:256], status, code))
+        if svc.audit.enabled and call.method not in OPEN_METHODS:
+            identity = call.identity if call.identity is not PENDING else None
+            svc.audit.add(protocol="grpc", method="POST", path=call.method, status=status,
+                          seconds=0.0, identity=cast("Identity | None", identity), reason=reason,
+                          grpc_code=STATUS_NAMES[code], traceparent=call.header(b"traceparent"),
+                          bytes_out=0)
 
     # -- health and metadata ----------------------------------------------------------------
     async def server_live(self, request, call):

@@ -37,6 +37,39 @@ WARMUP_MAX_ROUNDS = 31
 WARMUP_MAX_SECONDS = 1.5
 
 
+def execution_providers(device: str, gpu_mem_limit: int | None = None) -> list:
+    """The providers list a session is created with, in onnxruntime's form (a name, or a name
+    and its options, the values as strings), most preferred first.
+
+    cuda: the CUDA provider, then the CPU provider for the operators CUDA lacks. With a memory
+    cap, the CUDA provider's arena may hold at most `gpu_mem_limit` bytes and grows by what
+    each allocation asks (`kSameAsRequested`): the default doubling (`kNextPowerOfTwo`) would
+    reach the cap in big steps and hold memory it never uses, which on a time-sliced GPU is
+    memory the other models' servers were promised. The cap bounds the arena (weights,
+    activations, workspaces), not the CUDA context and library handles each process also holds."""
+    if device != "cuda":
+        return [CPU]
+    options: dict[str, str] = {}
+    if gpu_mem_limit is not None:
+        options = {"gpu_mem_limit": str(gpu_mem_limit), "arena_extend_strategy": "kSameAsRequested"}
+    return [(CUDA, options), CPU]
+
+
+def options_problem(wanted: list, in_force: dict[str, dict[str, str]]) -> str | None:
+    """What differs between the options asked for (`execution_providers`) and those a session
+    runs with (`InferenceSession.get_provider_options()`); None when every one is in force."""
+    for provider in wanted:
+        if isinstance(provider, str):
+            continue
+        name, options = provider
+        actual = in_force.get(name, {})
+        wrong = {k: actual.get(k) for k, v in options.items() if actual.get(k) != v}
+        if wrong:
+            return (f"{name} runs with {wrong}, not the {options} asked for "
+                    f"(SERVEDMODEL_GPU_MEM_LIMIT)")
+    return None
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -69,41 +102,60 @@ class OnnxModel:
         self.run_inline = False
         #: Whether the session's intra-op threads spin between operators (settings, or auto).
         self.spinning = False
+        #: seconds the decryption of an encrypted model took at start (0.0: not encrypted)
+        self.decrypt_seconds = 0.0
+        self._source: bytes | str = ""
         self._output_names = [t.name for t in manifest.outputs]
 
     # -- hooks ------------------------------------------------------------------------------
     def load(self) -> None:
         """Check the file and its sha256, create the session with an explicit providers list and
         check that the session matches the manifest. Raises StartupError with one clear line."""
-        import onnxruntime as ort
-
         m, s = self.manifest, self.settings
         for t in m.inputs + m.outputs:
             if V2_TO_NUMPY[t.datatype] is None:
                 raise StartupError(f"tensor '{t.name}' has datatype {t.datatype}, which this "
                                    f"server does not serve (numeric datatypes except BF16 only)")
         path = Path(s.context) / "model" / m.model_file
-        if not path.is_file():
-            raise StartupError(f"model file not found: {path}")
-        digest = sha256_of(path)
-        if digest != m.sha256:
-            raise StartupError(f"sha256 mismatch for {path}: manifest says {m.sha256}, "
-                               f"file is {digest}")
+        if "encryption" in m.raw:
+            # Decrypted in memory, checked against the manifest's sha256, loaded from bytes:
+            # the plaintext never touches a disk (serving/sealed.py).
+            from .sealed import open_model
+
+            t0 = time.perf_counter()
+            self._source: bytes | str = open_model(s.context, m.raw, s.model_name or m.name,
+                                                   s.model_key_file)
+            self.decrypt_seconds = time.perf_counter() - t0
+        else:
+            if not path.is_file():
+                raise StartupError(f"model file not found: {path}")
+            digest = sha256_of(path)
+            if digest != m.sha256:
+                raise StartupError(f"sha256 mismatch for {path}: manifest says {m.sha256}, "
+                                   f"file is {digest}")
+            self._source = str(path)
+        # Only now: onnxruntime may say things on stderr when it loads (telemetry on a read-only
+        # root), and a refused model must stop with its one line alone.
+        import onnxruntime as ort
+
         if s.device == "cuda":
             if CUDA not in ort.get_available_providers():
                 raise StartupError(f"device=cuda but onnxruntime has no {CUDA} (available: "
                                    f"{', '.join(ort.get_available_providers())}); install "
                                    f"onnxruntime-gpu or set SERVEDMODEL_DEVICE=cpu")
-            providers = [CUDA, CPU]
-        else:
-            providers = [CPU]
-        self._path, self._providers_wanted = path, providers
+        self._path = path
+        self._providers_wanted = execution_providers(s.device, s.gpu_mem_limit)
         spinning = s.intra_op_spinning is not False
         session = self._create_session(spinning)
         self._check_signature(session)
         self.providers = list(session.get_providers())
         if s.device == "cuda" and (not self.providers or self.providers[0] != CUDA):
             raise StartupError(f"device=cuda but the session runs on {self.providers}")
+        if s.device == "cuda":
+            # The options the provider really took (onnxruntime reports every option it runs with).
+            problem = options_problem(self._providers_wanted, session.get_provider_options())
+            if problem:
+                raise StartupError(problem)
         self.session = session
         self.input_dim_names = {
             a.name: tuple(d if isinstance(d, str) and d else None for d in a.shape)
@@ -113,6 +165,7 @@ class OnnxModel:
         import onnxruntime as ort
 
         s, path = self.settings, self._path
+        source = self._source        # the file, or an encrypted model's plaintext bytes
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = s.intra_op_threads
         opts.inter_op_num_threads = 1
@@ -133,7 +186,7 @@ class OnnxModel:
         opts.log_severity_level = 4
         self.spinning = spinning
         try:
-            return ort.InferenceSession(str(path), sess_options=opts,
+            return ort.InferenceSession(source, sess_options=opts,
                                         providers=self._providers_wanted)
         except Exception as e:  # onnxruntime raises several types for a corrupt file
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -225,6 +278,9 @@ class OnnxModel:
         assert self.session is not None  # made at load, replaced above, None only once unloaded
         if self.settings.device == "cuda" and self.session.get_providers()[0] != CUDA:
             raise StartupError("device=cuda but CUDAExecutionProvider is not active after warm-up")
+        # No session is made after warm-up: an encrypted model's plaintext is let go (the
+        # session holds the weights it needs).
+        self._source = str(self._path)
         self.warm = True
 
     @property

@@ -95,7 +95,7 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
                                 listeners=2 if app.grpc is not None else 1)
     if app.grpc is not None:
         app.grpc.max_connections = limits.max_connections
-    guard = ConnectionGuard(limits, app.service.metrics)
+    guard = ConnectionGuard(limits, app.service.metrics, app.service.audit)
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
                             http=protocol_factory(guard), lifespan="on", access_log=False,
                             server_header=False, date_header=False, log_level=log_level,
@@ -105,6 +105,8 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
     server = _Server(config, app, drain_seconds, guard)
     app.on_fatal = server.fatal
     server.run()
+    # Anything recorded after the app's shutdown (connections closed last) is written too.
+    app.service.audit.close()
     if not server.started and server.exit_code == 0:
         return 1
     return server.exit_code

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import os
 import sys
 from collections.abc import Callable
 
 import orjson
 
+from .audit import AuditLog
+from .auth import Authenticator
 from .batcher import Batcher
 from .errors import ServingError
 from .hooks import BatchTuning, ModelHooks, PeakMemory
@@ -64,6 +65,9 @@ class InferenceService:
         self.model_version = manifest.version
         self.metrics = Metrics(self.model_name, self.model_version)
         self.log = AccessLog(settings.log_level in ("debug", "info"))
+        #: who may call (serving/auth.py), and the record of who did (serving/audit.py)
+        self.auth = Authenticator(settings.auth)
+        self.audit = AuditLog(settings.audit_log, self.model_name, self.model_version)
         self.validator = RequestValidator(
             manifest, max_rows=settings.batching.max_batch_size,
             max_tensor_bytes=settings.max_body_bytes,
@@ -78,17 +82,23 @@ class InferenceService:
         self.inflight = 0
         self.allocator = Allocator()
         self.on_fatal = None              # set by the server: called with a message
-        self._token = settings.auth_token.encode() if settings.auth_token else None
         self._background: list[asyncio.Task] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return not self.draining and self.failed is None and bool(self.model.ready)
+        return (not self.draining and self.failed is None and bool(self.model.ready)
+                and self.auth.ready)
 
     def not_ready_reason(self) -> str:
-        return ("draining: the server is shutting down" if self.draining else
-                self.failed or "the model is loading or warming up")
+        if self.draining:
+            return "draining: the server is shutting down"
+        if self.failed:
+            return self.failed
+        if not self.auth.ready:
+            return (f"the OIDC issuer's signing keys are not loaded yet "
+                    f"({(self.auth.keys.last_error if self.auth.keys else None) or 'fetching'})")
+        return "the model is loading or warming up"
 
     async def startup(self) -> None:
         self.batcher = Batcher(self.model, self.settings.batching, self.metrics)
@@ -97,6 +107,9 @@ class InferenceService:
         self._background.append(loop.create_task(self._flush_logs()))
         self._background.append(loop.create_task(self._release_memory()))
         self.allocator.tune()
+        if self.auth.keys is not None:
+            # In the background and in a thread: the server listens (live, not ready) meanwhile.
+            self.auth.keys.start()
         if not self.model.ready:
             self._background.append(loop.create_task(self._warm_up()))
 
@@ -131,6 +144,7 @@ class InferenceService:
         while True:
             await asyncio.sleep(0.25)
             self.log.flush()
+            self.audit.flush()
 
     async def _release_memory(self) -> None:
         """After a peak (many bytes or connections since the last release, or a model run
@@ -165,7 +179,10 @@ class InferenceService:
             t.cancel()
         if self.batcher:
             await self.batcher.stop()
+        if self.auth.keys is not None:
+            await self.auth.keys.stop()
         self.log.flush()
+        self.audit.close()
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -177,24 +194,6 @@ class InferenceService:
 
     def body_budget(self) -> BodyBudget:
         return BodyBudget(self.metrics, self.settings.max_buffered_bytes)
-
-    # -- auth -------------------------------------------------------------------------------
-    @property
-    def auth_required(self) -> bool:
-        return self._token is not None
-
-    def authorize(self, header: bytes | None) -> None:
-        """Check an `Authorization` value (REST header or gRPC metadata); raise 401."""
-        if self._token is None:
-            return
-        if header is None:
-            raise ServingError(401, "missing bearer token: send 'Authorization: Bearer <token>'",
-                               headers=[(b"www-authenticate", b'Bearer realm="servedmodel"')])
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token):
-            return
-        raise ServingError(401, "invalid bearer token", headers=[
-            (b"www-authenticate", b'Bearer realm="servedmodel", error="invalid_token"')])
 
     # -- inference --------------------------------------------------------------------------
     def admit(self) -> None:

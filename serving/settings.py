@@ -2,13 +2,18 @@
 manifest and built-in defaults, in that order of precedence (docs/architecture.md, section 3)."""
 from __future__ import annotations
 
+import difflib
+import hashlib
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from . import contract
+from .auth import AuthSettings, OidcSettings, load_clients
 from .errors import StartupError
+from .jwks import check_url
 from .manifest import Manifest
 from .routes import valid_model_name
 
@@ -49,6 +54,9 @@ class Settings:
     #: the gRPC port; None: no gRPC front end
     grpc_port: int | None = None
     device: str = "cpu"
+    #: bytes the CUDA provider's memory arena may hold (device=cuda only); None: no cap. Set on
+    #: a time-sliced GPU, where nothing else keeps one model from taking another's memory.
+    gpu_mem_limit: int | None = None
     #: the name the server answers under (/v2/models/<model_name>); the manifest's by default
     model_name: str = ""
     batching: Batching = Batching()
@@ -71,7 +79,13 @@ class Settings:
     max_buffered_bytes: int = 256 * 1024 * 1024   # 4 x max_body_bytes when not set
     #: tensor elements one request may carry, all inputs together; 0: no limit but the body
     max_request_elements: int = 0                  # the manifest's limits when not set
-    auth_token: str | None = field(default=None, repr=False)
+    #: who may call the model routes: named clients (token hashes; SERVEDMODEL_AUTH_TOKEN is
+    #: client "default") and OIDC (serving/auth.py); nothing configured: no auth
+    auth: AuthSettings = AuthSettings()
+    #: where audit records go: a file path, "-" for stdout, None: nowhere (serving/audit.py)
+    audit_log: str | None = None
+    #: the local key of an encrypted model (32 bytes, raw or base64); kms models need none
+    model_key_file: Path | None = None
     log_level: str = "info"
 
 
@@ -97,6 +111,90 @@ def cgroup_cpu_limit() -> int:
     if quota is not None:
         return max(1, min(available, int(quota + 0.999)))
     return max(1, available)
+
+
+#: Variables Kubernetes sets for a Service whose name starts with "servedmodel" (service links:
+#: SERVEDMODEL_SERVICE_HOST, SERVEDMODEL_X_PORT_8080_TCP_ADDR, ...). Not settings, so they pass;
+#: the components turn service links off (enableServiceLinks: false) all the same.
+_SERVICE_LINK = re.compile(r"^SERVEDMODEL(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|"
+                           r"PORT_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$")
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A problem for each SERVEDMODEL_* variable the server does not know, naming the nearest
+    known one: a misspelt setting must stop the server, not be ignored (fail closed)."""
+    known = [PREFIX + name for name in contract.SERVER_VARIABLES]
+    passing = set(known) | {PREFIX + name for name in contract.OTHER_TOOLS_VARIABLES}
+    problems = []
+    for var in sorted(env):
+        if not var.startswith(PREFIX) or var in passing or _SERVICE_LINK.match(var):
+            continue
+        near = difflib.get_close_matches(var, known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else "see docs/architecture.md, section 3"
+        problems.append(f"{var} is not a setting of this server ({hint})")
+    return problems
+
+
+def resolve_auth(env: Mapping[str, str], problems: list[str]) -> AuthSettings:
+    """Named clients (SERVEDMODEL_CLIENTS_FILE, plus SERVEDMODEL_AUTH_TOKEN[_FILE] as client
+    "default") and OIDC (SERVEDMODEL_OIDC_*). Only hashes of tokens are kept."""
+    token = env.get(PREFIX + "AUTH_TOKEN") or None
+    token_file = env.get(PREFIX + "AUTH_TOKEN_FILE")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip() or None
+            if token is None:
+                problems.append(f"SERVEDMODEL_AUTH_TOKEN_FILE {token_file} is empty")
+        except OSError as e:
+            problems.append(f"SERVEDMODEL_AUTH_TOKEN_FILE {token_file} cannot be read: "
+                            f"{e.strerror}")
+    clients: tuple = ()
+    clients_file = env.get(PREFIX + "CLIENTS_FILE")
+    if clients_file:
+        try:
+            clients = load_clients(clients_file)
+        except StartupError as e:
+            problems.append(str(e))
+    elif PREFIX + "CLIENTS_FILE" in env:
+        problems.append("SERVEDMODEL_CLIENTS_FILE is empty: unset it, or name the clients file")
+    if token is not None:
+        if contract.DEFAULT_CLIENT in dict(clients):
+            problems.append(f"SERVEDMODEL_CLIENTS_FILE names a client {contract.DEFAULT_CLIENT!r}"
+                            f", the name SERVEDMODEL_AUTH_TOKEN authenticates as: rename one")
+        else:
+            digest = hashlib.sha256(token.encode()).digest()
+            clients = ((contract.DEFAULT_CLIENT, (digest,)),) + tuple(clients)
+    issuer = env.get(PREFIX + "OIDC_ISSUER") or None
+    audience = env.get(PREFIX + "OIDC_AUDIENCE") or None
+    scope = env.get(PREFIX + "OIDC_SCOPE") or None
+    jwks_url = env.get(PREFIX + "OIDC_JWKS_URL") or None
+    oidc = None
+    if issuer or audience or scope or jwks_url:
+        if not issuer or not audience:
+            problems.append("OIDC needs both SERVEDMODEL_OIDC_ISSUER (the issuer URL, as in the "
+                            "tokens' iss) and SERVEDMODEL_OIDC_AUDIENCE (this API, as in aud)")
+        else:
+            for var, url in (("SERVEDMODEL_OIDC_ISSUER", issuer),
+                             ("SERVEDMODEL_OIDC_JWKS_URL", jwks_url)):
+                problem = url and check_url(var, url)
+                if problem:
+                    problems.append(problem)
+            if scope is not None and not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", scope):
+                problems.append(f"SERVEDMODEL_OIDC_SCOPE={scope!r} must be one scope, group or "
+                                f"role name (no spaces or quotes)")
+            oidc = OidcSettings(issuer=issuer, audience=audience, scope=scope, jwks_url=jwks_url)
+    return AuthSettings(clients=tuple(clients), oidc=oidc)
+
+
+def resolve_audit_log(env: Mapping[str, str], problems: list[str]) -> str | None:
+    value = env.get(PREFIX + "AUDIT_LOG") or None
+    if value is None or value == "-":
+        return value
+    parent = Path(value).parent
+    if Path(value).is_dir() or not parent.is_dir():
+        problems.append(f"SERVEDMODEL_AUDIT_LOG={value!r} must be a file in an existing folder, "
+                        f"or '-' for stdout")
+    return value
 
 
 def context_from(flags: Mapping[str, object], env: Mapping[str, str]) -> Path:
@@ -177,16 +275,15 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
                     "an integer number of bytes >= 1024")
     max_buffered = pick("max_buffered_bytes", 4 * max_body, integer, lambda v: v >= max_body,
                         f"an integer number of bytes >= the body limit ({max_body})")
-    token = env.get(PREFIX + "AUTH_TOKEN") or None
-    token_file = env.get(PREFIX + "AUTH_TOKEN_FILE")
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip() or None
-            if token is None:
-                problems.append(f"SERVEDMODEL_AUTH_TOKEN_FILE {token_file} is empty")
-        except OSError as e:
-            problems.append(f"SERVEDMODEL_AUTH_TOKEN_FILE {token_file} cannot be read: "
-                            f"{e.strerror}")
+    problems.extend(unknown_variables(env))
+    key_file = env.get(PREFIX + "MODEL_KEY_FILE") or None
+    device = pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'")
+    gpu_mem_limit = pick("gpu_mem_limit", None, integer, lambda v: v >= 1,
+                         "a positive integer number of bytes (e.g. 4294967296 for 4Gi)")
+    if gpu_mem_limit is not None and device != "cuda":
+        # A cap on a CPU server caps nothing: the deployment meant something else.
+        problems.append(f"{PREFIX}GPU_MEM_LIMIT={gpu_mem_limit} caps the CUDA provider's memory, "
+                        f"but the device is {device!r} (set {PREFIX}DEVICE=cuda, or unset it)")
     settings = Settings(
         context=context_from(flags, env),
         host=pick("host", "127.0.0.1", str, bool, "a host name or address"),
@@ -195,8 +292,8 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         # 0 reads as "off" too, so a deployment can pass the stack's 0 = off through unchanged.
         grpc_port=pick("grpc_port", 0, integer, lambda v: 0 <= v <= 65535,
                        "a port number 1-65535, or 0/unset for no gRPC") or None,
-        device=pick("device", manifest.device, str, lambda v: v in ("cpu", "cuda"),
-                    "'cpu' or 'cuda'"),
+        device=device,
+        gpu_mem_limit=gpu_mem_limit,
         model_name=pick("model_name", manifest.name, str, valid_model_name,
                         "a model name of letters, digits, '_', '.' and '-'"),
         batching=resolve_batching(manifest, pick, integer),
@@ -231,7 +328,9 @@ def load_settings(manifest: Manifest, flags: Mapping[str, object] | None = None,
         max_buffered_bytes=max_buffered,
         max_request_elements=pick("max_request_elements", manifest.max_request_elements or 0,
                                   integer, lambda v: v >= 0, "an integer >= 0 (0: no limit)"),
-        auth_token=token,
+        auth=resolve_auth(env, problems),
+        audit_log=resolve_audit_log(env, problems),
+        model_key_file=Path(key_file) if key_file else None,
         log_level=pick("log_level", "info", lambda v: str(v).lower(), lambda v: v in LOG_LEVELS,
                        "one of " + ", ".join(LOG_LEVELS)),
     )

@@ -270,6 +270,19 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_command() -> None:
     assert "set -euo pipefail" in ci and re.search(r"^make test$", ci, re.M)
 
 
+def test_ci_prepares_arm64_and_names_its_base_as_the_tests_and_bench_do() -> None:
+    """.ci/prepare-arm64.sh builds the arm64 stand-in under the one name the arm64 tests and the
+    arm64 benchmark build with; .ci/run calls it after prepare-docker.sh."""
+    script = (ROOT / ".ci" / "prepare-arm64.sh").read_text()
+    built = re.search(r"^ARM64_BASE_IMAGE=\$\{SERVEDMODEL_ARM64_BASE_IMAGE:-([^}]+)\}$", script, re.M)
+    assert built, "prepare-arm64.sh no longer names its default ARM64_BASE_IMAGE"
+    for user in ("tests/image/imagekit.py", "bench/image_arm64.py"):
+        named = re.search(r'^ARM64_BASE_IMAGE = "([^"]+)"', (ROOT / user).read_text(), re.M)
+        assert named and named.group(1) == built.group(1), user
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 0 <= ci.index("prepare-docker.sh") < ci.index("prepare-arm64.sh") < ci.index("make test")
+
+
 def test_readme_links_resolve() -> None:
     readme = (ROOT / "README.md").read_text()
     for target in re.findall(r"\]\(([^)#]+)\)", readme):

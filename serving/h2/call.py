@@ -58,7 +58,7 @@ class Call:
                  "expected", "received", "content_length", "budget", "task", "slot",
                  "send_window", "recv_window", "pending", "head", "head_sent", "status",
                  "done", "settled", "deadline", "opened_at", "last_data", "blocked_since",
-                 "arrival", "probe_only", "http_status")
+                 "arrival", "probe_only", "http_status", "identity")
 
     def __init__(self, conn: CallOwner, sid: int, head: RequestHead, state: int,
                  budget: BudgetLike, send_window: int, recv_window: int, now: float) -> None:
@@ -88,6 +88,8 @@ class Call:
         self.arrival: Callable[[], None] | None = None
         self.probe_only = False
         self.http_status: bytes | None = None   # not a gRPC request: answered plainly
+        #: who is calling, as the front end's `authorize` found (its audit record names them)
+        self.identity: object = None
 
     # -- what handlers use --------------------------------------------------------------
     def header(self, name: bytes) -> bytes | None:

@@ -14,8 +14,9 @@ STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCE
                 "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
                 "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
 #: The HTTP-like status of a ServingError -> gRPC status code, as Triton maps them.
-STATUS_OF_HTTP = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: NOT_FOUND,
-                  413: RESOURCE_EXHAUSTED, 415: INVALID_ARGUMENT, 503: UNAVAILABLE}
+STATUS_OF_HTTP = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED,
+                  404: NOT_FOUND, 413: RESOURCE_EXHAUSTED, 415: INVALID_ARGUMENT,
+                  503: UNAVAILABLE}
 #: grpc-message is cut to this many bytes (a client's header limit is 8 KiB by default).
 MAX_STATUS_MESSAGE = 2048
 RETRY = ((b"retry-after", b"1"),)

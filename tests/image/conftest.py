@@ -1,8 +1,9 @@
 """Fixtures for the image tests; the helpers are in imagekit.py.
 
 .ci/prepare-docker.sh provides the Docker engine, the registry on 127.0.0.1:5000 and a stand-in
-for the Dockerfile's base image before `make test`. Where no engine exists the tests skip with
-the reason; in CI (CI=true) a missing engine or registry fails them instead.
+for the Dockerfile's base image before `make test`; .ci/prepare-arm64.sh lets the engine build
+and run linux/arm64 (the `arm64` tests). Where something is missing the tests skip with the
+reason; in CI (CI=true) they fail instead.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 
 import pytest
 
-from imagekit import BASE_IMAGE, REGISTRY, Images, http_status, unavailable
+from imagekit import ARM64_BASE_IMAGE, ARM64_HANDLER, BASE_IMAGE, REGISTRY, Images, docker, http_status, unavailable
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +42,34 @@ def registry(docker_engine) -> str:
 @pytest.fixture(scope="session")
 def images(docker_engine, tmp_path_factory) -> Images:
     return Images(tmp_path_factory.mktemp("contexts"))
+
+
+@pytest.fixture(scope="session")
+def arm64_engine(docker_engine) -> str:
+    """What runs arm64 here (the emulator's package version, from its handler); skips (or fails
+    in CI) unless the engine can build and run linux/arm64 images: the kernel's aarch64 handler
+    with the F flag (containers hold no emulator), the arm64 stand-in base, and a container
+    that really runs as aarch64."""
+    fix = "run .ci/prepare-arm64.sh as root"
+    try:
+        handler = ARM64_HANDLER.read_text().splitlines()
+    except OSError:
+        unavailable(f"this engine cannot run linux/arm64: no aarch64 binfmt handler "
+                    f"({ARM64_HANDLER} is absent: binfmt_misc unmounted or nothing registered); {fix}")
+    if not handler or handler[0] != "enabled":
+        unavailable(f"this engine cannot run linux/arm64: the aarch64 binfmt handler is disabled; {fix}")
+    flags = next((line.split(":", 1)[1].strip() for line in handler if line.startswith("flags:")), "")
+    if "F" not in flags:
+        unavailable(f"the aarch64 binfmt handler lacks the F flag ({flags!r}), so containers "
+                    f"cannot reach the emulator; {fix}")
+    arch = docker("image", "inspect", "--format", "{{.Os}}/{{.Architecture}}", ARM64_BASE_IMAGE,
+                  check=False)
+    if arch.returncode or arch.stdout.strip() != "linux/arm64":
+        unavailable(f"no linux/arm64 base {ARM64_BASE_IMAGE} in the engine "
+                    f"({(arch.stdout or arch.stderr).strip()[:120]}); {fix}")
+    probe = docker("run", "--rm", "--network", "host", "--platform", "linux/arm64", ARM64_BASE_IMAGE,
+                   "python3", "-c", "import platform; print(platform.machine())", check=False,
+                   timeout=300)
+    if probe.returncode or probe.stdout.strip() != "aarch64":
+        unavailable(f"an arm64 container does not run: {(probe.stdout + probe.stderr).strip()[-300:]}; {fix}")
+    return next(line.split(" ", 1)[1] for line in handler if line.startswith("interpreter "))

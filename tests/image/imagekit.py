@@ -17,12 +17,20 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import numpy as np
 import pytest
 
 REGISTRY = "127.0.0.1:5000"
 BASE_IMAGE = "python:3.11-slim"
+#: The arm64 stand-in .ci/prepare-arm64.sh builds: the classic builder keeps one image per name,
+#: so the arm64 base has its own (tests/test_repository.py keeps it in step with the script).
+ARM64_BASE_IMAGE = "servedmodel-ci/python:3.11-slim-arm64"
+#: Platform -> the BASE_IMAGE build arg for it here; None: the Dockerfile's default.
+BASE_FOR_PLATFORM = {"linux/amd64": None, "linux/arm64": ARM64_BASE_IMAGE}
+#: The kernel's handler for aarch64 binaries (binfmt_misc), registered by .ci/prepare-arm64.sh.
+ARM64_HANDLER = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 REPO = "servedmodel-test"          # local image names: servedmodel-test/<model>:<version>
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # A label per test session gives this session's images their own ids (the layers, and so the
@@ -31,7 +39,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SESSION = uuid.uuid4().hex[:12]
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{reason} (CI runs .ci/prepare-docker.sh first; see its log)", pytrace=False)
     pytest.skip(reason)
@@ -80,27 +88,34 @@ class Built:
     build_seconds: float
 
 
-def build_image(context: Path, tag: str) -> tuple[str, str, float]:
+def build_image(context: Path, tag: str, platform: str | None = None) -> tuple[str, str, float]:
     """`docker build` of a context as the components build it (its own Dockerfile, the default
     BASE_IMAGE); host network, because the engine here has no bridge; the session label (a
-    config-only last step). Returns id, log, seconds."""
+    config-only last step). With a platform: `--platform` and that platform's base here
+    (BASE_FOR_PLATFORM); the context is the same. Returns id, log, seconds."""
+    extra: list[str] = []
+    if platform is not None:
+        extra = ["--platform", platform]
+        if BASE_FOR_PLATFORM[platform] is not None:
+            extra += ["--build-arg", f"BASE_IMAGE={BASE_FOR_PLATFORM[platform]}"]
     t0 = time.monotonic()
     proc = docker("build", "--network", "host", "--label", f"org.servedmodel.test.session={SESSION}",
-                  "--tag", tag, str(context), timeout=900)
+                  *extra, "--tag", tag, str(context), timeout=1800)
     seconds = time.monotonic() - t0
     return docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip(), \
         proc.stdout + proc.stderr, seconds
 
 
 class Images:
-    """Builds each (model, compression) once per session from a real models.build context."""
+    """Builds each (model, compression) once per session from a real models.build context, for
+    the engine's own platform (`get`) and, from the same context, for linux/arm64 (`get_arm64`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._built: dict[tuple[str, str], Built] = {}
+        self._built: dict[tuple[str, str, str], Built] = {}
 
     def get(self, model: str, compression: str = "none") -> Built:
-        key = (model, compression)
+        key = (model, compression, "native")
         if key not in self._built:
             import servedmodel.models as models  # here, not at import: the image tests collect without torch too
 
@@ -112,17 +127,31 @@ class Images:
                                      result.manifest, tag, image_id, log, seconds)
         return self._built[key]
 
+    def get_arm64(self, model: str, compression: str = "none") -> Built:
+        """The linux/arm64 image of the very context `get` built (tag `<version>-arm64`)."""
+        key = (model, compression, "linux/arm64")
+        if key not in self._built:
+            native = self.get(model, compression)
+            tag = f"{native.image}-arm64"
+            image_id, log, seconds = build_image(native.context, tag, "linux/arm64")
+            self._built[key] = Built(model, compression, native.context, native.version,
+                                     native.manifest, tag, image_id, log, seconds)
+        return self._built[key]
+
 
 class Container:
     """A serving container started the way a careful operator runs it: read-only root,
     tmpfs /tmp, every capability dropped, no new privileges, the image's own user."""
 
-    def __init__(self, image: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, image: str, *extra: str, env: dict[str, str] | None = None,
+                 platform: str | None = None) -> None:
         self.port = free_port()
         env = {"SERVEDMODEL_HOST": "127.0.0.1", "SERVEDMODEL_PORT": str(self.port), **(env or {})}
         args = ["run", "--detach", "--network", "host", "--read-only",
                 "--tmpfs", "/tmp:rw,noexec,nosuid,size=64m", "--cap-drop", "ALL",
                 "--security-opt", "no-new-privileges"]
+        if platform is not None:
+            args += ["--platform", platform]
         for k, v in env.items():
             args += ["--env", f"{k}={v}"]
         self.started = time.monotonic()
@@ -147,3 +176,30 @@ class Container:
 
     def remove(self) -> None:
         docker("rm", "--force", self.id, check=False)
+
+
+NP = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
+      "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+
+
+def sample_inputs(manifest: dict, batch: int = 2, seq: int = 8) -> dict[str, np.ndarray]:
+    """A deterministic request for any manifest: batch on dim 0, `seq` for other dynamic dims;
+    token-like inputs get small ids, masks ones, token types zeros."""
+    rng = np.random.default_rng(7)
+    out = {}
+    for spec in manifest["inputs"]:
+        shape = [batch if (i == 0 and manifest["batching"]["max_batch_size"] > 0) else
+                 (seq if d == -1 else d) for i, d in enumerate(spec["shape"])]
+        dtype = NP[spec["datatype"]]
+        name = spec["name"].lower()
+        if np.issubdtype(dtype, np.integer):
+            if "mask" in name:
+                arr = np.ones(shape, dtype)
+            elif "type" in name:
+                arr = np.zeros(shape, dtype)
+            else:
+                arr = rng.integers(1, 1000, size=shape).astype(dtype)
+        else:
+            arr = rng.standard_normal(shape).astype(dtype)
+        out[spec["name"]] = arr
+    return out

@@ -20,39 +20,12 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from imagekit import Container, build_image, docker, inspect
+from imagekit import Container, build_image, docker, inspect, sample_inputs
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ZOO = ["mnist-mlp", "lenet", "resnet-tiny", "minilm"]
 SMALL = ["mnist-mlp", "lenet", "resnet-tiny"]
-NP = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
-      "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
-
-
-def sample_inputs(manifest: dict, batch: int = 2, seq: int = 8) -> dict[str, np.ndarray]:
-    """A deterministic request for any manifest: batch on dim 0, `seq` for other dynamic dims;
-    token-like inputs get small ids, masks ones, token types zeros."""
-    rng = np.random.default_rng(7)
-    out = {}
-    for spec in manifest["inputs"]:
-        shape = [batch if (i == 0 and manifest["batching"]["max_batch_size"] > 0) else
-                 (seq if d == -1 else d) for i, d in enumerate(spec["shape"])]
-        dtype = NP[spec["datatype"]]
-        name = spec["name"].lower()
-        if np.issubdtype(dtype, np.integer):
-            if "mask" in name:
-                arr = np.ones(shape, dtype)
-            elif "type" in name:
-                arr = np.zeros(shape, dtype)
-            else:
-                arr = rng.integers(1, 1000, size=shape).astype(dtype)
-        else:
-            arr = rng.standard_normal(shape).astype(dtype)
-        out[spec["name"]] = arr
-    return out
-
-
 def infer_and_compare(built, port: int) -> None:
     """One inference through tritonclient.http (binary tensors) against onnxruntime in-process
     on the same model file."""

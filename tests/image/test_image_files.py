@@ -97,6 +97,51 @@ IMAGE_PLATFORMS = [f"manylinux_2_{m}_x86_64" for m in range(36, 4, -1)] + \
     ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
 
 
+#: The CPU image's platforms (issue 22: one manifest list, linux/amd64 and linux/arm64), as the
+#: manylinux tags a bookworm (glibc 2.36) python:3.11-slim accepts on each.
+CPU_IMAGE_PLATFORMS = {
+    "linux/amd64": IMAGE_PLATFORMS,
+    "linux/arm64": [f"manylinux_2_{m}_aarch64" for m in range(36, 16, -1)]
+    + ["manylinux2014_aarch64", "linux_aarch64"],
+}
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_names_no_architecture(path):
+    """One file for every platform: nothing in it depends on the CPU it is built for (the
+    builder's --platform and the base image's manifest list choose the architecture)."""
+    for line in instructions(path):
+        assert not re.search(r"amd64|x86[_-]64|arm64|aarch64|TARGET(ARCH|PLATFORM|VARIANT)|--platform",
+                             line, re.I), line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", CPU_IMAGE_PLATFORMS)
+def test_cpu_image_dependencies_resolve_for_each_platform(tmp_path, platform):
+    """pip resolves requirements.txt, wheels only, for CPython 3.11 on each platform of the
+    manifest list, exactly at the pinned versions (onnxruntime and numpy from their aarch64
+    wheels on arm64): a pin without a wheel for one platform fails here, before any emulated
+    build (needs the package index)."""
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+           "--report", str(report), "--only-binary=:all:", "--python-version", "3.11",
+           "--implementation", "cp", "--abi", "cp311", "--target", str(tmp_path / "t"),
+           "-r", str(ROOT / "serving" / "requirements.txt")]
+    for tag in CPU_IMAGE_PLATFORMS[platform]:
+        cmd += ["--platform", tag]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    installs = json.loads(report.read_text())["install"]
+    resolved = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in installs}
+    for name, version in pins(ROOT / "serving" / "requirements.txt").items():
+        assert resolved.get(name) == version, f"{platform} {name}: pinned {version}, resolved {resolved.get(name)}"
+    arch = platform.split("/")[1].replace("amd64", "x86_64").replace("arm64", "aarch64")
+    for name in ("numpy", "onnxruntime"):
+        wheel = next(i["download_info"]["url"] for i in installs if i["metadata"]["name"].lower() == name)
+        assert wheel.endswith(f"_{arch}.whl"), f"{platform}: {name} from {wheel.rsplit('/', 1)[-1]}"
+    assert all(i["download_info"]["url"].endswith(".whl") for i in installs), "wheels only"
+
+
 @pytest.mark.slow
 def test_gpu_image_dependencies_resolve_for_the_image_platform(tmp_path):
     """pip resolves requirements-cuda.txt, wheels only, for CPython 3.11 on linux x86_64,

@@ -15,6 +15,8 @@ def test_build_records_measured_load_and_warmup_outside_the_manifest(build_once)
     r = build_once("lenet", "int8")
     s = r.startup
     assert s["load_seconds"] > 0 and s["warmup_seconds"] > 0
+    # the session's memory peak holds at least the weights (the int8 model's file, mostly them)
+    assert s["peak_memory_bytes"] >= (r.context_dir / "model" / "model.onnx").stat().st_size
     assert s["provider"] == "CPUExecutionProvider"
     assert s["batch_sizes"] == startup.warmup_batch_sizes(r.manifest)
     assert 1 in s["batch_sizes"] and r.manifest["batching"]["max_batch_size"] in s["batch_sizes"]
@@ -50,6 +52,56 @@ def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp
     two = models.build("lenet", "none", tmp_path / "two", cache_dir=cache_dir)
     assert one.cache_hit and one.startup["load_seconds"] > 0 and one.sizes["model_layer_gzip_bytes"] > 0
     assert two.startup == one.startup and two.sizes == one.sizes  # measured once, then kept
+
+
+def test_an_entry_cached_before_the_memory_peak_was_measured_gets_it_once(cache_dir, tmp_path):
+    from conftest import cache_key_of
+    from servedmodel.models import cache as cache_mod
+
+    models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
+    key = cache_key_of("lenet", "none", cache_dir=cache_dir)
+    result = cache_mod.entry_dir(cache_mod.cache_root(cache_dir), key) / "result.json"
+    record = json.loads(result.read_text())
+    record["startup"].pop("peak_memory_bytes")
+    result.write_text(json.dumps(record))  # as a build before the memory peak wrote it
+    one = models.build("lenet", "none", tmp_path / "one", cache_dir=cache_dir)
+    two = models.build("lenet", "none", tmp_path / "two", cache_dir=cache_dir)
+    assert one.cache_hit and one.startup["peak_memory_bytes"] > 0
+    assert two.startup == one.startup  # measured once, then kept
+
+
+def _dense_model(path, n: int) -> int:
+    """y = x @ W with W n x n fp32; returns the bytes of W."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((n, n), 0.5, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "dense",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return n * n * 4
+
+
+def test_the_memory_peak_follows_the_weights_and_the_warm_up_batches(tmp_path):
+    """Measured, not estimated: 64 MiB of weights show as at least 64 MiB more than 1 MiB of
+    weights, and a warm-up at batch 32768 of a 512-wide layer (a 64 MiB output) as at least
+    64 MiB more than the same model warmed up at batch 1. (It is a peak: with big weights, the
+    load's, when the file and the weights are both held, can exceed the run's.)"""
+    def manifest(n, max_batch):
+        return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, n]}],
+                "batching": {"max_batch_size": max_batch, "warmup_batch_sizes": []}}
+
+    small, big = tmp_path / "small.onnx", tmp_path / "big.onnx"
+    small_w, big_w = _dense_model(small, 512), _dense_model(big, 4096)
+    small_peak = startup.peak_memory(small, manifest(512, 1))
+    big_peak = startup.peak_memory(big, manifest(4096, 1))
+    assert small_peak >= small_w and big_peak >= big_w
+    assert big_peak - small_peak >= big_w - small_w
+    batched_peak = startup.peak_memory(small, manifest(512, 32768))
+    assert batched_peak - small_peak >= 64 * 1024 ** 2
 
 
 def test_warmup_feeds_follow_the_manifest_signature():

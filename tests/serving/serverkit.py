@@ -66,7 +66,9 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         #: the gRPC port (`grpc=True`), else None
-        self.grpc_port = free_port() if grpc else None
+        self.grpc_port = None
+        while grpc and self.grpc_port in (None, self.port):    # two free_port() calls can agree
+            self.grpc_port = free_port()
         self.grpc_url = f"127.0.0.1:{self.grpc_port}" if grpc else None
         self.log_path = log or Path(context).parent / f"server-{self.port}.log"
         full_env = {**os.environ, "SERVEDMODEL_LOG_LEVEL": "warning", **(env or {})}

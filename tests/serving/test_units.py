@@ -311,3 +311,4 @@ def test_a_run_larger_than_the_warm_up_gives_its_memory_back(tmp_path):
     kept_without = rss_mib() - before
     assert released < 16, f"{released:.0f} MiB kept after release_peak_memory"
     assert after_run > 100 and kept_without > 200, (after_run, kept_without)
+
