@@ -111,8 +111,9 @@ profile as the AWS calls.
 - With GPUs on kubernetes, one replica's `cpu`, `memory` and `gpu` must fit every instance type of
   the pool: the node's allocatable (vCPUs, memory and GPUs from EC2, `aws.ec2.get_instance_type`,
   less the kubelet reservation and VM overhead as EKS and Karpenter compute them) less the
-  DaemonSet headroom (`daemonSetCpu`, `daemonSetMemory`); docs/deploy.md, "Capacity". The managed
-  pool must also fit `maxReplicas` + {surge} surge pod (rolling updates use `maxUnavailable: 0`):
+  DaemonSet headroom (`daemonSetCpu`, `daemonSetMemory`); docs/deploy.md, "The GPU node pool and
+  the device plugin". The managed pool must also fit `maxReplicas` + {surge} surge pod \
+(rolling updates use `maxUnavailable: 0`):
   `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where replicas per node is what the
   scarcest of GPU, CPU and memory allows on the smallest type. These checks read EC2, so they run
   when the program runs (preview or up). GPU instance families the image supports: {types}. AMI

@@ -128,7 +128,7 @@ TERMINATION_SLACK_SECONDS = 10
 # How long an NLB keeps opening new connections to a pod IP target after its deregistration
 # started: about two minutes whatever the deregistration delay, as measured and reported in
 # kubernetes-sigs/aws-load-balancer-controller issues #2366 and #3270 (reports, not AWS
-# documentation; docs/deploy.md "Draining"). A pod behind the public NLB sleeps in preStop at
+# documentation; docs/deploy.md, "A public endpoint", Draining). A pod behind the public NLB sleeps in preStop at
 # least this long (components/args/rules.py draining_problems).
 NLB_DEREGISTRATION_LAG_SECONDS = 120
 
