@@ -1,6 +1,18 @@
 """Pulumi components of ServedModel (type tokens `servedmodel:index:<Name>`, fixed)."""
-from .args import (ArgsError, AutoscalingArgs, ModelArgs, MonitoringArgs, NetworkArgs, NodePoolArgs, Problem,
-                             RegistryArgs, ResourcesArgs, RolloutArgs, ServedModelArgs, ServerArgs)
+from .args import (
+                             ArgsError,
+                             AutoscalingArgs,
+                             ModelArgs,
+                             MonitoringArgs,
+                             NetworkArgs,
+                             NodePoolArgs,
+                             Problem,
+                             RegistryArgs,
+                             ResourcesArgs,
+                             RolloutArgs,
+                             ServedModelArgs,
+                             ServerArgs,
+)
 from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from .local_service import LocalService, LocalServiceArgs
 from .model_image import ModelImage, ModelImageArgs

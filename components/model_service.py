@@ -9,7 +9,7 @@ import pulumi_kubernetes as k8s
 
 from . import canary, specs
 from .args import AutoscalingArgs, NetworkArgs, ResourcesArgs, RolloutArgs, ServerArgs
-from .inputs import given, lift
+from .inputs import lift
 from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
@@ -95,7 +95,7 @@ class ModelService(pulumi.ComponentResource):
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
-        def meta(**extra: Any) -> dict[str, Any]:
+        def meta(**extra: Any) -> specs.Json:
             return {"namespace": net.namespace, "labels": obj_labels} | extra
 
         sa = k8s.core.v1.ServiceAccount(
@@ -175,8 +175,8 @@ class ModelService(pulumi.ComponentResource):
         # gate only when a Service (its target group) already selects the pod at its creation.
         service = k8s.core.v1.Service(
             f"{name}-svc", metadata=service_meta,
-            spec={"type": net.service_type, "selector": selector,
-                  "ports": specs.service_ports(net.grpc_port, tls=public)},
+            spec=specs.as_json({"type": net.service_type, "selector": selector,
+                                "ports": specs.service_ports(net.grpc_port, tls=public)}),
             # A LoadBalancer's await lasts until its NLB has a name (pods, created after it, are
             # not waited for: an empty Endpoints settles after 10 s).
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
@@ -202,7 +202,7 @@ class ModelService(pulumi.ComponentResource):
             workload_name = _name_of(workload)
             scale_target = {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout"}
         else:
-            deploy_spec: dict[str, Any] = {
+            deploy_spec: specs.Json = {
                 "selector": {"matchLabels": selector},
                 "strategy": specs.rolling_update(),
                 "revisionHistoryLimit": specs.REVISION_HISTORY_LIMIT,
@@ -229,27 +229,28 @@ class ModelService(pulumi.ComponentResource):
                 # ScaledObject before it deletes this HPA, so `autoscaler: hpa -> keda` works in
                 # one `up` only with it. Nothing else reads it.
                 f"{name}-hpa", metadata=meta(annotations={KEDA_HPA_OWNERSHIP_ANNOTATION: "false"}),
-                spec={"scaleTargetRef": scale_target | {"name": workload_name},
-                      "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
-                      "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
-                                                   scale.target_queue_ms, scale.target_cpu_percent)],
-                      "behavior": specs.hpa_behavior()},
+                spec=specs.as_json({"scaleTargetRef": scale_target | {"name": workload_name},
+                                    "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
+                                    "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
+                                                                 scale.target_queue_ms, scale.target_cpu_percent)],
+                                    "behavior": specs.hpa_behavior()}),
                 opts=child)
 
         if scale.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb", metadata=meta(),
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}}, opts=child)
+                spec=specs.as_json({"maxUnavailable": 1, "selector": {"matchLabels": selector}}), opts=child)
 
         # The NLB's forwarded connections and health checks come from its own subnets (client IP
         # preservation off): those CIDRs, never the VPC range (components/edge.py).
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=meta(),
-            spec=subnets.apply(lambda found: {
+            spec=subnets.apply(lambda found: specs.as_json({
                 "podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
                 "ingress": specs.network_policy_ingress(
-                    net.ingress_namespaces, tuple(dict.fromkeys(net.ingress_cidrs + tuple(sorted(s["cidr"] for s in found)))),
-                    net.grpc_port)}),
+                    net.ingress_namespaces,
+                    tuple(dict.fromkeys(net.ingress_cidrs + tuple(sorted(s["cidr"] for s in found)))),
+                    net.grpc_port)})),
             opts=child)
 
         if public:
@@ -285,7 +286,7 @@ class ModelService(pulumi.ComponentResource):
         base = canary.RolloutSpec(selector=selector, template=template,
                                   replicas=None if autoscaled else args.autoscaling.replicas,
                                   progress_deadline_seconds=waits.progress_deadline_seconds)
-        workload = k8s.apiextensions.CustomResource(
+        workload: Any = k8s.apiextensions.CustomResource(  # (a custom resource's outputs: untyped)
             f"{name}-rollout", api_version=canary.ROLLOUT_API_VERSION, kind="Rollout",
             metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | canary.rollout_annotations()),
             spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=child)
@@ -299,7 +300,7 @@ class ModelService(pulumi.ComponentResource):
         return workload
 
 
-def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:
+def _name_of(resource: Any) -> pulumi.Output[str]:
     """A custom resource's (auto-)name: its metadata is an untyped object."""
     return resource.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
 

@@ -3,8 +3,8 @@
 Pure arithmetic over the model's start-up time (tested without mocks in
 tests/components/test_timeouts.py). The Deployment, a LoadBalancer Service (Pulumi's await
 waits for its NLB and for ready endpoints) and the GPU node group get `customTimeouts` from
-here, a canary's RolloutWait its deadline, and the Deployment's progress deadline and startup probe budget come from the same
-per-pod figure, so a slow model fails its rollout for a reason, not for a default.
+here, a canary's RolloutWait its deadline, and the Deployment's progress deadline and startup probe
+budget come from the same per-pod figure, so a slow model fails its rollout for a reason, not for a default.
 
 The program passes the model's cold-start budget (components/coldstart.py): its start (process
 + the load and warm-up the build measured, kept beside the manifest), pull and node parts; without

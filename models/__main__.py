@@ -19,6 +19,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 if __package__ == "models":
     # `python -m models` in a checkout: run the CLI as `servedmodel.models`, the name user
@@ -38,7 +39,7 @@ WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2
+    def error(self, message: str) -> NoReturn:  # one line, exit code 2
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
@@ -213,7 +214,9 @@ def _supervise(args, argv: list[str]) -> int:
     read_fd, write_fd = os.pipe()
     env = {**os.environ, WORKER_ENV: str(write_fd)}
     # The folder that holds the `servedmodel` package (a checkout's root, or site-packages).
-    home = str(Path(sys.modules["servedmodel"].__file__).resolve().parent.parent)
+    package_file = sys.modules["servedmodel"].__file__
+    assert package_file is not None and __package__  # a regular package, run with -m
+    home = str(Path(package_file).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (home, os.environ.get("PYTHONPATH", "")) if p)
     state: dict = {"worker": None, "interrupted": False}
 

@@ -7,10 +7,10 @@ rejects must never ship.
 import os
 import sys
 
-from pulumi_policy import EnforcementLevel, PolicyPack, ResourceValidationPolicy, StackValidationPolicy
+from pulumi_policy import EnforcementLevel, Policy, PolicyPack, ResourceValidationPolicy, StackValidationPolicy
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rules  # noqa: E402
+import rules
 
 
 def _validator(rule):
@@ -27,11 +27,14 @@ def _stack_validator(rule):
     return validate
 
 
+policies: list[Policy] = [
+    *(ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
+      for rule in rules.RULES),
+    *(StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule))
+      for rule in rules.STACK_RULES),
+]
 PolicyPack(
     name="servedmodel",
     enforcement_level=EnforcementLevel.MANDATORY,
-    policies=[ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
-              for rule in rules.RULES]
-    + [StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule))
-       for rule in rules.STACK_RULES],
+    policies=policies,
 )

@@ -203,7 +203,7 @@ def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]]) -
     server container reads SERVEDMODEL_AUTH_TOKEN or _FILE). Needs the whole stack: the token
     is on the Deployment, the exposure on the Service."""
     out = []
-    workloads = [(t, props, pod_spec(t, props)) for t, props in resources if pod_spec(t, props) is not None]
+    workloads = [(t, props, spec) for t, props in resources if (spec := pod_spec(t, props)) is not None]
     for t, props in resources:
         if t != "kubernetes:core/v1:Service" or _get(props, "spec", "type") != "LoadBalancer":
             continue
@@ -224,7 +224,8 @@ def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]]) -
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.", no_mutable_tags),
+    Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.",
+         no_mutable_tags),
     Rule("requests-and-limits", "Every container sets CPU and memory requests and limits.", requests_and_limits),
     Rule("gpu-limit-equals-request", "nvidia.com/gpu request equals its limit.", gpu_limit_equals_request),
     Rule("probes-present", "Served containers have readiness and liveness probes.", probes_present),

@@ -127,7 +127,8 @@ class NetworkArgs(ArgsGroup):
                        if not ok]
             if missing:
                 c.bad("service_type", "a public endpoint needs both @{network.auth_token} (a secret) and "
-                                      "@{network.tls_certificate_arn} (an ACM certificate the NLB terminates TLS with); "
+                                      "@{network.tls_certificate_arn} (an ACM certificate the NLB terminates TLS "
+                                      "with); "
                                       f"missing: {', '.join(missing)}")
         if given(self.tls_certificate_arn) and c.ok("tls_certificate_arn") and not public:
             c.bad("tls_certificate_arn", "TLS terminates at the load balancer: only with @{network.service_type} "
@@ -152,4 +153,5 @@ class NetworkArgs(ArgsGroup):
             if self.grpc_port < 1024:
                 c.bad("grpc_port", "must be 0 (gRPC off) or a port between 1024 and 65535")
             elif self.grpc_port in (SERVER_PORT, self.local_port):
-                c.bad("grpc_port", f"must differ from the server's HTTP port ({SERVER_PORT}) and from @{{network.local_port}}")
+                c.bad("grpc_port", f"must differ from the server's HTTP port ({SERVER_PORT}) and from "
+                                   "@{network.local_port}")

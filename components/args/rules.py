@@ -177,8 +177,8 @@ def _canary_not_with_keda(rollout: RolloutArgs, elastic: ElasticArgs) -> list[Pr
     is declared against the model's Deployment: the two are not combined yet, so the pair is
     refused rather than deployed with an autoscaler that scales nothing."""
     if rollout.strategy == "canary" and elastic.autoscaler == "keda":
-        return [Problem("rollout.strategy", rollout.strategy, "a canary (Argo Rollouts) cannot be combined with autoscaler "
-                        "keda yet; use rollout rolling with keda, or autoscaler hpa with a canary")]
+        return [Problem("rollout.strategy", rollout.strategy, "a canary (Argo Rollouts) cannot be combined with "
+                        "autoscaler keda yet; use rollout rolling with keda, or autoscaler hpa with a canary")]
     return []
 
 

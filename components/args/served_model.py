@@ -76,7 +76,8 @@ class ServedModelArgs:
         for f in fields(self):
             expected = GROUP_TYPES.get(f.name)
             value = getattr(self, f.name)
-            if expected is not None and not isinstance(value, expected) and not (f.name == "node_pool" and value is None):
+            if (expected is not None and not isinstance(value, expected)
+                    and not (f.name == "node_pool" and value is None)):
                 raise TypeError(f"ServedModelArgs.{f.name} must be a {expected.__name__}")
         c = Checker("", self)
         c.declared()

@@ -12,8 +12,7 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from servedmodel.components import (AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs, ServedModel,
-                                    ServedModelArgs)
+from servedmodel.components import AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs, ServedModel, ServedModelArgs
 
 config = pulumi.Config()
 on_cluster = config.require("target") == "kubernetes"

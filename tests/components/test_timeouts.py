@@ -47,8 +47,9 @@ def test_never_below_the_providers_default(startup):
 
 
 def test_the_program_sets_them_on_the_readiness_bound_resources(stack_runs):
-    from pulumi_harness import ROOT
     import json
+
+    from pulumi_harness import ROOT
 
     run = stack_runs["prod"]
     # The start-up is measured by the build and kept beside the manifest (issue 11); the program

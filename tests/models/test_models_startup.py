@@ -121,7 +121,7 @@ def test_warmup_feeds_follow_the_manifest_signature():
 def test_a_model_onnxruntime_cannot_load_is_an_error(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="ONNXRuntimeError"):  # whatever onnxruntime raises (measure's docstring)
         startup.measure(bad, {"inputs": [], "batching": {}})
 
 

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("servedmodel_policy_rules", ROOT / "policy" / "rules.py")
+assert _spec is not None and _spec.loader is not None
 rules = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = rules
 _spec.loader.exec_module(rules)
@@ -192,7 +193,8 @@ def test_a_public_endpoint_requires_a_bearer_token_on_what_it_selects():
     resources = [("kubernetes:core/v1:Service", public_service()), (DEPLOY, deploy)]
     [msg] = rules.public_endpoint_requires_auth(resources)
     assert "'svc'" in msg and "'model'" in msg and "SERVEDMODEL_AUTH_TOKEN" in msg
-    container(deploy)["env"] = [{"name": "SERVEDMODEL_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "a", "key": "token"}}}]
+    container(deploy)["env"] = [{"name": "SERVEDMODEL_AUTH_TOKEN",
+                                 "valueFrom": {"secretKeyRef": {"name": "a", "key": "token"}}}]
     assert rules.public_endpoint_requires_auth(resources) == []
     # A ClusterIP Service, or a workload it does not select, is not the rule's business.
     del container(deploy)["env"]
@@ -235,7 +237,8 @@ POLICY_VENV_PYTHON = ROOT / "policy" / "venv" / "bin" / "python"
 
 @pytest.mark.skipif(not POLICY_VENV_PYTHON.exists(),
                     reason="policy/venv not created: python3.11 -m venv policy/venv && "
-                           "policy/venv/bin/pip install -r policy/requirements.txt (as `pulumi preview --policy-pack` does)")
+                           "policy/venv/bin/pip install -r policy/requirements.txt "
+                          "(as `pulumi preview --policy-pack` does)")
 def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
     """policy/__main__.py with the real pulumi_policy: PolicyPack replaced by a recorder (its
     constructor would start the gRPC server the CLI talks to), every policy mandatory and live."""
@@ -259,10 +262,12 @@ def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
         "    props = svc\n"
         "msgs = []\n"
         "for p in seen['policies']:\n"
-        "    args = pulumi_policy.StackValidationArgs(resources) if isinstance(p, pulumi_policy.StackValidationPolicy) else Args()\n"
+        "    stack = isinstance(p, pulumi_policy.StackValidationPolicy)\n"
+        "    args = pulumi_policy.StackValidationArgs(resources) if stack else Args()\n"
         "    p.validate(args, lambda m, urn=None, name=p.name: msgs.append(name))\n"
         "print(seen['enforcement_level'].name, len(seen['policies']), sorted(set(msgs)))\n"
     )
-    out = subprocess.run([str(POLICY_VENV_PYTHON), "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run([str(POLICY_VENV_PYTHON), "-c", script], capture_output=True, text=True, check=True,
+                         timeout=120)
     assert out.stdout.strip() == ("MANDATORY 8 ['load-balancer-terminates-tls', 'no-load-balancer-without-opt-in', "
                                   "'public-endpoint-requires-auth']")
