@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import servedmodel.models as models
-from servedmodel.models import startup
 
 # At import, while this folder's conftest is the one named `conftest` (inside a test, with
 # xdist, another folder's may be).
 from conftest import cache_key_of
+from servedmodel.models import startup
 
 
 def test_build_records_measured_load_and_warmup_outside_the_manifest(build_once):
