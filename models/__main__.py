@@ -168,7 +168,7 @@ def _interrupted(model: str) -> dict:
             "error": f"model {model!r}: interrupted"}
 
 
-def _work(args, fd: int) -> int:
+def _work(args, fd: int) -> NoReturn:
     """The worker: build, reporting each step and then the result on `fd` (JSON lines)."""
     stopped: list[int] = []
 
@@ -202,7 +202,12 @@ def _work(args, fd: int) -> int:
         print(f"error: {error['error']}", file=sys.stderr, flush=True)
         code, out = EXIT_INTERRUPTED, json.dumps(error) if args.json else ""
     send({"done": True, "exit_code": code, "stdout": out})
-    return code
+    report.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is published and reported: end here rather than through the interpreter's
+    # shutdown, which with torch loaded costs more than a cached build's whole work.
+    os._exit(code)
 
 
 def _supervise(args, argv: list[str]) -> int:
