@@ -20,7 +20,7 @@ PULUMI ?= pulumi
 DOCKER ?= docker
 STATE_DIR := .state
 
-.PHONY: serve test test-fast bench up up-prerequisites clean grpc-stubs
+.PHONY: serve test test-fast lint bench up up-prerequisites clean grpc-stubs
 
 $(STAMP): $(REQUIREMENTS)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -38,7 +38,16 @@ serve: $(STAMP)
 	$(PY) -m models build --model $(MODEL) --compression $(COMPRESSION) --out $(SERVE_DIR)
 	$(PY) -m serving --context $(SERVE_DIR) --host 127.0.0.1 --port $(PORT)
 
-test: $(STAMP) $(POLICY_STAMP)
+# ruff and pyright over the whole tree, configured in pyproject.toml; `make test` runs them first,
+# and a finding fails it. pyright's warnings fail too (--warnings): an import it cannot resolve is
+# a warning there, so that Pulumi's own run (Pulumi.yaml's typechecker) in a program venv without
+# the test dependencies checks what it can. The policy pack is checked with its own venv's packages.
+# PYRIGHT_PYTHON_IGNORE_WARNINGS: no look-up of pyright's newest version on PyPI at every run.
+lint: $(STAMP) $(POLICY_STAMP)
+	$(VENV)/bin/ruff check .
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright --warnings --threads 2
+
+test: lint
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

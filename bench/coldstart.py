@@ -25,7 +25,7 @@ ZOO = ["mnist-mlp", "lenet", "resnet-tiny", "minilm"]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--models", nargs="+", default=ZOO)
     ap.add_argument("--compression", default="fp16")
     ap.add_argument("--bandwidth", type=int, default=50, help="pull MB/s (servedmodel:pullBandwidthMBps)")
@@ -47,7 +47,8 @@ def main() -> int:
                 # The interceptor holds a request as long as one pod may take to be ready.
                 wait = readiness_timeouts(cold.start_seconds, device, 1, pull_seconds=cold.pull_seconds,
                                           node_seconds=cold.node_seconds).pod_seconds
-                rows.append(f"| {m} | {opts.compression} | {'GPU, new Karpenter node (g5/g6)' if gpu else 'CPU, existing node'} "
+                where = "GPU, new Karpenter node (g5/g6)" if gpu else "CPU, existing node"
+                rows.append(f"| {m} | {opts.compression} | {where} "
                             f"| {r.startup['load_seconds']:.2f} + {r.startup['warmup_seconds']:.2f} "
                             f"| {r.sizes['model_layer_gzip_bytes'] / 1e6:.2f} MB "
                             f"| {out['nodeSeconds']:.0f} | {out['pullSeconds']:.1f} | {out['startSeconds']:.1f} "

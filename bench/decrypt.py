@@ -38,7 +38,6 @@ WIDTH = 32000          # 784 x 32000 fp32 = 100.4 MB of weight
 
 
 def write_plain(out: Path) -> Path:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.random.default_rng(0).standard_normal((784, WIDTH), dtype=np.float32)
@@ -90,7 +89,7 @@ def free_port() -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -138,7 +137,8 @@ def main() -> int:
           f"{b_added:.0f} ms |\n"
           f"| (c) AES-256-GCM decryption alone (`models.seal.decrypt_seconds`) | | | {c_alone:.0f} ms |\n\n"
           f"Target: decryption adds <= 50 ms per 100 MB at start: **{verdict}** ((a) {a_added:.0f} ms; "
-          f"the decryption itself, (c), {c_alone:.0f} ms). The encrypted start hashes nothing (the GCM tag authenticates the "
+          f"the decryption itself, (c), {c_alone:.0f} ms). The encrypted start hashes nothing (the GCM tag "
+          "authenticates the "
           f"ciphertext and the manifest) where a clear start hashes the file, so the difference is "
           f"about the decryption less one sha256 pass. The whole start (b) varies between runs by more "
           f"than the figure (clear {min(starts['clear']):.2f}-{max(starts['clear']):.2f} s, encrypted "

@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import BENCHMARKS_MD, machine_line, write_section  # noqa: E402
-from bench.serve import (GRPC_METHOD, build, example_inputs, free_port, grpc_message,  # noqa: E402
-                         request_bodies, stop_server)
+from bench.serve import GRPC_METHOD, build, example_inputs, free_port, grpc_message, request_bodies, stop_server  # noqa: E402
 
 SECTION = "grpc-cpu"
 TABLE_HEAD = ("| label | gRPC process ms/call | gRPC loop thread ms/call | REST binary process "
@@ -143,13 +142,13 @@ def main() -> int:
             for _, proc, _ in running:
                 stop_server(proc)
 
+    def median(label: str, name: str, i: int) -> float:
+        return statistics.median(x[i] for x in per_call[label][name])
+
     rows = []
     for label, _ in servers:
-        def median(name: str, i: int) -> float:
-            return statistics.median(x[i] for x in per_call[label][name])
-
-        rows.append(f"| {label} | {median('grpc', 0):.3f} | {median('grpc', 1):.3f} | "
-                    f"{median('rest', 0):.3f} | {median('rest', 1):.3f} | {args.rounds} | "
+        rows.append(f"| {label} | {median(label, 'grpc', 0):.3f} | {median(label, 'grpc', 1):.3f} | "
+                    f"{median(label, 'rest', 0):.3f} | {median(label, 'rest', 1):.3f} | {args.rounds} | "
                     f"{min(loads):.1f}-{max(loads):.1f} |")
         for name in ("grpc", "rest"):
             print(label, name, "process ms/call",

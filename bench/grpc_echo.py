@@ -30,7 +30,7 @@ async def serve(port: int, answer: bytes, max_message_bytes: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--answer-bytes", type=int, default=64,
                     help="size of the fixed answer (a ModelInferResponse of this size)")

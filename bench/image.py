@@ -31,8 +31,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -141,9 +142,9 @@ def registry_manifest(repo: str, tag: str) -> dict:
 
 def push_tally(output: str) -> dict[str, int]:
     lines = output.splitlines()
-    return {"pushed": sum(l.endswith(": Pushed") for l in lines),
-            "already there": sum(l.endswith(": Layer already exists") for l in lines),
-            "mounted": sum(": Mounted from " in l for l in lines)}
+    return {"pushed": sum(line.endswith(": Pushed") for line in lines),
+            "already there": sum(line.endswith(": Layer already exists") for line in lines),
+            "mounted": sum(": Mounted from " in line for line in lines)}
 
 
 # --- the seed-style torch image --------------------------------------------------------------
@@ -179,7 +180,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
     def _send(self, code, body=b""):
-        self.send_response(code); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     def do_GET(self):
         self._send(200 if self.path in ("/v2/health/ready", "/v2/health/live") else 404)
     def do_POST(self):
@@ -187,9 +191,11 @@ class Handler(BaseHTTPRequestHandler):
         args = [torch.tensor(i["data"]).reshape(i["shape"]) for i in req["inputs"]]
         out = model(*args)
         outs = out if isinstance(out, (tuple, list)) else [out]
-        self._send(200, json.dumps({"outputs": [{"shape": list(o.shape), "data": o.flatten().tolist()} for o in outs]}).encode())
+        answer = {"outputs": [{"shape": list(o.shape), "data": o.flatten().tolist()} for o in outs]}
+        self._send(200, json.dumps(answer).encode())
 
-ThreadingHTTPServer((os.environ.get("SERVEDMODEL_HOST", "127.0.0.1"), int(os.environ.get("SERVEDMODEL_PORT", "8080"))), Handler).serve_forever()
+address = (os.environ.get("SERVEDMODEL_HOST", "127.0.0.1"), int(os.environ.get("SERVEDMODEL_PORT", "8080")))
+ThreadingHTTPServer(address, Handler).serve_forever()
 """
 
 
@@ -207,9 +213,11 @@ def torch_wheel() -> Path:
 
 
 def torch_context(model: str, out: Path) -> Path:
-    import torch
-    from servedmodel.models.zoo import ZOO as ZOO_FACTORIES
     import importlib
+
+    import torch
+
+    from servedmodel.models.zoo import ZOO as ZOO_FACTORIES
 
     mod, fn = ZOO_FACTORIES[model][0].split(":")
     spec = getattr(importlib.import_module(mod), fn)()
@@ -217,7 +225,8 @@ def torch_context(model: str, out: Path) -> Path:
     example = tuple(spec.example_inputs)
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        traced = torch.jit.trace(module, example, strict=False, check_trace=False)
+        # A module traces to a ScriptModule (the annotation also covers tracing a function).
+        traced = cast(torch.jit.ScriptModule, torch.jit.trace(module, example, strict=False, check_trace=False))
     traced.save(str(out / "model.pt"))
     torch.save(example, out / "example.pt")
     (out / "Dockerfile").write_text(TORCH_DOCKERFILE)
@@ -283,7 +292,7 @@ def runtime_layers(device: str, work: Path) -> dict:
     layers = [int(layer["size"]) for layer in registry_manifest(repo, r.version)["layers"]]
     return {"runtime_compressed_bytes": sum(layers[:-1]), "layers": len(layers),
             "how": "measured", "base_image": BASE_IMAGE,
-            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python bench/image.py --layers" + ("" if device == "cuda" else " --no-gpu")}
 
 
@@ -303,7 +312,7 @@ def write_layers(no_gpu: bool) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--layers", action="store_true",
                     help="only measure the runtime layers' compressed bytes into components/image_layers.json")
     ap.add_argument("--models", nargs="+", default=ZOO)
@@ -320,7 +329,7 @@ def main() -> int:
         return write_layers(opts.no_gpu)
     import servedmodel.models as models
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-image-"))
     run_id = str(int(time.time()))
@@ -350,7 +359,7 @@ def main() -> int:
     print(f"build cold {cold:.1f}s warm {warm:.1f}s model-only {model_only}", flush=True)
 
     # 3. every image (the deps layer is shared), sizes
-    for k, v in built.items():
+    for v in built.values():
         v["build_s"] = model_step_build(v["context"], v["tag"])
         v["size"] = image_size(v["tag"])
         v["model_layer"] = last_layer_size(v["tag"])
@@ -367,14 +376,14 @@ def main() -> int:
         for v in (a, bb):
             docker("tag", v["tag"], f"{REGISTRY}/{repo}:{v['version']}")
             tallies.append(push_tally(docker("push", f"{REGISTRY}/{repo}:{v['version']}").stdout))
-        la = {l["digest"]: l["size"] for l in registry_manifest(repo, a["version"])["layers"]}
+        la = {layer["digest"]: layer["size"] for layer in registry_manifest(repo, a["version"])["layers"]}
         lb = registry_manifest(repo, bb["version"])["layers"]
-        new = [l for l in lb if l["digest"] not in la]
+        new = [layer for layer in lb if layer["digest"] not in la]
         only_model = len(new) == 1 and new[0]["digest"] == lb[-1]["digest"]
-        push_rows.append((m, versions[0][1], versions[1][1], len(lb), len(new), sum(l["size"] for l in new),
+        push_rows.append((m, versions[0][1], versions[1][1], len(lb), len(new), sum(layer["size"] for layer in new),
                           tallies[1], only_model))
         verdicts.append((f"{m}: a model-only change ({versions[0][1]} -> {versions[1][1]}) pushes only the model layer",
-                         only_model, f"{len(new)} new layer(s), {sum(l['size'] for l in new) / MB:.2f} MB"))
+                         only_model, f"{len(new)} new layer(s), {sum(layer['size'] for layer in new) / MB:.2f} MB"))
     print("push done", flush=True)
 
     # 5. cold start, serving images (compression none)
@@ -423,7 +432,7 @@ def main() -> int:
             notes.append(f"GPU image: {str(e).splitlines()[0][:300]}")
 
     # --- report ---------------------------------------------------------------------------------
-    md = [f"## Serving image (`bench/image.py`)", "",
+    md = ["## Serving image (`bench/image.py`)", "",
           f"Measured {started} on {machine_line()}; Docker engine "
           f"{docker('version', '--format', '{{.Server.Version}}').stdout.strip()}, classic builder, "
           f"base `{BASE_IMAGE}` (the Debian stand-in that .ci/prepare-docker.sh builds: "
@@ -434,7 +443,8 @@ def main() -> int:
     md += [f"| {name} | {'PASS' if ok else 'FAIL'} | {how} |" for name, ok, how in verdicts]
     torch_size = {row[0]: row[1] for row in torch_rows}
     md += ["", "### Image size per model and compression", "",
-           "| model | compression | version | model.onnx | model layer | image | of the torch image | build of the model step |",
+           "| model | compression | version | model.onnx | model layer | image | of the torch image "
+           "| build of the model step |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (m, c), v in built.items():
         ratio = f"{v['size'] / torch_size[m]:.1%}" if m in torch_size else "-"
@@ -443,12 +453,14 @@ def main() -> int:
     md += ["", "### Build time", "",
            f"`{ref[0]}` / `{ref[1]}`: cold (`--no-cache`: venv and wheels from the package index) "
            f"**{cold:.1f} s**; warm (unchanged context, every step cached) **{warm:.1f} s**"
-           + (f"; a model-only change (`{alt[1]}`: everything cached but the model step) **{model_only:.1f} s**." if alt else "."), ""]
+           + (f"; a model-only change (`{alt[1]}`: everything cached but the model step) **{model_only:.1f} s**."
+              if alt else "."), ""]
     if push_rows:
         md += ["### Push of a model-only change", "",
                "Version A pushed, then version B of the same model (another compression): layers of B that the "
                "registry did not have (from the manifests), and what `docker push` reported for B.", "",
-               "| model | A -> B | layers in B | new layers | new bytes (compressed) | push of B | only the model layer |",
+               "| model | A -> B | layers in B | new layers | new bytes (compressed) | push of B "
+               "| only the model layer |",
                "| --- | --- | ---: | ---: | ---: | --- | --- |"]
         for m, ca, cb, n, k, nb, tally, ok in push_rows:
             md.append(f"| {m} | {ca} -> {cb} | {n} | {k} | {nb / MB:.2f} MB | "
@@ -462,9 +474,11 @@ def main() -> int:
     if torch_rows:
         md += ["", "### Beside the seed-style torch image (same run)", "",
                "TorchScript of the same zoo model served by torch (CPU wheel from this machine's disk, "
-               "its dependencies downloaded as wheels into the context beforehand, installed in a first stage) in the same "
-               "base image, with a minimal stdlib HTTP server. Its build is cold (`--no-cache`) from those local wheels.", "",
-               "| model | torch image | serving image | size ratio | torch build (cold) | torch cold start | serving cold start |",
+               "its dependencies downloaded as wheels into the context beforehand, installed in a first stage) "
+               "in the same base image, with a minimal stdlib HTTP server. Its build is cold (`--no-cache`) from "
+               "those local wheels.", "",
+               "| model | torch image | serving image | size ratio | torch build (cold) | torch cold start "
+               "| serving cold start |",
                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for m, size, t, cs, ours, ratio in torch_rows:
             md.append(f"| {m} | {size / MB:.0f} MB | {ours / MB:.0f} MB | {ratio:.1%} | {t:.0f} s | {cs[0]:.2f} s | "
@@ -473,7 +487,8 @@ def main() -> int:
     if gpu:
         tag, size, t, missing, device, refusal = gpu
         md.append(f"`{ref[0]}` built for `cuda` (manifest device `{device}`): **{size / MB:.0f} MB**, cold build "
-                  f"(`--no-cache`: ~1.6 GB of wheels from the package index) **{t:.0f} s**. Libraries of the CUDA provider that do not resolve inside the "
+                  f"(`--no-cache`: ~1.6 GB of wheels from the package index) **{t:.0f} s**. Libraries of the CUDA "
+                  "provider that do not resolve inside the "
                   f"image: {', '.join(f'`{x}`' for x in missing) or 'none'} (libcuda.so.1 is the driver's, mounted "
                   f"by the NVIDIA container runtime). No GPU on this machine: GPU throughput is not measured here. "
                   f"Run here without a GPU, the GPU image {refusal}.")

@@ -22,15 +22,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from image import (BASE_IMAGE, MB, build, docker, free_port, image_size, inspect,  # noqa: E402
-                   median_cold_start, preflight)
+from image import BASE_IMAGE, MB, build, docker, free_port, image_size, inspect, median_cold_start, preflight  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
 ARM64_BASE_IMAGE = "servedmodel-ci/python:3.11-slim-arm64"   # what .ci/prepare-arm64.sh builds
@@ -67,7 +66,7 @@ def infer(image: str, manifest: dict, feeds: dict[str, np.ndarray], platform: st
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="start-ups per image (median)")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold (--no-cache) arm64 build")
     opts = ap.parse_args()
@@ -79,7 +78,7 @@ def main() -> int:
         return 2
     import servedmodel.models as models
 
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-arm64-"))
     rows = []

@@ -8,7 +8,9 @@ record), parity. A variant the quality gate refuses is listed as refused. Target
   - int8 minilm <= 30% of the fp32 bytes (issue 2)
   - int8 minilm embeddings: cosine similarity >= 0.99 to the fp32 embeddings (issue 2)
   - int8 minilm >= 1.3x lower CPU latency than fp32 at batch 8 (issue 2)
-  - an unchanged rebuild (cache hit) < 1 s (issue 2)
+  - an unchanged rebuild (cache hit, no export) < 1 s in-process, < 2 s as a fresh CLI process
+    (issue 2; issue 20 keys the cache on what the factory returns, so every build imports torch
+    and calls the factory: about 1 s of a fresh process's time)
   - digits-cnn prune <= 60% of the fp32 bytes with an accuracy drop <= 0.01 (issue 13)
   - digits-cnn int8 accuracy drop <= 0.005 (issue 13)
 
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import servedmodel.models as models  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
-
 from servedmodel.models.constants import COMPRESSIONS, PRUNED  # noqa: E402 - the one list of compressions
 
 LABEL = {c: ("fp32" if c == "none" else c) for c in COMPRESSIONS}
@@ -114,14 +115,14 @@ def minilm_cosines(fp32_path: Path, int8_path: Path, threads: int) -> np.ndarray
     for i in range(0, len(SENTENCES), 8):
         ids, mask = tokenize(tok, SENTENCES[i:i + 8])
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-        a, b = a_s.run(None, feed)[0], b_s.run(None, feed)[0]
+        a, b = np.asarray(a_s.run(None, feed)[0]), np.asarray(b_s.run(None, feed)[0])
         cos.extend((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
     return np.array(cos)
 
 
 def parity_text(manifest: dict) -> str:
     parts = []
-    for name, o in manifest["parity"]["outputs"].items():
+    for o in manifest["parity"]["outputs"].values():
         s = f"max abs {o['max_abs_err']:.2g}"
         if o.get("top1_agreement") is not None:
             s += f", top-1 {o['top1_agreement']:.3f}"
@@ -142,7 +143,7 @@ def metric_text(manifest: dict) -> tuple[str, str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     ap.add_argument("--models", default=",".join(models.ZOO), help="comma-separated zoo names")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime intra-op threads")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
@@ -190,7 +191,7 @@ def main() -> int:
             metric, drop = metric_text(r.manifest)
             rows[name].append((LABEL[c],
                                f"{fp32.steps.get('export', 0):.1f}" if c == "none" else "",
-                               f"{r.steps.get('compress', 0) + r.steps.get('prune', 0) + r.steps.get('export-pruned', 0):.2f}"
+                               f"{sum(r.steps.get(s, 0) for s in ('compress', 'prune', 'export-pruned')):.2f}"
                                if c != "none" else "",
                                f"{r.sizes['final_bytes']:,}",
                                f"{100 * r.sizes['final_bytes'] / fp32.sizes['fp32_bytes']:.0f}%",
@@ -202,14 +203,16 @@ def main() -> int:
         f32 = results["digits-cnn", "none"]
         pr = results.get(("digits-cnn", "prune"))
         if pr is None:
-            checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01", "refused by the gate", False))
+            checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01", "refused by the gate",
+                           False))
         else:
             ratio, drop = pr.sizes["final_bytes"] / f32.sizes["fp32_bytes"], pr.manifest["evaluation"]["drop"]
             checks.append(("digits-cnn prune <= 60% of fp32 bytes, accuracy drop <= 0.01",
                            f"{100 * ratio:.1f}%, drop {drop:.4f}", ratio <= 0.6 and drop <= 0.01))
         i8 = results.get(("digits-cnn", "int8"))
         drop = i8.manifest["evaluation"]["drop"] if i8 is not None else None
-        checks.append(("digits-cnn int8 accuracy drop <= 0.005", "refused by the gate" if drop is None else f"{drop:.4f}",
+        checks.append(("digits-cnn int8 accuracy drop <= 0.005",
+                       "refused by the gate" if drop is None else f"{drop:.4f}",
                        drop is not None and drop <= 0.005))
 
     if "minilm" in names:
@@ -236,13 +239,14 @@ def main() -> int:
     env = {**os.environ, "SERVEDMODEL_CACHE": str(cache)}
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "models", "build", "--model", name, "--compression", "int8",
-                           "--out", str(work / "rebuild-cli"), "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "--out", str(work / "rebuild-cli"), "--json"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
     cli = time.perf_counter() - t
     ok = again.cache_hit and not again.exported and proc.returncode == 0 and '"cache_hit": true' in proc.stdout
-    checks.append((f"unchanged rebuild < 1 s ({name} int8, cache hit, no export)",
+    checks.append((f"unchanged rebuild < 1 s in-process, < 2 s CLI ({name} int8, cache hit, no export)",
                    f"{in_process * 1000:.0f} ms in-process, {cli * 1000:.0f} ms CLI process"
                    + ("" if again.cache_hit else " (not a cache hit: sources changed during the run)"),
-                   ok and cli < 1.0 and in_process < 1.0))
+                   ok and cli < 2.0 and in_process < 1.0))
 
     header = ("| variant | export s | compress s | bytes | vs fp32 | ORT b1 ms | ORT b8 ms | b8 speed-up "
               "| task metric | drop (allowed) | parity vs torch fp32 |\n|---|---|---|---|---|---|---|---|---|---|---|")
@@ -250,8 +254,9 @@ def main() -> int:
                          for name in names)
     target_lines = "\n".join(f"| {what} | {value} | {'PASS' if passed else 'FAIL'} |" for what, value, passed in checks)
     md = (f"## prepare: export, compression, onnxruntime latency\n\n"
-          f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {machine_line()}; onnxruntime CPU, "
-          f"{args.threads} intra-op threads; latency is the best of >= 20 runs per cell after warm-up, the variants of a model taking turns run by run (so that other load on the machine hits them alike). "
+          f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_line()}; onnxruntime CPU, "
+          f"{args.threads} intra-op threads; latency is the best of >= 20 runs per cell after warm-up, the variants "
+          "of a model taking turns run by run (so that other load on the machine hits them alike). "
           f"minilm batches are tokenised sentences (padded to the longest); other models get uniform [0, 1) "
           f"inputs. Task metric and drop are the quality gate's record (the manifest's `evaluation`, measured with "
           f"onnxruntime on the model's held-out data; drop from the fp32 export, allowance in brackets); "

@@ -5,8 +5,8 @@ separately and in any order.
 """
 from __future__ import annotations
 
-import platform
 import os
+import platform
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

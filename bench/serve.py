@@ -39,6 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -60,7 +61,8 @@ local a = os.getenv("BENCH_AUTH")
 if a ~= nil and a ~= "" then wrk.headers["Authorization"] = a end
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non2xx": %d, "errors": %d}\n',
+  io.write(string.format('BENCH {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, ' ..
+                        '"non2xx": %d, "errors": %d}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
     e.status, e.connect + e.read + e.write + e.timeout))
 end
@@ -155,8 +157,8 @@ GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 def grpc_message(model_name: str, feeds) -> bytes:
     """One serialized ModelInferRequest with raw_input_contents (what tritonclient.grpc sends)."""
-    from servedmodel.serving.v2grpc import grpc_predict_v2_pb2 as pb
     from servedmodel.serving.codec import NUMPY_TO_V2
+    from servedmodel.serving.v2grpc import grpc_predict_v2_pb2 as pb
 
     req = pb.ModelInferRequest(model_name=model_name)
     for name, arr in feeds.items():
@@ -197,7 +199,7 @@ def reference_a(context: Path, manifest: dict, seconds: float):
     for b in (1, 8, 32):
         feeds = example_inputs(manifest, b, rng)
         per_call, fastest_session = min(
-            ((timed_loop(lambda: s.run(None, feeds), seconds), s) for s in sessions),
+            ((timed_loop(lambda s=s, feeds=feeds: s.run(None, feeds), seconds), s) for s in sessions),
             key=lambda timed: timed[0])
         per_batch[b], fastest[b] = per_call, (fastest_session, feeds)
     best = max(per_batch, key=lambda b: b / per_batch[b])
@@ -221,7 +223,7 @@ def reference_b(context: Path, manifest: dict, seconds: float) -> float:
         doc = orjson.loads(body)
         x = {i["name"]: np.array(i["data"], dtype=dtypes[i["datatype"]]).reshape(i["shape"])
              for i in doc["inputs"]}
-        outs = sess.run(names, x)
+        outs = cast("list[np.ndarray]", sess.run(names, x))  # dense outputs
         orjson.dumps({"outputs": [{"name": n, "shape": list(o.shape), "datatype": "FP32",
                                    "data": o.reshape(-1).tolist()} for n, o in zip(names, outs)]})
 
@@ -647,7 +649,8 @@ def markdown(points, ratios, refs, preferred, verdicts, ceilings, seconds, ref_s
         f"{ref_seconds:g} s per batch size), measured before each run; \"÷ (a)\" divides each "
         "point's req/s by that best setting timed once more for "
         f"{point_ref_seconds:g} s on the idle server just before the point (the same "
-        "onnxruntime call drifts by 10-20% within a minute on a shared VM); (b) = the Python floor (decode request JSON, run at "
+        "onnxruntime call drifts by 10-20% within a minute on a shared VM); (b) = the Python floor (decode request "
+        "JSON, run at "
         "batch 1, encode response JSON, no HTTP). `grpc` = gRPC with raw tensors "
         "(`raw_input_contents`, as tritonclient.grpc sends them).",
         "",
@@ -660,7 +663,8 @@ def markdown(points, ratios, refs, preferred, verdicts, ceilings, seconds, ref_s
         "compute-bound model near 100% busy is as fast as onnxruntime can be on the CPU left "
         "to it, whatever else runs on the machine.",
         "",
-        "| model | references | encoding | c | req/s | range | p50 ms | p99 ms | ÷ (a) | ÷ (b) | busy | batch | failed |",
+        "| model | references | encoding | c | req/s | range | p50 ms | p99 ms | ÷ (a) | ÷ (b) | busy | batch "
+        "| failed |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (label, enc, c), ps in points.items():
@@ -721,6 +725,7 @@ async def _closed_loop(port: int, request: bytes, stop: float, out: list) -> Non
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert reader is not None               # opened with the writer
             writer.write(request)
             status_line = await asyncio.wait_for(reader.readline(), 30)
             length, close = 0, False
@@ -732,8 +737,7 @@ async def _closed_loop(port: int, request: bytes, stop: float, out: list) -> Non
                     close = True
             await reader.readexactly(length)
             status = int(status_line.split()[1]) if status_line else 0
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, IndexError,
-                ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, IndexError, ValueError):
             status, close = 0, True
         out.append((status, time.perf_counter() - t0))
         if close and writer is not None:
@@ -887,11 +891,11 @@ class _Issuer:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        import jwt
         from cryptography.hazmat.primitives.asymmetric import rsa
+        from jwt.algorithms import RSAAlgorithm
 
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
         jwk.update({"kid": "bench", "use": "sig", "alg": "RS256"})
         docs = {}
 
@@ -903,7 +907,7 @@ class _Issuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *a):
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -1,6 +1,19 @@
 """Pulumi components of ServedModel (type tokens `servedmodel:index:<Name>`, fixed)."""
-from .args import (ArgsError, AutoscalingArgs, EncryptionArgs, ModelArgs, MonitoringArgs, NetworkArgs, NodePoolArgs,
-                   Problem, RegistryArgs, ResourcesArgs, RolloutArgs, ServedModelArgs, ServerArgs)
+from .args import (
+                             ArgsError,
+                             AutoscalingArgs,
+                             EncryptionArgs,
+                             ModelArgs,
+                             MonitoringArgs,
+                             NetworkArgs,
+                             NodePoolArgs,
+                             Problem,
+                             RegistryArgs,
+                             ResourcesArgs,
+                             RolloutArgs,
+                             ServedModelArgs,
+                             ServerArgs,
+)
 from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from .local_service import LocalService, LocalServiceArgs
 from .model_image import ModelImage, ModelImageArgs

@@ -19,14 +19,22 @@ import pulumi
 
 from .args import ArgsError
 from .args.rollout import DEFAULT_STEPS, ROLLOUT_STRATEGIES, RolloutArgs, duration_seconds, parse_step
-from .monitoring import (FAILURES, HASH_LABEL, HASH_POD_LABEL, REQUEST_DURATION, REQUESTS,
-                         SERVER_FAILURE_REASONS, SHED_REASONS, promql_selector)
+from .monitoring import (
+    FAILURES,
+    HASH_LABEL,
+    HASH_POD_LABEL,
+    REQUEST_DURATION,
+    REQUESTS,
+    SERVER_FAILURE_REASONS,
+    SHED_REASONS,
+    promql_selector,
+)
 from .specs import ROLLOUT_SURGE
 from .timeouts import rollout_wait_seconds
 
-__all__ = ["CANARY_HASH_ARG", "DEFAULT_STEPS", "HASH_POD_LABEL", "ROLLOUT_STRATEGIES", "ArgsError", "RolloutArgs", "RolloutSpec",
-           "analysis_queries", "analysis_seconds", "analysis_template_spec", "awaitable", "canary_strategy",
-           "duration_seconds", "parse_step", "pause_seconds", "rollout_annotations", "rollout_spec",
+__all__ = ["CANARY_HASH_ARG", "DEFAULT_STEPS", "HASH_POD_LABEL", "ROLLOUT_STRATEGIES", "ArgsError", "RolloutArgs",
+           "RolloutSpec", "analysis_queries", "analysis_seconds", "analysis_template_spec", "awaitable",
+           "canary_strategy", "duration_seconds", "parse_step", "pause_seconds", "rollout_annotations", "rollout_spec",
            "rollout_timeout_seconds"]
 
 ROLLOUT_API_VERSION = "argoproj.io/v1alpha1"

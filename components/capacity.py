@@ -99,7 +99,7 @@ class InstanceType:
     ipv4_per_eni: int
 
     @classmethod
-    def from_ec2(cls, name: str, result: Any) -> "InstanceType":
+    def from_ec2(cls, name: str, result: Any) -> InstanceType:
         """From the invoke's result. `network_cards` is a set upstream (unordered): the default
         card is the one whose index is `default_network_card_index`, never the first listed;
         `maximum_network_interfaces` is the total over every card (60 on a p4d.24xlarge whose
@@ -281,7 +281,8 @@ def fit_problems(args: ServedModelArgs, types: Mapping[str, InstanceType],
                 f"does not fit {name}: allocatable {a.memory_mib}Mi ({t.memory_mib}Mi - {a.vm_overhead_mib}Mi VM "
                 f"overhead - {a.kube_reserved_memory_mib}Mi kubelet reservation for {t.max_pods} pods - "
                 f"{EVICTION_MEMORY_MIB}Mi eviction threshold) - {mem_room}Mi DaemonSet headroom "
-                f"(@{{node_pool.daemon_set_memory}}) = {mem_left}Mi; request at most {mem_left}Mi, or choose a larger type")))
+                f"(@{{node_pool.daemon_set_memory}}) = {mem_left}Mi; request at most {mem_left}Mi, "
+                "or choose a larger type")))
     out += gpu_memory_problems(args, types, gpu_memory_bytes)
     if out or args.elastic.karpenter:
         # With Karpenter the node group's max_size does not bound the pool (its limits do).

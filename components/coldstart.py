@@ -27,11 +27,9 @@ components/timeouts.py takes its start, pull and node parts.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, TypedDict
-
 
 IMAGE_LAYERS_FILE = Path(__file__).resolve().parent / "image_layers.json"
 

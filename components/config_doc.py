@@ -15,8 +15,7 @@ from typing import Any
 
 import yaml
 
-from .args import AMI_TYPES, ZOO, Declared
-from .args import KEEP_VERSIONS_FLOOR
+from .args import AMI_TYPES, KEEP_VERSIONS_FLOOR, ZOO, Declared
 from .gpus import SUPPORTED_GPU_FAMILIES, UNSUPPORTED_GPU_FAMILIES
 from .settings import NAMESPACE, SCHEMA, SECRET_KEYS
 from .specs import NLB_DEREGISTRATION_LAG_SECONDS, REVISION_HISTORY_LIMIT, ROLLOUT_SURGE
@@ -82,7 +81,9 @@ STACK_ONLY = """
 
 | key | type | description |
 | --- | --- | --- |
-| `servedmodel:models` | list of `{{name, model, compression}}` | Serve several models from one stack. Each entry needs a `name` (a DNS label: resource names, labels, the key of its outputs) and a `model`; `compression` defaults to `servedmodel:compression`. When set, `name`/`model` are ignored. |
+| `servedmodel:models` | list of `{{name, model, compression}}` | Serve several models from one stack. \
+Each entry needs a `name` (a DNS label: resource names, labels, the key of its outputs) and a `model`; \
+`compression` defaults to `servedmodel:compression`. When set, `name`/`model` are ignored. |
 {groups}
 {secrets}
 
@@ -110,8 +111,9 @@ profile as the AWS calls.
 - With GPUs on kubernetes, one replica's `cpu`, `memory` and `gpu` must fit every instance type of
   the pool: the node's allocatable (vCPUs, memory and GPUs from EC2, `aws.ec2.get_instance_type`,
   less the kubelet reservation and VM overhead as EKS and Karpenter compute them) less the
-  DaemonSet headroom (`daemonSetCpu`, `daemonSetMemory`); docs/deploy.md, "Capacity". The managed
-  pool must also fit `maxReplicas` + {surge} surge pod (rolling updates use `maxUnavailable: 0`):
+  DaemonSet headroom (`daemonSetCpu`, `daemonSetMemory`); docs/deploy.md, "The GPU node pool and
+  the device plugin". The managed pool must also fit `maxReplicas` + {surge} surge pod \
+(rolling updates use `maxUnavailable: 0`):
   `nodeMax` x (replicas per node) >= `maxReplicas` + {surge}, where replicas per node is what the
   scarcest of GPU, CPU and memory allows on the smallest type. These checks read EC2, so they run
   when the program runs (preview or up). GPU instance families the image supports: {types}. AMI

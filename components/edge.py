@@ -45,15 +45,17 @@ def _describe(ids: Sequence[str], parent: pulumi.Resource) -> pulumi.Output[list
         lambda rows: [{"id": i, "zone": z, "cidr": c} for i, z, c in rows])
 
 
-def load_balancer_subnets(cluster_name: str, given: Sequence[str], parent: pulumi.Resource) -> pulumi.Output[list[dict[str, str]]]:
+def load_balancer_subnets(cluster_name: str, given: Sequence[str],
+                          parent: pulumi.Resource) -> pulumi.Output[list[dict[str, str]]]:
     """The NLB's subnets ({id, zone, cidr}): `given`, or the cluster VPC's subnets tagged
     kubernetes.io/role/elb=1, one per zone. None tagged stops the program with what to do."""
     if given:
         return _describe(list(given), parent)
     invoke = pulumi.InvokeOutputOptions(parent=parent)
     cluster = aws.eks.get_cluster_output(name=cluster_name, opts=invoke)
+    # The output form resolves the Outputs inside its filters; pulumi-aws annotates them plain.
     tagged = aws.ec2.get_subnets_output(filters=[
-        {"name": "vpc-id", "values": [cluster.vpc_config.vpc_id]},
+        {"name": "vpc-id", "values": [cluster.vpc_config.vpc_id]},  # pyright: ignore[reportArgumentType]
         {"name": f"tag:{PUBLIC_SUBNET_TAG}", "values": ["1"]},
     ], opts=invoke)
 
@@ -68,12 +70,13 @@ def load_balancer_subnets(cluster_name: str, given: Sequence[str], parent: pulum
     return tagged.ids.apply(describe)
 
 
-def dns_record(name: str, hostname: str, zone_id: str, load_balancer_hostname: pulumi.Input[str],
-               parent: pulumi.Resource) -> aws.route53.Record:
+def dns_record(name: str, hostname: pulumi.Input[str], zone_id: pulumi.Input[str],
+               load_balancer_hostname: pulumi.Input[str], parent: pulumi.Resource) -> aws.route53.Record:
     """A Route53 alias A record: `hostname` -> the NLB (health of its targets evaluated). It takes
     the load balancer's hostname from the Service's status, so the engine creates it after the
     Service (whose await lasts until the NLB has a name) and deletes it before."""
-    zone = aws.lb.get_hosted_zone_id_output(load_balancer_type="network", opts=pulumi.InvokeOutputOptions(parent=parent))
+    zone = aws.lb.get_hosted_zone_id_output(load_balancer_type="network",
+                                            opts=pulumi.InvokeOutputOptions(parent=parent))
     return aws.route53.Record(
         f"{name}-dns", zone_id=zone_id, name=hostname, type="A",
         aliases=[{"name": load_balancer_hostname, "zone_id": zone.id, "evaluate_target_health": True}],

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from . import karpenter, keda
+from . import karpenter, keda, specs
 from .inputs import given, is_plain
 
 
@@ -33,11 +33,12 @@ class KarpenterGpuPool(pulumi.ComponentResource):
     def __init__(self, name: str, args: karpenter.KarpenterPoolArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:KarpenterGpuPool", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        node_class = k8s.apiextensions.CustomResource(
+        # Any: a custom resource's outputs are its own, untyped.
+        node_class: Any = k8s.apiextensions.CustomResource(
             f"{name}-nodeclass", api_version=karpenter.API_NODECLASS, kind="EC2NodeClass",
             metadata={"labels": {"app.kubernetes.io/managed-by": "pulumi"}},
             spec=karpenter.node_class_spec(args), opts=child)
-        pool = k8s.apiextensions.CustomResource(
+        pool: Any = k8s.apiextensions.CustomResource(
             f"{name}-nodepool", api_version=karpenter.API_NODEPOOL, kind="NodePool",
             metadata={"labels": {"app.kubernetes.io/managed-by": "pulumi"}},
             spec=karpenter.node_pool_spec(args, node_class.metadata["name"]),
@@ -66,24 +67,25 @@ class KedaScaling(pulumi.ComponentResource):
                  opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:KedaScaling", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        meta = {"namespace": args.namespace, "labels": labels}
+        meta: specs.Json = {"namespace": args.namespace, "labels": labels}
         self.url = None
         http_name: Any = None
         if args.http:
             hold = k8s.core.v1.Service(
                 f"{name}-hold", metadata=meta,
-                spec={"type": "ExternalName", "externalName": keda.interceptor_external_name(args.keda_namespace),
-                      "ports": [{"name": "http", "port": keda.INTERCEPTOR_PORT, "protocol": "TCP"}]},
+                spec=specs.as_json({"type": "ExternalName",
+                                    "externalName": keda.interceptor_external_name(args.keda_namespace),
+                                    "ports": [{"name": "http", "port": keda.INTERCEPTOR_PORT, "protocol": "TCP"}]}),
                 opts=child)
             fqdn = pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc.cluster.local")
-            hosts = [fqdn, pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc"),
+            hosts: list[Any] = [fqdn, pulumi.Output.concat(hold.metadata.name, ".", args.namespace, ".svc"),
                      pulumi.Output.concat(hold.metadata.name, ".", args.namespace)]
             if given(args.hostname):
                 # The interceptor routes by Host and answers 404 to a name it has no route for
                 # (kedacore/http-add-on v0.15.0 pkg/routing/table.go, interceptor/middleware/routing.go):
                 # the public name an ingress sends here must be listed too.
                 hosts.insert(0, args.hostname)
-            hso = k8s.apiextensions.CustomResource(
+            hso: Any = k8s.apiextensions.CustomResource(  # (untyped outputs)
                 f"{name}-http", api_version=keda.API_HTTPSCALEDOBJECT, kind="HTTPScaledObject",
                 metadata=meta | {"annotations": {keda.SKIP_SCALEDOBJECT_ANNOTATION: "true"}},
                 spec=keda.http_scaled_object_spec(args, deployment_name, service_name, hosts), opts=child)

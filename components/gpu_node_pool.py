@@ -4,10 +4,9 @@ lists instance types. The name and type token predate CPU pools and stay: the to
 every child's URN, and renaming it would replace live node groups."""
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
-
-import base64
 
 import pulumi
 import pulumi_aws as aws
@@ -21,7 +20,7 @@ class GpuNodePoolArgs:
     """Name of the existing EKS cluster the nodes join. Required."""
     pool_label: str
     """Value of the `servedmodel.io/node-pool` label the model's pods select. Required."""
-    subnet_ids: Optional[pulumi.Input[Sequence[str]]] = None
+    subnet_ids: Optional[pulumi.Input[Sequence[pulumi.Input[str]]]] = None
     """Subnets of the nodes; None: the cluster's private subnets (those tagged
     kubernetes.io/role/internal-elb=1). Default None."""
     instance_types: Sequence[str] = ("g5.xlarge",)
@@ -63,8 +62,9 @@ def private_cluster_subnets(cluster_name: str, parent: pulumi.Resource) -> pulum
     """
     invoke = pulumi.InvokeOutputOptions(parent=parent)
     cluster = aws.eks.get_cluster_output(name=cluster_name, opts=invoke)
+    # The output form resolves the Outputs inside its filters; pulumi-aws annotates them plain.
     found = aws.ec2.get_subnets_output(filters=[
-        {"name": "subnet-id", "values": cluster.vpc_config.subnet_ids},
+        {"name": "subnet-id", "values": cluster.vpc_config.subnet_ids},  # pyright: ignore[reportArgumentType]
         {"name": f"tag:{PRIVATE_SUBNET_TAG}", "values": ["1"]},
     ], opts=invoke)
     return found.ids.apply(lambda ids: require_private_subnets(cluster_name, ids))
@@ -85,7 +85,8 @@ def require_private_subnets(cluster_name: str, ids: Sequence[str]) -> list[str]:
 # launch-templates.adoc: "this value is automatically set for the node group in the default launch
 # template"). Host-network pods (aws-node, kube-proxy) still reach IMDS; our pods need no AWS
 # credentials of the node's.
-METADATA_OPTIONS = {"http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1}
+METADATA_OPTIONS: aws.ec2.LaunchTemplateMetadataOptionsArgsDict = {
+    "http_endpoint": "enabled", "http_tokens": "required", "http_put_response_hop_limit": 1}
 
 
 class GpuNodePool(pulumi.ComponentResource):

@@ -30,8 +30,10 @@ DEFAULT_GPU_INSTANCE_TYPES: tuple[str, ...] = ("g5.xlarge",)
 # on NVIDIA's CUDA 13 wheels (serving/requirements-cuda.txt); CUDA 13 builds for compute
 # capability 7.5 (Turing) and newer, so Volta and every older architecture are out.
 UNSUPPORTED_GPU_FAMILIES: dict[str, str] = {
-    "p3": "NVIDIA V100 (Volta, compute capability 7.0): CUDA 13 dropped Volta; the image's CUDA 13 wheels do not run on it",
-    "p3dn": "NVIDIA V100 (Volta, compute capability 7.0): CUDA 13 dropped Volta; the image's CUDA 13 wheels do not run on it",
+    "p3": "NVIDIA V100 (Volta, compute capability 7.0): CUDA 13 dropped Volta; the image's CUDA 13 wheels do not "
+          "run on it",
+    "p3dn": "NVIDIA V100 (Volta, compute capability 7.0): CUDA 13 dropped Volta; the image's CUDA 13 wheels do not "
+            "run on it",
     "p2": "NVIDIA K80 (Kepler, compute capability 3.7): not supported by CUDA 13",
     "g3": "NVIDIA M60 (Maxwell, compute capability 5.2): not supported by CUDA 13",
     "g3s": "NVIDIA M60 (Maxwell, compute capability 5.2): not supported by CUDA 13",

@@ -16,11 +16,13 @@ plain strings and still serve an Output: it calls the builder directly when ever
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar, cast
 
 import pulumi
 
-__all__ = ["check_input", "given", "is_plain", "lift"]
+__all__ = ["check_input", "given", "is_plain", "known", "lift"]
+
+T = TypeVar("T")
 
 
 def is_plain(value: Any) -> bool:
@@ -31,7 +33,7 @@ def is_plain(value: Any) -> bool:
 def _plain_items(value: Any) -> Any:
     """A list or tuple whose items are Outputs becomes one Output of the list (checked whole)."""
     if isinstance(value, (list, tuple)) and not all(is_plain(v) for v in value):
-        return pulumi.Output.all(*value).apply(lambda items: type(value)(items))
+        return pulumi.Output.all(*value).apply(type(value))
     return value
 
 
@@ -67,3 +69,11 @@ def lift(build: Callable[..., Any], *values: Any) -> Any:
 def given(value: Optional[Any]) -> bool:
     """A value counts as given when it is an Output (it will be known later) or a non-empty value."""
     return not is_plain(value) or bool(value)
+
+
+def known(value: pulumi.Input[T]) -> T:
+    """`value`, which the caller has made plain (inside an apply, or after `is_plain`), for a
+    builder that writes it into text: an Output there would print as a warning, not a name."""
+    if not is_plain(value):
+        raise TypeError(f"a known value is needed here, got {type(value).__name__}: resolve it in an apply first")
+    return cast(T, value)

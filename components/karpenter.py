@@ -137,9 +137,9 @@ class KarpenterPoolArgs:
         if self.gpu:
             if not self.families:
                 problems.append("families must name at least one GPU instance family")
-            bad = [f for f in self.families if f not in self.supported_families]
-            if bad:
-                problems.append(f"families {bad} cannot run the serving image; accepted: "
+            unsupported = [f for f in self.families if f not in self.supported_families]
+            if unsupported:
+                problems.append(f"families {unsupported} cannot run the serving image; accepted: "
                                 f"{', '.join(self.supported_families)}")
         else:
             if not self.instance_types:
@@ -158,12 +158,14 @@ class KarpenterPoolArgs:
         if self.gpu and self.gpu_limit < 1:
             problems.append(f"gpu_limit {self.gpu_limit}: must be 1 or more")
         if self.consolidation_policy not in CONSOLIDATION_POLICIES:
-            problems.append(f"consolidation_policy {self.consolidation_policy!r}: one of {', '.join(CONSOLIDATION_POLICIES)}")
+            problems.append(f"consolidation_policy {self.consolidation_policy!r}: "
+                            f"one of {', '.join(CONSOLIDATION_POLICIES)}")
         for name in ("consolidate_after", "expire_after"):
             if not DURATION.match(getattr(self, name)):
                 problems.append(f"{name} {getattr(self, name)!r}: a duration such as 30s, 5m, 1h30m or Never")
         if not BUDGET_NODES.match(self.disruption_budget_nodes):
-            problems.append(f"disruption_budget_nodes {self.disruption_budget_nodes!r}: a count (1) or a percentage (10%)")
+            problems.append(f"disruption_budget_nodes {self.disruption_budget_nodes!r}: "
+                            "a count (1) or a percentage (10%)")
         if not AMI_ALIAS.match(self.ami_alias):
             problems.append(f"ami_alias {self.ami_alias!r}: bottlerocket@latest or bottlerocket@vX.Y.Z")
         for name, kind in (("subnet_ids", "subnet"), ("security_group_ids", "sg")):

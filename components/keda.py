@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 
 from . import specs
-from .inputs import check_input
+from .inputs import check_input, known
 
 API_SCALEDOBJECT = "keda.sh/v1alpha1"
 API_HTTPSCALEDOBJECT = "http.keda.sh/v1alpha1"
@@ -79,11 +79,13 @@ class KedaArgs:
     def __post_init__(self) -> None:
         problems: list[str] = []
         if self.metric not in METRICS:
-            problems.append(f"metric {self.metric!r}: one of {', '.join(METRICS)} (KEDA reads the server's own metrics)")
+            problems.append(f"metric {self.metric!r}: one of {', '.join(METRICS)} "
+                            "(KEDA reads the server's own metrics)")
         if self.min_replicas < 0:
             problems.append(f"min_replicas {self.min_replicas}: 0 or more")
         if self.max_replicas < max(1, self.min_replicas):
-            problems.append(f"max_replicas {self.max_replicas}: at least 1 and at least min_replicas ({self.min_replicas})")
+            problems.append(f"max_replicas {self.max_replicas}: at least 1 and at least min_replicas "
+                            f"({self.min_replicas})")
         if self.min_replicas == 0 and not self.http:
             problems.append("min_replicas 0 needs http (the interceptor that holds requests while a pod starts); "
                             "without it a request to an idle model is dropped")
@@ -99,7 +101,8 @@ class KedaArgs:
         for name in ("namespace", "keda_namespace"):
             kept, problem = check_input(
                 getattr(self, name),
-                lambda v, name=name: None if isinstance(v, str) and _DNS_LABEL.match(v) else f"{name} {v!r}: a namespace name",
+                lambda v, name=name: (None if isinstance(v, str) and _DNS_LABEL.match(v)
+                                      else f"{name} {v!r}: a namespace name"),
                 lambda _, text: pulumi.RunError(_problems_text([text])))
             object.__setattr__(self, name, kept)
             if problem:
@@ -120,7 +123,7 @@ def pods_selector(namespace: str, deployment_name: str) -> str:
 
 def prometheus_trigger(args: KedaArgs, deployment_name: str) -> dict[str, Any]:
     """The Prometheus trigger on the server's own metrics (docs/protocol.md names them)."""
-    sel = pods_selector(args.namespace, deployment_name)
+    sel = pods_selector(known(args.namespace), deployment_name)  # resolved first (elastic.py)
     if args.metric == "inflight":
         # Total in flight over the Deployment; AverageValue divides it by the replicas.
         query = f"sum({specs.INFLIGHT_METRIC}{{{sel}}})"

@@ -56,6 +56,10 @@ class LocalService(pulumi.ComponentResource):
         envs += [e for e in args.extra_env if e not in envs]
         if args.auth_token is not None:
             envs.append(pulumi.Output.secret(pulumi.Output.concat("SERVEDMODEL_AUTH_TOKEN=", args.auth_token)))
+        ports: list[docker.ContainerPortArgsDict] = [
+            {"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}]
+        if args.grpc_port:
+            ports.append({"internal": args.grpc_port, "external": args.grpc_port, "ip": "127.0.0.1"})
         container = docker.Container(
             # Named after the host port it holds, not the served name: a rename of the served
             # name then replaces this container (delete first, below) instead of creating a second
@@ -63,8 +67,7 @@ class LocalService(pulumi.ComponentResource):
             # The alias carries stacks made before this naming over without a replacement.
             f"port-{args.port}",
             image=args.image,
-            ports=[{"internal": specs.SERVER_PORT, "external": args.port, "ip": "127.0.0.1"}]
-            + ([{"internal": args.grpc_port, "external": args.grpc_port, "ip": "127.0.0.1"}] if args.grpc_port else []),
+            ports=ports,
             envs=envs,
             healthcheck={"tests": specs.docker_healthcheck_test(), "interval": "5s", "timeout": "3s",
                          "retries": 3, "start_period": "60s"},

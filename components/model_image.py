@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
 from . import registry, specs
-from .inputs import given, is_plain, lift
+from .inputs import given, is_plain, known, lift
 
 # The tag each build of a stack also pushes, besides the version: which version the stack's own
 # build resource last pushed (components/model_image.py, ModelImage._published). One per stack, so
@@ -85,7 +85,6 @@ class ModelImage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelImageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("servedmodel:index:ModelImage", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         registries: list[docker_build.RegistryArgs] = []
         marker = args.build_marker or BUILD_MARKER_PREFIX + pulumi.get_stack()
         in_registry: Optional[dict[str, str]] = None  # tag -> digest; None: the registry cannot be asked
@@ -132,7 +131,8 @@ class ModelImage(pulumi.ComponentResource):
                 # A new policy replaces this resource (policy is ForceNew), and its delete removes
                 # the repository's one policy: create-before-delete would delete the new policy.
                 opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
-            token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
+            token = aws.ecr.get_authorization_token_output(registry_id=repo.registry_id,
+                                                           opts=pulumi.InvokeOutputOptions(parent=self))
             registries.append(docker_build.RegistryArgs(
                 address=repo.repository_url.apply(specs.registry_host),
                 username=token.user_name, password=pulumi.Output.secret(token.password)))
@@ -157,7 +157,8 @@ class ModelImage(pulumi.ComponentResource):
             tags=[tag, pulumi.Output.concat(repository_url, ":", marker)] if args.push else [tag],
             # Kubernetes: amd64 and arm64 by default (one index; BuildKit runs the other
             # architecture's RUN steps under QEMU, docs/image.md); the local engine: its own.
-            platforms=list(args.platforms),
+            # (docker-build's Platform is a str enum: its values are these strings)
+            platforms=cast("list[docker_build.Platform]", list(args.platforms)),
             push=args.push,
             # Local target: load into the engine the containers run from; nothing is pushed.
             load=None if args.push else True,
@@ -179,7 +180,7 @@ class ModelImage(pulumi.ComponentResource):
             # the docker provider pulls what it cannot find locally). Not `image.ref`: that is
             # tag@digest, and the local engine indexes a loaded image by tag, not by repo digest.
             # The version tag is content-addressed, so the tag alone names one image.
-            ref = image.tags.apply(lambda tags: tags[0])
+            ref = image.tags.apply(_first_tag)
         self.ref = ref
         self.tag = tag
         self.repository_url = repository_url
@@ -224,8 +225,14 @@ class ModelImage(pulumi.ComponentResource):
         if not all(is_plain(v) for v in (args.registry, args.registry_username, password)):
             return None
         try:
-            return registry.tag_digests(args.registry, [args.version, marker], args.registry_username,
-                                        password or "")
+            return registry.tag_digests(known(args.registry), [args.version, marker], known(args.registry_username),
+                                        known(password) or "")
         except (registry.RegistryError, ValueError) as exc:
             raise pulumi.RunError(f"registry {args.registry!r}: cannot tell whether version {args.version} is "
                                   f"already there: {exc}") from None
+
+
+def _first_tag(tags: Optional[Sequence[str]]) -> str:
+    """The version tag: the build declares it first (and one at least)."""
+    assert tags, "the image is built with its version tag"
+    return tags[0]

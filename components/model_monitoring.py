@@ -42,7 +42,7 @@ class ModelMonitoring(pulumi.ComponentResource):
         m, scope = args.monitoring, args.scope
         labels = specs.labels(scope.served_name) | m.label_map
 
-        def meta(extra_labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
+        def meta(extra_labels: Optional[dict[str, str]] = None) -> specs.Json:
             return {"namespace": scope.namespace, "labels": labels | (extra_labels or {})}
 
         def known(namespace: str) -> Scope:
@@ -66,7 +66,8 @@ class ModelMonitoring(pulumi.ComponentResource):
             k8s.core.v1.ConfigMap(
                 f"{name}-rules", metadata=meta(),
                 data=pulumi.Output.all(args.workload_name, scope.namespace).apply(
-                    lambda v: {f"servedmodel-{scope.served_name}.rules.yml": monitoring.rule_file(m, known(v[1]), v[0])}),
+                    lambda v: {f"servedmodel-{scope.served_name}.rules.yml":
+                               monitoring.rule_file(m, known(v[1]), v[0])}),
                 opts=child)
         if m.mode != "none":
             k8s.core.v1.ConfigMap(

@@ -13,7 +13,7 @@ from servedmodel.models.contract import DEFAULT_CLIENT
 from . import canary, specs
 from .args import ArgsError, AutoscalingArgs, NetworkArgs, Problem, ResourcesArgs, RolloutArgs, ServerArgs
 from .args.network import client_tokens
-from .inputs import given, lift
+from .inputs import lift
 from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
@@ -104,12 +104,14 @@ class ModelService(pulumi.ComponentResource):
         super().__init__("servedmodel:index:ModelService", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         res, scale, net, srv = args.resources, args.autoscaling, args.network, args.server
+        lifecycle, grace = specs.termination(srv.pre_stop_seconds, srv.drain_seconds)
         waits = readiness_timeouts(args.startup_seconds, res.device, scale.max_replicas, args.node_max,
-                                   pull_seconds=args.pull_seconds, node_seconds=args.node_seconds)
+                                   pull_seconds=args.pull_seconds, node_seconds=args.node_seconds,
+                                   termination_seconds=grace)
         selector = specs.selector_labels(args.served_name)
         obj_labels = specs.labels(args.served_name) | args.extra_labels
 
-        def meta(**extra: Any) -> dict[str, Any]:
+        def meta(**extra: Any) -> specs.Json:
             return {"namespace": net.namespace, "labels": obj_labels} | extra
 
         sa = k8s.core.v1.ServiceAccount(
@@ -118,7 +120,7 @@ class ModelService(pulumi.ComponentResource):
         # before a pod is created (EKS injects the Pod Identity credentials at admission only).
         identity_deps: list[pulumi.Resource] = []
         if args.encryption == "kms" and args.model_key_arn is not None:
-            identity_deps = self._pod_identity(name, args, sa)
+            identity_deps = self._pod_identity(name, args, sa, args.model_key_arn)
         template_annotations: dict[str, Any] = {specs.ENCRYPTION_ANNOTATION: args.encryption}
         if args.encryption == "kms" and args.model_key_arn is not None:
             template_annotations[specs.KEY_ANNOTATION] = args.model_key_arn
@@ -144,7 +146,8 @@ class ModelService(pulumi.ComponentResource):
             # shipper can compute it; kept on delete where the stack keeps its registry.
             aws.cloudwatch.LogGroup(
                 f"{name}-audit",
-                name=lift(lambda ns: specs.audit_log_group_name(args.cluster_name, ns, args.served_name), net.namespace),
+                name=lift(lambda ns: specs.audit_log_group_name(args.cluster_name, ns, args.served_name),
+                          net.namespace),
                 retention_in_days=srv.audit_retention_days,
                 opts=pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=args.retain_audit_log))
 
@@ -171,7 +174,6 @@ class ModelService(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["value", "preemptionPolicy"]))
             priority_class_name = pc.metadata.name
 
-        lifecycle, grace = specs.termination(srv.pre_stop_seconds, srv.drain_seconds)
         container: dict[str, Any] = {
             "name": "server",
             "image": args.image,
@@ -233,8 +235,8 @@ class ModelService(pulumi.ComponentResource):
         # gate only when a Service (its target group) already selects the pod at its creation.
         service = k8s.core.v1.Service(
             f"{name}-svc", metadata=service_meta,
-            spec={"type": net.service_type, "selector": selector,
-                  "ports": specs.service_ports(net.grpc_port, tls=public)},
+            spec=specs.as_json({"type": net.service_type, "selector": selector,
+                                "ports": specs.service_ports(net.grpc_port, tls=public)}),
             # A LoadBalancer's await lasts until its NLB has a name (pods, created after it, are
             # not waited for: an empty Endpoints settles after 10 s).
             opts=pulumi.ResourceOptions(parent=self, custom_timeouts=pulumi.CustomTimeouts(
@@ -261,7 +263,7 @@ class ModelService(pulumi.ComponentResource):
             workload_name = _name_of(workload)
             scale_target = {"apiVersion": canary.ROLLOUT_API_VERSION, "kind": "Rollout"}
         else:
-            deploy_spec: dict[str, Any] = {
+            deploy_spec: specs.Json = {
                 "selector": {"matchLabels": selector},
                 "strategy": specs.rolling_update(),
                 "revisionHistoryLimit": specs.REVISION_HISTORY_LIMIT,
@@ -288,27 +290,28 @@ class ModelService(pulumi.ComponentResource):
                 # ScaledObject before it deletes this HPA, so `autoscaler: hpa -> keda` works in
                 # one `up` only with it. Nothing else reads it.
                 f"{name}-hpa", metadata=meta(annotations={KEDA_HPA_OWNERSHIP_ANNOTATION: "false"}),
-                spec={"scaleTargetRef": scale_target | {"name": workload_name},
-                      "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
-                      "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
-                                                   scale.target_queue_ms, scale.target_cpu_percent)],
-                      "behavior": specs.hpa_behavior()},
+                spec=specs.as_json({"scaleTargetRef": scale_target | {"name": workload_name},
+                                    "minReplicas": scale.replicas, "maxReplicas": scale.max_replicas,
+                                    "metrics": [specs.hpa_metric(scale.metric, scale.target_inflight,
+                                                                 scale.target_queue_ms, scale.target_cpu_percent)],
+                                    "behavior": specs.hpa_behavior()}),
                 opts=child)
 
         if scale.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb", metadata=meta(),
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}}, opts=child)
+                spec=specs.as_json({"maxUnavailable": 1, "selector": {"matchLabels": selector}}), opts=child)
 
         # The NLB's forwarded connections and health checks come from its own subnets (client IP
         # preservation off): those CIDRs, never the VPC range (components/edge.py).
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=meta(),
-            spec=subnets.apply(lambda found: {
+            spec=subnets.apply(lambda found: specs.as_json({
                 "podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
                 "ingress": specs.network_policy_ingress(
-                    net.ingress_namespaces, tuple(dict.fromkeys(net.ingress_cidrs + tuple(sorted(s["cidr"] for s in found)))),
-                    net.grpc_port)}),
+                    net.ingress_namespaces,
+                    tuple(dict.fromkeys(net.ingress_cidrs + tuple(sorted(s["cidr"] for s in found)))),
+                    net.grpc_port)})),
             opts=child)
 
         if public:
@@ -329,8 +332,9 @@ class ModelService(pulumi.ComponentResource):
         self.register_outputs({"url": url, "deployment_name": self.deployment_name,
                                "service_name": self.service_name, "load_balancer_hostname": lb_hostname})
 
-    def _pod_identity(self, name: str, args: ModelServiceArgs, sa: k8s.core.v1.ServiceAccount) -> list[pulumi.Resource]:
-        """The pods' own AWS identity (EKS Pod Identity; docs/deploy.md, "The pod's identity"): an
+    def _pod_identity(self, name: str, args: ModelServiceArgs, sa: k8s.core.v1.ServiceAccount,
+                      key_arn: pulumi.Input[str]) -> list[pulumi.Resource]:
+        """The pods' own AWS identity (EKS Pod Identity; docs/deploy.md, "The pods' identity"): an
         IAM role that only EKS Pod Identity may assume, for this cluster, namespace and service
         account; allowed only kms:Decrypt on the model's key for data keys whose encryption
         context names this served name; associated with the pods' service account."""
@@ -343,7 +347,7 @@ class ModelService(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self))
         decrypt = aws.iam.RolePolicy(
             f"{name}-pod-decrypt", role=role.id,
-            policy=pulumi.Output.from_input(args.model_key_arn).apply(
+            policy=pulumi.Output.from_input(key_arn).apply(
                 lambda arn: specs.model_decrypt_policy(arn, args.served_name)),
             opts=pulumi.ResourceOptions(parent=self))
         association = aws.eks.PodIdentityAssociation(
@@ -378,7 +382,7 @@ class ModelService(pulumi.ComponentResource):
         base = canary.RolloutSpec(selector=selector, template=template,
                                   replicas=None if autoscaled else args.autoscaling.replicas,
                                   progress_deadline_seconds=waits.progress_deadline_seconds)
-        workload = k8s.apiextensions.CustomResource(
+        workload: Any = k8s.apiextensions.CustomResource(  # (a custom resource's outputs: untyped)
             f"{name}-rollout", api_version=canary.ROLLOUT_API_VERSION, kind="Rollout",
             metadata=meta(annotations={specs.VERSION_ANNOTATION: args.version} | canary.rollout_annotations()),
             spec=canary.rollout_spec(base, rollout, _name_of(analysis)), opts=child)
@@ -392,7 +396,7 @@ class ModelService(pulumi.ComponentResource):
         return workload
 
 
-def _name_of(resource: k8s.apiextensions.CustomResource) -> pulumi.Output[str]:
+def _name_of(resource: Any) -> pulumi.Output[str]:
     """A custom resource's (auto-)name: its metadata is an untyped object."""
     return resource.metadata.apply(lambda m: m["name"] if isinstance(m, dict) else m.name)
 

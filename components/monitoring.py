@@ -24,8 +24,8 @@ import pulumi
 import yaml
 
 from .args.monitoring import MonitoringArgs
+from .inputs import known
 from .specs import INFLIGHT_METRIC
-
 
 # The server's metrics (docs/protocol.md); every series has the label `model`.
 REQUESTS = "servedmodel_requests_total"
@@ -176,7 +176,7 @@ def alert_rules(args: MonitoringArgs, scope: Scope, workload_name: str) -> list[
     ]
     if scope.gpu:
         rules.append(_alert(
-            args, scope, "ServedModelGpuXidErrors", xid_expr(scope.namespace, workload_name),
+            args, scope, "ServedModelGpuXidErrors", xid_expr(known(scope.namespace), workload_name),
             "0m", "critical", f"{n}: the GPU of a pod reports an XID error",
             "The GPU of {{ $labels.pod }} in {{ $labels.namespace }} reported an XID error "
             "(NVIDIA DCGM exporter; DCGM_FI_DEV_XID_ERRORS holds the last XID code, not a count)."))
@@ -253,8 +253,10 @@ def dashboard_queries(scope: Scope) -> dict[str, list[tuple[str, str]]]:
         "Shed and failed requests/s by version and reason": [
             ("{{version}} {{reason}}", f"sum by (version, reason) ({versioned(FAILURES)})")],
         "In flight and queued by version": [
-            ("{{version}} in flight", f"sum by (version) ({INFLIGHT}{sel} * on (job, instance) group_left (version) {info})"),
-            ("{{version}} queued", f"sum by (version) ({QUEUE_DEPTH}{sel} * on (job, instance) group_left (version) {info})")],
+            ("{{version}} in flight",
+             f"sum by (version) ({INFLIGHT}{sel} * on (job, instance) group_left (version) {info})"),
+            ("{{version}} queued",
+             f"sum by (version) ({QUEUE_DEPTH}{sel} * on (job, instance) group_left (version) {info})")],
         "Ready replicas by version": [
             ("{{version}}", f"sum by (version) ({MODEL_READY}{sel} * on (job, instance) group_left (version) {info})")],
     }

@@ -30,8 +30,13 @@ import pulumi
 from pulumi.errors import InputPropertiesError, InputPropertyErrorDetails
 from pulumi.provider import ConstructResult
 from pulumi.provider import main as serve
-from pulumi.provider.experimental.analyzer import (Analyzer, ComponentDefinition, PropertyDefinition, PropertyType,
-                                                   TypeDefinition)
+from pulumi.provider.experimental.analyzer import (
+    Analyzer,
+    ComponentDefinition,
+    PropertyDefinition,
+    PropertyType,
+    TypeDefinition,
+)
 from pulumi.provider.experimental.component import ComponentProvider
 from pulumi.provider.experimental.schema import generate_schema
 from pulumi.provider.server import ComponentInitError
@@ -58,7 +63,8 @@ UP_NEEDS = (
     "with torch, onnx and onnxruntime: about 1 GB for torch's CPU build; no GPU is needed to build), a "
     "Docker engine for the image build, and for the kubernetes target AWS credentials (ECR, EKS; with the "
     "default kms encryption also KMS, IAM and EKS Pod Identity, and kms:GenerateDataKey to seal the model, "
-    "docs/deploy.md) and access to the cluster. A model given as 'path/to/file.py:factory' is Python code run there, and "
+    "docs/deploy.md) and access to the cluster. A model given as 'path/to/file.py:factory' is Python code run "
+    "there, and "
     "relative paths (the model file, outDir) are taken from the plugin's working directory: give absolute "
     "ones where that matters."
 )
@@ -132,7 +138,8 @@ class ArgsAnalyzer(Analyzer):
 
     def analyze_component(self, component: type[ComponentResource]) -> ComponentDefinition:
         hints = typing.get_type_hints(component.__init__, localns=_HINT_NAMES)
-        args = next((a for a in _union_members(hints.get("args")) if dataclasses.is_dataclass(a)), None)
+        args = next((a for a in _union_members(hints.get("args"))
+                     if isinstance(a, type) and dataclasses.is_dataclass(a)), None)
         if args is None:
             raise TypeError(f"{component.__name__}.__init__ needs an `args` annotated with an args dataclass")
         inputs, inputs_mapping = self.analyze_type(args, is_component_output=False)

@@ -29,7 +29,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import pulumi
 import pulumi.dynamic
@@ -99,7 +99,8 @@ def rollout_verdict(rollout: dict[str, Any]) -> Verdict:
     if any(p.get("reason") in INCONCLUSIVE_REASONS for p in pauses):
         return Verdict(FAILED, "the canary analysis was inconclusive (no metric judged a single window: the canary "
                                "got no traffic) and Argo Rollouts paused for a person: "
-                               "`kubectl argo rollouts promote <rollout>` to accept, `... abort <rollout>` to roll back")
+                               "`kubectl argo rollouts promote <rollout>` to accept, "
+                               "`... abort <rollout>` to roll back")
     if status.get("controllerPause") and not pauses:
         return Verdict(WAIT, "waiting for the rollout to unpause")
     stable, current = status.get("stableRS"), status.get("currentPodHash")
@@ -146,7 +147,8 @@ def wait_for_rollout(fetch: Callable[[], Optional[dict[str, Any]]], timeout_seco
                 raise RolloutWaitError(last.message)
         if clock() >= deadline:
             raise RolloutWaitError(f"the canary did not finish within {int(timeout_seconds)}s; last state: "
-                                   f"{last.message} (follow it with `kubectl argo rollouts get rollout <name> --watch`)")
+                                   f"{last.message} "
+                                  "(follow it with `kubectl argo rollouts get rollout <name> --watch`)")
         sleep(poll_seconds)
 
 
@@ -183,7 +185,9 @@ def _rollout_reader(kubeconfig: Optional[str], namespace: str, name: str) -> Cal
 
     def fetch() -> Optional[dict[str, Any]]:
         try:
-            return api.get_namespaced_custom_object(ROLLOUT_GROUP, ROLLOUT_VERSION, namespace, ROLLOUT_PLURAL, name)
+            # The Rollout as JSON (the client annotates it `object`).
+            return cast(dict[str, Any], api.get_namespaced_custom_object(
+                ROLLOUT_GROUP, ROLLOUT_VERSION, namespace, ROLLOUT_PLURAL, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -196,7 +200,8 @@ class RolloutWaitProvider(pulumi.dynamic.ResourceProvider):
 
     def _wait(self, props: dict[str, Any]) -> dict[str, Any]:
         fetch = _rollout_reader(props.get("kubeconfig"), props["namespace"], props["name"])
-        verdict = wait_for_rollout(fetch, float(props["timeoutSeconds"]), float(props.get("pollSeconds") or POLL_SECONDS))
+        verdict = wait_for_rollout(fetch, float(props["timeoutSeconds"]),
+                                   float(props.get("pollSeconds") or POLL_SECONDS))
         # Never echo the kubeconfig into the outputs (the state).
         return {k: props.get(k) for k in (*TRIGGERS, "timeoutSeconds", "pollSeconds")} | {"verdict": verdict.message}
 
@@ -216,8 +221,8 @@ class RolloutWaitProvider(pulumi.dynamic.ResourceProvider):
 
 @dataclass(frozen=True)
 class RolloutWaitArgs:
-    namespace: str
-    """The Rollout's namespace. Required."""
+    namespace: pulumi.Input[str]
+    """The Rollout's namespace (another resource's output too). Required."""
     name: pulumi.Input[str]
     """The Rollout's name (its output, so the engine orders the wait after the Rollout). Required."""
     spec: pulumi.Input[Any]

@@ -12,18 +12,18 @@ from . import capacity, coldstart, edge, gpus, karpenter, keda, local_files, pla
 from .args import ArgsError, ServedModelArgs, args_from_mapping
 from .args.network import client_tokens
 from .coldstart import ColdStartBudget
+from .elastic import KarpenterGpuPool, KedaScaling
+from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from .gpus import IMAGE_GPU_FAMILIES, instance_families
 from .inputs import given, lift
 from .karpenter import gpu_limit_needed
-from .elastic import KarpenterGpuPool, KedaScaling
-from .timeouts import ReadinessTimeouts, readiness_timeouts
-from .gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from .local_service import LocalService, LocalServiceArgs
 from .model_image import ModelImage, ModelImageArgs
 from .model_key import ModelKey, ModelKeyArgs
 from .model_monitoring import ModelMonitoring, ModelMonitoringArgs
 from .model_service import ModelService, ModelServiceArgs
 from .monitoring import Scope
+from .timeouts import ReadinessTimeouts, readiness_timeouts
 
 
 class Tensor(TypedDict):

@@ -28,12 +28,28 @@ from typing import Any, Callable, Mapping, Optional
 
 import pulumi
 
-from .args import (AMI_TYPES, AUTOSCALE_METRICS, GROUP_TYPES, REQUIRED, SERVICE_TYPES, TARGETS, ZOO, ArgsError,
-                   Declared, ModelArgs, NodePoolArgs, Schema, ServedModelArgs, cross_group_problems, setting)
+from servedmodel.models.constants import COMPRESSIONS
+
 from . import capacity
+from .args import (
+    AMI_TYPES,
+    AUTOSCALE_METRICS,
+    GROUP_TYPES,
+    REQUIRED,
+    SERVICE_TYPES,
+    TARGETS,
+    ZOO,
+    ArgsError,
+    Declared,
+    ModelArgs,
+    NodePoolArgs,
+    Schema,
+    ServedModelArgs,
+    cross_group_problems,
+    setting,
+)
 from .args.setting import camel
 from .specs import ROLLOUT_SURGE
-from servedmodel.models.constants import COMPRESSIONS
 
 NAMESPACE = "servedmodel"
 
@@ -241,7 +257,7 @@ class _StackValues:
             value = parsed if not isinstance(parsed, str) else value
         if isinstance(value, dict):
             self.objects[key] = value
-            members = {d.name: d for d in SCHEMA.members(key)}
+            members = {d.name: d for d in SCHEMA.members(key) if d.name is not None}  # (all named)
             for name in value:
                 if name in members:
                     continue
@@ -254,7 +270,7 @@ class _StackValues:
                     self.problems.append(f"{NAMESPACE}:{key}.{name}: not set in {NAMESPACE}:{key}; "
                                          f"set it as {NAMESPACE}:{elsewhere.key}{there}{how}")
                     continue
-                nearest = _nearest(name, members)
+                nearest = _nearest(str(name), members)  # (a YAML key need not be a string)
                 self.problems.append(f"{NAMESPACE}:{key}.{name}: unknown key in {NAMESPACE}:{key}; "
                                      + (f"did you mean {NAMESPACE}:{key}.{nearest}?" if nearest
                                         else f"accepted: {', '.join(members)}"))
@@ -274,7 +290,7 @@ class _StackValues:
                 self.problems.append(f"{NAMESPACE}:{d.key} = [given in plain text]: must be a secret; "
                                      f"run `pulumi config set --secret {NAMESPACE}:{d.key} ...`")
             return
-        obj = self.objects.get(d.group_key) if d.name is not None else None
+        obj = self.objects.get(d.group_key) if d.name is not None and d.group_key is not None else None
         # A group key holding an object is not the shorthand's flat value.
         flat = d.key in self.raw and not (d.key in SCHEMA.groups and d.key in self.objects)
         if obj is not None:
@@ -336,7 +352,8 @@ def _model_entries(values: _StackValues, raw: Mapping[str, Any],
             continue
         unknown = sorted(set(entry) - set(keys))
         if unknown:
-            problems.append(_problem(f"models[{i}]", entry, f"unknown field(s) {unknown}; accepted: name, model, compression"))
+            problems.append(_problem(f"models[{i}]", entry,
+                                     f"unknown field(s) {unknown}; accepted: name, model, compression"))
         kwargs = {field: entry.get(key) for key, field in keys.items() if field != "compression"}
         if "compression" in entry or "compression" in model:
             kwargs["compression"] = entry.get("compression", model.get("compression"))
@@ -384,9 +401,11 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
     top = groups.pop("", {})
     model_settings = {k: v for k, v in groups.pop("model", {}).items() if k not in MODEL_ENTRY_FIELDS}
     target = top.get("target", SCHEMA.by_path["target"].default) if "target" not in values.failed else None
-    target_ok = target is not None and not SCHEMA.by_path["target"].check(target)
+    check_target = SCHEMA.by_path["target"].check
+    assert check_target is not None         # the target's declaration has its check
+    target_ok = target is not None and not check_target(target)
     if target is not None and not target_ok:
-        problems.append(_problem("target", target, SCHEMA.by_path["target"].check(target)))
+        problems.append(_problem("target", target, check_target(target)))
     kubernetes = target == "kubernetes"
     gpu = groups.get("resources", {}).get("gpu") or 0
 
@@ -445,6 +464,7 @@ def parse_settings(raw: Mapping[str, Any], secrets: Mapping[str, pulumi.Input[st
 
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))  # the same rule per model: say it once
+    assert target is not None               # read, and checked without a problem
     return Settings(target=target, cluster_name=cluster_name, served=tuple(served),
                     kubeconfig=secrets.get("kubeconfig"))
 

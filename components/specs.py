@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
 from servedmodel.components.platforms import ARCH_LABEL
+from servedmodel.models import contract  # the server's contract values, read as data from serving/contract.py
 
 SERVER_PORT = contract.PORT
 SERVICE_PORT = 80
@@ -29,6 +29,18 @@ INFLIGHT_METRIC = contract.INFLIGHT_METRIC
 # mean (rate(_sum)/rate(_count)); the rule is in docs/deploy.md.
 QUEUE_METRIC = contract.QUEUE_DURATION_METRIC + "_mean"
 GPU_RESOURCE = "nvidia.com/gpu"
+
+#: A Kubernetes object, or part of one, as the API's camelCase JSON: what these builders return and
+#: what the components hand to pulumi_kubernetes, which accepts it, while its TypedDicts spell the
+#: keys in snake_case. Its shape is checked against the API's OpenAPI schema and the CRDs' schemas
+#: by tests/components (stricter than the TypedDicts, and they know the custom resources); the type
+#: checker takes it as it is.
+Json = Any
+
+
+def as_json(obj: Any) -> Json:
+    """`obj` itself, declared as Kubernetes JSON (`Json`) where it is handed to pulumi_kubernetes."""
+    return obj
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "true", "effect": "NoSchedule"}
 POOL_LABEL = "servedmodel.io/node-pool"
 VERSION_ANNOTATION = "servedmodel.io/model-version"
@@ -75,7 +87,8 @@ def node_selector(pool_label: Optional[str]) -> dict[str, str]:
     return {POOL_LABEL: pool_label} if pool_label else {}
 
 
-def pod_node_selector(pool_labels: Optional[dict[str, str]], select: Sequence[str], arch: Optional[str]) -> dict[str, str]:
+def pod_node_selector(pool_labels: Optional[dict[str, str]], select: Sequence[str],
+                      arch: Optional[str]) -> dict[str, str]:
     """The pods' nodeSelector: the `select`ed labels of the pool's nodes (its own label, or a shared
     GPU's labels, which any pool sliced alike carries) and the nodes' architecture when known."""
     out = {key: (pool_labels or {})[key] for key in select}
@@ -105,8 +118,10 @@ def probes(grpc_port: int = 0, startup_failure_threshold: int = 60) -> dict[str,
     return {
         "startupProbe": http(READY_PATH) | {"periodSeconds": STARTUP_PROBE_PERIOD, "timeoutSeconds": 2,
                                             "failureThreshold": startup_failure_threshold},
-        "readinessProbe": check(READY_PATH, contract.GRPC_HEALTH_SERVICE) | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
-        "livenessProbe": check(LIVE_PATH, contract.GRPC_LIVENESS_SERVICE) | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
+        "readinessProbe": check(READY_PATH, contract.GRPC_HEALTH_SERVICE)
+        | {"periodSeconds": 5, "failureThreshold": 2, "timeoutSeconds": 2},
+        "livenessProbe": check(LIVE_PATH, contract.GRPC_LIVENESS_SERVICE)
+        | {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 2},
     }
 
 
@@ -115,7 +130,7 @@ TERMINATION_SLACK_SECONDS = 10
 # How long an NLB keeps opening new connections to a pod IP target after its deregistration
 # started: about two minutes whatever the deregistration delay, as measured and reported in
 # kubernetes-sigs/aws-load-balancer-controller issues #2366 and #3270 (reports, not AWS
-# documentation; docs/deploy.md "Draining"). A pod behind the public NLB sleeps in preStop at
+# documentation; docs/deploy.md, "A public endpoint", Draining). A pod behind the public NLB sleeps in preStop at
 # least this long (components/args/rules.py draining_problems).
 NLB_DEREGISTRATION_LAG_SECONDS = 120
 
@@ -281,7 +296,7 @@ def clients_mount() -> dict[str, Any]:
     return {"name": CLIENTS_VOLUME, "mountPath": CLIENTS_DIR, "readOnly": True}
 
 
-# EKS Pod Identity (docs/deploy.md, "The pod's identity"): the service principal that assumes a
+# EKS Pod Identity (docs/deploy.md, "The pods' identity"): the service principal that assumes a
 # pod's role, and the session tags it sets, which the trust policy pins to this model's pods
 # (EKS user guide, pod-id-role.html and pod-id-abac.html).
 POD_IDENTITY_PRINCIPAL = "pods.eks.amazonaws.com"
@@ -426,14 +441,16 @@ def target_group_attributes(pre_stop_seconds: int, drain_seconds: int) -> str:
             "preserve_client_ip.enabled=false")
 
 
-def public_load_balancer_annotations(certificate_arn: str, grpc_port: int = 0, *, pre_stop_seconds: int = 0,
-                                     drain_seconds: int = 0, subnet_ids: Sequence[str] = ()) -> dict[str, str]:
+def public_load_balancer_annotations(certificate_arn: Any, grpc_port: int = 0, *,
+                                     pre_stop_seconds: int = 0, drain_seconds: int = 0,
+                                     subnet_ids: Sequence[str] = ()) -> dict[str, Any]:
     """An internet-facing NLB (AWS Load Balancer Controller, pod IPs as targets) whose listeners
     terminate TLS with the ACM certificate and negotiate ALPN (h2 for gRPC); the NLB forwards
     plain TCP to the pods inside the VPC. Every Service port is a TLS listener: nothing public
     travels in clear text. The NLB lives in `subnet_ids` (pinned, so the NetworkPolicy can admit
-    exactly their CIDRs) and drains a target as long as the pod serves after it is deleted."""
-    out = {
+    exactly their CIDRs) and drains a target as long as the pod serves after it is deleted. The
+    certificate's ARN is a str or another resource's Output (pulumi.Input[str]): only a value here."""
+    out: dict[str, Any] = {
         LBC + "type": "external",
         LBC + "nlb-target-type": "ip",
         LBC + "scheme": "internet-facing",

@@ -3,8 +3,8 @@
 Pure arithmetic over the model's start-up time (tested without mocks in
 tests/components/test_timeouts.py). The Deployment, a LoadBalancer Service (Pulumi's await
 waits for its NLB and for ready endpoints) and the GPU node group get `customTimeouts` from
-here, a canary's RolloutWait its deadline, and the Deployment's progress deadline and startup probe budget come from the same
-per-pod figure, so a slow model fails its rollout for a reason, not for a default.
+here, a canary's RolloutWait its deadline, and the Deployment's progress deadline and startup probe
+budget come from the same per-pod figure, so a slow model fails its rollout for a reason, not for a default.
 
 The program passes the model's cold-start budget (components/coldstart.py): its start (process
 + the load and warm-up the build measured, kept beside the manifest), pull and node parts; without
@@ -69,13 +69,15 @@ def minutes_to_seconds(timeout: str) -> int:
 
 def readiness_timeouts(startup_seconds: Optional[float], device: str, max_replicas: int,
                        node_max: int = 0, pull_seconds: Optional[float] = None,
-                       node_seconds: Optional[float] = None) -> ReadinessTimeouts:
+                       node_seconds: Optional[float] = None, termination_seconds: int = 0) -> ReadinessTimeouts:
     """Timeouts for one model: `startup_seconds` measured (None: unknown), on `device`
     (cpu/cuda), rolled out up to `max_replicas` pods, on a GPU pool of up to `node_max` nodes.
 
     `pull_seconds` / `node_seconds` are the model's cold-start budget's parts
     (components/coldstart.py: its image's compressed bytes at the configured bandwidth, the
-    instance family's node time); without them the per-device allowances below are used."""
+    instance family's node time); without them the per-device allowances below are used.
+    `termination_seconds` is how long a replaced pod keeps its slot (its grace period: preStop +
+    drain): on a pool sized for max replicas + the surge, each step's new pod may wait for it."""
     if startup_seconds is None:
         budget = UNMEASURED_STARTUP_SECONDS
     else:
@@ -92,7 +94,7 @@ def readiness_timeouts(startup_seconds: Optional[float], device: str, max_replic
         startup_failure_threshold=threshold,
         pod_seconds=pod,
         progress_deadline_seconds=max(MIN_AWAIT_SECONDS, math.ceil(pod * 1.5)),
-        deployment=_minutes(steps * pod * 1.25),
+        deployment=_minutes(steps * (pod + termination_seconds) * 1.25),
         service=_minutes(LOAD_BALANCER_SECONDS + pod),
         node_group_create=_minutes(NODE_GROUP_CREATE_SECONDS),
         node_group_update=_minutes(max(1, node_max) * NODE_REPLACE_SECONDS),

@@ -19,6 +19,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 if __package__ == "models":
     # `python -m models` in a checkout: run the CLI as `servedmodel.models`, the name user
@@ -38,7 +39,7 @@ WORKER_ENV = "SERVEDMODEL_BUILD_REPORT_FD"
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2
+    def error(self, message: str) -> NoReturn:  # one line, exit code 2
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
@@ -167,7 +168,7 @@ def _interrupted(model: str) -> dict:
             "error": f"model {model!r}: interrupted"}
 
 
-def _work(args, fd: int) -> int:
+def _work(args, fd: int) -> NoReturn:
     """The worker: build, reporting each step and then the result on `fd` (JSON lines)."""
     stopped: list[int] = []
 
@@ -201,7 +202,12 @@ def _work(args, fd: int) -> int:
         print(f"error: {error['error']}", file=sys.stderr, flush=True)
         code, out = EXIT_INTERRUPTED, json.dumps(error) if args.json else ""
     send({"done": True, "exit_code": code, "stdout": out})
-    return code
+    report.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is published and reported: end here rather than through the interpreter's
+    # shutdown, which with torch loaded costs more than a cached build's whole work.
+    os._exit(code)
 
 
 def _supervise(args, argv: list[str]) -> int:
@@ -213,7 +219,9 @@ def _supervise(args, argv: list[str]) -> int:
     read_fd, write_fd = os.pipe()
     env = {**os.environ, WORKER_ENV: str(write_fd)}
     # The folder that holds the `servedmodel` package (a checkout's root, or site-packages).
-    home = str(Path(sys.modules["servedmodel"].__file__).resolve().parent.parent)
+    package_file = sys.modules["servedmodel"].__file__
+    assert package_file is not None and __package__  # a regular package, run with -m
+    home = str(Path(package_file).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (home, os.environ.get("PYTHONPATH", "")) if p)
     state: dict = {"worker": None, "interrupted": False}
 

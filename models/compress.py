@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -197,7 +197,8 @@ def nodes_of_modules(spec, model, names) -> list[str]:
             hits = [init for cand in (w.T, w) for init in by_shape.get(tuple(cand.shape), [])
                     if np.array_equal(numpy_helper.to_array(inits[init]), cand)]
             if not hits:
-                raise BuildError(spec.name, "compress", f"int8_keep_fp32: the weights of {lname!r} are not in the graph")
+                raise BuildError(spec.name, "compress",
+                                 f"int8_keep_fp32: the weights of {lname!r} are not in the graph")
             found.extend(node for init in hits for node in consumers[init])
     return sorted(set(found))
 
@@ -217,7 +218,8 @@ def to_int8(spec, src: Path, out_path: Path, options: Int8Options) -> CompressRe
         onnx.save(fresh, str(stripped))
         preprocess(stripped, pre)
         keep = nodes_of_modules(spec, onnx.load(str(pre)), spec.int8_keep_fp32) if spec.int8_keep_fp32 else []
-        weight_type, activation_type = getattr(q.QuantType, options.weight_type), getattr(q.QuantType, options.activation_type)
+        weight_type = getattr(q.QuantType, options.weight_type)
+        activation_type = getattr(q.QuantType, options.activation_type)
         if options.method == "dynamic":
             q.quantize_dynamic(
                 pre, raw, op_types_to_quantize=list(options.op_types) if options.op_types else None,
@@ -229,7 +231,10 @@ def to_int8(spec, src: Path, out_path: Path, options: Int8Options) -> CompressRe
             if not spec.calibration_inputs:
                 raise BuildError(spec.name, "compression", "static int8 needs calibration_inputs in the ModelSpec")
             q.quantize_static(
-                pre, raw, calibration_data_reader=_Calibration(spec), quant_format=q.QuantFormat.QDQ,
+                # _Calibration has the reader's two methods; it does not subclass it, so that this
+                # module loads without onnxruntime.
+                pre, raw, calibration_data_reader=cast(q.CalibrationDataReader, _Calibration(spec)),
+                quant_format=q.QuantFormat.QDQ,
                 op_types_to_quantize=list(options.op_types) if options.op_types else None,
                 per_channel=options.per_channel, reduce_range=options.reduce_range,
                 activation_type=activation_type, weight_type=weight_type,
@@ -269,5 +274,6 @@ def compress(spec, compression: str, src: Path, out_path: Path) -> CompressResul
     except BuildError:
         raise
     except Exception as e:  # noqa: BLE001 - converters raise anything
-        raise BuildError(spec.name, "compress", f"{compression}: {type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
+        raise BuildError(spec.name, "compress",
+                         f"{compression}: {type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
     raise BuildError(spec.name, "compression", f"unsupported compression {compression!r}")

@@ -75,7 +75,8 @@ class Evaluation:
             if self.metric not in METRICS:
                 problems.append(f"metric must be one of {', '.join(METRICS)} or a function, got {self.metric!r}")
         elif not callable(self.metric):
-            problems.append(f"metric must be one of {', '.join(METRICS)} or a function, got {type(self.metric).__name__}")
+            problems.append(f"metric must be one of {', '.join(METRICS)} or a function, "
+                            f"got {type(self.metric).__name__}")
         elif not (isinstance(self.name, str) and self.name):
             problems.append("a metric function needs a name (Evaluation(name=...)) for the manifest")
         if not (isinstance(self.inputs, (list, tuple)) and self.inputs):

@@ -271,6 +271,7 @@ def export(spec, out_path: Path, options: ExportOptions = DEFAULT_EXPORT) -> Exp
                 export_modules_as_functions=False,
                 autograd_inlining=True,
             )
+            assert program is not None  # dynamo=True returns the ONNXProgram
             model = program.model_proto
     except Exception as e:  # noqa: BLE001 - torch.export raises many kinds of errors
         raise fail(f"torch.onnx.export raised {_reason(e)}") from None

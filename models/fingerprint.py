@@ -112,7 +112,7 @@ class _Encoder:
             self._class(h, type(obj))
             h.update(f"enum:{obj.name};".encode())
         elif isinstance(obj, _PRIMITIVES):
-            base = next(t for t in type(obj).__mro__ if t in _PRIMITIVES)
+            base: Any = next(t for t in type(obj).__mro__ if t in _PRIMITIVES)
             h.update(f"{type(obj).__qualname__}:{base.__repr__(obj)};".encode())
         elif isinstance(obj, (bytes, bytearray, memoryview)):
             data = bytes(obj)
@@ -165,7 +165,8 @@ class _Encoder:
         elif isinstance(obj, types.FunctionType):
             self._function(h, obj, depth)
         elif isinstance(obj, (types.BuiltinFunctionType, types.ModuleType)):
-            h.update(f"builtin:{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', obj.__name__)};".encode())
+            qualname = getattr(obj, '__qualname__', obj.__name__)
+            h.update(f"builtin:{getattr(obj, '__module__', None)}.{qualname};".encode())
         else:
             self._object(h, obj, depth)
 

@@ -58,11 +58,15 @@ def parse_ref(ref: str) -> ModelRef:
 
 
 def _import_file(mref: ModelRef):
-    name = f"servedmodel_user_{abs(hash(str(mref.source))):x}"
-    spec = importlib.util.spec_from_file_location(name, mref.source)
+    source = mref.source
+    assert source is not None  # a "file" ref
+    name = f"servedmodel_user_{abs(hash(str(source))):x}"
+    spec = importlib.util.spec_from_file_location(name, source)
+    if spec is None or spec.loader is None:
+        raise BuildError(mref.ref, "factory", f"{source.name} cannot be imported as a Python file")
     module = importlib.util.module_from_spec(spec)
     # The factory's folder is importable while it loads, so it can import its neighbours.
-    sys.path.insert(0, str(mref.source.parent))
+    sys.path.insert(0, str(source.parent))
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
@@ -70,10 +74,10 @@ def _import_file(mref: ModelRef):
         sys.modules.pop(name, None)
         if isinstance(e, KeyboardInterrupt):  # Ctrl-C while the file imports: interrupted, not a factory error
             raise
-        raise BuildError(mref.ref, "factory", f"importing {mref.source.name} raised {type(e).__name__}: {e}") from None
+        raise BuildError(mref.ref, "factory", f"importing {source.name} raised {type(e).__name__}: {e}") from None
     finally:
         try:
-            sys.path.remove(str(mref.source.parent))
+            sys.path.remove(str(source.parent))
         except ValueError:
             pass
     return module

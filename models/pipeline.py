@@ -61,7 +61,8 @@ class BuildResult:
                 "context_dir": str(self.context_dir), "compression": self.compression, "device": self.device,
                 "cache_hit": self.cache_hit, "exported": self.exported, "cache_repaired": self.cache_repaired,
                 "seconds": round(self.seconds, 3),
-                "sizes": self.sizes, "steps": self.steps, "startup": self.startup, "parity": self.manifest.get("parity"),
+                "sizes": self.sizes, "steps": self.steps, "startup": self.startup,
+                "parity": self.manifest.get("parity"),
                 "evaluation": self.manifest.get("evaluation"), "encryption": _encryption_summary(self.encryption),
                 "inputs": self.manifest.get("inputs"), "outputs": self.manifest.get("outputs")}
 
@@ -138,6 +139,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
 
     if encryption is not None and encryption.mode == "local":
         from .seal import local_key
+        assert encryption.key_file is not None   # (local mode: checked by Encryption)
         local_key(model, encryption.key_file)    # made (or refused) now, not after the export
 
     root = cache_mod.cache_root(cache_dir)
@@ -229,7 +231,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
         with tempfile.TemporaryDirectory(prefix="servedmodel-build-") as tmp:
             fp32 = Path(tmp) / "model.fp32.onnx"
             cached_export = checked(cache_mod.lookup_export, "fp32 export", export_key) if export_key else None
-            if cached_export is not None:
+            if cached_export is not None and export_key:
                 shutil.copyfile(cached_export[0], fp32)
                 exported = exporter.ExportResult(path=fp32, opset=cached_export[1]["opset"], inputs=(), outputs=(),
                                         size_bytes=cached_export[1]["size_bytes"])

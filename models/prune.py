@@ -161,10 +161,13 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
     params_before = _params(module)
     try:
         pruner = tp.pruner.BasePruner(
-            module, tuple(spec.example_inputs),
+            # torch-pruning annotates one Tensor and int; it takes a tuple of inputs (forward_fn
+            # unpacks it) and None (no rounding).
+            module, tuple(spec.example_inputs),  # pyright: ignore[reportArgumentType]
             importance=tp.importance.GroupMagnitudeImportance(p=2 if options.importance == "l2" else 1),
             global_pruning=False, pruning_ratio=float(options.ratio), iterative_steps=1,
-            ignored_layers=[named[n] for n in kept], round_to=options.round_to,
+            ignored_layers=[named[n] for n in kept],
+            round_to=options.round_to,  # pyright: ignore[reportArgumentType]
             forward_fn=lambda m, x: m(*x))
         pruner.step()
     except Exception as e:  # noqa: BLE001 - the tracer meets models it cannot follow
@@ -179,7 +182,8 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
             after = [o.shape for o in flatten_outputs(module(*spec.example_inputs))]
     except Exception as e:  # noqa: BLE001
         raise BuildError(spec.name, "compress", f"prune: the pruned module fails to run: {type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:300]} (keep the layers involved whole: PruneOptions.keep)") from None
+                         f"{' '.join(str(e).split())[:300]} "
+                         "(keep the layers involved whole: PruneOptions.keep)") from None
     if after != before:
         raise BuildError(spec.name, "compress", f"prune changed the output shapes {[list(s) for s in before]} -> "
                          f"{[list(s) for s in after]}; name the layers that produce them in PruneOptions.keep")
@@ -190,8 +194,8 @@ def prune(spec) -> tuple[Any, dict[str, Any]]:
         "params_before": params_before, "params_after": params_after, "finetune": None,
     }
     if ft is not None:
-        history = train(module, ft.inputs, ft.targets if teacher is None else teacher, loss=ft.loss, epochs=ft.epochs, lr=ft.lr,
-                        batch_size=ft.batch_size, seed=ft.seed)
+        history = train(module, ft.inputs, ft.targets if teacher is None else teacher, loss=ft.loss,
+                        epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed)
         details["finetune"] = {"rows": len(ft.inputs[0]), "epochs": ft.epochs, "lr": ft.lr,
                                "targets": "distilled from the unpruned module" if teacher is not None else "given",
                                "batch_size": ft.batch_size, "seed": ft.seed,

@@ -62,7 +62,7 @@ class Encryption:
         if self.mode == "kms" and not (self.kms_key and _KMS_ARN.match(self.kms_key)):
             problems.append(f"--encrypt kms needs --kms-key with a KMS key or alias ARN "
                             f"(arn:aws:kms:REGION:ACCOUNT:key/ID), not {self.kms_key!r}")
-        if self.mode == "local" and self.kms_key or self.mode == "kms" and self.key_file:
+        if (self.mode == "local" and self.kms_key) or (self.mode == "kms" and self.key_file):
             problems.append("--key-file goes with --encrypt local, --kms-key with --encrypt kms")
         if problems:
             raise ValueError("; ".join(problems))
@@ -117,6 +117,7 @@ def _data_key(model: str, enc: Encryption, context: dict[str, str]) -> tuple[byt
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     if enc.mode == "local":
+        assert enc.key_file is not None     # (checked by Encryption, as kms_key below)
         local = local_key(model, enc.key_file)
         data_key, nonce = os.urandom(32), os.urandom(12)
         wrapped = AESGCM(local).encrypt(nonce, data_key, _context_bytes(context))
@@ -126,6 +127,7 @@ def _data_key(model: str, enc: Encryption, context: dict[str, str]) -> tuple[byt
     import boto3
     import botocore.exceptions
 
+    assert enc.kms_key is not None
     region = enc.kms_key.split(":")[3]
     try:
         answer = boto3.client("kms", region_name=region).generate_data_key(
@@ -225,7 +227,8 @@ def publish_sealed(model: str, plain: Path, out: Path, enc: Encryption, cache_ro
 
     manifest = json.loads((plain / "model" / "manifest.json").read_text())
     model_bytes = (plain / "model" / manifest["model_file"]).read_bytes()
-    key_id = key_fingerprint(local_key(model, enc.key_file)) if enc.mode == "local" else enc.kms_key
+    key_id = key_fingerprint(local_key(model, enc.key_file)) if enc.key_file is not None else enc.kms_key
+    assert key_id is not None           # (the mode's key: checked by Encryption)
     key = _sealed_key(manifest, enc, key_id)
     hit = _lookup(cache_root, key, manifest) if cache_root is not None else None
     if hit is not None:

@@ -107,8 +107,10 @@ class ModelSpec:
         if not (isinstance(self.example_inputs, tuple) and self.example_inputs
                 and all(isinstance(t, torch.Tensor) for t in self.example_inputs)):
             problems.append("example_inputs must be a non-empty tuple of torch.Tensor")
-        self.input_names = tuple(self.input_names) if isinstance(self.input_names, (list, tuple)) else self.input_names
-        self.output_names = tuple(self.output_names) if isinstance(self.output_names, (list, tuple)) else self.output_names
+        if isinstance(self.input_names, (list, tuple)):
+            self.input_names = tuple(self.input_names)
+        if isinstance(self.output_names, (list, tuple)):
+            self.output_names = tuple(self.output_names)
         for fname in ("input_names", "output_names"):
             names = getattr(self, fname)
             if not (isinstance(names, tuple) and names and all(_is_name(n) for n in names)):
@@ -268,11 +270,12 @@ class ModelSpec:
             self.evaluation = tuple(evs) or None
             for k, ev in enumerate(evs):
                 where = f"evaluation[{k}]" if len(evs) > 1 else "evaluation"
-                if ev.output is not None and isinstance(self.output_names, tuple) and ev.output not in self.output_names:
-                    problems.append(f"{where}.output {ev.output!r} is not one of output_names {list(self.output_names)}")
+                names = self.output_names
+                if ev.output is not None and isinstance(names, tuple) and ev.output not in names:
+                    problems.append(f"{where}.output {ev.output!r} is not one of output_names {list(names)}")
                 if self._inputs_ok():
-                    for i, batch in enumerate(ev.inputs):
-                        batch = (batch,) if isinstance(batch, torch.Tensor) else batch
+                    for i, given in enumerate(ev.inputs):
+                        batch: Any = (given,) if isinstance(given, torch.Tensor) else given  # the user's, any shape
                         if not (isinstance(batch, (list, tuple)) and len(batch) == len(self.example_inputs)
                                 and all(isinstance(t, torch.Tensor) and t.dtype == e.dtype and t.dim() == e.dim()
                                         for t, e in zip(batch, self.example_inputs))):

@@ -136,7 +136,10 @@ def check_rows_independent(spec, ref: Reference) -> None:
     if n < 2:
         return
     tol = spec.tolerance("none")
-    atol, rtol = (tol.atol, tol.rtol) if tol.atol is not None else (FP32_TOLERANCE.atol, FP32_TOLERANCE.rtol)
+    if tol.atol is None:
+        tol = FP32_TOLERANCE
+    atol, rtol = tol.atol, tol.rtol
+    assert atol is not None  # FP32_TOLERANCE has one
     module = spec.module.eval()
 
     def run(inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
@@ -152,7 +155,7 @@ def check_rows_independent(spec, ref: Reference) -> None:
             "Make rows independent (no reductions, normalisation or branches across dim 0; BatchNorm and "
             "Dropout in eval mode), or set max_batch_size=0 (no batch dimension: batching off)"))
 
-    for i in sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, ROW_PROBES))}):
+    for i in sorted({round(x) for x in np.linspace(0, n - 1, min(n, ROW_PROBES))}):
         alone = run(tuple(a[i:i + 1] for a in batch.inputs))
         for name, got, want in zip(spec.output_names, alone, expected):
             diff = _rows_differ(got, want[i:i + 1], atol, rtol)
@@ -192,7 +195,8 @@ def verify(spec, model_path: Path, ref: Reference, compression: str, *, required
     try:
         sess = session(model_path)
     except Exception as e:  # noqa: BLE001
-        raise BuildError(spec.name, step, f"onnxruntime cannot load the model: {' '.join(str(e).split())[:300]}") from None
+        raise BuildError(spec.name, step,
+                         f"onnxruntime cannot load the model: {' '.join(str(e).split())[:300]}") from None
     names = list(spec.output_names)
     stats = {n: {"max_abs_err": 0.0, "max_rel_err": 0.0, "allclose": True, "agree": 0, "rows": 0,
                  "cos_min": 1.0, "exact": True, "float": True} for n in names}
@@ -238,7 +242,8 @@ def verify(spec, model_path: Path, ref: Reference, compression: str, *, required
             batched = spec.max_batch_size > 0
             s["cos_min"] = min(s["cos_min"], float(_row_cosines(g64, e64, batched).min(initial=1.0)))
             if spec.task == "classification" and name == names[0] and e.ndim >= 1:
-                s["agree"] += int((g.reshape(-1, e.shape[-1]).argmax(-1) == e.reshape(-1, e.shape[-1]).argmax(-1)).sum())
+                top1 = g.reshape(-1, e.shape[-1]).argmax(-1) == e.reshape(-1, e.shape[-1]).argmax(-1)
+                s["agree"] += int(top1.sum())
                 s["rows"] += int(np.prod(e.shape[:-1]))
 
     record: dict[str, Any] = {}

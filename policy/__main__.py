@@ -7,11 +7,17 @@ rejects must never ship.
 import os
 import sys
 
-from pulumi_policy import (EnforcementLevel, PolicyConfigSchema, PolicyPack, ResourceValidationPolicy,
-                           StackValidationPolicy)
+from pulumi_policy import (
+    EnforcementLevel,
+    Policy,
+    PolicyConfigSchema,
+    PolicyPack,
+    ResourceValidationPolicy,
+    StackValidationPolicy,
+)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rules  # noqa: E402
+import rules
 
 
 def _validator(rule):
@@ -39,13 +45,15 @@ def _stack_validator(rule):
 _STACKS = PolicyConfigSchema(properties={"stacks": {"type": "array", "items": {"type": "string"},
                                                     "default": list(rules.PROTECTED_STACKS)}})
 
-
+policies: list[Policy] = [
+    *(ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
+      for rule in rules.RULES),
+    *(StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule),
+                            config_schema=_STACKS if rule.check is rules.model_encrypted_in_protected_stacks else None)
+      for rule in rules.STACK_RULES),
+]
 PolicyPack(
     name="servedmodel",
     enforcement_level=EnforcementLevel.MANDATORY,
-    policies=[ResourceValidationPolicy(name=rule.name, description=rule.description, validate=_validator(rule))
-              for rule in rules.RULES]
-    + [StackValidationPolicy(name=rule.name, description=rule.description, validate=_stack_validator(rule),
-                             config_schema=_STACKS if rule.check is rules.model_encrypted_in_protected_stacks else None)
-       for rule in rules.STACK_RULES],
+    policies=policies,
 )

@@ -219,7 +219,7 @@ def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]], s
     container reads a bearer token, the clients file or an OIDC issuer). Needs the whole stack:
     the identity is on the Deployment, the exposure on the Service."""
     out = []
-    workloads = [(t, props, pod_spec(t, props)) for t, props in resources if pod_spec(t, props) is not None]
+    workloads = [(t, props, spec) for t, props in resources if (spec := pod_spec(t, props)) is not None]
     for t, props in resources:
         if t != "kubernetes:core/v1:Service" or _get(props, "spec", "type") != "LoadBalancer":
             continue
@@ -240,7 +240,7 @@ def public_endpoint_requires_auth(resources: list[tuple[str, dict[str, Any]]], s
     return out
 
 
-def _labels(props: dict[str, Any]) -> dict[str, Any]:
+def _labels(props: dict[str, Any]) -> dict[Any, Any]:
     """A docker container's labels ([{label, value}]) as a dict."""
     return {item.get("label"): item.get("value") for item in props.get("labels") or [] if isinstance(item, dict)}
 
@@ -288,7 +288,8 @@ def model_encrypted_in_protected_stacks(resources: list[tuple[str, dict[str, Any
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.", no_mutable_tags),
+    Rule("no-mutable-image-tags", "Images are pinned by digest or a version tag, never latest or a branch.",
+         no_mutable_tags),
     Rule("requests-and-limits", "Every container sets CPU and memory requests and limits.", requests_and_limits),
     Rule("gpu-limit-equals-request", "nvidia.com/gpu request equals its limit.", gpu_limit_equals_request),
     Rule("probes-present", "Served containers have readiness and liveness probes.", probes_present),

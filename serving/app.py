@@ -51,7 +51,7 @@ class App:
         self.grpc = None
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         if settings.grpc_port:
-            from .grpc_server import GrpcFrontEnd   # protobuf is imported only when used
+            from .grpc_server import GrpcFrontEnd  # protobuf is imported only when used
 
             self.grpc = GrpcFrontEnd(svc, settings.host, settings.grpc_port,
                                      settings.max_body_bytes)
@@ -190,7 +190,9 @@ class App:
         counted = False
         budget = svc.body_budget()
         try:
-            with svc.batcher.expecting():
+            batcher = svc.batcher
+            assert batcher is not None          # started before the app takes requests
+            with batcher.expecting():
                 body, header_len = await self._read_body(scope, receive, budget)
                 # In flight from here: a client still sending (or stalling) its body is not
                 # work the autoscaler should see.

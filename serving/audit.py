@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 
@@ -88,7 +88,7 @@ class AuditLog:
             return
         now = time.time()
         record = {"log": "audit",
-                  "time": datetime.fromtimestamp(now, timezone.utc).isoformat(
+                  "time": datetime.fromtimestamp(now, UTC).isoformat(
                       timespec="milliseconds").replace("+00:00", "Z"),
                   "request_id": request_id or self.request_id(),
                   "trace_id": trace_id(traceparent),

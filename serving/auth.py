@@ -123,9 +123,9 @@ def token_digest(token: bytes) -> bytes:
 def load_clients(path: str) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
     """The clients file: a JSON object, client name -> list of 1 or 2 lowercase hex SHA-256
     digests of its tokens. Raises StartupError naming the file and what is accepted."""
-    accepted = (f"a JSON object mapping each client name (letters, digits, '_.@-', at most 64) "
-                f"to a list of 1 or 2 lowercase hex SHA-256 digests of its tokens, e.g. "
-                f'{{"app": ["<sha256 hex of the token>"]}}')
+    accepted = ("a JSON object mapping each client name (letters, digits, '_.@-', at most 64) "
+                "to a list of 1 or 2 lowercase hex SHA-256 digests of its tokens, e.g. "
+                '{"app": ["<sha256 hex of the token>"]}')
     where = f"SERVEDMODEL_CLIENTS_FILE {path}"
     try:
         doc = json.loads(Path(path).read_text(), parse_constant=_no_constant)
@@ -230,6 +230,7 @@ class Authenticator:
         try:
             return self.authenticate(value)
         except UnknownKey as e:
+            assert self.keys is not None            # UnknownKey comes from the OIDC path
             if not await self.keys.refresh_for(e.kid):
                 raise AuthError(401, f"invalid bearer token: unknown key id {e.kid[:64]!r} "
                                      f"(not in the issuer's key set)") from None
@@ -241,8 +242,9 @@ class Authenticator:
         not cached: an attacker's junk must not fill the cache) or UnknownKey."""
         import jwt
 
-        oidc = self.oidc
-        head, _, rest = token.partition(b".")
+        oidc, keys = self.oidc, self.keys
+        assert oidc is not None and keys is not None    # a JWT is verified only with OIDC on
+        head, _, _ = token.partition(b".")
         if not _B64URL.match(head):
             raise AuthError(401, "invalid bearer token: malformed JWT")
         try:
@@ -253,13 +255,13 @@ class Authenticator:
         if alg not in ALGORITHMS:
             raise AuthError(401, f"invalid bearer token: algorithm {str(alg)[:16]!r} is not "
                                  f"accepted ({', '.join(ALGORITHMS)})")
-        if not self.keys.loaded:
+        if not keys.loaded:
             raise KeySetPending("the issuer's signing keys are not loaded yet; retry")
         kid = header.get("kid")
-        key = self.keys.find(kid if isinstance(kid, str) else None, alg)
+        key = keys.find(kid if isinstance(kid, str) else None, alg)
         if key is None:
-            if isinstance(kid, str) and kid and kid not in self.keys.kids:
-                self.keys.request_refresh()    # in the background; authenticate_async waits
+            if isinstance(kid, str) and kid and kid not in keys.kids:
+                keys.request_refresh()    # in the background; authenticate_async waits
                 raise UnknownKey(kid)
             raise AuthError(401, f"invalid bearer token: no {alg} key "
                                  f"{'with id ' + repr(str(kid)[:64]) if kid else '(no kid)'} "

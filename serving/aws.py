@@ -76,7 +76,7 @@ def sign(method: str, url: str, headers: dict[str, str], body: bytes, creds: Cre
          region: str, service: str, now: datetime.datetime | None = None) -> dict[str, str]:
     """`headers` plus X-Amz-Date, X-Amz-Security-Token and Authorization (SigV4, all headers
     signed). The request has no query string (KMS's JSON protocol)."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     parts = urllib.parse.urlsplit(url)
     out = {**headers, "host": parts.netloc, "x-amz-date": amz_date}
@@ -236,4 +236,5 @@ def kms_decrypt(key_arn: str, ciphertext: bytes, context: dict[str, str], env=No
             if code not in _RETRY_CODES and status < 500:
                 break
         time.sleep(0.2 * 2 ** attempt)
+    assert error is not None        # every attempt that did not return set it
     raise error

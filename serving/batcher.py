@@ -10,8 +10,8 @@ A count bound (`max_queue_size`) is the backstop for models too fast to estimate
 from __future__ import annotations
 
 import asyncio
-import sys
 import contextlib
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import ServingError
-from .hooks import ModelHooks
+from .hooks import Predicts
 from .metrics import Metrics
 from .settings import Batching
 
@@ -52,7 +52,8 @@ class _Item:
 
     def __init__(self, feeds, rows, sig, future, t_enqueued, gone):
         self.feeds, self.rows, self.sig = feeds, rows, sig
-        self.future, self.t_enqueued, self.timer = future, t_enqueued, None
+        self.future, self.t_enqueued = future, t_enqueued
+        self.timer: asyncio.TimerHandle | None = None  # set as it is queued
         self.counted = True        # still counted in Batcher.queued
         #: True once the client is gone (its connection closed), or None if not known
         self.gone: Callable[[], bool] | None = gone
@@ -64,7 +65,7 @@ class Arrival:
     and cannot bracket both in one block (gRPC: the call is handed over, then its message)."""
     __slots__ = ("_batcher",)
 
-    def __init__(self, batcher: "Batcher") -> None:
+    def __init__(self, batcher: Batcher) -> None:
         self._batcher: Batcher | None = batcher
         batcher.arriving += 1
 
@@ -75,7 +76,7 @@ class Arrival:
 
 
 class Batcher:
-    def __init__(self, model: ModelHooks, batching: Batching, metrics: Metrics) -> None:
+    def __init__(self, model: Predicts, batching: Batching, metrics: Metrics) -> None:
         self.model = model
         self.max_rows = max(1, batching.max_batch_size)
         self.batching = batching.enabled
@@ -170,6 +171,7 @@ class Batcher:
 
     def _dequeue(self, item: _Item) -> None:
         """The item leaves the queue (to run, or dropped): no timeout for it any more."""
+        assert item.timer is not None   # queued items have one
         item.timer.cancel()
         self._uncount(item)
 
@@ -205,12 +207,16 @@ class Batcher:
         full = self.batch_time(self.max_rows)
         if full is None:
             return None
+        # (batch_time is None only before anything was measured, and `full` is known)
         left = 0.0
         if self.running_rows:
-            left = max(0.0, self.batch_time(self.running_rows)
-                       - (time.perf_counter() - self._run_started))
+            running = self.batch_time(self.running_rows)
+            assert running is not None
+            left = max(0.0, running - (time.perf_counter() - self._run_started))
         batches, rest = divmod(self.queued_rows, self.max_rows)
-        return left + batches * full + (self.batch_time(rest) if rest else 0.0)
+        last = self.batch_time(rest) if rest else 0.0
+        assert last is not None
+        return left + batches * full + last
 
     def _expire(self, item: _Item) -> None:
         self._uncount(item)
@@ -302,7 +308,7 @@ class Batcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             rows = self._take(batch, rows)
         return rows
@@ -359,6 +365,7 @@ class Batcher:
         self.running = len(batch)
         self.running_rows = rows
         t0 = self._run_started = time.perf_counter()
+        outputs: dict[str, np.ndarray] = {}     # (set by the run below, or it failed)
         try:
             if self.inline:
                 outputs = self.model.predict(feeds)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, cast
 
 import httptools
 import orjson
@@ -109,7 +110,7 @@ class ConnectionGuard:
             self.audit.add(protocol="rest", method=method, path=path or "", status=status,
                            seconds=0.0, identity=None, reason=reason, bytes_out=None)
 
-    def admit(self, conn: "GuardedProtocol") -> str:
+    def admit(self, conn: GuardedProtocol) -> str:
         """'normal', 'probe' (the reserve: health and metrics only) or 'refuse'."""
         cap = self.limits.max_connections
         if self.open >= cap and self.waiting:
@@ -121,12 +122,12 @@ class ConnectionGuard:
             return "probe"
         return "refuse"
 
-    def opened(self, conn: "GuardedProtocol") -> None:
+    def opened(self, conn: GuardedProtocol) -> None:
         self.open += 1
         self.metrics.connections = self.open
         self.metrics.connections_total += 1
 
-    def closed(self, conn: "GuardedProtocol") -> None:
+    def closed(self, conn: GuardedProtocol) -> None:
         self.open -= 1
         self.metrics.connections = self.open
         self.waiting.pop(conn, None)
@@ -143,7 +144,7 @@ class _Flow(FlowControl):
     has unparsed bytes waiting (its pipeline is full) reading stays paused, else every
     response would let another read of up to 256 KB pile up behind the parser."""
 
-    def __init__(self, transport, conn: "GuardedProtocol") -> None:
+    def __init__(self, transport, conn: GuardedProtocol) -> None:
         super().__init__(transport)
         self._conn = conn
 
@@ -336,7 +337,8 @@ class GuardedProtocol(HttpToolsProtocol):
             piece, self._pending = data[:size], data[size:]
             was_in_head, self._began = self._in_head, False
             try:
-                self.parser.feed_data(piece)
+                # uvicorn sets its parser to None when the connection is lost, after the last feed
+                self.parser.feed_data(piece)  # pyright: ignore[reportOptionalMemberAccess]
             except httptools.HttpParserCallbackError as e:
                 if isinstance(e.__context__, _Refused):
                     self._refuse(e.__context__.response, e.__context__.reason)
@@ -388,7 +390,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.waiting.pop(self, None)
         # Before uvicorn builds the request's cycle from this scope: the app can then drop a
         # queued request whose client has gone (`Batcher.submit`'s `gone`).
-        self.scope.setdefault("extensions", {})[CLIENT_GONE] = self.transport.is_closing
+        # Our own extension holds a callable, where ASGI's typed scope expects a dict.
+        extensions = cast(dict[str, Any], self.scope.setdefault("extensions", {}))
+        extensions[CLIENT_GONE] = self.transport.is_closing
         super().on_headers_complete()
         # A body follows unless the parser already finished the message (no body).
         self._last_body = self.loop.time()

@@ -12,18 +12,30 @@ import asyncio
 import sys
 import time
 from dataclasses import replace
+from typing import Any, cast
 
 from google.protobuf.message import DecodeError
 
-from .auth import ANONYMOUS, AuthError, UnknownKey
+from .auth import ANONYMOUS, AuthError, Identity, UnknownKey
 from .batcher import Arrival
 from .errors import ServingError, StartupError
-from .grpc_health import (NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest,
-                          HealthCheckResponse)
+from .grpc_health import NOT_SERVING, SERVICE_UNKNOWN, SERVING, HealthCheckRequest, HealthCheckResponse
 from .h2 import Call, GrpcLimits, GrpcListener
-from .h2.grpc import (CANCELLED, DEADLINE_EXCEEDED, INTERNAL, INVALID_ARGUMENT, NOT_FOUND,
-                      PERMISSION_DENIED, RESOURCE_EXHAUSTED, RETRY, STATUS_NAMES, STATUS_OF_HTTP,
-                      UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED)
+from .h2.grpc import (
+    CANCELLED,
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    INVALID_ARGUMENT,
+    NOT_FOUND,
+    PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED,
+    RETRY,
+    STATUS_NAMES,
+    STATUS_OF_HTTP,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+)
 from .protocol import request_from_grpc, response_to_grpc
 from .routes import RouteTable
 from .service import EXTENSIONS, SERVER_NAME, SERVER_VERSION, InferenceService
@@ -95,7 +107,7 @@ class _Health:
         return None
 
     @staticmethod
-    def _request(call: Call):
+    def _request(call: Call) -> Any:  # a HealthCheckRequest, a class built at import: untyped
         try:
             return HealthCheckRequest.FromString(call.message)
         except DecodeError:
@@ -172,7 +184,7 @@ class _Inference:
         try:
             call.identity = auth.authenticate(call.header(b"authorization"))
         except UnknownKey:
-            if not auth.keys.refreshing:
+            if auth.keys is None or not auth.keys.refreshing:
                 raise
             call.identity = PENDING
         except AuthError as e:
@@ -186,6 +198,7 @@ class _Inference:
         svc = self.service
         t0 = time.perf_counter()
         status, reason, extra, data, cancelled = 200, None, None, b"", None
+        code, message_text = INTERNAL, ""  # each failure sets both
         try:
             if call.identity is PENDING:
                 call.identity = None
@@ -224,7 +237,7 @@ class _Inference:
         svc.record("grpc", infer, status, reason, seconds, record)
         if svc.audit.enabled and call.method not in OPEN_METHODS:    # probes: not audited
             svc.audit.add(protocol="grpc", method="POST", path=SERVICE + rpc, status=status,
-                          seconds=seconds, identity=call.identity, reason=reason,
+                          seconds=seconds, identity=cast("Identity | None", call.identity), reason=reason,
                           grpc_code=STATUS_NAMES[code] if status != 200 else "OK",
                           traceparent=call.header(b"traceparent"),
                           rows=extra.get("rows") if extra else None,
@@ -246,7 +259,7 @@ class _Inference:
         if svc.audit.enabled and call.method not in OPEN_METHODS:
             identity = call.identity if call.identity is not PENDING else None
             svc.audit.add(protocol="grpc", method="POST", path=call.method, status=status,
-                          seconds=0.0, identity=identity, reason=reason,
+                          seconds=0.0, identity=cast("Identity | None", identity), reason=reason,
                           grpc_code=STATUS_NAMES[code], traceparent=call.header(b"traceparent"),
                           bytes_out=0)
 

@@ -23,6 +23,12 @@ class ModelHooks(Protocol):
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+class Predicts(Protocol):
+    """What the batcher needs of a model: its (batched) prediction."""
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
 @runtime_checkable
 class BatchTuning(Protocol):
     """Optional: what the warm-up measured, read once after it."""

@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 #: Seconds one fetch (connect + read) may take.
 FETCH_TIMEOUT_SECONDS = 5.0
@@ -124,7 +125,7 @@ class KeySet:
     def kids(self) -> frozenset:
         return frozenset(self._keys)
 
-    def find(self, kid: str | None, alg: str):
+    def find(self, kid: str | None, alg: str) -> Any:  # a public key, as PyJWT's from_jwk made it
         """The public key for (kid, alg), or None. Without a kid, the one key of that
         algorithm when the set has exactly one."""
         if kid is None:
@@ -156,7 +157,7 @@ class KeySet:
         try:
             keys = await asyncio.wait_for(loop.run_in_executor(self._pool, self._fetch),
                                           2 * FETCH_TIMEOUT_SECONDS + 1)
-        except (KeySetError, asyncio.TimeoutError) as e:
+        except (TimeoutError, KeySetError) as e:
             message = str(e) or "timed out"
             if message != self.last_error:
                 print(f"serving: OIDC key set of {self.issuer}: {message}"

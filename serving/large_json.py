@@ -19,7 +19,7 @@ import os
 import numpy as np
 import orjson
 
-from .codec import CHUNK_ELEMENTS   # lists and arrays longer than this: freed, written in pieces
+from .codec import CHUNK_ELEMENTS  # lists and arrays longer than this: freed, written in pieces
 
 #: Bodies below this size are parsed whole: one call is short.
 MIN_BYTES = 1024 * 1024
@@ -45,10 +45,10 @@ class _Frame:
         self.children: list[tuple[int, int, list]] = []
 
 
-def _numeric_spans(body: bytes) -> list[tuple[int, int, list[tuple[int, int]]]] | None:
+def _numeric_spans(body: bytes) -> list[tuple[int, int, list]] | None:
     """The maximal arrays of numbers in `body`, each as (start, end, child spans), at least
     MIN_SPAN_BYTES long; None when the body has too many tokens to scan."""
-    spans: list[tuple[int, int, list[tuple[int, int]]]] = []
+    spans: list[tuple[int, int, list]] = []  # (start, end, child spans of the same shape)
     stack: list[_Frame] = []
 
     def spoil(frame: _Frame) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import statistics
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -147,7 +148,7 @@ class OnnxModel:
         spinning = s.intra_op_spinning is not False
         session = self._create_session(spinning)
         self._check_signature(session)
-        self.providers = session.get_providers()
+        self.providers = list(session.get_providers())
         if s.device == "cuda" and (not self.providers or self.providers[0] != CUDA):
             raise StartupError(f"device=cuda but the session runs on {self.providers}")
         if s.device == "cuda":
@@ -217,7 +218,7 @@ class OnnxModel:
     def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
         """Inputs for one warm-up run: `batch` rows, other dynamic dimensions WARMUP_DIM."""
         feeds = {}
-        for i, t in enumerate(self.manifest.inputs):
+        for t in self.manifest.inputs:
             shape = [d if d >= 0 else WARMUP_DIM for d in t.shape]
             if self.batching.enabled:
                 shape[0] = batch
@@ -274,6 +275,7 @@ class OnnxModel:
                 self.session = self._create_session(False)
                 for b in sizes:          # the new session's first run of each size, here
                     self.predict(feeds[b])
+        assert self.session is not None  # made at load, replaced above, None only once unloaded
         if self.settings.device == "cuda" and self.session.get_providers()[0] != CUDA:
             raise StartupError("device=cuda but CUDAExecutionProvider is not active after warm-up")
         # No session is made after warm-up: an encrypted model's plaintext is let go (the
@@ -293,6 +295,8 @@ class OnnxModel:
         A run bigger than any warm-up run (a peak) shrinks the CPU arena afterwards: the arena
         otherwise keeps its peak size for the life of the process (gigabytes after one large
         transformer request)."""
+        session = self.session
+        assert session is not None      # loaded, not unloaded
         elements = sum(a.size for a in feeds.values())
         if not self.warm:
             self._warm_elements = max(self._warm_elements, elements)
@@ -303,13 +307,14 @@ class OnnxModel:
                 self._shrink = ort.RunOptions()
                 self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage",
                                                   "cpu:0")
-            results = self.session.run(self._output_names, feeds, self._shrink)
+            results = session.run(self._output_names, feeds, self._shrink)
             # The outputs are still ours when that run shrinks the arena: their memory stays
             # in it until a shrinking run after they are freed (release_peak_memory).
             self.holds_peak_memory = True
-            return dict(zip(self._output_names, results))
-        results = self.session.run(self._output_names, feeds)
-        return dict(zip(self._output_names, results))
+            return dict(zip(self._output_names, cast("list[np.ndarray]", results)))
+        results = session.run(self._output_names, feeds)
+        # Dense tensors: the model's outputs are checked against the manifest at load.
+        return dict(zip(self._output_names, cast("list[np.ndarray]", results)))
 
     def release_peak_memory(self) -> None:
         """One batch-1 run with the arena shrink, once the peak run's outputs are gone (the

@@ -55,6 +55,7 @@ def build_openapi(manifest: Manifest, batching: Batching, served_name: str) -> d
     (the batch dimension's maximum is the one the server enforces)."""
     m = manifest
     max_batch = batching.max_batch_size
+    input_schemas = [_input_schema(t, max_batch) for t in m.inputs]
     name_param = {"name": "model_name", "in": "path", "required": True,
                   "schema": {"type": "string", "enum": [served_name]}}
     version_param = {"name": "model_version", "in": "path", "required": True,
@@ -143,10 +144,8 @@ def build_openapi(manifest: Manifest, batching: Batching, served_name: str) -> d
                         "parameters": {"type": "object"},
                         "inputs": {"type": "array", "minItems": 1,
                                    "maxItems": len(m.inputs),
-                                   "items": {"oneOf": [_input_schema(t, max_batch)
-                                                       for t in m.inputs]}
-                                   if len(m.inputs) > 1 else _input_schema(
-                                       m.inputs[0], max_batch)},
+                                   "items": {"oneOf": input_schemas}
+                                   if len(input_schemas) > 1 else input_schemas[0]},
                         "outputs": {"type": "array", "items": {
                             "type": "object", "required": ["name"], "properties": {
                                 "name": {"type": "string", "enum": [t.name for t in m.outputs]},

@@ -12,14 +12,22 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Hashable, Iterable
+from typing import Any, Hashable, Iterable
 
 import numpy as np
 import orjson
 
 from . import large_json
-from .codec import (CONTENTS_FIELDS, MAX_DEPTH, V2_TO_NUMPY, decode_binary, decode_contents,
-                    decode_json, element_count, encode_json)
+from .codec import (
+    CONTENTS_FIELDS,
+    MAX_DEPTH,
+    V2_TO_NUMPY,
+    decode_binary,
+    decode_contents,
+    decode_json,
+    element_count,
+    encode_json,
+)
 from .errors import ServingError
 from .manifest import Manifest, TensorSpec
 
@@ -145,6 +153,7 @@ class RequestValidator:
                                             f"model's maximum {most} (shape at most "
                                             f"{list(spec.max_shape)}; -1: no maximum)")
         dtype = V2_TO_NUMPY[datatype]
+        assert dtype is not None        # the server refuses models with BF16 or BYTES inputs
         nbytes = element_count(shape) * dtype.itemsize
         if nbytes > self.max_tensor_bytes:
             raise ServingError(400, f"input '{name}': shape {shape[:8]} declares {nbytes} "
@@ -184,6 +193,7 @@ class RequestValidator:
             elif n != rows:
                 raise ServingError(400, f"input '{name}': batch dimension {n} differs from "
                                         f"the other inputs' {rows}")
+        assert rows is not None             # every input is there, and there is one at least
         if len(feeds) == 1:
             sig = tuple(a.shape[1:] for a in feeds.values())
         else:
@@ -367,8 +377,9 @@ def request_from_rest(body: bytes, header_len: int | None,
         if not isinstance(iparams, dict):
             raise ServingError(400, f"input '{name}': 'parameters' must be an object")
         has_data = "data" in entry
-        shape = entry.get("shape")
-        datatype = entry.get("datatype")
+        # The request's JSON, of any type until check_input has checked it.
+        shape: Any = entry.get("shape")
+        datatype: Any = entry.get("datatype")
         dtype = validator.check_input(name, datatype, shape, feeds,
                                       "JSON data" if has_data else None)
         size = iparams.get("binary_data_size")

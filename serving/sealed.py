@@ -82,7 +82,8 @@ def open_model(context_dir: Path, manifest: dict, served_name: str, key_file: Pa
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     block = manifest.get("encryption")
-    key = block.get("key") if isinstance(block, dict) else None
+    block = block if isinstance(block, dict) else {}
+    key = block.get("key")
     if not isinstance(key, dict) or block.get("algorithm") != ALGORITHM:
         raise StartupError(f"encrypted model: the manifest's encryption block is not "
                            f"{ALGORITHM} with a key (tampered manifest?)")
@@ -113,7 +114,7 @@ def open_model(context_dir: Path, manifest: dict, served_name: str, key_file: Pa
     try:
         # The GCM tag authenticates the ciphertext and the manifest (the associated data, which
         # holds the plaintext's sha256, checked when it was sealed): no hash is computed on the
-        # way in, so opening costs about one pass of AES (docs/benchmarks.md, "decrypt").
+        # way in, so opening costs about one pass of AES (docs/benchmarks.md, "Encrypted model").
         return AESGCM(data_key).decrypt(nonce, ciphertext, aad)
     except (InvalidTag, ValueError):
         pass

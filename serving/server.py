@@ -57,7 +57,8 @@ class _Server(uvicorn.Server):
         while self.app_.accepted > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         left = deadline - time.monotonic()
-        self.config.timeout_graceful_shutdown = max(0.5, left)
+        # uvicorn annotates an int; its asyncio timer takes the fraction of a second too.
+        self.config.timeout_graceful_shutdown = max(0.5, left)  # pyright: ignore[reportAttributeAccessIssue]
         self.should_exit = True
 
     def fatal(self, message: str) -> None:
@@ -98,7 +99,9 @@ def serve(app: App, host: str, port: int, drain_seconds: float, log_level: str) 
     config = uvicorn.Config(app, host=host, port=port, loop="uvloop",
                             http=protocol_factory(guard), lifespan="on", access_log=False,
                             server_header=False, date_header=False, log_level=log_level,
-                            backlog=2048, timeout_keep_alive=limits.keep_alive)
+                            backlog=2048,
+                            # an int to uvicorn's annotation, a float to the asyncio timer it sets
+                            timeout_keep_alive=limits.keep_alive)  # pyright: ignore[reportArgumentType]
     server = _Server(config, app, drain_seconds, guard)
     app.on_fatal = server.fatal
     server.run()

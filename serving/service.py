@@ -7,7 +7,6 @@ import asyncio
 import gc
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import orjson
@@ -98,7 +97,7 @@ class InferenceService:
             return self.failed
         if not self.auth.ready:
             return (f"the OIDC issuer's signing keys are not loaded yet "
-                    f"({self.auth.keys.last_error or 'fetching'})")
+                    f"({(self.auth.keys.last_error if self.auth.keys else None) or 'fetching'})")
         return "the model is loading or warming up"
 
     async def startup(self) -> None:
@@ -115,8 +114,10 @@ class InferenceService:
             self._background.append(loop.create_task(self._warm_up()))
 
     async def _warm_up(self) -> None:
+        batcher = self.batcher
+        assert batcher is not None      # start() made it
         try:
-            await self.batcher.run_blocking(self.model.warm_up)
+            await batcher.run_blocking(self.model.warm_up)
         except Exception as e:
             self.failed = f"warm-up failed: {type(e).__name__}: {e}"
             if self.on_fatal:
@@ -124,12 +125,12 @@ class InferenceService:
             return
         tuning = self.model if isinstance(self.model, BatchTuning) else None
         if tuning is not None and tuning.preferred_batch_size:
-            self.batcher.prefer(tuning.preferred_batch_size, bool(tuning.run_inline),
+            batcher.prefer(tuning.preferred_batch_size, bool(tuning.run_inline),
                                 tuning.warmup_items_per_second)
         if self.log.enabled:
             rates = tuning.warmup_items_per_second if tuning is not None else {}
-            self.log.add({"event": "ready", "preferred_batch_size": self.batcher.max_rows,
-                          "inline": self.batcher.inline,
+            self.log.add({"event": "ready", "preferred_batch_size": batcher.max_rows,
+                          "inline": batcher.inline,
                           "spinning": tuning.spinning if tuning is not None else None,
                           "warmup_items_per_second": {str(b): round(r, 1)
                                                       for b, r in rates.items()}})
@@ -158,14 +159,16 @@ class InferenceService:
             quiet = 0 if busy else quiet + 1
             if quiet < 2:
                 continue
-            peak = isinstance(self.model, PeakMemory) and self.model.holds_peak_memory
-            if not peak and (m.received_bytes - last_bytes < RELEASE_AFTER_BYTES
+            model = self.model
+            peak = model if isinstance(model, PeakMemory) and model.holds_peak_memory else None
+            if peak is None and (m.received_bytes - last_bytes < RELEASE_AFTER_BYTES
                              and m.connections_total - last_conns < RELEASE_AFTER_CONNECTIONS):
                 continue
             last_bytes, last_conns = m.received_bytes, m.connections_total
-            if peak:
+            if peak is not None:
+                assert self.batcher is not None     # start() made it
                 try:
-                    await self.batcher.run_blocking(self.model.release_peak_memory)
+                    await self.batcher.run_blocking(peak.release_peak_memory)
                 except Exception as e:      # the memory stays; serving goes on
                     print(f"serving: giving back a peak run's memory failed: "
                           f"{type(e).__name__}: {str(e)[:300]}", file=sys.stderr, flush=True)
@@ -189,7 +192,7 @@ class InferenceService:
         return self.metrics.render(inflight=self.inflight, queue_depth=b.queued if b else 0,
                                    ready=self.ready)
 
-    def body_budget(self) -> "BodyBudget":
+    def body_budget(self) -> BodyBudget:
         return BodyBudget(self.metrics, self.settings.max_buffered_bytes)
 
     # -- inference --------------------------------------------------------------------------
@@ -206,7 +209,9 @@ class InferenceService:
                     gone: Callable[[], bool] | None = None) -> InferResponse:
         """Queue a validated request on the batcher; its outputs as an InferResponse. `gone`:
         whether the client has gone away (then the request is dropped, not computed)."""
-        results = await self.batcher.submit(request.feeds, request.rows, request.sig, gone)
+        batcher = self.batcher
+        assert batcher is not None      # start() made it
+        results = await batcher.submit(request.feeds, request.rows, request.sig, gone)
         return self.validator.response(self.model_name, self.model_version, request, results)
 
     def record(self, protocol: str, is_infer: bool, status: int, reason: str | None,

@@ -145,6 +145,8 @@ def import_graph(root: Path, worlds: tuple[str, ...] = WORLDS) -> dict[str, dict
                         continue
                 targets = [f"{base}.{a.name}".lstrip(".") if f"{base}.{a.name}".lstrip(".") in modules else base
                            for a in node.names]
+            else:
+                continue
             for target in targets:
                 module = known(target) if target else None
                 if module is not None and module != name:

@@ -21,16 +21,22 @@ then, when it relates to other fields, its rule (`rules()` of the group, or a `@
 rules.py when it spans groups; a new group is a module like the others plus a field of its type on
 ServedModelArgs), and `python -m servedmodel.components.config_doc` to regenerate
 Pulumi.yaml's `config:` block, docs/config.md and the component provider's provider/schema.json
-(tests/components/test_docs.py and test_provider.py fail until they match). The annotation is its type, the default its default everywhere; the flat key
-(`servedmodel:timeoutSeconds`) and its name in the group's structured key
-(`servedmodel:<group>: {timeoutSeconds: 30}`) are the field name in camelCase unless `key=` /
-`name=` say otherwise. A secret is `secret=True` (stack-only, `pulumi config set --secret`); an
-Optional value the stack writes as 0/""/[] says so with `unset=`. A field that another resource
-may produce is annotated `pulumi.Input[...]`: its check then runs when the Output is known.
-docs/architecture.md (section 1a) has the whole path from stack config to resources.
+(tests/components/test_docs.py and test_provider.py fail until they match). The annotation is its
+type, the default its default everywhere; the flat key (`servedmodel:timeoutSeconds`) and its name
+in the group's structured key (`servedmodel:<group>: {timeoutSeconds: 30}`) are the field name in
+camelCase unless `key=` / `name=` say otherwise. A secret is `secret=True` (stack-only,
+`pulumi config set --secret`); an Optional value the stack writes as 0/""/[] says so with `unset=`.
+A field that another resource may produce is annotated `pulumi.Input[...]`: its check then runs
+when the Output is known. docs/architecture.md (section 1a) has the whole path from stack config to resources.
 """
 from servedmodel.models.loader import is_model_ref
 
+# Helpers that live with their concepts now (gpus.py, karpenter.py, keda.py, specs.py), still
+# importable from here as before.
+from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families
+from ..karpenter import CAPACITY_TYPES, CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS, gpu_limit_needed
+from ..keda import METRICS as KEDA_METRICS
+from ..specs import ROLLOUT_SURGE
 from .autoscaling import AUTOSCALE_METRICS, AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, is_dns_label
 from .elastic import AUTOSCALERS, NODE_PROVISIONERS, ElasticArgs
@@ -48,20 +54,15 @@ from .served_model import GROUP_TYPES, TARGETS, ServedModelArgs
 from .server import BATCHING_SETTINGS, LOG_RETENTION_DAYS, ServerArgs
 from .setting import REQUIRED, Declared, Schema, Setting, setting, settings_of
 
-# Helpers that live with their concepts now (gpus.py, karpenter.py, keda.py, specs.py), still
-# importable from here as before.
-from ..gpus import IMAGE_GPU_FAMILIES, SUPPORTED_GPU_FAMILIES, instance_families  # noqa: E402
-from ..karpenter import CAPACITY_TYPES, CONSOLIDATION_POLICIES, KARPENTER_DEFAULTS, gpu_limit_needed  # noqa: E402
-from ..keda import METRICS as KEDA_METRICS  # noqa: E402
-from ..specs import ROLLOUT_SURGE  # noqa: E402
-
 __all__ = [
     "AMI_TYPES", "AUTOSCALERS", "AUTOSCALE_METRICS", "BATCHING_SETTINGS", "CAPACITY_TYPES", "CONSOLIDATION_POLICIES",
-    "DEFAULT_STEPS", "ENCRYPTION_MODES", "GROUP_TYPES", "IMAGE_GPU_FAMILIES", "KARPENTER_DEFAULTS", "KEDA_METRICS", "KEEP_VERSIONS_FLOOR",
-    "LOG_RETENTION_DAYS",
+    "DEFAULT_STEPS", "ENCRYPTION_MODES", "GROUP_TYPES", "IMAGE_GPU_FAMILIES", "KARPENTER_DEFAULTS", "KEDA_METRICS",
+    "KEEP_VERSIONS_FLOOR", "LOG_RETENTION_DAYS",
     "MAX_NAME", "MONITORING_MODES", "NODE_PROVISIONERS", "REQUIRED", "ROLLOUT_STRATEGIES", "ROLLOUT_SURGE", "RULES",
-    "SERVICE_TYPES", "SUPPORTED_GPU_FAMILIES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker", "Declared",
-    "ElasticArgs", "EncryptionArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem", "RegistryArgs",
+    "SERVICE_TYPES", "SUPPORTED_GPU_FAMILIES", "TARGETS", "ZOO", "ArgsError", "ArgsGroup", "AutoscalingArgs", "Checker",
+    "Declared",
+    "ElasticArgs", "EncryptionArgs", "ModelArgs", "MonitoringArgs", "NetworkArgs", "NodePoolArgs", "Problem",
+    "RegistryArgs",
     "ResourcesArgs", "RolloutArgs", "Schema", "ServedModelArgs", "ServerArgs", "Setting", "args_from_mapping",
     "cross_group_problems", "draining_problems", "duration_seconds", "gpu_limit_needed", "instance_families",
     "is_dns_label",

@@ -34,7 +34,8 @@ class AutoscalingArgs(ArgsGroup):
 
     def rules(self, c: Checker) -> None:
         if c.ok("replicas", "max_replicas") and self.replicas > self.max_replicas:
-            c.bad("replicas", f"must not exceed @{{autoscaling.max_replicas}} ({self.max_replicas}); min > max replicas")
+            c.bad("replicas", f"must not exceed @{{autoscaling.max_replicas}} ({self.max_replicas}); "
+                              "min > max replicas")
 
     @property
     def autoscaled(self) -> bool:

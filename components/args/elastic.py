@@ -10,8 +10,16 @@ from typing import Any, Optional, Sequence
 
 import pulumi
 
-from ..karpenter import (AMI_ALIAS, BUDGET_NODES, CAPACITY_TYPES, CONSOLIDATION_POLICIES, DURATION,
-                         KARPENTER_DEFAULTS, ROLE_NAME, wrong_ids)
+from ..karpenter import (
+    AMI_ALIAS,
+    BUDGET_NODES,
+    CAPACITY_TYPES,
+    CONSOLIDATION_POLICIES,
+    DURATION,
+    KARPENTER_DEFAULTS,
+    ROLE_NAME,
+    wrong_ids,
+)
 from .checking import ArgsGroup, Checker, dns_label, integer, matching, one_of
 from .setting import setting
 
@@ -20,7 +28,7 @@ AUTOSCALERS = ("hpa", "keda")
 
 
 def _capacity_types(value: Any) -> Optional[list[tuple[Any, str]]]:
-    caps = tuple(value or ())
+    caps: tuple[Any, ...] = tuple(value or ())
     if not caps or any(x not in CAPACITY_TYPES for x in caps) or len(set(caps)) != len(caps):
         return [(list(caps), f"one or both of {', '.join(CAPACITY_TYPES)}")]
     return None

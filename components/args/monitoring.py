@@ -42,7 +42,8 @@ class MonitoringArgs(ArgsGroup):
     SHORTHAND = "mode"  # servedmodel:monitoring: annotations
 
     mode: str = setting(
-        "none", "Monitoring objects per model (kubernetes target) - \"prometheus-operator\" (PodMonitor, PrometheusRule "
+        "none", "Monitoring objects per model (kubernetes target) - \"prometheus-operator\" (PodMonitor, "
+                "PrometheusRule "
                 "with recording rules and alerts, Grafana dashboard ConfigMap), \"annotations\" (the rules as a "
                 "rule-file ConfigMap and the dashboard, for annotation-driven scraping) or \"none\". "
                 "@{elastic.autoscaler} keda needs one other than none (KEDA reads the scraped metrics). See "

@@ -208,7 +208,8 @@ class NetworkArgs(ArgsGroup):
             if missing:
                 c.bad("service_type", "a public endpoint needs a client identity (the secret @{network.auth_token}, "
                                       "the secret @{network.clients} or @{network.oidc_issuer}) and "
-                                      "@{network.tls_certificate_arn} (an ACM certificate the NLB terminates TLS with); "
+                                      "@{network.tls_certificate_arn} (an ACM certificate the NLB terminates TLS "
+                                      "with); "
                                       f"missing: {'; '.join(missing)}")
         if c.ok("oidc_issuer", "oidc_audience") and bool(self.oidc_issuer) != bool(self.oidc_audience):
             c.bad("oidc_issuer" if not self.oidc_issuer else "oidc_audience",
@@ -243,4 +244,5 @@ class NetworkArgs(ArgsGroup):
             if self.grpc_port < 1024:
                 c.bad("grpc_port", "must be 0 (gRPC off) or a port between 1024 and 65535")
             elif self.grpc_port in (SERVER_PORT, self.local_port):
-                c.bad("grpc_port", f"must differ from the server's HTTP port ({SERVER_PORT}) and from @{{network.local_port}}")
+                c.bad("grpc_port", f"must differ from the server's HTTP port ({SERVER_PORT}) and from "
+                                   "@{network.local_port}")

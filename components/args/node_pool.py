@@ -51,7 +51,8 @@ class NodePoolArgs(ArgsGroup):
     instance_types: tuple[str, ...] = setting(
         (), "EC2 instance types of the model's node pool. A GPU model: NVIDIA GPU types (g4dn, g5, g6, g6e, p4d, "
             "p5; see docs/config.md for the refused families, such as p3/Volta; with Karpenter only these families); "
-            "empty = g5.xlarge. A CPU model: any types of one architecture (c7g.xlarge for Graviton, m6i.large...) give it a "
+            "empty = g5.xlarge. A CPU model: any types of one architecture (c7g.xlarge for Graviton, m6i.large...) "
+            "give it a "
             "pool of its own; empty = no pool, its pods run on the cluster's nodes. Every type's architecture (EC2's "
             "supported_architectures) must be one the image is built for and @{resources.arch}; one replica's "
             "@{resources.cpu}, @{resources.memory} and @{resources.gpu} must fit each type's allocatable as EC2 "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
 from typing import Optional
 
 from ..platforms import ARCHES, IMAGE_ARCHES
@@ -21,7 +20,7 @@ def _memory_or_empty(value: object) -> Optional[str]:
     if value == "":
         return None
     m = _QUANTITY.match(value) if isinstance(value, str) else None
-    if not m or m.group(3) == "m" or quantity_bytes(value) < 2**20:
+    if not m or m.group(3) == "m" or quantity_bytes(m.string) < 2**20:
         return "a memory quantity of 1Mi or more such as 4Gi or 1536Mi, or empty for the default"
     return None
 

@@ -47,7 +47,7 @@ def parse_step(step: str) -> dict[str, Any]:
 
 
 def _steps(value: Any) -> Optional[list[tuple[Any, str]]]:
-    steps = tuple(value or ())
+    steps: tuple[Any, ...] = tuple(value or ())
     bad = []
     for step in steps:
         try:
@@ -91,7 +91,8 @@ class RolloutArgs(ArgsGroup):
     steps: tuple[str, ...] = setting(
         DEFAULT_STEPS, "Canary steps (rollout canary) - \"setWeight:N\" (N percent of the replicas run the new "
                        "version), \"pause:D\" (D such as 90s, 2m, 1h) or \"pause\" (wait for `kubectl argo rollouts "
-                       "promote`). After the last step the new version takes 100%. The timed pauses from the analysis' first "
+                       "promote`). After the last step the new version takes 100%. The timed pauses from the analysis' "
+                       "first "
                        "step must last (@{rollout.analysis_count} + 1) x @{rollout.analysis_interval} - Argo promotes "
                        "when the steps end, whatever the analysis has not yet measured.",
         key="canarySteps", check=_steps)

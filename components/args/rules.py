@@ -163,6 +163,10 @@ def _encryption_fits_the_target(target: str, encryption: EncryptionArgs) -> list
         return [Problem("encryption.mode", encryption.mode,
                         "kms is unwrapped by the pod's own AWS identity on @{target} kubernetes; use local (a key file "
                         "mounted into the container) or none on docker")]
+    if encryption.mode is None and target == "docker" and given(encryption.kms_key_arn):
+        return [Problem("encryption.kms_key_arn", encryption.kms_key_arn,
+                        "a KMS key is for @{encryption.mode} kms on @{target} kubernetes; the docker target's model is "
+                        "sealed with a local key: leave it empty")]
     if encryption.mode == "local" and target == "kubernetes":
         return [Problem("encryption.mode", encryption.mode,
                         "a local key is a file on this machine, which the cluster's nodes cannot read; use kms (the "
@@ -194,8 +198,8 @@ def _canary_not_with_keda(rollout: RolloutArgs, elastic: ElasticArgs) -> list[Pr
     is declared against the model's Deployment: the two are not combined yet, so the pair is
     refused rather than deployed with an autoscaler that scales nothing."""
     if rollout.strategy == "canary" and elastic.autoscaler == "keda":
-        return [Problem("rollout.strategy", rollout.strategy, "a canary (Argo Rollouts) cannot be combined with autoscaler "
-                        "keda yet; use rollout rolling with keda, or autoscaler hpa with a canary")]
+        return [Problem("rollout.strategy", rollout.strategy, "a canary (Argo Rollouts) cannot be combined with "
+                        "autoscaler keda yet; use rollout rolling with keda, or autoscaler hpa with a canary")]
     return []
 
 

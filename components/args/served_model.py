@@ -79,7 +79,8 @@ class ServedModelArgs:
         for f in fields(self):
             expected = GROUP_TYPES.get(f.name)
             value = getattr(self, f.name)
-            if expected is not None and not isinstance(value, expected) and not (f.name == "node_pool" and value is None):
+            if (expected is not None and not isinstance(value, expected)
+                    and not (f.name == "node_pool" and value is None)):
                 raise TypeError(f"ServedModelArgs.{f.name} must be a {expected.__name__}")
         c = Checker("", self)
         c.declared()
@@ -92,7 +93,7 @@ class ServedModelArgs:
             problems.append(Problem("cluster_name", self.cluster_name,
                                     "a public load balancer's subnets are found in the cluster's VPC: name the "
                                     "cluster, or list @{network.load_balancer_subnet_ids}"))
-        if (self.kubernetes and self.encryption_mode == "kms" and not self.cluster_name and self.node_pool is None):
+        if self.kubernetes and self.encryption_mode == "kms" and not self.eks_cluster:
             problems.append(Problem("cluster_name", self.cluster_name,
                                     "a kms-encrypted model is unwrapped by its pods' own identity, an EKS Pod Identity "
                                     "association in the cluster: name the cluster"))

@@ -64,10 +64,10 @@ class ServerArgs(ArgsGroup):
               "\"Audit\").")
     audit_retention_days: int = setting(
         365, "Days CloudWatch Logs keeps the audit records: the stack declares the log group "
-             "/servedmodel/<cluster>/<namespace>/<served name>/audit with this retention (kubernetes target, "
-             "@{server.audit} on; kept when the stack is destroyed), which the cluster's log shipper writes to. One of "
-             f"{', '.join(map(str, LOG_RETENTION_DAYS))}; 0 declares no log group (the platform's own retention "
-             "applies).", check=_retention)
+             "/servedmodel/<cluster>/<namespace>/<served name>/audit with this retention (kubernetes target with "
+             "its cluster named, @{server.audit} on; kept on a destroy with @{registry.retain}), which the "
+             f"cluster's log shipper writes to. One of {', '.join(map(str, LOG_RETENTION_DAYS))}; 0 declares no "
+             "log group (the platform's own retention applies).", check=_retention)
 
     def batching_env(self) -> dict[str, str]:
         """The SERVEDMODEL_* batching variables that are set (the rest stay the server's)."""

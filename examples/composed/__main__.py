@@ -23,8 +23,15 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from servedmodel.components import (AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs, ServedModel,
-                                    ServedModelArgs, ServerArgs)
+from servedmodel.components import (
+                                    AutoscalingArgs,
+                                    ModelArgs,
+                                    NetworkArgs,
+                                    ResourcesArgs,
+                                    ServedModel,
+                                    ServedModelArgs,
+                                    ServerArgs,
+)
 
 config = pulumi.Config()
 hostname = f"digits.{config.require('domain')}"

@@ -17,8 +17,15 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from servedmodel.components import (AutoscalingArgs, EncryptionArgs, ModelArgs, NetworkArgs, ResourcesArgs,
-                                    ServedModel, ServedModelArgs)
+from servedmodel.components import (
+    AutoscalingArgs,
+    EncryptionArgs,
+    ModelArgs,
+    NetworkArgs,
+    ResourcesArgs,
+    ServedModel,
+    ServedModelArgs,
+)
 
 config = pulumi.Config()
 on_cluster = config.require("target") == "kubernetes"

@@ -66,6 +66,7 @@ class ResNetTiny(nn.Module):
         # Non-trivial BatchNorm statistics, as a trained network has (and the exporter must fold).
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None  # track_running_stats
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 nn.init.uniform_(m.weight, 0.5, 1.5)

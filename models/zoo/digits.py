@@ -65,7 +65,7 @@ def dataset() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y)
     as_t = torch.from_numpy
-    return as_t(x_tr), as_t(y_tr.astype(np.int64)), as_t(x_te), as_t(y_te.astype(np.int64))
+    return as_t(x_tr), as_t(np.asarray(y_tr, dtype=np.int64)), as_t(x_te), as_t(np.asarray(y_te, dtype=np.int64))
 
 
 def training_key() -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from torch import nn
 from ..evaluate import Evaluation
 from ..prune import FineTune, PruneOptions
 from ..spec import ModelSpec
+
+if TYPE_CHECKING:
+    from transformers.models.bert.modeling_bert import BertModel
 
 PAIRS_FILE = Path(__file__).with_name("sts_pairs.tsv")
 DISTILL_FILE = Path(__file__).with_name("minilm_distill.tsv")
@@ -57,7 +61,9 @@ def model_path():
 
 def load_tokenizer():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub
-    from transformers import AutoTokenizer
+    # From its module, not the package root: the same class, and the type checker need not read
+    # the root's import of every model transformers has.
+    from transformers.models.auto.tokenization_auto import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_path()), local_files_only=True)
 
@@ -98,7 +104,7 @@ def evaluations(tokenizer) -> tuple[Evaluation, Evaluation]:
 
 def minilm() -> ModelSpec:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel
+    from transformers.models.auto.modeling_auto import AutoModel  # from its module: see load_tokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # progress is the pipeline's to report
@@ -145,7 +151,7 @@ def request_bounds(config) -> dict:
     seq = config.max_position_embeddings
     return {
         "input_ranges": {"input_ids": (0, config.vocab_size - 1), "attention_mask": (0, 1)},
-        "input_max_shapes": {n: (-1, seq) for n in INPUTS},
+        "input_max_shapes": dict.fromkeys(INPUTS, (-1, seq)),
         "max_request_elements": MAX_REQUEST_TOKENS * len(INPUTS),
     }
 
@@ -162,7 +168,7 @@ def distill_sentences() -> list[str]:
 PRUNE_RATIO = 0.25
 
 
-def _prune_keep(encoder: nn.Module) -> tuple[str, ...]:
+def _prune_keep(encoder: BertModel) -> tuple[str, ...]:
     """What `--compression prune` must leave whole in BERT: the attention projections (the
     heads' layout is fixed in the attention code), and the layers writing the hidden size (one
     group, tied to the embeddings and the 384-d output, through every residual). The unused

@@ -24,8 +24,17 @@ class CallOwner(Protocol):
     def handler_done(self, call: Call, task: asyncio.Task) -> None: ...
 
 
+class BudgetLike(Protocol):
+    """What a call's request bytes are held against: `Budget` holds nothing, the server's is
+    `BodyBudget`, the tests count."""
+
+    def hold(self, n: int) -> None: ...
+
+    def release(self) -> None: ...
+
+
 class Budget:
-    """What a call's request bytes are held against; the server's is `BodyBudget`."""
+    """A budget that holds nothing back; the server's is `BodyBudget`."""
 
     def hold(self, n: int) -> None:   # raises ServingError when over
         pass
@@ -52,7 +61,7 @@ class Call:
                  "arrival", "probe_only", "http_status", "identity")
 
     def __init__(self, conn: CallOwner, sid: int, head: RequestHead, state: int,
-                 budget: Budget, send_window: int, recv_window: int, now: float) -> None:
+                 budget: BudgetLike, send_window: int, recv_window: int, now: float) -> None:
         self.conn, self.sid, self.state = conn, sid, state
         self.method = head.path
         self.metadata = head.metadata

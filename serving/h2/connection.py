@@ -27,24 +27,74 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ..errors import ServingError
 from . import streams as st
-from .call import NO_SLOT, STREAMING_SLOT, UNARY_SLOT, Budget, Call, Handler
+from .call import NO_SLOT, STREAMING_SLOT, UNARY_SLOT, BudgetLike, Call, Handler
 from .flow import ReceiveWindow, SendWindow
-from .frames import (ACK, CANCEL, CONTINUATION, DATA, END_HEADERS, END_STREAM,
-                     ENHANCE_YOUR_CALM, FRAME_HEAD, FRAME_SIZE_ERROR, GOAWAY, HEAD, HEADERS,
-                     INTERNAL_ERROR, MAX_FRAME, NO_ERROR, PADDED, PING, PREFACE, PRIORITY,
-                     PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM,
-                     S_INITIAL_WINDOW_SIZE, S_MAX_CONCURRENT_STREAMS, S_MAX_FRAME_SIZE,
-                     S_MAX_HEADER_LIST_SIZE, SETTINGS, SETTINGS_ACK, WINDOW_UPDATE, H2Error,
-                     check_goaway, check_priority, connection_error, frame, frame_head,
-                     goaway, header_fragment, parse_settings, rst_code, rst_stream,
-                     settings, strip_padding, window_increment, window_update)
-from .grpc import (DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, RESPONSE_HEAD, RETRY,
-                   STATUS_OF_HTTP, UNAUTHENTICATED, UNAVAILABLE, UNIMPLEMENTED, http_head,
-                   parse_timeout, read_prefix, status_block)
+from .frames import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FRAME_HEAD,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEAD,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_FRAME,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    REFUSED_STREAM,
+    RST_STREAM,
+    S_INITIAL_WINDOW_SIZE,
+    S_MAX_CONCURRENT_STREAMS,
+    S_MAX_FRAME_SIZE,
+    S_MAX_HEADER_LIST_SIZE,
+    SETTINGS,
+    SETTINGS_ACK,
+    WINDOW_UPDATE,
+    H2Error,
+    check_goaway,
+    check_priority,
+    connection_error,
+    frame,
+    frame_head,
+    goaway,
+    header_fragment,
+    parse_settings,
+    rst_code,
+    rst_stream,
+    settings,
+    strip_padding,
+    window_increment,
+    window_update,
+)
+from .grpc import (
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    RESOURCE_EXHAUSTED,
+    RESPONSE_HEAD,
+    RETRY,
+    STATUS_OF_HTTP,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    UNIMPLEMENTED,
+    http_head,
+    parse_timeout,
+    read_prefix,
+    status_block,
+)
 from .headers import HeaderBlocks, Malformed
 from .limits import GrpcLimits
 
@@ -84,7 +134,7 @@ class Front(Protocol):
     metrics: Any
     running: int
     streaming: int
-    budget: Callable[[], Budget]
+    budget: Callable[[], BudgetLike]
     authorize: Callable[[Call], None]
     arriving: Callable[[Call], Callable[[], None] | None]
     refused: Callable[[Call, int, str, str], None]
@@ -109,7 +159,7 @@ class GrpcConnection(asyncio.Protocol):
         self.front = front
         self.limits = limits = front.limits
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport     # set by connection_made, before anything reads it
         self.inbuf = b""                  # received bytes not yet processed
         self.preface = False
         self.settled = False              # the client's first SETTINGS has come
@@ -146,8 +196,8 @@ class GrpcConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     # -- connection ---------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # a stream's
         admission = self.front.admit(self)
         if admission == "refuse":
             self.closed = True
@@ -500,6 +550,7 @@ class GrpcConnection(asyncio.Protocol):
         action, call = self._transition(sid, st.RECV_DATA_END if end else st.RECV_DATA)
         if action is st.DISCARD:
             return self._idle()
+        assert call is not None                 # every other action is on a live call
         call.recv_window.consume(size)
         received = call.received = call.received + len(data)
         if call.content_length >= 0 and (call.content_length < received or (
@@ -589,21 +640,23 @@ class GrpcConnection(asyncio.Protocol):
         self.block_sid, self.block_end = sid, flags & END_STREAM
         if flags & END_HEADERS:
             return self._on_block(fragment)
-        self.block = bytearray(fragment)
+        self.block = held = bytearray(fragment)
         self.block_started = self.loop.time()
-        self._check_block_size()
+        self._check_block_size(held)
 
     def _on_continuation(self, flags: int, payload: bytes) -> None:
+        held = self.block
+        assert held is not None                 # read only while a block awaits it
         if not payload and not flags & END_HEADERS:
             self._idle()
-        self.block += payload
+        held += payload
         if flags & END_HEADERS:
-            block, self.block = bytes(self.block), None
+            block, self.block = bytes(held), None
             return self._on_block(block)
-        self._check_block_size()
+        self._check_block_size(held)
 
-    def _check_block_size(self) -> None:
-        if len(self.block) > self.max_block_bytes:
+    def _check_block_size(self, block: bytearray) -> None:
+        if len(block) > self.max_block_bytes:
             raise connection_error(ENHANCE_YOUR_CALM, f"field block over "
                                    f"{self.max_block_bytes} bytes", "header_block_too_large")
 
@@ -630,6 +683,7 @@ class GrpcConnection(asyncio.Protocol):
             self.blocks.decode(block)
             return self._idle()
         if action is st.TRAILERS:
+            assert call is not None             # trailers end a live call
             try:
                 self.blocks.trailers(block)
             except Malformed as e:
@@ -649,7 +703,7 @@ class GrpcConnection(asyncio.Protocol):
         self.last_sid = sid
         try:
             head = self.blocks.request(block)
-        except Malformed as e:      # a stream error (RFC 9113, 8.1.1) on a stream never opened
+        except Malformed:      # a stream error (RFC 9113, 8.1.1) on a stream never opened
             self.front.protocol_error("malformed_headers", PROTOCOL_ERROR)
             self._remember(sid, st.RESET_BY_US)
             self.out.append(rst_stream(sid, PROTOCOL_ERROR))
@@ -745,6 +799,7 @@ class GrpcConnection(asyncio.Protocol):
             raise H2Error(PROTOCOL_ERROR, "WINDOW_UPDATE of 0", "window_update_0", sid)
         if action is not st.WINDOW:
             return self._idle()
+        assert call is not None                 # WINDOW is a live call's
         call.send_window.grow(increment, sid)
         if call in self.blocked:
             self.flush(call)
@@ -756,6 +811,7 @@ class GrpcConnection(asyncio.Protocol):
         action, call = self._transition(sid, st.RECV_RST)
         if action is not st.PEER_RESET:
             return self._idle()
+        assert call is not None                 # PEER_RESET is a live call's
         if not call.done:
             self._count_reset()
         self._abandon(call, st.RESET_BY_PEER)
@@ -928,6 +984,7 @@ class GrpcConnection(asyncio.Protocol):
         """Not a gRPC request at all: a plain HTTP answer with a body (gRPC's rule)."""
         message = ("a gRPC call is a POST with content-type application/grpc"
                    if call.http_status == b"415" else "a gRPC call is a POST")
+        assert call.http_status is not None    # set when the request was found not gRPC
         call.head = http_head(call.http_status)
         call.pending.append(message.encode() + b"\n")
         call.status = status_block(UNIMPLEMENTED, message)

@@ -86,6 +86,6 @@ def message_prefix(payload: bytes) -> bytes:
     return _PREFIX.pack(0, len(payload))
 
 
-def read_prefix(head: bytes) -> tuple[int, int]:
+def read_prefix(head: bytes | bytearray) -> tuple[int, int]:
     """(compressed flag, length) of a message's first 5 octets."""
     return _PREFIX.unpack_from(head)

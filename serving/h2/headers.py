@@ -17,6 +17,8 @@ octets are kept a connection.
 """
 from __future__ import annotations
 
+from typing import cast
+
 from hpack import Decoder, HPACKError, OversizedHeaderListError
 
 from .frames import COMPRESSION_ERROR, ENHANCE_YOUR_CALM, connection_error
@@ -108,8 +110,8 @@ def scan(block: bytes) -> tuple[int, int]:
 
 
 def _check_field(name: bytes, value: bytes) -> None:
-    if not name or name.translate(None, _NAME_OCTETS) and not (
-            name[0] == 0x3A and not name[1:].translate(None, _NAME_OCTETS)):
+    if not name or (name.translate(None, _NAME_OCTETS) and not (
+            name[0] == 0x3A and not name[1:].translate(None, _NAME_OCTETS))):
         raise Malformed(f"field name {name[:64]!r} is empty or holds uppercase letters, "
                         f"controls, spaces or ':'")
     if value and (b"\0" in value or b"\n" in value or b"\r" in value
@@ -202,7 +204,8 @@ class HeaderBlocks:
                 raise connection_error(ENHANCE_YOUR_CALM, f"header block of {fields} fields "
                                        f"that may decode to {bound} bytes", "header_bomb")
         try:
-            fields = self.decoder.decode(block, raw=True)
+            # raw=True: a list of (bytes, bytes), which hpack annotates as an Iterable
+            fields = cast("list[tuple[bytes, bytes]]", self.decoder.decode(block, raw=True))
         except OversizedHeaderListError:
             raise connection_error(ENHANCE_YOUR_CALM, "header list over "
                                    f"{self.max_decoded_bytes} bytes", "header_bomb") from None

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .call import Budget, Call, Handler
+from .call import Budget, BudgetLike, Call, Handler
 from .connection import GrpcConnection
 from .frames import ERROR_NAMES, NO_ERROR, goaway
 from .limits import GrpcLimits
@@ -37,7 +37,7 @@ class GrpcListener:
     """
 
     def __init__(self, limits: GrpcLimits, handlers: dict[str, Handler], *,
-                 metrics=None, budget: Callable[[], Budget] = Budget,
+                 metrics=None, budget: Callable[[], BudgetLike] = Budget,
                  authorize: Callable[[Call], None] = lambda call: None,
                  arriving: Callable[[Call], Callable[[], None] | None] = lambda call: None,
                  refused: Callable[[Call, int, str, str], None] = lambda *args: None,

@@ -10,7 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = "serving/v2grpc/grpc_predict_v2.proto"
-GENERATED = ("serving/v2grpc/grpc_predict_v2_pb2.py", "serving/v2grpc/grpc_predict_v2_pb2_grpc.py")
+# The .pyi gives the type checker the message classes, which the .py builds at import time.
+GENERATED = ("serving/v2grpc/grpc_predict_v2_pb2.py", "serving/v2grpc/grpc_predict_v2_pb2.pyi",
+             "serving/v2grpc/grpc_predict_v2_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> None:
@@ -19,7 +21,7 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["grpc_tools.protoc", f"-I{ROOT}", f"--python_out={out_dir}",
+    args = ["grpc_tools.protoc", f"-I{ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}", str(ROOT / PROTO)]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {PROTO}")

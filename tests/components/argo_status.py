@@ -57,7 +57,8 @@ def healthy_stable(generation: int, pod_hash: str = STABLE_HASH) -> dict[str, An
         "observedGeneration": str(generation), "phase": "Healthy", "message": "",
         "stableRS": pod_hash, "currentPodHash": pod_hash, "currentStepIndex": 4,
         "conditions": [_cond("Available", "True", "AvailableReason", "Rollout has minimum availability"),
-                       _cond("Completed", "True", "RolloutCompleted", f"Rollout completed update to revision 3 ({pod_hash}): Rollout completed"),
+                       _cond("Completed", "True", "RolloutCompleted",
+                             f"Rollout completed update to revision 3 ({pod_hash}): Rollout completed"),
                        _cond("Healthy", "True", "RolloutHealthy", "Rollout is healthy"),
                        _cond("Progressing", "True", "NewReplicaSetAvailable", "Rollout has completed rollout")]})
 
@@ -93,7 +94,8 @@ def inconclusive(generation: int) -> dict[str, Any]:
                       "pauseConditions": [{"reason": "InconclusiveAnalysisRun", "startTime": T}],
                       "canary": {"currentBackgroundAnalysisRunStatus": {
                           "name": f"classifier-rollout-{CANARY_HASH}-4", "status": "Inconclusive",
-                          "message": 'Metric "latency-p99" assessed Inconclusive due to inconclusive (8) > inconclusiveLimit (7)'}}}
+                          "message": 'Metric "latency-p99" assessed Inconclusive due to inconclusive (8) > '
+                                     'inconclusiveLimit (7)'}}}
     return obj
 
 
@@ -106,7 +108,8 @@ def unpausing(generation: int) -> dict[str, Any]:
 
 def aborted(generation: int) -> dict[str, Any]:
     """The background analysis failed: aborted, the stable version serves again."""
-    why = 'Background analysis phase error/failed: Metric "failure-ratio" assessed Failed due to failed (2) > failureLimit (1)'
+    why = ('Background analysis phase error/failed: Metric "failure-ratio" assessed Failed due to failed (2) > '
+           'failureLimit (1)')
     message = f"Rollout aborted update to revision 4: {why}"
     return _rollout(generation, {
         "observedGeneration": str(generation), "phase": "Degraded", "message": f"RolloutAborted: {message}",

@@ -465,7 +465,7 @@ class Registry:
             if step.retain:
                 continue
             repo = before.by_urn(step.urn)
-            url = repo.state.get("repositoryUrl")
+            url = repo.state.get("repositoryUrl", "")
             if self.tags.get(url) and not repo.inputs.get("forceDelete"):
                 raise PlanError(f"{step}: ECR Repository ({repo.state.get('name')}) not empty, consider using "
                                 "force_delete (RepositoryNotEmptyException)")
@@ -607,7 +607,8 @@ class Cluster:
             if other.type == SCALED_OBJECT:
                 raise PlanError(f"create {so.name}: the workload '{name}' is already managed by the ScaledObject "
                                 f"'{_name(other)}' ({KEDA_WEBHOOK})")
-            if (_get(other.inputs, "metadata", "annotations") or {}).get("validations.keda.sh/hpa-ownership") == "false":
+            annotations = _get(other.inputs, "metadata", "annotations") or {}
+            if annotations.get("validations.keda.sh/hpa-ownership") == "false":
                 continue
             if transfer and named == _name(other):
                 continue
@@ -638,7 +639,8 @@ class Cluster:
             else:
                 gone = next(r for r in self.live if r.urn == step.urn)
                 self.live.remove(gone)
-                if gone.type == SCALED_OBJECT and _get(gone.inputs, "spec", "advanced", "restoreToOriginalReplicaCount"):
+                if (gone.type == SCALED_OBJECT
+                        and _get(gone.inputs, "spec", "advanced", "restoreToOriginalReplicaCount")):
                     self.replicas[_target(gone)] = self.original.get(gone.urn, 1)
         for hpa in (r for r in self.live if r.type == HPA):
             if self.replicas.get(_target(hpa)) == 0:

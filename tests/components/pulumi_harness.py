@@ -10,8 +10,8 @@ sees what it would see live.
 """
 from __future__ import annotations
 
-import hashlib
 import atexit
+import hashlib
 import json
 import logging
 import os
@@ -159,7 +159,7 @@ class Res:
     replace_on_changes: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
 
-    def waits_for(self, other: "Res") -> bool:
+    def waits_for(self, other: Res) -> bool:
         """True when the engine must finish `other` before it touches this resource."""
         return other.urn in self.dependencies
 
@@ -212,7 +212,7 @@ class Kms:
     for it, as the state would give a live stack, and the sealed build cache keeps an unchanged
     model's bytes. `given()` makes a key a stack names with servedmodel:kmsKeyArn."""
 
-    _instance: Optional["Kms"] = None
+    _instance: Optional[Kms] = None
     # A KMS endpoint another process serves (tests/components/test_installed.py passes its own to
     # the fresh venv, which has the wheel's dependencies and not moto's).
     URL_VARIABLE = "HARNESS_KMS_URL"
@@ -222,12 +222,12 @@ class Kms:
         if not url:
             import socket
 
-            import moto.kms.models
+            import moto.kms.models as kms_models
             from moto.moto_api._internal import mock_random
             from moto.server import ThreadedMotoServer
 
             # A key's material from moto's (seeded) random numbers, not os.urandom: see above.
-            moto.kms.models.generate_master_key = lambda: bytes(mock_random.getrandbits(8) for _ in range(32))
+            kms_models.__dict__["generate_master_key"] = lambda: bytes(mock_random.getrandbits(8) for _ in range(32))
 
             logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request in the test output
             with socket.socket() as sock:
@@ -240,7 +240,7 @@ class Kms:
         self.keys: dict[str, tuple[str, str]] = {}
 
     @classmethod
-    def get(cls) -> "Kms":
+    def get(cls) -> Kms:
         """The test process's KMS, started on first use (a run that makes no key starts none)."""
         if cls._instance is None:
             cls._instance = Kms(os.environ.get(cls.URL_VARIABLE, ""))
@@ -352,7 +352,8 @@ class RealisticMocks(pulumi.runtime.Mocks):
         if t == "aws:acm/certificate:Certificate":
             # Computed by ACM on create: unknown during a preview, as the provider leaves it.
             if not pulumi.runtime.is_dry_run():
-                state["arn"] = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/{_short_hash(name)[:8]}-0000-4000-8000-{_short_hash(name)[8:20]}"
+                digest = _short_hash(name)
+                state["arn"] = f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/{digest[:8]}-0000-4000-8000-{digest[8:20]}"
             return f"{name}-{suffix}", state
         if t == "docker:index/container:Container":
             state.setdefault("name", f"{name}-{suffix}")
@@ -448,8 +449,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             dependencies=list(request.dependencies),
             property_dependencies={key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
             delete_before_replace=bool(request.deleteBeforeReplace),
-            custom_timeouts={k: v for k in ("create", "update", "delete")
-                             if (v := getattr(request.customTimeouts, k))} if request.HasField("customTimeouts") else {},
+            custom_timeouts=({k: v for k in ("create", "update", "delete") if (v := getattr(request.customTimeouts, k))}
+                             if request.HasField("customTimeouts") else {}),
             replace_on_changes=list(request.replaceOnChanges),
             state=self.resources[response.urn].state if response.urn in self.resources else {},
         ))
@@ -526,7 +527,7 @@ def model_cache_dir() -> Path:
     An existing $SERVEDMODEL_CACHE (e.g. CI's persistent cache) is used as it is; otherwise a
     temporary directory is made for the session and removed at exit.
     """
-    global _CACHE_DIR
+    global _CACHE_DIR  # noqa: PLW0603 - the process's one cache, made on first use
     if _CACHE_DIR is None:
         if os.environ.get("SERVEDMODEL_CACHE"):
             _CACHE_DIR = Path(os.environ["SERVEDMODEL_CACHE"])
@@ -537,10 +538,10 @@ def model_cache_dir() -> Path:
     return _CACHE_DIR
 
 
-_RUNS: dict[str, "Run"] = {}
+_RUNS: dict[str, Run] = {}
 
 
-def stack_run(stack: str) -> "Run":
+def stack_run(stack: str) -> Run:
     """The real stack file run once per test process (auth token given as a secret), shared by
     every test that only reads it."""
     if stack not in _RUNS:
@@ -548,11 +549,11 @@ def stack_run(stack: str) -> "Run":
     return _RUNS[stack]
 
 
-_VARIANTS: dict[str, "Run"] = {}
+_VARIANTS: dict[str, Run] = {}
 
 
 def variant_run(stack: str, overrides: Optional[dict[str, Any]] = None,
-                registry: Optional[dict[str, dict[str, str]]] = None) -> "Run":
+                registry: Optional[dict[str, dict[str, str]]] = None) -> Run:
     """A fresh run of `stack` with `overrides` (auth token given as a secret) against the images
     already in `registry` (repository URL -> {tag: digest}), once per test process: the lifecycle
     and change-safety tests share them. `{}` is an unchanged rerun."""
@@ -625,7 +626,7 @@ def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd:
         os.environ.update(aws_env)
 
 
-def _run_mocked(main: Callable[[], None], mocks: "RealisticMocks", monitor: "RecordingMonitor", stack: str,
+def _run_mocked(main: Callable[[], None], mocks: RealisticMocks, monitor: RecordingMonitor, stack: str,
                 project: str, preview: bool, cwd: Path) -> Run:
     logs: list[str] = []
     logger = logging.getLogger(f"servedmodel-mocks-{len(_RUNS)}-{stack}")

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pulumi_harness import TEST_SECRET, kubernetes_manifest, run_program, stack_file
 from servedmodel.components import MonitoringArgs, RolloutArgs, canary, monitoring, specs
 from servedmodel.components.settings import SCHEMA
-from pulumi_harness import TEST_SECRET, kubernetes_manifest, run_program, stack_file
 from test_settings import problems
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "monitoring"))
-from promkit import binary, run_promtool  # noqa: E402
+from promkit import binary, run_promtool
 
 ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
 TEMPLATE = "kubernetes:argoproj.io/v1alpha1:AnalysisTemplate"
@@ -70,7 +70,8 @@ def test_rolling_is_the_default_and_unchanged(stack_runs, prod_rolling):
     # cannot declare a key that may hold an object).
     assert SCHEMA.by_key["rollout"].stack_default == "rolling" == RolloutArgs().strategy
     assert SCHEMA.by_key["monitoring"].stack_default == "none" == MonitoringArgs().mode
-    assert "servedmodel:rollout" not in yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())["config"]
+    project = yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())
+    assert "servedmodel:rollout" not in project["config"]
     kinds = {r.type for r in prod_rolling.resources}
     assert DEPLOYMENT in kinds and not {t for t in kinds if "argoproj" in t or "monitoring.coreos" in t}
     assert "servedmodel:index:ModelMonitoring" not in kinds

@@ -9,10 +9,10 @@ import pulumi
 import pytest
 
 import pulumi_harness
-from servedmodel.components import ArgsError, NodePoolArgs, capacity, gpus
+from pulumi_harness import EC2_INSTANCE_TYPES, TEST_SECRET, run_program
+from servedmodel.components import NodePoolArgs, capacity, gpus
 from servedmodel.components.args import ResourcesArgs, cross_group_problems
 from servedmodel.components.settings import parse_settings
-from pulumi_harness import EC2_INSTANCE_TYPES, TEST_SECRET, run_program
 from test_settings import problems, raw_for
 
 SECRETS = {"servedmodel:authToken": TEST_SECRET}
@@ -74,7 +74,8 @@ def test_the_shipped_gpu_stacks_fit_their_smallest_node(stack):
       "(@{node_pool.daemon_set_cpu}) = 3670m"]),
     ({"servedmodel:cpu": "3700m"}, "resources.cpu", ["= 3670m"]),
     ({"servedmodel:memory": "14Gi"}, "resources.memory",
-     ["does not fit g5.xlarge: allocatable 14162Mi (16384Mi - 1229Mi VM overhead - 893Mi kubelet reservation for 58 pods "
+     ["does not fit g5.xlarge: allocatable 14162Mi (16384Mi - 1229Mi VM overhead - 893Mi kubelet reservation "
+      "for 58 pods "
       "- 100Mi eviction threshold) - 256Mi DaemonSet headroom (@{node_pool.daemon_set_memory}) = 13906Mi"]),
     ({"servedmodel:gpu": 2}, "resources.gpu", ["does not fit g5.xlarge: EC2 gives it 1 NVIDIA GPU(s)"]),
     ({"servedmodel:daemonSetCpu": "500m"}, "resources.cpu", ["- 500m DaemonSet headroom", "= 3420m"]),
@@ -115,7 +116,8 @@ def test_karpenter_pools_are_checked_against_their_listed_types(model_cache):
 
 
 def test_each_instance_type_is_read_from_ec2_once_per_check(stack_runs):
-    asked = [a["instanceType"] for t, a in stack_runs["burst"].invokes if t == "aws:ec2/getInstanceType:getInstanceType"]
+    asked = [a["instanceType"] for t, a in stack_runs["burst"].invokes
+             if t == "aws:ec2/getInstanceType:getInstanceType"]
     assert sorted(set(asked)) == ["g5.xlarge", "g6.xlarge"]
     asked = [a["instanceType"] for t, a in stack_runs["dev"].invokes if t == "aws:ec2/getInstanceType:getInstanceType"]
     assert asked == []  # CPU models run on the platform's nodes: nothing to check
@@ -126,11 +128,13 @@ def test_each_instance_type_is_read_from_ec2_once_per_check(stack_runs):
 def test_gpu_families_the_image_cannot_run_are_refused_with_the_reason(instance_type):
     found = problems("prod", {"servedmodel:nodeInstanceTypes": [instance_type]}, {"servedmodel:authToken": "t"})
     [msg] = [p for p in found if p.startswith(f"servedmodel:nodeInstanceTypes = {instance_type!r}")]
-    assert gpus.unsupported_reason(instance_type) in msg and "Turing or newer" in msg
+    reason = gpus.unsupported_reason(instance_type)
+    assert reason and reason in msg and "Turing or newer" in msg
 
 
 def test_volta_is_refused_because_of_cuda_13():
-    assert "Volta" in gpus.unsupported_reason("p3.8xlarge") and "CUDA 13" in gpus.unsupported_reason("p3.8xlarge")
+    volta = gpus.unsupported_reason("p3.8xlarge") or ""
+    assert "Volta" in volta and "CUDA 13" in volta
     assert gpus.unsupported_reason("g4dn.xlarge") is None and gpus.unsupported_reason("p5.48xlarge") is None
     # One list for every provisioner (issue 11's Karpenter requirements read it too).
     assert {"p3", "p3dn", "p2", "g3", "g3s", "g4ad"} <= set(gpus.unsupported_families())
@@ -155,7 +159,8 @@ def test_a_gpu_pool_refuses_a_volta_type_naming_the_field():
     ({"servedmodel:maxReplicas": 10, "servedmodel:nodeMax": 11}, True),
     ({"servedmodel:replicas": 2, "servedmodel:maxReplicas": 2, "servedmodel:nodeMax": 2}, False),  # no HPA: 2 + 1
     ({"servedmodel:replicas": 2, "servedmodel:maxReplicas": 2, "servedmodel:nodeMax": 3}, True),
-    ({"servedmodel:gpu": 2, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 5}, False),  # 2/node
+    # 2/node:
+    ({"servedmodel:gpu": 2, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 5}, False),
     ({"servedmodel:gpu": 2, "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 6}, True),
     # 4 GPUs per g5.12xlarge, but its 47810m hold only 3 replicas of 15 CPUs: CPU decides.
     ({"servedmodel:cpu": "15", "servedmodel:nodeInstanceTypes": ["g5.12xlarge"], "servedmodel:nodeMax": 3}, False),
@@ -163,7 +168,7 @@ def test_a_gpu_pool_refuses_a_volta_type_naming_the_field():
 ])
 def test_a_gpu_rollout_must_fit_the_pool_maximum(overrides, fits):
     config = {"servedmodel:nodeMin": 1, "servedmodel:nodeDesired": 1, **overrides}
-    found = [p for p in capacity.fit_problems(served("prod", config), FACTS)]
+    found = list(capacity.fit_problems(served("prod", config), FACTS))
     if fits:
         assert found == []
     else:
@@ -171,12 +176,14 @@ def test_a_gpu_rollout_must_fit_the_pool_maximum(overrides, fits):
         text = p.render(lambda path: {"node_pool.max_size": "servedmodel:nodeMax",
                                       "autoscaling.max_replicas": "servedmodel:maxReplicas"}.get(path, path))
         assert text.startswith("servedmodel:nodeMax")
-        assert "servedmodel:maxReplicas" in text and "rollout surge" in text and "raise servedmodel:nodeMax to at least" in text
+        assert "servedmodel:maxReplicas" in text and "rollout surge" in text
+        assert "raise servedmodel:nodeMax to at least" in text
 
 
 def test_gpu_nodes_default_to_the_clusters_private_subnets(stack_runs):
     group = stack_runs["prod"].one("aws:eks/nodeGroup:NodeGroup")
-    private = sorted(s for s, tags in pulumi_harness.SUBNETS.items() if tags.get("kubernetes.io/role/internal-elb") == "1")
+    private = sorted(s for s, tags in pulumi_harness.SUBNETS.items()
+                     if tags.get("kubernetes.io/role/internal-elb") == "1")
     assert group.inputs["subnetIds"] == private and len(private) < len(pulumi_harness.SUBNETS)
 
 

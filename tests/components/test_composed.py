@@ -13,9 +13,9 @@ import pulumi
 import pulumi_aws as aws
 import pytest
 
+from pulumi_harness import KUBERNETES_VERSION, ROOT, TEST_SECRET, kubernetes_manifest, run_callable, run_file
 from servedmodel.components import ArgsError, NetworkArgs
 from servedmodel.components.args import ElasticArgs, NodePoolArgs, RegistryArgs
-from pulumi_harness import KUBERNETES_VERSION, ROOT, TEST_SECRET, kubernetes_manifest, run_callable, run_file
 
 PROGRAM = ROOT / "examples" / "composed" / "__main__.py"
 PROJECT = "served-composed"

@@ -5,10 +5,11 @@ import ast
 
 import yaml
 
+from pulumi_harness import ROOT
 from servedmodel.components import args as component_args
 from servedmodel.components import specs
-from servedmodel.models import contract, loader, spec as model_spec
-from pulumi_harness import ROOT
+from servedmodel.models import contract, loader
+from servedmodel.models import spec as model_spec
 
 
 def test_the_contract_file_holds_literals_only_and_is_read_as_data():
@@ -30,7 +31,8 @@ def test_a_non_literal_in_the_contract_is_refused(tmp_path):
 
 
 def test_the_server_uses_the_same_defaults_and_datatypes():
-    from servedmodel.serving import codec, settings as server_settings
+    from servedmodel.serving import codec
+    from servedmodel.serving import settings as server_settings
 
     assert tuple(codec.V2_TO_NUMPY) == contract.DATATYPES
     defaults = server_settings.Settings()
@@ -41,7 +43,8 @@ def test_the_server_uses_the_same_defaults_and_datatypes():
 
 
 def test_the_components_and_the_stack_defaults_use_the_contract():
-    assert (specs.SERVER_PORT, specs.READY_PATH, specs.LIVE_PATH) == (contract.PORT, contract.READY_PATH, contract.LIVE_PATH)
+    assert (specs.SERVER_PORT, specs.READY_PATH, specs.LIVE_PATH) == \
+        (contract.PORT, contract.READY_PATH, contract.LIVE_PATH)
     assert component_args.ServerArgs().drain_seconds == contract.DRAIN_SECONDS
     # YAML cannot import: the project default is held to the contract here.
     config = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]

@@ -18,8 +18,7 @@ import dataclasses
 import pytest
 
 import argo_status as argo
-from lifecycle_model import (CONTROLLER_RULES, HPA, ROLLOUT_WAIT, SCALED_OBJECT, Cluster, PlanError, canary_up,
-                             plan)
+from lifecycle_model import CONTROLLER_RULES, HPA, ROLLOUT_WAIT, SCALED_OBJECT, Cluster, PlanError, canary_up, plan
 from pulumi_harness import Run, variant_run
 
 # burst with the HPA instead of KEDA (and so without scale to zero and the interceptor).

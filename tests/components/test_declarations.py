@@ -12,12 +12,20 @@ from typing import Optional
 import pulumi
 import pytest
 
-from servedmodel.components.args import (REQUIRED, ArgsError, ArgsGroup, Checker, Schema, ServedModelArgs, setting,
-                                         settings_of)
+from pulumi_harness import project_config as committed_project_config
+from servedmodel.components.args import (
+    REQUIRED,
+    ArgsError,
+    ArgsGroup,
+    Checker,
+    Schema,
+    ServedModelArgs,
+    setting,
+    settings_of,
+)
 from servedmodel.components.args.checking import integer
 from servedmodel.components.config_doc import project_config
 from servedmodel.components.settings import SCHEMA, _decode, _is_unset
-from pulumi_harness import project_config as committed_project_config
 
 
 @dataclass(frozen=True)
@@ -62,14 +70,15 @@ def test_adding_a_setting_is_one_declaration():
         ProbeArgs(timeout_seconds=90)
     # A field that does not accept another resource's output refuses one at once.
     with pytest.raises(ArgsError, match="must be a plain value, not another resource's output"):
-        ProbeArgs(timeout_seconds=pulumi.Output.from_input(5))
+        # (the wrong type is the point)
+        ProbeArgs(timeout_seconds=pulumi.Output.from_input(5))  # pyright: ignore[reportArgumentType]
 
 
 def test_the_committed_pulumi_yaml_declares_what_the_declarations_say():
     assert committed_project_config() == project_config()
 
 
-@pytest.mark.parametrize("d", [d for d in SCHEMA.project_settings()], ids=lambda d: d.key)
+@pytest.mark.parametrize("d", list(SCHEMA.project_settings()), ids=lambda d: d.key)
 def test_the_stack_default_is_the_python_default(d):
     """Pulumi.yaml's default, read as the stack reads it, is the args field's own default."""
     typed, problem = _decode(d, d.stack_default, in_group=False)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
+from pulumi_harness import STACKS, project_config, stack_file
 from servedmodel.components import config_doc
 from servedmodel.components.settings import PROJECT_KEYS, STACK_ONLY_KEYS
-from pulumi_harness import STACKS, project_config, stack_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_pulumi_yaml_runs_python_from_the_repo_venv_with_stacks_dir():
     project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
     assert project["name"] == "servedmodel" and project["stackConfigDir"] == "stacks"
-    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+    assert project["runtime"] == {"name": "python",
+                                  "options": {"toolchain": "pip", "virtualenv": ".venv", "typechecker": "pyright"}}
 
 
 def test_every_project_key_is_typed_defaulted_and_described():
@@ -104,7 +105,8 @@ def test_deploy_doc_has_one_prerequisites_table_with_a_check_for_each():
     section = text.split("## Prerequisites in the cluster", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| ---")][1:]
     wanted = {"node autoscaler": "gpu > 0", "metrics-server": "autoscaleMetric: cpu",
-              "prometheus-adapter": "autoscaleMetric: inflight", "AWS Load Balancer Controller": "serviceType: LoadBalancer",
+              "prometheus-adapter": "autoscaleMetric: inflight",
+             "AWS Load Balancer Controller": "serviceType: LoadBalancer",
               "network-policy enforcement": "NetworkPolicy", "NVIDIA device plugin": "AL2023_x86_64_NVIDIA"}
     for name, setting in wanted.items():
         [row] = [r for r in rows if name in r.split(" | ")[0]]
@@ -112,4 +114,5 @@ def test_deploy_doc_has_one_prerequisites_table_with_a_check_for_each():
         assert setting in needed, row
         assert "kubectl" in check, row
     # The old claim that the cpu metric needs nothing is gone.
-    assert "no extra cluster components" not in text and "metrics-server" in text.split("autoscaleMetric: cpu`: ", 1)[1][:300]
+    assert "no extra cluster components" not in text
+    assert "metrics-server" in text.split("autoscaleMetric: cpu`: ", 1)[1][:300]

@@ -4,6 +4,8 @@ nodes. Each test reads what the program declares for the controller that acts on
 they check are cited in components/specs.py, components/edge.py and docs/deploy.md."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pulumi_harness import NLB_ZONE_ID, TEST_SECRET, run_program
@@ -13,7 +15,7 @@ from test_settings import problems
 
 LBC = specs.LBC
 SECRETS = {"servedmodel:authToken": TEST_SECRET}
-PUBLIC = dict(service_type="LoadBalancer", allow_load_balancer=True, auth_token="t",
+PUBLIC: dict[str, Any] = dict(service_type="LoadBalancer", allow_load_balancer=True, auth_token="t",
               tls_certificate_arn="arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d")
 
 
@@ -169,7 +171,8 @@ def test_a_component_user_names_where_the_nlb_lives():
     from servedmodel.components.args import ModelArgs, ServedModelArgs, ServerArgs
 
     network = NetworkArgs(**PUBLIC, hostname="a.example.com", dns_zone_id="Z1")
-    common = dict(model=ModelArgs(served_name="m", model="mnist-mlp"), out_dir=Path("build/m"), target="kubernetes",
+    common: dict[str, Any] = dict(model=ModelArgs(served_name="m", model="mnist-mlp"), out_dir=Path("build/m"),
+                                  target="kubernetes",
                   network=network, server=ServerArgs(pre_stop_seconds=120))
     with pytest.raises(ArgsError) as err:
         ServedModelArgs(**common)

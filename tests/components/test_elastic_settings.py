@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pulumi_harness import project_config
 from servedmodel.components.args import IMAGE_GPU_FAMILIES, ElasticArgs, gpu_limit_needed
 from servedmodel.components.settings import SCHEMA, parse_settings
-from pulumi_harness import project_config
 from test_settings import problems, raw_for
 
 
@@ -20,7 +20,8 @@ def test_the_burst_stack_is_karpenter_keda_and_scale_to_zero():
     [a] = parse_settings(*raw_for("burst")).served
     e = a.elastic
     assert e.karpenter and e.keda and e.min_replicas == 0 and e.keda_http
-    assert e.capacity_types == ("spot", "on-demand") and e.node_role("servedmodel-prod") == "KarpenterNodeRole-servedmodel-prod"
+    assert e.capacity_types == ("spot", "on-demand")
+    assert e.node_role("servedmodel-prod") == "KarpenterNodeRole-servedmodel-prod"
     assert a.resources.gpu == 1 and a.node_pool.instance_types == ("g5.xlarge", "g6.xlarge")
 
 
@@ -41,7 +42,8 @@ def test_the_other_stacks_keep_managed_nodes_and_the_hpa(stack):
      ["servedmodel:nodeInstanceTypes", "CUDA 13 dropped Volta"]),
     ({"servedmodel:gpuLimit": 3}, ["servedmodel:gpuLimit = 3", "(servedmodel:maxReplicas (4) + 1 rollout surge) x "
                                    "servedmodel:gpu (1) = 5 GPUs"]),
-    ({"servedmodel:autoscaleMetric": "cpu"}, ["servedmodel:autoscaleMetric = 'cpu'", "with servedmodel:autoscaler keda"]),
+    ({"servedmodel:autoscaleMetric": "cpu"},
+     ["servedmodel:autoscaleMetric = 'cpu'", "with servedmodel:autoscaler keda"]),
     ({"servedmodel:serviceType": "LoadBalancer", "servedmodel:allowLoadBalancer": True,
       "servedmodel:tlsCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d",
       "servedmodel:hostname": "burst.example.com", "servedmodel:dnsZoneId": "Z0123456789ABC"},
@@ -79,7 +81,8 @@ def test_karpenter_replaces_the_node_groups_capacity_rule_by_its_gpu_limit():
     [a] = parse_settings(*raw_for("burst", sizes)).served
     assert a.elastic.karpenter and capacity.fit_problems(a, FACTS) == []
     [a] = parse_settings(*raw_for("burst", {"servedmodel:nodeProvisioner": "managed", "servedmodel:autoscaler": "hpa",
-                                            "servedmodel:minReplicas": 1, "servedmodel:kedaHttp": False, **sizes})).served
+                                            "servedmodel:minReplicas": 1, "servedmodel:kedaHttp": False,
+                                            **sizes})).served
     assert [p.field for p in capacity.fit_problems(a, FACTS)] == ["node_pool.max_size"]
 
 

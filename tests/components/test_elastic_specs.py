@@ -4,6 +4,7 @@ explicitly, bad args refused with every problem named."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,8 @@ SUPPORTED = ("g4dn", "g5", "g6", "g6e", "p4d", "p5")
 
 
 def pool_args(**kw):
-    base = dict(cluster_name="demo", pool_label="classifier-gpu", families=("g5", "g6"), supported_families=SUPPORTED,
+    base: dict[str, Any] = dict(cluster_name="demo", pool_label="classifier-gpu", families=("g5", "g6"),
+                                supported_families=SUPPORTED,
                 node_role="KarpenterNodeRole-demo")
     return karpenter.KarpenterPoolArgs(**(base | kw))
 
@@ -52,7 +54,8 @@ def check_nodeclass_cel(obj):
     for key in ("subnetSelectorTerms", "securityGroupSelectorTerms"):
         assert spec[key] and all(("tags" in t) != ("id" in t) for t in spec[key])
         assert all(k and v for t in spec[key] for k, v in t.get("tags", {}).items())
-    assert all(k and not k.startswith("kubernetes.io/cluster") and k not in ("karpenter.sh/nodepool", "eks:eks-cluster-name")
+    assert all(k and not k.startswith("kubernetes.io/cluster")
+               and k not in ("karpenter.sh/nodepool", "eks:eks-cluster-name")
                for k in spec["tags"])
     assert all("volumeSize" in b["ebs"] or "snapshotID" in b["ebs"] for b in spec["blockDeviceMappings"])
 
@@ -77,10 +80,12 @@ def test_nodepool_admits_only_the_given_gpu_families_and_taints_like_the_managed
     assert spec["template"]["spec"]["taints"] == [specs.GPU_TAINT]
     assert spec["template"]["metadata"]["labels"][specs.POOL_LABEL] == "classifier-gpu"
     assert spec["limits"] == {"nvidia.com/gpu": 4}
-    assert spec["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m", "budgets": [{"nodes": "1"}]}
+    assert spec["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m",
+                                  "budgets": [{"nodes": "1"}]}
     # Pods tolerate exactly this taint (specs.gpu_tolerations is what ModelService uses).
     tol = specs.gpu_tolerations(1)[0]
-    assert (tol["key"], tol["value"], tol["effect"]) == (specs.GPU_TAINT["key"], specs.GPU_TAINT["value"], specs.GPU_TAINT["effect"])
+    taint = specs.GPU_TAINT
+    assert (tol["key"], tol["value"], tol["effect"]) == (taint["key"], taint["value"], taint["effect"])
 
 
 def test_nodeclass_defaults_to_discovery_tags_and_takes_ids_when_given():
@@ -99,14 +104,15 @@ def test_bad_karpenter_args_name_every_problem():
                   consolidate_after="5 minutes", disruption_budget_nodes="lots", ami_alias="al2023@latest",
                   subnet_ids=("my-subnet",), node_role="")
     text = str(raised.value)
-    for needle in ("['p3'] cannot run the serving image", "capacity_types", "gpu_limit 0", "consolidation_policy 'Always'",
+    for needle in ("['p3'] cannot run the serving image", "capacity_types", "gpu_limit 0",
+                   "consolidation_policy 'Always'",
                    "consolidate_after '5 minutes'", "disruption_budget_nodes 'lots'", "ami_alias 'al2023@latest'",
                    "subnet ids ['my-subnet']", "node_role is required"):
         assert needle in text, needle
 
 
 def keda_args(**kw):
-    base = dict(namespace="servedmodel", prometheus_url="http://prometheus-operated.monitoring.svc:9090",
+    base: dict[str, Any] = dict(namespace="servedmodel", prometheus_url="http://prometheus-operated.monitoring.svc:9090",
                 min_replicas=0, max_replicas=4, http=True, wait_seconds=420)
     return keda.KedaArgs(**(base | kw))
 
@@ -285,6 +291,6 @@ def test_the_interceptor_routes_the_public_name_too():
     pkg/routing/table.go, interceptor/middleware/routing.go): the public name is listed."""
     from servedmodel.components.args import ArgsError, NetworkArgs
 
-    with pytest.raises(ArgsError, match="network.hostname"):  # the name is checked where it is set
+    with pytest.raises(ArgsError, match=r"network\.hostname"):  # the name is checked where it is set
         NetworkArgs(hostname="Models_example")
     assert keda_args(hostname="classifier.models.example.com").hostname == "classifier.models.example.com"

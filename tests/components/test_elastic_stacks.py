@@ -3,13 +3,11 @@ CRDs, the burst stack's Karpenter + KEDA + scale-to-zero graph, and the cold-sta
 stack output driving the startup probe, the progress deadline and the interceptor's wait."""
 from __future__ import annotations
 
-import json
-
 import kubernetes_validate
 import pytest
 
-from servedmodel.components import coldstart, specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, kubernetes_manifest, run_program
+from servedmodel.components import coldstart, specs
 from tests.crds.validate import validate_custom_resource
 
 CUSTOM = ("kubernetes:karpenter.sh/", "kubernetes:karpenter.k8s.aws/", "kubernetes:keda.sh/",
@@ -40,7 +38,7 @@ def test_cold_start_output_for_every_model(stack_runs, stack):
     run = stack_runs[stack]
     cold = run.outputs["coldStart"]
     assert set(cold) == set(run.outputs["url"])
-    for name, budget in cold.items():
+    for budget in cold.values():
         assert set(budget) == {"nodeSeconds", "pullSeconds", "startSeconds", "decryptSeconds", "totalSeconds"}
         assert budget["startSeconds"] > 0
         # Every stack's model is encrypted (kms on kubernetes: the unwrap through the pod's identity
@@ -121,7 +119,8 @@ def test_probe_deadline_and_wait_derive_from_the_cold_start_output(stack_runs):
             name = deploy.inputs["metadata"]["labels"]["app.kubernetes.io/instance"]
             out = run.outputs["coldStart"][name]
             spec = deploy.inputs["spec"]
-            device = "cuda" if "nvidia.com/gpu" in spec["template"]["spec"]["containers"][0]["resources"]["limits"] else "cpu"
+            limits = spec["template"]["spec"]["containers"][0]["resources"]["limits"]
+            device = "cuda" if "nvidia.com/gpu" in limits else "cpu"
             max_replicas = 4 if stack == "burst" else (10 if stack == "prod" else 2)
             # The output is rounded to 0.1 s; the timeouts round up whole seconds.
             t = readiness_timeouts(out["startSeconds"], device, max_replicas, pull_seconds=out["pullSeconds"],
@@ -132,7 +131,8 @@ def test_probe_deadline_and_wait_derive_from_the_cold_start_output(stack_runs):
     run = stack_runs["burst"]
     out = run.outputs["coldStart"]["burst-classifier"]
     wait = run.one("kubernetes:http.keda.sh/v1alpha1:HTTPScaledObject").inputs["spec"]["timeouts"]["conditionWait"]
-    t = readiness_timeouts(out["startSeconds"], "cuda", 4, pull_seconds=out["pullSeconds"], node_seconds=out["nodeSeconds"])
+    t = readiness_timeouts(out["startSeconds"], "cuda", 4, pull_seconds=out["pullSeconds"],
+                           node_seconds=out["nodeSeconds"])
     # The interceptor holds a request as long as one pod may take: node + pull + startup probe budget.
     assert wait.endswith("s") and abs(int(wait[:-1]) - t.pod_seconds) <= 2
     assert int(wait[:-1]) >= out["totalSeconds"]

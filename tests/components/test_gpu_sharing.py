@@ -16,13 +16,20 @@ import pytest
 
 import servedmodel.models as models
 from lifecycle_model import plan
-from pulumi_harness import EC2_INSTANCE_TYPES, KUBERNETES_VERSION, TEST_SECRET, kubernetes_manifest, run_program, variant_run
+from pulumi_harness import (
+    EC2_INSTANCE_TYPES,
+    KUBERNETES_VERSION,
+    TEST_SECRET,
+    kubernetes_manifest,
+    run_program,
+    variant_run,
+)
 from servedmodel.components import capacity, coldstart, gpus, specs
 from servedmodel.components.args import ArgsError, ResourcesArgs
 from servedmodel.components.settings import ConfigError, parse_settings
-from tests.crds.validate import validate_custom_resource
 from test_platforms import recorded
 from test_settings import raw_for
+from tests.crds.validate import validate_custom_resource
 
 SECRETS = {"servedmodel:authToken": TEST_SECRET}
 # prod's resnet on a quarter of a g5.xlarge's A10G: small CPU and memory requests so four fit a node.
@@ -62,7 +69,8 @@ def test_the_labels_are_the_device_plugins():
     """NVIDIA/k8s-device-plugin v0.20.0: GFD writes `<resource>.replicas` and
     `<resource>.sharing-strategy` (internal/lm/resource.go), the config manager reads
     `nvidia.com/device-plugin.config` (cmd/config-manager/main.go)."""
-    assert gpus.shared_node_labels(4) == {"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing",
+    assert gpus.shared_node_labels(4) == {"nvidia.com/gpu.replicas": "4",
+                                          "nvidia.com/gpu.sharing-strategy": "time-slicing",
                                           "nvidia.com/device-plugin.config": "time-slicing-4"}
     assert gpus.shared_selector(4).items() <= gpus.shared_node_labels(4).items()
     assert "nvidia.com/device-plugin.config" not in gpus.shared_selector(4)
@@ -138,7 +146,8 @@ def test_shares_caps_and_contexts_must_fit_the_gpu_ec2_describes(share, cap_mib)
         most = a10g_mib() // share - gpus.CUDA_CONTEXT_MIB
         assert p.render() == (
             f"resources.gpu_memory = '{cap_mib}Mi': {share} share(s) per GPU (resources.gpu_share) x ({cap_mib}Mi cap "
-            f"+ {gpus.CUDA_CONTEXT_MIB}Mi CUDA context) = {share * (cap_mib + gpus.CUDA_CONTEXT_MIB)}Mi does not fit one "
+            f"+ {gpus.CUDA_CONTEXT_MIB}Mi CUDA context) = {share * (cap_mib + gpus.CUDA_CONTEXT_MIB)}Mi "
+            "does not fit one "
             f"GPU of g5.xlarge ({a10g_mib()}Mi, EC2's figure); cap each replica at {most}Mi or less, or lower "
             "resources.gpu_share")
 
@@ -183,7 +192,8 @@ def test_a_shared_managed_pool_and_its_pods():
 
 def test_a_shared_karpenter_pool_is_valid_against_its_crds():
     run = variant_run("burst", SHARED)
-    pool, node_class = run.one("kubernetes:karpenter.sh/v1:NodePool"), run.one("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass")
+    pool = run.one("kubernetes:karpenter.sh/v1:NodePool")
+    node_class = run.one("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass")
     for r in (pool, node_class):
         validate_custom_resource(kubernetes_manifest(r))
     assert pool.inputs["spec"]["template"]["metadata"]["labels"].items() >= gpus.shared_node_labels(4).items()

@@ -15,17 +15,27 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
 
+from lifecycle_model import PlanError, Registry, plan
+from pulumi_harness import (
+    KUBERNETES_VERSION,
+    ROOT,
+    STACKS,
+    TEST_SECRET,
+    Kms,
+    Run,
+    kubernetes_manifest,
+    run_program,
+    stack_file,
+)
 from servedmodel.components import ArgsError, EncryptionArgs, ModelArgs, NetworkArgs, ServedModelArgs, specs
 from servedmodel.components.args import LOG_RETENTION_DAYS
 from servedmodel.components.settings import ConfigError, parse_settings
 from servedmodel.models import contract
-from lifecycle_model import PlanError, Registry, plan
-from pulumi_harness import (KUBERNETES_VERSION, ROOT, STACKS, TEST_SECRET, Kms, Run, kubernetes_manifest,
-                            run_program, stack_file)
 from test_settings import problems, raw_for
 
 WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:argoproj.io/v1alpha1:Rollout")
@@ -93,7 +103,8 @@ def test_every_servedmodel_variable_the_components_set_is_one_the_server_reads(s
 
 def test_the_variables_of_identity_audit_and_encryption_are_the_servers_too(with_clients, stack_runs):
     names = server_variables(with_clients) | server_variables(stack_runs["local"])
-    assert {"SERVEDMODEL_CLIENTS_FILE", "SERVEDMODEL_OIDC_ISSUER", "SERVEDMODEL_OIDC_AUDIENCE", "SERVEDMODEL_OIDC_SCOPE",
+    assert {"SERVEDMODEL_CLIENTS_FILE", "SERVEDMODEL_OIDC_ISSUER", "SERVEDMODEL_OIDC_AUDIENCE",
+            "SERVEDMODEL_OIDC_SCOPE",
             "SERVEDMODEL_AUDIT_LOG", "SERVEDMODEL_MODEL_KEY_FILE"} <= names
     assert not unknown_to_the_server(names)
     # The check can fail: a misspelt name is reported.
@@ -218,7 +229,7 @@ def test_oidc_settings_reach_the_server_and_the_network_policy_leaves_egress_ope
             OIDC["servedmodel:oidcIssuer"], OIDC["servedmodel:oidcAudience"], OIDC["servedmodel:oidcScope"])
     # The pods fetch the issuer's key set, ask the Pod Identity agent (169.254.170.23) for
     # credentials and call KMS: no NetworkPolicy of ours restricts egress. A policy that did would
-    # have to admit all three (docs/deploy.md, "The pod's identity").
+    # have to admit all three (docs/deploy.md, "The pods' identity").
     for run in (with_clients, stack_runs["prod"]):
         for np in run.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
             assert np.inputs["spec"]["policyTypes"] == ["Ingress"] and "egress" not in np.inputs["spec"]
@@ -460,7 +471,8 @@ def test_the_local_stack_mounts_its_key_read_only_and_keeps_it_private(stack_run
         assert c["user"] == f"{os.getuid()}:{os.getgid()}" and key.stat().st_uid == os.getuid()
     block = manifest_of(run, "mnist-mlp")["encryption"]["key"]
     import hashlib
-    assert block["provider"] == "local" and block["key_id"] == "local:" + hashlib.sha256(key.read_bytes()).hexdigest()[:16]
+    fingerprint = "local:" + hashlib.sha256(key.read_bytes()).hexdigest()[:16]
+    assert block["provider"] == "local" and block["key_id"] == fingerprint
     assert block["encryption_context"][contract.ENCRYPTION_CONTEXT_NAME] == "mnist-mlp"
     labels = {label["label"]: label["value"] for label in c["labels"]}
     assert labels[specs.ENCRYPTION_ANNOTATION] == "local"
@@ -492,16 +504,20 @@ def test_the_python_api_asks_for_the_cluster_with_kms():
     assert ServedModelArgs(model=model, out_dir=Path("build/m"), target="kubernetes",
                            cluster_name="c").encryption_mode == "kms"
     assert ServedModelArgs(model=model, out_dir=Path("build/m")).encryption_mode == "local"
-    with pytest.raises(ArgsError, match="network.clients = 'x'"):
+    with pytest.raises(ArgsError, match="the docker target's model is sealed with a local key"):
+        ServedModelArgs(model=model, out_dir=Path("build/m"),
+                        encryption=EncryptionArgs(kms_key_arn="arn:aws:kms:eu-west-1:123456789012:key/0a1b"))
+    with pytest.raises(ArgsError, match=r"network\.clients = 'x'"):
         NetworkArgs(clients={"x": ["a" * 20, "b" * 20, "c" * 20]})
 
 
 def test_a_public_endpoint_takes_any_client_identity():
-    base = dict(service_type="LoadBalancer", allow_load_balancer=True,
-                tls_certificate_arn="arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d",
-                hostname="m.example.com", dns_zone_id="Z0123456789ABCDEFGHIJ")
-    for identity in ({"auth_token": "t"}, {"clients": {"a": "a" * 20}},
-                     {"oidc_issuer": "https://login.example.com", "oidc_audience": "api"}):
+    base: dict[str, Any] = dict(service_type="LoadBalancer", allow_load_balancer=True,
+                                tls_certificate_arn="arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d",
+                                hostname="m.example.com", dns_zone_id="Z0123456789ABCDEFGHIJ")
+    identities: list[dict[str, Any]] = [{"auth_token": "t"}, {"clients": {"a": "a" * 20}},
+                                        {"oidc_issuer": "https://login.example.com", "oidc_audience": "api"}]
+    for identity in identities:
         NetworkArgs(**base, **identity)
     with pytest.raises(ArgsError, match="needs a client identity"):
         NetworkArgs(**base)

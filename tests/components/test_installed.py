@@ -128,7 +128,7 @@ def venv(built, tmp_path_factory) -> Venv:
     deps = root.parent / "deps"
     deps.mkdir()
     for dist in _closure(declared.get_all("Requires-Dist") or []):
-        base = Path(dist.locate_file(""))
+        base = Path(str(dist.locate_file("")))
         for top in sorted({Path(f).parts[0] for f in dist.files or ()}):
             if top not in ("..", "__pycache__") and not top.endswith(".pth") and not (deps / top).exists():
                 (deps / top).symlink_to(base / top)
@@ -190,7 +190,8 @@ def installed(venv, tmp_path_factory) -> dict[str, Any]:
 
 def _run(data: dict[str, Any]) -> Run:
     resources = [Res(**r) for r in data.pop("resources")]
-    return Run(resources=resources, **(data | {"secret_outputs": set(data["secret_outputs"])}))
+    fields: dict[str, Any] = data | {"secret_outputs": set(data["secret_outputs"])}
+    return Run(resources=resources, **fields)
 
 
 def test_servedmodel_comes_from_the_fresh_venv(installed, venv):

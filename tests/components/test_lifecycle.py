@@ -113,7 +113,8 @@ def test_a_model_change_on_the_local_target_replaces_the_container_delete_first(
 
 
 def container_image(run: Run, deployment: str) -> str:
-    return run.named("kubernetes:apps/v1:Deployment", deployment).inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+    pod = run.named("kubernetes:apps/v1:Deployment", deployment).inputs["spec"]["template"]["spec"]
+    return pod["containers"][0]["image"]
 
 
 def test_an_unchanged_commit_after_a_push_takes_no_step(stack_runs):

@@ -13,12 +13,18 @@ import kubernetes_validate
 import pytest
 
 from lifecycle_model import plan
-from pulumi_harness import (EC2_INSTANCE_TYPES, KUBERNETES_VERSION, TEST_SECRET, kubernetes_manifest, run_program,
-                            variant_run)
+from pulumi_harness import (
+    EC2_INSTANCE_TYPES,
+    KUBERNETES_VERSION,
+    TEST_SECRET,
+    kubernetes_manifest,
+    run_program,
+    variant_run,
+)
 from servedmodel.components import capacity, platforms, specs
 from servedmodel.components.settings import ConfigError, parse_settings
-from tests.crds.validate import validate_custom_resource
 from test_settings import raw_for
+from tests.crds.validate import validate_custom_resource
 
 SECRETS = {"servedmodel:authToken": TEST_SECRET}
 IMAGE = "docker-build:index:Image"

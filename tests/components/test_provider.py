@@ -25,11 +25,25 @@ from pulumi.errors import InputPropertiesError, InputPropertyError
 from pulumi_harness import KUBERNETES_VERSION, ROOT, TEST_SECRET, kubernetes_manifest, run_callable
 from servedmodel import __version__
 from servedmodel.components import ArgsError, ServedModel
-from servedmodel.components.args import (GROUP_TYPES, AutoscalingArgs, ModelArgs, NetworkArgs, ResourcesArgs,
-                                         ServedModelArgs, settings_of)
+from servedmodel.components.args import (
+    GROUP_TYPES,
+    AutoscalingArgs,
+    ModelArgs,
+    NetworkArgs,
+    ResourcesArgs,
+    ServedModelArgs,
+    settings_of,
+)
 from servedmodel.components.args.setting import camel
-from servedmodel.components.provider import (PACKAGE, SCHEMA_FILE, UP_NEEDS, ServedModelProvider, input_error,
-                                             package_schema, schema_text)
+from servedmodel.components.provider import (
+    PACKAGE,
+    SCHEMA_FILE,
+    UP_NEEDS,
+    ServedModelProvider,
+    input_error,
+    package_schema,
+    schema_text,
+)
 
 TOKEN = "servedmodel:index:ServedModel"
 REGENERATE = "python -m servedmodel.components.config_doc"
@@ -140,7 +154,7 @@ def _through_provider(inputs: dict[str, Any]):
 
 
 def _declared(run) -> list[tuple[str, str, str]]:
-    return sorted(((r.type, r.name, json.dumps(r.inputs, sort_keys=True)) for r in run.resources))
+    return sorted((r.type, r.name, json.dumps(r.inputs, sort_keys=True)) for r in run.resources)
 
 
 def test_a_construct_through_the_provider_returns_the_components_outputs(model_cache, tmp_path):

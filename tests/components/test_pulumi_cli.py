@@ -22,8 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.pulumi_cli, pytest.mark.slow]
 
-PULUMI = shutil.which("pulumi")
-needs_cli = pytest.mark.skipif(PULUMI is None, reason="the Pulumi CLI is not installed (it cannot be downloaded "
+PULUMI = shutil.which("pulumi") or ""  # "": not installed
+needs_cli = pytest.mark.skipif(not PULUMI, reason="the Pulumi CLI is not installed (it cannot be downloaded "
                                                        "on these machines); the mock tests cover the program")
 
 

@@ -11,15 +11,25 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import yaml
 
 import argo_status as argo
-from servedmodel.components import canary, timeouts
-from servedmodel.components.rollout_wait import (DONE, FAILED, TRIGGERS, WAIT, RolloutWaitError, RolloutWaitProvider,
-                                                 rollout_verdict, spec_hash, wait_for_rollout)
 from pulumi_harness import TEST_SECRET, run_program, variant_run
+from servedmodel.components import canary, timeouts
+from servedmodel.components.rollout_wait import (
+    DONE,
+    FAILED,
+    TRIGGERS,
+    WAIT,
+    RolloutWaitError,
+    RolloutWaitProvider,
+    rollout_verdict,
+    spec_hash,
+    wait_for_rollout,
+)
 
 ROLLOUT = "kubernetes:argoproj.io/v1alpha1:Rollout"
 WAITER = "pulumi-python:dynamic/servedmodel:RolloutWait"
@@ -152,7 +162,7 @@ class FakeApiServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *_):
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -183,7 +193,7 @@ def test_the_provider_reads_the_rollout_with_the_stacks_kubeconfig_until_promote
     with FakeApiServer(argo.canary_that_is_promoted(5)) as api:
         result = RolloutWaitProvider().create(props(api.kubeconfig()))
     assert result.id == "servedmodel/classifier-rollout-c2285cb"
-    assert "kubeconfig" not in result.outs, "the secret must not reach the state"
+    assert "kubeconfig" not in (result.outs or {}), "the secret must not reach the state"
     assert argo.CANARY_HASH in result.outs["verdict"]
     path, auth = api.requests[0]
     assert path == "/apis/argoproj.io/v1alpha1/namespaces/servedmodel/rollouts/classifier-rollout-c2285cb"
@@ -199,7 +209,7 @@ def test_the_provider_fails_the_update_when_the_canary_aborts():
 
 def test_the_provider_waits_again_only_for_a_new_spec():
     provider = RolloutWaitProvider()
-    old = {k: "x" for k in TRIGGERS} | {"timeoutSeconds": 600, "verdict": "done"}
+    old = dict.fromkeys(TRIGGERS, "x") | {"timeoutSeconds": 600, "verdict": "done"}
     assert not provider.diff("id", old, old | {"timeoutSeconds": 900, "kubeconfig": "another"}).changes
     assert provider.diff("id", old, old | {"specHash": "y"}).changes
     assert provider.diff("id", old, old | {"name": "y"}).replaces == []
@@ -252,4 +262,5 @@ def test_the_deadline_is_sized_from_the_steps_and_the_pods():
     assert canary.rollout_timeout_seconds(args, 600, pods_seconds=1800) == \
         900 + 1800 + timeouts.ROLLOUT_WAIT_MARGIN_SECONDS
     # The progress deadline bounds from below what bringing the pods up may take.
-    assert canary.rollout_timeout_seconds(args, 600, pods_seconds=60) == 900 + 600 + timeouts.ROLLOUT_WAIT_MARGIN_SECONDS
+    assert canary.rollout_timeout_seconds(args, 600, pods_seconds=60) == \
+        900 + 600 + timeouts.ROLLOUT_WAIT_MARGIN_SECONDS

@@ -8,10 +8,10 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
+from pulumi_harness import KUBERNETES_VERSION, TEST_SECRET, kubernetes_manifest, run_program
 from servedmodel.components import ArgsError, NetworkArgs, ServerArgs, specs
 from servedmodel.components.settings import ConfigError, parse_settings
 from servedmodel.models.contract import GRPC_HEALTH_SERVICE, GRPC_LIVENESS_SERVICE
-from pulumi_harness import KUBERNETES_VERSION, TEST_SECRET, kubernetes_manifest, run_program
 from test_settings import problems, raw_for
 
 SECRETS = {"servedmodel:authToken": TEST_SECRET}

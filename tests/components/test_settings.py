@@ -6,10 +6,9 @@ import json
 import pulumi
 import pytest
 
+from pulumi_harness import STACKS, merged_config, project_config
 from servedmodel.components.args import ArgsError, ModelArgs
 from servedmodel.components.settings import ConfigError, parse_settings
-from pulumi_harness import STACKS, merged_config, project_config
-
 
 # prod is public: it deploys once its token secret is set (as in the tests' stack runs).
 TOKEN = {"servedmodel:authToken": "t0ken"}
@@ -74,26 +73,32 @@ def test_dev_stack_is_kubernetes_with_one_to_two_replicas():
 
 
 @pytest.mark.parametrize("overrides, needle", [
-    ({"servedmodel:model": "gpt-17"}, "servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, resnet-tiny, digits-cnn, minilm"),
+    ({"servedmodel:model": "gpt-17"},
+     "servedmodel:model = 'gpt-17': unknown model; accepted: one of mnist-mlp, lenet, resnet-tiny, digits-cnn, minilm"),
     ({"servedmodel:compression": "int4"}, "servedmodel:compression = 'int4': accepted: one of none, fp16, int8"),
-    ({"servedmodel:replicas": 3, "servedmodel:maxReplicas": 2}, "servedmodel:replicas = 3: must not exceed servedmodel:maxReplicas (2)"),
+    ({"servedmodel:replicas": 3, "servedmodel:maxReplicas": 2},
+     "servedmodel:replicas = 3: must not exceed servedmodel:maxReplicas (2)"),
     ({"servedmodel:gpu": 1}, "servedmodel:gpu = 1: GPUs are served on the kubernetes target only"),
-    ({"servedmodel:target": "kubernetes"}, "servedmodel:clusterName = '': the kubernetes target needs the name of an existing EKS cluster"),
+    ({"servedmodel:target": "kubernetes"},
+     "servedmodel:clusterName = '': the kubernetes target needs the name of an existing EKS cluster"),
     ({"servedmodel:target": "k8s"}, "servedmodel:target = 'k8s': accepted: one of docker, kubernetes"),
     ({"servedmodel:authToken": "hunter2"}, "servedmodel:authToken = [given in plain text]: must be a secret"),
     ({"servedmodel:serviceType": "LoadBalancer"}, "set servedmodel:allowLoadBalancer to true to opt in"),
-    ({"servedmodel:tlsCertificateArn": "my-cert"}, "servedmodel:tlsCertificateArn = 'my-cert': must be an ACM certificate ARN"),
+    ({"servedmodel:tlsCertificateArn": "my-cert"},
+     "servedmodel:tlsCertificateArn = 'my-cert': must be an ACM certificate ARN"),
     ({"servedmodel:tlsCertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/ab-12"},
      "TLS terminates at the load balancer: only with servedmodel:serviceType LoadBalancer"),
     ({"servedmodel:memory": "lots"}, "servedmodel:memory = 'lots': must be a Kubernetes quantity"),
     ({"servedmodel:ingressCidrs": ["10.0.0.0/33"]}, "servedmodel:ingressCidrs = '10.0.0.0/33'"),
     ({"servedmodel:name": "My_Model"}, "servedmodel:name = 'My_Model': must be a DNS label"),
-    ({"servedmodel:registryUsername": "bot"}, "servedmodel:registryUsername = 'bot': needs the secret servedmodel:registryPassword"),
+    ({"servedmodel:registryUsername": "bot"},
+     "servedmodel:registryUsername = 'bot': needs the secret servedmodel:registryPassword"),
     ({"servedmodel:registryPassword": "pw"}, "servedmodel:registryPassword = [given in plain text]: must be a secret"),
     ({"servedmodel:kubeconfig": "apiVersion: v1"}, "servedmodel:kubeconfig = [given in plain text]: must be a secret"),
     ({"servedmodel:maxMetricDrop": "1.5"}, "servedmodel:maxMetricDrop = 1.5: must be a share between 0 and 1"),
     ({"servedmodel:maxMetricDrop": "-0.01"}, "servedmodel:maxMetricDrop = -0.01: must be a share between 0 and 1"),
-    ({"servedmodel:maxMetricDrop": "a lot"}, "servedmodel:maxMetricDrop = 'a lot': must be a decimal number in a string"),
+    ({"servedmodel:maxMetricDrop": "a lot"},
+     "servedmodel:maxMetricDrop = 'a lot': must be a decimal number in a string"),
 ])
 def test_each_bad_config_names_key_value_and_what_is_accepted(overrides, needle):
     found = problems("local", overrides)
@@ -194,7 +199,8 @@ def test_a_public_endpoint_without_identity_or_tls_is_one_error_naming_the_keys(
     assert msg.endswith(f"missing: {IDENTITY}")
     for secrets in ({"servedmodel:authToken": "t0ken"}, {"servedmodel:clients": json.dumps({"billing": "b" * 32})}):
         parse_settings(*raw_for("prod", NO_OIDC, secrets=secrets))
-    found = problems("prod", NO_OIDC | {"servedmodel:tlsCertificateArn": ""}, secrets={"servedmodel:authToken": "t0ken"})
+    found = problems("prod", NO_OIDC | {"servedmodel:tlsCertificateArn": ""},
+                     secrets={"servedmodel:authToken": "t0ken"})
     [msg] = [p for p in found if p.startswith(PUBLIC_NEEDS)]
     assert msg.endswith("missing: servedmodel:tlsCertificateArn")
     found = problems("prod", NO_OIDC | {"servedmodel:tlsCertificateArn": ""})

@@ -60,7 +60,8 @@ def test_hpa_metrics():
     assert queue["pods"]["metric"]["name"] == specs.QUEUE_METRIC and queue["pods"]["target"]["averageValue"] == "50m"
     assert specs.hpa_metric("queue", 4, 2000, 70)["pods"]["target"]["averageValue"] == "2"
     cpu = specs.hpa_metric("cpu", 4, 50, 70)
-    assert cpu == {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+    assert cpu == {"type": "Resource",
+                   "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
 
 
 def test_server_env_uses_the_contract_names_and_reads_the_token_from_a_file():
@@ -71,7 +72,8 @@ def test_server_env_uses_the_contract_names_and_reads_the_token_from_a_file():
     assert env["SERVEDMODEL_DRAIN_SECONDS"]["value"] == "20"
     assert env["SERVEDMODEL_AUTH_TOKEN_FILE"] == {"name": "SERVEDMODEL_AUTH_TOKEN_FILE", "value": specs.AUTH_TOKEN_PATH}
     assert "SERVEDMODEL_AUTH_TOKEN" not in env
-    assert not {"SERVEDMODEL_AUTH_TOKEN", "SERVEDMODEL_AUTH_TOKEN_FILE"} & {e["name"] for e in specs.server_env("cpu", 20)}
+    names = {e["name"] for e in specs.server_env("cpu", 20)}
+    assert not {"SERVEDMODEL_AUTH_TOKEN", "SERVEDMODEL_AUTH_TOKEN_FILE"} & names
     volume = specs.auth_token_volume("auth-abc")
     assert volume["secret"] == {"secretName": "auth-abc", "defaultMode": 0o440,
                                 "items": [{"key": "token", "path": "token"}]}

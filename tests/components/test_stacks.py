@@ -9,8 +9,8 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from servedmodel.components import specs
 from pulumi_harness import KUBERNETES_VERSION, STACKS, TEST_SECRET, Run, kubernetes_manifest
+from servedmodel.components import specs
 from tests.crds.validate import validate_custom_resource
 
 COMPONENTS = {"servedmodel:index:ServedModel", "servedmodel:index:ModelImage", "servedmodel:index:GpuNodePool",
@@ -96,7 +96,8 @@ def test_every_resource_is_parented_in_its_component(stack_runs, stack):
             monitoring = r.type.split(":")[1].startswith("monitoring.coreos.com/") or r.type.endswith(":ConfigMap")
             # Karpenter's pool and KEDA's objects belong to their own components (issue 11).
             assert parent.type in (("servedmodel:index:ModelMonitoring",) if monitoring else (
-                "servedmodel:index:ModelService", "servedmodel:index:KarpenterGpuPool", "servedmodel:index:KedaScaling"))
+                "servedmodel:index:ModelService", "servedmodel:index:KarpenterGpuPool",
+                "servedmodel:index:KedaScaling"))
         # The node pool's role and node group are the pool's; the pods' own identity (role, its
         # policy, the Pod Identity association) and the audit log group are the ModelService's;
         # the model's key is its own component's.
@@ -207,10 +208,12 @@ def test_prod_deployment(stack_runs):
     assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
     assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
-    assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == \
+        {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
     assert pod["automountServiceAccountToken"] is False
     sa = run.one("kubernetes:core/v1:ServiceAccount")
-    assert sa.inputs["automountServiceAccountToken"] is False and pod["serviceAccountName"] == sa.state["metadata"]["name"]
+    assert sa.inputs["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == sa.state["metadata"]["name"]
     pc = run.one("kubernetes:scheduling.k8s.io/v1:PriorityClass")
     assert pod["priorityClassName"] == pc.state["metadata"]["name"] and pc.inputs["value"] == 100000
     # The pod template carries the model version: a model change is a rollout.
@@ -233,7 +236,8 @@ def test_auth_token_is_a_secret_end_to_end(stack_runs):
         assert not any("valueFrom" in e for e in env.values())
         assert env["SERVEDMODEL_AUTH_TOKEN_FILE"]["value"] == specs.AUTH_TOKEN_PATH
         [volume] = [v for v in spec["volumes"] if v["name"] == specs.AUTH_VOLUME]
-        assert volume["secret"]["secretName"] in {s.state["metadata"]["name"] for s in run.of_type("kubernetes:core/v1:Secret")}
+        secrets = {s.state["metadata"]["name"] for s in run.of_type("kubernetes:core/v1:Secret")}
+        assert volume["secret"]["secretName"] in secrets
         assert specs.auth_token_mount() in spec["containers"][0]["volumeMounts"]
         # Never in a Deployment in plain text, never in the outputs.
         assert TEST_SECRET not in repr([r.inputs for r in workloads(run)])
@@ -245,7 +249,8 @@ def test_auth_token_is_a_secret_end_to_end(stack_runs):
 def test_registry_credentials_are_secret(stack_runs):
     image = stack_runs["prod"].one("docker-build:index:Image")
     # The whole registries list is secret once the password in it is.
-    assert any(p in ("registries", "registries[0]", "registries[0].password") for p in image.secret_paths), image.secret_paths
+    assert any(p in ("registries", "registries[0]", "registries[0].password") for p in image.secret_paths), \
+        image.secret_paths
 
 
 def test_prod_service_hpa_pdb_and_network_policy(stack_runs):
@@ -258,7 +263,8 @@ def test_prod_service_hpa_pdb_and_network_policy(stack_runs):
     lbc = "service.beta.kubernetes.io/aws-load-balancer-"
     assert annotations[lbc + "type"] == "external" and annotations[lbc + "nlb-target-type"] == "ip"
     assert annotations[lbc + "scheme"] == "internet-facing" and annotations[lbc + "backend-protocol"] == "tcp"
-    assert annotations[lbc + "ssl-cert"].startswith("arn:aws:acm:eu-west-1:") and annotations[lbc + "ssl-ports"] == "https"
+    assert annotations[lbc + "ssl-cert"].startswith("arn:aws:acm:eu-west-1:")
+    assert annotations[lbc + "ssl-ports"] == "https"
     assert svc.inputs["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}]
     hpa = run.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler").inputs["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
@@ -289,9 +295,9 @@ def test_the_network_policy_admits_the_nlbs_subnets_not_the_vpc(stack_runs):
     sources = run.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs["spec"]["ingress"][0]["from"]
     blocks = [s["ipBlock"]["cidr"] for s in sources if "ipBlock" in s]
     assert blocks == [SUBNET_NETWORKS[i][1] for i in pinned]
-    vpc = ipaddress.ip_network(VPC_CIDR)
+    vpc = ipaddress.IPv4Network(VPC_CIDR)
     for cidr in blocks:
-        net = ipaddress.ip_network(cidr)
+        net = ipaddress.IPv4Network(cidr)
         assert net != vpc and net.subnet_of(vpc) and net.prefixlen >= 24
     # No pod subnet is admitted: the private ones hold the pods.
     private = {c for i, (_, c) in SUBNET_NETWORKS.items() if i not in pinned and c.endswith("/19")}
@@ -335,7 +341,8 @@ def test_gpu_node_pool(stack_runs):
     assert i["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
     # The cluster's private subnets only (tagged kubernetes.io/role/internal-elb), never its public ones.
     assert i["subnetIds"] == ["subnet-0a1b2c3d4e5f60001", "subnet-0a1b2c3d4e5f60002"]
-    [role] = [r for r in run.of_type("aws:iam/role:Role") if run.by_urn(r.parent).type == "servedmodel:index:GpuNodePool"]
+    [role] = [r for r in run.of_type("aws:iam/role:Role")
+              if run.by_urn(r.parent).type == "servedmodel:index:GpuNodePool"]
     assert i["nodeRoleArn"] == role.state["arn"]
     attached = {a.inputs["policyArn"] for a in run.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
     assert attached == {f"arn:aws:iam::aws:policy/{p}" for p in specs.NODE_POLICIES}
@@ -461,6 +468,7 @@ def test_several_models_on_docker_get_consecutive_ports(model_cache):
 
 def test_a_failing_model_build_stops_the_program_naming_the_model(model_cache, tmp_path):
     import pulumi
+
     from pulumi_harness import run_program
 
     with pytest.raises(pulumi.RunError) as err:
@@ -496,7 +504,8 @@ def test_a_given_registry_replaces_ecr_and_its_password_stays_secret(model_cache
 
     asked = []
     # The registry holds none of the versions (tests/image/test_image_reuse.py asks a real one).
-    monkeypatch.setattr(registry, "tag_digests", lambda repo, tags, user, password: asked.append((repo, user, password)) or {})
+    monkeypatch.setattr(registry, "tag_digests",
+                        lambda repo, tags, user, password: asked.append((repo, user, password)) or {})
     run = run_program("dev", {"servedmodel:registry": "ghcr.io/acme/models", "servedmodel:registryUsername": "bot"},
                       secrets={"servedmodel:registryPassword": "registry-pass-123"})
     assert not run.of_type("aws:ecr/repository:Repository")

@@ -12,8 +12,8 @@ import json
 import pulumi
 import pytest
 
+from pulumi_harness import STACKS, TEST_SECRET, flat_stack, merged_config, run_program, stack_file
 from servedmodel.components.settings import SCHEMA, ConfigError, parse_settings, read_config
-from pulumi_harness import (STACKS, TEST_SECRET, flat_stack, merged_config, run_program, stack_file)
 
 TOKEN = {"servedmodel:authToken": TEST_SECRET}
 GROUPED_STACKS = [s for s in STACKS if any(isinstance(v, dict) and "secure" not in v for v in stack_file(s).values())]
@@ -79,7 +79,8 @@ def test_a_group_sets_the_same_values_as_its_flat_keys():
 
 
 def test_a_group_with_a_shorthand_takes_its_main_settings_plain_value():
-    [a] = parse_settings(*engine_config("local", {"servedmodel:monitoring": "none", "servedmodel:rollout": "rolling"})).served
+    [a] = parse_settings(*engine_config("local", {"servedmodel:monitoring": "none",
+                                                  "servedmodel:rollout": "rolling"})).served
     assert (a.monitoring.mode, a.rollout.strategy) == ("none", "rolling")
     found = problems("local", {"servedmodel:rollout": {"strategy": "canary"}})
     assert any(p.startswith("servedmodel:rollout.strategy = 'canary': a canary needs the kubernetes target")

@@ -47,16 +47,20 @@ def test_never_below_the_providers_default(startup):
 
 
 def test_the_program_sets_them_on_the_readiness_bound_resources(stack_runs):
-    from pulumi_harness import ROOT
     import json
+
+    from pulumi_harness import ROOT
 
     run = stack_runs["prod"]
     # The start-up is measured by the build and kept beside the manifest (issue 11); the program
     # sizes the timeouts from the model's cold-start budget, the `coldStart` output.
     assert "startup" not in json.loads(next((ROOT / "build" / "stacks" / "prod").rglob("manifest.json")).read_text())
     cold = run.outputs["coldStart"]["classifier"]
+    grace = run.one("kubernetes:argoproj.io/v1alpha1:Rollout").inputs["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"]
     expected = readiness_timeouts(cold["startSeconds"], "cuda", max_replicas=10, node_max=11,
-                                  pull_seconds=cold["pullSeconds"], node_seconds=cold["nodeSeconds"])
+                                  pull_seconds=cold["pullSeconds"], node_seconds=cold["nodeSeconds"],
+                                  termination_seconds=grace)
     # prod rolls out as a canary (issue 12): `up` waits on the RolloutWait (issue 18), for the
     # pods like the Deployment would, plus the canary's pauses (which outlast its analysis).
     rollout = run.one("kubernetes:argoproj.io/v1alpha1:Rollout")
@@ -72,3 +76,11 @@ def test_the_program_sets_them_on_the_readiness_bound_resources(stack_runs):
     # A ClusterIP Service does not wait for a load balancer: the provider's default applies.
     for svc in stack_runs["dev"].of_type("kubernetes:core/v1:Service"):
         assert not svc.custom_timeouts
+
+
+def test_each_rollout_step_waits_for_the_replaced_pod_to_give_back_its_slot():
+    """maxUnavailable 0 on a pool sized for max replicas + the surge: the next new pod may need
+    the slot (a GPU) the replaced one holds for its whole grace period (preStop + drain)."""
+    quick = readiness_timeouts(100.0, "cuda", max_replicas=10, node_max=11)
+    draining = readiness_timeouts(100.0, "cuda", max_replicas=10, node_max=11, termination_seconds=140)
+    assert minutes(draining.deployment) * 60 >= minutes(quick.deployment) * 60 + 10 * 140

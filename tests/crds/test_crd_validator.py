@@ -140,7 +140,9 @@ def test_preserve_unknown_fields_and_additional_properties_allow_free_maps():
 
 
 def test_unknown_kind_is_an_error_naming_the_known_ones():
-    with pytest.raises(AssertionError, match="no CRD schema for apiVersion='keda.sh/v1' kind='ScaledObject'.*keda.sh/v1alpha1/ScaledObject"):
+    with pytest.raises(AssertionError,
+                       match=r"no CRD schema for apiVersion='keda.sh/v1' kind='ScaledObject'"
+                             r".*keda.sh/v1alpha1/ScaledObject"):
         validate_custom_resource({"apiVersion": "keda.sh/v1", "kind": "ScaledObject", "metadata": {"name": "x"}})
 
 
@@ -176,7 +178,8 @@ def test_list_map_keys_are_unique_where_the_schema_says_so():
     rollout = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "m"},
                "spec": {"selector": {"matchLabels": {"app": "m"}},
                         "template": {"metadata": {"labels": {"app": "m"}},
-                                     "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}},
+                                     "spec": {"containers": [{"name": "a", "image": "x"},
+                                                            {"name": "b", "image": "y"}]}},
                         "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "1m"}}]}}}}
     assert problems(rollout) == []
     rollout["spec"]["template"]["spec"]["containers"][1]["name"] = "a"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def known_kinds() -> list[str]:
     return sorted(p.relative_to(HERE).with_suffix("").as_posix() for p in HERE.glob("*/*/*.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(api_version: str, kind: str) -> dict[str, Any]:
     path = schema_path(api_version, kind)
     if "/" not in api_version or not path.is_file():
@@ -216,6 +216,7 @@ def validate_custom_resource(obj: dict[str, Any]) -> None:
     """Raise AssertionError listing every problem of `obj` against its upstream CRD schema."""
     found = problems(obj)
     if found:
-        name = obj.get("metadata", {}).get("name") if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) else None
+        has_metadata = isinstance(obj, dict) and isinstance(obj.get("metadata"), dict)
+        name = obj.get("metadata", {}).get("name") if has_metadata else None
         raise AssertionError(f"{obj.get('kind') if isinstance(obj, dict) else '?'} {name!r} is not valid against its "
                              f"CRD schema ({len(found)} problem(s)):\n  " + "\n  ".join(found))

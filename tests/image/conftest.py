@@ -12,8 +12,7 @@ import subprocess
 
 import pytest
 
-from imagekit import (ARM64_BASE_IMAGE, ARM64_HANDLER, BASE_IMAGE, REGISTRY, Images, docker,
-                      http_status, unavailable)
+from imagekit import ARM64_BASE_IMAGE, ARM64_HANDLER, BASE_IMAGE, REGISTRY, Images, docker, http_status, unavailable
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -39,7 +39,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SESSION = uuid.uuid4().hex[:12]
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{reason} (CI runs .ci/prepare-docker.sh first; see its log)", pytrace=False)
     pytest.skip(reason)
@@ -54,7 +54,7 @@ def docker(*args: str, check: bool = True, timeout: float = 600, **kw) -> subpro
     return proc
 
 
-def inspect(obj: str, fmt: str = "{{json .}}") -> object:
+def inspect(obj: str, fmt: str = "{{json .}}") -> Any:  # the JSON docker prints
     return json.loads(docker("inspect", "--format", fmt, obj).stdout)
 
 

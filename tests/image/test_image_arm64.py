@@ -41,7 +41,7 @@ def infer(port: int, manifest: dict, inputs: dict[str, np.ndarray]) -> dict[str,
         req.append(i)
     outs = [httpclient.InferRequestedOutput(o["name"], binary_data=True) for o in manifest["outputs"]]
     result = client.infer(manifest["name"], req, outputs=outs)
-    return {o["name"]: result.as_numpy(o["name"]) for o in manifest["outputs"]}
+    return {o["name"]: np.asarray(result.as_numpy(o["name"])) for o in manifest["outputs"]}
 
 
 def parity_problems(got: np.ndarray, want: np.ndarray, tolerance: dict, batched: bool) -> list[str]:

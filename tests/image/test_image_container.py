@@ -13,13 +13,14 @@ import re
 import time
 import urllib.request
 import uuid
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
-from imagekit import REGISTRY, Container, build_image, docker, inspect, sample_inputs
+from imagekit import Container, build_image, docker, inspect, sample_inputs
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -41,7 +42,7 @@ def infer_and_compare(built, port: int) -> None:
     result = client.infer(manifest["name"], req, outputs=outs)
     session = ort.InferenceSession(str(built.context / "model" / manifest["model_file"]),
                                    providers=["CPUExecutionProvider"])
-    expected = session.run([o["name"] for o in manifest["outputs"]], inputs)
+    expected = [np.asarray(o) for o in session.run([o["name"] for o in manifest["outputs"]], inputs)]
     for spec, want in zip(manifest["outputs"], expected):
         got = result.as_numpy(spec["name"])
         assert got is not None, f"{built.model}: output {spec['name']} missing"
@@ -107,7 +108,11 @@ def test_container_serves_grpc(images):
     onnxruntime's answer, the health service answers SERVING."""
     import grpc
     import tritonclient.grpc as grpcclient
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
+    from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
+
+    # grpc's generated stubs declare HealthStub without the methods its __init__ adds.
+    health_pb2_grpc: Any = _health_pb2_grpc
 
     from imagekit import free_port
 
@@ -124,7 +129,8 @@ def test_container_serves_grpc(images):
         got = client.infer(built.manifest["name"], [inp]).as_numpy("logits")
         session = ort.InferenceSession(str(built.context / "model" / "model.onnx"),
                                        providers=["CPUExecutionProvider"])
-        np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+        want = np.asarray(session.run(None, {"input": x})[0])
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
             health_pb2.HealthCheckResponse.SERVING
@@ -192,7 +198,8 @@ def test_push_pull_by_digest_and_a_new_model_version_pushes_one_layer(images, re
     docker("push", ref)
     digest = next(d.split("@", 1)[1] for d in inspect(ref, "{{json .RepoDigests}}") if d.startswith(repo + "@"))
     req = urllib.request.Request(f"http://{registry}/v2/{name}/manifests/{built.version}",
-                                 method="HEAD", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+                                 method="HEAD",
+                                 headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.headers["Docker-Content-Digest"] == digest
     tags = json.load(urllib.request.urlopen(f"http://{registry}/v2/{name}/tags/list"))

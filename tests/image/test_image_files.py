@@ -40,38 +40,40 @@ def test_dockerfile_keeps_the_contract(path):
     assert lines[0].startswith("ARG BASE_IMAGE=python:3.11-slim")
     # A `# syntax=` line would make BuildKit pull a frontend image from a public registry.
     assert not path.read_text().startswith("# syntax")
-    froms = [l for l in lines if l.startswith("FROM ")]
+    froms = [line for line in lines if line.startswith("FROM ")]
     assert froms == ["FROM ${BASE_IMAGE} AS deps", "FROM ${BASE_IMAGE}"], "multi-stage on BASE_IMAGE"
     final = lines[lines.index("FROM ${BASE_IMAGE}"):]
     assert "USER 10001:10001" in final
     assert "EXPOSE 8080" in final
-    assert any(l.startswith("HEALTHCHECK ") and "/v2/health/ready" in l for l in final)
-    assert any("useradd --uid 10001" in l for l in final)
-    env = " ".join(l for l in final if l.startswith("ENV "))
+    assert any(line.startswith("HEALTHCHECK ") and "/v2/health/ready" in line for line in final)
+    assert any("useradd --uid 10001" in line for line in final)
+    env = " ".join(line for line in final if line.startswith("ENV "))
     for var in ("SERVEDMODEL_CONTEXT=/app", "SERVEDMODEL_HOST=0.0.0.0", "SERVEDMODEL_PORT=8080"):
         assert var in env
     # Dependencies before code, the model last: a new model version rebuilds one step.
     assert final[-1] == "COPY model/ /app/model/"
-    order = [next(i for i, l in enumerate(final) if l.startswith(p))
+    order = [next(i for i, line in enumerate(final) if line.startswith(p))
              for p in ("COPY --from=deps", "COPY serving/", "COPY model/")]
     assert order == sorted(order)
-    assert not any("torch" in l for l in lines if not l.startswith("#"))
+    assert not any("torch" in line for line in lines if not line.startswith("#"))
     # Only python3 through PATH: the upstream image has it in /usr/local/bin, Debian in /usr/bin.
     assert "/usr/local/bin/python" not in path.read_text() and "/usr/bin/python" not in path.read_text()
 
 
 def test_cuda_dockerfile_differs_only_where_the_gpu_needs_it():
     cpu, gpu = instructions(DOCKERFILES[0]), instructions(DOCKERFILES[1])
-    tail = lambda ls: ls[ls.index("FROM ${BASE_IMAGE}"):]
-    extra = [l for l in tail(gpu) if l not in tail(cpu)]
-    missing = [l for l in tail(cpu) if l not in tail(gpu)]
-    assert [l.split()[0] for l in extra] == ["ENV", "RUN"], extra
+    def tail(ls):
+        return ls[ls.index("FROM ${BASE_IMAGE}"):]
+
+    extra = [line for line in tail(gpu) if line not in tail(cpu)]
+    missing = [line for line in tail(cpu) if line not in tail(gpu)]
+    assert [line.split()[0] for line in extra] == ["ENV", "RUN"], extra
     assert "NVIDIA_VISIBLE_DEVICES=all" in extra[0] and "ldconfig" in extra[1]
-    assert [l.split()[0] for l in missing] == ["ENV"], missing
+    assert [line.split()[0] for line in missing] == ["ENV"], missing
 
 
 def test_dockerignore_sends_only_what_the_dockerfile_copies():
-    lines = [l for l in (IMAGE / "dockerignore").read_text().splitlines() if l and not l.startswith("#")]
+    lines = [line for line in (IMAGE / "dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
     assert {"!requirements.txt", "!serving/", "!model/"} <= set(lines)
     assert "**/__pycache__" in lines

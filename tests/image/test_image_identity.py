@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from imagekit import REPO, Container, build_image, docker, inspect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-from authkit import AUDIENCE, Issuer, clients_file  # noqa: E402
+from authkit import AUDIENCE, Issuer, clients_file
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -34,7 +34,7 @@ def sealed_image(images, tmp_path_factory):
                           encryption=models.Encryption("local", key_file=key))
     assert result.version == plain.version
     tag = f"{REPO}/mnist-mlp:{result.version}-sealed"
-    image_id, _, _ = build_image(result.context_dir, tag)
+    build_image(result.context_dir, tag)
     # As a Kubernetes Secret volume shows it to the pod's group (fsGroup 10001, mode 0440).
     mounted = base / "mounted.key"
     mounted.write_bytes(key.read_bytes())
@@ -43,7 +43,7 @@ def sealed_image(images, tmp_path_factory):
 
 
 def test_image_has_no_plaintext_model(sealed_image):
-    tag, _, plain = sealed_image
+    tag, _, _ = sealed_image
     listing = docker("run", "--rm", "--network", "host", "--entrypoint", "ls", tag, "/app/model").stdout.split()
     assert sorted(listing) == ["manifest.json", "model.onnx.enc"]
 
@@ -70,7 +70,7 @@ def test_encrypted_model_clients_oidc_and_audit_in_the_container(sealed_image, t
             inp = httpclient.InferInput("input", [2, 784], "FP32")
             inp.set_data_from_numpy(x)
             got = client.infer("mnist-mlp", [inp], headers={"Authorization": header}).as_numpy("logits")
-            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
         docker("stop", "--time", "15", c.id, timeout=45)
         assert inspect(c.id, "{{json .State.ExitCode}}") == 0
         records = [json.loads(x) for x in c.logs().splitlines() if x.startswith('{"log":"audit"')]

@@ -59,7 +59,7 @@ def test_revert_and_repush_of_a_version_succeed_and_the_workload_serves_that_ver
     name = f"servedmodel-test/publish-{SESSION}-{uuid.uuid4().hex[:6]}"
     repo = f"{registry}/{name}"
     tag_a, tag_b = f"{repo}:{a.version}", f"{repo}:{b.version}"
-    container = None
+    container, first_a = None, None
     try:
         # 1. Model A: build (the session's image), push.
         docker("tag", a.image, tag_a)
@@ -102,7 +102,8 @@ def test_revert_and_repush_of_a_version_succeed_and_the_workload_serves_that_ver
     finally:
         if container is not None:
             container.remove()
-        for ref in (tag_a, tag_b, f"{repo}@{first_a}"):
+        # (first_a is None when the first push never happened: nothing by digest to remove)
+        for ref in (tag_a, tag_b, *([f"{repo}@{first_a}"] if first_a else [])):
             docker("rmi", ref, check=False)
         docker("image", "prune", "--force", "--filter", f"label=org.servedmodel.test.session={SESSION}",
                check=False)

@@ -43,7 +43,8 @@ def test_model_without_batch_dim(build_once):
 def test_attention_runs_at_other_sequence_lengths(build_once):
     ctx = build_once(ref("attention"), "none").context_dir
     sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])
-    hidden, attn = sess.run(None, {"tokens": np.random.default_rng(0).normal(size=(5, 13, 32)).astype(np.float32)})
+    tokens = np.random.default_rng(0).normal(size=(5, 13, 32)).astype(np.float32)
+    hidden, attn = (np.asarray(o) for o in sess.run(None, {"tokens": tokens}))
     assert hidden.shape == (5, 13, 32) and attn.shape == (5, 13, 13)
 
 

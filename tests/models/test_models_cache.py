@@ -9,8 +9,6 @@ import time
 import pytest
 
 import servedmodel.models as models
-import servedmodel.models.export
-import servedmodel.models.pipeline
 from conftest import FACTORIES, cache_key_of, cli_json, run_cli
 
 
@@ -49,7 +47,7 @@ def test_unchanged_rebuild_is_a_cache_hit_without_export(build_once, cache_dir, 
     def no_export(*a, **kw):
         raise AssertionError("export ran on an unchanged rebuild")
 
-    monkeypatch.setattr(models.export, "export", no_export)
+    monkeypatch.setattr("servedmodel.models.export.export", no_export)
     t = time.perf_counter()
     r = models.build("mnist-mlp", "int8", tmp_path / "again", cache_dir=cache_dir)
     elapsed = time.perf_counter() - t
@@ -79,7 +77,8 @@ def test_changed_factory_file_misses_the_cache(cache_dir, tmp_path):
 
 def test_other_compression_reuses_the_fp32_export(build_once, monkeypatch, tmp_path, cache_dir):
     build_once("resnet-tiny", "none")
-    monkeypatch.setattr(models.export, "export", lambda *a, **k: (_ for _ in ()).throw(AssertionError("exported")))
+    monkeypatch.setattr("servedmodel.models.export.export",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("exported")))
     r = models.build("resnet-tiny", "fp16", tmp_path / "fp16", cache_dir=cache_dir)
     assert not r.cache_hit and not r.exported and "export" not in r.steps
     assert r.manifest["parity"]["passed"]
@@ -103,12 +102,11 @@ def test_damaged_cache_entry_is_rebuilt(cache_dir, tmp_path):
 
 
 def test_unexpected_errors_are_build_errors(cache_dir, tmp_path, monkeypatch):
-    import servedmodel.models.verify
 
     def broken(*a, **k):
         raise ValueError("boom")
 
-    monkeypatch.setattr(models.verify, "verify", broken)
+    monkeypatch.setattr("servedmodel.models.verify.verify", broken)
     with pytest.raises(models.BuildError) as e:
         models.build(f"{FACTORIES}:multi_io", "none", tmp_path / "x", cache_dir=cache_dir, use_cache=False)
     assert e.value.step == "verify" and e.value.exit_code == 1 and "unexpected ValueError: boom" in str(e.value)

@@ -91,7 +91,8 @@ def test_out_that_is_not_a_context_is_not_replaced(build_once, cache_dir, tmp_pa
 
 
 def test_rebuild_replaces_an_old_context_atomically(build_once, cache_dir, tmp_path):
-    build_once("mnist-mlp", "none"), build_once("mnist-mlp", "int8")
+    build_once("mnist-mlp", "none")
+    build_once("mnist-mlp", "int8")
     out = tmp_path / "ctx"
     for compression in ("none", "int8"):
         proc = run_cli("build", "--model", "mnist-mlp", "--compression", compression, "--out", str(out), "--json",
@@ -122,18 +123,18 @@ def test_cuda_context_packages_the_gpu_runtime(build_once):
 def test_list(cache_dir):
     proc = run_cli("list", cache_dir=cache_dir)
     assert proc.returncode == 0
-    assert [ln.split()[0] for ln in proc.stdout.splitlines()] == ["mnist-mlp", "lenet", "resnet-tiny", "digits-cnn", "minilm"]
+    assert [ln.split()[0] for ln in proc.stdout.splitlines()] == \
+        ["mnist-mlp", "lenet", "resnet-tiny", "digits-cnn", "minilm"]
 
 
 def test_cuda_without_gpu_requirements_fails_clearly(tmp_path, monkeypatch):
     """Before the GPU requirements exist, --device cuda stops at once (exit 8), exporting nothing."""
     import servedmodel.models as models
-    import servedmodel.models.package
 
     serving = tmp_path / "serving"
     serving.mkdir()
     (serving / "requirements.txt").write_text("onnxruntime==1.31.1\n")
-    monkeypatch.setattr(models.package, "SERVING_DIR", serving)
+    monkeypatch.setattr("servedmodel.models.package.SERVING_DIR", serving)
     with pytest.raises(models.BuildError) as e:
         models.build("mnist-mlp", "none", tmp_path / "ctx", device="cuda", cache_dir=tmp_path / "cache")
     assert e.value.exit_code == 8 and e.value.step == "package"

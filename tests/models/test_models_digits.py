@@ -14,7 +14,7 @@ def onnx_accuracy(context_dir) -> float:
 
     _, _, x_te, y_te = dataset()
     sess = ort.InferenceSession(str(context_dir / "model/model.onnx"), providers=["CPUExecutionProvider"])
-    logits = sess.run(["logits"], {"input": x_te.numpy()})[0]
+    logits = np.asarray(sess.run(["logits"], {"input": x_te.numpy()})[0])
     return float((logits.argmax(1) == y_te.numpy()).mean())
 
 

@@ -15,10 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import ROOT
 from servedmodel.models import Evaluation, FineTune, ModelSpec, Tolerance
 from servedmodel.models.fingerprint import spec_fingerprint
-
-from conftest import ROOT
 
 
 class Net(nn.Module):
@@ -142,6 +141,7 @@ class Small(nn.Module):
 
 def _import(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -161,7 +161,7 @@ def test_the_model_class_code_is_covered(tmp_path):
         try:
             torch.manual_seed(0)
             net = module.Small()
-            spec = ModelSpec(name="small", module=net, example_inputs=batch(1)[0][:, :4], input_names=["x"],
+            spec = ModelSpec(name="small", module=net, example_inputs=(batch(1)[0][:, :4],), input_names=["x"],
                              output_names=["y"])
             digests[name] = spec_fingerprint(spec).parts["module"]
         finally:

@@ -65,11 +65,11 @@ def test_rows_alone_and_reordered_must_agree(monkeypatch, module, probes, couple
 
     import torch
 
-    import servedmodel.models.verify
     from servedmodel.models.verify import check_rows_independent, reference
 
-    monkeypatch.setattr(models.verify, "ROW_PROBES", probes)
+    monkeypatch.setattr("servedmodel.models.verify.ROW_PROBES", probes)
     spec_ = importlib.util.spec_from_file_location("hostile_factories", HOSTILE)
+    assert spec_ is not None and spec_.loader is not None
     mod = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(mod)
     torch.manual_seed(0)
@@ -248,7 +248,8 @@ def test_sigint_during_packaging_cleans_up_and_exits_130(sigint_cache, tmp_path,
 
     cache, a = sigint_cache
     work, tmpdir = tmp_path / "work", tmp_path / "tmp"
-    work.mkdir(), tmpdir.mkdir()
+    work.mkdir()
+    tmpdir.mkdir()
     out = work / "ctx"
     if old_context:
         import shutil
@@ -285,7 +286,8 @@ def test_sigint_at_varied_times_always_exits_130(tmp_path):
 
     for i, (delay, group, twice) in enumerate([(0.0, True, False), (0.8, False, True), (1.5, True, True)]):
         work, tmpdir, cache = tmp_path / f"work{i}", tmp_path / f"tmp{i}", tmp_path / f"cache{i}"
-        work.mkdir(), tmpdir.mkdir()
+        work.mkdir()
+        tmpdir.mkdir()
         proc = _start_cli(["--model", ref("tiny_a"), "--out", str(work / "ctx")], cache, tmpdir)
         try:
             _wait_for_line(proc, "load: importing")
@@ -314,7 +316,8 @@ def test_legitimate_infinities_are_accepted(tmp_path):
 
     assert r.manifest["parity"]["passed"]
     sess = ort.InferenceSession(str(tmp_path / "ctx/model/model.onnx"), providers=["CPUExecutionProvider"])
-    log, inverse = sess.run(None, {"x": (np.random.default_rng(0).random((8, 6)) - 0.5).astype(np.float32)})
+    x = (np.random.default_rng(0).random((8, 6)) - 0.5).astype(np.float32)
+    log, inverse = (np.asarray(o) for o in sess.run(None, {"x": x}))
     assert np.isneginf(log).any() and np.isposinf(inverse).any()  # the model really makes infinities
 
 

@@ -49,7 +49,8 @@ def test_digits_prune_really_shrinks_and_keeps_accuracy(build_once):
     assert parameter_count(b) <= 0.6 * parameter_count(a)
     assert not any(np.count_nonzero(numpy_helper.to_array(t)) == 0 for t in onnx.load(str(b)).graph.initializer
                    if t.data_type == 1 and len(t.dims) >= 2)  # no all-zero (masked) weights
-    assert pruned.manifest["outputs"] == fp32.manifest["outputs"] and pruned.manifest["inputs"] == fp32.manifest["inputs"]
+    assert pruned.manifest["outputs"] == fp32.manifest["outputs"]
+    assert pruned.manifest["inputs"] == fp32.manifest["inputs"]
     d = pruned.manifest["compression"]["details"]["prune"]
     assert d["params_after"] < 0.6 * d["params_before"] and d["kept_whole"] == ["classifier.3"]
     assert d["finetune"]["epochs"] == 3 and d["finetune"]["rows"] == 1347
@@ -80,7 +81,8 @@ def test_digits_prune_int8(build_once):
     pruned, both = build_once("digits-cnn", "prune"), build_once("digits-cnn", "prune-int8")
     assert both.sizes["final_bytes"] < pruned.sizes["final_bytes"]
     d = both.manifest["compression"]["details"]
-    assert d["int8"]["method"] == "static" and d["prune"]["params_after"] == pruned.manifest["compression"]["details"]["prune"]["params_after"]
+    assert d["int8"]["method"] == "static"
+    assert d["prune"]["params_after"] == pruned.manifest["compression"]["details"]["prune"]["params_after"]
     ev = both.manifest["evaluation"]
     assert ev["passed"] and ev["drop"] <= ev["max_drop"] == 0.03
     assert ev["value"] == pytest.approx(onnx_accuracy(both.context_dir), abs=1e-6)
@@ -148,6 +150,7 @@ def test_finetune_by_distillation_brings_the_pruned_model_back():
 
     path = Path(__file__).resolve().parent / "factories" / "quality.py"
     spec_mod = importlib.util.spec_from_file_location("quality_factories", path)
+    assert spec_mod is not None and spec_mod.loader is not None
     factories = importlib.util.module_from_spec(spec_mod)
     spec_mod.loader.exec_module(factories)
     spec = factories.regressor()
@@ -163,7 +166,7 @@ def test_finetune_by_distillation_brings_the_pruned_model_back():
     assert d0["finetune"] is None and d1["finetune"]["targets"] == "distilled from the unpruned module"
     assert distilled[0].out_features == pruned_only[0].out_features == 16 and distilled[2].out_features == 4
     assert err1 < 0.5 * err0
-    with pytest.raises(SpecError, match="targets None .* needs loss 'mse'"):
+    with pytest.raises(SpecError, match=r"targets None .* needs loss 'mse'"):
         FineTune(inputs=(x,), targets=None, loss="cross_entropy")
 
 

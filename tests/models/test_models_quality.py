@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,7 +117,8 @@ def test_spearman_matches_scipy_with_ties():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 5, size=40).astype(float)  # ties
     b = a + rng.normal(0, 2, size=40)
-    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
+    result: Any = spearmanr(a, b)  # (scipy's result class is private)
+    assert spearman(a, b) == pytest.approx(result.statistic, abs=1e-12)
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
@@ -163,8 +165,8 @@ def test_evaluation_is_checked_on_creation():
         Evaluation("spearman", x, targets=[(0, 1)])
     with pytest.raises(SpecError) as e:
         ModelSpec(name="m", module=torch.nn.Linear(3, 2), example_inputs=(torch.zeros(2, 3),), input_names=["x"],
-                  output_names=["y"], evaluation=Evaluation("neighbour-agreement", [(torch.zeros(2, 3, dtype=torch.int64),)],
-                                                            output="z"))
+                  output_names=["y"],
+                 evaluation=Evaluation("neighbour-agreement", [(torch.zeros(2, 3, dtype=torch.int64),)], output="z"))
     assert "evaluation.output 'z' is not one of output_names" in str(e.value)
     assert "evaluation.inputs[0] must be a tuple of 1 tensors matching" in str(e.value)
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -15,7 +16,6 @@ import pytest
 import torch
 
 import servedmodel.models as models
-import servedmodel.models.export
 from conftest import ROOT, cli_json, run_cli
 
 # The bring-your-own shape of docs/pipeline.md: weights (scorer.pt) and data (data.npz) are files
@@ -110,7 +110,7 @@ def scorer(tmp_path) -> tuple[str, Path]:
 
 def onnx_outputs(result) -> np.ndarray:
     sess = ort.InferenceSession(str(result.context_dir / "model/model.onnx"), providers=["CPUExecutionProvider"])
-    return sess.run(["scores"], {"x": PROBE})[0]
+    return np.asarray(sess.run(["scores"], {"x": PROBE})[0])
 
 
 def test_retrained_weights_make_a_new_version_with_the_new_outputs(scorer, cache_dir, tmp_path):
@@ -136,7 +136,8 @@ def test_an_unchanged_rebuild_after_retraining_is_a_cache_hit(scorer, cache_dir,
     assert not retrained.cache_hit
 
     torch.save(weights(2), folder / "scorer.pt")  # saved again, same values: nothing to serve anew
-    monkeypatch.setattr(models.export, "export", lambda *a, **k: pytest.fail("export ran on an unchanged rebuild"))
+    monkeypatch.setattr("servedmodel.models.export.export",
+                        lambda *a, **k: pytest.fail("export ran on an unchanged rebuild"))
     again = models.build(ref, "none", tmp_path / "c", cache_dir=cache_dir)
     assert again.cache_hit and not again.exported and again.version == retrained.version
     np.testing.assert_array_equal(onnx_outputs(again), onnx_outputs(retrained))
@@ -156,7 +157,8 @@ def test_changed_data_files_make_a_new_version(scorer, cache_dir, tmp_path, chan
     gate's record and the static int8 scales follow the new data."""
     ref, folder = scorer
     old = models.build(ref, compression, tmp_path / "old", cache_dir=cache_dir, max_metric_drop=1.0)
-    write_data(folder, **({"labels_seed": 5} if changed == "evaluation" else {"calibration_scale": 4.0}))
+    change: dict[str, Any] = {"labels_seed": 5} if changed == "evaluation" else {"calibration_scale": 4.0}
+    write_data(folder, **change)
     said: list[str] = []
     new = models.build(ref, compression, tmp_path / "new", cache_dir=cache_dir, max_metric_drop=1.0,
                        progress=said.append)
@@ -165,7 +167,8 @@ def test_changed_data_files_make_a_new_version(scorer, cache_dir, tmp_path, chan
     if changed == "evaluation":
         data = np.load(folder / "data.npz")
         sess = ort.InferenceSession(str(new.context_dir / "model/model.onnx"), providers=["CPUExecutionProvider"])
-        accuracy = float((sess.run(["scores"], {"x": data["holdout"]})[0].argmax(axis=1) == data["labels"]).mean())
+        scores = np.asarray(sess.run(["scores"], {"x": data["holdout"]})[0])
+        accuracy = float((scores.argmax(axis=1) == data["labels"]).mean())
         assert new.manifest["evaluation"]["value"] == pytest.approx(accuracy, abs=1e-6)
         assert new.manifest["evaluation"]["value"] != old.manifest["evaluation"]["value"]
     else:
@@ -189,7 +192,7 @@ def test_new_model_code_next_to_the_factory_makes_a_new_version(scorer, cache_di
     new = build("new")
     assert new["cache_hit"] is False and new["version"] != old["version"]
     sess = ort.InferenceSession(str(tmp_path / "new/model/model.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(["scores"], {"x": PROBE})[0], expected(weights(1), PROBE, "tanh"),
+    np.testing.assert_allclose(np.asarray(sess.run(["scores"], {"x": PROBE})[0]), expected(weights(1), PROBE, "tanh"),
                                rtol=1e-4, atol=1e-4)
 
 

@@ -13,10 +13,9 @@ import pytest
 from conftest import cli_json, run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-from authkit import Moto  # noqa: E402
-
-from servedmodel.models import seal  # noqa: E402
-from servedmodel.serving import sealed as server_sealed  # noqa: E402
+from authkit import Moto
+from servedmodel.models import seal
+from servedmodel.serving import sealed as server_sealed
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 import servedmodel.models as models
+
+# At import, while this folder's conftest is the one named `conftest` (inside a test, with
+# xdist, another folder's may be).
+from conftest import cache_key_of
 from servedmodel.models import startup
 
 
@@ -38,7 +42,6 @@ def test_a_cache_hit_reports_the_figures_measured_with_the_context(build_once, c
 def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp_path):
     import json
 
-    from conftest import cache_key_of
     from servedmodel.models import cache as cache_mod
 
     models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
@@ -55,7 +58,6 @@ def test_an_entry_cached_before_startup_was_measured_gets_it_once(cache_dir, tmp
 
 
 def test_an_entry_cached_before_the_memory_peak_was_measured_gets_it_once(cache_dir, tmp_path):
-    from conftest import cache_key_of
     from servedmodel.models import cache as cache_mod
 
     models.build("lenet", "none", tmp_path / "first", cache_dir=cache_dir)
@@ -119,7 +121,7 @@ def test_warmup_feeds_follow_the_manifest_signature():
 def test_a_model_onnxruntime_cannot_load_is_an_error(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="ONNXRuntimeError"):  # whatever onnxruntime raises (measure's docstring)
         startup.measure(bad, {"inputs": [], "batching": {}})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import numpy as np
 import onnx
@@ -63,7 +64,7 @@ def test_zoo_model_builds(build_once, model, compression):
     # parity recorded and passed, against the fp32 torch model, on batch 1 and more
     p = m["parity"]
     assert p["passed"] and p["reference"] == "torch-fp32-eager" and 1 in p["batch_sizes"] and max(p["batch_sizes"]) >= 8
-    for name, o in p["outputs"].items():
+    for o in p["outputs"].values():
         assert o["max_abs_err"] is not None and o["max_rel_err"] is not None
         if m["task"] == "classification":
             assert o["top1_agreement"] >= (0.9 if compression == "int8" else 0.99)
@@ -91,7 +92,7 @@ def test_zoo_model_builds(build_once, model, compression):
     feed = {t["name"]: (np.ones([3] + [d if d > 0 else 5 for d in t["shape"][1:]],
                                 dtype=np.float32 if t["datatype"] == "FP32" else np.int64))
             for t in m["inputs"]}
-    assert sess.run(None, feed)[0].shape[0] == 3
+    assert np.asarray(sess.run(None, feed)[0]).shape[0] == 3
 
 
 def test_classifiers_have_labels(build_once):
@@ -112,7 +113,7 @@ def test_minilm_is_the_real_sentence_transformer(build_once):
     ids, mask = tokenize(load_tokenizer(), sentences)
     ctx = build_once("minilm", "none").context_dir
     sess = ort.InferenceSession(str(ctx / "model/model.onnx"), providers=["CPUExecutionProvider"])
-    got = sess.run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    got = np.asarray(sess.run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0])
     assert got.shape == (2, 384)
     np.testing.assert_allclose(got, expected, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
@@ -144,10 +145,11 @@ def test_minilm_evaluation_means_something(build_once):
 
     def embed(sentences):
         ids, mask = tokenize(tok, sentences)
-        return sess.run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        return np.asarray(sess.run(["embedding"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0])
 
     a, b = embed([p[1] for p in pairs]), embed([p[2] for p in pairs])
-    rho = spearmanr((a * b).sum(1), [p[0] for p in pairs]).statistic
+    result: Any = spearmanr((a * b).sum(1), [p[0] for p in pairs])  # (scipy's result class is private)
+    rho = result.statistic
     assert ev["metric"] == "spearman" and ev["n"] == len(pairs)
     assert ev["reference"] == pytest.approx(rho, abs=2e-3) and rho >= 0.8
     nn = ev["others"][0]

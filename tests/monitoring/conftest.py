@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from promkit import binary  # noqa: E402
+from promkit import binary
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -26,7 +26,7 @@ from serverkit import free_port, stop_process, wait_until_ready  # noqa: E402  (
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{reason} (CI runs .ci/prepare-prometheus.sh first)", pytrace=False)
     pytest.skip(reason)
@@ -68,7 +68,7 @@ class Prometheus:
              f"--web.console.templates={workdir}", f"--web.console.libraries={workdir}"],
             cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 30.0) -> "Prometheus":
+    def wait_ready(self, timeout: float = 30.0) -> Prometheus:
         wait_until_ready(self.proc, self.url + "/-/ready", timeout, "prometheus", self.output)
         return self
 

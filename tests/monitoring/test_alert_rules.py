@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from promkit import ROOT, run_promtool
 from servedmodel.components import monitoring
 from servedmodel.components.monitoring import MonitoringArgs, Scope
-from promkit import ROOT, run_promtool
 
 NS, MODEL, WORKLOAD = "servedmodel", "classifier", "classifier-deploy-1a2b3c"
 ARGS = MonitoringArgs(mode="prometheus-operator", latency_slo_ms=500, alert_failure_ratio=0.01,
@@ -64,7 +64,8 @@ CASES: dict[str, tuple[list[dict], dict[str, str], list[dict]]] = {
     "ServedModelLatencyP99OverSLO": (
         requests(success=100) + histogram(monitoring.REQUEST_DURATION, {"0.1": 0, "0.5": 50, "1.0": 100, "+Inf": 100}),
         MODEL_LABELS,
-        requests(success=100) + histogram(monitoring.REQUEST_DURATION, {"0.1": 90, "0.5": 100, "1.0": 100, "+Inf": 100}),
+        requests(success=100)
+        + histogram(monitoring.REQUEST_DURATION, {"0.1": 90, "0.5": 100, "1.0": 100, "+Inf": 100}),
     ),
     "ServedModelShedding": (
         requests(success=90, shed=10) + failures(queue_full=6, queue_timeout=4),

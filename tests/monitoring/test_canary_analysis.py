@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
+from contexts import write_context  # tests/serving/contexts.py
+from promkit import Prometheus, free_port
 from servedmodel.components import canary, monitoring
 from servedmodel.components.canary import CANARY_HASH_ARG, RolloutArgs
 from servedmodel.components.monitoring import MonitoringArgs, Scope
-from promkit import Prometheus, free_port
-from contexts import write_context  # tests/serving/contexts.py
 from serverkit import ServerProcess  # tests/serving/serverkit.py
 
 pytestmark = pytest.mark.slow
@@ -163,7 +163,8 @@ def test_conditions_read_no_traffic_as_inconclusive():
 
 # --- the real thing -----------------------------------------------------------------------------
 
-def drive(url: str, model: str, width: int, clients: int, stop: threading.Event, statuses: list[int]) -> list[threading.Thread]:
+def drive(url: str, model: str, width: int, clients: int, stop: threading.Event,
+          statuses: list[int]) -> list[threading.Thread]:
     body = {"inputs": [{"name": "input" if width == 784 else "x", "datatype": "FP32", "shape": [1, width],
                         "data": np.random.default_rng(0).random(width).astype(np.float32).round(3).tolist()}]}
 
@@ -267,7 +268,8 @@ def test_analysis_passes_stable_and_fails_a_shedding_canary(prometheus_bin, tmp_
     # The alerts: loaded into this Prometheus (for: 5m, so they are pending after seconds).
     by_model: dict[str, set[str]] = {}
     for a in alerts:
-        by_model.setdefault(a["labels"].get("model", a["labels"].get("servedmodel")), set()).add(a["labels"]["alertname"])
+        model = a["labels"].get("model", a["labels"].get("servedmodel"))
+        by_model.setdefault(model, set()).add(a["labels"]["alertname"])
     assert "ServedModelShedding" in by_model.get(CANARY_MODEL, set()), (alerts, report)
     assert not by_model.get(STABLE_MODEL), (alerts, report)
 

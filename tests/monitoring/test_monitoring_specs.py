@@ -8,11 +8,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from promkit import run_promtool
 from servedmodel.components import canary, monitoring, specs
 from servedmodel.components.args import ArgsError
 from servedmodel.components.canary import RolloutArgs, RolloutSpec
 from servedmodel.components.monitoring import MonitoringArgs, Scope
-from promkit import run_promtool
 from tests.crds.validate import validate_custom_resource
 
 KUBERNETES_VERSION = "1.33.0"
@@ -123,7 +123,8 @@ def test_args_validate_and_name_every_problem():
 def test_the_rollout_is_not_awaited_by_the_provider_and_a_person_promotes_an_indefinite_pause():
     """RolloutWait judges the outcome (components/rollout_wait.py); the Rollout's own await is off."""
     assert canary.rollout_annotations() == {"pulumi.com/skipAwait": "true"}
-    assert canary.awaitable(RolloutArgs(strategy="canary", prometheus_address=PROM, steps=("setWeight:20", "pause:10m")))
+    assert canary.awaitable(RolloutArgs(strategy="canary", prometheus_address=PROM,
+                                        steps=("setWeight:20", "pause:10m")))
     assert not canary.awaitable(RolloutArgs(strategy="canary", prometheus_address=PROM,
                                             steps=("setWeight:20", "pause:10m", "pause")))
 

@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("servedmodel_policy_rules", ROOT / "policy" / "rules.py")
+assert _spec is not None and _spec.loader is not None
 rules = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = rules
 _spec.loader.exec_module(rules)
@@ -192,7 +193,8 @@ def test_a_public_endpoint_requires_a_bearer_token_on_what_it_selects():
     resources = [("kubernetes:core/v1:Service", public_service()), (DEPLOY, deploy)]
     [msg] = rules.public_endpoint_requires_auth(resources)
     assert "'svc'" in msg and "'model'" in msg and "SERVEDMODEL_AUTH_TOKEN" in msg
-    container(deploy)["env"] = [{"name": "SERVEDMODEL_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "a", "key": "token"}}}]
+    container(deploy)["env"] = [{"name": "SERVEDMODEL_AUTH_TOKEN",
+                                 "valueFrom": {"secretKeyRef": {"name": "a", "key": "token"}}}]
     assert rules.public_endpoint_requires_auth(resources) == []
     # A ClusterIP Service, or a workload it does not select, is not the rule's business.
     del container(deploy)["env"]
@@ -265,7 +267,8 @@ def test_an_unencrypted_model_is_refused_in_a_protected_stack_only():
 
 
 def test_the_stack_is_read_from_the_urn():
-    assert rules.stack_of("urn:pulumi:prod::servedmodel::servedmodel:index:ServedModel$aws:kms/key:Key::c-key") == "prod"
+    urn = "urn:pulumi:prod::servedmodel::servedmodel:index:ServedModel$aws:kms/key:Key::c-key"
+    assert rules.stack_of(urn) == "prod"
     assert rules.stack_of("urn:pulumi:dev::p::t::n") == "dev"
     assert rules.stack_of("not-a-urn") == ""
 
@@ -282,7 +285,8 @@ def test_the_pack_wraps_every_rule():
     assert "EnforcementLevel.MANDATORY" in main and "rules.RULES" in main
     assert len({r.name for r in rules.RULES}) == len(rules.RULES) == 7
     assert "rules.STACK_RULES" in main and "StackValidationPolicy" in main
-    assert [r.name for r in rules.STACK_RULES] == ["public-endpoint-requires-auth", "model-encrypted-in-protected-stacks"]
+    assert [r.name for r in rules.STACK_RULES] == ["public-endpoint-requires-auth",
+                                                   "model-encrypted-in-protected-stacks"]
 
 
 def test_the_programs_own_resources_pass_every_rule():
@@ -328,7 +332,8 @@ POLICY_VENV_PYTHON = ROOT / "policy" / "venv" / "bin" / "python"
 
 @pytest.mark.skipif(not POLICY_VENV_PYTHON.exists(),
                     reason="policy/venv not created: python3.11 -m venv policy/venv && "
-                           "policy/venv/bin/pip install -r policy/requirements.txt (as `pulumi preview --policy-pack` does)")
+                           "policy/venv/bin/pip install -r policy/requirements.txt "
+                          "(as `pulumi preview --policy-pack` does)")
 def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
     """policy/__main__.py with the real pulumi_policy: PolicyPack replaced by a recorder (its
     constructor would start the gRPC server the CLI talks to), every policy mandatory and live."""
@@ -354,7 +359,8 @@ def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
         "    props = svc\n"
         "msgs = []\n"
         "for p in seen['policies']:\n"
-        "    args = pulumi_policy.StackValidationArgs(resources) if isinstance(p, pulumi_policy.StackValidationPolicy) else Args()\n"
+        "    stack = isinstance(p, pulumi_policy.StackValidationPolicy)\n"
+        "    args = pulumi_policy.StackValidationArgs(resources) if stack else Args()\n"
         "    p.validate(args, lambda m, urn=None, name=p.name: msgs.append(name))\n"
         "print(seen['enforcement_level'].name, len(seen['policies']), sorted(set(msgs)))\n"
         # The protected stacks come from the policy's config (`--policy-pack-config`), prod by default.
@@ -364,7 +370,8 @@ def test_the_pack_loads_with_pulumi_policy_in_its_own_venv():
         "             lambda m, urn=None: other.append(m))\n"
         "print(len(other), enc.config_schema.properties['stacks']['default'])\n"
     )
-    out = subprocess.run([str(POLICY_VENV_PYTHON), "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    out = subprocess.run([str(POLICY_VENV_PYTHON), "-c", script], capture_output=True, text=True, check=True,
+                         timeout=120)
     assert out.stdout.strip().splitlines() == [
         "MANDATORY 9 ['load-balancer-terminates-tls', 'model-encrypted-in-protected-stacks', "
         "'no-load-balancer-without-opt-in', 'public-endpoint-requires-auth']",

@@ -13,10 +13,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 AUDIENCE = "servedmodel-api"
 
@@ -33,7 +35,7 @@ class Issuer:
     the set holds (rotation)."""
 
     def __init__(self) -> None:
-        self.keys: dict[str, object] = {}
+        self.keys: dict[str, Any] = {}  # kid -> an RSA or EC private key
         self.published: list[str] = []
         self.jwks_fetches = 0
         self.discovery_fetches = 0
@@ -58,7 +60,7 @@ class Issuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args):
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -78,9 +80,10 @@ class Issuer:
         out = []
         for kid in self.published:
             key = self.keys[kid]
-            alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
-            algo = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
-            jwk = json.loads(algo.to_jwk(key.public_key()))
+            if isinstance(key, rsa.RSAPrivateKey):
+                alg, jwk = "RS256", json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+            else:
+                alg, jwk = "ES256", json.loads(ECAlgorithm.to_jwk(key.public_key()))
             jwk.update({"kid": kid, "use": "sig", "alg": alg})
             out.append(jwk)
         return {"keys": out}
@@ -139,7 +142,7 @@ class Moto:
                 break
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}")
+                    raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.2)
 
     def env(self, **more: str) -> dict[str, str]:

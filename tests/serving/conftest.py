@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from contexts import write_context  # noqa: E402
-from serverkit import ROOT, ServerProcess, free_port  # noqa: E402,F401  (re-exported)
+from contexts import write_context
+from serverkit import ROOT, ServerProcess, free_port  # noqa: F401  (re-exported)
 
 
 @pytest.fixture(scope="session")

@@ -137,7 +137,8 @@ def gather_model(vocab: int = 100):
                   [("y", "FP32", dims)], [table, axes])
 
 
-MODELS = {"slow": slow_model, "slower": slower_model, "brisk": brisk_model, "wide": wide_model, "paced": paced_model, "mlp": mlp_model, "multi": multi_model,
+MODELS = {"slow": slow_model, "slower": slower_model, "brisk": brisk_model, "wide": wide_model, "paced": paced_model,
+          "mlp": mlp_model, "multi": multi_model,
           "log": log_model, "peak": peak_model, "half": half_model, "flags": flags_model, "gather": gather_model}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from typing import Any
 
 from hpack import Decoder, Encoder
 
@@ -47,14 +48,14 @@ class RawClient:
         if payload is not None:
             self.send(fr.DATA, fr.END_STREAM, sid, message(payload))
 
-    def frame(self, timeout: float = 10.0):
+    def frame(self, timeout: float = 10.0) -> tuple[int, int, int, Any] | None:
         """The next frame (kind, flags, sid, payload; HEADERS decoded), or None when closed."""
         deadline = time.monotonic() + timeout
         while len(self.buf) < 9 or len(self.buf) < 9 + int.from_bytes(self.buf[:3], "big"):
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 data = self.sock.recv(1 << 16)
-            except (ConnectionResetError, socket.timeout) as e:
+            except (TimeoutError, ConnectionResetError) as e:
                 if isinstance(e, socket.timeout):
                     raise AssertionError("no frame from the server in time") from None
                 return None

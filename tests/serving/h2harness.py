@@ -8,7 +8,7 @@ import struct
 
 from servedmodel.serving.h2 import GrpcConnection, GrpcLimits, GrpcListener
 from servedmodel.serving.h2 import frames as fr
-from servedmodel.serving.h2.call import Call
+from servedmodel.serving.h2.call import Call, Handler
 
 
 class FakeTransport(asyncio.Transport):
@@ -77,7 +77,7 @@ async def stream(call: Call) -> None:
     call.finish()
 
 
-HANDLERS = {"/t/Wait": wait_forever, "/t/Echo": echo, "/t/Fail": fail, "/t/Stream": stream}
+HANDLERS: dict[str, Handler] = {"/t/Wait": wait_forever, "/t/Echo": echo, "/t/Fail": fail, "/t/Stream": stream}
 
 
 def listener(held: list[int] | None = None, **limits) -> GrpcListener:
@@ -95,7 +95,7 @@ def connect(front: GrpcListener) -> tuple[GrpcConnection, FakeTransport]:
     return conn, transport
 
 
-def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+def frames(data: bytes | bytearray) -> list[tuple[int, int, int, bytes]]:
     """The whole frames of `data`: (kind, flags, stream, payload)."""
     out, pos = [], 0
     while len(data) - pos >= 9:
@@ -109,7 +109,7 @@ def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return out
 
 
-def errors_in(data: bytes, debug: bool = False) -> list[tuple]:
+def errors_in(data: bytes | bytearray, debug: bool = False) -> list[tuple]:
     """The protocol errors written: ("goaway", 0, code) and ("rst", stream, code), codes other
     than NO_ERROR (an early answer's reset); a GOAWAY's debug data last with `debug`."""
     out = []

@@ -42,7 +42,7 @@ class InProcessServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "InProcessServer":
+    def __enter__(self) -> InProcessServer:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:

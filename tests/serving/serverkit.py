@@ -81,7 +81,7 @@ class ServerProcess:
              "--port", str(self.port)], cwd=ROOT, env=full_env, stdout=self._log,
             stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
         wait_until_ready(self.proc, self.url + "/v2/health/ready", timeout, "server", self.output)
         return self
 

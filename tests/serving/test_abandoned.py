@@ -7,18 +7,23 @@ import json
 import socket
 import threading
 import time
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 
-from contexts import write_context
-from serverkit import metric_sum
 # tritonclient's copy of the V2 messages, as test_grpc.py uses: one process cannot load two
 # copies of the same proto package ("inference").
-from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2 as _pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from contexts import write_context
+from serverkit import metric_sum
+
+# tritonclient ships its protobuf modules without type stubs: their classes are made at import.
+pb: Any = _pb
 
 NAME = "test-slower"
 INFER = f"/v2/models/{NAME}/infer"
@@ -63,7 +68,11 @@ def slower_server(tmp_path_factory, start_server):
     return start_server(ctx, grpc=True)
 
 
-def _start_long_request(server) -> threading.Thread:
+class _LongRequest(threading.Thread):
+    outcome: list[int]  # the long request's status, once it ended
+
+
+def _start_long_request(server) -> _LongRequest:
     """One request of LONG_ROWS rows, answered 200 (checked when joined)."""
     outcome: list[int] = []
 
@@ -71,7 +80,7 @@ def _start_long_request(server) -> threading.Thread:
         outcome.append(httpx.post(server.url + INFER, content=_body(LONG_ROWS),
                                   timeout=120).status_code)
 
-    thread = threading.Thread(target=run)
+    thread = _LongRequest(target=run)
     thread.outcome = outcome
     thread.start()
     _wait_for(lambda: _inflight(server) >= 1, "the long request to start")

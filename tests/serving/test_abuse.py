@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
 
 import httpx
@@ -60,7 +59,7 @@ def _closed_within(s: socket.socket, seconds: float) -> tuple[float | None, byte
             got += chunk
     except (ConnectionResetError, BrokenPipeError):
         return time.monotonic() - t0, got
-    except socket.timeout:
+    except TimeoutError:
         return None, got
 
 
@@ -249,6 +248,7 @@ def test_pipelined_flood_closed_unread_leaves_memory_bounded(contexts, start_ser
     before = server.rss_bytes()
     _pipelined_flood(server.port, 20_000)       # ~100 MB of requests (main: RSS +135 MiB)
     deadline = time.monotonic() + 8
+    grown = server.rss_bytes() - before
     while time.monotonic() < deadline:
         time.sleep(0.5)
         grown = server.rss_bytes() - before
@@ -287,6 +287,7 @@ def test_unfinished_large_bodies_are_bounded_and_memory_returns(contexts, start_
     for s in socks:
         s.close()
     deadline = time.monotonic() + 8
+    after = server.rss_bytes() - before
     while time.monotonic() < deadline:
         time.sleep(0.5)
         after = server.rss_bytes() - before

@@ -20,8 +20,8 @@ from tritonclient.utils import InferenceServerException
 
 from authkit import clients_file, sha256_hex
 from conftest import ROOT
-from serverkit import ServerProcess
 from servedmodel.serving.audit import trace_id
+from serverkit import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import jwt
@@ -22,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 from authkit import AUDIENCE, Issuer, clients_file, sha256_hex
 from servedmodel.serving import auth as auth_mod
 from servedmodel.serving import contract
-from servedmodel.serving.auth import AuthError, Authenticator, AuthSettings, OidcSettings
+from servedmodel.serving.auth import Authenticator, AuthError, AuthSettings, OidcSettings
 from servedmodel.serving.errors import StartupError
 from servedmodel.serving.jwks import KeySet, parse_keys
 from servedmodel.serving.manifest import load_manifest
@@ -221,9 +222,10 @@ def test_jwt_rs256_and_es256_name_their_caller(issuer):
     (lambda i: i.token("rsa-1", iss="https://evil.example"), "issuer"),
     (lambda i: i.token("rsa-1", nbf_in=600), "not valid yet"),
     (lambda i: jwt.encode({"iss": i.url, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60},
-                          None, algorithm="none", headers={"kid": "rsa-1"}), "'none' is not accepted"),
+                          cast(Any, None), algorithm="none", headers={"kid": "rsa-1"}),  # no key: 'none'
+     "'none' is not accepted"),
     # HMAC with the public key as the secret (the classic alg confusion): refused by algorithm
-    (lambda i: _hs256_with_public_key(i), "'HS256' is not accepted"),
+    (lambda i: _hs256_with_public_key(i), "'HS256' is not accepted"),  # noqa: PLW0108 - defined below
     (lambda i: _forged_alg(i, "ec-1", "ES384"), "'ES384' is not accepted"),
     # an RS256 header on a key published for ES256: no key of that type under that id
     (lambda i: _forged_alg(i, "ec-1", "RS256"), "no RS256 key"),

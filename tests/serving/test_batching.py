@@ -130,7 +130,7 @@ def test_served_name_on_every_route_and_tritonclient(renamed_server, contexts):
     assert res.get_response()["model_name"] == "digits"
     from contexts import mlp_weights
     w, b = mlp_weights()
-    np.testing.assert_allclose(res.as_numpy("logits"), x @ w + b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(res.as_numpy("logits")), x @ w + b, rtol=1e-4, atol=1e-5)
     with pytest.raises(InferenceServerException) as e:
         client.infer("test-mlp", [inp])
     assert "unknown model" in str(e.value)

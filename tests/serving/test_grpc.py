@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -20,12 +21,18 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2 as pb
+from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2_grpc as _health_pb2_grpc
+from tritonclient.grpc import service_pb2 as _pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT
+
+# tritonclient ships its protobuf modules without type stubs: their classes are made at import.
+pb: Any = _pb
+# grpc's generated stubs declare HealthStub without the methods its __init__ adds.
+health_pb2_grpc: Any = _health_pb2_grpc
 
 MAX_BODY = 1 << 20          # the test servers' SERVEDMODEL_MAX_BODY_BYTES (and gRPC message limit)
 ENV = {"SERVEDMODEL_MAX_BODY_BYTES": str(MAX_BODY), "SERVEDMODEL_LOG_LEVEL": "info"}
@@ -40,7 +47,7 @@ def grpc_servers(contexts, start_server):
 def reference(context: Path, feeds: dict) -> list[np.ndarray]:
     session = ort.InferenceSession(str(context / "model" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return [np.asarray(o) for o in session.run(None, feeds)]
 
 
 def stub(server) -> pb_grpc.GRPCInferenceServiceStub:
@@ -52,6 +59,7 @@ def test_committed_stubs_equal_a_fresh_generation(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("generate", ROOT / "serving/v2grpc/generate.py")
+    assert spec is not None and spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     gen.generate(tmp_path)
@@ -93,7 +101,7 @@ def test_raw_infer_equals_onnxruntime_and_rest(grpc_servers, contexts):
     result = client.infer("test-mlp", [inp], request_id="r-1")
     got = result.as_numpy("logits")
     assert result.get_response().id == "r-1"
-    np.testing.assert_allclose(got, reference(contexts["mlp"], {"input": x})[0], rtol=1e-5,
+    np.testing.assert_allclose(np.asarray(got), reference(contexts["mlp"], {"input": x})[0], rtol=1e-5,
                                atol=1e-6)
     rest = th.InferenceServerClient(f"127.0.0.1:{server.port}")
     hin = th.InferInput("input", [5, 784], "FP32")
@@ -187,7 +195,7 @@ def test_16_concurrent_clients(grpc_servers):
             inp.set_data_from_numpy(x)
             try:
                 got = client.infer("test-mlp", [inp]).as_numpy("logits")
-                if not np.allclose(got, x @ w + b, rtol=1e-4, atol=1e-4):
+                if not np.allclose(np.asarray(got), x @ w + b, rtol=1e-4, atol=1e-4):
                     errors.append("wrong rows")
             except InferenceServerException as e:
                 errors.append(str(e))
@@ -355,7 +363,7 @@ def test_bad_request(grpc_servers, case):
         stub(server).ModelInfer(build(), timeout=10)
     assert e.value.code() == code, (e.value.code(), e.value.details())
     assert words in e.value.details(), e.value.details()
-    assert "Traceback" not in e.value.details()
+    assert "Traceback" not in (e.value.details() or "")
     assert tg.InferenceServerClient(server.grpc_url).is_server_live()      # still serving
 
 
@@ -529,7 +537,7 @@ def test_grpc_connection_limits_follow_the_rest_settings(contexts, start_server)
                 live(pb.ServerLiveRequest(), metadata=[("x-big", "a" * 6000)], timeout=10)
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
             assert "over the limit of 4096 bytes (SERVEDMODEL_MAX_HEADER_BYTES)" in \
-                e.value.details(), e.value.details()
+                (e.value.details() or ""), e.value.details()
         assert live(pb.ServerLiveRequest(), timeout=10).live        # still serving
         states: list[grpc.ChannelConnectivity] = []
         channel.subscribe(states.append)
@@ -558,8 +566,8 @@ def test_a_response_over_the_message_limit_is_refused(tmp_path, start_server):
     with pytest.raises(grpc.RpcError) as e:
         stub(server).ModelInfer(req, timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "the response of" in e.value.details() and "larger than max (4096 bytes" in \
-        e.value.details()
+    details = e.value.details() or ""
+    assert "the response of" in details and "larger than max (4096 bytes" in details
     text = httpx.get(server.url + "/metrics").text
     assert 'protocol="grpc",reason="response_too_large"' in text
     small = pb.ModelInferRequest(model_name="test-flags")       # and the next call is served

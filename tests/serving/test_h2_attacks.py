@@ -5,24 +5,26 @@ honest client on another connection whose success rate and p99 are printed and b
 Every attack is bounded in count and time and targets 127.0.0.1 only."""
 from __future__ import annotations
 
-import socket
 import struct
 import threading
 import time
+from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 import pytest
 from hpack import Encoder
-from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2 as _pb
 
+from h2client import RawClient, frame, message
 from servedmodel.serving.h2 import connection as h2connection
 from servedmodel.serving.h2 import frames as fr
 from servedmodel.serving.h2 import grpc as g
-
-from h2client import RawClient, frame, message
 from serverkit import metric_sum
+
+# tritonclient ships its protobuf modules without type stubs: their classes are made at import.
+pb: Any = _pb
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 LIVE = "/inference.GRPCInferenceService/ServerLive"
@@ -296,7 +298,7 @@ def test_at_least_17_malformed_header_cases():
 def test_malformed_requests_are_reset_protocol_error(server, case):
     """RFC 9113, 8.2 and 8.3: a malformed request is a stream error PROTOCOL_ERROR (its
     handler never runs); the connection goes on."""
-    name, fields = case
+    _, fields = case
     c = RawClient(server.grpc_port)
     encoder = Encoder()
     if fields is None:          # valid head, then trailers with a pseudo-header
@@ -482,7 +484,7 @@ def test_a_dribbling_request_has_an_overall_deadline(server):
         c.send(fr.DATA, 0, 1, body[i:i + 1])
         try:
             got += c.sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             pass
         if b"request_timeout" in got or b"SERVEDMODEL_REQUEST_TIMEOUT_SECONDS" in got:
             break
@@ -555,7 +557,7 @@ def test_auth_is_checked_on_the_headers_before_any_body_is_kept(contexts, start_
     c = RawClient(server.grpc_port)
     c.send(fr.HEADERS, fr.END_HEADERS, 1, c.block(INFER))
     frames = c.until(lambda f: f[2] == 1 and f[0] == fr.RST_STREAM)
-    trailers = [f for f in frames if f[0] == fr.HEADERS][0][3]
+    trailers = next(f for f in frames if f[0] == fr.HEADERS)[3]
     assert trailers["grpc-status"] == str(g.UNAUTHENTICATED)
     c.send(fr.DATA, 0, 1, b"\0" + struct.pack(">I", 60 << 20) + b"\0" * 16000)   # ignored
     for _ in range(20):
@@ -582,10 +584,11 @@ def test_grpc_connections_count_in_the_descriptor_budget(contexts, tmp_path):
         [sys.executable, "-m", "serving", "--context", str(contexts["mlp"]), "--host",
          "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port)], cwd=ROOT,
         stdout=log, stderr=subprocess.STDOUT,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300)))
+        # PLW1509: the one way to lower the child's descriptor limit alone (Popen has no rlimit argument)
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300)))  # noqa: PLW1509
     try:
         wait_until_ready(proc, f"http://127.0.0.1:{port}/v2/health/ready", 60, "server",
-                         lambda: (tmp_path / "server.log").read_text())
+                         (tmp_path / "server.log").read_text)
         text = (tmp_path / "server.log").read_text()
         assert "SERVEDMODEL_MAX_CONNECTIONS lowered from 1000 to 110" in text, text
         clients = []

@@ -12,15 +12,14 @@ import sys
 import pytest
 from hpack import Encoder
 
+from h2client import frame, message
+from h2harness import connect, errors_in, frames, listener
 from servedmodel.serving.h2 import connection as h2connection
 from servedmodel.serving.h2 import frames as fr
 from servedmodel.serving.h2 import streams as st
 from servedmodel.serving.h2.flow import ReceiveWindow, SendWindow
 from servedmodel.serving.h2.frames import H2Error, parse_settings
 from servedmodel.serving.h2.headers import HeaderBlocks, Malformed, request_head, scan
-
-from h2client import frame, message
-from h2harness import connect, errors_in, frames, listener
 
 BLOCK = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/t/Wait"),
          (b":authority", b"t"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
@@ -48,7 +47,7 @@ def test_every_received_event_in_every_state_is_in_the_table_or_a_named_error():
         for event in range(st.RECV_PRIORITY + 1):
             if (state, event) in st.TABLE:
                 continue
-            on_stream, code, why = st.error_for(state, event)
+            _, code, why = st.error_for(state, event)
             assert code in (fr.PROTOCOL_ERROR, fr.STREAM_CLOSED) and why
     assert st.TABLE[st.RESET_BY_US, st.RECV_DATA][0] is st.DISCARD       # RFC 9113, 5.1
     assert st.error_for(st.IDLE, st.RECV_DATA) == (False, fr.PROTOCOL_ERROR,
@@ -149,7 +148,7 @@ def test_a_handler_cancelled_before_it_started_gives_back_its_slot_and_bytes():
     async def main():
         held = [0]
         front = listener(held)
-        conn, transport = connect(front)
+        conn, _ = connect(front)
         conn.data_received(START + opened(1, "/t/Wait", b"x" * 100))
         assert front.running == 1 and held[0] > 100     # the task exists, not yet started
         task = conn.calls[1].task
@@ -207,7 +206,7 @@ def test_a_read_of_many_frames_is_processed_a_turn_at_a_time():
         data += frame(fr.DATA, fr.END_STREAM, 1, body[-1:])
         conn.data_received(data)
         assert conn.turn_pending and not transport.reading      # yielded, reading paused
-        assert 0 < len(conn.calls[1].body) <= h2connection.TURN_FRAMES
+        assert 0 < len(conn.calls[1].body or b"") <= h2connection.TURN_FRAMES
         turns = 1
         while conn.turn_pending:
             await asyncio.sleep(0)

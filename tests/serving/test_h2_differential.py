@@ -25,9 +25,8 @@ from hpack import Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
 
-from servedmodel.serving.h2 import frames as fr
-
 from h2harness import connect, errors_in, listener
+from servedmodel.serving.h2 import frames as fr
 
 STREAMS = [1, 1, 3, 3, 5, 7, 0, 2]
 PATH = "/t/Wait"
@@ -163,7 +162,7 @@ ALLOWED = {
 H2_IGNORES = (b"RST_STREAM: frame on an idle stream",)
 
 
-def ours(data: bytes) -> list[tuple[str, int, int]]:
+def ours(data: bytes) -> list[tuple]:  # (kind, stream, code, and a GOAWAY's debug data)
     async def main():
         front = listener()
         conn, transport = connect(front)
@@ -195,9 +194,8 @@ def theirs(data: bytes) -> list[tuple[str, int, int]]:
             out += conn.data_to_send()
             break
         for event in events:
-            ended = isinstance(event, StreamEnded) or (
-                isinstance(event, RequestReceived) and event.stream_ended is not None)
-            if ended:
+            if isinstance(event, StreamEnded) or (
+                    isinstance(event, RequestReceived) and event.stream_ended is not None):
                 try:
                     conn.send_headers(event.stream_id, [(":status", "200")], end_stream=True)
                 except ProtocolError:

@@ -13,10 +13,9 @@ from hpack import Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
 
-from servedmodel.serving.h2 import frames as fr
-
 from h2client import message
 from h2harness import connect, listener
+from servedmodel.serving.h2 import frames as fr
 from test_h2_differential import VALID, _frame, frame_ops
 
 FUZZ = settings(max_examples=250, deadline=None, database=None,
@@ -47,9 +46,9 @@ def check(data: bytes, splits: list[int]) -> None:
     async def main():
         held = [0]
         front = listener(held, max_streaming_calls=2, max_calls=3)
-        conn, transport = connect(front)
+        conn, _ = connect(front)
         pieces, last = [], 0
-        for cut in sorted(set(min(c, len(data)) for c in splits)) + [len(data)]:
+        for cut in sorted({min(c, len(data)) for c in splits}) + [len(data)]:
             pieces.append(data[last:cut])
             last = cut
         for piece in pieces:

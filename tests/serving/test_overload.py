@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import socket
 import time
+from typing import cast
 
 import httpx
 import pytest
 
 from inprocess import InProcessServer, SlowModel
-from serverkit import metric_sum
 from servedmodel.serving import create_app
 from servedmodel.serving.manifest import load_manifest
 from servedmodel.serving.settings import Batching, Settings
+from serverkit import metric_sum
 
 INFER = "/v2/models/test-mlp/infer"
 BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32",
@@ -31,7 +33,7 @@ def make_app(contexts, seconds: float, **overrides):
     return create_app(settings, model, manifest), model
 
 
-async def _wait(event, timeout=10.0):
+async def _wait(event, timeout=10.0):  # noqa: ASYNC109 - a poll with a deadline, as the tests read it
     deadline = time.monotonic() + timeout
     while not event.is_set():
         assert time.monotonic() < deadline, "the model never started"
@@ -49,7 +51,6 @@ def _raw_burst(port: int, n: int, body: bytes, timeout: float = 30.0):
     (status, headers, body, seconds from its send to its full response). Raw sockets and a
     selector keep client overhead out of the timings."""
     import selectors
-    import socket
 
     request = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -67,7 +68,7 @@ def _raw_burst(port: int, n: int, body: bytes, timeout: float = 30.0):
     while len(done) < n and time.monotonic() < deadline:
         for key, _ in sel.select(0.5):
             i = key.data
-            chunk = key.fileobj.recv(65536)
+            chunk = cast(socket.socket, key.fileobj).recv(65536)
             bufs[i] += chunk
             head, sep, rest = bufs[i].partition(b"\r\n\r\n")
             if sep:
@@ -110,7 +111,7 @@ def test_full_queue_sheds_exactly_k_with_retry_after(contexts, k):
     shed = [r for r in results if r[0] == 503]
     ok = [r for r in results if r[0] == 200]
     assert len(shed) == k and len(ok) == Q, [r[0] for r in results]
-    for status, headers, body, seconds in shed:
+    for _, headers, body, seconds in shed:
         assert headers["retry-after"] == "1"
         assert "overloaded" in json.loads(body)["error"]
         assert seconds < 0.050, f"503 took {seconds * 1000:.1f} ms"
@@ -146,7 +147,7 @@ def test_queue_timeout_is_a_prompt_503_counted_by_reason(contexts):
 
 
 def test_memory_bounded_and_recovers_after_sustained_overload(contexts):
-    app, model = make_app(contexts, seconds=0.02)
+    app, _ = make_app(contexts, seconds=0.02)
 
     async def scenario(url):
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)

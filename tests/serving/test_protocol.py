@@ -70,12 +70,12 @@ def test_tritonclient_mlp(mlp_server, binary):
     inp.set_data_from_numpy(x, binary_data=binary)
     outputs = [triton.InferRequestedOutput("logits", binary_data=binary)]
     result = client.infer("test-mlp", [inp], outputs=outputs, request_id="abc")
-    np.testing.assert_allclose(result.as_numpy("logits"), expected_logits(x), rtol=1e-4,
+    np.testing.assert_allclose(np.asarray(result.as_numpy("logits")), expected_logits(x), rtol=1e-4,
                                atol=1e-4)
     assert result.get_response()["id"] == "abc"
     # Default: no requested outputs -> the client asks for binary outputs of everything.
     result = client.infer("test-mlp", [inp])
-    np.testing.assert_allclose(result.as_numpy("logits"), expected_logits(x), rtol=1e-4,
+    np.testing.assert_allclose(np.asarray(result.as_numpy("logits")), expected_logits(x), rtol=1e-4,
                                atol=1e-4)
     client.close()
 
@@ -145,7 +145,7 @@ def test_concurrent_requests_are_batched_and_split_correctly(mlp_server):
             inp = triton.InferInput("input", [n, 784], "FP32")
             inp.set_data_from_numpy(x, binary_data=bool(local.integers(0, 2)))
             got = client.infer("test-mlp", [inp]).as_numpy("logits")
-            if not np.allclose(got, expected_logits(x), rtol=1e-4, atol=1e-4):
+            if not np.allclose(np.asarray(got), expected_logits(x), rtol=1e-4, atol=1e-4):
                 errors.append(seed)
         client.close()
 
@@ -164,7 +164,7 @@ def test_concurrent_requests_are_batched_and_split_correctly(mlp_server):
 
 def _metric(text: str, name: str) -> str:
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             return line.rsplit(" ", 1)[1]
     raise AssertionError(f"{name} not in /metrics")
 

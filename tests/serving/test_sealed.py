@@ -103,7 +103,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def test_refused_without_its_key_or_with_a_wrong_one(local_sealed, tmp_path):
-    out, key, manifest = local_sealed
+    out, _, manifest = local_sealed
     key_id = manifest["encryption"]["key"]["key_id"]
     proc = _refused(out, {})
     assert "needs its local key" in proc.stderr and key_id in proc.stderr
@@ -178,7 +178,7 @@ def kms_sealed(moto, contexts, tmp_path_factory):
 
 
 def test_kms_sealed_context_records_the_key_and_context(kms_sealed):
-    out, arn, manifest = kms_sealed
+    _, arn, manifest = kms_sealed
     key = manifest["encryption"]["key"]
     assert (key["provider"], key["key_id"]) == ("kms", arn)
     assert key["encryption_context"] == {"servedmodel:served-name": "test-mlp",
@@ -272,7 +272,7 @@ def test_sigv4_matches_botocore():
         SigV4Auth(BotoCredentials("AKIDEXAMPLE", "secret/key", token), "kms",
                   "eu-west-1").add_auth(request)
         when = datetime.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ") \
-            .replace(tzinfo=datetime.timezone.utc)
+            .replace(tzinfo=datetime.UTC)
         ours = aws.sign("POST", url, headers, body,
                         aws.Credentials("AKIDEXAMPLE", "secret/key", token), "eu-west-1", "kms", when)
         assert ours["authorization"] == request.headers["Authorization"]

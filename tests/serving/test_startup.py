@@ -3,7 +3,6 @@ sha256 mismatch, bad settings or device=cuda without CUDA; ready only after warm
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 

@@ -25,6 +25,7 @@ def test_codec_table_and_inverse_round_trip():
                                       if d is not None and n not in ("FP16",)])
 def test_json_and_binary_round_trip(datatype):
     dtype = codec.V2_TO_NUMPY[datatype]
+    assert dtype is not None
     values = np.array([[0, 1, 1, 0]], dtype=dtype) if datatype == "BOOL" else (
         np.arange(8, dtype=dtype).reshape(2, 4))
     encoded = codec.encode_json(values)
@@ -49,8 +50,10 @@ def test_nonfinite_outputs_become_strings_numpy_reads_back():
     ([[1], [2, 3]], "FP32", "rectangular"), ([None, 1], "FP32", "must be numbers"),
 ])
 def test_decode_json_is_strict(data, datatype, words):
+    dtype = codec.V2_TO_NUMPY[datatype]
+    assert dtype is not None
     with pytest.raises(ServingError) as e:
-        codec.decode_json("t", data, datatype, codec.V2_TO_NUMPY[datatype], [1, 2])
+        codec.decode_json("t", data, datatype, dtype, [1, 2])
     assert e.value.status == 400 and words in e.value.message
 
 
@@ -183,7 +186,9 @@ def test_wait_estimate_uses_batch_times_per_size():
     from servedmodel.serving.metrics import Metrics
     from servedmodel.serving.settings import Batching
 
-    b = Batcher(object(), Batching(max_batch_size=32, queue_timeout_ms=1000.0), Metrics("m", "v"))
+    # No model: only the estimates are asked for, nothing is predicted.
+    b = Batcher(object(), Batching(max_batch_size=32, queue_timeout_ms=1000.0),  # pyright: ignore[reportArgumentType]
+                Metrics("m", "v"))
     try:
         assert b.estimated_wait() is None                 # nothing measured: no estimate
         b.prefer(32, items_per_second={1: 100.0, 8: 400.0, 32: 800.0})   # 10, 20, 40 ms
@@ -191,7 +196,7 @@ def test_wait_estimate_uses_batch_times_per_size():
         assert b.batch_time(20) == pytest.approx(0.030)   # halfway between 8 and 32
         assert b.batch_time(64) == pytest.approx(0.080)
         b.queued_rows = 70                                # two full batches and 6 rows
-        assert b.estimated_wait() == pytest.approx(2 * 0.040 + b.batch_time(6))
+        assert b.estimated_wait() == pytest.approx(2 * 0.040 + (b.batch_time(6) or 0.0))
     finally:
         b._executor.shutdown()
 

@@ -61,7 +61,7 @@ def reference(context, x):
 
     session = ort.InferenceSession(str(context / "model" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})[0]
+    return np.asarray(session.run(None, {"input": x})[0])
 
 
 @pytest.mark.slow
@@ -77,7 +77,7 @@ def test_tritonclient_against_real_mnist(mnist_context, mnist_server, binary):
     inp.set_data_from_numpy(x, binary_data=binary)
     result = client.infer("mnist-mlp", [inp], model_version=manifest["version"],
                           outputs=[triton.InferRequestedOutput("logits", binary_data=binary)])
-    np.testing.assert_allclose(result.as_numpy("logits"), reference(mnist_context, x),
+    np.testing.assert_allclose(np.asarray(result.as_numpy("logits")), reference(mnist_context, x),
                                rtol=1e-5, atol=1e-5)
     client.close()
 
@@ -110,7 +110,7 @@ def test_sigterm_real_context_under_load(mnist_context):
             t0 = time.monotonic()
             try:
                 out = client.infer("mnist-mlp", [inp]).as_numpy("logits")
-                ok = np.allclose(out, expected, rtol=1e-5, atol=1e-5)
+                ok = np.allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
                 item = (t0, "ok" if ok else "wrong")
             except Exception as e:            # 503 while draining, or refused after exit
                 item = (t0, f"{type(e).__name__}: {e}")

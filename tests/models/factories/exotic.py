@@ -100,7 +100,8 @@ class MultiIO(nn.Module):
 def multi_io():
     torch.manual_seed(0)
     return ModelSpec(name="byo-multi", module=MultiIO().eval(),
-                     example_inputs=(torch.randn(3, 12, generator=_g(1)), torch.randint(0, 50, (3, 6), generator=_g(2))),
+                     example_inputs=(torch.randn(3, 12, generator=_g(1)),
+                                     torch.randint(0, 50, (3, 6), generator=_g(2))),
                      input_names=["features", "ids"], output_names=["mixed", "score", "argmax"])
 
 

@@ -24,5 +24,6 @@ def regressor():
         targets = np.concatenate([module(*b).numpy() for b in held_out]).astype(np.float64)
     return ModelSpec(name="byo-regressor", module=module, example_inputs=(torch.randn(2, 16, generator=_g(1)),),
                      input_names=["x"], output_names=["y"],
-                     evaluation=Evaluation(metric=mse, name="mse", inputs=held_out, targets=targets, dataset="byo-held-out",
+                     evaluation=Evaluation(metric=mse, name="mse", inputs=held_out, targets=targets,
+                                           dataset="byo-held-out",
                                            higher_is_better=False, max_drop={"fp16": 1e-3}))
