@@ -198,12 +198,15 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 copy_context(model, ctx, out)
             manifest = record["manifest"]
             startup, sizes = record.get("startup"), dict(record["sizes"])
-            if not startup or "peak_memory_bytes" not in startup or "model_layer_gzip_bytes" not in sizes:
+            if (not startup or "peak_memory_bytes" not in startup or "decrypt_seconds" not in startup
+                    or "model_layer_gzip_bytes" not in sizes):
                 # an entry cached before these were measured: measure them now (on the cached
                 # context: --out may hold the encrypted one)
                 with _quiet():
                     if not startup or "peak_memory_bytes" not in startup:
                         startup = measure(ctx / "model" / manifest["model_file"], manifest)
+                    if "decrypt_seconds" not in startup:
+                        startup = {**startup, "decrypt_seconds": _decrypt_seconds(ctx, manifest)}
                 sizes["model_layer_gzip_bytes"] = model_layer_bytes(ctx)
                 cache_mod.update_record(root, key, {"startup": startup, "sizes": sizes})
             cache_mod.remember_spec(root, mref, fingerprint.parts)
@@ -288,6 +291,7 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                 manifest = write_context(model, plain, device, model_bytes, manifest)
             with step("startup", "timing model load + warm-up with onnxruntime"):
                 startup = measure(plain / "model" / manifest["model_file"], manifest)
+                startup["decrypt_seconds"] = _decrypt_seconds(plain, manifest)
                 layer_bytes = model_layer_bytes(plain)
             sizes = {"fp32_bytes": exported.size_bytes, "final_bytes": len(model_bytes),
                      "model_layer_gzip_bytes": layer_bytes}
@@ -306,6 +310,16 @@ def build(model: str, compression: str = "none", out_dir: Path | str = Path("bui
                        cache_repaired=repaired, encryption=block)
 
 
+def _decrypt_seconds(context: Path, manifest: dict[str, Any]) -> float:
+    """What opening this model encrypted costs the server (models/seal.py decrypt_seconds), measured
+    once with the other start-up figures and kept in the cache's record: the cold-start budget
+    and the timeouts derived from it (components/coldstart.py) stay the same on every rebuild,
+    whether the model is sealed now or later (a kms key known only once the stack created it)."""
+    from .seal import decrypt_seconds
+
+    return decrypt_seconds((context / "model" / manifest["model_file"]).read_bytes())
+
+
 def _sealed(model: str, plain: Path, out: Path, encryption: Encryption, root: Path | None, startup: dict,
             sizes: dict, say: Progress) -> tuple[dict, dict, dict]:
     """Publish the encrypted context of `plain` at `out`: (its manifest, the start-up figures
@@ -318,7 +332,8 @@ def _sealed(model: str, plain: Path, out: Path, encryption: Encryption, root: Pa
     say(f"[{model}] encrypt: {key['provider']} key {key['key_id']}"
         f"{' (sealed context reused from the cache)' if done['sealed_cache_hit'] else ''}: done in "
         f"{time.perf_counter() - t:.2f} s")
-    startup = {**startup, "decrypt_seconds": done["decrypt_seconds"]}
+    # The figure recorded with the plaintext build's (measured once); a fresh measurement otherwise.
+    startup = {**startup, "decrypt_seconds": startup.get("decrypt_seconds", done["decrypt_seconds"])}
     sizes = {**sizes, "model_layer_gzip_bytes": done["model_layer_gzip_bytes"]}
     return done["manifest"], startup, sizes
 

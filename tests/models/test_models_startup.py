@@ -72,6 +72,31 @@ def test_an_entry_cached_before_the_memory_peak_was_measured_gets_it_once(cache_
     assert two.startup == one.startup  # measured once, then kept
 
 
+def test_the_decryption_figure_is_measured_once_and_kept_sealed_or_not(cache_dir, tmp_path):
+    """decrypt_seconds (what opening the model encrypted costs) is measured with the other start-up
+    figures and kept in the cache's record: a later sealing reports that figure, not a new timing,
+    so a cold-start budget that adds it (components/coldstart.py) is the same on every rebuild, and
+    a record from before it was measured gets it once."""
+    from servedmodel.models import cache as cache_mod
+
+    plain = models.build("lenet", "none", tmp_path / "plain", cache_dir=cache_dir)
+    assert plain.startup["decrypt_seconds"] >= 0
+    key_file = tmp_path / "keys" / "local.key"
+    key_file.parent.mkdir()
+    enc = models.Encryption("local", key_file=key_file, served_name="digits")
+    sealed = [models.build("lenet", "none", tmp_path / f"sealed{i}", cache_dir=cache_dir, encryption=enc)
+              for i in range(2)]
+    assert [s.startup["decrypt_seconds"] for s in sealed] == [plain.startup["decrypt_seconds"]] * 2
+    key = cache_key_of("lenet", "none", cache_dir=cache_dir)
+    result = cache_mod.entry_dir(cache_mod.cache_root(cache_dir), key) / "result.json"
+    record = json.loads(result.read_text())
+    record["startup"].pop("decrypt_seconds")
+    result.write_text(json.dumps(record))  # as a build before it was measured wrote it
+    one = models.build("lenet", "none", tmp_path / "one", cache_dir=cache_dir)
+    two = models.build("lenet", "none", tmp_path / "two", cache_dir=cache_dir, encryption=enc)
+    assert one.startup["decrypt_seconds"] >= 0 and two.startup == one.startup
+
+
 def _dense_model(path, n: int) -> int:
     """y = x @ W with W n x n fp32; returns the bytes of W."""
     import onnx
