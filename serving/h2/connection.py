@@ -12,10 +12,15 @@ is closed and its handler has ended.
 Budgets (`ConnectionLimits` and the constants below) end a connection with GOAWAY
 ENHANCE_YOUR_CALM when spent:
 
-- resets: every stream closed before its answer was complete, whichever side reset it (the
-  peer's RST_STREAM, or ours after a malformed request, a window of 0, a flow-control error,
-  a refused stream: "MadeYouReset"), against a bucket of `RESET_BURST` refilled by
-  `RESET_RATE` a second and by every answered call;
+- resets: every stream closed before its answer was complete that cost us work the peer did
+  not wait for: ours after a malformed request, a window of 0, a flow-control error, a
+  refused stream ("MadeYouReset"), and the peer's RST_STREAM of a call whose handler had not
+  started ("rapid reset"), against a bucket of `RESET_BURST` refilled by `RESET_RATE` a second
+  and by every answered call. The peer's reset of a call whose handler runs is a cancellation,
+  not counted: its call slot stays taken until the handler has ended, so cancelling cannot
+  raise the handlers a connection runs above `max_streams` (the rule Go's and grpc-go's
+  servers adopted against CVE-2023-44487), and an honest client that cancels a batch of
+  futures (grpcio: ~1,000 resets of running calls in a second) keeps its connection;
 - frames that do no work (PING, SETTINGS, PRIORITY, WINDOW_UPDATE that unblocks nothing, empty
   DATA or CONTINUATION, frames on closed streams, unknown types...), against a bucket of
   `IDLE_FRAME_BURST` refilled by `IDLE_FRAME_RATE` a second and by one for each frame that does
@@ -812,7 +817,7 @@ class GrpcConnection(asyncio.Protocol):
         if action is not st.PEER_RESET:
             return self._idle()
         assert call is not None                 # PEER_RESET is a live call's
-        if not call.done:
+        if not call.done and call.task is None:
             self._count_reset()
         self._abandon(call, st.RESET_BY_PEER)
 
