@@ -73,17 +73,7 @@ def scan(block: bytes) -> tuple[int, int]:
             prefix, strings = 0x1F, -1
         else:                               # literal, without / never indexed
             prefix, strings = 0x0F, 1
-        index = first & prefix
-        i += 1
-        if index == prefix:
-            shift = 0
-            while i < n:
-                octet = block[i]
-                i += 1
-                index += (octet & 0x7F) << shift
-                shift += 7
-                if not octet & 0x80 or shift > 28:
-                    break
+        index, i = _integer(block, i + 1, first & prefix, prefix)
         if strings < 0:
             continue
         fields += 1
@@ -93,20 +83,26 @@ def scan(block: bytes) -> tuple[int, int]:
             if i >= n:
                 return fields, bound
             huffman = block[i] & 0x80
-            length = block[i] & 0x7F
-            i += 1
-            if length == 0x7F:
-                shift = 0
-                while i < n:
-                    octet = block[i]
-                    i += 1
-                    length += (octet & 0x7F) << shift
-                    shift += 7
-                    if not octet & 0x80 or shift > 28:
-                        break
+            length, i = _integer(block, i + 1, block[i] & 0x7F, 0x7F)
             bound += length * 8 // 5 + 1 if huffman else length
             i += length
     return fields, bound
+
+
+def _integer(block: bytes, i: int, value: int, prefix: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541, 5.1) whose prefix bits gave `value`, its continuation octets
+    from `i`: (the integer, the index after it). Past 28 bits of continuation it stops, leaving
+    an oversized integer to the decoder's own error."""
+    if value == prefix:
+        shift, n = 0, len(block)
+        while i < n:
+            octet = block[i]
+            i += 1
+            value += (octet & 0x7F) << shift
+            shift += 7
+            if not octet & 0x80 or shift > 28:
+                break
+    return value, i
 
 
 def _check_field(name: bytes, value: bytes) -> None:

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-import tritonclient.http as httpclient
 
-from imagekit import Container, build_image, docker, inspect, sample_inputs
+from imagekit import Container, build_image, docker, infer_binary, inspect, sample_inputs
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -31,20 +30,12 @@ def infer_and_compare(built, port: int) -> None:
     on the same model file."""
     manifest = built.manifest
     inputs = sample_inputs(manifest)
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=60)
-    req = []
-    for spec in manifest["inputs"]:
-        arr = inputs[spec["name"]]
-        i = httpclient.InferInput(spec["name"], list(arr.shape), spec["datatype"])
-        i.set_data_from_numpy(arr, binary_data=True)
-        req.append(i)
-    outs = [httpclient.InferRequestedOutput(o["name"], binary_data=True) for o in manifest["outputs"]]
-    result = client.infer(manifest["name"], req, outputs=outs)
+    result = infer_binary(port, manifest, inputs)
     session = ort.InferenceSession(str(built.context / "model" / manifest["model_file"]),
                                    providers=["CPUExecutionProvider"])
     expected = [np.asarray(o) for o in session.run([o["name"] for o in manifest["outputs"]], inputs)]
     for spec, want in zip(manifest["outputs"], expected):
-        got = result.as_numpy(spec["name"])
+        got = result.get(spec["name"])
         assert got is not None, f"{built.model}: output {spec['name']} missing"
         assert got.shape == want.shape and got.dtype == want.dtype, (spec["name"], got.shape, want.shape)
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
