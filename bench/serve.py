@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import orjson
@@ -884,47 +884,6 @@ def abuse_main(args) -> int:
 
 
 # -- auth cost (issue 21) ------------------------------------------------------------------------
-class _Issuer:
-    """An OIDC issuer on 127.0.0.1 for the benchmark: discovery + JWKS of one RSA key."""
-
-    def __init__(self) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from jwt.algorithms import RSAAlgorithm
-
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update({"kid": "bench", "use": "sig", "alg": "RS256"})
-        docs = {}
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                data = json.dumps(docs.get(self.path, {})).encode()
-                self.send_response(200 if self.path in docs else 404)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        docs["/.well-known/openid-configuration"] = {"issuer": self.url, "jwks_uri": self.url + "/jwks"}
-        docs["/jwks"] = {"keys": [jwk]}
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def token(self) -> str:
-        import jwt
-
-        now = int(time.time())
-        return jwt.encode({"iss": self.url, "aud": "bench", "sub": "bench-user", "azp": "bench-app",
-                           "scope": "models:infer", "iat": now, "exp": now + 3600}, self.key,
-                          algorithm="RS256", headers={"kid": "bench"})
-
-
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -944,8 +903,13 @@ def auth_main(args) -> int:
     manifest = json.loads((context / "model" / "manifest.json").read_text())
     name = manifest["name"]
     body = request_bodies(manifest, example_inputs(manifest, 1, np.random.default_rng(0)))["binary"]
-    issuer = _Issuer()
-    jwt_token = issuer.token()
+    # The tests' OIDC issuer on 127.0.0.1 (discovery + JWKS over HTTP), one RSA key.
+    from tests.serving.authkit import Issuer
+
+    issuer = Issuer()
+    issuer.add_key("bench")
+    jwt_token = issuer.token("bench", sub="bench-user", azp="bench-app", aud="bench", exp_in=3600,
+                             scope="models:infer")
     modes = {"none": ({}, ""), "token": ({"SERVEDMODEL_AUTH_TOKEN": "bench-token-0123456789"},
                                          "Bearer bench-token-0123456789"),
              "jwt": ({"SERVEDMODEL_OIDC_ISSUER": issuer.url, "SERVEDMODEL_OIDC_AUDIENCE": "bench",
@@ -976,7 +940,7 @@ def auth_main(args) -> int:
         finally:
             for proc, _, _ in servers.values():
                 stop_server(proc)
-            issuer.server.shutdown()
+            issuer.close()
     med = {m: _median(v) for m, v in cpu.items()}
     ratio = med["jwt"] / med["token"]
     verdict = "PASS" if ratio <= 1.10 else "FAIL"
