@@ -45,10 +45,11 @@ def _describe(ids: Sequence[str], parent: pulumi.Resource) -> pulumi.Output[list
         lambda rows: [{"id": i, "zone": z, "cidr": c} for i, z, c in rows])
 
 
-def load_balancer_subnets(cluster_name: str, given: Sequence[str],
+def load_balancer_subnets(cluster_name: pulumi.Input[str], given: Sequence[str],
                           parent: pulumi.Resource) -> pulumi.Output[list[dict[str, str]]]:
     """The NLB's subnets ({id, zone, cidr}): `given`, or the cluster VPC's subnets tagged
-    kubernetes.io/role/elb=1, one per zone. None tagged stops the program with what to do."""
+    kubernetes.io/role/elb=1, one per zone. None tagged stops the program with what to do.
+    `cluster_name` may be another resource's output."""
     if given:
         return _describe(list(given), parent)
     invoke = pulumi.InvokeOutputOptions(parent=parent)
@@ -59,15 +60,16 @@ def load_balancer_subnets(cluster_name: str, given: Sequence[str],
         {"name": f"tag:{PUBLIC_SUBNET_TAG}", "values": ["1"]},
     ], opts=invoke)
 
-    def describe(ids: list[str]) -> Any:
+    def describe(known_name: str, ids: list[str]) -> Any:
         if not ids:
             raise pulumi.RunError(
-                f"cluster {cluster_name!r}: no subnet of its VPC is tagged {PUBLIC_SUBNET_TAG}=1 for the public load "
+                f"cluster {known_name!r}: no subnet of its VPC is tagged {PUBLIC_SUBNET_TAG}=1 for the public load "
                 "balancer: tag the public subnets, or list them in servedmodel:loadBalancerSubnetIds "
                 "(NetworkArgs.load_balancer_subnet_ids)")
         return _describe(sorted(ids), parent).apply(one_per_zone)
 
-    return tagged.ids.apply(describe)
+    # The message names the cluster: resolved with the ids (it may be another resource's output).
+    return pulumi.Output.all(cluster_name, tagged.ids).apply(lambda v: describe(v[0], v[1]))
 
 
 def dns_record(name: str, hostname: pulumi.Input[str], zone_id: pulumi.Input[str],

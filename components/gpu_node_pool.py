@@ -16,8 +16,9 @@ from . import gpus, specs
 
 @dataclass
 class GpuNodePoolArgs:
-    cluster_name: str
-    """Name of the existing EKS cluster the nodes join. Required."""
+    cluster_name: pulumi.Input[str]
+    """Name of the existing EKS cluster the nodes join (another resource's output too: an
+    `aws.eks.Cluster`'s name). Required."""
     pool_label: str
     """Value of the `servedmodel.io/node-pool` label the model's pods select. Required."""
     subnet_ids: Optional[pulumi.Input[Sequence[pulumi.Input[str]]]] = None
@@ -52,7 +53,7 @@ class GpuNodePoolArgs:
 PRIVATE_SUBNET_TAG = "kubernetes.io/role/internal-elb"
 
 
-def private_cluster_subnets(cluster_name: str, parent: pulumi.Resource) -> pulumi.Output[list[str]]:
+def private_cluster_subnets(cluster_name: pulumi.Input[str], parent: pulumi.Resource) -> pulumi.Output[list[str]]:
     """The cluster's subnets that are tagged private (kubernetes.io/role/internal-elb=1).
 
     GPU nodes get no public address and no route in from the internet. The tag is the
@@ -67,7 +68,8 @@ def private_cluster_subnets(cluster_name: str, parent: pulumi.Resource) -> pulum
         {"name": "subnet-id", "values": cluster.vpc_config.subnet_ids},  # pyright: ignore[reportArgumentType]
         {"name": f"tag:{PRIVATE_SUBNET_TAG}", "values": ["1"]},
     ], opts=invoke)
-    return found.ids.apply(lambda ids: require_private_subnets(cluster_name, ids))
+    # The message names the cluster: resolved with the ids (it may be another resource's output).
+    return pulumi.Output.all(cluster_name, found.ids).apply(lambda v: require_private_subnets(v[0], v[1]))
 
 
 def require_private_subnets(cluster_name: str, ids: Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import pulumi
 
 from . import gpus, specs
-from .inputs import check_input, lift
+from .inputs import check_input, given, lift
 from .platforms import ARCH_LABEL, ARCHES
 from .specs import ROLLOUT_SURGE
 
@@ -78,8 +78,9 @@ class KarpenterPoolArgs:
     """One Karpenter pool (GPU, or CPU with `gpu` False). Validates itself (ValueError listing
     every problem)."""
 
-    cluster_name: str
-    """EKS cluster; the default discovery-tag value for subnets and security groups. Required."""
+    cluster_name: pulumi.Input[str]
+    """EKS cluster; the default discovery-tag value for subnets and security groups (another
+    resource's output too: checked once known). Required."""
     pool_label: str
     """Value of the servedmodel.io/node-pool label the model's pods select. Required."""
     families: tuple[str, ...]
@@ -130,9 +131,12 @@ class KarpenterPoolArgs:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if not self.cluster_name:
-            problems.append("cluster_name is required")
-        if not self.node_role:
+        kept, problem = check_input(self.cluster_name, lambda name: None if name else "cluster_name is required",
+                                    lambda _, text: pulumi.RunError(_problems_text("Karpenter pool", [text])))
+        object.__setattr__(self, "cluster_name", kept)
+        if problem:
+            problems.append(problem)
+        if not given(self.node_role):
             problems.append("node_role is required (the IAM role name Karpenter's nodes use)")
         if self.gpu:
             if not self.families:
@@ -183,13 +187,13 @@ class KarpenterPoolArgs:
             raise ValueError(_problems_text("Karpenter pool", problems))
 
 
-def _selector_terms(ids: Any, cluster_name: str) -> Any:
-    """By id when ids are given (an Output of ids: once known), else by the discovery tag."""
-    def terms(known: Sequence[str]) -> list[dict[str, Any]]:
+def _selector_terms(ids: Any, cluster_name: pulumi.Input[str]) -> Any:
+    """By id when ids are given, else by the discovery tag (Outputs among them: once known)."""
+    def terms(known: Sequence[str], cluster: str) -> list[dict[str, Any]]:
         if known:
             return [{"id": i} for i in known]
-        return [{"tags": {DISCOVERY_TAG: cluster_name}}]
-    return lift(terms, ids)
+        return [{"tags": {DISCOVERY_TAG: cluster}}]
+    return lift(terms, ids, cluster_name)
 
 
 def node_labels(args: KarpenterPoolArgs) -> dict[str, str]:

@@ -13,7 +13,7 @@ from servedmodel.models.contract import DEFAULT_CLIENT
 from . import canary, specs
 from .args import ArgsError, AutoscalingArgs, NetworkArgs, Problem, ResourcesArgs, RolloutArgs, ServerArgs
 from .args.network import client_tokens
-from .inputs import lift
+from .inputs import given, lift
 from .rollout_wait import RolloutWait, RolloutWaitArgs
 from .timeouts import ReadinessTimeouts, minutes_to_seconds, readiness_timeouts
 
@@ -70,8 +70,9 @@ class ModelServiceArgs:
     model_key_arn: Optional[pulumi.Input[str]] = None
     """With kms: the model's KMS key. The pods get their own identity (EKS Pod Identity: an IAM
     role allowed only kms:Decrypt on this key for this served name's data keys). Default None."""
-    cluster_name: str = ""
-    """The EKS cluster (the Pod Identity association, the audit log group's name). Default ""."""
+    cluster_name: pulumi.Input[str] = ""
+    """The EKS cluster (the Pod Identity association, the audit log group's name); another
+    resource's output too. Default ""."""
     protect: bool = False
     """Protect the audit log group from deletion (prod). Default False."""
     retain_audit_log: bool = False
@@ -140,14 +141,14 @@ class ModelService(pulumi.ComponentResource):
             template_annotations[specs.CLIENTS_ANNOTATION] = pulumi.Output.unsecret(
                 document.apply(specs.document_checksum))
 
-        if srv.audit and srv.audit_retention_days and args.cluster_name:
+        if srv.audit and srv.audit_retention_days and given(args.cluster_name):
             # The audit records' durable home: the cluster's log shipper (Fluent Bit, the CloudWatch
             # agent) routes the `"log":"audit"` lines here (docs/deploy.md, "Audit"). Named, so the
             # shipper can compute it; kept on delete where the stack keeps its registry.
             aws.cloudwatch.LogGroup(
                 f"{name}-audit",
-                name=lift(lambda ns: specs.audit_log_group_name(args.cluster_name, ns, args.served_name),
-                          net.namespace),
+                name=lift(lambda cluster, ns: specs.audit_log_group_name(cluster, ns, args.served_name),
+                          args.cluster_name, net.namespace),
                 retention_in_days=srv.audit_retention_days,
                 opts=pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=args.retain_audit_log))
 
@@ -342,8 +343,8 @@ class ModelService(pulumi.ComponentResource):
         role = aws.iam.Role(
             f"{name}-pod-role",
             description=f"servedmodel {args.served_name}: the pods' identity, which unwraps the model's data key",
-            assume_role_policy=pulumi.Output.all(namespace, sa.metadata.name).apply(
-                lambda v: specs.pod_identity_trust_policy(args.cluster_name, v[0], v[1])),
+            assume_role_policy=pulumi.Output.all(args.cluster_name, namespace, sa.metadata.name).apply(
+                lambda v: specs.pod_identity_trust_policy(v[0], v[1], v[2])),
             opts=pulumi.ResourceOptions(parent=self))
         decrypt = aws.iam.RolePolicy(
             f"{name}-pod-decrypt", role=role.id,

@@ -199,8 +199,7 @@ class ServedModel(pulumi.ComponentResource):
             network = args.network
             subnets = None
             if network.service_type == "LoadBalancer":
-                cluster_name = args.cluster_name or (args.node_pool.cluster_name if args.node_pool else "")
-                subnets = edge.load_balancer_subnets(cluster_name, network.load_balancer_subnet_ids, self)
+                subnets = edge.load_balancer_subnets(args.eks_cluster, network.load_balancer_subnet_ids, self)
             if elastic.keda_http and elastic.keda_namespace not in network.ingress_namespaces:
                 # The interceptor (in KEDA's namespace) forwards the held requests to the pods.
                 network = dataclasses.replace(

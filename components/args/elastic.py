@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 import pulumi
 
+from ..inputs import given, lift
 from ..karpenter import (
     AMI_ALIAS,
     BUDGET_NODES,
@@ -159,6 +160,9 @@ class ElasticArgs(ArgsGroup):
     def keda(self) -> bool:
         return self.autoscaler == "keda"
 
-    def node_role(self, cluster_name: str) -> pulumi.Input[str]:
-        """The configured role, or the name Karpenter's installation guide gives it."""
-        return self.karpenter_node_role or f"KarpenterNodeRole-{cluster_name}"
+    def node_role(self, cluster_name: pulumi.Input[str]) -> pulumi.Input[str]:
+        """The configured role, or the name Karpenter's installation guide gives it (once the
+        cluster's name is known, when it is an Output)."""
+        if given(self.karpenter_node_role):
+            return self.karpenter_node_role
+        return lift(lambda name: f"KarpenterNodeRole-{name}", cluster_name)

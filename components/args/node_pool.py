@@ -39,12 +39,16 @@ def _subnet_ids(value: Any) -> list[tuple[Any, str]]:
 class NodePoolArgs(ArgsGroup):
     """The model's own node pool on an existing cluster (kubernetes target): an EKS managed node
     group, or Karpenter's NodePool and EC2NodeClass (elastic.node_provisioner karpenter). A GPU model
-    always has one; a CPU model has one when it lists `instance_types`."""
+    always has one; a CPU model has one when it lists `instance_types`.
+
+    `cluster_name` and `subnet_ids` accept another resource's outputs (an `aws.eks.Cluster`'s
+    name, a VPC's subnet ids): their checks then run when the value is known.
+    """
 
     GROUP = "node_pool"
     STACK_GROUP = "nodePool"
 
-    cluster_name: str = setting(
+    cluster_name: pulumi.Input[str] = setting(
         REQUIRED, "Name of the existing EKS cluster (kubernetes target, required). Its endpoint builds the "
                   "kubeconfig unless @{kubeconfig} is set; the model's node pool joins it.",
         key="clusterName", stack_default="", flat_only=True, check=_cluster_name)

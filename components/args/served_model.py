@@ -9,6 +9,7 @@ from typing import Optional
 import pulumi
 
 from ..gpus import DEFAULT_GPU_INSTANCE_TYPES
+from ..inputs import check_input, given, is_plain
 from .autoscaling import AutoscalingArgs
 from .checking import ArgsError, ArgsGroup, Checker, Problem, one_of
 from .elastic import ElasticArgs
@@ -25,6 +26,13 @@ from .server import ServerArgs
 from .setting import setting
 
 TARGETS = ("docker", "kubernetes")
+
+
+def _named_cluster(value: object) -> Optional[str]:
+    """An Output given as the cluster must name one ("" falls back on the node pool's only when plain)."""
+    return None if isinstance(value, str) and value else (
+        "the name of an existing EKS cluster (given as an Output, it is the cluster: leave the field \"\" "
+        "for the node pool's)")
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,10 @@ class ServedModelArgs:
     encryption: EncryptionArgs = EncryptionArgs()
     """The model's encryption in the image and its key. Default: kms on kubernetes, a local key on docker."""
     protect: bool = setting(False, "Protect the registry and the GPU node pool from deletion (set on prod).")
-    cluster_name: str = ""
+    cluster_name: pulumi.Input[str] = ""
     """The existing EKS cluster (kubernetes target): its VPC holds the public load balancer's
-    subnets (components/edge.py). "" = the node pool's cluster_name. Default ""."""
+    subnets (components/edge.py). "" = the node pool's cluster_name. Another resource's output too
+    (an `aws.eks.Cluster`'s name). Default ""."""
     cache_dir: Optional[Path] = None
     """models.build cache; None uses $SERVEDMODEL_CACHE or ~/.cache/servedmodel. Default None."""
     kubeconfig: Optional[pulumi.Input[str]] = field(default=None, repr=False, compare=False,
@@ -88,12 +97,18 @@ class ServedModelArgs:
         if c.ok("target"):
             groups["target"] = self.target
         problems = c.problems + cross_group_problems(groups)
-        if (self.kubernetes and self.network.service_type == "LoadBalancer" and not self.cluster_name
+        if not is_plain(self.cluster_name):
+            # Given as an Output, it is the cluster (whether to fall back on the node pool's is
+            # decided now): it must turn out to name one.
+            kept, _ = check_input(self.cluster_name, _named_cluster, lambda known, text: ArgsError(
+                "ServedModelArgs", [Problem("cluster_name", known, text)]))
+            object.__setattr__(self, "cluster_name", kept)
+        if (self.kubernetes and self.network.service_type == "LoadBalancer" and not given(self.cluster_name)
                 and self.node_pool is None and not self.network.load_balancer_subnet_ids):
             problems.append(Problem("cluster_name", self.cluster_name,
                                     "a public load balancer's subnets are found in the cluster's VPC: name the "
                                     "cluster, or list @{network.load_balancer_subnet_ids}"))
-        if self.kubernetes and self.encryption_mode == "kms" and not self.eks_cluster:
+        if self.kubernetes and self.encryption_mode == "kms" and not given(self.eks_cluster):
             problems.append(Problem("cluster_name", self.cluster_name,
                                     "a kms-encrypted model is unwrapped by its pods' own identity, an EKS Pod Identity "
                                     "association in the cluster: name the cluster"))
@@ -110,9 +125,13 @@ class ServedModelArgs:
         return self.encryption.resolved(self.kubernetes)
 
     @property
-    def eks_cluster(self) -> str:
-        """The EKS cluster the pods run in ("" when not known: the docker target)."""
-        return self.cluster_name or (self.node_pool.cluster_name if self.node_pool is not None else "")
+    def eks_cluster(self) -> pulumi.Input[str]:
+        """The EKS cluster the pods run in: `cluster_name`, else the node pool's ("" when neither
+        names one: the docker target). An Output when the one it takes is (never tested for truth:
+        `inputs.given` says whether it names one)."""
+        if given(self.cluster_name):
+            return self.cluster_name
+        return self.node_pool.cluster_name if self.node_pool is not None else ""
 
     @property
     def pool_instance_types(self) -> tuple[str, ...]:
