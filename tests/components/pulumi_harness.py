@@ -10,7 +10,9 @@ sees what it would see live.
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
+import gc
 import hashlib
 import json
 import logging
@@ -26,7 +28,7 @@ import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
-from pulumi.runtime.settings import get_root_resource
+from pulumi.runtime.settings import SETTINGS, get_root_resource
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -626,6 +628,17 @@ def _run(main: Callable[[], None], project: str, stack: str, preview: bool, cwd:
         os.environ.update(aws_env)
 
 
+def _retrieve_failed_futures() -> None:
+    """After a failed run: mark the errors of its futures as seen. The outputs of a resource whose
+    registration failed hold the run's error, and nothing awaits them; asyncio would report each
+    ("Future exception was never retrieved") when it is collected, at the interpreter's exit,
+    long after the test that expected the failure. The run's error itself goes to the caller."""
+    for obj in gc.get_objects():
+        # type(), not isinstance: a lazy module (torch's) warns when asked for its __class__.
+        if issubclass(type(obj), asyncio.Future) and obj.done() and not obj.cancelled():
+            obj.exception()
+
+
 def _run_mocked(main: Callable[[], None], mocks: RealisticMocks, monitor: RecordingMonitor, stack: str,
                 project: str, preview: bool, cwd: Path) -> Run:
     logs: list[str] = []
@@ -635,6 +648,12 @@ def _run_mocked(main: Callable[[], None], mocks: RealisticMocks, monitor: Record
     logger.handlers = [_ListHandler(logs)]
     # A fresh root Stack per run: set_mocks makes one when none is active.
     pulumi.runtime.settings.ROOT.set(None)
+    # Nothing of an earlier run in this process: a run that failed leaves its failed Outputs (and
+    # RPCs) tracked, and the next run's wait for outstanding work would raise their errors again
+    # (Pulumi's own `pulumi.runtime.test` clears them the same way).
+    runtime: Any = SETTINGS  # its fields are context variables behind properties the stubs do not show
+    runtime.rpc_manager.clear()
+    runtime.outputs.clear()
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor,
                              logger=logger)
     # As the exec shim (pulumi-language-python-exec) loads the environment into the runtime.
@@ -645,6 +664,9 @@ def _run_mocked(main: Callable[[], None], mocks: RealisticMocks, monitor: Record
     os.chdir(cwd)
     try:
         _sync_await(run_pulumi_func(main))
+    except BaseException:
+        _retrieve_failed_futures()
+        raise
     finally:
         os.chdir(before)
     root = get_root_resource()

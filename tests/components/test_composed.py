@@ -91,6 +91,7 @@ CASES = {
     "network.tls_certificate_arn": (NetworkArgs, "tls_certificate_arn", "my-cert", LOAD_BALANCER),
     "network.hostname": (NetworkArgs, "hostname", "Not A Host", LOAD_BALANCER),
     "network.dns_zone_id": (NetworkArgs, "dns_zone_id", "zone-1", LOAD_BALANCER),
+    "node_pool.cluster_name": (NodePoolArgs, "cluster_name", "", {}),
     "node_pool.subnet_ids": (NodePoolArgs, "subnet_ids", ["subnet_1"], {"cluster_name": "c"}),
     "elastic.karpenter_subnet_ids": (ElasticArgs, "karpenter_subnet_ids", ["subnet_1"], {}),
     "elastic.karpenter_security_group_ids": (ElasticArgs, "karpenter_security_group_ids", ["group-1"], {}),
