@@ -1,7 +1,8 @@
 """Values another resource may produce (`pulumi.Input`): checked now when known, later when not.
 
 A component arg that names something another resource may produce (a namespace, a certificate
-ARN, a hostname, subnet or security-group ids, a role, a registry) accepts a `pulumi.Output`.
+ARN, a hostname, the EKS cluster's name, subnet or security-group ids, a role, a registry) accepts
+a `pulumi.Output`.
 Its check cannot run at construction then: it is deferred, not skipped. `check_input` is the one
 helper every such field goes through: a plain value is checked at once (the caller collects the
 problem with the others); an Output comes back as an Output of the same value (same dependencies,
