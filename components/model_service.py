@@ -120,10 +120,9 @@ class ModelService(pulumi.ComponentResource):
         # What the workload waits for besides its capacity: the pods' AWS identity must exist
         # before a pod is created (EKS injects the Pod Identity credentials at admission only).
         identity_deps: list[pulumi.Resource] = []
-        if args.encryption == "kms" and args.model_key_arn is not None:
-            identity_deps = self._pod_identity(name, args, sa, args.model_key_arn)
         template_annotations: dict[str, Any] = {specs.ENCRYPTION_ANNOTATION: args.encryption}
         if args.encryption == "kms" and args.model_key_arn is not None:
+            identity_deps = self._pod_identity(name, args, sa, args.model_key_arn)
             template_annotations[specs.KEY_ANNOTATION] = args.model_key_arn
 
         clients_secret_name = None
